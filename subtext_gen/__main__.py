@@ -1,0 +1,193 @@
+"""`python -m subtext_gen generate|score|show`: parses flags and calls the library."""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Stage one of Storyboard: LLM sub-texts for action classes, TPP selection, artifacts.",
+)
+console = Console()
+
+ARTIFACTS_ROOT = Path(os.environ.get("STORYBOARD_ARTIFACTS", "artifacts"))
+
+
+class LLM(str, Enum):
+    openai = "openai"
+    llava = "llava"
+    file = "file"
+
+
+def _artifacts_dir(dataset: str | None, artifacts: Path | None) -> Path:
+    if (dataset is None) == (artifacts is None):
+        raise UserError("give exactly one of --dataset NAME or --artifacts DIR.")
+    return Path(artifacts) if artifacts is not None else ARTIFACTS_ROOT / dataset
+
+
+@app.command()
+def generate(
+    llm: LLM = typer.Option(LLM.openai, help="Backend: openai (or compatible), llava, file."),
+    dataset: str = typer.Option(None, help="A shipped class list (data/<NAME>/classes.csv)."),
+    classes: Path = typer.Option(None, help="A class list: csv `id,name` or a txt list."),
+    model: str = typer.Option(
+        None, help="LLM: default gpt-3.5-turbo (openai) or llava-hf/llava-v1.6-mistral-7b-hf."
+    ),
+    base_url: str = typer.Option(None, help="An OpenAI-compatible server (vLLM, Ollama, ...)."),
+    samples: int = typer.Option(2, min=1, help="Replies sampled per (class, prompt)."),
+    n_subtexts: int = typer.Option(4, min=1, help="N, sub-texts per class."),
+    prompts: str = typer.Option(None, help="Comma-separated prompt ids (default: all)."),
+    concurrency: int = typer.Option(8, min=1, help="Requests in flight (openai)."),
+    max_retries: int = typer.Option(5, min=0, help="Retries of a failed request (openai)."),
+    timeout: float = typer.Option(60.0, help="Seconds before a request times out (openai)."),
+    temperature: float = typer.Option(0.7, min=0.0, help="Sampling temperature."),
+    batch_size: int = typer.Option(8, min=1, help="Prompts per generate() call (llava)."),
+    input: Path = typer.Option(None, help="Description sets to import (file backend)."),
+    out: Path = typer.Option(None, help="Artifact folder (default artifacts/<dataset>)."),
+    strict: bool = typer.Option(False, help="Fail replies with more than N items."),
+    seed: int = typer.Option(0, help="Sampling seed (llava)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Ask an LLM for N atomic actions per class; resumable, one row per reply."""
+    from .classes import load_classes
+    from .generate import generate as run
+    from .prompts import select_prompts
+
+    class_list = load_classes(dataset, classes)
+    chosen = select_prompts(prompts)
+    if llm is LLM.openai:
+        from .llm.openai_chat import DEFAULT_MODEL, OpenAIBackend
+
+        backend = OpenAIBackend(
+            model or DEFAULT_MODEL,
+            base_url=base_url,
+            concurrency=concurrency,
+            max_retries=max_retries,
+            timeout=timeout,
+            temperature=temperature,
+        )
+    elif llm is LLM.llava:
+        from .llm.llava import LlavaBackend
+
+        kwargs = {"model": model} if model else {}
+        backend = LlavaBackend(
+            **kwargs, batch_size=batch_size, temperature=temperature, seed=seed
+        )
+    else:
+        from .llm.files import FileBackend
+
+        if input is None:
+            raise UserError("--llm file needs --input FILE (JSON or CSV description sets).")
+        backend = FileBackend(input)
+    summary = run(
+        class_list,
+        backend,
+        out or ARTIFACTS_ROOT / class_list.name,
+        n_subtexts=n_subtexts,
+        prompts=chosen,
+        samples=samples,
+        strict=strict,
+        show_progress=progress,
+    )
+    console.print(
+        f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already done -> "
+        f"{summary.path}"
+    )
+    for reason in summary.errors:
+        console.print(f"  failure: {reason}", style="red")
+
+
+@app.command()
+def score(
+    tpp: bool = typer.Option(True, "--tpp/--no-tpp", help="Score with TPP (the only metric)."),
+    dataset: str = typer.Option(None, help="Score artifacts/<NAME>."),
+    artifacts: Path = typer.Option(None, help="Score this artifact folder."),
+    clip_model: str = typer.Option("ViT-B-16", help="open_clip name or model-config JSON."),
+    clip_pretrained: str = typer.Option("openai", help="Tag, checkpoint path, or none."),
+    alpha: str = typer.Option("complement", help="Scaling of relatedness (Eq. 4)."),
+    beta: str = typer.Option("complement", help="Scaling of diversity (Eq. 4)."),
+    template: str = typer.Option("a video of a person {}.", help="Global text template."),
+    fallback: str = typer.Option(None, help="`global`: classes without candidates repeat it."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    batch_size: int = typer.Option(256, min=1, help="Texts per text-tower batch."),
+) -> None:
+    """Score candidate sets with TPP, keep the best per class, write the artifacts."""
+    if not tpp:
+        raise UserError("TPP is the only scoring metric; drop --no-tpp.")
+    from .clip_text import load_clip
+    from .score import score as run
+    from .tpp import scaling
+
+    scaling(alpha, "--alpha"), scaling(beta, "--beta")  # fail before loading CLIP
+    directory = _artifacts_dir(dataset, artifacts)
+    clip = load_clip(clip_model, clip_pretrained, device)
+    summary = run(directory, clip, alpha, beta, template, fallback, batch_size)
+    console.print(
+        f"scored {summary.scored} sets for {summary.classes} classes in {summary.seconds:.1f}s "
+        f"-> {summary.out_dir}"
+    )
+    if summary.fallback:
+        console.print(f"global-text fallback for: {', '.join(summary.fallback)}", style="yellow")
+
+
+@app.command()
+def show(
+    dataset: str = typer.Option(None, help="Show artifacts/<NAME>."),
+    artifacts: Path = typer.Option(None, help="Show this artifact folder."),
+    clip_model: str = typer.Option(None, help="Which scored folder (default: the only one)."),
+    clip_pretrained: str = typer.Option(None, help="Which scored folder (with --clip-model)."),
+) -> None:
+    """Print per class the chosen sub-texts, their TPP and the runner-up."""
+    from .artifacts import SUBTEXTS_FILE, clip_tag
+    from .clip_text import clip_identity
+    from .score import class_reports
+
+    directory = _artifacts_dir(dataset, artifacts)
+    if clip_model:
+        scored = directory / clip_tag(*clip_identity(clip_model, clip_pretrained))
+    else:
+        found = sorted(p.parent for p in directory.glob(f"*/{SUBTEXTS_FILE}"))
+        if len(found) != 1:
+            raise UserError(
+                f"{directory} holds {len(found)} scored folders; pick one with --clip-model "
+                "and --clip-pretrained."
+            )
+        scored = found[0]
+    table = Table(title=f"{scored}", show_lines=True)
+    for col in ("class", "chosen sub-texts", "TPP", "runner-up", "TPP "):
+        table.add_column(col)
+    for r in class_reports(directory, scored):
+        table.add_row(
+            f"{r.class_id} {r.class_name}",
+            ("[yellow](global fallback)[/] " if r.fallback else "") + "\n".join(r.sub_texts),
+            f"{r.tpp:.4f}",
+            "\n".join(r.runner_up) if r.runner_up else "-",
+            f"{r.runner_up_tpp:.4f}" if r.runner_up_tpp is not None else "-",
+        )
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: everything written so far is kept; rerun to resume.", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

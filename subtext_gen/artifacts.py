@@ -1,0 +1,523 @@
+"""Parquet artifacts shared by both stages: schemas, metadata, atomic writes, reading back.
+
+This is the only module that knows the on-disk format (see DESIGN.md, "Artifacts").
+`subtext_gen` writes `candidates.parquet`, `tpp.parquet` and `subtexts.parquet`;
+`trainer` reads `subtexts.parquet` through `read_subtexts`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import UserError
+
+VERSION = "1"
+META_PREFIX = "storyboard."
+
+CANDIDATES_FILE = "candidates.parquet"
+JOURNAL_FILE = "candidates.journal.jsonl"
+TPP_FILE = "tpp.parquet"
+SUBTEXTS_FILE = "subtexts.parquet"
+FALLBACK_CANDIDATE_ID = "fallback:global"
+
+_f32 = pa.float32()
+
+CANDIDATES_SCHEMA = pa.schema(
+    [
+        ("candidate_id", pa.string()),
+        ("class_id", pa.int32()),
+        ("class_name", pa.string()),
+        ("llm", pa.string()),
+        ("prompt_id", pa.string()),
+        ("sample", pa.int32()),
+        ("sub_texts", pa.list_(pa.string())),
+        ("ok", pa.bool_()),
+        ("error", pa.string()),
+        ("raw", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+TPP_SCHEMA = pa.schema(
+    [
+        ("candidate_id", pa.string()),
+        ("class_id", pa.int32()),
+        ("tpp", _f32),
+        ("sigma", pa.list_(_f32)),
+        ("delta", pa.list_(_f32)),
+        ("selected", pa.bool_()),
+    ]
+)
+
+SUBTEXTS_SCHEMA = pa.schema(
+    [
+        ("class_id", pa.int32()),
+        ("class_name", pa.string()),
+        ("global_text", pa.string()),
+        ("sub_texts", pa.list_(pa.string())),
+        ("tpp", _f32),
+        ("candidate_id", pa.string()),
+        ("global_emb", pa.list_(_f32)),
+        ("global_tokens", pa.list_(pa.list_(_f32))),
+        ("sub_emb", pa.list_(pa.list_(_f32))),
+        ("sub_tokens", pa.list_(pa.list_(pa.list_(_f32)))),
+    ]
+)
+
+
+# ---------------------------------------------------------------- paths and keys
+
+
+def clip_tag(clip_model: str, clip_pretrained: str | None) -> str:
+    """`<model>__<pretrained>` made filename-safe (a path keeps only its file name, a
+    checkpoint identity `name@hash` only its name)."""
+
+    def safe(text: str) -> str:
+        text = text.rstrip("/\\")
+        if os.sep in text or "/" in text:
+            prefix, _, rest = text.partition(":")
+            text = (prefix + "-" if rest and prefix in ("hf-hub", "local-dir") else "") + Path(
+                rest or text
+            ).name
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "none"
+
+    return f"{safe(clip_model)}__{safe((clip_pretrained or 'none').split('@')[0])}"
+
+
+def candidate_id(class_name: str, llm: str, prompt_id: str, sample: int) -> str:
+    """Stable hash of the key (class, llm, prompt, sample) of a candidate row."""
+    key = "\x1f".join([class_name, llm, prompt_id, str(int(sample))])
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
+
+
+def atomic_write_table(table: pa.Table, path: Path) -> None:
+    """Write a Parquet file through a temporary file and a rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _encode_meta(meta: dict[str, object]) -> dict[bytes, bytes]:
+    return {
+        (META_PREFIX + k).encode("utf-8"): str(v).encode("utf-8") for k, v in meta.items()
+    }
+
+
+def read_meta(path: Path) -> dict[str, str]:
+    """The `storyboard.*` schema metadata of a Parquet file, prefix removed."""
+    raw = pq.read_schema(path).metadata or {}
+    out = {}
+    for k, v in raw.items():
+        key = k.decode("utf-8")
+        if key.startswith(META_PREFIX):
+            out[key[len(META_PREFIX) :]] = v.decode("utf-8")
+    return out
+
+
+def _read_table(path: Path, what: str) -> pa.Table:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}.")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"{path} is not a readable Parquet file ({exc}).") from exc
+
+
+def _check_columns(table: pa.Table, schema: pa.Schema, path: Path) -> None:
+    missing = [name for name in schema.names if name not in table.column_names]
+    if missing:
+        raise UserError(f"{path} lacks the column(s) {', '.join(missing)}: not a {path.name}.")
+
+
+# ---------------------------------------------------------------- candidates
+
+
+@dataclass(frozen=True)
+class CandidateRow:
+    """One LLM answer (or failure) for the key (class, llm, prompt, sample)."""
+
+    class_id: int
+    class_name: str
+    llm: str
+    prompt_id: str
+    sample: int
+    sub_texts: tuple[str, ...]
+    ok: bool
+    error: str | None
+    raw: str | None
+    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def candidate_id(self) -> str:
+        return candidate_id(self.class_name, self.llm, self.prompt_id, self.sample)
+
+    @property
+    def answered(self) -> bool:
+        """The LLM replied (good or unparseable); False only when the request itself failed."""
+        return self.raw is not None
+
+    def to_record(self) -> dict:
+        return {
+            "candidate_id": self.candidate_id,
+            "class_id": self.class_id,
+            "class_name": self.class_name,
+            "llm": self.llm,
+            "prompt_id": self.prompt_id,
+            "sample": self.sample,
+            "sub_texts": list(self.sub_texts),
+            "ok": self.ok,
+            "error": self.error,
+            "raw": self.raw,
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict) -> CandidateRow:
+        created = rec["created_at"]
+        if isinstance(created, str):
+            created = datetime.fromisoformat(created)
+        return cls(
+            class_id=int(rec["class_id"]),
+            class_name=rec["class_name"],
+            llm=rec["llm"],
+            prompt_id=rec["prompt_id"],
+            sample=int(rec["sample"]),
+            sub_texts=tuple(rec["sub_texts"] or ()),
+            ok=bool(rec["ok"]),
+            error=rec["error"],
+            raw=rec["raw"],
+            created_at=created,
+        )
+
+
+class CandidateStore:
+    """`candidates.parquet` plus an append-only journal, so a crash loses nothing written.
+
+    Every new row is appended to `candidates.journal.jsonl` and flushed to disk at once;
+    `flush()` folds the journal into the Parquet file atomically and removes it. Rows are
+    keyed by `candidate_id`; a later row replaces an earlier one with the same key.
+    The class list and N are stored as metadata and must agree across runs.
+    """
+
+    def __init__(self, directory: Path, class_names: Sequence[str], n_subtexts: int):
+        self.directory = Path(directory)
+        self.path = self.directory / CANDIDATES_FILE
+        self.journal_path = self.directory / JOURNAL_FILE
+        self.class_names = list(class_names)
+        self.n_subtexts = int(n_subtexts)
+        self.rows: dict[str, CandidateRow] = {}
+        if self.path.exists():
+            self._check_compatible(read_meta(self.path))
+            for row in read_candidate_rows(self.path):
+                self.rows[row.candidate_id] = row
+        for row in _read_journal(self.journal_path):
+            self.rows[row.candidate_id] = row
+        self._journal = None
+
+    def _check_compatible(self, meta: dict[str, str]) -> None:
+        stored = json.loads(meta.get("classes", "[]"))
+        if stored and stored != self.class_names:
+            added = sorted(set(self.class_names) - set(stored))
+            removed = sorted(set(stored) - set(self.class_names))
+            raise UserError(
+                f"{self.path} was made for another class list (not in it: {added or 'none'}; "
+                f"only in it: {removed or 'none'}); use another --out."
+            )
+        stored_n = meta.get("n_subtexts")
+        if stored_n and int(stored_n) != self.n_subtexts:
+            raise UserError(
+                f"{self.path} holds sets of {stored_n} sub-texts, not {self.n_subtexts} "
+                "(--n-subtexts); use another --out."
+            )
+
+    def append(self, row: CandidateRow) -> None:
+        if self._journal is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._journal = open(self.journal_path, "a", encoding="utf-8")  # noqa: SIM115
+        rec = row.to_record()
+        rec["created_at"] = row.created_at.isoformat()
+        self._journal.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self._journal.flush()
+        os.fsync(self._journal.fileno())
+        self.rows[row.candidate_id] = row
+
+    def flush(self) -> None:
+        """Fold the journal into `candidates.parquet` (atomic) and remove the journal."""
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        if not self.rows and not self.path.exists():
+            return
+        meta = {
+            "version": VERSION,
+            "classes": json.dumps(self.class_names, ensure_ascii=False),
+            "n_subtexts": self.n_subtexts,
+        }
+        ordered = sorted(
+            self.rows.values(), key=lambda r: (r.class_id, r.llm, r.prompt_id, r.sample)
+        )
+        table = pa.Table.from_pylist(
+            [r.to_record() for r in ordered], schema=CANDIDATES_SCHEMA
+        ).replace_schema_metadata(_encode_meta(meta))
+        atomic_write_table(table, self.path)
+        self.journal_path.unlink(missing_ok=True)
+
+
+def _read_journal(path: Path) -> Iterable[CandidateRow]:
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                yield CandidateRow.from_record(json.loads(line))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # a line torn by a crash mid-write: its request is simply redone
+
+
+def read_candidate_rows(path: Path) -> list[CandidateRow]:
+    table = _read_table(path, "candidates file")
+    _check_columns(table, CANDIDATES_SCHEMA, Path(path))
+    return [CandidateRow.from_record(rec) for rec in table.to_pylist()]
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Everything `score` needs from a dataset's artifact folder."""
+
+    class_names: list[str]
+    n_subtexts: int
+    rows: list[CandidateRow]
+
+
+def read_candidates(directory: Path) -> Candidates:
+    """Read `candidates.parquet` with any unflushed journal rows (an interrupted run)."""
+    directory = Path(directory)
+    path = directory / CANDIDATES_FILE
+    if not path.exists() and not (directory / JOURNAL_FILE).exists():
+        raise UserError(
+            f"no candidates in {directory}: run `python -m subtext_gen generate` first."
+        )
+    meta = read_meta(path) if path.exists() else {}
+    rows = {r.candidate_id: r for r in (read_candidate_rows(path) if path.exists() else [])}
+    rows.update({r.candidate_id: r for r in _read_journal(directory / JOURNAL_FILE)})
+    ordered = sorted(rows.values(), key=lambda r: (r.class_id, r.llm, r.prompt_id, r.sample))
+    class_names = json.loads(meta.get("classes", "[]"))
+    if not class_names:  # journal only: the class list is what the rows name
+        class_names = [name for _, name in sorted({(r.class_id, r.class_name) for r in ordered})]
+    n = int(meta["n_subtexts"]) if "n_subtexts" in meta else max(
+        (len(r.sub_texts) for r in ordered if r.ok), default=0
+    )
+    return Candidates(class_names=class_names, n_subtexts=n, rows=ordered)
+
+
+# ---------------------------------------------------------------- scores and sub-texts
+
+
+@dataclass(frozen=True)
+class ArtifactMeta:
+    """The schema metadata of `tpp.parquet` and `subtexts.parquet`."""
+
+    clip_model: str
+    clip_pretrained: str
+    embed_dim: int
+    n_subtexts: int
+    template: str
+    alpha: str
+    beta: str
+    fallback_classes: tuple[int, ...] = ()
+    version: str = VERSION
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "clip_model": self.clip_model,
+            "clip_pretrained": self.clip_pretrained,
+            "embed_dim": self.embed_dim,
+            "n_subtexts": self.n_subtexts,
+            "template": self.template,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "fallback_classes": ",".join(str(c) for c in self.fallback_classes),
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_dict(cls, meta: dict[str, str], path: Path) -> ArtifactMeta:
+        try:
+            fallback = meta.get("fallback_classes", "")
+            return cls(
+                clip_model=meta["clip_model"],
+                clip_pretrained=meta["clip_pretrained"],
+                embed_dim=int(meta["embed_dim"]),
+                n_subtexts=int(meta["n_subtexts"]),
+                template=meta["template"],
+                alpha=meta["alpha"],
+                beta=meta["beta"],
+                fallback_classes=tuple(int(c) for c in fallback.split(",") if c),
+                version=meta["version"],
+            )
+        except KeyError as exc:
+            raise UserError(f"{path} lacks the metadata key storyboard.{exc.args[0]}.") from exc
+
+
+@dataclass(frozen=True)
+class TppRow:
+    candidate_id: str
+    class_id: int
+    tpp: float
+    sigma: Sequence[float]
+    delta: Sequence[float]
+    selected: bool
+
+
+def write_tpp(rows: Sequence[TppRow], path: Path, meta: ArtifactMeta) -> None:
+    table = pa.Table.from_pylist(
+        [
+            {
+                "candidate_id": r.candidate_id,
+                "class_id": r.class_id,
+                "tpp": float(r.tpp),
+                "sigma": [float(x) for x in r.sigma],
+                "delta": [float(x) for x in r.delta],
+                "selected": bool(r.selected),
+            }
+            for r in rows
+        ],
+        schema=TPP_SCHEMA,
+    ).replace_schema_metadata(_encode_meta(meta.to_dict()))
+    atomic_write_table(table, path)
+
+
+def read_tpp(path: Path) -> pa.Table:
+    table = _read_table(path, "TPP scores")
+    _check_columns(table, TPP_SCHEMA, Path(path))
+    return table
+
+
+@dataclass(frozen=True)
+class SubtextRow:
+    """One class of `subtexts.parquet`; token arrays are [W, D] with only word tokens."""
+
+    class_id: int
+    class_name: str
+    global_text: str
+    sub_texts: Sequence[str]
+    tpp: float
+    candidate_id: str
+    global_emb: np.ndarray  # [D]
+    global_tokens: np.ndarray  # [W, D]
+    sub_emb: np.ndarray  # [N, D]
+    sub_tokens: Sequence[np.ndarray]  # N x [W_n, D]
+
+
+def write_subtexts(rows: Sequence[SubtextRow], path: Path, meta: ArtifactMeta) -> None:
+    """Write one row per class, in class-id order, float32 embeddings."""
+
+    def f32(a) -> list:
+        return np.asarray(a, dtype=np.float32).tolist()
+
+    ordered = sorted(rows, key=lambda r: r.class_id)
+    table = pa.Table.from_pylist(
+        [
+            {
+                "class_id": r.class_id,
+                "class_name": r.class_name,
+                "global_text": r.global_text,
+                "sub_texts": list(r.sub_texts),
+                "tpp": float(r.tpp),
+                "candidate_id": r.candidate_id,
+                "global_emb": f32(r.global_emb),
+                "global_tokens": f32(r.global_tokens),
+                "sub_emb": f32(r.sub_emb),
+                "sub_tokens": [f32(t) for t in r.sub_tokens],
+            }
+            for r in ordered
+        ],
+        schema=SUBTEXTS_SCHEMA,
+    ).replace_schema_metadata(_encode_meta(meta.to_dict()))
+    atomic_write_table(table, path)
+
+
+@dataclass(frozen=True)
+class SubtextArtifact:
+    """`subtexts.parquet` as padded arrays, ready for the trainer (masks True on real tokens).
+
+    Shapes: C classes, N sub-texts, W word tokens (padded), D embedding width.
+    """
+
+    meta: ArtifactMeta
+    class_names: list[str]
+    global_texts: list[str]
+    sub_texts: list[list[str]]
+    tpp: np.ndarray  # [C]
+    global_emb: np.ndarray  # [C, D]
+    global_tokens: np.ndarray  # [C, W, D]
+    global_mask: np.ndarray  # [C, W]
+    sub_emb: np.ndarray  # [C, N, D]
+    sub_tokens: np.ndarray  # [C, N, W, D]
+    sub_mask: np.ndarray  # [C, N, W]
+
+
+def _pad_tokens(seqs: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    width = max((len(s) for s in seqs), default=0)
+    out = np.zeros((len(seqs), max(width, 1), dim), dtype=np.float32)
+    mask = np.zeros((len(seqs), max(width, 1)), dtype=bool)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+        mask[i, : len(s)] = True
+    return out, mask
+
+
+def read_subtexts(path: Path) -> SubtextArtifact:
+    """Read and check `subtexts.parquet`; classes in id order 0..C-1."""
+    path = Path(path)
+    table = _read_table(path, "sub-text artifact")
+    _check_columns(table, SUBTEXTS_SCHEMA, path)
+    meta = ArtifactMeta.from_dict(read_meta(path), path)
+    recs = sorted(table.to_pylist(), key=lambda r: r["class_id"])
+    ids = [r["class_id"] for r in recs]
+    if ids != list(range(len(recs))):
+        raise UserError(f"{path} has class ids {ids[:5]}...; expected 0..{len(recs) - 1}.")
+    d, n = meta.embed_dim, meta.n_subtexts
+
+    def arr(x, shape) -> np.ndarray:
+        return np.asarray(x, dtype=np.float32).reshape(shape)
+
+    global_tokens, global_mask = _pad_tokens([arr(r["global_tokens"], (-1, d)) for r in recs], d)
+    flat_sub = [arr(t, (-1, d)) for r in recs for t in r["sub_tokens"]]
+    if len(flat_sub) != len(recs) * n:
+        raise UserError(f"{path} does not hold {n} sub-texts for every class.")
+    sub_tokens, sub_mask = _pad_tokens(flat_sub, d)
+    c, w = len(recs), sub_tokens.shape[1]
+    return SubtextArtifact(
+        meta=meta,
+        class_names=[r["class_name"] for r in recs],
+        global_texts=[r["global_text"] for r in recs],
+        sub_texts=[list(r["sub_texts"]) for r in recs],
+        tpp=np.asarray([r["tpp"] for r in recs], dtype=np.float32),
+        global_emb=arr([r["global_emb"] for r in recs], (c, d)),
+        global_tokens=global_tokens,
+        global_mask=global_mask,
+        sub_emb=arr([r["sub_emb"] for r in recs], (c, n, d)),
+        sub_tokens=sub_tokens.reshape(c, n, w, d),
+        sub_mask=sub_mask.reshape(c, n, w),
+    )

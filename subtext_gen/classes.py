@@ -1,0 +1,101 @@
+"""Class lists: the shipped datasets' lists and user files (csv `id,name` or a txt list)."""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO_ROOT / "data"
+
+_CHARADES_LINE = re.compile(r"^c\d{3}\s+(.+)$")
+_INDEXED_LINE = re.compile(r"^\d+\s+(\S.*)$")  # UCF's classInd.txt: "1 ApplyEyeMakeup"
+
+
+@dataclass(frozen=True)
+class ClassList:
+    """Class names in id order (`names[i]` has id i) and the name used for artifact folders."""
+
+    name: str
+    names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def shipped_datasets() -> list[str]:
+    return sorted(p.parent.name for p in DATA_DIR.glob("*/classes.csv"))
+
+
+def load_classes(dataset: str | None = None, classes_file: Path | None = None) -> ClassList:
+    """The classes of a shipped dataset (`--dataset`) or of a file (`--classes`)."""
+    if (dataset is None) == (classes_file is None):
+        raise UserError("give exactly one of --dataset NAME or --classes FILE.")
+    if dataset is not None:
+        path = DATA_DIR / dataset / "classes.csv"
+        if not path.is_file():
+            raise UserError(
+                f"no class list ships for --dataset {dataset!r} (shipped: "
+                f"{', '.join(shipped_datasets()) or 'none'}); pass --classes FILE instead."
+            )
+        return ClassList(dataset, _read_csv(path))
+    path = Path(classes_file)
+    if not path.is_file():
+        raise UserError(f"--classes file not found: {path}.")
+    names = _read_csv(path) if path.suffix.lower() == ".csv" else _read_txt(path)
+    return ClassList(path.stem, names)
+
+
+def _read_csv(path: Path) -> tuple[str, ...]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"id", "name"} <= set(rows[0]):
+        raise UserError(f"{path} must be a csv with the header `id,name`.")
+    try:
+        by_id = {int(r["id"]): r["name"].strip() for r in rows}
+    except ValueError as exc:
+        raise UserError(f"{path} has a non-integer id ({exc}).") from exc
+    if sorted(by_id) != list(range(len(rows))):
+        raise UserError(f"{path}: ids must be 0..{len(rows) - 1}, each once.")
+    return _check_unique(tuple(by_id[i] for i in range(len(rows))), path)
+
+
+def _read_txt(path: Path) -> tuple[str, ...]:
+    """One class a line, in id order; Charades (`c000 Name`) and classInd (`1 Name`) codes dropped."""
+    names = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip().strip('"').strip()
+        if not line:
+            continue
+        match = _CHARADES_LINE.match(line) or _INDEXED_LINE.match(line)
+        names.append(match.group(1).strip() if match else line)
+    if not names:
+        raise UserError(f"{path} holds no class names.")
+    return _check_unique(tuple(names), path)
+
+
+def _check_unique(names: tuple[str, ...], path: Path) -> tuple[str, ...]:
+    seen, dupes = set(), []
+    for n in names:
+        if n in seen:
+            dupes.append(n)
+        seen.add(n)
+    if dupes:
+        raise UserError(f"{path} lists these classes twice: {', '.join(sorted(set(dupes)))}.")
+    return names
+
+
+def class_text(name: str) -> str:
+    """A class name as words: `brush_hair` -> `brush hair`, `ApplyEyeMakeup` -> `apply eye makeup`.
+
+    Acronyms (`TV`) keep their case; a capital first letter of a sentence-case name is lowered.
+    """
+    text = name.replace("_", " ").strip()
+    if " " not in text and re.search(r"[a-z][A-Z]", text):
+        text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", text)
+    words = text.split()
+    return " ".join(w if w.isupper() and len(w) > 1 else w.lower() for w in words)

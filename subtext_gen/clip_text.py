@@ -1,0 +1,194 @@
+"""The one CLIP loader of the project, and pooled and word-token text features.
+
+`load_clip` is used by both stages (the trainer takes the visual tower from it), so a
+model name, a JSON config, a tag or a local checkpoint resolves the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+NO_WEIGHTS = ("none", "")
+
+
+@dataclass
+class LoadedClip:
+    model: torch.nn.Module
+    tokenizer: object
+    preprocess: object  # the evaluation image transform
+    model_name: str  # the name open_clip knows the architecture by
+    model_id: str  # what artifacts record as storyboard.clip_model
+    pretrained_id: str  # what artifacts record as storyboard.clip_pretrained
+    embed_dim: int
+    device: torch.device
+
+
+def resolve_device(device: str | None = "auto") -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for CUDA, but no CUDA device is available.")
+    return torch.device(device)
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or "\\" in value or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def _file_fingerprint(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{path.name}@{digest.hexdigest()[:12]}"
+
+
+def clip_identity(clip_model: str, clip_pretrained: str | None) -> tuple[str, str]:
+    """What artifacts record for a CLIP: stable across machines, different for other weights.
+
+    A JSON config is known by its stem (the name open_clip registers it under); a local
+    checkpoint by its file name and a hash of its content.
+    """
+    model_id = Path(clip_model).stem if clip_model.endswith(".json") else clip_model
+    pretrained = (clip_pretrained or "none").strip()
+    if pretrained.lower() in NO_WEIGHTS:
+        return model_id, "none"
+    if _looks_like_path(pretrained) and Path(pretrained).is_file():
+        return model_id, _file_fingerprint(Path(pretrained))
+    return model_id, pretrained
+
+
+def _register_config(clip_model: str) -> str:
+    import open_clip
+
+    if not clip_model.endswith(".json"):
+        return clip_model
+    path = Path(clip_model)
+    if not path.is_file():
+        raise UserError(f"--clip-model config file not found: {path}.")
+    open_clip.add_model_config(path)
+    return path.stem
+
+
+def load_clip(
+    clip_model: str = "ViT-B-16",
+    clip_pretrained: str | None = "openai",
+    device: str | None = "auto",
+) -> LoadedClip:
+    """Build an open_clip model from a name, `hf-hub:`/`local-dir:` or a JSON config, with
+    weights from a tag, a local checkpoint or none; frozen, in eval mode, on `device`."""
+    import open_clip
+
+    torch_device = resolve_device(device)
+    name = _register_config(clip_model)
+    pretrained = (clip_pretrained or "none").strip()
+    weights = None if pretrained.lower() in NO_WEIGHTS else pretrained
+    if name.startswith(("hf-hub:", "local-dir:")):
+        weights = None  # the schema names its own weights
+    if weights and _looks_like_path(weights) and not Path(weights).is_file():
+        raise UserError(f"--clip-pretrained checkpoint not found: {weights}.")
+    if not name.startswith(("hf-hub:", "local-dir:")) and name not in open_clip.list_models():
+        raise UserError(
+            f"unknown --clip-model {clip_model!r}: give an open_clip name (e.g. ViT-B-16), "
+            "hf-hub:ORG/REPO, local-dir:PATH or a model-config JSON file."
+        )
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=weights, device=torch_device
+        )
+    except RuntimeError as exc:
+        if weights and not _looks_like_path(weights):
+            raise UserError(
+                f"CLIP weights {name}/{weights} are not available here ({str(exc)[:120]}...): "
+                "download them once on a machine with network (they go to the Hugging Face "
+                "cache) or pass --clip-pretrained /path/to/checkpoint."
+            ) from exc
+        raise UserError(f"could not build CLIP {clip_model!r} with weights {pretrained!r}: {exc}") from exc
+    model.eval().requires_grad_(False)
+    model_id, pretrained_id = clip_identity(clip_model, clip_pretrained)
+    return LoadedClip(
+        model=model,
+        tokenizer=open_clip.get_tokenizer(name),
+        preprocess=preprocess,
+        model_name=name,
+        model_id=model_id,
+        pretrained_id=pretrained_id,
+        embed_dim=int(_text_tower(model).text_projection.shape[-1]),
+        device=torch_device,
+    )
+
+
+def _text_tower(model: torch.nn.Module) -> torch.nn.Module:
+    """The module that owns `ln_final` and `text_projection` (CLIP itself or `.text`)."""
+    tower = getattr(model, "text", model)
+    if not all(hasattr(tower, a) for a in ("ln_final", "text_projection", "text_pool_type")):
+        raise UserError(
+            f"{type(model).__name__} has no open_clip text transformer: per-token features "
+            "need a CLIP with a built-in text tower."
+        )
+    return tower
+
+
+def _project(tower: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    proj = tower.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+
+def _eot_positions(tower: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    pool = tower.text_pool_type
+    if pool == "argmax":  # EOT has the largest id in CLIP's BPE vocabulary
+        return tokens.argmax(dim=-1)
+    if pool == "eos":
+        return (tokens == tower.text_eos_id).int().argmax(dim=-1)
+    raise UserError(f"text pool type {pool!r} has no EOT token: word tokens are undefined.")
+
+
+@dataclass(frozen=True)
+class TextFeatures:
+    """Pooled EOT features [B, D] and, when asked for, each text's word tokens [W_i, D]."""
+
+    pooled: np.ndarray
+    tokens: list[np.ndarray] | None
+
+
+@torch.inference_mode()
+def encode_texts(
+    clip: LoadedClip, texts: Sequence[str], batch_size: int = 256, with_tokens: bool = False
+) -> TextFeatures:
+    """Encode texts with the frozen text tower, in batches, in the joint space (not normalised).
+
+    Word tokens are the tokens strictly between SOT and EOT, taken after `ln_final` and
+    projected with `text_projection`; the pooled feature is exactly `encode_text`.
+    """
+    tower = _text_tower(clip.model)
+    captured: list[torch.Tensor] = []
+    hook = (
+        tower.ln_final.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        if with_tokens
+        else None
+    )
+    pooled_out, tokens_out = [], []
+    try:
+        for start in range(0, len(texts), batch_size):
+            ids = clip.tokenizer(list(texts[start : start + batch_size])).to(clip.device)
+            captured.clear()
+            pooled_out.append(clip.model.encode_text(ids).float().cpu())
+            if with_tokens:
+                projected = _project(tower, captured[-1]).float().cpu()
+                eot = _eot_positions(tower, ids).cpu()
+                tokens_out.extend(projected[i, 1 : int(eot[i])].numpy() for i in range(len(ids)))
+    finally:
+        if hook is not None:
+            hook.remove()
+    pooled = torch.cat(pooled_out).numpy() if pooled_out else np.zeros((0, clip.embed_dim))
+    return TextFeatures(pooled=pooled.astype(np.float32), tokens=tokens_out if with_tokens else None)

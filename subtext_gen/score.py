@@ -1,0 +1,210 @@
+"""TPP scoring and selection: candidates.parquet -> tpp.parquet + subtexts.parquet.
+
+Pass 1 encodes the global text of every class and every distinct sub-text (pooled only)
+and scores all candidate sets at once; pass 2 encodes the selected sets and the global
+texts again with their word tokens, which is a small fraction of pass 1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .artifacts import (
+    FALLBACK_CANDIDATE_ID,
+    SUBTEXTS_FILE,
+    TPP_FILE,
+    ArtifactMeta,
+    CandidateRow,
+    SubtextRow,
+    TppRow,
+    clip_tag,
+    read_candidates,
+    write_subtexts,
+    write_tpp,
+)
+from .classes import class_text
+from .clip_text import LoadedClip, encode_texts
+from .errors import UserError
+from .tpp import tpp
+
+DEFAULT_TEMPLATE = "a video of a person {}."
+
+
+def global_text(template: str, class_name: str) -> str:
+    if "{}" not in template:
+        raise UserError(f"--template {template!r} must contain {{}} where the class name goes.")
+    return template.format(class_text(class_name))
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    out_dir: Path
+    classes: int
+    scored: int  # candidate sets scored
+    fallback: tuple[str, ...]  # classes that got the global text as sub-texts
+    seconds: float
+    text_tower_seconds: float  # time inside the text tower (both passes)
+
+
+def select_best(class_ids: np.ndarray, scores: np.ndarray) -> dict[int, int]:
+    """Index of the highest-TPP candidate per class; the first one wins a tie."""
+    best: dict[int, int] = {}
+    for i, (c, s) in enumerate(zip(class_ids.tolist(), scores.tolist())):
+        if c not in best or s > scores[best[c]]:
+            best[c] = i
+    return best
+
+
+def score(
+    artifacts_dir: Path,
+    clip: LoadedClip,
+    alpha: str = "complement",
+    beta: str = "complement",
+    template: str = DEFAULT_TEMPLATE,
+    fallback: str | None = None,
+    batch_size: int = 256,
+) -> ScoreSummary:
+    """Score every valid candidate of `artifacts_dir` and write the two artifacts."""
+    start = time.perf_counter()
+    if fallback not in (None, "global"):
+        raise UserError(f"--fallback {fallback!r} is not known; the only fallback is `global`.")
+    candidates = read_candidates(artifacts_dir)
+    names, n = candidates.class_names, candidates.n_subtexts
+    valid: list[CandidateRow] = [r for r in candidates.rows if r.ok and len(r.sub_texts) == n]
+    has_valid = {r.class_id for r in valid}
+    without = [name for i, name in enumerate(names) if i not in has_valid]
+    if without and fallback != "global":
+        raise UserError(
+            f"{len(without)} class(es) have no valid candidate in {artifacts_dir}: "
+            f"{', '.join(without[:20])}{' ...' if len(without) > 20 else ''}; generate more "
+            "or pass --fallback global."
+        )
+    globals_ = [global_text(template, name) for name in names]
+
+    tower_seconds = 0.0
+
+    def encode(texts: list[str], with_tokens: bool):
+        nonlocal tower_seconds
+        t0 = time.perf_counter()
+        feats = encode_texts(clip, texts, batch_size=batch_size, with_tokens=with_tokens)
+        tower_seconds += time.perf_counter() - t0
+        return feats
+
+    # Pass 1: pooled features, TPP of every valid set.
+    distinct = list(dict.fromkeys(t for r in valid for t in r.sub_texts))
+    pooled = encode(globals_ + distinct, with_tokens=False).pooled
+    index = {t: len(globals_) + i for i, t in enumerate(distinct)}
+    class_ids = np.asarray([r.class_id for r in valid], dtype=np.int64)
+    sub_idx = np.asarray([[index[t] for t in r.sub_texts] for r in valid], dtype=np.int64)
+    result = tpp(
+        torch.from_numpy(pooled[class_ids]) if len(valid) else torch.zeros(0, clip.embed_dim),
+        torch.from_numpy(pooled[sub_idx]) if len(valid) else torch.zeros(0, n, clip.embed_dim),
+        alpha=alpha,
+        beta=beta,
+    )
+    scores = result.score.numpy()
+    best = select_best(class_ids, scores)
+
+    # Pass 2: word tokens of the global texts and the chosen sub-texts.
+    chosen = {
+        c: (valid[i].sub_texts if c in best else (globals_[c],) * n)
+        for c, i in ((c, best.get(c, -1)) for c in range(len(names)))
+    }
+    token_texts = globals_ + [t for c in range(len(names)) for t in chosen[c]]
+    feats = encode(token_texts, with_tokens=True)
+    C = len(names)
+    meta = ArtifactMeta(
+        clip_model=clip.model_id,
+        clip_pretrained=clip.pretrained_id,
+        embed_dim=clip.embed_dim,
+        n_subtexts=n,
+        template=template,
+        alpha=alpha,
+        beta=beta,
+        fallback_classes=tuple(i for i in range(C) if i not in best),
+    )
+    rows = []
+    for c in range(C):
+        lo = C + c * n
+        rows.append(
+            SubtextRow(
+                class_id=c,
+                class_name=names[c],
+                global_text=globals_[c],
+                sub_texts=chosen[c],
+                tpp=float(scores[best[c]]) if c in best else float("nan"),
+                candidate_id=valid[best[c]].candidate_id if c in best else FALLBACK_CANDIDATE_ID,
+                global_emb=feats.pooled[c],
+                global_tokens=feats.tokens[c],
+                sub_emb=feats.pooled[lo : lo + n],
+                sub_tokens=feats.tokens[lo : lo + n],
+            )
+        )
+    selected = set(best.values())
+    tpp_rows = [
+        TppRow(
+            candidate_id=r.candidate_id,
+            class_id=r.class_id,
+            tpp=float(scores[i]),
+            sigma=result.sigma[i].tolist(),
+            delta=result.delta[i].tolist(),
+            selected=i in selected,
+        )
+        for i, r in enumerate(valid)
+    ]
+    out_dir = Path(artifacts_dir) / clip_tag(clip.model_id, clip.pretrained_id)
+    write_tpp(tpp_rows, out_dir / TPP_FILE, meta)
+    write_subtexts(rows, out_dir / SUBTEXTS_FILE, meta)
+    return ScoreSummary(
+        out_dir=out_dir,
+        classes=C,
+        scored=len(valid),
+        fallback=tuple(names[i] for i in meta.fallback_classes),
+        seconds=time.perf_counter() - start,
+        text_tower_seconds=tower_seconds,
+    )
+
+
+@dataclass(frozen=True)
+class ClassReport:
+    class_id: int
+    class_name: str
+    sub_texts: tuple[str, ...]
+    tpp: float
+    runner_up: tuple[str, ...] | None
+    runner_up_tpp: float | None
+    fallback: bool
+
+
+def class_reports(artifacts_dir: Path, scored_dir: Path) -> list[ClassReport]:
+    """Per class: the chosen set and its TPP, and the runner-up set and its TPP."""
+    from .artifacts import read_subtexts, read_tpp
+
+    art = read_subtexts(scored_dir / SUBTEXTS_FILE)
+    scores = read_tpp(scored_dir / TPP_FILE).to_pylist()
+    texts = {r.candidate_id: r.sub_texts for r in read_candidates(artifacts_dir).rows}
+    ranked: dict[int, list[dict]] = defaultdict(list)
+    for rec in sorted(scores, key=lambda r: -r["tpp"]):
+        ranked[rec["class_id"]].append(rec)
+    reports = []
+    for c, name in enumerate(art.class_names):
+        others = [r for r in ranked[c] if not r["selected"]]
+        runner = others[0] if others else None
+        reports.append(
+            ClassReport(
+                class_id=c,
+                class_name=name,
+                sub_texts=tuple(art.sub_texts[c]),
+                tpp=float(art.tpp[c]),
+                runner_up=tuple(texts.get(runner["candidate_id"], ())) if runner else None,
+                runner_up_tpp=float(runner["tpp"]) if runner else None,
+                fallback=c in art.meta.fallback_classes,
+            )
+        )
+    return reports
