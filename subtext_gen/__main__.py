@@ -81,9 +81,7 @@ def generate(
         from .llm.llava import LlavaBackend
 
         kwargs = {"model": model} if model else {}
-        backend = LlavaBackend(
-            **kwargs, batch_size=batch_size, temperature=temperature, seed=seed
-        )
+        backend = LlavaBackend(**kwargs, batch_size=batch_size, temperature=temperature, seed=seed)
     else:
         from .llm.files import FileBackend
 
@@ -131,8 +129,15 @@ def score(
 
     scaling(alpha, "--alpha"), scaling(beta, "--beta")  # fail before loading CLIP
     directory = _artifacts_dir(dataset, artifacts)
-    clip = load_clip(clip_model, clip_pretrained, device)
-    summary = run(directory, clip, alpha, beta, template, fallback, batch_size)
+    summary = run(
+        directory,
+        lambda: load_clip(clip_model, clip_pretrained, device),
+        alpha,
+        beta,
+        template,
+        fallback,
+        batch_size,
+    )
     console.print(
         f"scored {summary.scored} sets for {summary.classes} classes in {summary.seconds:.1f}s "
         f"-> {summary.out_dir}"

@@ -117,9 +117,7 @@ def atomic_write_table(table: pa.Table, path: Path) -> None:
 
 
 def _encode_meta(meta: dict[str, object]) -> dict[bytes, bytes]:
-    return {
-        (META_PREFIX + k).encode("utf-8"): str(v).encode("utf-8") for k, v in meta.items()
-    }
+    return {(META_PREFIX + k).encode("utf-8"): str(v).encode("utf-8") for k, v in meta.items()}
 
 
 def read_meta(path: Path) -> dict[str, str]:
@@ -213,7 +211,7 @@ class CandidateRow:
 class CandidateStore:
     """`candidates.parquet` plus an append-only journal, so a crash loses nothing written.
 
-    Every new row is appended to `candidates.journal.jsonl` and flushed to disk at once;
+    Every new row is appended to `candidates.journal.jsonl` and handed to the OS at once;
     `flush()` folds the journal into the Parquet file atomically and removes it. Rows are
     keyed by `candidate_id`; a later row replaces an earlier one with the same key.
     The class list and N are stored as metadata and must agree across runs.
@@ -257,8 +255,7 @@ class CandidateStore:
         rec = row.to_record()
         rec["created_at"] = row.created_at.isoformat()
         self._journal.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
+        self._journal.flush()  # in the OS now: a killed process loses nothing written
         self.rows[row.candidate_id] = row
 
     def flush(self) -> None:
@@ -324,8 +321,10 @@ def read_candidates(directory: Path) -> Candidates:
     class_names = json.loads(meta.get("classes", "[]"))
     if not class_names:  # journal only: the class list is what the rows name
         class_names = [name for _, name in sorted({(r.class_id, r.class_name) for r in ordered})]
-    n = int(meta["n_subtexts"]) if "n_subtexts" in meta else max(
-        (len(r.sub_texts) for r in ordered if r.ok), default=0
+    n = (
+        int(meta["n_subtexts"])
+        if "n_subtexts" in meta
+        else max((len(r.sub_texts) for r in ordered if r.ok), default=0)
     )
     return Candidates(class_names=class_names, n_subtexts=n, rows=ordered)
 

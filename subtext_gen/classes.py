@@ -65,7 +65,7 @@ def _read_csv(path: Path) -> tuple[str, ...]:
 
 
 def _read_txt(path: Path) -> tuple[str, ...]:
-    """One class a line, in id order; Charades (`c000 Name`) and classInd (`1 Name`) codes dropped."""
+    """One class a line, in id order; Charades (`c000 Name`) and classInd (`1 Name`) codes go."""
     names = []
     for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip().strip('"').strip()

@@ -7,6 +7,7 @@ model name, a JSON config, a tag or a local checkpoint resolves the same way eve
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,7 @@ def load_clip(
             f"unknown --clip-model {clip_model!r}: give an open_clip name (e.g. ViT-B-16), "
             "hf-hub:ORG/REPO, local-dir:PATH or a model-config JSON file."
         )
+    logging.disable(logging.ERROR)  # open_clip logs what the UserError below says better
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=weights, device=torch_device
@@ -111,7 +113,11 @@ def load_clip(
                 "download them once on a machine with network (they go to the Hugging Face "
                 "cache) or pass --clip-pretrained /path/to/checkpoint."
             ) from exc
-        raise UserError(f"could not build CLIP {clip_model!r} with weights {pretrained!r}: {exc}") from exc
+        raise UserError(
+            f"could not build CLIP {clip_model!r} with weights {pretrained!r}: {exc}"
+        ) from exc
+    finally:
+        logging.disable(logging.NOTSET)
     model.eval().requires_grad_(False)
     model_id, pretrained_id = clip_identity(clip_model, clip_pretrained)
     return LoadedClip(
@@ -127,12 +133,25 @@ def load_clip(
 
 
 def _text_tower(model: torch.nn.Module) -> torch.nn.Module:
-    """The module that owns `ln_final` and `text_projection` (CLIP itself or `.text`)."""
+    """The causal CLIP text transformer (CLIP itself or its `.text`), which has SOT/EOT tokens."""
     tower = getattr(model, "text", model)
-    if not all(hasattr(tower, a) for a in ("ln_final", "text_projection", "text_pool_type")):
+    needed = (
+        "token_embedding",
+        "positional_embedding",
+        "transformer",
+        "ln_final",
+        "text_projection",
+        "text_pool_type",
+    )
+    if (
+        not all(hasattr(tower, a) for a in needed)
+        or getattr(tower, "attn_mask", None) is None
+        or getattr(tower, "cls_emb", None) is not None
+        or tower.text_pool_type not in ("argmax", "eos")
+    ):
         raise UserError(
-            f"{type(model).__name__} has no open_clip text transformer: per-token features "
-            "need a CLIP with a built-in text tower."
+            f"{type(model).__name__} has no causal CLIP text transformer with an EOT token: "
+            "word-token features need a CLIP-style text tower (e.g. ViT-B-16)."
         )
     return tower
 
@@ -144,13 +163,23 @@ def _project(tower: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
 
 
-def _eot_positions(tower: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    pool = tower.text_pool_type
-    if pool == "argmax":  # EOT has the largest id in CLIP's BPE vocabulary
-        return tokens.argmax(dim=-1)
-    if pool == "eos":
-        return (tokens == tower.text_eos_id).int().argmax(dim=-1)
-    raise UserError(f"text pool type {pool!r} has no EOT token: word tokens are undefined.")
+def _eot_positions(tower: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    if tower.text_pool_type == "argmax":  # EOT has the largest id in CLIP's BPE vocabulary
+        return ids.argmax(dim=-1)
+    return (ids == tower.text_eos_id).int().argmax(dim=-1)
+
+
+def _last_layer(tower: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """`ln_final` outputs [B, L, W], as in `encode_text`, for sequences cut after the last EOT.
+
+    The attention mask is causal, so the padding after EOT cannot change any token before
+    it: cutting it gives the same features for a fraction of the compute.
+    """
+    length = ids.shape[1]
+    cast = tower.transformer.get_cast_dtype()
+    x = tower.token_embedding(ids).to(cast) + tower.positional_embedding[:length].to(cast)
+    x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
+    return tower.ln_final(x)
 
 
 @dataclass(frozen=True)
@@ -167,28 +196,24 @@ def encode_texts(
 ) -> TextFeatures:
     """Encode texts with the frozen text tower, in batches, in the joint space (not normalised).
 
-    Word tokens are the tokens strictly between SOT and EOT, taken after `ln_final` and
-    projected with `text_projection`; the pooled feature is exactly `encode_text`.
+    The pooled feature is the projected EOT token (what `encode_text` returns); word tokens
+    are the tokens strictly between SOT and EOT, after `ln_final`, projected with
+    `text_projection`. Texts are batched by token length so little padding is computed.
     """
     tower = _text_tower(clip.model)
-    captured: list[torch.Tensor] = []
-    hook = (
-        tower.ln_final.register_forward_hook(lambda _m, _i, out: captured.append(out))
-        if with_tokens
-        else None
-    )
-    pooled_out, tokens_out = [], []
-    try:
-        for start in range(0, len(texts), batch_size):
-            ids = clip.tokenizer(list(texts[start : start + batch_size])).to(clip.device)
-            captured.clear()
-            pooled_out.append(clip.model.encode_text(ids).float().cpu())
-            if with_tokens:
-                projected = _project(tower, captured[-1]).float().cpu()
-                eot = _eot_positions(tower, ids).cpu()
-                tokens_out.extend(projected[i, 1 : int(eot[i])].numpy() for i in range(len(ids)))
-    finally:
-        if hook is not None:
-            hook.remove()
-    pooled = torch.cat(pooled_out).numpy() if pooled_out else np.zeros((0, clip.embed_dim))
-    return TextFeatures(pooled=pooled.astype(np.float32), tokens=tokens_out if with_tokens else None)
+    ids = clip.tokenizer(list(texts)) if len(texts) else torch.zeros(0, 1, dtype=torch.long)
+    eot = _eot_positions(tower, ids)
+    order = torch.argsort(eot, stable=True)
+    pooled = torch.zeros(len(texts), clip.embed_dim)
+    tokens: list[np.ndarray | None] = [None] * len(texts)
+    for start in range(0, len(texts), batch_size):
+        rows = order[start : start + batch_size]
+        length = int(eot[rows].max()) + 1
+        hidden = _project(tower, _last_layer(tower, ids[rows, :length].to(clip.device)))
+        hidden = hidden.float().cpu()
+        ends = eot[rows]
+        pooled[rows] = hidden[torch.arange(len(rows)), ends]
+        if with_tokens:
+            for i, row in enumerate(rows.tolist()):
+                tokens[row] = hidden[i, 1 : int(ends[i])].numpy()
+    return TextFeatures(pooled=pooled.numpy(), tokens=tokens if with_tokens else None)

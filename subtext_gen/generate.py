@@ -136,7 +136,7 @@ def generate(
                     ok += row.ok
                     failed += not row.ok
                     if row.error and len(errors) < 5:
-                        errors.setdefault(row.error.split(":")[0] if row.raw is None else row.error)
+                        errors.setdefault(row.error[:200])
                 done = ok + failed
                 progress.update(task, completed=done, ok=ok, failed=failed, remaining=total - done)
     finally:
@@ -150,4 +150,3 @@ def generate(
         path=store.path,
         errors=tuple(errors),
     )
-

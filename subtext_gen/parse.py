@@ -55,9 +55,8 @@ def _json_items(text: str) -> list[str] | None:
             value = json.loads(text[start : end + 1])
         except json.JSONDecodeError:
             continue
-        items = _flatten_json(value)
-        if items:
-            return items
+        if isinstance(value, (list, dict)):
+            return _flatten_json(value)
     return None
 
 

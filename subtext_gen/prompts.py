@@ -46,7 +46,7 @@ PROMPTS: dict[str, Prompt] = {
         ),
         Prompt(
             "visual",
-            'A video shows a person {action}. Describe what is seen in {n} consecutive moments '
+            "A video shows a person {action}. Describe what is seen in {n} consecutive moments "
             "of it, from start to end, each as one short phrase naming a single body movement "
             "or interaction. Reply with exactly {n} numbered lines.",
         ),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,14 +64,18 @@ def select_best(class_ids: np.ndarray, scores: np.ndarray) -> dict[int, int]:
 
 def score(
     artifacts_dir: Path,
-    clip: LoadedClip,
+    clip: LoadedClip | Callable[[], LoadedClip],
     alpha: str = "complement",
     beta: str = "complement",
     template: str = DEFAULT_TEMPLATE,
     fallback: str | None = None,
     batch_size: int = 256,
 ) -> ScoreSummary:
-    """Score every valid candidate of `artifacts_dir` and write the two artifacts."""
+    """Score every valid candidate of `artifacts_dir` and write the two artifacts.
+
+    `clip` may be a loader, called only once the candidates have checked out, so that a
+    mistake is reported before a large model is loaded.
+    """
     start = time.perf_counter()
     if fallback not in (None, "global"):
         raise UserError(f"--fallback {fallback!r} is not known; the only fallback is `global`.")
@@ -86,6 +91,8 @@ def score(
             "or pass --fallback global."
         )
     globals_ = [global_text(template, name) for name in names]
+    if callable(clip):
+        clip = clip()
 
     tower_seconds = 0.0
 

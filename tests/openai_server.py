@@ -65,7 +65,9 @@ def numbered_list(request: dict, sample: int) -> str:
 def good_replies(request: dict, call: int) -> Reply:
     """n good numbered lists, one per requested sample."""
     k = int(request.get("n", 1))
-    return Reply(body=chat_body(request, [numbered_list(request, call * 100 + s) for s in range(k)]))
+    return Reply(
+        body=chat_body(request, [numbered_list(request, call * 100 + s) for s in range(k)])
+    )
 
 
 class OpenAIServer:

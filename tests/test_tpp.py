@@ -49,8 +49,10 @@ def test_tpp_hand_computed_identity_and_clamp():
     assert float(comp.score) == pytest.approx((1e-6 * 0.25) ** -0.5, rel=1e-4)  # 2000
 
 
-@pytest.mark.parametrize("alpha,beta", [("complement", "complement"), ("identity", "identity"),
-                                        ("identity", "complement")])
+@pytest.mark.parametrize(
+    "alpha,beta",
+    [("complement", "complement"), ("identity", "identity"), ("identity", "complement")],
+)
 def test_tpp_matches_scalar_reference_batched(alpha, beta):
     g = torch.Generator().manual_seed(1)
     t = torch.randn(2, 3, 8, generator=g)

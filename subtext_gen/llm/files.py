@@ -56,7 +56,10 @@ def read_description_sets(path: Path) -> dict[str, list[list[str]]]:
         header = [h.strip().lower() for h in rows[0]]
         sets: dict[str, dict[str, list[str]]] = {}
         if "sub_text" in header:
-            col, set_col = header.index("sub_text"), header.index("set") if "set" in header else None
+            col, set_col = (
+                header.index("sub_text"),
+                header.index("set") if "set" in header else None,
+            )
             for row in rows[1:]:
                 if len(row) > col and row[col].strip():
                     label = row[set_col] if set_col is not None and len(row) > set_col else ""
@@ -104,7 +107,9 @@ class FileBackend:
         by_key = {_key(name): sets for name, sets in self.sets.items()}
         for job in jobs:
             sets = by_key[_key(job.class_name)]
-            yield Completion(job, tuple(json.dumps(sets[s], ensure_ascii=False) for s in job.samples))
+            yield Completion(
+                job, tuple(json.dumps(sets[s], ensure_ascii=False) for s in job.samples)
+            )
 
     def close(self) -> None:
         pass

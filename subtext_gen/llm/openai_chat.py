@@ -60,7 +60,7 @@ class OpenAIBackend:
         return text.replace(self._secret, "***") if self._secret else text
 
     def _ask(self, job: Job) -> Completion:
-        """All samples of one job: one request with n = missing, topped up if the server ignores n."""
+        """All samples of a job: one request with n = missing, topped up if the server ignores n."""
         openai = self._openai
         replies: list[str | None] = [None] * len(job.samples)
         missing = list(range(len(job.samples)))
@@ -83,7 +83,8 @@ class OpenAIBackend:
                     break
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             raise UserError(
-                f"the server refused the API key ({self._redact(str(exc))[:200]}); check OPENAI_API_KEY."
+                f"the server refused the API key ({self._redact(str(exc))[:200]}); "
+                "check OPENAI_API_KEY."
             ) from exc
         except openai.NotFoundError as exc:
             raise UserError(

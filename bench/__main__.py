@@ -1,0 +1,59 @@
+"""`make bench`: every benchmark in one run, one file (bench/results.json), one table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from .subtexts import bench_llm_concurrency, bench_tpp_scoring
+
+RESULTS = Path(__file__).resolve().parent / "results.json"
+
+# (key, target, higher is better)
+TARGETS = {
+    "tpp_text_tower_share": (0.80, True),
+    "llm_concurrency_speedup": (8.0, True),
+}
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    cores = len(os.sched_getaffinity(0))
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {cores} cores, {gpu}, torch {torch.__version__}"
+
+
+def main() -> None:
+    console = Console()
+    results: dict[str, object] = {"machine": machine()}
+    for name, bench in (
+        ("TPP scoring", bench_tpp_scoring),
+        ("LLM concurrency", bench_llm_concurrency),
+    ):
+        with console.status(f"benchmark: {name}"):
+            results.update(bench())
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    table = Table(title=f"make bench on {results['machine']}")
+    for col in ("figure", "value", "target", "met"):
+        table.add_column(col)
+    for key, value in results.items():
+        if not isinstance(value, float):
+            continue
+        target, higher = TARGETS.get(key, (None, True))
+        met = "" if target is None else ("yes" if (value >= target) == higher else "NO")
+        table.add_row(key, f"{value:.3f}", "" if target is None else f">= {target}", met)
+    console.print(table)
+    for key, value in results.items():
+        if key.endswith("_setup"):
+            console.print(f"{key}: {value}")
+    console.print(f"written: {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
