@@ -22,32 +22,12 @@ def cli(*args, env=None):
 
 def test_generate_score_show_with_the_file_backend(tmp_path):
     out = tmp_path / "demo"
-    done = cli(
-        "generate",
-        "--llm",
-        "file",
-        "--classes",
-        "data/demo/classes.csv",
-        "--input",
-        "data/demo/candidates.json",
-        "--out",
-        str(out),
-        "--no-progress",
-    )
+    generate = ("generate", "--llm", "file", "--classes", "data/demo/classes.csv", "--input")
+    generate += ("data/demo/candidates.json", "--out", str(out), "--no-progress")
+    done = cli(*generate)
     assert done.returncode == 0, done.stderr
     assert "18 ok, 0 failed, 0 already done" in done.stdout
-    again = cli(
-        "generate",
-        "--llm",
-        "file",
-        "--classes",
-        "data/demo/classes.csv",
-        "--input",
-        "data/demo/candidates.json",
-        "--out",
-        str(out),
-        "--no-progress",
-    )
+    again = cli(*generate)
     assert "0 ok, 0 failed, 18 already done" in again.stdout  # resumable: nothing redone
     scored = cli(
         "score",

@@ -213,3 +213,27 @@ def test_missing_or_incomplete_local_directory_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="empty-llava.*cannot be loaded") as info:
         LlavaBackend(model=str(empty), device="cpu")
     assert "\n" not in str(info.value)
+
+
+def test_generate_command_with_a_local_llava_stores_every_reply(tiny_llava, tmp_path):
+    """`python -m subtext_gen generate --llm llava --model DIR`, through the real CLI."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from .conftest import REPO
+
+    classes = tmp_path / "classes.csv"
+    classes.write_text("id,name\n0,brush_hair\n1,cartwheel\n")
+    out = tmp_path / "art"
+    cmd = [sys.executable, "-m", "subtext_gen", "generate", "--llm", "llava", "--model",
+           str(tiny_llava), "--classes", str(classes), "--prompts", "steps,json",
+           "--samples", "2", "--out", str(out), "--no-progress"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    df = pd.read_parquet(out / "candidates.parquet")
+    assert len(df) == 8 and set(df.llm) == {f"llava:{tiny_llava}"}
+    # Random weights reply junk: stored as failed rows with their raw text and a reason.
+    assert df.raw.map(lambda r: isinstance(r, str)).all()
+    assert (df.ok | df.error.str.startswith("expected 4 sub-texts")).all()
