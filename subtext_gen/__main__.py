@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from enum import Enum
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import UserError
+from .errors import UserError, run_cli
 
 app = typer.Typer(
     add_completion=False,
@@ -184,14 +183,7 @@ def show(
 
 
 def main() -> None:
-    try:
-        app()
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: everything written so far is kept; rerun to resume.", file=sys.stderr)
-        sys.exit(130)
+    run_cli(app)
 
 
 if __name__ == "__main__":

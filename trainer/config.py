@@ -1,0 +1,108 @@
+"""Run configuration as dataclasses, and the paper's settings as named presets (data).
+
+The paper builds on BIKE and keeps its recipe where it says nothing else; presets take the
+values of BIKE's public configs (ViT-B/16 where the paper's baseline uses it): AdamW,
+lr 5e-5 for the new modules and x0.1 for the CLIP backbone, weight decay 0.2, cosine
+schedule with 5 warm-up epochs. `batch_size` is the global batch (all GPUs together);
+gradient accumulation makes it up when a device cannot hold it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from subtext_gen.errors import UserError
+
+AGGREGATIONS = ("mean", "global", "coarse", "fine", "coarse+fine")
+
+
+@dataclass
+class RunConfig:
+    # data
+    dataset: str = "hmdb51"
+    root: Path | None = None
+    videos: Path | None = None
+    split: str = "1"  # fold 1, 2, 3 or "all"
+    shots: int | None = None
+    fewshot_list: Path | None = None
+    fewshot_epoch_len: int | None = None  # items per few-shot epoch (default: the train list's)
+    charades_instances: bool = True  # Charades: train on action instances, else whole videos
+    frames: int = 8
+    eval_clips: int = 1
+    eval_crops: int = 1
+    workers: int = 4
+    # text side
+    subtexts: Path | None = None
+    clip_model: str = "ViT-B-16"
+    clip_pretrained: str = "openai"
+    # model
+    aggregation: str = "coarse+fine"
+    temporal_layers: int = 0
+    attention_heads: int = 1
+    tau_coarse: float = 0.01
+    tau_fine: float = 0.01
+    freeze_backbone: bool = False
+    grad_checkpointing: bool = False
+    # optimisation
+    epochs: int = 20
+    batch_size: int = 32
+    micro_batch: int | None = None  # per-step batch on one device; accumulation fills the rest
+    lr: float = 5e-5
+    backbone_lr_scale: float = 0.1
+    weight_decay: float = 0.2
+    warmup_epochs: float = 5.0
+    lam: float = 1.0
+    amp: str = "bf16"  # bf16, fp16 or none (CUDA only; CPU runs fp32)
+    compile: bool = False
+    # run
+    seed: int = 0
+    device: str = "auto"
+    out: Path | None = None
+    eval_every: int = 1
+    preset: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.aggregation not in AGGREGATIONS:
+            raise UserError(
+                f"unknown --aggregation {self.aggregation!r}; choose one of "
+                f"{', '.join(AGGREGATIONS)}."
+            )
+        if self.frames < 1 or self.epochs < 1 or self.batch_size < 1:
+            raise UserError("--frames, --epochs and --batch-size must be at least 1.")
+        if self.eval_crops not in (1, 3):
+            raise UserError("--crops must be 1 or 3.")
+
+
+PRESETS: dict[str, dict] = {
+    # Supervised Kinetics-400 (BIKE k400_train_rgb_vitb-16-f8: 32 per GPU x 8 GPUs).
+    "k400": dict(dataset="k400", frames=8, epochs=30, batch_size=256, lr=5e-5,
+                 warmup_epochs=5, eval_clips=4, eval_crops=3, temporal_layers=6),
+    # Few-shot, K = 2 (BIKE hmdb_few_shot / ucf_few_shot / k400_few_shot).
+    "hmdb51-2shot": dict(dataset="hmdb51", shots=2, frames=8, epochs=20, batch_size=32,
+                         lr=5e-5, warmup_epochs=5, eval_clips=1, eval_crops=1),
+    "ucf101-2shot": dict(dataset="ucf101", shots=2, frames=8, epochs=20, batch_size=32,
+                         lr=5e-5, warmup_epochs=5, eval_clips=1, eval_crops=1),
+    "k400-2shot": dict(dataset="k400", shots=2, frames=8, epochs=20, batch_size=32,
+                       lr=5e-5, warmup_epochs=5, eval_clips=1, eval_crops=1),
+    # Multi-label Charades (BIKE charades_k400_finetune: 16 frames, 20 epochs, mAP).
+    "charades": dict(dataset="charades", frames=16, epochs=20, batch_size=256, lr=5e-5,
+                     warmup_epochs=5, eval_clips=1, eval_crops=1, charades_instances=True),
+}  # fmt: skip
+
+
+def resolve_config(preset: str | None, overrides: dict) -> RunConfig:
+    """A preset's values, then every flag the user set explicitly (flags win)."""
+    values: dict = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UserError(f"unknown --preset {preset!r}; known: {', '.join(PRESETS)}.")
+        values.update(PRESETS[preset])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = set(values) - names
+    if unknown:
+        raise UserError(f"unknown setting(s): {', '.join(sorted(unknown))}.")
+    return RunConfig(preset=preset, **{k: v for k, v in values.items() if k != "preset"})

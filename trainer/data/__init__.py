@@ -1,0 +1,1 @@
+"""Video data: official dataset layouts, decord decoding, frame sampling, transforms, protocols."""

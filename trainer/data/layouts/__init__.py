@@ -1,0 +1,66 @@
+"""The datasets in their official layouts, read into `SplitList`s (existence checks only).
+
+`load_split(dataset, root, split, fold, videos)` is the one entry point; each module also
+has a `load` with dataset-specific options (e.g. a class list for miniature copies).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from subtext_gen.errors import UserError
+
+from ..items import SplitList
+from . import charades, generic, hmdb51, kinetics, ucf101
+
+DATASETS = ("hmdb51", "ucf101", "k400", "charades", "list")
+
+_SPLITS: dict[str, list[tuple[str, int | None]]] = {
+    "hmdb51": [(s, f) for f in (1, 2, 3) for s in hmdb51.SPLITS],
+    "ucf101": [(s, f) for f in (1, 2, 3) for s in ucf101.SPLITS],
+    "k400": [(s, None) for s in kinetics.SPLITS],
+    "charades": [(s, None) for s in charades.SPLITS],
+    "list": [(s, None) for s in generic.SPLITS],
+}
+
+
+def _dataset(dataset: str) -> str:
+    name = str(dataset).strip().lower()
+    if name not in DATASETS:
+        raise UserError(f"unknown --dataset {dataset!r}; choose one of {', '.join(DATASETS)}.")
+    return name
+
+
+def available_splits(dataset: str, root: Path | None = None) -> list[tuple[str, int | None]]:
+    """The (split, fold) pairs a dataset defines, e.g. [("train", 1), ("test", 1), ...].
+
+    With `root`, a generic list dataset offers only the list files it has.
+    """
+    name = _dataset(dataset)
+    if name == "list" and root is not None:
+        return [(s, f) for s, f in _SPLITS[name] if (Path(root) / f"{s}.txt").is_file()]
+    return list(_SPLITS[name])
+
+
+def load_split(
+    dataset: str,
+    root: Path,
+    split: str = "train",
+    fold: int | None = 1,
+    videos: Path | None = None,
+    charades_instances: bool = False,
+) -> SplitList:
+    """One split of a dataset; `fold` counts for hmdb51/ucf101 only (None means fold 1)."""
+    name = _dataset(dataset)
+    if name == "hmdb51":
+        return hmdb51.load(root, split, fold, videos)
+    if name == "ucf101":
+        return ucf101.load(root, split, fold, videos)
+    if name == "k400":
+        return kinetics.load(root, split, videos)
+    if name == "charades":
+        return charades.load(root, split, videos, instances=charades_instances)
+    return generic.load(root, split, videos)
+
+
+__all__ = ["DATASETS", "available_splits", "load_split"]

@@ -1,0 +1,76 @@
+"""A generic dataset: `classes.csv` (`id,name`) and list files `train.txt`/`val.txt`/`test.txt`.
+
+List lines are `relative/path label[,label...]`: the last whitespace-separated field holds the
+labels (class names or ids), everything before it the path, relative to the video folder
+(default: the root). Blank lines and `#` comments are skipped. A line with several labels
+makes the split multi-label.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+from subtext_gen.classes import load_classes
+from subtext_gen.errors import UserError
+
+from ..items import SplitList, VideoItem
+from ._common import DirIndex, normalize_split, read_lines, require_file, require_root, video_root
+
+LABEL = "the list dataset"
+SPLITS = ("train", "val", "test")
+_EXPECT = "classes.csv (`id,name`) and the list files train.txt, val.txt, test.txt"
+
+
+def load(root: Path | str, split: str = "train", videos: Path | str | None = None) -> SplitList:
+    root = require_root(root, _EXPECT)
+    split = normalize_split(split, SPLITS, LABEL)
+    classes_csv = require_file(root / "classes.csv", "class list", f"--root must hold {_EXPECT}")
+    names = load_classes(classes_file=classes_csv).names
+    by_name = {name: i for i, name in enumerate(names)}
+    list_file = require_file(
+        root / f"{split}.txt",
+        "list file",
+        f"--root must hold {_EXPECT} (lines `relative/path label[,label...]`)",
+    )
+    vdir = video_root(videos, root, "List", "must hold the videos named in the list files")
+
+    index = DirIndex()
+    items: list[VideoItem] = []
+    missing: list[str] = []
+    multi_label = False
+    for lineno, line in enumerate(read_lines(list_file), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.rsplit(None, 1)
+        if len(fields) != 2:
+            raise UserError(
+                f"{list_file} line {lineno} has no label; lines are "
+                f"`relative/path label[,label...]`."
+            )
+        rel, label_field = fields
+        labels = []
+        for label in label_field.split(","):
+            label = label.strip()
+            if not label:
+                continue
+            class_id = by_name.get(label)
+            if class_id is None and label.isdigit() and int(label) < len(names):
+                class_id = int(label)
+            if class_id is None:
+                raise UserError(
+                    f"{list_file} line {lineno}: label {label!r} is neither a name nor an id "
+                    f"in {classes_csv}."
+                )
+            labels.append(class_id)
+        if not labels:
+            raise UserError(f"{list_file} line {lineno} has no label.")
+        unique = tuple(sorted(set(labels)))
+        multi_label = multi_label or len(unique) > 1
+        path = index.find(vdir, rel)
+        if path is None:
+            missing.append(rel)
+        else:
+            video_id = str(PurePosixPath(rel.replace("\\", "/")).with_suffix(""))
+            items.append(VideoItem(path, video_id, unique))
+    return SplitList("list", split, None, names, tuple(items), multi_label, tuple(missing))

@@ -1,0 +1,161 @@
+"""Kinetics-400 as released: `train.csv` / `validate.csv` / `test.csv` and clip folders.
+
+Csv header `label,youtube_id,time_start,time_end,split`; a clip is the file
+`<youtube_id>_<start:06d>_<end:06d>.mp4` (or .mkv/.webm/.avi) under `<split>/<label>/` or
+`<split>/`, where the split folders are `train`, `val` or `validate`, `test`. Missing clips
+are common (deleted YouTube videos): they are reported in `SplitList.missing`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from subtext_gen.classes import DATA_DIR, load_classes
+from subtext_gen.errors import UserError
+
+from ..items import SplitList, VideoItem
+from ._common import VIDEO_EXTS, normalize_split, require_file, require_root, video_root
+
+LABEL = "Kinetics-400"
+SPLITS = ("train", "val", "test")
+CSV_FILES = {"train": ("train.csv",), "val": ("validate.csv", "val.csv"), "test": ("test.csv",)}
+SPLIT_DIRS = {"train": ("train",), "val": ("val", "validate"), "test": ("test",)}
+SHIPPED_CLASSES = DATA_DIR / "k400" / "classes.csv"
+_EXPECT = "the official train.csv, validate.csv and test.csv"
+_FOLDERS = "the split folders train, val (or validate) and test"
+
+
+def clip_id(youtube_id: str, start: int, end: int) -> str:
+    return f"{youtube_id}_{start:06d}_{end:06d}"
+
+
+def load(
+    root: Path | str,
+    split: str = "train",
+    videos: Path | str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> SplitList:
+    """One split; classes (in id order) are `class_names`, the shipped list, or train.csv's."""
+    root = require_root(root, _EXPECT)
+    split = normalize_split(split, SPLITS, LABEL)
+    csv_path = _csv_file(root, split)
+    rows = _read_rows(csv_path)
+    if class_names is not None:
+        names = tuple(class_names)
+    elif SHIPPED_CLASSES.is_file():
+        names = load_classes("k400").names
+    else:
+        train_csv = require_file(
+            root / "train.csv",
+            "Kinetics-400 train.csv (it fixes the class order)",
+            f"--root must hold {_EXPECT}",
+        )
+        train_rows = rows if csv_path == train_csv else _read_rows(train_csv)
+        names = tuple(sorted({row[0] for row in train_rows}))
+    by_label = {name: i for i, name in enumerate(names)}
+    by_norm = {_norm(name): i for i, name in enumerate(names)}
+
+    vdir = video_root(videos, root, LABEL, f"must hold {_FOLDERS}")
+    folders = [vdir / d for d in SPLIT_DIRS[split] if (vdir / d).is_dir()]
+    if not folders:
+        wanted = " or ".join(str(vdir / d) for d in SPLIT_DIRS[split])
+        raise UserError(
+            f"Kinetics-400 video folder not found: {wanted}; the video folder must hold {_FOLDERS}."
+        )
+    clips = _index_clips(folders)
+
+    items: list[VideoItem] = []
+    missing: list[str] = []
+    for label, youtube_id, start, end, line in rows:
+        class_id = by_label.get(label, by_norm.get(_norm(label), -1))
+        if class_id < 0:
+            raise UserError(
+                f"{csv_path} line {line}: label {label!r} is not a Kinetics-400 class of this "
+                f"class list ({len(names)} classes)."
+            )
+        vid = clip_id(youtube_id, start, end)
+        found = clips.get(vid)
+        if not found:
+            missing.append(vid)
+            continue
+        want = _norm(names[class_id])
+        path = min(found, key=lambda f: (0 if f[0] == want else 1 if f[0] == "" else 2, f[1]))[2]
+        items.append(VideoItem(path, vid, (class_id,)))
+    return SplitList("k400", split, None, names, tuple(items), False, tuple(missing))
+
+
+def _norm(label: str) -> str:
+    return " ".join(label.replace("_", " ").split()).casefold()
+
+
+def _csv_file(root: Path, split: str) -> Path:
+    for name in CSV_FILES[split]:
+        if (root / name).is_file():
+            return root / name
+    return require_file(
+        root / CSV_FILES[split][0], "Kinetics-400 annotation file", f"--root must hold {_EXPECT}"
+    )
+
+
+def _read_rows(path: Path) -> list[tuple[str, str, int, int, int]]:
+    """(label, youtube_id, start, end, line number) of each row of a Kinetics csv."""
+    rows = []
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh)
+        header = [h.strip().lower() for h in next(reader, [])]
+        need = ("youtube_id", "time_start", "time_end")
+        if not set(need) <= set(header):
+            raise UserError(
+                f"{path} must have the header `label,youtube_id,time_start,time_end,split`."
+            )
+        if "label" not in header:
+            raise UserError(
+                f"{path} has no label column, so its clips cannot be used for training or "
+                f"evaluation; use an annotation file with labels."
+            )
+        col = {name: header.index(name) for name in (*need, "label")}
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            try:
+                label = row[col["label"]].strip()
+                youtube_id = row[col["youtube_id"]].strip()
+                start = int(float(row[col["time_start"]]))
+                end = int(float(row[col["time_end"]]))
+            except (IndexError, ValueError) as exc:
+                raise UserError(
+                    f"{path} line {reader.line_num} is not a valid Kinetics row ({exc})."
+                ) from exc
+            if not label:
+                raise UserError(
+                    f"{path} line {reader.line_num} has no label, so this split cannot be used "
+                    f"for training or evaluation."
+                )
+            rows.append((label, youtube_id, start, end, reader.line_num))
+    return rows
+
+
+def _index_clips(folders: list[Path]) -> dict[str, list[tuple[str, int, Path]]]:
+    """clip id -> [(normalized label folder or "", extension rank, path)], by one scandir walk."""
+    ext_rank = {ext: i for i, ext in enumerate(VIDEO_EXTS)}
+    clips: dict[str, list[tuple[str, int, Path]]] = {}
+
+    def add(folder: Path, label: str) -> None:
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    stem, ext = os.path.splitext(entry.name)
+                    rank = ext_rank.get(ext.lower())
+                    if rank is not None:
+                        clips.setdefault(stem, []).append((label, rank, folder / entry.name))
+                    elif not label and entry.is_dir():  # a label folder: one level only
+                        add(folder / entry.name, _norm(entry.name))
+        except OSError:
+            pass
+
+    for folder in folders:
+        add(folder, "")
+    return clips

@@ -1,0 +1,93 @@
+"""Evaluation metrics: top-k, per-class and mean class accuracy, mAP, multi-view averaging.
+
+Pure functions: inputs are numpy arrays or torch tensors (any device), outputs numpy arrays
+or Python floats. Accuracies are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+
+
+def _numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu()
+    return np.asarray(x)
+
+
+def _ranked_classes(scores: np.ndarray, k: int) -> np.ndarray:
+    """The k best classes per row, best first; ties go to the lower class id."""
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def topk_accuracy(scores, labels, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Fraction of rows whose label is among the k best scores: {"top1": .., "top5": ..}.
+
+    scores [N,C], labels int [N]. k larger than C counts as C.
+    """
+    scores, labels = _numpy(scores), _numpy(labels).astype(np.int64)
+    ranked = _ranked_classes(scores, min(max(ks), scores.shape[1]))
+    hit = ranked == labels[:, None]  # [N, k]: at most one True per row
+    return {f"top{k}": float(hit[:, :k].any(axis=1).mean()) for k in ks}
+
+
+def per_class_accuracy(scores, labels, num_classes: int) -> np.ndarray:
+    """Top-1 accuracy of each class over its own samples -> [C], NaN for absent classes."""
+    scores, labels = _numpy(scores), _numpy(labels).astype(np.int64)
+    correct = (scores.argmax(axis=1) == labels).astype(np.float64)
+    hits = np.bincount(labels, weights=correct, minlength=num_classes)
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, hits / counts, np.nan)
+
+
+def mean_class_accuracy(scores, labels, num_classes: int) -> float:
+    """Mean over the classes present in `labels` of their top-1 accuracy."""
+    return float(np.nanmean(per_class_accuracy(scores, labels, num_classes)))
+
+
+def mean_average_precision(scores, targets) -> float:
+    """mAP over all predictions at once: mean over classes with a positive of their AP.
+
+    scores [N,C], targets multi-hot [N,C]. AP of a class = mean, over its positives, of the
+    precision among the samples ranked at or above that positive. Samples are ranked by
+    descending score; equal scores keep their input order (stable), so ties are
+    deterministic. NaN when no class has a positive.
+    """
+    scores, targets = _numpy(scores), _numpy(targets).astype(np.float64) > 0.5
+    order = np.argsort(-scores, axis=0, kind="stable")
+    ranked = np.take_along_axis(targets, order, axis=0).astype(np.float64)  # [N,C]
+    precision = np.cumsum(ranked, axis=0) / np.arange(1, len(ranked) + 1)[:, None]
+    n_positive = ranked.sum(axis=0)
+    present = n_positive > 0
+    if not present.any():
+        return float("nan")
+    ap = (precision * ranked).sum(axis=0)[present] / n_positive[present]
+    return float(ap.mean())
+
+
+def average_views(scores, video_ids: Sequence[Hashable]) -> tuple[np.ndarray, list]:
+    """Average the V views (clips x crops) of each video: [N*V, C] -> ([N, C], ids).
+
+    Views are averaged as softmax probabilities over classes (not raw logits), so that one
+    view with large logits cannot outvote the others. Videos come out in the order of their
+    first view; views may come in any order and in any number per video.
+    """
+    scores = _numpy(scores).astype(np.float64)
+    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+    probs = shifted / shifted.sum(axis=1, keepdims=True)
+    position: dict = {}  # video id -> its row in the output, in order of first appearance
+    group = np.asarray([position.setdefault(v, len(position)) for v in video_ids], dtype=np.int64)
+    sums = np.zeros((len(position), scores.shape[1]))
+    np.add.at(sums, group, probs)
+    counts = np.bincount(group, minlength=len(position))[:, None]
+    return sums / counts, list(position)
+
+
+def confusion_matrix(pred, labels, num_classes: int) -> np.ndarray:
+    """Counts [C,C] int64: row = true class, column = predicted class."""
+    pred, labels = _numpy(pred).astype(np.int64), _numpy(labels).astype(np.int64)
+    flat = np.bincount(labels * num_classes + pred, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes)

@@ -1,0 +1,1 @@
+"""The video-side model: CLIP visual backbone, temporal module, coarse/fine aggregation."""
