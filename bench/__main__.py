@@ -11,6 +11,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from .loader import bench_loader
 from .subtexts import bench_llm_concurrency, bench_tpp_scoring
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -19,6 +20,7 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 TARGETS = {
     "tpp_text_tower_share": (0.80, True),
     "llm_concurrency_speedup": (8.0, True),
+    "loader_vs_decode": (0.80, True),
 }
 
 
@@ -35,6 +37,7 @@ def main() -> None:
     for name, bench in (
         ("TPP scoring", bench_tpp_scoring),
         ("LLM concurrency", bench_llm_concurrency),
+        ("video loader", bench_loader),
     ):
         with console.status(f"benchmark: {name}"):
             results.update(bench())

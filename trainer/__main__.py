@@ -21,6 +21,11 @@ app = typer.Typer(
 console = Console()
 
 
+@app.callback()
+def _commands() -> None:
+    """Stage two of Storyboard: video data, training and evaluation."""
+
+
 def _folds(split: str | None) -> list[int] | None:
     """`--split 1|2|3|all` -> folds; None for all."""
     if split in (None, "all"):

@@ -38,7 +38,8 @@ def available_splits(dataset: str, root: Path | None = None) -> list[tuple[str, 
     """
     name = _dataset(dataset)
     if name == "list" and root is not None:
-        return [(s, f) for s, f in _SPLITS[name] if (Path(root) / f"{s}.txt").is_file()]
+        found = [(s, f) for s, f in _SPLITS[name] if (Path(root) / f"{s}.txt").is_file()]
+        return found or list(_SPLITS[name])  # none at all: loading says what is missing
     return list(_SPLITS[name])
 
 

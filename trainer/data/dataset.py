@@ -1,0 +1,177 @@
+"""Clips for the model: a torch Dataset over video items, its sampler, collate and loader.
+
+Training: one clip per video (TSN random frames, random crop). Evaluation: every video
+gives `clips x crops` views decoded with one `get_batch`; collate flattens them so a batch
+is always `[B, T, 3, H, W]` with a view index per row, and the trainer averages the views
+of a video. A video that cannot be read is skipped and reported in the batch, never fatal.
+
+Randomness is keyed by (seed, epoch, item), not by worker, so a clip is the same whatever
+worker decodes it: runs repeat and `--resume` continues exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .items import VideoItem
+from .sampling import clip_indices, interval_frames, segment_indices
+from .transforms import eval_transform, train_transform
+from .video import VideoError, open_video, read_frames
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How clips are cut from videos: paper settings are T = 8, 16 or 32 frames."""
+
+    frames: int = 8
+    train: bool = True
+    clips: int = 1  # temporal views per video (evaluation)
+    crops: int = 1  # spatial views per clip (evaluation): 1 or 3
+    size: int = 224
+    short_side: int = 224  # evaluation: 224 (or 256); training crops the native frame
+
+    @property
+    def views(self) -> int:
+        return 1 if self.train else self.clips * self.crops
+
+
+@dataclass(frozen=True)
+class Skipped:
+    video_id: str
+    reason: str
+
+
+class VideoClipDataset(Dataset):
+    """Index with `(epoch, i)` (from `EpochSampler`) or a plain `i` (epoch 0)."""
+
+    def __init__(
+        self,
+        items: Sequence[VideoItem],
+        num_classes: int,
+        multi_label: bool,
+        spec: ClipSpec,
+        seed: int = 0,
+    ):
+        self.items = list(items)
+        self.num_classes = num_classes
+        self.multi_label = multi_label
+        self.spec = spec
+        self.seed = seed
+        self.transform = (
+            train_transform(spec.size)
+            if spec.train
+            else eval_transform(spec.size, spec.short_side, spec.crops)
+        )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def target(self, item: VideoItem) -> torch.Tensor:
+        if not self.multi_label:
+            return torch.tensor(item.label, dtype=torch.long)
+        hot = torch.zeros(self.num_classes)
+        hot[list(item.labels)] = 1.0
+        return hot
+
+    def _indices(self, item: VideoItem, num_frames: int, fps: float, rng) -> np.ndarray:
+        """Frame indices [views_t, T] inside the item's interval (the whole video if none)."""
+        start, end = interval_frames(item.interval, fps, num_frames)
+        if self.spec.train:
+            return segment_indices(num_frames, self.spec.frames, True, rng, start, end)[None]
+        return clip_indices(num_frames, self.spec.frames, self.spec.clips, start, end)
+
+    def __getitem__(self, key) -> dict | Skipped:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        item = self.items[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        try:
+            reader, info = open_video(item.path, None if self.spec.train else self.spec.short_side)
+            indices = self._indices(item, info.num_frames, info.fps, rng)
+            flat = np.unique(indices)
+            frames = read_frames(reader, flat.tolist())  # one decode for every view
+        except (VideoError, ValueError) as exc:
+            return Skipped(item.video_id, str(exc))
+        clips = frames[torch.from_numpy(np.searchsorted(flat, indices))]  # [clips, T, H, W, 3]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**62)))
+            views = torch.stack([self.transform(clip) for clip in clips])
+        if not self.spec.train and self.spec.crops > 1:  # [clips, crops, T, ...] -> views
+            views = views.flatten(0, 1)
+        return {
+            "frames": views,  # uint8 [V, T, 3, S, S]; normalise_clips on the device
+            "label": self.target(item),
+            "video_id": item.video_id,
+        }
+
+
+def collate_clips(samples: Sequence[dict | Skipped]) -> dict:
+    """Flatten views into the batch; skipped videos travel along for the trainer to count."""
+    good = [s for s in samples if not isinstance(s, Skipped)]
+    skipped = [s for s in samples if isinstance(s, Skipped)]
+    if not good:
+        return {"frames": torch.empty(0), "labels": torch.empty(0), "video_ids": [],
+                "views": torch.empty(0, dtype=torch.long), "skipped": skipped}  # fmt: skip
+    frames = torch.cat([s["frames"] for s in good])
+    counts = [len(s["frames"]) for s in good]
+    labels = torch.stack([s["label"] for s in good]).repeat_interleave(torch.tensor(counts), 0)
+    return {
+        "frames": frames,
+        "labels": labels,
+        "video_ids": [s["video_id"] for s, n in zip(good, counts) for _ in range(n)],
+        "views": torch.cat([torch.arange(n) for n in counts]),
+        "skipped": skipped,
+    }
+
+
+class EpochSampler(Sampler):
+    """Yields `(epoch, index)`: shuffled per epoch with `seed`, sharded over DDP ranks.
+
+    Each rank gets `ceil(N / world)` indices (the permutation is padded by wrapping, as
+    torch's DistributedSampler does), so every rank runs the same number of steps.
+    """
+
+    def __init__(self, size: int, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1):
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.rank, self.world = rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.world)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+        else:
+            order = np.arange(self.size)
+        padded = np.resize(order, len(self) * self.world)  # wraps around to pad
+        return iter((self.epoch, int(i)) for i in padded[self.rank :: self.world])
+
+
+def make_loader(
+    dataset: VideoClipDataset,
+    batch_size: int,
+    sampler: EpochSampler,
+    workers: int = 4,
+    pin_memory: bool | None = None,
+) -> DataLoader:
+    """Workers, pinned memory (on CUDA) and persistent workers by default."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_clips,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        drop_last=False,
+    )
