@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .loader import bench_loader
+from .steps import bench_steps
 from .subtexts import bench_llm_concurrency, bench_tpp_scoring
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -21,6 +22,7 @@ TARGETS = {
     "tpp_text_tower_share": (0.80, True),
     "llm_concurrency_speedup": (8.0, True),
     "loader_vs_decode": (0.80, True),
+    "step_overhead_coarse_fine_vs_mean": (0.05, False),
 }
 
 
@@ -38,6 +40,7 @@ def main() -> None:
         ("TPP scoring", bench_tpp_scoring),
         ("LLM concurrency", bench_llm_concurrency),
         ("video loader", bench_loader),
+        ("training steps", bench_steps),
     ):
         with console.status(f"benchmark: {name}"):
             results.update(bench())

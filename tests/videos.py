@@ -12,7 +12,16 @@ import av
 import numpy as np
 
 
-def write_video(path: Path, frames: int = 16, width: int = 64, height: int = 48, fps: int = 8):
+def write_video(
+    path: Path,
+    frames: int = 16,
+    width: int = 64,
+    height: int = 48,
+    fps: int = 8,
+    tint: tuple[float, float, float] = (1.0, 1.0, 1.0),
+):
+    """Write a video; `tint` scales the grey level per RGB channel (tinted frames are
+    for telling classes apart, not for `frame_level`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:
@@ -21,7 +30,8 @@ def write_video(path: Path, frames: int = 16, width: int = 64, height: int = 48,
         stream.options = {"qscale": "1"}  # near-lossless, so grey levels survive
         for i in range(frames):
             level = min(8 * i + 16, 255)
-            image = np.full((height, width, 3), level, dtype=np.uint8)
+            image = np.empty((height, width, 3), dtype=np.uint8)
+            image[:] = (np.asarray(tint) * level).clip(0, 255).astype(np.uint8)
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():

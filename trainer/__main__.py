@@ -77,6 +77,113 @@ def check_data(
             console.print(f"  ... and {len(names) - 20} more (--json lists all)")
 
 
+@app.command()
+def run(
+    dataset: str = typer.Option(None, help="hmdb51, ucf101, k400, charades or list."),
+    root: Path = typer.Option(None, help="Dataset root (default: $STORYBOARD_DATA/<dataset>)."),
+    videos: Path = typer.Option(None, help="Where the videos are, if not under --root."),
+    preset: str = typer.Option(
+        None,
+        help="Paper settings: k400, hmdb51-2shot, ucf101-2shot, "
+        "k400-2shot, charades; flags override them.",
+    ),
+    shots: int = typer.Option(None, help="K videos per class (few-shot)."),
+    fewshot_list: Path = typer.Option(None, help="Reuse a saved few-shot list (fewshot.csv)."),
+    split: str = typer.Option(None, help="Fold 1, 2, 3, or all (runs the three, reports mean)."),
+    subtexts: Path = typer.Option(
+        None, help="subtexts.parquet (default: artifacts/<dataset>/<clip-tag>/)."
+    ),
+    clip_model: str = typer.Option(None, help="open_clip name or model-config JSON (ViT-B-16)."),
+    clip_pretrained: str = typer.Option(None, help="Tag, checkpoint path or none (openai)."),
+    frames: int = typer.Option(None, help="Frames per clip T (8)."),
+    epochs: int = typer.Option(None, help="Epochs (20)."),
+    batch_size: int = typer.Option(None, help="Global batch; accumulation makes it up (32)."),
+    micro_batch: int = typer.Option(None, help="Clips per step on one device."),
+    lr: float = typer.Option(None, help="Head learning rate (5e-5); backbone x0.1."),
+    weight_decay: float = typer.Option(None, help="AdamW weight decay (0.2)."),
+    warmup_epochs: float = typer.Option(None, help="Linear warm-up epochs (5)."),
+    aggregation: str = typer.Option(None, help="mean, global, coarse, fine or coarse+fine."),
+    temporal_layers: int = typer.Option(None, help="Temporal transformer layers (0; paper 6)."),
+    lam: float = typer.Option(None, "--lambda", help="Weight of the video-to-text loss (1)."),
+    freeze_backbone: bool = typer.Option(None, "--freeze-backbone/--train-backbone"),
+    grad_checkpointing: bool = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing"),
+    amp: str = typer.Option(None, help="bf16, fp16 or none (CUDA; CPU is fp32)."),
+    compile: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile."),
+    clips: int = typer.Option(None, help="Temporal views at evaluation."),
+    crops: int = typer.Option(None, help="Spatial views at evaluation (1 or 3)."),
+    workers: int = typer.Option(None, help="DataLoader workers (4)."),
+    eval_every: int = typer.Option(None, help="Evaluate every N epochs (1)."),
+    seed: int = typer.Option(None, help="Seed of sampling, few-shot lists, init (0)."),
+    device: str = typer.Option(None, help="auto, cpu or cuda."),
+    out: Path = typer.Option(None, help="Run directory (default runs/<name>)."),
+    resume: bool = typer.Option(False, help="Continue the run in --out exactly."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Train and evaluate (supervised, few-shot), writing a run directory."""
+    from .config import resolve_config
+    from .engine import summarise, train
+
+    overrides = {
+        "dataset": dataset, "root": root, "videos": videos, "shots": shots,
+        "fewshot_list": fewshot_list, "split": split, "subtexts": subtexts,
+        "clip_model": clip_model, "clip_pretrained": clip_pretrained, "frames": frames,
+        "epochs": epochs, "batch_size": batch_size, "micro_batch": micro_batch, "lr": lr,
+        "weight_decay": weight_decay, "warmup_epochs": warmup_epochs, "aggregation": aggregation,
+        "temporal_layers": temporal_layers, "lam": lam, "freeze_backbone": freeze_backbone,
+        "grad_checkpointing": grad_checkpointing, "amp": amp, "compile": compile,
+        "eval_clips": clips, "eval_crops": crops, "workers": workers, "eval_every": eval_every,
+        "seed": seed, "device": device, "out": out,
+    }  # fmt: skip
+    cfg = resolve_config(preset, overrides)
+    if cfg.split == "all" and cfg.dataset in ("hmdb51", "ucf101"):
+        from dataclasses import replace
+
+        from .engine import default_run_dir
+
+        base = cfg.out or default_run_dir(cfg)
+        results = [train(replace(cfg, split=str(k), out=base / f"fold{k}"), resume)
+                   for k in (1, 2, 3)]  # fmt: skip
+        result = summarise(results)
+    else:
+        result = train(cfg, resume)
+    _print_result(result, as_json)
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Path = typer.Option(..., help="A run directory (its best, else last checkpoint)."),
+    dataset: str = typer.Option(..., help="The dataset to evaluate on."),
+    root: Path = typer.Option(None, help="Dataset root (default: $STORYBOARD_DATA/<dataset>)."),
+    videos: Path = typer.Option(None, help="Where the videos are, if not under --root."),
+    subtexts: Path = typer.Option(None, help="The target dataset's subtexts.parquet."),
+    zero_shot: str = typer.Option(None, help="full (test splits, mean) or half (10 halves)."),
+    split: str = typer.Option("all", help="Fold 1, 2, 3 or all."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    workers: int = typer.Option(4, help="DataLoader workers."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
+) -> None:
+    """Evaluate a trained run: top-1, top-5, mean class accuracy, mAP (multi-label)."""
+    from .engine import evaluate_checkpoint
+
+    if zero_shot not in (None, "full", "half"):
+        raise UserError(f"--zero-shot must be full or half, not {zero_shot!r}.")
+    result = evaluate_checkpoint(checkpoint, dataset, root, subtexts, zero_shot, split, videos,
+                                 device, workers, show_progress=not as_json)  # fmt: skip
+    _print_result(result, as_json)
+
+
+def _print_result(result: dict, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    table = Table(title="result")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
 def main() -> None:
     run_cli(app)
 

@@ -140,20 +140,23 @@ class EpochSampler(Sampler):
         self.size, self.shuffle, self.seed = size, shuffle, seed
         self.rank, self.world = rank, world
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Epoch to draw; `start` skips this rank's first items (resuming mid-epoch)."""
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
-        return math.ceil(self.size / self.world)
+        return math.ceil(self.size / self.world) - self.start
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
         else:
             order = np.arange(self.size)
-        padded = np.resize(order, len(self) * self.world)  # wraps around to pad
-        return iter((self.epoch, int(i)) for i in padded[self.rank :: self.world])
+        padded = np.resize(order, math.ceil(self.size / self.world) * self.world)  # wraps
+        mine = padded[self.rank :: self.world][self.start :]
+        return iter((self.epoch, int(i)) for i in mine)
 
 
 def make_loader(

@@ -236,6 +236,11 @@ class ClassText:
             values[f.name] = tensor.to(device=device, dtype=None if is_mask else dtype)
         return ClassText(**values)
 
+    def subset(self, class_ids: torch.Tensor) -> ClassText:
+        """The given classes only, in that order (zero-shot on half of the label set)."""
+        return ClassText(**{f.name: getattr(self, f.name)[class_ids.to(self.global_emb.device)]
+                            for f in fields(self)})  # fmt: skip
+
     @property
     def num_classes(self) -> int:
         return self.global_emb.shape[0]

@@ -1,0 +1,74 @@
+"""Training-step throughput per aggregation mode, and the head's share of a step."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+
+from subtext_gen.clip_text import load_clip
+from trainer.config import AGGREGATIONS
+from trainer.loss import storyboard_loss
+from trainer.model.aggregation import ClassText, StoryboardHead
+from trainer.model.video_clip import VideoCLIP
+
+
+def _class_text(classes: int, n: int, words: int, dim: int, device) -> ClassText:
+    g = torch.Generator().manual_seed(0)
+    mask = torch.arange(words) < torch.randint(2, words + 1, (classes, 1), generator=g)
+    sub_mask = torch.arange(words) < torch.randint(2, words + 1, (classes, n, 1), generator=g)
+    return ClassText(
+        global_emb=torch.randn(classes, dim, generator=g),
+        global_tokens=torch.randn(classes, words, dim, generator=g),
+        global_mask=mask,
+        sub_emb=torch.randn(classes, n, dim, generator=g),
+        sub_tokens=torch.randn(classes, n, words, dim, generator=g),
+        sub_mask=sub_mask,
+    ).to(device)
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+def bench_steps(batch: int = 2, frames: int = 8, classes: int = 51, repeats: int = 3) -> dict:
+    """Forward-backward of ViT-B/16 (random weights) on the same batch for every mode."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    clip = load_clip("ViT-B-16", "none", str(device))
+    text = _class_text(classes, 4, 12, clip.embed_dim, device)
+    clips = torch.randint(0, 256, (batch, frames, 3, 224, 224), dtype=torch.uint8, device=device)
+    labels = torch.arange(batch, device=device) % classes
+    out: dict = {}
+    step_seconds = {}
+    for mode in AGGREGATIONS:
+        head = StoryboardHead(clip.embed_dim, mode).to(device)
+        model = VideoCLIP(copy.deepcopy(clip.model.visual).requires_grad_(True), head).to(device)
+
+        def step(model=model):
+            model.zero_grad(set_to_none=True)
+            storyboard_loss(model(clips, text)["logits"], labels).backward()
+
+        step_seconds[mode] = _time(step, repeats)
+        features = torch.randn(batch, frames, clip.embed_dim, device=device, requires_grad=True)
+
+        def head_step(head=head, features=features):
+            head.zero_grad(set_to_none=True)
+            storyboard_loss(head(features, text)["logits"], labels).backward()
+
+        out[f"head_share_{mode}"] = _time(head_step, repeats) / step_seconds[mode]
+        out[f"step_clips_per_second_{mode}"] = batch / step_seconds[mode]
+    out["step_overhead_coarse_fine_vs_mean"] = (
+        step_seconds["coarse+fine"] / step_seconds["mean"] - 1
+    )
+    out["steps_setup"] = (f"ViT-B-16 (random weights), {frames} frames, batch {batch}, "
+                          f"{classes} classes x 4 sub-texts, fp32 on {device}")  # fmt: skip
+    return out

@@ -1,0 +1,144 @@
+"""A tiny end-to-end run on CPU: tiny CLIP checkpoint, miniature list dataset, real CLI."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from subtext_gen.classes import load_classes
+from subtext_gen.errors import UserError
+from subtext_gen.generate import generate
+from subtext_gen.llm.files import FileBackend
+from subtext_gen.score import score
+from trainer.config import resolve_config
+
+from .conftest import REPO, TINY_CLIP_CONFIG
+from .videos import write_video
+
+CLASSES = ["red rise", "green rise", "blue rise"]
+TINTS = [(1.0, 0.2, 0.2), (0.2, 1.0, 0.2), (0.2, 0.2, 1.0)]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_clip):
+    """Videos in the generic list layout, a tiny CLIP checkpoint and its scored sub-texts."""
+    base = tmp_path_factory.mktemp("world")
+    root = base / "data"
+    (root / "clips").mkdir(parents=True)
+    (root / "classes.csv").write_text("id,name\n" + "".join(f"{i},{n}\n" for i, n in
+                                                            enumerate(CLASSES)))  # fmt: skip
+    lines = {"train": [], "test": []}
+    for c, tint in enumerate(TINTS):
+        for i in range(4):
+            name = f"clips/c{c}_{i}.mp4"
+            write_video(root / name, frames=12, width=64, height=48, tint=tint)
+            lines["train" if i < 3 else "test"].append(f"{name} {c}")
+    for split, rows in lines.items():
+        (root / f"{split}.txt").write_text("\n".join(rows) + "\n")
+    ckpt = base / "tiny-clip.pt"
+    torch.save(tiny_clip.model.state_dict(), ckpt)
+    sets = {n: [[f"{n} start", f"{n} middle", f"{n} end"]] for n in CLASSES}
+    (base / "sets.json").write_text(json.dumps(sets))
+    classes = load_classes(classes_file=root / "classes.csv")
+    generate(classes, FileBackend(base / "sets.json"), base / "art", 3, show_progress=False)
+    from subtext_gen.clip_text import load_clip
+
+    out = score(base / "art", load_clip(str(TINY_CLIP_CONFIG), str(ckpt), "cpu")).out_dir
+    return {"root": root, "ckpt": ckpt, "subtexts": out / "subtexts.parquet", "base": base}
+
+
+def run_args(world, out, epochs=4, aggregation="coarse+fine"):
+    return [sys.executable, "-m", "trainer", "run", "--dataset", "list", "--root",
+            str(world["root"]), "--subtexts", str(world["subtexts"]), "--clip-model",
+            str(TINY_CLIP_CONFIG), "--clip-pretrained", str(world["ckpt"]), "--frames", "4",
+            "--epochs", str(epochs), "--batch-size", "3", "--lr", "2e-3", "--warmup-epochs",
+            "1", "--aggregation", aggregation, "--workers", "0", "--device", "cpu", "--out",
+            str(out), "--seed", "1"]  # fmt: skip
+
+
+def lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_tiny_run_lowers_the_loss_and_writes_the_run_directory(world, tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run([*run_args(world, out), "--json"], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert 0 <= result["top1"] <= 1 and result["n"] == 3
+    log = lines(out / "metrics.jsonl")
+    train = [x for x in log if "train_loss" in x]
+    assert len(train) == 4 and train[-1]["train_loss"] < train[0]["train_loss"]
+    assert all("top1" in x and "top5" in x for x in log if "train_loss" not in x)
+    for name in ("config.json", "checkpoints/last.pt", "checkpoints/best.pt",
+                 "per_class_accuracy.csv", "predictions.parquet"):  # fmt: skip
+        assert (out / name).exists(), name
+    again = subprocess.run(run_args(world, out), cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_resume_after_ctrl_c_gives_the_same_metrics(world, tmp_path):
+    straight = tmp_path / "straight"
+    subprocess.run(run_args(world, straight), cwd=REPO, check=True, capture_output=True)
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(run_args(world, cut), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and not (cut / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    while time.time() < deadline and len((cut / "metrics.jsonl").read_text().splitlines()) < 1:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=300)
+    assert (cut / "checkpoints" / "last.pt").exists()
+    resumed = subprocess.run([*run_args(world, cut), "--resume"], cwd=REPO,
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    a = [x for x in lines(straight / "metrics.jsonl") if "top1" in x]
+    b = {x["epoch"]: x for x in lines(cut / "metrics.jsonl") if "top1" in x}
+    assert [x["epoch"] for x in a] == sorted(b)
+    for x in a:
+        assert b[x["epoch"]]["top1"] == x["top1"]
+    la = [x["train_loss"] for x in lines(straight / "metrics.jsonl") if "train_loss" in x]
+    lb = {x["epoch"]: x["train_loss"] for x in lines(cut / "metrics.jsonl") if "train_loss" in x}
+    assert la[-1] == pytest.approx(lb[len(la)], rel=1e-5)
+
+
+def test_eval_command_and_zero_shot_half(world, tmp_path):
+    out = tmp_path / "run"
+    subprocess.run(run_args(world, out, epochs=1), cwd=REPO, check=True, capture_output=True)
+    cmd = [sys.executable, "-m", "trainer", "eval", "--checkpoint", str(out), "--dataset",
+           "list", "--root", str(world["root"]), "--subtexts", str(world["subtexts"]),
+           "--device", "cpu", "--workers", "0", "--json"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert set(result) >= {"top1", "top5", "mean_class_acc", "map", "n"} and result["n"] == 3
+    half = subprocess.run([*cmd, "--zero-shot", "half"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert half.returncode == 0, half.stderr
+    assert json.loads(half.stdout)["runs"] == 10
+
+
+def test_clear_errors(world, tmp_path):
+    with pytest.raises(UserError, match="unknown --preset 'k700'"):
+        resolve_config("k700", {})
+    missing = subprocess.run(
+        [*run_args(world, tmp_path / "x"), "--subtexts", str(tmp_path / "none.parquet")],
+        cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert missing.returncode == 2 and "sub-text artifact not found" in missing.stderr
+    other = tmp_path / "other"
+    (other / "clips").mkdir(parents=True)
+    (other / "classes.csv").write_text("id,name\n0,a\n1,b\n2,c\n")
+    for split in ("train", "test"):
+        (other / f"{split}.txt").write_text("clips/c0_0.mp4 a\n")
+    wrong = subprocess.run([*run_args(world, tmp_path / "y"), "--root", str(other),
+                            "--videos", str(world["root"])], cwd=REPO, capture_output=True,
+                           text=True)  # fmt: skip
+    assert wrong.returncode == 2
+    assert "holds other classes than list (only in the dataset: ['a', 'b', 'c']" in wrong.stderr

@@ -1,0 +1,511 @@
+"""Training and evaluation loops: AMP, accumulation, DDP, checkpoints, exact resume.
+
+A run directory holds `config.json`, `fewshot.csv` (few-shot runs), `metrics.jsonl`,
+`checkpoints/last.pt` and `checkpoints/best.pt` (written atomically), and the evaluation
+outputs `per_class_accuracy.csv` and `predictions.parquet`. Data randomness is keyed by
+(seed, epoch, item), and a checkpoint records the epoch and the step inside it, so
+`--resume` continues exactly where a run stopped; Ctrl-C finishes the current optimiser
+step, saves `last.pt` and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from subtext_gen.artifacts import SUBTEXTS_FILE, clip_tag, read_subtexts
+from subtext_gen.clip_text import clip_identity, load_clip
+from subtext_gen.errors import UserError
+
+from . import metrics
+from .config import RunConfig
+from .data.dataset import ClipSpec, EpochSampler, VideoClipDataset, make_loader
+from .data.items import SplitList
+from .data.layouts import load_split
+from .data.protocols import fewshot_items, load_item_list, repeat_factor, save_item_list
+from .distributed import DistInfo, all_reduce_sum, gather_with_grad, init_distributed
+from .loss import storyboard_loss
+from .model.aggregation import ClassText
+from .model.video_clip import VideoCLIP, build_model, param_groups
+
+DATA_ENV = "STORYBOARD_DATA"
+ARTIFACTS_ENV = "STORYBOARD_ARTIFACTS"
+
+
+# ---------------------------------------------------------------- paths and set-up
+
+
+def default_root(dataset: str) -> Path:
+    base = os.environ.get(DATA_ENV)
+    if not base:
+        raise UserError(f"pass --root (the {dataset} folder) or set {DATA_ENV}=DIR.")
+    return Path(base) / dataset
+
+
+def default_subtexts(dataset: str, clip_model: str, clip_pretrained: str) -> Path:
+    tag = clip_tag(*clip_identity(clip_model, clip_pretrained))
+    return Path(os.environ.get(ARTIFACTS_ENV, "artifacts")) / dataset / tag / SUBTEXTS_FILE
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    shots = f"-{cfg.shots}shot" if cfg.shots else ""
+    return Path("runs") / f"{cfg.dataset}{shots}-split{cfg.split}-{cfg.aggregation}-seed{cfg.seed}"
+
+
+def _json_default(value):
+    return str(value) if isinstance(value, Path) else value
+
+
+def atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+def autocast(device: torch.device, amp: str):
+    """bf16 or fp16 autocast on CUDA; CPU runs fp32."""
+    if device.type != "cuda" or amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class RunData:
+    train: SplitList
+    test: SplitList
+    train_items: list  # after few-shot selection and repetition
+    fewshot: list | None
+
+
+def prepare_data(cfg: RunConfig, root: Path, fold: int | None) -> RunData:
+    train = load_split(cfg.dataset, root, "train", fold, cfg.videos, cfg.charades_instances)
+    test_name = "val" if cfg.dataset == "k400" else "test"
+    test = load_split(cfg.dataset, root, test_name, fold, cfg.videos, False)
+    items, chosen = list(train.items), None
+    if cfg.fewshot_list is not None:
+        chosen = load_item_list(cfg.fewshot_list, train)
+    elif cfg.shots:
+        chosen = fewshot_items(train, cfg.shots, cfg.seed)
+    if chosen is not None:
+        target = cfg.fewshot_epoch_len or len(train.items)
+        items = chosen * repeat_factor(len(chosen), target)
+    if not items:
+        raise UserError(f"the {cfg.dataset} train split under {root} has no videos on disk.")
+    return RunData(train, test, items, chosen)
+
+
+def check_classes(split: SplitList, class_names: list[str], artifact_path: Path) -> None:
+    """The artifact's classes must be the dataset's, in the same order."""
+    if list(split.class_names) == list(class_names):
+        return
+    only_data = sorted(set(split.class_names) - set(class_names))
+    only_art = sorted(set(class_names) - set(split.class_names))
+    detail = (
+        f"only in the dataset: {only_data[:10] or 'none'}; only in the artifact: "
+        f"{only_art[:10] or 'none'}"
+        if only_data or only_art
+        else "same names in another order"
+    )
+    raise UserError(
+        f"{artifact_path} holds other classes than {split.dataset} ({detail}); "
+        "generate and score sub-texts for this dataset."
+    )
+
+
+# ---------------------------------------------------------------- the steps
+
+
+def normalise_batch_labels(labels: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return labels.to(device, non_blocking=True)
+
+
+def train_epoch(
+    model, text: ClassText, loader, optimizer, scheduler, scaler, cfg: RunConfig,
+    dist_info: DistInfo, accumulation: int, start: dict, stop_flag: dict, progress, task,
+) -> dict:  # fmt: skip
+    """One epoch, continuing from `start` (batches done, loss sum, clip count, skipped);
+    returns the same counters at the end, with `stopped` set if Ctrl-C cut it short."""
+    model.train()
+    device = dist_info.device
+    total, count = start["loss_sum"], start["clips"]
+    skipped, step = start["skipped"], start["step"]
+    optimizer.zero_grad(set_to_none=True)
+    batches = iter(loader)
+    stopped = False
+    while True:
+        group = []
+        for _ in range(accumulation):
+            batch = next(batches, None)
+            if batch is None:
+                break
+            group.append(batch)
+        if not group:
+            break
+        for batch in group:
+            skipped += len(batch["skipped"])
+            if not len(batch["video_ids"]):
+                continue
+            clips = batch["frames"].to(device, non_blocking=True)
+            labels = normalise_batch_labels(batch["labels"], device)
+            with autocast(device, cfg.amp):
+                logits = model(clips, text)["logits"]
+            # The loss sees the global batch; each rank back-propagates its own rows, so
+            # scaling by world size gives the single-process gradient after DDP's mean.
+            all_logits = gather_with_grad(logits.float())
+            all_labels = gather_with_grad(labels)
+            loss = storyboard_loss(all_logits, all_labels, cfg.lam)
+            scaler.scale(loss * dist_info.world / accumulation).backward()
+            total += float(loss) * len(batch["video_ids"])
+            count += len(batch["video_ids"])
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        step += len(group)
+        progress.update(task, advance=len(group), info=f"loss {total / max(count, 1):.4f}")
+        if stop_flag["stop"]:
+            stopped = True
+            break
+    return {"step": step, "loss_sum": total, "clips": count, "skipped": skipped,
+            "stopped": stopped}  # fmt: skip
+
+
+@torch.inference_mode()
+def predict(model, text: ClassText, loader, dist_info: DistInfo, amp: str, progress=None):
+    """Per-video probabilities (views averaged), labels and ids, gathered from all ranks."""
+    model.eval()
+    scores, labels, ids, skipped = [], [], [], 0
+    task = progress.add_task("evaluate", total=len(loader), info="") if progress else None
+    for batch in loader:
+        skipped += len(batch["skipped"])
+        if len(batch["video_ids"]):
+            with autocast(dist_info.device, amp):
+                logits = model(batch["frames"].to(dist_info.device), text)["logits"]
+            scores.append(logits.float().cpu())
+            labels.append(batch["labels"])
+            ids.extend(batch["video_ids"])
+        if progress:
+            progress.advance(task)
+    if progress:
+        progress.remove_task(task)
+    if dist_info.enabled:
+        gathered = [None] * dist_info.world
+        torch.distributed.all_gather_object(gathered, (scores, labels, ids, skipped))
+        scores = [s for part in gathered for s in part[0]]
+        labels = [lab for part in gathered for lab in part[1]]
+        ids = [i for part in gathered for i in part[2]]
+        skipped = sum(part[3] for part in gathered)
+    if not ids:
+        raise UserError("no test video could be read: check the data with `trainer check-data`.")
+    probs = torch.cat(scores).softmax(-1).numpy()
+    label_rows = torch.cat(labels).numpy()
+    first = {}
+    for row, vid in enumerate(ids):  # one label row per video (views share it)
+        first.setdefault(vid, row)
+    video_probs, video_ids = metrics.average_views(probs, ids)
+    video_labels = label_rows[[first[v] for v in video_ids]]
+    return video_probs, video_labels, video_ids, skipped
+
+
+def score_predictions(probs, labels, num_classes: int, multi_label: bool) -> dict:
+    if multi_label:  # top-k: one of the k best classes is a positive
+        ranked = np.argsort(-probs, axis=1)[:, :5]
+        hits = np.take_along_axis(labels > 0, ranked, axis=1)
+        return {"top1": float(hits[:, :1].any(1).mean()), "top5": float(hits.any(1).mean()),
+                "mean_class_acc": None, "map": metrics.mean_average_precision(probs, labels),
+                "n": len(probs)}  # fmt: skip
+    return {
+        **metrics.topk_accuracy(probs, labels, (1, 5)),
+        "mean_class_acc": metrics.mean_class_accuracy(probs, labels, num_classes),
+        "map": None,
+        "n": len(probs),
+    }
+
+
+def write_eval_outputs(out: Path, probs, labels, ids, class_names, multi_label: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if not multi_label:
+        acc = metrics.per_class_accuracy(probs, labels, len(class_names))
+        pd.DataFrame({"class_id": range(len(class_names)), "class_name": class_names,
+                      "top1": acc}).to_csv(out / "per_class_accuracy.csv", index=False)  # fmt: skip
+    top5 = np.argsort(-probs, axis=1)[:, :5]
+    frame = pd.DataFrame(
+        {
+            "video_id": ids,
+            "label": [list(map(int, np.flatnonzero(r))) for r in labels]
+            if multi_label
+            else labels.astype(int),
+            "pred": probs.argmax(1).astype(int),
+            "top5": [list(map(int, r)) for r in top5],
+            "prob": [p.astype(np.float32) for p in probs],
+        }
+    )
+    frame.to_parquet(out / "predictions.parquet.tmp", index=False)
+    (out / "predictions.parquet.tmp").replace(out / "predictions.parquet")
+
+
+# ---------------------------------------------------------------- a run
+
+
+@dataclass
+class Built:
+    model: VideoCLIP
+    text: ClassText
+    spec_size: int
+
+
+def build(cfg: RunConfig, dist_info: DistInfo, subtexts: Path) -> Built:
+    artifact = read_subtexts(subtexts)
+    clip = load_clip(cfg.clip_model, cfg.clip_pretrained, str(dist_info.device))
+    model, text = build_model(
+        clip, artifact, subtexts,
+        aggregation=cfg.aggregation, temporal_layers=cfg.temporal_layers,
+        attention_heads=cfg.attention_heads, tau_coarse=cfg.tau_coarse, tau_fine=cfg.tau_fine,
+        frames=cfg.frames, freeze_backbone=cfg.freeze_backbone,
+        grad_checkpointing=cfg.grad_checkpointing,
+    )  # fmt: skip
+    size = clip.model.visual.image_size
+    size = int(size[0] if isinstance(size, tuple | list) else size)
+    return Built(model.to(dist_info.device), text.to(dist_info.device), size)
+
+
+def lr_lambda(total_steps: int, warmup_steps: int):
+    """Linear warm-up, then cosine decay to zero, per optimiser step."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> dict:
+    """Train (and evaluate) one fold; returns the best evaluation metrics."""
+    dist_info = init_distributed(cfg.device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    root = cfg.root or default_root(cfg.dataset)
+    fold = None if cfg.split in (None, "all") else int(cfg.split)
+    out = cfg.out or default_run_dir(cfg)
+    ckpt_dir = out / "checkpoints"
+    if (ckpt_dir / "last.pt").exists() and not resume:
+        raise UserError(
+            f"{out} already holds a run: pass --resume to continue it or another --out."
+        )
+    subtexts = cfg.subtexts or default_subtexts(cfg.dataset, cfg.clip_model, cfg.clip_pretrained)
+    data = prepare_data(cfg, root, fold)
+    built = build(cfg, dist_info, subtexts)
+    check_classes(data.train, read_subtexts(subtexts).class_names, subtexts)
+    model, text = built.model, built.text
+
+    train_spec = ClipSpec(frames=cfg.frames, train=True, size=built.spec_size)
+    test_spec = ClipSpec(frames=cfg.frames, train=False, clips=cfg.eval_clips,
+                         crops=cfg.eval_crops, size=built.spec_size,
+                         short_side=built.spec_size)  # fmt: skip
+    num_classes = len(data.train.class_names)
+    train_set = VideoClipDataset(data.train_items, num_classes, data.train.multi_label,
+                                 train_spec, cfg.seed)  # fmt: skip
+    test_set = VideoClipDataset(data.test.items, num_classes, data.test.multi_label, test_spec)
+    micro = cfg.micro_batch or max(1, cfg.batch_size // dist_info.world)
+    accumulation = max(1, math.ceil(cfg.batch_size / (micro * dist_info.world)))
+    sampler = EpochSampler(len(train_set), True, cfg.seed, dist_info.rank, dist_info.world)
+    train_loader = make_loader(train_set, micro, sampler, cfg.workers)
+    test_sampler = EpochSampler(len(test_set), False, 0, dist_info.rank, dist_info.world)
+    test_loader = make_loader(test_set, max(1, micro // max(1, test_spec.views)) or 1,
+                              test_sampler, cfg.workers)  # fmt: skip
+
+    ddp_model = model
+    if dist_info.enabled:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist_info.device.index] if dist_info.device.type == "cuda" else None
+        )
+    if cfg.compile:
+        ddp_model = torch.compile(ddp_model)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.backbone_lr_scale,
+                                               cfg.weight_decay), lr=cfg.lr)  # fmt: skip
+    steps_per_epoch = math.ceil(len(sampler) / accumulation) if len(sampler) else 1
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, max(warmup, 1)))
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=dist_info.device.type == "cuda" and cfg.amp == "fp16"
+    )
+
+    fresh = {"step": 0, "loss_sum": 0.0, "clips": 0, "skipped": 0}
+    epoch, position, best = 0, dict(fresh), None
+    if resume:
+        state = torch.load(ckpt_dir / "last.pt", map_location=dist_info.device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        epoch, position, best = state["epoch"], state["position"], state["best"]
+    if dist_info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(
+            json.dumps(dataclasses.asdict(cfg), indent=2, default=_json_default) + "\n"
+        )
+        if data.fewshot is not None:
+            save_item_list(data.fewshot, out / "fewshot.csv")
+
+    stop = {"stop": False}
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.update(stop=True))
+    log = open(out / "metrics.jsonl", "a", encoding="utf-8") if dist_info.is_main else None  # noqa: SIM115
+
+    def save(name: str) -> None:
+        if dist_info.is_main:
+            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                         "torch_rng": torch.get_rng_state(), "epoch": epoch, "position": position,
+                         "best": best, "config": dataclasses.asdict(cfg)},
+                        ckpt_dir / f"{name}.pt")  # fmt: skip
+
+    try:
+        with _progress(show_progress and dist_info.is_main) as progress:
+            while epoch < cfg.epochs:
+                done = position["step"]
+                sampler.set_epoch(epoch, start=done * micro)  # batches -> this rank's items
+                task = progress.add_task(
+                    f"epoch {epoch + 1}/{cfg.epochs}",
+                    total=done + len(train_loader),
+                    completed=done,
+                    info="",
+                )
+                started = time.perf_counter()
+                position = train_epoch(
+                    ddp_model, text, train_loader, optimizer, scheduler, scaler, cfg, dist_info,
+                    accumulation, position, stop, progress, task)  # fmt: skip
+                progress.remove_task(task)
+                if position.pop("stopped"):
+                    save("last")
+                    raise KeyboardInterrupt
+                skipped = int(all_reduce_sum(torch.tensor(position["skipped"])).item())
+                loss = position["loss_sum"] / max(position["clips"], 1)
+                line = {"epoch": epoch + 1, "train_loss": loss, "skipped": skipped,
+                        "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+                if log:
+                    log.write(json.dumps(line) + "\n")
+                    log.flush()
+                epoch, position = epoch + 1, dict(fresh)
+                if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+                    probs, labels, ids, _ = predict(model, text, test_loader, dist_info,
+                                                    cfg.amp, progress)  # fmt: skip
+                    result = score_predictions(probs, labels, num_classes, data.test.multi_label)
+                    key = "map" if data.test.multi_label else "top1"
+                    if log:
+                        log.write(json.dumps({"epoch": epoch, **result}) + "\n")
+                        log.flush()
+                    if best is None or result[key] > best[key]:
+                        best = {"epoch": epoch, **result}
+                        save("best")
+                        if dist_info.is_main:
+                            write_eval_outputs(out, probs, labels, ids, data.test.class_names,
+                                               data.test.multi_label)  # fmt: skip
+                save("last")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if log:
+            log.close()
+    return best or {}
+
+
+def evaluate_checkpoint(
+    run_dir: Path, dataset: str, root: Path | None, subtexts: Path | None = None,
+    zero_shot: str | None = None, split: str = "all", videos: Path | None = None,
+    device: str = "auto", workers: int = 4, show_progress: bool = True,
+) -> dict:  # fmt: skip
+    """Evaluate a run's best (else last) checkpoint on a dataset's test split(s).
+
+    `zero_shot="full"`: the test splits (folds 1-3, or `split`) and their mean;
+    `zero_shot="half"`: 10 seeded halves of the label set, mean and standard deviation.
+    """
+    from .data.protocols import half_class_splits, restrict_classes
+
+    run_dir = Path(run_dir)
+    path = run_dir / "checkpoints" / "best.pt"
+    path = path if path.exists() else run_dir / "checkpoints" / "last.pt"
+    if not path.exists():
+        raise UserError(f"no checkpoint in {run_dir / 'checkpoints'}: not a run directory.")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    saved = {k: v for k, v in state["config"].items() if k in {f.name for f in
+             dataclasses.fields(RunConfig)}}  # fmt: skip
+    cfg = RunConfig(**{**saved, "dataset": dataset, "root": root, "videos": videos,
+                       "device": device, "workers": workers})  # fmt: skip
+    dist_info = init_distributed(device)
+    root = root or default_root(dataset)
+    subtexts = subtexts or default_subtexts(dataset, cfg.clip_model, cfg.clip_pretrained)
+    built = build(cfg, dist_info, subtexts)
+    missing, unexpected = built.model.load_state_dict(state["model"], strict=False)
+    if unexpected or missing:
+        raise UserError(
+            f"{path} does not fit the model built for it ({(missing + unexpected)[:3]})."
+        )
+    test_name = "val" if dataset == "k400" else "test"
+    folds = [None] if dataset in ("k400", "charades", "list") else (
+        [1, 2, 3] if split in (None, "all") else [int(split)])  # fmt: skip
+    spec = ClipSpec(frames=cfg.frames, train=False, clips=cfg.eval_clips, crops=cfg.eval_crops,
+                    size=built.spec_size, short_side=built.spec_size)  # fmt: skip
+    artifact_classes = read_subtexts(subtexts).class_names
+    results = []
+    with _progress(show_progress and dist_info.is_main) as progress:
+        for fold in folds:
+            test = load_split(dataset, root, test_name, fold, videos, False)
+            check_classes(test, artifact_classes, subtexts)
+            halves = (half_class_splits(len(test.class_names), 10, cfg.seed)
+                      if zero_shot == "half" else [None])  # fmt: skip
+            for half in halves:
+                split_list = test if half is None else restrict_classes(test, half)
+                text = built.text if half is None else built.text.subset(torch.as_tensor(half))
+                data = VideoClipDataset(split_list.items, len(split_list.class_names),
+                                        split_list.multi_label, spec)  # fmt: skip
+                loader = make_loader(data, 4, EpochSampler(len(data), False, 0, dist_info.rank,
+                                     dist_info.world), workers)  # fmt: skip
+                probs, labels, ids, _ = predict(built.model, text.to(dist_info.device), loader,
+                                                dist_info, cfg.amp, progress)  # fmt: skip
+                results.append(score_predictions(probs, labels, len(split_list.class_names),
+                                                 split_list.multi_label))  # fmt: skip
+    return summarise(results)
+
+
+def summarise(results: list[dict]) -> dict:
+    """Mean over folds or halves (and the standard deviation where there are several)."""
+    if len(results) == 1:
+        return results[0]
+    out: dict = {"n": int(sum(r["n"] for r in results)), "runs": len(results)}
+    for key in ("top1", "top5", "mean_class_acc", "map"):
+        values = [r[key] for r in results if r[key] is not None]
+        out[key] = float(np.mean(values)) if values else None
+        if values:
+            out[f"{key}_std"] = float(np.std(values))
+    return out

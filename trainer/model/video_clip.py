@@ -1,0 +1,197 @@
+"""The assembled video model: CLIP visual tower -> temporal transformer -> storyboard head.
+
+`build_model` is the one way the trainer makes it: it checks that the sub-text artifact was
+made with the CLIP whose visual tower it loads (model and weights, and the embedding width),
+keeps only the visual tower (the trainer never runs the text tower; the class texts come
+from the artifact as `ClassText`), and puts everything on the CLIP's device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from subtext_gen.artifacts import ArtifactMeta, SubtextArtifact
+from subtext_gen.clip_text import LoadedClip
+from subtext_gen.errors import UserError
+from trainer.data.transforms import normalise_clips
+from trainer.model.aggregation import ClassText, StoryboardHead
+from trainer.model.temporal import TemporalTransformer
+
+NO_DECAY_NAMES = ("position", "embedding", "logit_scale")
+
+
+class VideoCLIP(nn.Module):
+    """Clips [B, T, 3, H, W] (uint8, or float already CLIP-normalised) -> class logits.
+
+    `visual` is the open_clip visual tower, `temporal` mixes the T frame embeddings of each
+    video, `head` is the coarse/fine aggregation (Eq. 5-12). With `freeze_backbone` the
+    visual tower gets no gradient, runs under `no_grad` and stays in eval mode (BatchNorm
+    statistics, dropout) even when the model is put in train mode.
+    """
+
+    def __init__(
+        self,
+        visual: nn.Module,
+        head: StoryboardHead,
+        temporal: nn.Module | None = None,
+        *,
+        freeze_backbone: bool = False,
+        grad_checkpointing: bool = False,
+    ):
+        super().__init__()
+        self.visual = visual
+        self.temporal = temporal if temporal is not None else TemporalTransformer(1, 0)
+        self.head = head
+        self.freeze_backbone = freeze_backbone
+        self.visual.requires_grad_(not freeze_backbone)
+        if hasattr(self.visual, "set_grad_checkpointing"):
+            # Pointless without gradients; set either way so a shared tower is never left on.
+            self.visual.set_grad_checkpointing(grad_checkpointing and not freeze_backbone)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> VideoCLIP:
+        super().train(mode)
+        if self.freeze_backbone:
+            self.visual.eval()
+        return self
+
+    def _input_dtype(self) -> torch.dtype:
+        param = next(self.visual.parameters(), None)
+        return param.dtype if param is not None else torch.float32
+
+    def encode_frames(self, clips: torch.Tensor) -> torch.Tensor:
+        """[B, T, 3, H, W] -> frame embeddings [B, T, D] (after the temporal module)."""
+        if clips.ndim != 5:
+            raise ValueError(f"expected clips [B, T, 3, H, W], got {tuple(clips.shape)}")
+        b, t = clips.shape[:2]
+        images = clips.flatten(0, 1)
+        if images.dtype == torch.uint8:
+            images = normalise_clips(images)
+        images = images.to(self._input_dtype())
+        with torch.no_grad() if self.freeze_backbone else contextlib.nullcontext():
+            embeddings = self.visual(images)
+        return self.temporal(embeddings.reshape(b, t, -1))
+
+    def forward(self, clips: torch.Tensor, text: ClassText) -> dict[str, torch.Tensor | None]:
+        """-> {logits [B, C], coarse [B, C, T] | None, fine [B, C, T] | None, frames [B, T, D]}."""
+        frames = self.encode_frames(clips)
+        out = self.head(frames, text)
+        out["frames"] = frames
+        return out
+
+
+def _no_decay(name: str, param: torch.Tensor) -> bool:
+    return param.ndim < 2 or any(key in name for key in NO_DECAY_NAMES)
+
+
+def param_groups(
+    model: nn.Module, lr: float, backbone_lr_scale: float, weight_decay: float
+) -> list[dict]:
+    """AdamW parameter groups: the visual tower at `lr * backbone_lr_scale`, the rest at `lr`;
+    no weight decay on biases, norms, embeddings and the logit scale (1-D parameters and names
+    with 'position', 'embedding' or 'logit_scale'). Frozen parameters are left out.
+
+    The visual tower is found by identity (every `VideoCLIP` inside `model`), so a model
+    wrapped in DDP or `torch.compile` gives the same groups. Each group carries a `name`
+    (`backbone`/`new`, `_decay`/`_no_decay`); empty groups are dropped.
+    """
+    backbone = {
+        id(p) for m in model.modules() if isinstance(m, VideoCLIP) for p in m.visual.parameters()
+    }
+    groups: dict[tuple[bool, bool], list[torch.Tensor]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        key = (id(param) in backbone, _no_decay(name, param))
+        groups.setdefault(key, []).append(param)
+    out = []
+    for is_backbone in (True, False):
+        for no_decay in (False, True):
+            params = groups.get((is_backbone, no_decay))
+            if not params:
+                continue
+            part = "backbone" if is_backbone else "new"
+            out.append(
+                {
+                    "name": f"{part}_{'no_decay' if no_decay else 'decay'}",
+                    "params": params,
+                    "lr": lr * backbone_lr_scale if is_backbone else lr,
+                    "weight_decay": 0.0 if no_decay else weight_decay,
+                }
+            )
+    return out
+
+
+def check_artifact_matches_clip(
+    meta: ArtifactMeta, model_id: str, pretrained_id: str, artifact_path: str | Path
+) -> None:
+    """Refuse an artifact made with another CLIP (model or weights) than the one loaded."""
+    if meta.clip_model == model_id and meta.clip_pretrained == pretrained_id:
+        return
+    raise UserError(
+        f"{artifact_path} was made with CLIP {meta.clip_model}/{meta.clip_pretrained}, but "
+        f"--clip-model/--clip-pretrained give {model_id}/{pretrained_id}; rescore it with "
+        "`python -m subtext_gen score --tpp --clip-model ... --clip-pretrained ...` for this "
+        "CLIP or pass the matching CLIP."
+    )
+
+
+def _temporal_heads(dim: int) -> int:
+    """CLIP's convention (and BIKE's): 64-wide heads; the largest count <= dim // 64 that
+    divides dim, at least 1."""
+    heads = max(1, dim // 64)
+    while dim % heads:
+        heads -= 1
+    return heads
+
+
+def build_model(
+    clip: LoadedClip,
+    artifact: SubtextArtifact,
+    artifact_path: str | Path,
+    *,
+    aggregation: str = "coarse+fine",
+    temporal_layers: int = 0,
+    attention_heads: int = 1,
+    tau_coarse: float = 0.01,
+    tau_fine: float = 0.01,
+    frames: int = 8,
+    freeze_backbone: bool = False,
+    grad_checkpointing: bool = False,
+) -> tuple[VideoCLIP, ClassText]:
+    """The video model over `clip`'s visual tower, and the artifact's class texts, both on
+    `clip.device`.
+
+    Only `clip.model.visual` goes into the model: the text tower is never run by the trainer
+    (drop the `LoadedClip` afterwards to free it). The visual tower is shared, not copied.
+    """
+    check_artifact_matches_clip(artifact.meta, clip.model_id, clip.pretrained_id, artifact_path)
+    width = int(artifact.global_emb.shape[-1])
+    if artifact.meta.embed_dim != clip.embed_dim:
+        raise UserError(
+            f"{artifact_path} holds {artifact.meta.embed_dim}-d text embeddings, but CLIP "
+            f"{clip.model_id} embeds in {clip.embed_dim} dimensions; rescore it with "
+            "`python -m subtext_gen score --tpp` for this CLIP."
+        )
+    if width != clip.embed_dim:
+        raise UserError(
+            f"{artifact_path} says storyboard.embed_dim={artifact.meta.embed_dim} but holds "
+            f"{width}-d embeddings; rescore it with `python -m subtext_gen score --tpp`."
+        )
+    dim = clip.embed_dim
+    head = StoryboardHead(
+        dim, mode=aggregation, heads=attention_heads, tau_coarse=tau_coarse, tau_fine=tau_fine
+    )
+    temporal = TemporalTransformer(dim, temporal_layers, heads=_temporal_heads(dim), frames=frames)
+    model = VideoCLIP(
+        clip.model.visual,
+        head,
+        temporal,
+        freeze_backbone=freeze_backbone,
+        grad_checkpointing=grad_checkpointing,
+    )
+    return model.to(clip.device), ClassText.from_artifact(artifact).to(clip.device)
