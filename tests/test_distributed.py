@@ -33,7 +33,7 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
     (loss * world).backward()  # what the engine does before DDP averages gradients
     grad = w.grad.clone()
     dist.all_reduce(grad)
-    out[rank] = (float(loss), (grad / world).tolist())
+    out[rank] = (loss.detach().item(), (grad / world).tolist())
     dist.destroy_process_group()
 
 

@@ -183,7 +183,7 @@ def train_epoch(
             all_labels = gather_with_grad(labels)
             loss = storyboard_loss(all_logits, all_labels, cfg.lam)
             scaler.scale(loss * dist_info.world / accumulation).backward()
-            total += float(loss) * len(batch["video_ids"])
+            total += loss.item() * len(batch["video_ids"])
             count += len(batch["video_ids"])
         scaler.step(optimizer)
         scaler.update()
