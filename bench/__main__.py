@@ -53,7 +53,8 @@ def main() -> None:
             continue
         target, higher = TARGETS.get(key, (None, True))
         met = "" if target is None else ("yes" if (value >= target) == higher else "NO")
-        table.add_row(key, f"{value:.3f}", "" if target is None else f">= {target}", met)
+        bound = "" if target is None else f"{'>=' if higher else '<='} {target}"
+        table.add_row(key, f"{value:.3f}", bound, met)
     console.print(table)
     for key, value in results.items():
         if key.endswith("_setup"):
