@@ -76,8 +76,11 @@ def test_tiny_run_lowers_the_loss_and_writes_the_run_directory(world, tmp_path):
     assert len(train) == 4 and train[-1]["train_loss"] < train[0]["train_loss"]
     assert all("top1" in x and "top5" in x for x in log if "train_loss" not in x)
     for name in ("config.json", "checkpoints/last.pt", "checkpoints/best.pt",
-                 "per_class_accuracy.csv", "predictions.parquet"):  # fmt: skip
+                 "per_class_accuracy.csv", "predictions.parquet", "report.md", "curves.png",
+                 "per_class.png", "confusion.png"):  # fmt: skip
         assert (out / name).exists(), name
+    report = (out / "report.md").read_text()
+    assert "![confusion matrix](confusion.png)" in report and "Best evaluation" in report
     again = subprocess.run(run_args(world, out), cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 2 and "--resume" in again.stderr
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -145,11 +146,11 @@ def run(
         from .engine import default_run_dir
 
         base = cfg.out or default_run_dir(cfg)
-        results = [train(replace(cfg, split=str(k), out=base / f"fold{k}"), resume)
+        results = [train(replace(cfg, split=str(k), out=base / f"fold{k}"), resume, not as_json)
                    for k in (1, 2, 3)]  # fmt: skip
         result = summarise(results)
     else:
-        result = train(cfg, resume)
+        result = train(cfg, resume, not as_json)
     _print_result(result, as_json)
 
 
@@ -161,7 +162,9 @@ def evaluate(
     videos: Path = typer.Option(None, help="Where the videos are, if not under --root."),
     subtexts: Path = typer.Option(None, help="The target dataset's subtexts.parquet."),
     zero_shot: str = typer.Option(None, help="full (test splits, mean) or half (10 halves)."),
-    split: str = typer.Option("all", help="Fold 1, 2, 3 or all."),
+    split: str = typer.Option(
+        None, help="Fold 1, 2, 3 or all (default: the run's fold on its own dataset, else all)."
+    ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     workers: int = typer.Option(4, help="DataLoader workers."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
@@ -177,6 +180,8 @@ def evaluate(
 
 
 def _print_result(result: dict, as_json: bool) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
+        return
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
         return

@@ -74,6 +74,10 @@ class RunConfig:
             raise UserError("--frames, --epochs and --batch-size must be at least 1.")
         if self.eval_crops not in (1, 3):
             raise UserError("--crops must be 1 or 3.")
+        if str(self.split) not in ("1", "2", "3", "all"):
+            raise UserError(f"--split must be 1, 2, 3 or all, not {self.split!r}.")
+        if self.eval_every < 1:
+            raise UserError("--eval-every must be at least 1.")
 
 
 PRESETS: dict[str, dict] = {

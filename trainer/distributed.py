@@ -66,10 +66,22 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+def _all_reduce(x: torch.Tensor, op) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(x)
+        dist.all_reduce(x, op=op)
     return x
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    return _all_reduce(x, dist.ReduceOp.SUM)
+
+
+def all_reduce_min(x: torch.Tensor) -> torch.Tensor:
+    return _all_reduce(x, dist.ReduceOp.MIN)
+
+
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    return _all_reduce(x, dist.ReduceOp.MAX)
 
 
 def barrier() -> None:

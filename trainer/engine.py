@@ -35,10 +35,18 @@ from .data.dataset import ClipSpec, EpochSampler, VideoClipDataset, make_loader
 from .data.items import SplitList
 from .data.layouts import load_split
 from .data.protocols import fewshot_items, load_item_list, repeat_factor, save_item_list
-from .distributed import DistInfo, all_reduce_sum, gather_with_grad, init_distributed
+from .distributed import (
+    DistInfo,
+    all_reduce_max,
+    all_reduce_min,
+    all_reduce_sum,
+    gather_with_grad,
+    init_distributed,
+)
 from .loss import storyboard_loss
 from .model.aggregation import ClassText
 from .model.video_clip import VideoCLIP, build_model, param_groups
+from .report import write_report
 
 DATA_ENV = "STORYBOARD_DATA"
 ARTIFACTS_ENV = "STORYBOARD_ARTIFACTS"
@@ -169,9 +177,15 @@ def train_epoch(
             group.append(batch)
         if not group:
             break
-        for batch in group:
+        # A micro-batch runs only where every rank has videos in it: the collectives
+        # below must be entered by all ranks or none.
+        live = all_reduce_min(
+            torch.tensor([len(b["video_ids"]) > 0 for b in group], device=device).int()
+        )
+        runs = int(live.sum())
+        for batch, alive in zip(group, live.tolist()):
             skipped += len(batch["skipped"])
-            if not len(batch["video_ids"]):
+            if not alive:
                 continue
             clips = batch["frames"].to(device, non_blocking=True)
             labels = normalise_batch_labels(batch["labels"], device)
@@ -182,16 +196,18 @@ def train_epoch(
             all_logits = gather_with_grad(logits.float())
             all_labels = gather_with_grad(labels)
             loss = storyboard_loss(all_logits, all_labels, cfg.lam)
-            scaler.scale(loss * dist_info.world / accumulation).backward()
+            scaler.scale(loss * dist_info.world / runs).backward()
             total += loss.item() * len(batch["video_ids"])
             count += len(batch["video_ids"])
-        scaler.step(optimizer)
-        scaler.update()
+        if runs:
+            scaler.step(optimizer)
+            scaler.update()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         step += len(group)
         progress.update(task, advance=len(group), info=f"loss {total / max(count, 1):.4f}")
-        if stop_flag["stop"]:
+        # Ctrl-C on any rank stops every rank after the same optimiser step.
+        if all_reduce_max(torch.tensor(int(stop_flag["stop"]), device=device)).item():
             stopped = True
             break
     return {"step": step, "loss_sum": total, "clips": count, "skipped": skipped,
@@ -225,12 +241,12 @@ def predict(model, text: ClassText, loader, dist_info: DistInfo, amp: str, progr
         skipped = sum(part[3] for part in gathered)
     if not ids:
         raise UserError("no test video could be read: check the data with `trainer check-data`.")
-    probs = torch.cat(scores).softmax(-1).numpy()
+    logits = torch.cat(scores).numpy()
     label_rows = torch.cat(labels).numpy()
     first = {}
     for row, vid in enumerate(ids):  # one label row per video (views share it)
         first.setdefault(vid, row)
-    video_probs, video_ids = metrics.average_views(probs, ids)
+    video_probs, video_ids = metrics.average_views(logits, ids)  # softmax, then view mean
     video_labels = label_rows[[first[v] for v in video_ids]]
     return video_probs, video_labels, video_ids, skipped
 
@@ -353,7 +369,7 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
         ddp_model = torch.compile(ddp_model)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.backbone_lr_scale,
                                                cfg.weight_decay), lr=cfg.lr)  # fmt: skip
-    steps_per_epoch = math.ceil(len(sampler) / accumulation) if len(sampler) else 1
+    steps_per_epoch = max(1, math.ceil(len(train_loader) / accumulation))  # optimiser steps
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, max(warmup, 1)))
@@ -363,13 +379,21 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
 
     fresh = {"step": 0, "loss_sum": 0.0, "clips": 0, "skipped": 0}
     epoch, position, best = 0, dict(fresh), None
-    if resume:
+    layout = {"micro_batch": micro, "world": dist_info.world, "accumulation": accumulation}
+    if resume and (ckpt_dir / "last.pt").exists():  # (--split all: later folds start fresh)
         state = torch.load(ckpt_dir / "last.pt", map_location=dist_info.device, weights_only=False)
+        if state["layout"] != layout:
+            raise UserError(
+                f"{ckpt_dir / 'last.pt'} was trained with {state['layout']}, not {layout}: "
+                "resume with the same --batch-size, --micro-batch and number of processes."
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), dist_info.device)
         epoch, position, best = state["epoch"], state["position"], state["best"]
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -387,7 +411,10 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
         if dist_info.is_main:
             atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                         "torch_rng": torch.get_rng_state(), "epoch": epoch, "position": position,
+                         "torch_rng": torch.get_rng_state(), "layout": layout,
+                         "cuda_rng": torch.cuda.get_rng_state(dist_info.device)
+                         if dist_info.device.type == "cuda" else None,
+                         "epoch": epoch, "position": position,
                          "best": best, "config": dataclasses.asdict(cfg)},
                         ckpt_dir / f"{name}.pt")  # fmt: skip
 
@@ -410,7 +437,9 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
                 if position.pop("stopped"):
                     save("last")
                     raise KeyboardInterrupt
-                skipped = int(all_reduce_sum(torch.tensor(position["skipped"])).item())
+                skipped = int(
+                    all_reduce_sum(torch.tensor(position["skipped"], device=dist_info.device))
+                )
                 loss = position["loss_sum"] / max(position["clips"], 1)
                 line = {"epoch": epoch + 1, "train_loss": loss, "skipped": skipped,
                         "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
@@ -437,12 +466,14 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
         signal.signal(signal.SIGINT, previous)
         if log:
             log.close()
+    if dist_info.is_main:
+        write_report(out)
     return best or {}
 
 
 def evaluate_checkpoint(
     run_dir: Path, dataset: str, root: Path | None, subtexts: Path | None = None,
-    zero_shot: str | None = None, split: str = "all", videos: Path | None = None,
+    zero_shot: str | None = None, split: str | None = None, videos: Path | None = None,
     device: str = "auto", workers: int = 4, show_progress: bool = True,
 ) -> dict:  # fmt: skip
     """Evaluate a run's best (else last) checkpoint on a dataset's test split(s).
@@ -462,6 +493,8 @@ def evaluate_checkpoint(
              dataclasses.fields(RunConfig)}}  # fmt: skip
     cfg = RunConfig(**{**saved, "dataset": dataset, "root": root, "videos": videos,
                        "device": device, "workers": workers})  # fmt: skip
+    if split is None:  # on the training dataset, other folds' test lists hold train videos
+        split = saved["split"] if dataset == saved["dataset"] and not zero_shot else "all"
     dist_info = init_distributed(device)
     root = root or default_root(dataset)
     subtexts = subtexts or default_subtexts(dataset, cfg.clip_model, cfg.clip_pretrained)

@@ -147,7 +147,7 @@ class EpochSampler(Sampler):
         self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
-        return math.ceil(self.size / self.world) - self.start
+        return max(0, math.ceil(self.size / self.world) - self.start)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
