@@ -145,3 +145,27 @@ def test_clear_errors(world, tmp_path):
                            text=True)  # fmt: skip
     assert wrong.returncode == 2
     assert "holds other classes than list (only in the dataset: ['a', 'b', 'c']" in wrong.stderr
+
+
+def test_schedule_warms_up_then_decays_per_optimiser_step():
+    from trainer.engine import lr_lambda
+
+    f = lr_lambda(total_steps=10, warmup_steps=2)
+    assert [round(f(s), 4) for s in (0, 1)] == [0.5, 1.0]
+    assert f(2) == pytest.approx(1.0) and f(6) == pytest.approx(0.5)
+    assert f(10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_predictions_hold_view_averaged_probabilities(world, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    out = tmp_path / "views"
+    args = [*run_args(world, out, epochs=1), "--clips", "2", "--crops", "3"]
+    subprocess.run(args, cwd=REPO, check=True, capture_output=True)
+    pred = pd.read_parquet(out / "predictions.parquet")
+    probs = np.stack(pred["prob"].to_numpy())
+    assert probs.shape == (3, 3)
+    np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
+    assert (pred["pred"].to_numpy() == probs.argmax(1)).all()
+    assert lines(out / "metrics.jsonl")[-1]["n"] == 3  # 3 videos, 6 views each
