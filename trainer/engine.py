@@ -151,10 +151,6 @@ def check_classes(split: SplitList, class_names: list[str], artifact_path: Path)
 # ---------------------------------------------------------------- the steps
 
 
-def normalise_batch_labels(labels: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return labels.to(device, non_blocking=True)
-
-
 def train_epoch(
     model, text: ClassText, loader, optimizer, scheduler, scaler, cfg: RunConfig,
     dist_info: DistInfo, accumulation: int, start: dict, stop_flag: dict, progress, task,
@@ -188,7 +184,7 @@ def train_epoch(
             if not alive:
                 continue
             clips = batch["frames"].to(device, non_blocking=True)
-            labels = normalise_batch_labels(batch["labels"], device)
+            labels = batch["labels"].to(device, non_blocking=True)
             with autocast(device, cfg.amp):
                 logits = model(clips, text)["logits"]
             # The loss sees the global batch; each rank back-propagates its own rows, so
