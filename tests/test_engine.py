@@ -169,3 +169,23 @@ def test_predictions_hold_view_averaged_probabilities(world, tmp_path):
     np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
     assert (pred["pred"].to_numpy() == probs.argmax(1)).all()
     assert lines(out / "metrics.jsonl")[-1]["n"] == 3  # 3 videos, 6 views each
+
+
+def test_predict_prints_top_classes_and_plots(world, tmp_path):
+    out = tmp_path / "run"
+    subprocess.run(run_args(world, out, epochs=1), cwd=REPO, check=True, capture_output=True)
+    from trainer.predict import plot_prediction, predict_video
+
+    pred = predict_video(out, world["root"] / "clips" / "c2_3.mp4", device="cpu", top=3)
+    assert [name for name, _ in pred.top] and sorted(n for n, _ in pred.top) == sorted(CLASSES)
+    assert abs(sum(p for _, p in pred.top) - 1) < 1e-5  # all 3 classes shown
+    assert pred.frames.shape == (4, 32, 32, 3) and pred.frames.dtype.name == "uint8"
+    assert pred.coarse.shape == (4,) and abs(pred.coarse.sum() - 1) < 1e-5
+    assert pred.fine.shape == (4,) and abs(pred.fine.sum() - 1) < 1e-5
+    assert len(pred.sub_texts) == 3 and set(pred.best_sub_text.tolist()) <= {0, 1, 2}
+    png = plot_prediction(pred, tmp_path / "pred.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cli = subprocess.run([sys.executable, "-m", "trainer", "predict",
+                          str(world["root"] / "clips" / "c2_3.mp4"), "--checkpoint", str(out),
+                          "--device", "cpu"], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert cli.returncode == 0 and "probability" in cli.stdout

@@ -179,6 +179,29 @@ def evaluate(
     _print_result(result, as_json)
 
 
+@app.command()
+def predict(
+    video: Path = typer.Argument(..., help="A video file."),
+    checkpoint: Path = typer.Option(..., help="A run directory (its best, else last checkpoint)."),
+    subtexts: Path = typer.Option(None, help="subtexts.parquet (default: the run's)."),
+    top: int = typer.Option(5, min=1, help="How many classes to print."),
+    plot: Path = typer.Option(None, help="Write a filmstrip with frame importances (PNG)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """The top classes of one video, with probabilities; optionally its importance plot."""
+    from .predict import plot_prediction, predict_video
+
+    pred = predict_video(checkpoint, video, subtexts, device, top)
+    table = Table(title=str(video))
+    table.add_column("class")
+    table.add_column("probability", justify="right")
+    for name, prob in pred.top:
+        table.add_row(name, f"{prob:.4f}")
+    console.print(table)
+    if plot is not None:
+        console.print(f"plot: {plot_prediction(pred, plot)}")
+
+
 def _print_result(result: dict, as_json: bool) -> None:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
         return

@@ -467,6 +467,47 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
     return best or {}
 
 
+@dataclass
+class LoadedRun:
+    cfg: RunConfig  # the run's settings, with the target dataset
+    trained_on: dict  # the run's own settings, as saved
+    built: Built
+    dist_info: DistInfo
+    subtexts: Path
+    class_names: list[str]
+
+
+def load_run(
+    run_dir: Path, dataset: str | None = None, subtexts: Path | None = None,
+    device: str = "auto", **overrides,
+) -> LoadedRun:  # fmt: skip
+    """A run's best (else last) checkpoint in its model, with a dataset's class texts
+    (the run's own dataset unless `dataset` names another)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "checkpoints" / "best.pt"
+    path = path if path.exists() else run_dir / "checkpoints" / "last.pt"
+    if not path.exists():
+        raise UserError(f"no checkpoint in {run_dir / 'checkpoints'}: not a run directory.")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    saved = {k: v for k, v in state["config"].items() if k in names}
+    dataset = dataset or saved["dataset"]
+    if subtexts is None and dataset == saved["dataset"] and saved.get("subtexts"):
+        subtexts = Path(saved["subtexts"])
+    cfg = RunConfig(**{**saved, "dataset": dataset, "device": device, **overrides})
+    dist_info = init_distributed(device)
+    subtexts = Path(subtexts or default_subtexts(dataset, cfg.clip_model, cfg.clip_pretrained))
+    built = build(cfg, dist_info, subtexts)
+    missing, unexpected = built.model.load_state_dict(state["model"], strict=False)
+    if unexpected or missing:
+        raise UserError(
+            f"{path} does not fit the model built for it ({(missing + unexpected)[:3]})."
+        )
+    built.model.eval()
+    class_names = read_subtexts(subtexts).class_names
+    return LoadedRun(cfg, saved, built, dist_info, subtexts, class_names)
+
+
 def evaluate_checkpoint(
     run_dir: Path, dataset: str, root: Path | None, subtexts: Path | None = None,
     zero_shot: str | None = None, split: str | None = None, videos: Path | None = None,
@@ -479,33 +520,19 @@ def evaluate_checkpoint(
     """
     from .data.protocols import half_class_splits, restrict_classes
 
-    run_dir = Path(run_dir)
-    path = run_dir / "checkpoints" / "best.pt"
-    path = path if path.exists() else run_dir / "checkpoints" / "last.pt"
-    if not path.exists():
-        raise UserError(f"no checkpoint in {run_dir / 'checkpoints'}: not a run directory.")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    saved = {k: v for k, v in state["config"].items() if k in {f.name for f in
-             dataclasses.fields(RunConfig)}}  # fmt: skip
-    cfg = RunConfig(**{**saved, "dataset": dataset, "root": root, "videos": videos,
-                       "device": device, "workers": workers})  # fmt: skip
+    loaded = load_run(run_dir, dataset, subtexts, device, root=root, videos=videos,
+                      workers=workers)  # fmt: skip
+    cfg, built, dist_info, subtexts = loaded.cfg, loaded.built, loaded.dist_info, loaded.subtexts
     if split is None:  # on the training dataset, other folds' test lists hold train videos
-        split = saved["split"] if dataset == saved["dataset"] and not zero_shot else "all"
-    dist_info = init_distributed(device)
+        split = loaded.trained_on["split"] if dataset == loaded.trained_on["dataset"] and not (
+            zero_shot) else "all"  # fmt: skip
     root = root or default_root(dataset)
-    subtexts = subtexts or default_subtexts(dataset, cfg.clip_model, cfg.clip_pretrained)
-    built = build(cfg, dist_info, subtexts)
-    missing, unexpected = built.model.load_state_dict(state["model"], strict=False)
-    if unexpected or missing:
-        raise UserError(
-            f"{path} does not fit the model built for it ({(missing + unexpected)[:3]})."
-        )
     test_name = "val" if dataset == "k400" else "test"
     folds = [None] if dataset in ("k400", "charades", "list") else (
         [1, 2, 3] if split in (None, "all") else [int(split)])  # fmt: skip
     spec = ClipSpec(frames=cfg.frames, train=False, clips=cfg.eval_clips, crops=cfg.eval_crops,
                     size=built.spec_size, short_side=built.spec_size)  # fmt: skip
-    artifact_classes = read_subtexts(subtexts).class_names
+    artifact_classes = loaded.class_names
     results = []
     with _progress(show_progress and dist_info.is_main) as progress:
         for fold in folds:

@@ -76,6 +76,24 @@ def coarse_importance(
     return torch.where(no_words[None, :, None], 1.0 / frames.shape[1], importance)
 
 
+def subtext_frame_similarity(
+    frames: torch.Tensor, sub_tokens: torch.Tensor, sub_mask: torch.Tensor
+) -> torch.Tensor:
+    """The inner term of Eq. 10: `mean_{w real in S_c,n} cos(s_w, v_{b,l})`.
+
+    frames [B,L,D], sub_tokens [C,N,W,D], sub_mask [C,N,W] -> [B,C,N,L].
+    """
+    with _full_precision(frames.device):
+        # The mean of cosines with a unit frame is the dot product with the mean of the unit
+        # tokens, so average over words first: [C,N,D] instead of a [B,C,N,W,L] tensor.
+        unit_frames = _unit(frames)
+        unit_tokens = _unit_tokens(sub_tokens, sub_mask).to(unit_frames.dtype)
+        mean_unit = torch.einsum(
+            "cnwd,cnw->cnd", unit_tokens, _mean_weights(sub_mask).to(unit_tokens)
+        )
+        return torch.einsum("cnd,bld->bcnl", mean_unit, unit_frames)
+
+
 def fine_importance(
     frames: torch.Tensor, sub_tokens: torch.Tensor, sub_mask: torch.Tensor, tau: float
 ) -> torch.Tensor:
@@ -87,15 +105,7 @@ def fine_importance(
     A sub-text without real tokens is left out of the max over n; a class whose N sub-texts
     are all empty gets uniform weights 1/L.
     """
-    with _full_precision(frames.device):
-        # The mean of cosines with a unit frame is the dot product with the mean of the unit
-        # tokens, so average over words first: [C,N,D] instead of a [B,C,N,W,L] tensor.
-        unit_frames = _unit(frames)
-        unit_tokens = _unit_tokens(sub_tokens, sub_mask).to(unit_frames.dtype)
-        mean_unit = torch.einsum(
-            "cnwd,cnw->cnd", unit_tokens, _mean_weights(sub_mask).to(unit_tokens)
-        )
-        mean_cos = torch.einsum("cnd,bld->bcnl", mean_unit, unit_frames)
+    mean_cos = subtext_frame_similarity(frames, sub_tokens, sub_mask)
     has_words = sub_mask.any(-1)  # [C,N]
     best = mean_cos.masked_fill(~has_words[None, :, :, None], float("-inf")).amax(dim=2)
     no_sub_text = ~has_words.any(-1)  # [C]: a zero score row gives the uniform softmax

@@ -1,0 +1,145 @@
+"""CLIP pretraining on a world's (frame, atomic caption) pairs: a tiny world of flat colours."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from subtext_gen.clip_text import load_clip
+from trainer.pretrain import (
+    caption_loss,
+    evaluate_frame_accuracy,
+    load_frame_pairs,
+    log_path,
+    pretrain_clip,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "data" / "clip" / "StoryboardWorld-CLIP.json")
+COLOURS = {0: (220, 30, 30), 1: (30, 200, 30), 2: (30, 30, 220)}
+CAPTIONS = {"0": "the square turns red", "1": "the square turns green", "2": "the square turns blue"}
+
+
+def write_action_video(path: Path, actions: list[int], size: int = 64, fps: int = 8) -> Path:
+    """A video whose frame i is a flat colour of action `actions[i]`, with a little noise."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(actions) * 7 + sum(actions))
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
+        stream.options = {"qscale": "1"}
+        for action in actions:
+            image = np.empty((size, size, 3), dtype=np.uint8)
+            image[:] = COLOURS[action]
+            noise = rng.integers(-20, 21, size=image.shape)
+            image = (image.astype(np.int16) + noise).clip(0, 255).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_world(root: Path, videos: int = 6, frames: int = 16) -> Path:
+    """A world root with atomic_actions.json and a `seen/` dataset (train.txt and test.txt)."""
+    dataset = root / "seen"
+    (root).mkdir(parents=True, exist_ok=True)
+    (root / "atomic_actions.json").write_text(json.dumps(CAPTIONS))
+    (dataset / "classes.csv").parent.mkdir(parents=True, exist_ok=True)
+    (dataset / "classes.csv").write_text("id,name\n0,red_then_green\n1,blue_then_red\n")
+    lines = []
+    for v in range(videos):
+        label = v % 2
+        first, second = (0, 1) if label == 0 else (2, 0)
+        cut = frames // 2 + (v % 3) - 1
+        actions = [first] * cut + [second] * (frames - cut)
+        if v % 3 == 2:  # some videos show the third action too
+            actions[-3:] = [(second + 1) % 3] * 3
+        rel = f"videos/class{label}/{v:03d}.mp4"
+        write_action_video(dataset / rel, actions)
+        (dataset / rel).with_suffix(".json").write_text(json.dumps({"frames": actions}))
+        lines.append(f"{rel} {label}")
+    (dataset / "train.txt").write_text("\n".join(lines[:-2]) + "\n")
+    (dataset / "test.txt").write_text("\n".join(lines[-2:]) + "\n")
+    return dataset
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    return root, write_world(root)
+
+
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory):
+    root, dataset = world
+    out = tmp_path_factory.mktemp("ckpt") / "world-clip.pt"
+    path = pretrain_clip(
+        dataset, root, out, CONFIG, epochs=30, batch_size=32, max_steps=30, device="cpu",
+        show_progress=False,
+    )
+    return path
+
+
+def test_frame_pairs_follow_the_labels(world):
+    root, dataset = world
+    pairs = load_frame_pairs(dataset, root, image_size=64)
+    assert pairs.images.shape == (4 * 16, 3, 64, 64) and pairs.images.dtype == torch.uint8
+    assert pairs.captions == [CAPTIONS[str(i)] for i in range(3)]
+    means = pairs.images.float().mean(dim=(2, 3))  # [N, 3]
+    assert torch.equal(means.argmax(dim=1), pairs.caption_ids)  # the colour is the action
+    strided = load_frame_pairs(dataset, root, image_size=32, frame_stride=2, frame_offset=1)
+    assert strided.images.shape == (4 * 8, 3, 32, 32)
+
+
+def test_caption_loss_treats_same_caption_as_positives():
+    text = torch.nn.functional.normalize(torch.eye(3, 8), dim=-1)
+    targets = torch.tensor([0, 0, 1, 2, 2])
+    right = caption_loss(text[targets], text, targets, torch.tensor(20.0))
+    wrong = caption_loss(text[(targets + 1) % 3], text, targets, torch.tensor(20.0))
+    assert right < 0.1 < wrong
+
+
+def test_checkpoint_loads_through_load_clip(trained):
+    assert trained.is_file()
+    clip = load_clip(CONFIG, str(trained), "cpu")
+    saved = torch.load(trained, weights_only=True)
+    state = clip.model.state_dict()
+    assert saved.keys() == state.keys()
+    assert all(torch.equal(saved[k], state[k]) for k in saved)
+
+
+def test_loss_decreases_and_frames_find_their_caption(world, trained):
+    root, dataset = world
+    record = json.loads(log_path(trained).read_text())
+    losses = record["step_losses"]
+    assert record["steps"] == 30 and len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3])
+    accuracy = evaluate_frame_accuracy(trained, dataset, root, CONFIG, "test.txt", device="cpu")
+    assert accuracy > 0.9  # chance is 1/3
+
+
+def test_existing_checkpoint_is_not_retrained(world, trained):
+    root, dataset = world
+    before = trained.stat().st_mtime_ns
+    again = pretrain_clip(dataset, root, trained, CONFIG, device="cpu", show_progress=False)
+    assert again == trained and trained.stat().st_mtime_ns == before
+
+
+def test_same_seed_same_weights(world, tmp_path):
+    root, dataset = world
+    a = pretrain_clip(
+        dataset, root, tmp_path / "a.pt", CONFIG, batch_size=32, max_steps=2, device="cpu",
+        show_progress=False,
+    )
+    b = pretrain_clip(
+        dataset, root, tmp_path / "b.pt", CONFIG, batch_size=32, max_steps=2, device="cpu",
+        show_progress=False,
+    )
+    wa, wb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -1,0 +1,108 @@
+"""`predict`: the top classes of one video, and a filmstrip of what the model looked at.
+
+The plot shows the sampled frames, the coarse and fine importance of each frame for the
+top class (as in the paper's Table 6), the class's sub-texts, and which sub-text each frame
+matches best (the inner term of Eq. 10).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from subtext_gen.errors import UserError
+
+from .data.sampling import clip_indices
+from .data.transforms import eval_transform
+from .data.video import VideoError, open_video, read_frames
+from .engine import load_run
+from .model.aggregation import subtext_frame_similarity
+
+
+@dataclass(frozen=True)
+class Prediction:
+    video: Path
+    top: list[tuple[str, float]]  # (class name, probability), best first
+    frames: np.ndarray  # uint8 [T, S, S, 3], as the model saw them
+    coarse: np.ndarray | None  # [T] importance for the top class
+    fine: np.ndarray | None  # [T]
+    sub_texts: list[str]  # the top class's sub-texts
+    best_sub_text: np.ndarray  # [T] index into sub_texts
+
+
+@torch.inference_mode()
+def predict_video(
+    run_dir: Path, video: Path, subtexts: Path | None = None, device: str = "auto", top: int = 5
+) -> Prediction:
+    loaded = load_run(run_dir, None, subtexts, device)
+    model, text, size = loaded.built.model, loaded.built.text, loaded.built.spec_size
+    try:
+        reader, info = open_video(video, size)
+        indices = clip_indices(info.num_frames, loaded.cfg.frames, 1)[0]
+        frames = read_frames(reader, indices.tolist())
+    except (VideoError, ValueError) as exc:
+        raise UserError(f"{video} cannot be used: {exc}.") from exc
+    clip = eval_transform(size, size, 1)(frames)  # uint8 [T, 3, S, S]
+    out = model(clip[None].to(loaded.dist_info.device), text)
+    probs = out["logits"][0].float().softmax(-1).cpu()
+    best = probs.argsort(descending=True)[:top].tolist()
+    c = best[0]
+    similarity = subtext_frame_similarity(out["frames"], text.sub_tokens, text.sub_mask)
+    artifact_texts = _sub_texts(loaded.subtexts)
+    return Prediction(
+        video=Path(video),
+        top=[(loaded.class_names[i], float(probs[i])) for i in best],
+        frames=clip.permute(0, 2, 3, 1).numpy(),
+        coarse=None if out["coarse"] is None else out["coarse"][0, c].float().cpu().numpy(),
+        fine=None if out["fine"] is None else out["fine"][0, c].float().cpu().numpy(),
+        sub_texts=artifact_texts[c],
+        best_sub_text=similarity[0, c].argmax(0).cpu().numpy(),
+    )
+
+
+def _sub_texts(path: Path) -> list[list[str]]:
+    import pyarrow.parquet as pq
+
+    return [list(t) for t in pq.read_table(path, columns=["sub_texts"]).column(0).to_pylist()]
+
+
+def plot_prediction(pred: Prediction, path: Path) -> Path:
+    """A filmstrip with coarse and fine importance bars and the best sub-text per frame."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames = len(pred.frames)
+    fig = plt.figure(figsize=(max(6, 1.3 * frames), 5.2))
+    grid = fig.add_gridspec(3, frames, height_ratios=[1.2, 1, 0.9])
+    for t in range(frames):
+        ax = fig.add_subplot(grid[0, t])
+        ax.imshow(pred.frames[t])
+        ax.set_axis_off()
+        ax.set_title(f"S{int(pred.best_sub_text[t]) + 1}", fontsize=8)
+    bars = fig.add_subplot(grid[1, :])
+    x = np.arange(frames)
+    for offset, (name, values) in zip((-0.2, 0.2), (("coarse", pred.coarse), ("fine", pred.fine))):
+        if values is not None:
+            bars.bar(x + offset, values, width=0.4, label=f"{name} importance")
+    bars.set_xticks(x, [f"frame {t + 1}" for t in x], fontsize=7)
+    bars.set_ylabel("weight")
+    if pred.coarse is not None or pred.fine is not None:
+        bars.legend(fontsize=7)
+    text = fig.add_subplot(grid[2, :])
+    text.set_axis_off()
+    name, prob = pred.top[0]
+    lines = [f"top class: {name} ({prob:.2f})"]
+    lines += [f"S{i + 1}: {s}" for i, s in enumerate(pred.sub_texts)]
+    text.text(0, 1, "\n".join(lines), va="top", fontsize=8, family="monospace")
+    fig.suptitle(pred.video.name, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

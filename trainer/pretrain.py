@@ -1,0 +1,386 @@
+"""Pretrain a small CLIP on a synthetic world's frames and their atomic-action captions.
+
+`make demo` has no pretrained weights to start from, so the storyboard model would look
+at frames through a random visual tower. The synthetic world labels every frame with the
+atomic action it shows (`videos/<class>/<id>.json` = `{"frames": [action id, ...]}`) and
+names each action in `<world>/atomic_actions.json`, which is exactly the (image, caption)
+data CLIP is trained on. `pretrain_clip` trains the model of a small open_clip config on
+these pairs and saves a plain `state_dict` that `load_clip(config, PATH)` (the CLI's
+`--clip-pretrained PATH`) loads like any other checkpoint.
+
+Many frames in a batch share a caption, so the standard CLIP loss (the i-th image's only
+positive is the i-th text) would push identical captions apart. Here the text side is the
+set of distinct captions: image -> text is a cross entropy over the captions (a classifier),
+and text -> image, for each caption in the batch, averages the log-likelihood of all the
+images that show it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from subtext_gen.clip_text import LoadedClip, load_clip, resolve_device
+from subtext_gen.errors import UserError
+
+from .data.transforms import normalise_clips
+from .data.video import open_video, read_frames
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CLIP_MODEL = "data/clip/StoryboardWorld-CLIP.json"
+MAX_TEXT_PER_STEP = 256  # more captions than this: each step encodes only the batch's own
+
+
+@dataclass
+class FramePairs:
+    """Frames with the caption of the atomic action each shows.
+
+    images: uint8 [N, 3, S, S]; caption_ids: long [N], indices into `captions`;
+    video_ids: long [N], the row of the video in the split file each frame comes from.
+    """
+
+    images: torch.Tensor
+    caption_ids: torch.Tensor
+    video_ids: torch.Tensor
+    captions: list[str]
+
+    def __len__(self) -> int:
+        return int(self.caption_ids.numel())
+
+
+def resolve_clip_config(clip_model: str) -> str:
+    """A relative config path that is not under the working directory is taken from the repo."""
+    if clip_model.endswith(".json") and not Path(clip_model).is_file():
+        in_repo = REPO / clip_model
+        if in_repo.is_file():
+            return str(in_repo)
+    return clip_model
+
+
+def load_atomic_captions(world_root: Path) -> list[str]:
+    """`atomic_actions.json` ({"0": caption, ...}) as a list indexed by action id."""
+    path = Path(world_root) / "atomic_actions.json"
+    if not path.is_file():
+        raise UserError(f"no atomic_actions.json in the world root {world_root}.")
+    table = json.loads(path.read_text())
+    ids = sorted(int(k) for k in table)
+    if ids != list(range(len(ids))):
+        raise UserError(f"{path}: action ids must be 0..{len(ids) - 1}, got {ids[:10]}...")
+    return [str(table[str(i)]) for i in ids]
+
+
+def _split_videos(world_dataset: Path, split: str) -> list[Path]:
+    path = Path(world_dataset) / split
+    if not path.is_file():
+        raise UserError(f"no split file {path}.")
+    videos = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            videos.append(Path(world_dataset) / line.split()[0])
+    if not videos:
+        raise UserError(f"{path} lists no videos.")
+    return videos
+
+
+def load_frame_pairs(
+    world_dataset: Path,
+    world_root: Path,
+    image_size: int,
+    split: str = "train.txt",
+    frame_stride: int = 1,
+    frame_offset: int = 0,
+) -> FramePairs:
+    """Every `frame_stride`-th frame (from `frame_offset`) of the split's videos, resized to
+    image_size x image_size, with its atomic-action caption; each video is decoded once."""
+    captions = load_atomic_captions(world_root)
+    images, caption_ids, video_ids = [], [], []
+    for row, video in enumerate(_split_videos(world_dataset, split)):
+        labels_path = video.with_suffix(".json")
+        if not labels_path.is_file():
+            raise UserError(f"no per-frame labels {labels_path} beside {video}.")
+        labels = json.loads(labels_path.read_text())["frames"]
+        reader, info = open_video(video)
+        count = min(info.num_frames, len(labels))
+        indices = list(range(frame_offset, count, frame_stride))
+        if not indices:
+            continue
+        frames = read_frames(reader, indices).permute(0, 3, 1, 2)  # [T, 3, H, W] uint8
+        del reader
+        if tuple(frames.shape[-2:]) != (image_size, image_size):
+            frames = TF.resize(frames, [image_size, image_size], antialias=True)
+        ids = torch.tensor([int(labels[i]) for i in indices], dtype=torch.long)
+        if ids.min() < 0 or ids.max() >= len(captions):
+            raise UserError(f"{labels_path}: action id outside 0..{len(captions) - 1}.")
+        images.append(frames.contiguous())
+        caption_ids.append(ids)
+        video_ids.append(torch.full((len(indices),), row, dtype=torch.long))
+    if not images:
+        raise UserError(f"no frames in the videos of {Path(world_dataset) / split}.")
+    return FramePairs(
+        images=torch.cat(images),
+        caption_ids=torch.cat(caption_ids),
+        video_ids=torch.cat(video_ids),
+        captions=captions,
+    )
+
+
+def image_size_of(clip: LoadedClip) -> int:
+    size = clip.model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return int(size)
+
+
+def caption_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    targets: torch.Tensor,
+    logit_scale: torch.Tensor,
+) -> torch.Tensor:
+    """Symmetric CLIP loss with K distinct captions and same-caption images as positives.
+
+    image_features [B, D], text_features [K, D] (both L2-normalised), targets [B] in 0..K-1.
+    image -> text: cross entropy over the K captions. text -> image: for each caption that
+    some image in the batch shows, the mean negative log-softmax (over the batch's images)
+    of its positives; averaged over those captions.
+    """
+    logits = logit_scale * image_features @ text_features.t()  # [B, K]
+    image_to_text = F.cross_entropy(logits, targets)
+    log_probs = logits.t().log_softmax(dim=1)  # [K, B], over images
+    positives = F.one_hot(targets, text_features.shape[0]).t().float()  # [K, B]
+    counts = positives.sum(dim=1)
+    present = counts > 0
+    per_caption = -(log_probs * positives).sum(dim=1)[present] / counts[present]
+    return (image_to_text + per_caption.mean()) / 2
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def log_path(out: Path) -> Path:
+    """The JSON beside a checkpoint that records how it was trained (and its losses)."""
+    return Path(out).with_suffix(".json")
+
+
+def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        small = param.ndim < 2 or "embedding" in name or "logit_scale" in name
+        (no_decay if small else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def pretrain_clip(
+    world_dataset: Path,
+    world_root: Path,
+    out: Path,
+    clip_model: str = DEFAULT_CLIP_MODEL,
+    epochs: int = 6,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str = "auto",
+    show_progress: bool = True,
+    *,
+    split: str = "train.txt",
+    frame_stride: int = 1,
+    weight_decay: float = 0.05,
+    warmup_steps: int = 10,
+    max_steps: int | None = None,
+    force: bool = False,
+) -> Path:
+    """Train `clip_model` (random init) on the split's (frame, atomic caption) pairs; save
+    its `state_dict` to `out` atomically and return `out`.
+
+    An existing `out` is returned as is, without training, unless `force`. The run is
+    deterministic for a seed (on CPU). `<out stem>.json` records the settings, the mean
+    loss of each epoch and the training time. `max_steps` cuts the run short (tests).
+    """
+    out = Path(out)
+    if out.is_file() and not force:
+        return out
+    clip_model = resolve_clip_config(clip_model)
+    torch.manual_seed(seed)
+    torch_device = resolve_device(device)
+    clip = load_clip(clip_model, "none", str(torch_device))
+    model = clip.model.train().requires_grad_(True)
+    size = image_size_of(clip)
+    started = time.perf_counter()
+    pairs = load_frame_pairs(world_dataset, world_root, size, split, frame_stride)
+    load_seconds = time.perf_counter() - started
+    tokens = clip.tokenizer(pairs.captions).to(torch_device)
+    num_captions = len(pairs.captions)
+
+    steps_per_epoch = max(1, math.ceil(len(pairs) / batch_size))
+    total = steps_per_epoch * epochs
+    if max_steps is not None:
+        total = min(total, max_steps)
+    optimizer = _optimizer(model, lr, weight_decay)
+    warmup = min(warmup_steps, max(1, total // 5))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    generator = torch.Generator().manual_seed(seed)
+    step_losses: list[float] = []
+    epoch_losses: list[float] = []
+    step = 0
+    train_started = time.perf_counter()
+    with _progress(show_progress) as progress:
+        task = progress.add_task("pretrain CLIP", total=total, info="")
+        for epoch in range(epochs):
+            if step >= total:
+                break
+            order = torch.randperm(len(pairs), generator=generator)
+            losses = []
+            for start in range(0, len(pairs), batch_size):
+                if step >= total:
+                    break
+                rows = order[start : start + batch_size]
+                images = normalise_clips(pairs.images[rows].to(torch_device))
+                targets = pairs.caption_ids[rows].to(torch_device)
+                if num_captions <= MAX_TEXT_PER_STEP:
+                    text_rows = torch.arange(num_captions, device=torch_device)
+                else:  # only the batch's own captions, renumbered
+                    text_rows, targets = torch.unique(targets, return_inverse=True)
+                image_features = F.normalize(model.encode_image(images), dim=-1)
+                text_features = F.normalize(model.encode_text(tokens[text_rows]), dim=-1)
+                loss = caption_loss(
+                    image_features, text_features, targets, model.logit_scale.exp()
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                with torch.no_grad():
+                    model.logit_scale.clamp_(0, math.log(100))
+                losses.append(float(loss))
+                step_losses.append(losses[-1])
+                step += 1
+                progress.update(
+                    task, advance=1, info=f"epoch {epoch + 1}/{epochs} loss {losses[-1]:.3f}"
+                )
+            if losses:
+                epoch_losses.append(sum(losses) / len(losses))
+    train_seconds = time.perf_counter() - train_started
+
+    model.eval().requires_grad_(False)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    _atomic_save(state, out)
+    record = {
+        "clip_model": clip.model_id,
+        "world_dataset": str(world_dataset),
+        "split": split,
+        "frames": len(pairs),
+        "captions": num_captions,
+        "frame_stride": frame_stride,
+        "epochs": epochs,
+        "steps": step,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "device": str(torch_device),
+        "load_seconds": round(load_seconds, 2),
+        "train_seconds": round(train_seconds, 2),
+        "epoch_losses": epoch_losses,
+        "step_losses": step_losses,
+    }
+    _atomic_write_text(json.dumps(record, indent=2) + "\n", log_path(out))
+    return out
+
+
+@torch.inference_mode()
+def evaluate_frame_accuracy(
+    checkpoint: Path | str,
+    world_dataset: Path,
+    world_root: Path,
+    clip_model: str = DEFAULT_CLIP_MODEL,
+    split: str = "train.txt",
+    frame_stride: int = 1,
+    frame_offset: int = 0,
+    device: str = "auto",
+    batch_size: int = 256,
+) -> float:
+    """The fraction of the split's frames whose nearest caption (among all the world's
+    atomic actions) is the one of the action they show, with `checkpoint` loaded through
+    `load_clip` as `--clip-pretrained` would load it."""
+    clip = load_clip(resolve_clip_config(clip_model), str(checkpoint), device)
+    predictions = predict_captions(clip, world_dataset, world_root, split, frame_stride,
+                                   frame_offset, batch_size)
+    predicted, truth = predictions
+    return float((predicted == truth).float().mean())
+
+
+def predict_captions(
+    clip: LoadedClip,
+    world_dataset: Path,
+    world_root: Path,
+    split: str = "train.txt",
+    frame_stride: int = 1,
+    frame_offset: int = 0,
+    batch_size: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(nearest caption id, true caption id) per frame of the split, both long [N]."""
+    pairs = load_frame_pairs(
+        world_dataset, world_root, image_size_of(clip), split, frame_stride, frame_offset
+    )
+    with torch.inference_mode():
+        tokens = clip.tokenizer(pairs.captions).to(clip.device)
+        text = F.normalize(clip.model.encode_text(tokens), dim=-1)
+        predicted = []
+        for start in range(0, len(pairs), batch_size):
+            images = normalise_clips(pairs.images[start : start + batch_size].to(clip.device))
+            image = F.normalize(clip.model.encode_image(images), dim=-1)
+            predicted.append((image @ text.t()).argmax(dim=1).cpu())
+    return torch.cat(predicted), pairs.caption_ids
+
+
+__all__: Sequence[str] = (
+    "FramePairs",
+    "caption_loss",
+    "evaluate_frame_accuracy",
+    "load_atomic_captions",
+    "load_frame_pairs",
+    "predict_captions",
+    "pretrain_clip",
+)
