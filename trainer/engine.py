@@ -251,8 +251,9 @@ def score_predictions(probs, labels, num_classes: int, multi_label: bool) -> dic
     if multi_label:  # top-k: one of the k best classes is a positive
         ranked = np.argsort(-probs, axis=1)[:, :5]
         hits = np.take_along_axis(labels > 0, ranked, axis=1)
+        mean_ap = metrics.mean_average_precision(probs, labels)  # NaN: no positives at all
         return {"top1": float(hits[:, :1].any(1).mean()), "top5": float(hits.any(1).mean()),
-                "mean_class_acc": None, "map": metrics.mean_average_precision(probs, labels),
+                "mean_class_acc": None, "map": None if np.isnan(mean_ap) else mean_ap,
                 "n": len(probs)}  # fmt: skip
     return {
         **metrics.topk_accuracy(probs, labels, (1, 5)),
