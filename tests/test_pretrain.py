@@ -22,7 +22,11 @@ from trainer.pretrain import (
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "data" / "clip" / "StoryboardWorld-CLIP.json")
 COLOURS = {0: (220, 30, 30), 1: (30, 200, 30), 2: (30, 30, 220)}
-CAPTIONS = {"0": "the square turns red", "1": "the square turns green", "2": "the square turns blue"}
+CAPTIONS = {
+    "0": "the square turns red",
+    "1": "the square turns green",
+    "2": "the square turns blue",
+}
 
 
 def write_action_video(path: Path, actions: list[int], size: int = 64, fps: int = 8) -> Path:
@@ -80,7 +84,14 @@ def trained(world, tmp_path_factory):
     root, dataset = world
     out = tmp_path_factory.mktemp("ckpt") / "world-clip.pt"
     path = pretrain_clip(
-        dataset, root, out, CONFIG, epochs=30, batch_size=32, max_steps=30, device="cpu",
+        dataset,
+        root,
+        out,
+        CONFIG,
+        epochs=30,
+        batch_size=32,
+        max_steps=30,
+        device="cpu",
         show_progress=False,
     )
     return path
@@ -134,11 +145,23 @@ def test_existing_checkpoint_is_not_retrained(world, trained):
 def test_same_seed_same_weights(world, tmp_path):
     root, dataset = world
     a = pretrain_clip(
-        dataset, root, tmp_path / "a.pt", CONFIG, batch_size=32, max_steps=2, device="cpu",
+        dataset,
+        root,
+        tmp_path / "a.pt",
+        CONFIG,
+        batch_size=32,
+        max_steps=2,
+        device="cpu",
         show_progress=False,
     )
     b = pretrain_clip(
-        dataset, root, tmp_path / "b.pt", CONFIG, batch_size=32, max_steps=2, device="cpu",
+        dataset,
+        root,
+        tmp_path / "b.pt",
+        CONFIG,
+        batch_size=32,
+        max_steps=2,
+        device="cpu",
         show_progress=False,
     )
     wa, wb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)

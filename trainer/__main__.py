@@ -202,6 +202,18 @@ def predict(
         console.print(f"plot: {plot_prediction(pred, plot)}")
 
 
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("artifacts/demo"), help="Where the demo writes."),
+    seed: int = typer.Option(0, help="Seed of the world, the CLIP and every run."),
+    epochs: int = typer.Option(8, min=1, help="Epochs per run."),
+) -> None:
+    """The method end to end on the built-in storyboard world (what `make demo` runs)."""
+    from .demo import DemoSettings, run_demo
+
+    run_demo(DemoSettings(out=out, seed=seed, epochs=epochs))
+
+
 def _print_result(result: dict, as_json: bool) -> None:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
         return

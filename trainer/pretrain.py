@@ -149,8 +149,9 @@ def caption_loss(
 
     image_features [B, D], text_features [K, D] (both L2-normalised), targets [B] in 0..K-1.
     image -> text: cross entropy over the K captions. text -> image: for each caption that
-    some image in the batch shows, the mean negative log-softmax (over the batch's images)
-    of its positives; averaged over those captions.
+    some image in the batch shows, the KL divergence from the uniform distribution over its
+    positives to its softmax over the batch's images (the cross entropy minus log(positives),
+    so 0 is reachable); averaged over those captions.
     """
     logits = logit_scale * image_features @ text_features.t()  # [B, K]
     image_to_text = F.cross_entropy(logits, targets)
@@ -158,7 +159,8 @@ def caption_loss(
     positives = F.one_hot(targets, text_features.shape[0]).t().float()  # [K, B]
     counts = positives.sum(dim=1)
     present = counts > 0
-    per_caption = -(log_probs * positives).sum(dim=1)[present] / counts[present]
+    cross_entropy = -(log_probs * positives).sum(dim=1)[present] / counts[present]
+    per_caption = cross_entropy - counts[present].log()
     return (image_to_text + per_caption.mean()) / 2
 
 
@@ -285,16 +287,14 @@ def pretrain_clip(
                     text_rows, targets = torch.unique(targets, return_inverse=True)
                 image_features = F.normalize(model.encode_image(images), dim=-1)
                 text_features = F.normalize(model.encode_text(tokens[text_rows]), dim=-1)
-                loss = caption_loss(
-                    image_features, text_features, targets, model.logit_scale.exp()
-                )
+                loss = caption_loss(image_features, text_features, targets, model.logit_scale.exp())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
                 with torch.no_grad():
                     model.logit_scale.clamp_(0, math.log(100))
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 step_losses.append(losses[-1])
                 step += 1
                 progress.update(
@@ -345,8 +345,9 @@ def evaluate_frame_accuracy(
     atomic actions) is the one of the action they show, with `checkpoint` loaded through
     `load_clip` as `--clip-pretrained` would load it."""
     clip = load_clip(resolve_clip_config(clip_model), str(checkpoint), device)
-    predictions = predict_captions(clip, world_dataset, world_root, split, frame_stride,
-                                   frame_offset, batch_size)
+    predictions = predict_captions(
+        clip, world_dataset, world_root, split, frame_stride, frame_offset, batch_size
+    )
     predicted, truth = predictions
     return float((predicted == truth).float().mean())
 
