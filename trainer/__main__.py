@@ -202,6 +202,26 @@ def predict(
         console.print(f"plot: {plot_prediction(pred, plot)}")
 
 
+@app.command("pretrain-clip")
+def pretrain_clip_command(
+    world: Path = typer.Option(Path("artifacts/demo/world"), help="A storyboard world folder."),
+    out: Path = typer.Option(Path("artifacts/demo/world-clip.pt"), help="Checkpoint to write."),
+    clip_model: str = typer.Option("data/clip/StoryboardWorld-CLIP.json", help="Model config."),
+    epochs: int = typer.Option(6, min=1, help="Epochs over the (frame, caption) pairs."),
+    seed: int = typer.Option(0, help="Seed."),
+    force: bool = typer.Option(False, help="Retrain even if the checkpoint exists."),
+) -> None:
+    """Train a small CLIP on a world's frames and atomic-action captions (loads back with
+    --clip-model CONFIG --clip-pretrained CHECKPOINT)."""
+    from .pretrain import pretrain_clip
+    from .world import write_world
+
+    info = write_world(world, seed=seed)
+    path = pretrain_clip(info.seen_root, info.out_dir, out, clip_model, epochs=epochs,
+                         seed=seed, force=force)  # fmt: skip
+    console.print(f"checkpoint: {path}")
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("artifacts/demo"), help="Where the demo writes."),
