@@ -164,6 +164,22 @@ def caption_loss(
     return (image_to_text + per_caption.mean()) / 2
 
 
+def random_shift_scale(
+    images: torch.Tensor, generator: torch.Generator, shift: float = 0.125, scale: float = 0.1
+) -> torch.Tensor:
+    """Each image moved by up to `shift` of its size and zoomed by up to 1 +- `scale`
+    (border pixels repeat): position and size vary, what an action looks like does not.
+    No flips and no colour changes: "left" and "red" are in the captions."""
+    count = images.shape[0]
+    zoom = 1 + (torch.rand(count, generator=generator) * 2 - 1) * scale
+    offset = (torch.rand(count, 2, generator=generator) * 2 - 1) * shift * 2
+    theta = torch.zeros(count, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom
+    theta[:, :, 2] = offset
+    grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, padding_mode="border", align_corners=False)
+
+
 def _progress(enabled: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -213,7 +229,7 @@ def pretrain_clip(
     world_root: Path,
     out: Path,
     clip_model: str = DEFAULT_CLIP_MODEL,
-    epochs: int = 6,
+    epochs: int = 20,
     batch_size: int = 128,
     lr: float = 1e-3,
     seed: int = 0,
@@ -222,6 +238,7 @@ def pretrain_clip(
     *,
     split: str = "train.txt",
     frame_stride: int = 1,
+    augment: bool = False,
     weight_decay: float = 0.05,
     warmup_steps: int = 10,
     max_steps: int | None = None,
@@ -280,6 +297,8 @@ def pretrain_clip(
                     break
                 rows = order[start : start + batch_size]
                 images = normalise_clips(pairs.images[rows].to(torch_device))
+                if augment:
+                    images = random_shift_scale(images, generator)
                 targets = pairs.caption_ids[rows].to(torch_device)
                 if num_captions <= MAX_TEXT_PER_STEP:
                     text_rows = torch.arange(num_captions, device=torch_device)
@@ -314,6 +333,7 @@ def pretrain_clip(
         "frames": len(pairs),
         "captions": num_captions,
         "frame_stride": frame_stride,
+        "augment": augment,
         "epochs": epochs,
         "steps": step,
         "batch_size": batch_size,
