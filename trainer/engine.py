@@ -83,7 +83,7 @@ def atomic_save(obj, path: Path) -> None:
     tmp.replace(path)
 
 
-def _progress(enabled: bool) -> Progress:
+def progress_bar(enabled: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -416,7 +416,7 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
                         ckpt_dir / f"{name}.pt")  # fmt: skip
 
     try:
-        with _progress(show_progress and dist_info.is_main) as progress:
+        with progress_bar(show_progress and dist_info.is_main) as progress:
             while epoch < cfg.epochs:
                 done = position["step"]
                 sampler.set_epoch(epoch, start=done * micro)  # batches -> this rank's items
@@ -535,7 +535,7 @@ def evaluate_checkpoint(
                     size=built.spec_size, short_side=built.spec_size)  # fmt: skip
     artifact_classes = loaded.class_names
     results = []
-    with _progress(show_progress and dist_info.is_main) as progress:
+    with progress_bar(show_progress and dist_info.is_main) as progress:
         for fold in folds:
             test = load_split(dataset, root, test_name, fold, videos, False)
             check_classes(test, artifact_classes, subtexts)

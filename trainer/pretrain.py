@@ -27,13 +27,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from subtext_gen.clip_text import LoadedClip, load_clip, resolve_device
 from subtext_gen.errors import UserError
 
 from .data.transforms import normalise_clips
 from .data.video import open_video, read_frames
+from .engine import atomic_save, progress_bar
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CLIP_MODEL = "data/clip/StoryboardWorld-CLIP.json"
@@ -180,25 +180,6 @@ def random_shift_scale(
     return F.grid_sample(images, grid, padding_mode="border", align_corners=False)
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
-
-
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 def _atomic_write_text(text: str, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -285,7 +266,7 @@ def pretrain_clip(
     epoch_losses: list[float] = []
     step = 0
     train_started = time.perf_counter()
-    with _progress(show_progress) as progress:
+    with progress_bar(show_progress) as progress:
         task = progress.add_task("pretrain CLIP", total=total, info="")
         for epoch in range(epochs):
             if step >= total:
@@ -325,7 +306,7 @@ def pretrain_clip(
 
     model.eval().requires_grad_(False)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_save(state, out)
+    atomic_save(state, out)
     record = {
         "clip_model": clip.model_id,
         "world_dataset": str(world_dataset),
