@@ -27,15 +27,6 @@ def _commands() -> None:
     """Stage two of Storyboard: video data, training and evaluation."""
 
 
-def _folds(split: str | None) -> list[int] | None:
-    """`--split 1|2|3|all` -> folds; None for all."""
-    if split in (None, "all"):
-        return None
-    if split not in ("1", "2", "3"):
-        raise UserError(f"--split must be 1, 2, 3 or all, not {split!r}.")
-    return [int(split)]
-
-
 @app.command("check-data")
 def check_data(
     dataset: str = typer.Option(..., help="hmdb51, ucf101, k400, charades or list."),
@@ -48,13 +39,13 @@ def check_data(
 ) -> None:
     """Scan a dataset: missing, unreadable and short videos, class counts, split sizes."""
     from .data.check import check_splits
-    from .data.layouts import available_splits, load_split
+    from .data.layouts import available_splits, folds, load_split
 
-    folds = _folds(split)
+    chosen = folds(dataset, split)
     splits = [
         load_split(dataset, root, name, fold, videos)
         for name, fold in available_splits(dataset, root)
-        if folds is None or fold is None or fold in folds
+        if fold is None or fold in chosen
     ]
     report = check_splits(splits, frames, workers, show_progress=not as_json)
     if as_json:

@@ -33,7 +33,7 @@ from . import metrics
 from .config import RunConfig
 from .data.dataset import ClipSpec, EpochSampler, VideoClipDataset, make_loader
 from .data.items import SplitList
-from .data.layouts import load_split
+from .data.layouts import folds, load_split, test_split
 from .data.protocols import fewshot_items, load_item_list, repeat_factor, save_item_list
 from .distributed import (
     DistInfo,
@@ -115,8 +115,7 @@ class RunData:
 
 def prepare_data(cfg: RunConfig, root: Path, fold: int | None) -> RunData:
     train = load_split(cfg.dataset, root, "train", fold, cfg.videos, cfg.charades_instances)
-    test_name = "val" if cfg.dataset == "k400" else "test"
-    test = load_split(cfg.dataset, root, test_name, fold, cfg.videos, False)
+    test = load_split(cfg.dataset, root, test_split(cfg.dataset), fold, cfg.videos, False)
     items, chosen = list(train.items), None
     if cfg.fewshot_list is not None:
         chosen = load_item_list(cfg.fewshot_list, train)
@@ -328,7 +327,7 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     root = cfg.root or default_root(cfg.dataset)
-    fold = None if cfg.split in (None, "all") else int(cfg.split)
+    fold = folds(cfg.dataset, cfg.split)[0]
     out = cfg.out or default_run_dir(cfg)
     ckpt_dir = out / "checkpoints"
     if (ckpt_dir / "last.pt").exists() and not resume:
@@ -528,16 +527,13 @@ def evaluate_checkpoint(
         split = loaded.trained_on["split"] if dataset == loaded.trained_on["dataset"] and not (
             zero_shot) else "all"  # fmt: skip
     root = root or default_root(dataset)
-    test_name = "val" if dataset == "k400" else "test"
-    folds = [None] if dataset in ("k400", "charades", "list") else (
-        [1, 2, 3] if split in (None, "all") else [int(split)])  # fmt: skip
     spec = ClipSpec(frames=cfg.frames, train=False, clips=cfg.eval_clips, crops=cfg.eval_crops,
                     size=built.spec_size, short_side=built.spec_size)  # fmt: skip
     artifact_classes = loaded.class_names
     results = []
     with progress_bar(show_progress and dist_info.is_main) as progress:
-        for fold in folds:
-            test = load_split(dataset, root, test_name, fold, videos, False)
+        for fold in folds(dataset, split):
+            test = load_split(dataset, root, test_split(dataset), fold, videos, False)
             check_classes(test, artifact_classes, subtexts)
             halves = (half_class_splits(len(test.class_names), 10, cfg.seed)
                       if zero_shot == "half" else [None])  # fmt: skip

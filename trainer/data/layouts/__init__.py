@@ -43,6 +43,20 @@ def available_splits(dataset: str, root: Path | None = None) -> list[tuple[str, 
     return list(_SPLITS[name])
 
 
+def test_split(dataset: str) -> str:
+    """The split a dataset is evaluated on: Kinetics' validation set, else its test set."""
+    return "val" if _dataset(dataset) == "k400" else "test"
+
+
+def folds(dataset: str, split: str | None) -> list[int | None]:
+    """`--split 1|2|3|all` -> the folds to use: [None] for one-split datasets."""
+    if split not in (None, "all", "1", "2", "3"):
+        raise UserError(f"--split must be 1, 2, 3 or all, not {split!r}.")
+    if _dataset(dataset) not in ("hmdb51", "ucf101"):
+        return [None]
+    return [1, 2, 3] if split in (None, "all") else [int(split)]
+
+
 def load_split(
     dataset: str,
     root: Path,
@@ -64,4 +78,4 @@ def load_split(
     return generic.load(root, split, videos)
 
 
-__all__ = ["DATASETS", "available_splits", "load_split"]
+__all__ = ["DATASETS", "available_splits", "folds", "load_split", "test_split"]
