@@ -14,7 +14,7 @@ CLIP_PRETRAINED ?= openai
 DEMO_CLIP_MODEL      ?= data/clip/TinyCLIP-test.json
 DEMO_CLIP_PRETRAINED ?= none
 
-.PHONY: setup test demo demo-subtexts subtexts score show bench lint clean
+.PHONY: setup test demo demo-subtexts subtexts score show bench gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ show: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Needs a CUDA device (exits 2 without one); writes bench/gpu-check-<card>.json.
+gpu-check: $(STAMP)
+	$(BIN)/python -m bench.gpu_check
 
 lint: $(STAMP)
 	$(BIN)/ruff check subtext_gen trainer tests bench

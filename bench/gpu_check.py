@@ -1,0 +1,479 @@
+"""`make gpu-check`: a few real training steps of the full video model on a CUDA device.
+
+The setting is BIKE's for ViT-B/16: 8 frames, batch 32 on one device. The model is built by
+the trainer's own `build_model` from an open_clip ViT-B-16 with random weights (nothing is
+downloaded) and a synthetic sub-text artifact (400 classes x 4 sub-texts), with the
+`coarse+fine` head, the `k400` preset's 6 temporal layers and a trainable backbone; steps
+are the trainer's (its `autocast`, `storyboard_loss`, AdamW over `param_groups`). Every
+configuration (bf16 autocast or fp32, gradient checkpointing on or off) starts from the
+same weights and trains on the same random clips, and reports clips/s, peak memory, its
+losses, and how often the visual tower's blocks ran per step (twice where checkpointing
+recomputes them in backward, once where it is off): the check that checkpointing is on.
+
+`python -m bench.gpu_check` writes `bench/gpu-check-<card>.json` and exits 0 when every
+loss is finite, checkpointing is active exactly where asked, it leaves the first loss
+unchanged, and bf16 with checkpointing peaks at most 9 GiB (BIKE's figure for this
+setting); 1 otherwise, naming what failed; 2 without CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import gc
+import json
+import math
+import platform
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from subtext_gen.artifacts import ArtifactMeta, SubtextArtifact
+from subtext_gen.clip_text import LoadedClip, load_clip
+from trainer.config import PRESETS, RunConfig
+from trainer.engine import autocast
+from trainer.loss import storyboard_loss
+from trainer.model.video_clip import build_model, param_groups
+
+BENCH_DIR = Path(__file__).resolve().parent
+GIB = 2**30
+NO_CUDA = (
+    "make gpu-check needs a CUDA device; torch sees none (torch.cuda.is_available() is False)."
+)
+SYNTHETIC_ARTIFACT = "synthetic sub-texts (bench.gpu_check)"
+# The setting BIKE reports 9 GB for (ViT-B/16, 8 frames, batch 32, checkpointing on); the
+# target applies to that setting only, read as GiB of peak allocated tensor memory.
+TARGET_SETTING = {"model": "ViT-B-16", "frames": 8, "batch": 32}
+TARGET_PEAK_GIB = 9.0
+# Checkpointing recomputes the forward pass from the same weights and inputs, so the first
+# loss (before any update) must match; the tolerance only allows for kernel-level noise.
+FIRST_LOSS_RTOL = 1e-3
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    amp: str  # as the trainer's --amp takes it: "bf16" (autocast) or "none" (fp32)
+    grad_checkpointing: bool
+
+    @property
+    def name(self) -> str:
+        precision = "bf16 autocast" if self.amp == "bf16" else "fp32"
+        return f"{precision}, checkpointing {'on' if self.grad_checkpointing else 'off'}"
+
+
+TARGET_CONFIG = StepConfig("bf16", True)
+GPU_CONFIGS = (
+    TARGET_CONFIG,
+    StepConfig("bf16", False),
+    StepConfig("none", True),
+    StepConfig("none", False),
+)
+
+
+def synthetic_artifact(
+    clip: LoadedClip, classes: int, subtexts: int = 4, words: int = 12, seed: int = 0
+) -> SubtextArtifact:
+    """A sub-text artifact made for `clip` with random embeddings: what `build_model` reads,
+    with 2..`words` real word tokens per text (padding is zero, as in real artifacts)."""
+    rng = np.random.default_rng(seed)
+    dim = clip.embed_dim
+
+    def normal(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    global_mask = np.arange(words) < rng.integers(2, words + 1, (classes, 1))
+    sub_mask = np.arange(words) < rng.integers(2, words + 1, (classes, subtexts, 1))
+    meta = ArtifactMeta(
+        clip_model=clip.model_id,
+        clip_pretrained=clip.pretrained_id,
+        embed_dim=dim,
+        n_subtexts=subtexts,
+        template="a video of a person {}.",
+        alpha="complement",
+        beta="complement",
+    )
+    names = [f"action {c}" for c in range(classes)]
+    return SubtextArtifact(
+        meta=meta,
+        class_names=names,
+        global_texts=[meta.template.format(name) for name in names],
+        sub_texts=[[f"step {n} of {name}" for n in range(subtexts)] for name in names],
+        tpp=np.ones(classes, dtype=np.float32),
+        global_emb=normal(classes, dim),
+        global_tokens=normal(classes, words, dim) * global_mask[..., None],
+        global_mask=global_mask,
+        sub_emb=normal(classes, subtexts, dim),
+        sub_tokens=normal(classes, subtexts, words, dim) * sub_mask[..., None],
+        sub_mask=sub_mask,
+    )
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _image_size(clip: LoadedClip) -> int:
+    size = clip.model.visual.image_size
+    return int(size[0] if isinstance(size, tuple | list) else size)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _release(device: torch.device) -> None:
+    """Free what an earlier configuration left on the card (also after an OOM), so that each
+    peak is its own configuration's."""
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+class BlockCalls:
+    """Counts forward calls of the visual tower's transformer blocks (open_clip ViTs): one a
+    step without checkpointing, two with it (the recomputation in backward calls them again)."""
+
+    def __init__(self, visual: torch.nn.Module):
+        self.blocks = list(getattr(getattr(visual, "transformer", None), "resblocks", ()))
+        self.calls = 0
+        self._handles = [b.register_forward_pre_hook(self._count) for b in self.blocks]
+
+    def _count(self, *_) -> None:
+        self.calls += 1
+
+    def per_step(self, steps: int) -> float | None:
+        return self.calls / (steps * len(self.blocks)) if self.blocks else None
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def _train_steps(
+    clip: LoadedClip,
+    artifact: SubtextArtifact,
+    clips: torch.Tensor,
+    labels: torch.Tensor,
+    config: StepConfig,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    temporal_layers: int,
+    seed: int,
+    record: dict,
+) -> None:
+    """`steps` optimiser steps as `trainer.engine.train_epoch` takes them; fills `record`
+    as it goes, so an OOM still leaves the losses and the peak reached before it."""
+    recipe = RunConfig()  # the trainer's defaults: lr, backbone scale, weight decay, lambda
+    torch.manual_seed(seed)  # the same head and temporal init in every configuration
+    # build_model shares the CLIP's visual tower: a copy per configuration keeps every one
+    # starting from the same weights. The copy's text tower stays on the CPU and is dropped.
+    own_clip = dataclasses.replace(clip, model=copy.deepcopy(clip.model))
+    model, text = build_model(
+        own_clip,
+        artifact,
+        SYNTHETIC_ARTIFACT,
+        aggregation="coarse+fine",
+        temporal_layers=temporal_layers,
+        frames=clips.shape[1],
+        grad_checkpointing=config.grad_checkpointing,
+    )
+    del own_clip
+    model.to(device).train()
+    text = text.to(device)
+    clips, labels = clips.to(device), labels.to(device)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, recipe.lr, recipe.backbone_lr_scale, recipe.weight_decay),
+        lr=recipe.lr,
+    )
+    block_calls = BlockCalls(model.visual)
+    losses = record["losses"]
+    try:
+        for step in range(steps):
+            if step == warmup:
+                _sync(device)
+                start = time.perf_counter()
+            with autocast(device, config.amp):
+                logits = model(clips, text)["logits"]
+            loss = storyboard_loss(logits.float(), labels, recipe.lam)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())  # synchronises, as the trainer's running loss does
+        _sync(device)
+        seconds = time.perf_counter() - start
+    finally:
+        block_calls.remove()
+    timed = steps - warmup
+    record.update(
+        status="ok",
+        clips_per_second=len(clips) * timed / seconds,
+        seconds_per_step=seconds / timed,
+        block_forwards_per_step=block_calls.per_step(steps),
+    )
+
+
+def _run_config(
+    clip: LoadedClip,
+    artifact: SubtextArtifact,
+    clips: torch.Tensor,
+    labels: torch.Tensor,
+    config: StepConfig,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    temporal_layers: int,
+    seed: int,
+) -> dict:
+    _release(device)
+    record: dict = {
+        "config": config.name,
+        "amp": config.amp,
+        "grad_checkpointing": config.grad_checkpointing,
+        "status": "incomplete",  # "ok" once every step ran, "OOM" if memory ran out
+        "error": None,
+        "losses": [],
+        "clips_per_second": None,
+        "seconds_per_step": None,
+        "block_forwards_per_step": None,
+        "memory_before_gib": None,
+        "peak_allocated_gib": None,
+        "peak_reserved_gib": None,
+    }
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        record["memory_before_gib"] = torch.cuda.memory_allocated(device) / GIB
+    try:
+        _train_steps(clip, artifact, clips, labels, config, device, steps, warmup,
+                     temporal_layers, seed, record)  # fmt: skip
+    except torch.cuda.OutOfMemoryError as exc:
+        record.update(status="OOM", error=str(exc).splitlines()[0] if str(exc) else "OOM")
+    if device.type == "cuda":  # after an OOM: the peak reached before it
+        record["peak_allocated_gib"] = torch.cuda.max_memory_allocated(device) / GIB
+        record["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GIB
+    record["losses_finite"] = bool(record["losses"]) and all(
+        math.isfinite(x) for x in record["losses"]
+    )
+    return record
+
+
+def run_check(
+    model: str = "ViT-B-16",
+    device: str | torch.device = "cuda",
+    *,
+    batch: int = 32,
+    frames: int = 8,
+    steps: int = 6,
+    warmup: int = 2,
+    classes: int = 400,
+    temporal_layers: int = PRESETS["k400"]["temporal_layers"],
+    configs: Sequence[StepConfig] = GPU_CONFIGS,
+    seed: int = 0,
+) -> dict:
+    """Train `steps` steps (the first `warmup` untimed) in every configuration; -> the
+    settings and one record per configuration (see `_run_config`). `model` is any name or
+    JSON config `--clip-model` takes; weights are random. bf16 needs CUDA, as in the trainer."""
+    device = torch.device(device)
+    if not 0 <= warmup < steps:
+        raise ValueError(f"need 0 <= warmup < steps, got warmup={warmup}, steps={steps}.")
+    for config in configs:
+        if config.amp != "none" and device.type != "cuda":
+            raise ValueError(f"{config.name} needs CUDA: the trainer's autocast is CUDA-only.")
+    torch.manual_seed(seed)  # the random CLIP weights, so that a rerun repeats the losses
+    # Loaded on the CPU so that the device holds only what the trainer keeps there.
+    clip = load_clip(model, "none", "cpu")
+    artifact = synthetic_artifact(clip, classes, seed=seed)
+    size = _image_size(clip)
+    generator = torch.Generator().manual_seed(seed)
+    clips = torch.randint(0, 256, (batch, frames, 3, size, size), dtype=torch.uint8,
+                          generator=generator)  # fmt: skip
+    labels = torch.randint(0, classes, (batch,), generator=generator)
+    results = [
+        _run_config(
+            clip, artifact, clips, labels, config, device, steps, warmup, temporal_layers, seed
+        )  # fmt: skip
+        for config in configs
+    ]
+    return {
+        "device": device_name(device),
+        "device_memory_gib": torch.cuda.get_device_properties(device).total_memory / GIB
+        if device.type == "cuda"
+        else None,
+        "torch": torch.__version__,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "settings": {
+            "model": clip.model_id,
+            "weights": "random",
+            "batch": batch,
+            "frames": frames,
+            "image_size": size,
+            "classes": classes,
+            "subtexts": artifact.meta.n_subtexts,
+            "aggregation": "coarse+fine",
+            "temporal_layers": temporal_layers,
+            "steps": steps,
+            "warmup_steps": warmup,
+            "seed": seed,
+        },
+        "results": results,
+    }
+
+
+def memory_target(result: dict) -> dict | None:
+    """The 9 GiB check, for BIKE's setting only; None for other settings or configs."""
+    settings = result["settings"]
+    if any(settings[key] != value for key, value in TARGET_SETTING.items()):
+        return None
+    record = next((r for r in result["results"] if r["config"] == TARGET_CONFIG.name), None)
+    if record is None or record["peak_allocated_gib"] is None:
+        return None
+    peak = record["peak_allocated_gib"]
+    return {
+        "config": TARGET_CONFIG.name,
+        "peak_allocated_gib": peak,
+        "limit_gib": TARGET_PEAK_GIB,
+        "met": record["status"] == "ok" and peak <= TARGET_PEAK_GIB,
+    }
+
+
+def failures(result: dict) -> list[str]:
+    """One sentence per failed check; empty when all pass."""
+    problems = []
+    records = result["results"]
+    for r in records:
+        if r["status"] == "ok" and not r["losses_finite"]:
+            problems.append(f"{r['config']}: a loss is not finite ({r['losses']}).")
+        expected = 2 if r["grad_checkpointing"] else 1
+        calls = r["block_forwards_per_step"]
+        if calls is not None and calls != expected:
+            problems.append(
+                f"{r['config']}: the visual tower's blocks ran {calls:g} times a step, not "
+                f"{expected}: gradient checkpointing is not doing what it was asked."
+            )
+    for amp in sorted({r["amp"] for r in records}):
+        pair = {r["grad_checkpointing"]: r for r in records if r["amp"] == amp and r["losses"]}
+        if len(pair) == 2:
+            on, off = pair[True]["losses"][0], pair[False]["losses"][0]
+            if not math.isclose(on, off, rel_tol=FIRST_LOSS_RTOL):
+                problems.append(
+                    f"{pair[True]['config']} gives a first loss of {on:.6g}, checkpointing "
+                    f"off {off:.6g}: checkpointing must not change the forward pass."
+                )
+    target = memory_target(result)
+    if target is not None and not target["met"]:
+        record = next(r for r in records if r["config"] == target["config"])
+        what = (
+            "ran out of memory"
+            if record["status"] == "OOM"
+            else f"peaked at {target['peak_allocated_gib']:.2f} GiB"
+        )
+        problems.append(
+            f"{target['config']} {what}; the target is at most {TARGET_PEAK_GIB:g} GiB "
+            "(BIKE, ViT-B/16, 8 frames, batch 32)."
+        )
+    return problems
+
+
+def default_output(result: dict) -> Path:
+    """bench/gpu-check-<card>.json, with the setting in the name when it is not BIKE's."""
+    name = result["device"]
+    settings = result["settings"]
+    if any(settings[key] != value for key, value in TARGET_SETTING.items()):
+        name += f"-{settings['model']}-{settings['frames']}f-b{settings['batch']}"
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return BENCH_DIR / f"gpu-check-{slug}.json"
+
+
+def _gib(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def print_report(result: dict, console: Console) -> None:
+    s = result["settings"]
+    console.print(
+        f"make gpu-check on {result['device']}, torch {result['torch']}: {s['model']} "
+        f"({s['weights']} weights), {s['frames']} frames, batch {s['batch']}, {s['classes']} "
+        f"classes x {s['subtexts']} sub-texts, {s['aggregation']}, {s['temporal_layers']} "
+        f"temporal layers; {s['steps']} steps, the first {s['warmup_steps']} untimed"
+    )
+    # Peak GiB: allocated tensors, the target's measure (JSON has the allocator's reserve too).
+    table = Table()
+    for column in ("precision", "checkpointing", "status", "clips/s", "peak GiB",
+                   "blocks/step", "finite", "loss first -> last"):  # fmt: skip
+        table.add_column(column, no_wrap=True)
+    for r in result["results"]:
+        calls = r["block_forwards_per_step"]
+        losses = r["losses"]
+        table.add_row(
+            "bf16" if r["amp"] == "bf16" else "fp32",
+            "on" if r["grad_checkpointing"] else "off",
+            r["status"],
+            "" if r["clips_per_second"] is None else f"{r['clips_per_second']:.1f}",
+            _gib(r["peak_allocated_gib"]),
+            "" if calls is None else f"{calls:g}",
+            "yes" if r["losses_finite"] else "NO",
+            f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "",
+        )
+    console.print(table)
+    target = result.get("target")
+    if target is not None:
+        met = "met" if target["met"] else "NOT met"
+        console.print(
+            f"target: {target['config']} peaks at {target['peak_allocated_gib']:.2f} GiB "
+            f"allocated (<= {target['limit_gib']:g} GiB): {met}"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.gpu_check",
+        description="A few training steps of the video model on CUDA: clips/s, peak memory, "
+        "finite losses, bf16 and fp32, gradient checkpointing on and off.",
+    )
+    parser.add_argument("--model", default="ViT-B-16", help="open_clip name or JSON config")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=6, help="steps per configuration")
+    parser.add_argument("--warmup", type=int, default=2, help="first steps left out of timing")
+    parser.add_argument("--classes", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="JSON file (default bench/gpu-check-<card>.json)")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print(NO_CUDA, file=sys.stderr)
+        return 2
+    if not 0 <= args.warmup < args.steps:
+        print(f"--warmup ({args.warmup}) must be below --steps ({args.steps}).", file=sys.stderr)
+        return 2
+    # Wide enough for the table's one-line rows when the output is piped (rich assumes 80).
+    console = Console(width=max(Console().width, 110))
+    with console.status("gpu-check: training steps"):
+        result = run_check(args.model, "cuda", batch=args.batch, frames=args.frames,
+                           steps=args.steps, warmup=args.warmup, classes=args.classes,
+                           seed=args.seed)  # fmt: skip
+    result["target"] = memory_target(result)
+    result["failures"] = failures(result)
+    out = args.out or default_output(result)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print_report(result, console)
+    console.print(f"written: {out}")
+    for problem in result["failures"]:
+        print(f"gpu-check failed: {problem}", file=sys.stderr)
+    return 1 if result["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
