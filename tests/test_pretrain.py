@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -11,8 +14,10 @@ import pytest
 import torch
 
 from subtext_gen.clip_text import load_clip
+from subtext_gen.errors import UserError
 from trainer.pretrain import (
     caption_loss,
+    draw_phrasings,
     evaluate_frame_accuracy,
     load_frame_pairs,
     log_path,
@@ -106,6 +111,46 @@ def test_frame_pairs_follow_the_labels(world):
     assert torch.equal(means.argmax(dim=1), pairs.caption_ids)  # the colour is the action
     strided = load_frame_pairs(dataset, root, image_size=32, frame_stride=2, frame_offset=1)
     assert strided.images.shape == (4 * 8, 3, 32, 32)
+
+
+def test_phrasings_are_read_checked_and_drawn(world, tmp_path):
+    root, dataset = world
+    assert load_frame_pairs(dataset, root, 32, frame_stride=8).phrasings == [
+        [CAPTIONS[str(i)]] for i in range(3)
+    ]  # no phrasings.json: the captions alone
+    other = tmp_path / "world"
+    shutil.copytree(root, other)
+    table = {k: [v, f"{k}-a", f"{k}-b"] for k, v in CAPTIONS.items()}
+    (other / "phrasings.json").write_text(json.dumps(table))
+    pairs = load_frame_pairs(other / "seen", other, 32, frame_stride=8)
+    assert pairs.phrasings == [table[str(i)] for i in range(3)]
+    tokens = [torch.arange(len(t))[:, None].repeat(1, 4) for t in pairs.phrasings]
+    generator = torch.Generator().manual_seed(0)
+    drawn = torch.stack([draw_phrasings(tokens, [0, 2], generator)[:, 0] for _ in range(60)])
+    assert drawn.shape == (60, 2) and set(drawn.flatten().tolist()) == {0, 1, 2}
+    table["1"] = ["green", table["1"][0]]
+    (other / "phrasings.json").write_text(json.dumps(table))
+    with pytest.raises(UserError, match="action 1 must list its caption"):
+        load_frame_pairs(other / "seen", other, 32)
+
+
+def test_pretrain_clip_command_trains_once_and_keeps_the_checkpoint(world, tmp_path):
+    root, _ = world
+    out = tmp_path / "clip.pt"
+    args = [sys.executable, "-m", "trainer", "pretrain-clip", "--world", str(root), "--out",
+            str(out), "--clip-model", CONFIG, "--epochs", "1", "--batch-size", "32",
+            "--device", "cpu"]  # fmt: skip
+    first = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert f"checkpoint:{out}" in "".join(first.stdout.split())  # rich may wrap the path
+    record = json.loads(log_path(out).read_text())
+    assert record["epochs"] == 1 and record["steps"] == 2  # 48 frames in batches of 32
+    assert load_clip(CONFIG, str(out), "cpu").model is not None
+    before = out.stat().st_mtime_ns
+    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 0 and "kept" in again.stdout
+    assert out.stat().st_mtime_ns == before
+    assert not (root / "world.json").exists()  # the given world was used as it is
 
 
 def test_caption_loss_treats_same_caption_as_positives():

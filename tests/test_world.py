@@ -46,9 +46,22 @@ def test_layout_the_trainer_reads(default_world_dir):
                 assert item.path.parent.name == classes[item.labels[0]].slug
     atomic = json.loads((out / "atomic_actions.json").read_text())
     assert len(atomic) == len(W.ATOMIC_ACTIONS) and atomic["3"] == "the square jumps"
+    phrasings = json.loads((out / "phrasings.json").read_text())
+    assert phrasings["3"] == ["the square jumps", "hop", "the square hops"]
+    assert all(phrasings[k][0] == caption for k, caption in atomic.items())
     meta = json.loads((out / "world.json").read_text())
     assert meta["seed"] == 0 and meta["settings"]["frames"] == 32
     assert [c["name"] for c in meta["seen"]] == [c.name for c in world.seen]
+
+
+def test_class_names_use_the_words_the_clip_is_shown():
+    """Every word of a class name but its connectives is a phrasing of one of its own
+    actions, except "pace" (left then right), which the world's CLIP never sees."""
+    world = W.default_world()
+    for cls in world.classes:
+        own = {w for a in cls.actions for w in world.actions[a].words}
+        words = set(cls.name.split()) - {"then", "and"}
+        assert words - own <= {"pace"}, cls.name
 
 
 def test_classes_share_actions_and_unseen_recombine_them():
@@ -171,7 +184,8 @@ def test_candidate_sets(tmp_path):
         assert all(any(t.startswith(cap) for t in faithful) for cap in captions)
         assert len(unrelated) == len(set(unrelated)) == 4
         assert not set(unrelated) & set(captions)
-        assert len(near) == len(set(near)) == 4 and all(cls.name in t for t in near)
+        first = world.actions[cls.actions[0]].caption
+        assert len(near) == len(set(near)) == 4 and all(first in t for t in near)
 
     written = W.write_candidates(tmp_path / "candidates.json")
     text = written.read_text()

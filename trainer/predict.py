@@ -69,15 +69,13 @@ def _sub_texts(path: Path) -> list[list[str]]:
     return [list(t) for t in pq.read_table(path, columns=["sub_texts"]).column(0).to_pylist()]
 
 
-def plot_prediction(pred: Prediction, path: Path) -> Path:
-    """A filmstrip with coarse and fine importance bars and the best sub-text per frame."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def prediction_figure(pred: Prediction):
+    """A matplotlib Figure: the filmstrip (each frame titled with its best sub-text, S1..SN),
+    coarse and fine importance bars, and the top class with its sub-texts."""
+    from matplotlib.figure import Figure
 
     frames = len(pred.frames)
-    fig = plt.figure(figsize=(max(6, 1.3 * frames), 5.2))
+    fig = Figure(figsize=(max(6, 1.3 * frames), 5.2))
     grid = fig.add_gridspec(3, frames, height_ratios=[1.2, 1, 0.9])
     for t in range(frames):
         ax = fig.add_subplot(grid[0, t])
@@ -101,8 +99,12 @@ def plot_prediction(pred: Prediction, path: Path) -> Path:
     text.text(0, 1, "\n".join(lines), va="top", fontsize=8, family="monospace")
     fig.suptitle(pred.video.name, fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def plot_prediction(pred: Prediction, path: Path) -> Path:
+    """`prediction_figure` saved as a PNG at `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    prediction_figure(pred).savefig(path, dpi=110)
     return path

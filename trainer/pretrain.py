@@ -13,6 +13,11 @@ positive is the i-th text) would push identical captions apart. Here the text si
 set of distinct captions: image -> text is a cross entropy over the captions (a classifier),
 and text -> image, for each caption in the batch, averages the log-likelihood of all the
 images that show it.
+
+When the world also writes `phrasings.json` (per action: its caption, then the words class
+names use for it, e.g. "hop" for "the square jumps"), every step shows each action under one
+of its phrasings, drawn at random, so the text tower learns the class names' vocabulary as a
+web-trained CLIP knows the words of "ride bike". Evaluation always uses the captions.
 """
 
 from __future__ import annotations
@@ -45,13 +50,15 @@ class FramePairs:
     """Frames with the caption of the atomic action each shows.
 
     images: uint8 [N, 3, S, S]; caption_ids: long [N], indices into `captions`;
-    video_ids: long [N], the row of the video in the split file each frame comes from.
+    video_ids: long [N], the row of the video in the split file each frame comes from;
+    phrasings[k]: the ways caption k may be written (the caption first).
     """
 
     images: torch.Tensor
     caption_ids: torch.Tensor
     video_ids: torch.Tensor
     captions: list[str]
+    phrasings: list[list[str]]
 
     def __len__(self) -> int:
         return int(self.caption_ids.numel())
@@ -76,6 +83,20 @@ def load_atomic_captions(world_root: Path) -> list[str]:
     if ids != list(range(len(ids))):
         raise UserError(f"{path}: action ids must be 0..{len(ids) - 1}, got {ids[:10]}...")
     return [str(table[str(i)]) for i in ids]
+
+
+def load_phrasings(world_root: Path, captions: list[str]) -> list[list[str]]:
+    """`phrasings.json` ({"0": [caption, ...], ...}) by action id; the captions alone when the
+    world has no such file."""
+    path = Path(world_root) / "phrasings.json"
+    if not path.is_file():
+        return [[caption] for caption in captions]
+    table = json.loads(path.read_text())
+    phrasings = [list(table.get(str(i), [])) for i in range(len(captions))]
+    for i, (caption, texts) in enumerate(zip(captions, phrasings)):
+        if not texts or texts[0] != caption:
+            raise UserError(f"{path}: action {i} must list its caption {caption!r} first.")
+    return phrasings
 
 
 def _split_videos(world_dataset: Path, split: str) -> list[Path]:
@@ -130,6 +151,7 @@ def load_frame_pairs(
         caption_ids=torch.cat(caption_ids),
         video_ids=torch.cat(video_ids),
         captions=captions,
+        phrasings=load_phrasings(world_root, captions),
     )
 
 
@@ -178,6 +200,20 @@ def random_shift_scale(
     theta[:, :, 2] = offset
     grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, padding_mode="border", align_corners=False)
+
+
+def draw_phrasings(
+    phrasing_tokens: list[torch.Tensor], rows: list[int], generator: torch.Generator
+) -> torch.Tensor:
+    """One phrasing per caption row, drawn at random: tokens [len(rows), context]."""
+    return torch.stack(
+        [
+            phrasing_tokens[k][
+                int(torch.randint(len(phrasing_tokens[k]), (1,), generator=generator))
+            ]
+            for k in rows
+        ]
+    )
 
 
 def _atomic_write_text(text: str, path: Path) -> None:
@@ -244,7 +280,7 @@ def pretrain_clip(
     started = time.perf_counter()
     pairs = load_frame_pairs(world_dataset, world_root, size, split, frame_stride)
     load_seconds = time.perf_counter() - started
-    tokens = clip.tokenizer(pairs.captions).to(torch_device)
+    phrasing_tokens = [clip.tokenizer(texts).to(torch_device) for texts in pairs.phrasings]
     num_captions = len(pairs.captions)
 
     steps_per_epoch = max(1, math.ceil(len(pairs) / batch_size))
@@ -285,8 +321,9 @@ def pretrain_clip(
                     text_rows = torch.arange(num_captions, device=torch_device)
                 else:  # only the batch's own captions, renumbered
                     text_rows, targets = torch.unique(targets, return_inverse=True)
+                tokens = draw_phrasings(phrasing_tokens, text_rows.tolist(), generator)
                 image_features = F.normalize(model.encode_image(images), dim=-1)
-                text_features = F.normalize(model.encode_text(tokens[text_rows]), dim=-1)
+                text_features = F.normalize(model.encode_text(tokens), dim=-1)
                 loss = caption_loss(image_features, text_features, targets, model.logit_scale.exp())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -313,6 +350,7 @@ def pretrain_clip(
         "split": split,
         "frames": len(pairs),
         "captions": num_captions,
+        "phrasings": sum(len(texts) for texts in pairs.phrasings),
         "frame_stride": frame_stride,
         "augment": augment,
         "epochs": epochs,

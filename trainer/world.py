@@ -4,6 +4,7 @@
 and writes it with PyAV (mpeg4) in the generic `list` layout the trainer reads:
 
     <out>/atomic_actions.json         {atomic id: caption}
+    <out>/phrasings.json              {atomic id: [caption, other phrasings...]}
     <out>/world.json                  classes and their action sequences, seed, settings
     <out>/seen/classes.csv            `id,name` (8 classes: supervised and few-shot)
     <out>/seen/train.txt, test.txt    `videos/<class_slug>/<id>.mp4 <class id>`
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FPS = 8
 CANDIDATES_PATH = Path(__file__).resolve().parent.parent / "data" / "world" / "candidates.json"
 SUBTEXTS_PER_SET = 4
@@ -42,14 +43,21 @@ SUBTEXTS_PER_SET = 4
 
 @dataclass(frozen=True)
 class AtomicAction:
-    """One atomic action: its caption, and finer phrasings of its start and end."""
+    """One atomic action: its caption, finer phrasings of its start and end, and the words
+    class names use for it (`words`: what the world's CLIP also sees as captions, the way a
+    web-trained CLIP has seen "ride" and "bike" before it meets "ride bike")."""
 
     id: int
     key: str
     caption: str
     begin: str
     end: str
+    words: tuple[str, ...] = ()
     unrelated: bool = False  # a distractor: never part of a class, only idle/unrelated frames
+
+    @property
+    def phrasings(self) -> tuple[str, ...]:
+        return (self.caption, *self.words)
 
 
 ATOMIC_ACTIONS: tuple[AtomicAction, ...] = (
@@ -59,6 +67,7 @@ ATOMIC_ACTIONS: tuple[AtomicAction, ...] = (
         "the square stands still",
         "the square stops moving",
         "the square waits in place",
+        words=("wait", "the square waits"),
         unrelated=True,
     ),
     AtomicAction(
@@ -67,6 +76,7 @@ ATOMIC_ACTIONS: tuple[AtomicAction, ...] = (
         "the square moves left",
         "the square starts sliding to the left",
         "the square stops on the left",
+        words=("retreat", "the square retreats"),
     ),
     AtomicAction(
         2,
@@ -74,6 +84,7 @@ ATOMIC_ACTIONS: tuple[AtomicAction, ...] = (
         "the square moves right",
         "the square starts sliding to the right",
         "the square stops on the right",
+        words=("dash", "the square dashes"),
     ),
     AtomicAction(
         3,
@@ -81,6 +92,7 @@ ATOMIC_ACTIONS: tuple[AtomicAction, ...] = (
         "the square jumps",
         "the square leaps up into the air",
         "the square lands back on the ground",
+        words=("hop", "the square hops"),
     ),
     AtomicAction(
         4,
@@ -88,6 +100,7 @@ ATOMIC_ACTIONS: tuple[AtomicAction, ...] = (
         "the square spins",
         "the square starts to rotate",
         "the square ends its turn upside down",
+        words=("spin",),
     ),
     AtomicAction(
         5,
@@ -95,6 +108,7 @@ ATOMIC_ACTIONS: tuple[AtomicAction, ...] = (
         "the square grows",
         "the square starts to swell",
         "the square ends up big",
+        words=("grow",),
     ),
     AtomicAction(
         6,
@@ -102,6 +116,7 @@ ATOMIC_ACTIONS: tuple[AtomicAction, ...] = (
         "the square shrinks",
         "the square starts to get smaller",
         "the square ends up small",
+        words=("shrink",),
     ),
     AtomicAction(
         7,
@@ -109,6 +124,7 @@ ATOMIC_ACTIONS: tuple[AtomicAction, ...] = (
         "the square turns red",
         "the square starts to blush",
         "the square is bright red",
+        words=("blush", "the square blushes"),
     ),
     AtomicAction(
         8,
@@ -116,6 +132,7 @@ ATOMIC_ACTIONS: tuple[AtomicAction, ...] = (
         "a ball rolls past the square",
         "a ball enters the scene",
         "the ball leaves the scene",
+        words=("a ball", "a rolling ball"),
         unrelated=True,
     ),
 )
@@ -463,6 +480,7 @@ def write_world(
             return info
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "atomic_actions.json", {str(a.id): a.caption for a in world.actions})
+    _write_json(out / "phrasings.json", {str(a.id): list(a.phrasings) for a in world.actions})
     info.videos = _write_dataset(info.seen_root, world.seen, 0, world, settings)
     info.videos += _write_dataset(info.unseen_root, world.unseen, 1, world, settings)
     _write_json(world_file, _world_json(world, settings))
@@ -502,9 +520,11 @@ def unrelated_set(c: WorldClass, world: World) -> list[str]:
     return [a.caption for a in others[:SUBTEXTS_PER_SET]]
 
 
-def near_duplicate_set(c: WorldClass) -> list[str]:
-    """4 paraphrases of the class name (no decomposition at all)."""
-    return [c.name, f"the square does {c.name}", f"a video of {c.name}", f"{c.name} by a square"]
+def near_duplicate_set(c: WorldClass, world: World) -> list[str]:
+    """4 near-duplicates of the class's first atomic action: related, not diverse (what
+    Eq. 3's diversity is there to reject)."""
+    caption = world.actions[c.actions[0]].caption
+    return [caption, f"{caption} again", f"{caption} once more", f"then {caption}"]
 
 
 def candidate_sets(world: World | WorldInfo | None = None) -> dict[str, list[list[str]]]:
@@ -514,7 +534,7 @@ def candidate_sets(world: World | WorldInfo | None = None) -> dict[str, list[lis
     if isinstance(world, WorldInfo):
         world = world.world
     return {
-        c.name: [faithful_set(c, world), unrelated_set(c, world), near_duplicate_set(c)]
+        c.name: [faithful_set(c, world), unrelated_set(c, world), near_duplicate_set(c, world)]
         for c in world.classes
     }
 
