@@ -476,7 +476,7 @@ class SubtextArtifact:
     sub_mask: np.ndarray  # [C, N, W]
 
 
-def _pad_tokens(seqs: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
+def pad_tokens(seqs: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
     width = max((len(s) for s in seqs), default=0)
     out = np.zeros((len(seqs), max(width, 1), dim), dtype=np.float32)
     mask = np.zeros((len(seqs), max(width, 1)), dtype=bool)
@@ -501,11 +501,11 @@ def read_subtexts(path: Path) -> SubtextArtifact:
     def arr(x, shape) -> np.ndarray:
         return np.asarray(x, dtype=np.float32).reshape(shape)
 
-    global_tokens, global_mask = _pad_tokens([arr(r["global_tokens"], (-1, d)) for r in recs], d)
+    global_tokens, global_mask = pad_tokens([arr(r["global_tokens"], (-1, d)) for r in recs], d)
     flat_sub = [arr(t, (-1, d)) for r in recs for t in r["sub_tokens"]]
     if len(flat_sub) != len(recs) * n:
         raise UserError(f"{path} does not hold {n} sub-texts for every class.")
-    sub_tokens, sub_mask = _pad_tokens(flat_sub, d)
+    sub_tokens, sub_mask = pad_tokens(flat_sub, d)
     c, w = len(recs), sub_tokens.shape[1]
     return SubtextArtifact(
         meta=meta,

@@ -13,14 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from subtext_gen.clip_text import load_clip
+from subtext_gen.clip_text import encode_texts, load_clip
 from subtext_gen.errors import UserError
+from trainer.data.transforms import normalise_clips
 from trainer.pretrain import (
     caption_loss,
     draw_phrasings,
     evaluate_frame_accuracy,
     load_frame_pairs,
     log_path,
+    predict_captions,
     pretrain_clip,
 )
 
@@ -178,6 +180,27 @@ def test_loss_decreases_and_frames_find_their_caption(world, trained):
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3])
     accuracy = evaluate_frame_accuracy(trained, dataset, root, CONFIG, "test.txt", device="cpu")
     assert accuracy > 0.9  # chance is 1/3
+
+
+def test_word_token_matching_is_eq10_inner_term_by_hand(world, trained):
+    """`by="word_tokens"` picks, per frame, the caption with the highest mean cosine over
+    its word tokens, recomputed here word by word."""
+    root, dataset = world
+    clip = load_clip(CONFIG, str(trained), "cpu")
+    pairs = load_frame_pairs(dataset, root, 64, "test.txt", frame_stride=4)
+    predicted = predict_captions(clip, pairs, by="word_tokens")
+    words = encode_texts(clip, pairs.captions, with_tokens=True).tokens
+    with torch.inference_mode():
+        images = clip.model.encode_image(normalise_clips(pairs.images)).numpy()
+    by_hand = []
+    for image in images:
+        image = image / np.linalg.norm(image)
+        scores = [np.mean([w @ image / np.linalg.norm(w) for w in caption]) for caption in words]
+        by_hand.append(int(np.argmax(scores)))
+    assert predicted.tolist() == by_hand
+    assert predict_captions(clip, pairs).tolist() != [] and len(predicted) == len(pairs)
+    with pytest.raises(UserError, match="unknown caption features"):
+        predict_captions(clip, pairs, by="eot")
 
 
 def test_existing_checkpoint_is_not_retrained(world, trained):

@@ -27,7 +27,7 @@ from subtext_gen.score import class_reports, score
 from .config import AGGREGATIONS, RunConfig
 from .engine import evaluate_checkpoint, train
 from .predict import plot_prediction, predict_video
-from .pretrain import pretrain_clip
+from .pretrain import CAPTION_FEATURES, evaluate_frame_accuracy, pretrain_clip
 from .world import CANDIDATES_PATH, write_world
 
 WORLD_CLIP = "data/clip/StoryboardWorld-CLIP.json"
@@ -45,8 +45,11 @@ class DemoSettings:
     workers: int = 2
 
 
-def _subtexts(dataset_root: Path, out: Path, clip_ckpt: Path, console: Console) -> Path:
-    """Import the shipped sets of this dataset's classes; keep the best set per class by TPP."""
+def _subtexts(
+    dataset_root: Path, out: Path, clip_ckpt: Path, console: Console
+) -> tuple[Path, dict[str, str]]:
+    """Import the shipped sets of this dataset's classes; keep the best set per class by TPP.
+    Returns the sub-text artifact and, per class, the kind of set TPP kept."""
     classes = load_classes(classes_file=dataset_root / "classes.csv")
     shipped = json.loads(Path(CANDIDATES_PATH).read_text())
     subset = out / "candidates.json"
@@ -54,14 +57,15 @@ def _subtexts(dataset_root: Path, out: Path, clip_ckpt: Path, console: Console) 
     subset.write_text(json.dumps({c: shipped[c] for c in classes.names}, indent=1))
     generate(classes, FileBackend(subset), out, n_subtexts=4, show_progress=False)
     scored = score(out, lambda: load_clip(WORLD_CLIP, str(clip_ckpt), "cpu"))
-    kept = Counter()
+    kept = {}
     for report in class_reports(out, scored.out_dir):
-        kind = SET_KINDS[shipped[report.class_name].index(list(report.sub_texts))]
-        kept[kind] += 1
-        console.print(f"  {report.class_name}: TPP {report.tpp:.3f} -> {kind} set")
-    console.print("  TPP kept: " + ", ".join(f"{kind} {kept[kind]}" for kind in SET_KINDS)
+        name = report.class_name
+        kept[name] = SET_KINDS[shipped[name].index(list(report.sub_texts))]
+        console.print(f"  {name}: TPP {report.tpp:.3f} -> {kept[name]}")
+    counts = Counter(kept.values())
+    console.print("  TPP kept: " + ", ".join(f"{kind} {counts[kind]}" for kind in SET_KINDS)
                   + f" (of {len(classes)} classes)")  # fmt: skip
-    return scored.out_dir / "subtexts.parquet"
+    return scored.out_dir / "subtexts.parquet", kept
 
 
 def run_demo(settings: DemoSettings = DemoSettings()) -> dict:
@@ -73,9 +77,21 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> dict:
     console.rule("2. a tiny CLIP for it")
     clip_ckpt = pretrain_clip(world.seen_root, world.out_dir, out / "world-clip.pt",
                               seed=settings.seed)  # fmt: skip
+    # How well frames find their atomic action's caption with the features each part of the
+    # method uses: pooled embeddings (CLIP's objective) and word tokens (Eq. 8 and 10).
+    frame_accuracy = {
+        by: evaluate_frame_accuracy(clip_ckpt, world.seen_root, world.out_dir, WORLD_CLIP,
+                                    "test.txt", device="cpu", by=by)
+        for by in CAPTION_FEATURES
+    }  # fmt: skip
+    chance = 1 / len(world.world.actions)
+    matched = ", ".join(f"{by.replace('_', ' ')} {acc:.2f}" for by, acc in frame_accuracy.items())
+    console.print(f"test frames matched to their action's caption: {matched} "
+                  f"(chance {chance:.2f})")  # fmt: skip
     console.rule("3. sub-texts: shipped candidate sets, TPP selection")
-    seen_sub = _subtexts(world.seen_root, out / "subtexts-seen", clip_ckpt, console)
-    unseen_sub = _subtexts(world.unseen_root, out / "subtexts-unseen", clip_ckpt, console)
+    seen_sub, seen_kept = _subtexts(world.seen_root, out / "subtexts-seen", clip_ckpt, console)
+    unseen_sub, unseen_kept = _subtexts(world.unseen_root, out / "subtexts-unseen", clip_ckpt,
+                                        console)  # fmt: skip
 
     console.rule("4. training and evaluation")
     results: dict[str, dict] = {}
@@ -121,7 +137,8 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> dict:
         r = results[mode]
         table.add_row(mode, f"{r['2shot']:.3f}", f"{r['supervised']:.3f}", f"{r['zero-shot']:.3f}")
     console.print(table)
-    (out / "results.json").write_text(json.dumps({"seed": settings.seed, "top1": results},
-                                                 indent=2) + "\n")  # fmt: skip
+    summary = {"seed": settings.seed, "top1": results, "tpp_kept": {**seen_kept, **unseen_kept},
+               "world_clip_frame_accuracy": frame_accuracy}  # fmt: skip
+    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     console.print(f"outputs: {out}/results.json, {plot}, {runs}/*/report.md")
     return results

@@ -33,12 +33,14 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
-from subtext_gen.clip_text import LoadedClip, load_clip, resolve_device
+from subtext_gen.artifacts import pad_tokens
+from subtext_gen.clip_text import LoadedClip, encode_texts, load_clip, resolve_device
 from subtext_gen.errors import UserError
 
 from .data.transforms import normalise_clips
 from .data.video import open_video, read_frames
 from .engine import atomic_save, progress_bar
+from .model.aggregation import subtext_frame_similarity
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CLIP_MODEL = "data/clip/StoryboardWorld-CLIP.json"
@@ -368,6 +370,11 @@ def pretrain_clip(
     return out
 
 
+# What frames are matched against: the pooled (EOT) caption embedding CLIP is trained on,
+# or the mean of the caption's word tokens, which is what Eq. 10 weights frames with.
+CAPTION_FEATURES = ("pooled", "word_tokens")
+
+
 @torch.inference_mode()
 def evaluate_frame_accuracy(
     checkpoint: Path | str,
@@ -379,40 +386,44 @@ def evaluate_frame_accuracy(
     frame_offset: int = 0,
     device: str = "auto",
     batch_size: int = 256,
+    by: str = "pooled",
 ) -> float:
     """The fraction of the split's frames whose nearest caption (among all the world's
-    atomic actions) is the one of the action they show, with `checkpoint` loaded through
-    `load_clip` as `--clip-pretrained` would load it."""
+    atomic actions, compared `by` one of CAPTION_FEATURES) is the one of the action they
+    show, with `checkpoint` loaded through `load_clip` as `--clip-pretrained` would load it."""
     clip = load_clip(resolve_clip_config(clip_model), str(checkpoint), device)
-    predictions = predict_captions(
-        clip, world_dataset, world_root, split, frame_stride, frame_offset, batch_size
-    )
-    predicted, truth = predictions
-    return float((predicted == truth).float().mean())
-
-
-def predict_captions(
-    clip: LoadedClip,
-    world_dataset: Path,
-    world_root: Path,
-    split: str = "train.txt",
-    frame_stride: int = 1,
-    frame_offset: int = 0,
-    batch_size: int = 256,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(nearest caption id, true caption id) per frame of the split, both long [N]."""
     pairs = load_frame_pairs(
         world_dataset, world_root, image_size_of(clip), split, frame_stride, frame_offset
     )
-    with torch.inference_mode():
-        tokens = clip.tokenizer(pairs.captions).to(clip.device)
-        text = F.normalize(clip.model.encode_text(tokens), dim=-1)
-        predicted = []
-        for start in range(0, len(pairs), batch_size):
-            images = normalise_clips(pairs.images[start : start + batch_size].to(clip.device))
-            image = F.normalize(clip.model.encode_image(images), dim=-1)
-            predicted.append((image @ text.t()).argmax(dim=1).cpu())
-    return torch.cat(predicted), pairs.caption_ids
+    predicted = predict_captions(clip, pairs, by, batch_size)
+    return float((predicted == pairs.caption_ids).float().mean())
+
+
+@torch.inference_mode()
+def predict_captions(
+    clip: LoadedClip, pairs: FramePairs, by: str = "pooled", batch_size: int = 256
+) -> torch.Tensor:
+    """The nearest caption id of every frame, long [N]: by cosine with the pooled caption
+    embeddings, or by Eq. 10's inner term (mean cosine with the caption's word tokens)."""
+    if by not in CAPTION_FEATURES:
+        raise UserError(f"unknown caption features {by!r}; choose {' or '.join(CAPTION_FEATURES)}.")
+    text = encode_texts(clip, pairs.captions, with_tokens=by == "word_tokens")
+    pooled = F.normalize(torch.from_numpy(text.pooled), dim=-1).to(clip.device)
+    if by == "word_tokens":
+        tokens, mask = pad_tokens(text.tokens, clip.embed_dim)
+        tokens, mask = torch.from_numpy(tokens)[None], torch.from_numpy(mask)[None]
+    predicted = []
+    for start in range(0, len(pairs), batch_size):
+        images = normalise_clips(pairs.images[start : start + batch_size].to(clip.device))
+        image = F.normalize(clip.model.encode_image(images).float(), dim=-1)
+        if by == "pooled":
+            similarity = image @ pooled.t()  # [n, K]
+        else:  # frames as one clip [1, n, D] against K "sub-texts" -> [1, 1, K, n]
+            similarity = subtext_frame_similarity(
+                image[None], tokens.to(clip.device), mask.to(clip.device)
+            )[0, 0].t()
+        predicted.append(similarity.argmax(dim=1).cpu())
+    return torch.cat(predicted)
 
 
 __all__: Sequence[str] = (
