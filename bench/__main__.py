@@ -11,6 +11,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from .cache import bench_cache
 from .loader import bench_loader
 from .steps import bench_steps
 from .subtexts import bench_llm_concurrency, bench_tpp_scoring
@@ -23,6 +24,7 @@ TARGETS = {
     "llm_concurrency_speedup": (8.0, True),
     "loader_vs_decode": (0.80, True),
     "step_overhead_coarse_fine_vs_mean": (0.05, False),
+    "cache_speedup": (20.0, True),
 }
 
 
@@ -41,6 +43,7 @@ def main() -> None:
         ("LLM concurrency", bench_llm_concurrency),
         ("video loader", bench_loader),
         ("training steps", bench_steps),
+        ("feature cache", bench_cache),
     ):
         with console.status(f"benchmark: {name}"):
             results.update(bench())

@@ -9,6 +9,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CLIP_CONFIG = REPO / "data" / "clip" / "TinyCLIP-test.json"
+CLASSES = ["red rise", "green rise", "blue rise"]
+TINTS = [(1.0, 0.2, 0.2), (0.2, 1.0, 0.2), (0.2, 0.2, 1.0)]
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +32,13 @@ def class_csv(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory, tiny_clip):
+    """Videos in the generic list layout (3 classes, 3 train and 1 test video each), the
+    tiny CLIP's checkpoint and its scored sub-texts (read-only: tests write elsewhere)."""
+    from .list_dataset import write_list_dataset
+
+    return write_list_dataset(tmp_path_factory.mktemp("world"), tiny_clip, TINY_CLIP_CONFIG,
+                              CLASSES, TINTS, 3, frames=12, width=64, height=48)  # fmt: skip

@@ -9,46 +9,10 @@ import time
 import pytest
 import torch
 
-from subtext_gen.classes import load_classes
 from subtext_gen.errors import UserError
-from subtext_gen.generate import generate
-from subtext_gen.llm.files import FileBackend
-from subtext_gen.score import score
 from trainer.config import resolve_config
 
-from .conftest import REPO, TINY_CLIP_CONFIG
-from .videos import write_video
-
-CLASSES = ["red rise", "green rise", "blue rise"]
-TINTS = [(1.0, 0.2, 0.2), (0.2, 1.0, 0.2), (0.2, 0.2, 1.0)]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_clip):
-    """Videos in the generic list layout, a tiny CLIP checkpoint and its scored sub-texts."""
-    base = tmp_path_factory.mktemp("world")
-    root = base / "data"
-    (root / "clips").mkdir(parents=True)
-    (root / "classes.csv").write_text("id,name\n" + "".join(f"{i},{n}\n" for i, n in
-                                                            enumerate(CLASSES)))  # fmt: skip
-    lines = {"train": [], "test": []}
-    for c, tint in enumerate(TINTS):
-        for i in range(4):
-            name = f"clips/c{c}_{i}.mp4"
-            write_video(root / name, frames=12, width=64, height=48, tint=tint)
-            lines["train" if i < 3 else "test"].append(f"{name} {c}")
-    for split, rows in lines.items():
-        (root / f"{split}.txt").write_text("\n".join(rows) + "\n")
-    ckpt = base / "tiny-clip.pt"
-    torch.save(tiny_clip.model.state_dict(), ckpt)
-    sets = {n: [[f"{n} start", f"{n} middle", f"{n} end"]] for n in CLASSES}
-    (base / "sets.json").write_text(json.dumps(sets))
-    classes = load_classes(classes_file=root / "classes.csv")
-    generate(classes, FileBackend(base / "sets.json"), base / "art", 3, show_progress=False)
-    from subtext_gen.clip_text import load_clip
-
-    out = score(base / "art", load_clip(str(TINY_CLIP_CONFIG), str(ckpt), "cpu")).out_dir
-    return {"root": root, "ckpt": ckpt, "subtexts": out / "subtexts.parquet", "base": base}
+from .conftest import CLASSES, REPO, TINY_CLIP_CONFIG
 
 
 def run_args(world, out, epochs=4, aggregation="coarse+fine"):
@@ -189,3 +153,46 @@ def test_predict_prints_top_classes_and_plots(world, tmp_path):
                           str(world["root"] / "clips" / "c2_3.mp4"), "--checkpoint", str(out),
                           "--device", "cpu"], cwd=REPO, capture_output=True, text=True)  # fmt: skip
     assert cli.returncode == 0 and "probability" in cli.stdout
+
+
+def test_prediction_plot_shows_the_model_s_importance_and_best_sub_texts(world, tmp_path):
+    """The best sub-text per frame is recomputed by hand (Eq. 10's inner term, word by word);
+    the figure's frame titles, bar heights and text are those of the prediction."""
+    import numpy as np
+
+    from trainer.engine import load_run
+    from trainer.predict import predict_video, prediction_figure
+
+    out = tmp_path / "run"
+    subprocess.run(run_args(world, out, epochs=1), cwd=REPO, check=True, capture_output=True)
+    video = world["root"] / "clips" / "c1_3.mp4"
+    pred = predict_video(out, video, device="cpu", top=3)
+
+    loaded = load_run(out, None, None, "cpu")
+    clip = torch.from_numpy(pred.frames).permute(0, 3, 1, 2)  # what the model saw
+    with torch.inference_mode():
+        model_out = loaded.built.model(clip[None], loaded.built.text)
+    top = loaded.class_names.index(pred.top[0][0])
+    frames = torch.nn.functional.normalize(model_out["frames"][0], dim=-1).numpy()  # [T, D]
+    tokens, mask = loaded.built.text.sub_tokens[top], loaded.built.text.sub_mask[top]
+    by_hand = np.zeros((tokens.shape[0], len(frames)))
+    for n in range(tokens.shape[0]):
+        words = [w / np.linalg.norm(w) for w, real in zip(tokens[n].numpy(), mask[n]) if real]
+        for t, v in enumerate(frames):
+            by_hand[n, t] = np.mean([w @ v for w in words])
+    np.testing.assert_array_equal(pred.best_sub_text, by_hand.argmax(0))
+    np.testing.assert_allclose(pred.coarse, model_out["coarse"][0, top].numpy(), atol=1e-6)
+    np.testing.assert_allclose(pred.fine, model_out["fine"][0, top].numpy(), atol=1e-6)
+    assert pred.sub_texts == [f"{pred.top[0][0]} {p}" for p in ("start", "middle", "end")]
+
+    fig = prediction_figure(pred)
+    strip = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in strip] == [f"S{b + 1}" for b in pred.best_sub_text]
+    for ax, frame in zip(strip, pred.frames):
+        np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), frame)
+    (bars,) = [ax for ax in fig.axes if ax.patches]
+    heights = [p.get_height() for p in bars.patches]
+    np.testing.assert_allclose(heights, np.concatenate([pred.coarse, pred.fine]), rtol=1e-6)
+    text = "\n".join(t.get_text() for ax in fig.axes for t in ax.texts)
+    assert f"top class: {pred.top[0][0]}" in text
+    assert all(f"S{i + 1}: {s}" in text for i, s in enumerate(pred.sub_texts))

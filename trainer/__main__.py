@@ -106,7 +106,11 @@ def run(
     compile: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile."),
     clips: int = typer.Option(None, help="Temporal views at evaluation."),
     crops: int = typer.Option(None, help="Spatial views at evaluation (1 or 3)."),
-    workers: int = typer.Option(None, help="DataLoader workers (4)."),
+    workers: int = typer.Option(None, help="DataLoader workers (4; none with --features)."),
+    features: Path = typer.Option(
+        None,
+        help="Train and evaluate from a feature cache (cache-features); needs --freeze-backbone.",
+    ),
     eval_every: int = typer.Option(None, help="Evaluate every N epochs (1)."),
     seed: int = typer.Option(None, help="Seed of sampling, few-shot lists, init (0)."),
     device: str = typer.Option(None, help="auto, cpu or cuda."),
@@ -127,7 +131,8 @@ def run(
         "temporal_layers": temporal_layers, "attention_heads": heads, "tau_coarse": tau_coarse,
         "tau_fine": tau_fine, "lam": lam, "freeze_backbone": freeze_backbone,
         "grad_checkpointing": grad_checkpointing, "amp": amp, "compile": compile,
-        "eval_clips": clips, "eval_crops": crops, "workers": workers, "eval_every": eval_every,
+        "eval_clips": clips, "eval_crops": crops, "workers": workers, "features": features,
+        "eval_every": eval_every,
         "seed": seed, "device": device, "out": out,
     }  # fmt: skip
     cfg = resolve_config(preset, overrides)
@@ -143,6 +148,50 @@ def run(
     else:
         result = train(cfg, resume, not as_json)
     _print_result(result, as_json)
+
+
+@app.command("cache-features")
+def cache_features_command(
+    dataset: str = typer.Option(None, help="hmdb51, ucf101, k400, charades or list."),
+    root: Path = typer.Option(None, help="Dataset root (default: $STORYBOARD_DATA/<dataset>)."),
+    videos: Path = typer.Option(None, help="Where the videos are, if not under --root."),
+    preset: str = typer.Option(None, help="A run preset, for its data and clip settings."),
+    split: str = typer.Option(None, help="Fold 1, 2 or 3 (one cache per fold)."),
+    clip_model: str = typer.Option(None, help="open_clip name or model-config JSON (ViT-B-16)."),
+    clip_pretrained: str = typer.Option(None, help="Tag, checkpoint path or none (openai)."),
+    frames: int = typer.Option(None, help="Frames per clip T (8)."),
+    clips: int = typer.Option(None, help="Temporal views at evaluation (1)."),
+    crops: int = typer.Option(None, help="Spatial views at evaluation, 1 or 3 (1)."),
+    views: int = typer.Option(
+        None, help="Training views per video (default: the run's --epochs, 20); runs cycle them."
+    ),
+    seed: int = typer.Option(None, help="Seed of the training views, as a run's --seed (0)."),
+    device: str = typer.Option(None, help="auto, cpu or cuda."),
+    batch_size: int = typer.Option(None, help="Clips per forward pass (32)."),
+    workers: int = typer.Option(None, help="DataLoader workers (4)."),
+    dtype: str = typer.Option("float16", help="float16 (half the disk) or float32 (exact)."),
+    out: Path = typer.Option(
+        None, help="Cache folder (default artifacts/features/<dataset>[-split<k>]-<clip>-f<T>)."
+    ),
+) -> None:
+    """Encode a fold once with the frozen CLIP visual tower (resumable), for `run
+    --freeze-backbone --features DIR`."""
+    from .config import resolve_config
+    from .engine import cache_features
+
+    overrides = {
+        "dataset": dataset, "root": root, "videos": videos, "split": split,
+        "clip_model": clip_model, "clip_pretrained": clip_pretrained, "frames": frames,
+        "eval_clips": clips, "eval_crops": crops, "seed": seed, "device": device,
+        "batch_size": batch_size, "workers": workers,
+    }  # fmt: skip
+    cfg = resolve_config(preset, overrides)
+    summary = cache_features(cfg, out, views, dtype)
+    for split, rows in summary["encoded"].items():
+        console.print(f"{split}: {rows} views encoded, {len(summary['skipped'][split])} unreadable")
+        for entry in summary["skipped"][split][:20]:
+            console.print(f"  {entry['video_id']}: {entry['reason']}")
+    console.print(f"cache: {summary['out']} ({summary['bytes'] / 2**20:.1f} MiB)")
 
 
 @app.command("eval")
@@ -195,22 +244,32 @@ def predict(
 
 @app.command("pretrain-clip")
 def pretrain_clip_command(
-    world: Path = typer.Option(Path("artifacts/demo/world"), help="A storyboard world folder."),
+    world: Path = typer.Option(
+        Path("artifacts/demo/world"),
+        help="A world folder: one holding atomic_actions.json and seen/ is used as it is; "
+        "otherwise the built-in storyboard world is written there.",
+    ),
     out: Path = typer.Option(Path("artifacts/demo/world-clip.pt"), help="Checkpoint to write."),
     clip_model: str = typer.Option("data/clip/StoryboardWorld-CLIP.json", help="Model config."),
-    epochs: int = typer.Option(6, min=1, help="Epochs over the (frame, caption) pairs."),
-    seed: int = typer.Option(0, help="Seed."),
+    epochs: int = typer.Option(20, min=1, help="Epochs over the (frame, caption) pairs."),
+    batch_size: int = typer.Option(128, min=1, help="Frames per step."),
+    seed: int = typer.Option(0, help="Seed of the world (when written) and of training."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
     force: bool = typer.Option(False, help="Retrain even if the checkpoint exists."),
 ) -> None:
     """Train a small CLIP on a world's frames and atomic-action captions (loads back with
     --clip-model CONFIG --clip-pretrained CHECKPOINT)."""
-    from .pretrain import pretrain_clip
+    from .pretrain import log_path, pretrain_clip
     from .world import write_world
 
-    info = write_world(world, seed=seed)
-    path = pretrain_clip(info.seen_root, info.out_dir, out, clip_model, epochs=epochs,
-                         seed=seed, force=force)  # fmt: skip
-    console.print(f"checkpoint: {path}")
+    if not (world / "atomic_actions.json").is_file():
+        world = write_world(world, seed=seed).out_dir
+    kept = out.is_file() and not force
+    path = pretrain_clip(world / "seen", world, out, clip_model, epochs=epochs,
+                         batch_size=batch_size, seed=seed, device=device,
+                         force=force)  # fmt: skip
+    note = " (already there: kept; --force retrains)" if kept else f", log {log_path(path)}"
+    console.print(f"checkpoint: {path}{note}")
 
 
 @app.command()

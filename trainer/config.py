@@ -33,6 +33,7 @@ class RunConfig:
     eval_clips: int = 1
     eval_crops: int = 1
     workers: int = 4
+    features: Path | None = None  # a feature cache (`cache-features`): needs freeze_backbone
     # text side
     subtexts: Path | None = None
     clip_model: str = "ViT-B-16"
@@ -78,6 +79,11 @@ class RunConfig:
             raise UserError(f"--split must be 1, 2, 3 or all, not {self.split!r}.")
         if self.eval_every < 1:
             raise UserError("--eval-every must be at least 1.")
+        if self.features is not None and not self.freeze_backbone:
+            raise UserError(
+                f"--features {self.features} holds frozen-backbone features: add "
+                "--freeze-backbone, or drop --features to train the backbone."
+            )
 
 
 PRESETS: dict[str, dict] = {

@@ -6,6 +6,9 @@ outputs `per_class_accuracy.csv` and `predictions.parquet`. Data randomness is k
 (seed, epoch, item), and a checkpoint records the epoch and the step inside it, so
 `--resume` continues exactly where a run stopped; Ctrl-C finishes the current optimiser
 step, saves `last.pt` and exits.
+
+`cache_features` encodes a fold once with the frozen visual tower (`trainer/features.py`);
+a run with `features` set reads its batches from that cache through the same loops.
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from subtext_gen.artifacts import SUBTEXTS_FILE, clip_tag, read_subtexts
-from subtext_gen.clip_text import clip_identity, load_clip
+from subtext_gen.clip_text import LoadedClip, clip_identity, load_clip, resolve_device
 from subtext_gen.errors import UserError
 
 from . import metrics
 from .config import RunConfig
-from .data.dataset import ClipSpec, EpochSampler, VideoClipDataset, make_loader
+from .data.dataset import ClipSpec, EpochSampler, Skipped, VideoClipDataset, make_loader
 from .data.items import SplitList
 from .data.layouts import folds, load_split, test_split
 from .data.protocols import fewshot_items, load_item_list, repeat_factor, save_item_list
@@ -43,9 +46,19 @@ from .distributed import (
     gather_with_grad,
     init_distributed,
 )
+from .features import (
+    DTYPES,
+    SHARD_ROWS,
+    TEST,
+    TRAIN,
+    CacheWriter,
+    FeatureCache,
+    FeatureDataset,
+    cache_identity,
+)
 from .loss import storyboard_loss
 from .model.aggregation import ClassText
-from .model.video_clip import VideoCLIP, build_model, param_groups
+from .model.video_clip import VideoCLIP, build_model, encode_frames, param_groups
 from .report import write_report
 
 DATA_ENV = "STORYBOARD_DATA"
@@ -65,6 +78,13 @@ def default_root(dataset: str) -> Path:
 def default_subtexts(dataset: str, clip_model: str, clip_pretrained: str) -> Path:
     tag = clip_tag(*clip_identity(clip_model, clip_pretrained))
     return Path(os.environ.get(ARTIFACTS_ENV, "artifacts")) / dataset / tag / SUBTEXTS_FILE
+
+
+def default_features_dir(dataset: str, fold: int | None, clip_id: tuple[str, str],
+                         frames: int) -> Path:  # fmt: skip
+    fold_part = f"-split{fold}" if fold is not None else ""
+    return (Path(os.environ.get(ARTIFACTS_ENV, "artifacts")) / "features"
+            / f"{dataset}{fold_part}-{clip_tag(*clip_id)}-f{frames}")  # fmt: skip
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -129,6 +149,39 @@ def prepare_data(cfg: RunConfig, root: Path, fold: int | None) -> RunData:
     return RunData(train, test, items, chosen)
 
 
+def clip_datasets(
+    cfg: RunConfig, train: SplitList, train_items: list, test: SplitList, size: int
+) -> tuple[VideoClipDataset, VideoClipDataset]:
+    """A run's training clips (of `train_items`, drawn from the `train` split) and test clips
+    (every view of every test video), for a CLIP of input size `size`."""
+    train_spec = ClipSpec(frames=cfg.frames, train=True, size=size)
+    test_spec = ClipSpec(frames=cfg.frames, train=False, clips=cfg.eval_clips,
+                         crops=cfg.eval_crops, size=size, short_side=size)  # fmt: skip
+    num_classes = len(train.class_names)
+    return (VideoClipDataset(train_items, num_classes, train.multi_label, train_spec, cfg.seed),
+            VideoClipDataset(test.items, num_classes, test.multi_label, test_spec))  # fmt: skip
+
+
+def cached_datasets(
+    cfg: RunConfig, data: RunData, fold: int | None, built: Built
+) -> tuple[FeatureDataset, FeatureDataset]:
+    """A run's training and test sets read from the feature cache `cfg.features`, which
+    must have been made for this fold, CLIP and clip settings."""
+    train_set, test_set = clip_datasets(cfg, data.train, list(data.train.items), data.test,
+                                        built.spec_size)  # fmt: skip
+    identity = cache_identity(cfg.dataset, fold, built.clip_id, train_set, test_set)
+    cache = FeatureCache(cfg.features, identity, {TRAIN: len(train_set), TEST: len(test_set)})
+    position = {item: p for p, item in enumerate(data.train.items)}
+    num_classes = len(data.train.class_names)
+    unique = len(data.fewshot) if data.fewshot is not None else len(data.train_items)
+    train = FeatureDataset(cache, TRAIN, data.train_items,
+                           [position[item] for item in data.train_items], num_classes,
+                           data.train.multi_label, unique)  # fmt: skip
+    test = FeatureDataset(cache, TEST, data.test.items, range(len(data.test.items)),
+                          num_classes, data.test.multi_label)  # fmt: skip
+    return train, test
+
+
 def check_classes(split: SplitList, class_names: list[str], artifact_path: Path) -> None:
     """The artifact's classes must be the dataset's, in the same order."""
     if list(split.class_names) == list(class_names):
@@ -182,10 +235,10 @@ def train_epoch(
             skipped += len(batch["skipped"])
             if not alive:
                 continue
-            clips = batch["frames"].to(device, non_blocking=True)
+            inputs = model_inputs(batch, device)
             labels = batch["labels"].to(device, non_blocking=True)
             with autocast(device, cfg.amp):
-                logits = model(clips, text)["logits"]
+                logits = model(inputs, text)["logits"]
             # The loss sees the global batch; each rank back-propagates its own rows, so
             # scaling by world size gives the single-process gradient after DDP's mean.
             all_logits = gather_with_grad(logits.float())
@@ -209,6 +262,12 @@ def train_epoch(
             "stopped": stopped}  # fmt: skip
 
 
+def model_inputs(batch: dict, device: torch.device) -> torch.Tensor:
+    """A batch's clips, or its cached frame features, on the device."""
+    inputs = batch["features"] if "features" in batch else batch["frames"]
+    return inputs.to(device, non_blocking=True)
+
+
 @torch.inference_mode()
 def predict(model, text: ClassText, loader, dist_info: DistInfo, amp: str, progress=None):
     """Per-video probabilities (views averaged), labels and ids, gathered from all ranks."""
@@ -219,7 +278,7 @@ def predict(model, text: ClassText, loader, dist_info: DistInfo, amp: str, progr
         skipped += len(batch["skipped"])
         if len(batch["video_ids"]):
             with autocast(dist_info.device, amp):
-                logits = model(batch["frames"].to(dist_info.device), text)["logits"]
+                logits = model(model_inputs(batch, dist_info.device), text)["logits"]
             scores.append(logits.float().cpu())
             labels.append(batch["labels"])
             ids.extend(batch["video_ids"])
@@ -292,6 +351,12 @@ class Built:
     model: VideoCLIP
     text: ClassText
     spec_size: int
+    clip_id: tuple[str, str]  # what artifacts record for the CLIP (`clip_identity`)
+
+
+def image_size(clip: LoadedClip) -> int:
+    size = clip.model.visual.image_size
+    return int(size[0] if isinstance(size, tuple | list) else size)
 
 
 def build(cfg: RunConfig, dist_info: DistInfo, subtexts: Path) -> Built:
@@ -304,9 +369,8 @@ def build(cfg: RunConfig, dist_info: DistInfo, subtexts: Path) -> Built:
         frames=cfg.frames, freeze_backbone=cfg.freeze_backbone,
         grad_checkpointing=cfg.grad_checkpointing,
     )  # fmt: skip
-    size = clip.model.visual.image_size
-    size = int(size[0] if isinstance(size, tuple | list) else size)
-    return Built(model.to(dist_info.device), text.to(dist_info.device), size)
+    return Built(model.to(dist_info.device), text.to(dist_info.device), image_size(clip),
+                 (clip.model_id, clip.pretrained_id))  # fmt: skip
 
 
 def lr_lambda(total_steps: int, warmup_steps: int):
@@ -340,21 +404,22 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
     check_classes(data.train, read_subtexts(subtexts).class_names, subtexts)
     model, text = built.model, built.text
 
-    train_spec = ClipSpec(frames=cfg.frames, train=True, size=built.spec_size)
-    test_spec = ClipSpec(frames=cfg.frames, train=False, clips=cfg.eval_clips,
-                         crops=cfg.eval_crops, size=built.spec_size,
-                         short_side=built.spec_size)  # fmt: skip
+    if cfg.features is None:
+        train_set, test_set = clip_datasets(cfg, data.train, data.train_items, data.test,
+                                            built.spec_size)  # fmt: skip
+    else:
+        train_set, test_set = cached_datasets(cfg, data, fold, built)
     num_classes = len(data.train.class_names)
-    train_set = VideoClipDataset(data.train_items, num_classes, data.train.multi_label,
-                                 train_spec, cfg.seed)  # fmt: skip
-    test_set = VideoClipDataset(data.test.items, num_classes, data.test.multi_label, test_spec)
+    test_views = cfg.eval_clips * cfg.eval_crops
+    # A cached view is a copy out of the page cache: cheaper than handing the batch over
+    # from a worker process (which doubled a cached epoch in `make bench`).
+    workers = cfg.workers if cfg.features is None else 0
     micro = cfg.micro_batch or max(1, cfg.batch_size // dist_info.world)
     accumulation = max(1, math.ceil(cfg.batch_size / (micro * dist_info.world)))
     sampler = EpochSampler(len(train_set), True, cfg.seed, dist_info.rank, dist_info.world)
-    train_loader = make_loader(train_set, micro, sampler, cfg.workers)
+    train_loader = make_loader(train_set, micro, sampler, workers)
     test_sampler = EpochSampler(len(test_set), False, 0, dist_info.rank, dist_info.world)
-    test_loader = make_loader(test_set, max(1, micro // max(1, test_spec.views)) or 1,
-                              test_sampler, cfg.workers)  # fmt: skip
+    test_loader = make_loader(test_set, max(1, micro // test_views), test_sampler, workers)
 
     ddp_model = model
     if dist_info.enabled:
@@ -465,6 +530,99 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
     if dist_info.is_main:
         write_report(out)
     return best or {}
+
+
+# ---------------------------------------------------------------- the feature cache
+
+
+class _Keyed(torch.utils.data.Dataset):
+    """(key, sample) pairs, so that encoded rows can be matched to the (view, item) keys."""
+
+    def __init__(self, dataset: VideoClipDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        return key, self.dataset[key]
+
+
+def _encode_split(
+    writer: CacheWriter, split: str, dataset: VideoClipDataset, views: int, visual,
+    cfg: RunConfig, device: torch.device, progress,
+) -> tuple[int, dict[int, dict]]:  # fmt: skip
+    """Encode the views of one split that the cache lacks; -> (rows encoded, unreadable
+    items by position)."""
+    pending = writer.pending(split, len(dataset), views)
+    # A training key (v, p) is the clip of view v; a test key gives every view of item p.
+    keys = ([(v, p) for p, left in pending.items() for v in left] if split == TRAIN
+            else [(0, p) for p in pending])  # fmt: skip
+    batch_size = cfg.batch_size if split == TRAIN else max(1, cfg.batch_size // views)
+    loader = make_loader(_Keyed(dataset), batch_size, keys, cfg.workers, collate=list)
+    task = progress.add_task(f"encode {split}", total=len(keys), info="")
+    encoded, skipped = 0, {}
+    for pairs in loader:
+        rows, clips = [], []
+        for (epoch, p), sample in pairs:
+            if isinstance(sample, Skipped):
+                skipped[p] = {"item": p, "video_id": sample.video_id, "reason": sample.reason}
+                continue
+            for row, view in enumerate([epoch] if split == TRAIN else range(views)):
+                if view in pending[p]:
+                    rows.append({"item": p, "video_id": sample["video_id"], "view": view,
+                                 "frame_indices": sample["frame_indices"][row].tolist(),
+                                 "labels": list(dataset.items[p].labels)})  # fmt: skip
+                    clips.append(sample["frames"][row])
+        if clips:
+            with torch.inference_mode(), autocast(device, cfg.amp):
+                features = encode_frames(visual, torch.stack(clips).to(device))
+            writer.add(split, rows, features.float().cpu().numpy())
+            encoded += len(rows)
+        progress.update(task, advance=len(pairs), info=f"{len(skipped)} unreadable")
+    progress.remove_task(task)
+    return encoded, skipped
+
+
+def cache_features(
+    cfg: RunConfig, out: Path | None = None, views: int | None = None, dtype: str = "float16",
+    shard_rows: int = SHARD_ROWS, show_progress: bool = True,
+) -> dict:  # fmt: skip
+    """Encode one fold with the frozen visual tower into a feature cache (`out`, default
+    `artifacts/features/<dataset>[-split<fold>]-<clip tag>-f<frames>`): `views` training
+    views of each video (default `cfg.epochs`) and every evaluation view. Resumes a cache
+    left unfinished; refuses one made with other settings. -> {out, encoded (rows per
+    split), skipped (per split), bytes}."""
+    if cfg.split == "all":
+        raise UserError("cache-features caches one fold: pass --split 1, 2 or 3.")
+    views = cfg.epochs if views is None else views
+    if views < 1:
+        raise UserError("--views must be at least 1.")
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype must be {' or '.join(DTYPES)}, not {dtype!r}.")
+    device = resolve_device(cfg.device)
+    root = cfg.root or default_root(cfg.dataset)
+    fold = folds(cfg.dataset, cfg.split)[0]
+    clip = load_clip(cfg.clip_model, cfg.clip_pretrained, str(device))
+    clip_id = (clip.model_id, clip.pretrained_id)
+    train = load_split(cfg.dataset, root, "train", fold, cfg.videos, cfg.charades_instances)
+    test = load_split(cfg.dataset, root, test_split(cfg.dataset), fold, cfg.videos, False)
+    train_set, test_set = clip_datasets(cfg, train, list(train.items), test, image_size(clip))
+    out = Path(out or default_features_dir(cfg.dataset, fold, clip_id, cfg.frames))
+    meta = {**cache_identity(cfg.dataset, fold, clip_id, train_set, test_set), "views": views,
+            "seed": cfg.seed, "dtype": dtype, "feature_dim": clip.embed_dim}  # fmt: skip
+    writer = CacheWriter(out, meta, shard_rows)
+    encoded, skipped = {}, {}
+    with progress_bar(show_progress) as progress:
+        for split, dataset, split_views in ((TRAIN, train_set, views),
+                                            (TEST, test_set, test_set.spec.views)):  # fmt: skip
+            encoded[split], unreadable = _encode_split(writer, split, dataset, split_views,
+                                                       clip.model.visual, cfg, device,
+                                                       progress)  # fmt: skip
+            skipped[split] = [unreadable[p] for p in sorted(unreadable)]
+    writer.finish(skipped)
+    return {"out": out, "encoded": encoded, "skipped": skipped,
+            "bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file())}  # fmt: skip
 
 
 @dataclass

@@ -3,7 +3,9 @@
 Training: one clip per video (TSN random frames, random crop). Evaluation: every video
 gives `clips x crops` views decoded with one `get_batch`; collate flattens them so a batch
 is always `[B, T, 3, H, W]` with a view index per row, and the trainer averages the views
-of a video. A video that cannot be read is skipped and reported in the batch, never fatal.
+of a video. A feature cache (`trainer/features.py`) gives the same batches with frame
+features `[B, T, D]` under "features" in place of "frames". A video that cannot be read
+is skipped and reported in the batch, never fatal.
 
 Randomness is keyed by (seed, epoch, item), not by worker, so a clip is the same whatever
 worker decodes it: runs repeat and `--resume` continues exactly.
@@ -12,8 +14,9 @@ worker decodes it: runs repeat and `--resume` continues exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -47,8 +50,19 @@ class Skipped:
     reason: str
 
 
+def clip_target(item: VideoItem, num_classes: int, multi_label: bool) -> torch.Tensor:
+    """An item's label: a class id, or a multi-hot vector [num_classes] (multi-label)."""
+    if not multi_label:
+        return torch.tensor(item.label, dtype=torch.long)
+    hot = torch.zeros(num_classes)
+    hot[list(item.labels)] = 1.0
+    return hot
+
+
 class VideoClipDataset(Dataset):
     """Index with `(epoch, i)` (from `EpochSampler`) or a plain `i` (epoch 0)."""
+
+    input_key = "frames"  # the batch entry the model reads (see `collate_clips`)
 
     def __init__(
         self,
@@ -71,13 +85,6 @@ class VideoClipDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
-
-    def target(self, item: VideoItem) -> torch.Tensor:
-        if not self.multi_label:
-            return torch.tensor(item.label, dtype=torch.long)
-        hot = torch.zeros(self.num_classes)
-        hot[list(item.labels)] = 1.0
-        return hot
 
     def _indices(self, item: VideoItem, num_frames: int, fps: float, rng) -> np.ndarray:
         """Frame indices [views_t, T] inside the item's interval (the whole video if none)."""
@@ -103,25 +110,30 @@ class VideoClipDataset(Dataset):
             views = torch.stack([self.transform(clip) for clip in clips])
         if not self.spec.train and self.spec.crops > 1:  # [clips, crops, T, ...] -> views
             views = views.flatten(0, 1)
+            indices = np.repeat(indices, self.spec.crops, axis=0)
         return {
             "frames": views,  # uint8 [V, T, 3, S, S]; normalise_clips on the device
-            "label": self.target(item),
+            "frame_indices": indices,  # int [V, T] (numpy: pickled, no shared memory)
+            "label": clip_target(item, self.num_classes, self.multi_label),
             "video_id": item.video_id,
         }
 
 
-def collate_clips(samples: Sequence[dict | Skipped]) -> dict:
-    """Flatten views into the batch; skipped videos travel along for the trainer to count."""
+def collate_clips(samples: Sequence[dict | Skipped], input_key: str = "frames") -> dict:
+    """Flatten views into the batch; skipped videos travel along for the trainer to count.
+
+    `input_key` names the per-view tensor of the samples: "frames" (clips) or "features"
+    (a feature cache's frame embeddings)."""
     good = [s for s in samples if not isinstance(s, Skipped)]
     skipped = [s for s in samples if isinstance(s, Skipped)]
     if not good:
-        return {"frames": torch.empty(0), "labels": torch.empty(0), "video_ids": [],
+        return {input_key: torch.empty(0), "labels": torch.empty(0), "video_ids": [],
                 "views": torch.empty(0, dtype=torch.long), "skipped": skipped}  # fmt: skip
-    frames = torch.cat([s["frames"] for s in good])
-    counts = [len(s["frames"]) for s in good]
+    inputs = torch.cat([s[input_key] for s in good])
+    counts = [len(s[input_key]) for s in good]
     labels = torch.stack([s["label"] for s in good]).repeat_interleave(torch.tensor(counts), 0)
     return {
-        "frames": frames,
+        input_key: inputs,
         "labels": labels,
         "video_ids": [s["video_id"] for s, n in zip(good, counts) for _ in range(n)],
         "views": torch.cat([torch.arange(n) for n in counts]),
@@ -160,19 +172,21 @@ class EpochSampler(Sampler):
 
 
 def make_loader(
-    dataset: VideoClipDataset,
+    dataset: Dataset,
     batch_size: int,
-    sampler: EpochSampler,
+    sampler: EpochSampler | Iterable,
     workers: int = 4,
     pin_memory: bool | None = None,
+    collate: Callable | None = None,
 ) -> DataLoader:
-    """Workers, pinned memory (on CUDA) and persistent workers by default."""
+    """Workers, pinned memory (on CUDA) and persistent workers by default; batches are
+    `collate_clips` of the dataset's `input_key` unless `collate` says otherwise."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate_clips,
+        collate_fn=collate or partial(collate_clips, input_key=dataset.input_key),
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,

@@ -30,7 +30,9 @@ class VideoCLIP(nn.Module):
     `visual` is the open_clip visual tower, `temporal` mixes the T frame embeddings of each
     video, `head` is the coarse/fine aggregation (Eq. 5-12). With `freeze_backbone` the
     visual tower gets no gradient, runs under `no_grad` and stays in eval mode (BatchNorm
-    statistics, dropout) even when the model is put in train mode.
+    statistics, dropout) even when the model is put in train mode; its per-frame output
+    (`encode_frames`) is then a fixed function of the clip, which is what the feature cache
+    stores (`trainer/features.py`) and `forward` accepts in place of clips.
     """
 
     def __init__(
@@ -59,29 +61,47 @@ class VideoCLIP(nn.Module):
             self.visual.eval()
         return self
 
-    def _input_dtype(self) -> torch.dtype:
-        param = next(self.visual.parameters(), None)
-        return param.dtype if param is not None else torch.float32
-
     def encode_frames(self, clips: torch.Tensor) -> torch.Tensor:
-        """[B, T, 3, H, W] -> frame embeddings [B, T, D] (after the temporal module)."""
-        if clips.ndim != 5:
-            raise ValueError(f"expected clips [B, T, 3, H, W], got {tuple(clips.shape)}")
-        b, t = clips.shape[:2]
-        images = clips.flatten(0, 1)
-        if images.dtype == torch.uint8:
-            images = normalise_clips(images)
-        images = images.to(self._input_dtype())
+        """[B, T, 3, H, W] -> the visual tower's frame embeddings [B, T, D] (before the
+        temporal module, which trains)."""
         with torch.no_grad() if self.freeze_backbone else contextlib.nullcontext():
-            embeddings = self.visual(images)
-        return self.temporal(embeddings.reshape(b, t, -1))
+            return encode_frames(self.visual, clips)
 
-    def forward(self, clips: torch.Tensor, text: ClassText) -> dict[str, torch.Tensor | None]:
-        """-> {logits [B, C], coarse [B, C, T] | None, fine [B, C, T] | None, frames [B, T, D]}."""
-        frames = self.encode_frames(clips)
+    def forward_features(
+        self, features: torch.Tensor, text: ClassText
+    ) -> dict[str, torch.Tensor | None]:
+        """Frame embeddings [B, T, D] -> temporal module -> head: {logits [B, C], coarse
+        [B, C, T] | None, fine [B, C, T] | None, frames [B, T, D] (after the temporal module)}.
+
+        Features of a lower precision (the cache stores float16) are computed in float32,
+        or in the autocast dtype under autocast, like the tower's own output.
+        """
+        frames = self.temporal(features.float())
         out = self.head(frames, text)
         out["frames"] = frames
         return out
+
+    def forward(self, inputs: torch.Tensor, text: ClassText) -> dict[str, torch.Tensor | None]:
+        """Clips [B, T, 3, H, W], or their frame embeddings [B, T, D] from a feature cache
+        -> `forward_features`. One entry point for both, so that DDP (which hooks `forward`)
+        and the engine's one training loop serve cached runs too."""
+        if inputs.ndim == 3:
+            return self.forward_features(inputs, text)
+        return self.forward_features(self.encode_frames(inputs), text)
+
+
+def encode_frames(visual: nn.Module, clips: torch.Tensor) -> torch.Tensor:
+    """[B, T, 3, H, W] (uint8, or float CLIP-normalised) -> frame embeddings [B, T, D] of an
+    open_clip visual tower: the frozen computation a feature cache runs once per clip."""
+    if clips.ndim != 5:
+        raise ValueError(f"expected clips [B, T, 3, H, W], got {tuple(clips.shape)}")
+    b, t = clips.shape[:2]
+    images = clips.flatten(0, 1)
+    if images.dtype == torch.uint8:
+        images = normalise_clips(images)
+    param = next(visual.parameters(), None)
+    images = images.to(param.dtype if param is not None else torch.float32)
+    return visual(images).reshape(b, t, -1)
 
 
 def _no_decay(name: str, param: torch.Tensor) -> bool:

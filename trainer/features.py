@@ -1,0 +1,388 @@
+"""The frozen-feature cache: frame embeddings of the frozen CLIP visual tower, stored once.
+
+With `--freeze-backbone` the visual tower is a fixed function of the clip, and it (with
+decoding and transforms) is nearly the whole cost of a frozen run. `python -m trainer
+cache-features` runs it once over V training views and every evaluation view of each
+video; `run --freeze-backbone --features DIR` trains and evaluates from the stored arrays.
+This module is the cache's I/O (layout, identity, writing, reading, the Dataset a cached
+run reads); the encoding loop is `trainer.engine.cache_features`.
+
+A cache directory holds one dataset fold encoded by one CLIP with one set of clip settings:
+
+    meta.json                 identity (`IDENTITY_FIELDS`), storage (`STORAGE_FIELDS`),
+                              unreadable videos ("skipped", per split)
+    index.parquet             one row per (split, item, view): split ("train"/"test"),
+                              item (position in the split's item list), video_id, view,
+                              frame_indices list<int32>, labels list<int32>, shard, offset
+    shards/<split>-NNNNN.npy  [rows, T, D] arrays of `shard_rows` rows (the last may be short)
+    index-parts/              while writing: each shard's index rows, merged at the end
+
+A shard is written, then its index rows, each to a temporary file renamed into place, so a
+killed job loses at most the shard in progress: rerun it and the (item, view) pairs already
+indexed are skipped. Items are keyed by position, not video id, because Charades action
+instances share their video's id; the identity holds a digest of each split's item list, so
+positions always mean the same items. Shards are read with `numpy.load(mmap_mode="r")`.
+
+Views. View v of the item at position p of the train split is the clip the training dataset
+draws at epoch v for index p (`VideoClipDataset[(v, p)]`, whose randomness is keyed by
+(seed, epoch, index)); the test split stores every evaluation view (clips x crops), as the
+test dataset gives them. `train_view` says which view a cached run reads.
+
+Storage is float16 by default: half the disk and page cache of float32 (T x D x 2 bytes a
+view, 8 KB for 8 frames of ViT-B/16), and its relative rounding of 5e-4 is finer than the
+bf16 autocast a frozen GPU run already computes the head in; `--dtype float32` stores the
+tower's output exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import Dataset
+
+from subtext_gen.artifacts import atomic_write_table
+from subtext_gen.errors import UserError
+
+from .data.dataset import Skipped, VideoClipDataset, clip_target
+from .data.items import VideoItem
+
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+INDEX_FILE = "index.parquet"
+SHARDS_DIR = "shards"
+PARTS_DIR = "index-parts"
+TRAIN, TEST = "train", "test"
+SHARD_ROWS = 1024
+DTYPES = ("float16", "float32")
+
+# What the stored features depend on: a cache that differs in any of these is refused.
+IDENTITY_FIELDS = (
+    "version", "dataset", "fold", "clip_model", "clip_pretrained", "frames", "image_size",
+    "eval_short_side", "eval_clips", "eval_crops", "train_transform", "eval_transform",
+    "train_videos", "test_videos",
+)  # fmt: skip
+# How they are stored: a resumed cache must keep them; a run reads them from the cache.
+STORAGE_FIELDS = ("views", "seed", "dtype", "feature_dim")
+
+INDEX_SCHEMA = pa.schema(
+    [
+        ("split", pa.string()),
+        ("item", pa.int32()),
+        ("video_id", pa.string()),
+        ("view", pa.int32()),
+        ("frame_indices", pa.list_(pa.int32())),
+        ("labels", pa.list_(pa.int32())),
+        ("shard", pa.int32()),
+        ("offset", pa.int32()),
+    ]
+)
+
+
+# ---------------------------------------------------------------- identity
+
+
+def _items_digest(items: Sequence[VideoItem]) -> str:
+    digest = hashlib.sha1()
+    for item in items:
+        digest.update(f"{item.video_id}\t{item.interval}\t{item.labels}\n".encode())
+    return f"{len(items)} items, sha1 {digest.hexdigest()[:12]}"
+
+
+def _one_line(transform) -> str:
+    return " ".join(repr(transform).split())
+
+
+def cache_identity(
+    dataset: str, fold: int | None, clip_id: tuple[str, str],
+    train: VideoClipDataset, test: VideoClipDataset,
+) -> dict:  # fmt: skip
+    """What a cache's features depend on: the dataset fold and its item lists, the CLIP
+    (`clip_identity`: model and weights), and the clip settings of the training dataset (all
+    its items) and of the test dataset, transforms included."""
+    return {
+        "version": FORMAT_VERSION,
+        "dataset": dataset,
+        "fold": fold,
+        "clip_model": clip_id[0],
+        "clip_pretrained": clip_id[1],
+        "frames": train.spec.frames,
+        "image_size": train.spec.size,
+        "eval_short_side": test.spec.short_side,
+        "eval_clips": test.spec.clips,
+        "eval_crops": test.spec.crops,
+        "train_transform": _one_line(train.transform),
+        "eval_transform": _one_line(test.transform),
+        "train_videos": _items_digest(train.items),
+        "test_videos": _items_digest(test.items),
+    }
+
+
+def _check_fields(directory: Path, cached: dict, wanted: dict, names, remedy: str) -> None:
+    for name in names:
+        if cached.get(name) != wanted[name]:
+            raise UserError(
+                f"{directory} was cached with {name}={cached.get(name)}, not {wanted[name]}; "
+                f"{remedy}"
+            )
+
+
+# ---------------------------------------------------------------- files
+
+
+def _replace_into(path: Path, write: Callable) -> None:
+    """`write(file)` into a temporary file beside `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_meta(directory: Path, meta: dict) -> None:
+    text = json.dumps(meta, indent=1) + "\n"
+    _replace_into(directory / META_FILE, lambda fh: fh.write(text.encode()))
+
+
+def read_meta(directory: Path) -> dict:
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise UserError(
+            f"{directory} is not a feature cache (no {META_FILE}); make one with "
+            "`python -m trainer cache-features`."
+        )
+    return json.loads(path.read_text())
+
+
+def _shard_name(split: str, shard: int) -> str:
+    return f"{split}-{shard:05d}"
+
+
+def _index_tables(directory: Path) -> list[pa.Table]:
+    """`index.parquet` and the index rows of the shards written since it was last merged."""
+    tables = []
+    merged = directory / INDEX_FILE
+    if merged.is_file():
+        tables.append(pq.read_table(merged, schema=INDEX_SCHEMA))
+    done = set() if not tables else set(zip(tables[0]["split"].to_pylist(),
+                                            tables[0]["shard"].to_pylist()))  # fmt: skip
+    for part in sorted((directory / PARTS_DIR).glob("*.parquet")):
+        table = pq.read_table(part, schema=INDEX_SCHEMA)
+        if len(table) and (table["split"][0].as_py(), table["shard"][0].as_py()) not in done:
+            tables.append(table)
+    return tables
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    return pa.concat_tables([INDEX_SCHEMA.empty_table(), *tables])
+
+
+def read_index(directory: Path) -> pd.DataFrame:
+    """The whole index of a cache directory, one row per stored view."""
+    return _concat(_index_tables(Path(directory))).to_pandas()
+
+
+# ---------------------------------------------------------------- writing
+
+
+class CacheWriter:
+    """Adds encoded views to a cache directory a shard at a time (see the module doc).
+
+    Opening an existing directory checks its identity and storage against `meta`; then
+    `pending` says which views are still missing, `add` takes encoded rows, and `finish`
+    writes the last short shards, merges the index and records the skipped videos.
+    """
+
+    def __init__(self, directory: Path, meta: dict, shard_rows: int = SHARD_ROWS):
+        self.directory = Path(directory)
+        self.meta = meta
+        self.shard_rows = shard_rows
+        if (self.directory / META_FILE).exists():
+            _check_fields(self.directory, read_meta(self.directory), meta,
+                          IDENTITY_FIELDS + STORAGE_FIELDS,
+                          "pass another --out, or the same flags to resume it.")  # fmt: skip
+        elif self.directory.is_dir() and any(self.directory.iterdir()):
+            raise UserError(
+                f"{self.directory} is not empty and not a feature cache (no {META_FILE}); "
+                "pass a new or empty --out."
+            )
+        else:
+            _write_meta(self.directory, {**meta, "skipped": {TRAIN: [], TEST: []}})
+        self._index = _index_tables(self.directory)
+        index = _concat(self._index).to_pandas()
+        self._done: dict[str, set[tuple[int, int]]] = {}
+        self.next_shard: dict[str, int] = {}
+        for split in (TRAIN, TEST):
+            rows = index[index["split"] == split]
+            self._done[split] = set(zip(rows["item"].tolist(), rows["view"].tolist()))
+            self.next_shard[split] = int(rows["shard"].max()) + 1 if len(rows) else 0
+        self._rows: dict[str, list[dict]] = {TRAIN: [], TEST: []}
+        self._features: dict[str, list[np.ndarray]] = {TRAIN: [], TEST: []}
+
+    def pending(self, split: str, items: int, views: int) -> dict[int, list[int]]:
+        """item position -> the views of it not in the index yet (items with none left out)."""
+        done = self._done[split]
+        missing = {p: [v for v in range(views) if (p, v) not in done] for p in range(items)}
+        return {p: left for p, left in missing.items() if left}
+
+    def add(self, split: str, rows: list[dict], features: np.ndarray) -> None:
+        """Rows (item, video_id, view, frame_indices, labels) and their features [n, T, D]."""
+        self._rows[split].extend(rows)
+        self._features[split].append(features.astype(self.meta["dtype"]))
+        while len(self._rows[split]) >= self.shard_rows:
+            self._commit(split, self.shard_rows)
+
+    def _commit(self, split: str, count: int) -> None:
+        stacked = np.concatenate(self._features[split])
+        rows, self._rows[split] = self._rows[split][:count], self._rows[split][count:]
+        self._features[split] = [stacked[count:]]
+        shard = self.next_shard[split]
+        name = _shard_name(split, shard)
+        _replace_into(self.directory / SHARDS_DIR / f"{name}.npy",
+                      lambda fh: np.save(fh, stacked[:count]))  # fmt: skip
+        part = pa.Table.from_pylist(
+            [{**row, "split": split, "shard": shard, "offset": i} for i, row in enumerate(rows)],
+            schema=INDEX_SCHEMA,
+        )
+        # The index rows commit the shard: a shard without them is overwritten on resume.
+        atomic_write_table(part, self.directory / PARTS_DIR / f"{name}.parquet")
+        self._index.append(part)
+        self._done[split].update((row["item"], row["view"]) for row in rows)
+        self.next_shard[split] = shard + 1
+
+    def finish(self, skipped: dict[str, list[dict]]) -> None:
+        """Commit what is left, merge the index into `index.parquet`, record `skipped`
+        ({split: [{item, video_id, reason}]}) in meta.json."""
+        for split in (TRAIN, TEST):
+            if self._rows[split]:
+                self._commit(split, len(self._rows[split]))
+        atomic_write_table(_concat(self._index), self.directory / INDEX_FILE)
+        # Merged; and temporary files left there by a killed job are garbage.
+        shutil.rmtree(self.directory / PARTS_DIR, ignore_errors=True)
+        for tmp in (self.directory / SHARDS_DIR).glob("*.tmp"):
+            tmp.unlink()
+        _write_meta(self.directory, {**self.meta, "skipped": skipped})
+
+
+# ---------------------------------------------------------------- reading
+
+
+class FeatureCache:
+    """A finished cache directory, checked against the identity a run expects.
+
+    `sizes` gives each split's item count; every item must have all its views (V training
+    views, clips x crops test views) or be listed as skipped, else the cache is incomplete.
+    """
+
+    def __init__(self, directory: Path, identity: dict, sizes: dict[str, int]):
+        self.directory = Path(directory)
+        self.meta = read_meta(self.directory)
+        _check_fields(self.directory, self.meta, identity, IDENTITY_FIELDS,
+                      "make a cache with the run's settings (`python -m trainer "
+                      "cache-features`) or pass the one made with them.")  # fmt: skip
+        index = read_index(self.directory)
+        self.views = {TRAIN: self.meta["views"],
+                      TEST: self.meta["eval_clips"] * self.meta["eval_crops"]}  # fmt: skip
+        self.skipped = {split: {s["item"]: s["reason"] for s in self.meta["skipped"][split]}
+                        for split in (TRAIN, TEST)}  # fmt: skip
+        self.location: dict[str, np.ndarray] = {}  # split -> [items, views, (shard, offset)]
+        incomplete = 0
+        for split, size in sizes.items():
+            where = np.full((size, self.views[split], 2), -1, dtype=np.int64)
+            rows = index[index["split"] == split]
+            where[rows["item"].to_numpy(), rows["view"].to_numpy()] = rows[["shard", "offset"]]
+            self.location[split] = where
+            missing = (where[..., 0] < 0).any(axis=1)
+            incomplete += sum(1 for p in np.flatnonzero(missing) if p not in self.skipped[split])
+        if incomplete:
+            raise UserError(
+                f"{self.directory} is incomplete ({incomplete} videos not encoded yet); rerun "
+                "`python -m trainer cache-features` with the same flags to finish it."
+            )
+        self._shards: dict[tuple[str, int], np.ndarray] = {}
+
+    def __getstate__(self) -> dict:
+        # DataLoader workers open their own memory maps (pickling one would copy the shard).
+        return {**self.__dict__, "_shards": {}}
+
+    def _shard(self, split: str, shard: int) -> np.ndarray:
+        key = (split, shard)
+        if key not in self._shards:
+            path = self.directory / SHARDS_DIR / f"{_shard_name(split, shard)}.npy"
+            self._shards[key] = np.load(path, mmap_mode="r")
+        return self._shards[key]
+
+    def read(self, split: str, item: int, views: Sequence[int]) -> np.ndarray:
+        """The features [len(views), T, D] of views of the item at position `item`."""
+        return np.stack(
+            [self._shard(split, int(s))[o] for s, o in self.location[split][item, list(views)]]
+        )
+
+
+def train_view(epoch: int, index: int, unique: int, length: int, views: int) -> int:
+    """The cached view that item `index` of a training list of `length` items reads at
+    `epoch`, where the list is `unique` distinct items repeated (a few-shot list; a
+    supervised list has `unique == length`).
+
+    An item is read once per repetition, so it counts its appearances: `epoch * repeats +
+    index // unique`, modulo V. A supervised run reads view `epoch % V`, the very clip an
+    uncached run draws at that epoch while `epochs <= V`; a few-shot item sees V different
+    clips before any repeats.
+    """
+    repeats = length // unique
+    return (epoch * repeats + index // unique) % views
+
+
+class FeatureDataset(Dataset):
+    """A cached split as `VideoClipDataset` samples, with "features" [views, T, D] (the
+    tower's frame embeddings) in place of "frames", so the engine's loops serve both.
+
+    `positions[i]` is the position in the cached split of item i; training items read one
+    view (`train_view`, `unique` distinct items), test items all their views. Videos the
+    cache could not read come back as `Skipped`, as the video dataset gives them.
+    """
+
+    input_key = "features"
+
+    def __init__(
+        self, cache: FeatureCache, split: str, items: Sequence[VideoItem],
+        positions: Sequence[int], num_classes: int, multi_label: bool, unique: int = 0,
+    ):  # fmt: skip
+        self.cache, self.split = cache, split
+        self.items, self.positions = list(items), list(positions)
+        self.num_classes, self.multi_label = num_classes, multi_label
+        self.unique = unique or len(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key) -> dict | Skipped:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        item, position = self.items[index], self.positions[index]
+        reason = self.cache.skipped[self.split].get(position)
+        if reason is not None:
+            return Skipped(item.video_id, reason)
+        count = self.cache.views[self.split]
+        if self.split == TRAIN:
+            views = [train_view(epoch, index, self.unique, len(self.items), count)]
+        else:
+            views = range(count)
+        return {
+            "features": torch.from_numpy(self.cache.read(self.split, position, views)),
+            "label": clip_target(item, self.num_classes, self.multi_label),
+            "video_id": item.video_id,
+        }
