@@ -91,6 +91,18 @@ def test_eval_command_and_zero_shot_half(world, tmp_path):
     assert half.returncode == 0, half.stderr
     assert json.loads(half.stdout)["runs"] == 10
 
+    # --last loads last.pt, the default best.pt: mark last.pt's logit scale to tell them apart.
+    from trainer.engine import load_run
+
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    state["model"]["head.logit_scale"] += 1.0
+    torch.save(state, out / "checkpoints" / "last.pt")
+    scales = {which: float(load_run(out, None, None, "cpu", which).built.model.head.logit_scale)
+              for which in ("best", "last")}  # fmt: skip
+    assert scales["last"] == pytest.approx(scales["best"] + 1.0)
+    last = subprocess.run([*cmd, "--last"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert last.returncode == 0 and json.loads(last.stdout)["n"] == 3, last.stderr
+
 
 def test_clear_errors(world, tmp_path):
     with pytest.raises(UserError, match="unknown --preset 'k700'"):

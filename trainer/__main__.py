@@ -207,6 +207,7 @@ def evaluate(
     ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     workers: int = typer.Option(4, help="DataLoader workers."),
+    last: bool = typer.Option(False, "--last", help="Evaluate the last checkpoint, not the best."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
     """Evaluate a trained run: top-1, top-5, mean class accuracy, mAP (multi-label)."""
@@ -215,7 +216,8 @@ def evaluate(
     if zero_shot not in (None, "full", "half"):
         raise UserError(f"--zero-shot must be full or half, not {zero_shot!r}.")
     result = evaluate_checkpoint(checkpoint, dataset, root, subtexts, zero_shot, split, videos,
-                                 device, workers, show_progress=not as_json)  # fmt: skip
+                                 device, workers, show_progress=not as_json,
+                                 checkpoint="last" if last else "best")  # fmt: skip
     _print_result(result, as_json)
 
 

@@ -635,14 +635,20 @@ class LoadedRun:
     class_names: list[str]
 
 
+CHECKPOINTS = ("best", "last")
+
+
 def load_run(
     run_dir: Path, dataset: str | None = None, subtexts: Path | None = None,
-    device: str = "auto", **overrides,
+    device: str = "auto", checkpoint: str = "best", **overrides,
 ) -> LoadedRun:  # fmt: skip
-    """A run's best (else last) checkpoint in its model, with a dataset's class texts
-    (the run's own dataset unless `dataset` names another)."""
+    """A run's best (else last) checkpoint, or with `checkpoint="last"` its last, in its
+    model, with a dataset's class texts (the run's own dataset unless `dataset` names
+    another)."""
+    if checkpoint not in CHECKPOINTS:
+        raise UserError(f"the checkpoint to load is best or last, not {checkpoint!r}.")
     run_dir = Path(run_dir)
-    path = run_dir / "checkpoints" / "best.pt"
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     path = path if path.exists() else run_dir / "checkpoints" / "last.pt"
     if not path.exists():
         raise UserError(f"no checkpoint in {run_dir / 'checkpoints'}: not a run directory.")
@@ -670,15 +676,17 @@ def evaluate_checkpoint(
     run_dir: Path, dataset: str, root: Path | None, subtexts: Path | None = None,
     zero_shot: str | None = None, split: str | None = None, videos: Path | None = None,
     device: str = "auto", workers: int = 4, show_progress: bool = True,
+    checkpoint: str = "best",
 ) -> dict:  # fmt: skip
-    """Evaluate a run's best (else last) checkpoint on a dataset's test split(s).
+    """Evaluate a run's best (else last) checkpoint, or its last one with
+    `checkpoint="last"`, on a dataset's test split(s).
 
     `zero_shot="full"`: the test splits (folds 1-3, or `split`) and their mean;
     `zero_shot="half"`: 10 seeded halves of the label set, mean and standard deviation.
     """
     from .data.protocols import half_class_splits, restrict_classes
 
-    loaded = load_run(run_dir, dataset, subtexts, device, root=root, videos=videos,
+    loaded = load_run(run_dir, dataset, subtexts, device, checkpoint, root=root, videos=videos,
                       workers=workers)  # fmt: skip
     cfg, built, dist_info, subtexts = loaded.cfg, loaded.built, loaded.dist_info, loaded.subtexts
     if split is None:  # on the training dataset, other folds' test lists hold train videos
