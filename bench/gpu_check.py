@@ -123,11 +123,6 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def _image_size(clip: LoadedClip) -> int:
-    size = clip.model.visual.image_size
-    return int(size[0] if isinstance(size, tuple | list) else size)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -295,7 +290,7 @@ def run_check(
     # Loaded on the CPU so that the device holds only what the trainer keeps there.
     clip = load_clip(model, "none", "cpu")
     artifact = synthetic_artifact(clip, classes, seed=seed)
-    size = _image_size(clip)
+    size = clip.image_size
     generator = torch.Generator().manual_seed(seed)
     clips = torch.randint(0, 256, (batch, frames, 3, size, size), dtype=torch.uint8,
                           generator=generator)  # fmt: skip

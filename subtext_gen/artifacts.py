@@ -12,10 +12,11 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -102,18 +103,30 @@ def candidate_id(class_name: str, llm: str, prompt_id: str, sample: int) -> str:
     return hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
 
 
-def atomic_write_table(table: pa.Table, path: Path) -> None:
-    """Write a Parquet file through a temporary file and a rename: never half-written."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write(fh)` into a temporary binary file beside `path` (`<name>.<random>.tmp`), then
+    rename it into place: a reader never sees a half-written file, a crash leaves the old
+    one. Every file the project writes for later use goes through here."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        pq.write_table(table, tmp)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """`atomic_write` of UTF-8 text."""
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def atomic_write_table(table: pa.Table, path: Path) -> None:
+    """`atomic_write` of a Parquet file."""
+    atomic_write(path, lambda fh: pq.write_table(table, fh))
 
 
 def _encode_meta(meta: dict[str, object]) -> dict[bytes, bytes]:

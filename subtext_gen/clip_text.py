@@ -31,6 +31,12 @@ class LoadedClip:
     embed_dim: int
     device: torch.device
 
+    @property
+    def image_size(self) -> int:
+        """The side of the square images the visual tower takes."""
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, tuple | list) else size)
+
 
 def resolve_device(device: str | None = "auto") -> torch.device:
     if device in (None, "auto"):

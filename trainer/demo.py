@@ -27,7 +27,7 @@ from subtext_gen.score import class_reports, score
 from .config import AGGREGATIONS, RunConfig
 from .engine import evaluate_checkpoint, train
 from .predict import plot_prediction, predict_video
-from .pretrain import CAPTION_FEATURES, evaluate_frame_accuracy, pretrain_clip
+from .pretrain import frame_accuracies, pretrain_clip
 from .world import CANDIDATES_PATH, write_world
 
 WORLD_CLIP = "data/clip/StoryboardWorld-CLIP.json"
@@ -85,11 +85,8 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> dict:
                               seed=settings.seed)  # fmt: skip
     # How well frames find their atomic action's caption with the features each part of the
     # method uses: pooled embeddings (CLIP's objective) and word tokens (Eq. 8 and 10).
-    frame_accuracy = {
-        by: evaluate_frame_accuracy(clip_ckpt, world.seen_root, world.out_dir, WORLD_CLIP,
-                                    "test.txt", device="cpu", by=by)
-        for by in CAPTION_FEATURES
-    }  # fmt: skip
+    frame_accuracy = frame_accuracies(clip_ckpt, world.seen_root, world.out_dir, WORLD_CLIP,
+                                      "test.txt", device="cpu")  # fmt: skip
     chance = 1 / len(world.world.actions)
     matched = ", ".join(f"{by.replace('_', ' ')} {acc:.2f}" for by, acc in frame_accuracy.items())
     console.print(f"test frames matched to their action's caption: {matched} "

@@ -28,8 +28,8 @@ import pandas as pd
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from subtext_gen.artifacts import SUBTEXTS_FILE, clip_tag, read_subtexts
-from subtext_gen.clip_text import LoadedClip, clip_identity, load_clip, resolve_device
+from subtext_gen.artifacts import SUBTEXTS_FILE, atomic_write, clip_tag, read_subtexts
+from subtext_gen.clip_text import clip_identity, load_clip, resolve_device
 from subtext_gen.errors import UserError
 
 from . import metrics
@@ -97,10 +97,8 @@ def _json_default(value):
 
 
 def atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    """`torch.save` through `atomic_write`: a checkpoint is never half-written."""
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def progress_bar(enabled: bool) -> Progress:
@@ -354,11 +352,6 @@ class Built:
     clip_id: tuple[str, str]  # what artifacts record for the CLIP (`clip_identity`)
 
 
-def image_size(clip: LoadedClip) -> int:
-    size = clip.model.visual.image_size
-    return int(size[0] if isinstance(size, tuple | list) else size)
-
-
 def build(cfg: RunConfig, dist_info: DistInfo, subtexts: Path) -> Built:
     artifact = read_subtexts(subtexts)
     clip = load_clip(cfg.clip_model, cfg.clip_pretrained, str(dist_info.device))
@@ -369,7 +362,7 @@ def build(cfg: RunConfig, dist_info: DistInfo, subtexts: Path) -> Built:
         frames=cfg.frames, freeze_backbone=cfg.freeze_backbone,
         grad_checkpointing=cfg.grad_checkpointing,
     )  # fmt: skip
-    return Built(model.to(dist_info.device), text.to(dist_info.device), image_size(clip),
+    return Built(model.to(dist_info.device), text.to(dist_info.device), clip.image_size,
                  (clip.model_id, clip.pretrained_id))  # fmt: skip
 
 
@@ -607,7 +600,7 @@ def cache_features(
     clip_id = (clip.model_id, clip.pretrained_id)
     train = load_split(cfg.dataset, root, "train", fold, cfg.videos, cfg.charades_instances)
     test = load_split(cfg.dataset, root, test_split(cfg.dataset), fold, cfg.videos, False)
-    train_set, test_set = clip_datasets(cfg, train, list(train.items), test, image_size(clip))
+    train_set, test_set = clip_datasets(cfg, train, list(train.items), test, clip.image_size)
     out = Path(out or default_features_dir(cfg.dataset, fold, clip_id, cfg.frames))
     meta = {**cache_identity(cfg.dataset, fold, clip_id, train_set, test_set), "views": views,
             "seed": cfg.seed, "dtype": dtype, "feature_dim": clip.embed_dim}  # fmt: skip

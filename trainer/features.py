@@ -38,10 +38,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +49,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
-from subtext_gen.artifacts import atomic_write_table
+from subtext_gen.artifacts import atomic_write, atomic_write_table, atomic_write_text
 from subtext_gen.errors import UserError
 
 from .data.dataset import Skipped, VideoClipDataset, clip_target
@@ -140,22 +138,8 @@ def _check_fields(directory: Path, cached: dict, wanted: dict, names, remedy: st
 # ---------------------------------------------------------------- files
 
 
-def _replace_into(path: Path, write: Callable) -> None:
-    """`write(file)` into a temporary file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_meta(directory: Path, meta: dict) -> None:
-    text = json.dumps(meta, indent=1) + "\n"
-    _replace_into(directory / META_FILE, lambda fh: fh.write(text.encode()))
+    atomic_write_text(directory / META_FILE, json.dumps(meta, indent=1) + "\n")
 
 
 def read_meta(directory: Path) -> dict:
@@ -252,8 +236,8 @@ class CacheWriter:
         self._features[split] = [stacked[count:]]
         shard = self.next_shard[split]
         name = _shard_name(split, shard)
-        _replace_into(self.directory / SHARDS_DIR / f"{name}.npy",
-                      lambda fh: np.save(fh, stacked[:count]))  # fmt: skip
+        atomic_write(self.directory / SHARDS_DIR / f"{name}.npy",
+                     lambda fh: np.save(fh, stacked[:count]))  # fmt: skip
         part = pa.Table.from_pylist(
             [{**row, "split": split, "shard": shard, "offset": i} for i, row in enumerate(rows)],
             schema=INDEX_SCHEMA,

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
-from subtext_gen.artifacts import pad_tokens
+from subtext_gen.artifacts import atomic_write_text, pad_tokens
 from subtext_gen.clip_text import LoadedClip, encode_texts, load_clip, resolve_device
 from subtext_gen.errors import UserError
 
@@ -157,12 +157,6 @@ def load_frame_pairs(
     )
 
 
-def image_size_of(clip: LoadedClip) -> int:
-    size = clip.model.visual.image_size
-    size = size[0] if isinstance(size, (tuple, list)) else size
-    return int(size)
-
-
 def caption_loss(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
@@ -216,12 +210,6 @@ def draw_phrasings(
             for k in rows
         ]
     )
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def log_path(out: Path) -> Path:
@@ -278,7 +266,7 @@ def pretrain_clip(
     torch_device = resolve_device(device)
     clip = load_clip(clip_model, "none", str(torch_device))
     model = clip.model.train().requires_grad_(True)
-    size = image_size_of(clip)
+    size = clip.image_size
     started = time.perf_counter()
     pairs = load_frame_pairs(world_dataset, world_root, size, split, frame_stride)
     load_seconds = time.perf_counter() - started
@@ -366,7 +354,7 @@ def pretrain_clip(
         "epoch_losses": epoch_losses,
         "step_losses": step_losses,
     }
-    _atomic_write_text(json.dumps(record, indent=2) + "\n", log_path(out))
+    atomic_write_text(log_path(out), json.dumps(record, indent=2) + "\n")
     return out
 
 
@@ -375,7 +363,6 @@ def pretrain_clip(
 CAPTION_FEATURES = ("pooled", "word_tokens")
 
 
-@torch.inference_mode()
 def evaluate_frame_accuracy(
     checkpoint: Path | str,
     world_dataset: Path,
@@ -391,47 +378,77 @@ def evaluate_frame_accuracy(
     """The fraction of the split's frames whose nearest caption (among all the world's
     atomic actions, compared `by` one of CAPTION_FEATURES) is the one of the action they
     show, with `checkpoint` loaded through `load_clip` as `--clip-pretrained` would load it."""
+    return frame_accuracies(checkpoint, world_dataset, world_root, clip_model, split,
+                            frame_stride, frame_offset, device, batch_size, (by,))[by]  # fmt: skip
+
+
+def frame_accuracies(
+    checkpoint: Path | str,
+    world_dataset: Path,
+    world_root: Path,
+    clip_model: str = DEFAULT_CLIP_MODEL,
+    split: str = "train.txt",
+    frame_stride: int = 1,
+    frame_offset: int = 0,
+    device: str = "auto",
+    batch_size: int = 256,
+    by: Sequence[str] = CAPTION_FEATURES,
+) -> dict[str, float]:
+    """`evaluate_frame_accuracy` for several caption features at once: the CLIP is loaded,
+    the videos decoded and the frames encoded once. -> {features: accuracy}."""
     clip = load_clip(resolve_clip_config(clip_model), str(checkpoint), device)
     pairs = load_frame_pairs(
-        world_dataset, world_root, image_size_of(clip), split, frame_stride, frame_offset
+        world_dataset, world_root, clip.image_size, split, frame_stride, frame_offset
     )
-    predicted = predict_captions(clip, pairs, by, batch_size)
-    return float((predicted == pairs.caption_ids).float().mean())
+    nearest = nearest_captions(clip, pairs, by, batch_size)
+    return {b: float((ids == pairs.caption_ids).float().mean()) for b, ids in nearest.items()}
 
 
-@torch.inference_mode()
 def predict_captions(
     clip: LoadedClip, pairs: FramePairs, by: str = "pooled", batch_size: int = 256
 ) -> torch.Tensor:
     """The nearest caption id of every frame, long [N]: by cosine with the pooled caption
     embeddings, or by Eq. 10's inner term (mean cosine with the caption's word tokens)."""
-    if by not in CAPTION_FEATURES:
-        raise UserError(f"unknown caption features {by!r}; choose {' or '.join(CAPTION_FEATURES)}.")
-    text = encode_texts(clip, pairs.captions, with_tokens=by == "word_tokens")
+    return nearest_captions(clip, pairs, (by,), batch_size)[by]
+
+
+@torch.inference_mode()
+def nearest_captions(
+    clip: LoadedClip, pairs: FramePairs, by: Sequence[str], batch_size: int = 256
+) -> dict[str, torch.Tensor]:
+    """`predict_captions` for each of the caption features `by`, every frame encoded once."""
+    unknown = [b for b in by if b not in CAPTION_FEATURES]
+    if unknown:
+        raise UserError(
+            f"unknown caption features {unknown[0]!r}; choose {' or '.join(CAPTION_FEATURES)}."
+        )
+    text = encode_texts(clip, pairs.captions, with_tokens="word_tokens" in by)
     pooled = F.normalize(torch.from_numpy(text.pooled), dim=-1).to(clip.device)
-    if by == "word_tokens":
+    if "word_tokens" in by:
         tokens, mask = pad_tokens(text.tokens, clip.embed_dim)
-        tokens, mask = torch.from_numpy(tokens)[None], torch.from_numpy(mask)[None]
-    predicted = []
+        tokens = torch.from_numpy(tokens)[None].to(clip.device)
+        mask = torch.from_numpy(mask)[None].to(clip.device)
+    predicted: dict[str, list[torch.Tensor]] = {b: [] for b in by}
     for start in range(0, len(pairs), batch_size):
         images = normalise_clips(pairs.images[start : start + batch_size].to(clip.device))
         image = F.normalize(clip.model.encode_image(images).float(), dim=-1)
-        if by == "pooled":
-            similarity = image @ pooled.t()  # [n, K]
-        else:  # frames as one clip [1, n, D] against K "sub-texts" -> [1, 1, K, n]
-            similarity = subtext_frame_similarity(
-                image[None], tokens.to(clip.device), mask.to(clip.device)
-            )[0, 0].t()
-        predicted.append(similarity.argmax(dim=1).cpu())
-    return torch.cat(predicted)
+        for b in by:
+            if b == "pooled":
+                similarity = image @ pooled.t()  # [n, K]
+            else:  # frames as one clip [1, n, D] against K "sub-texts" -> [1, 1, K, n]
+                similarity = subtext_frame_similarity(image[None], tokens, mask)[0, 0].t()
+            predicted[b].append(similarity.argmax(dim=1).cpu())
+    return {b: torch.cat(ids) for b, ids in predicted.items()}
 
 
 __all__: Sequence[str] = (
     "FramePairs",
     "caption_loss",
     "evaluate_frame_accuracy",
+    "frame_accuracies",
     "load_atomic_captions",
     "load_frame_pairs",
+    "nearest_captions",
     "predict_captions",
     "pretrain_clip",
 )

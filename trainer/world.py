@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from subtext_gen.artifacts import atomic_write_text
+
 FORMAT_VERSION = 2
 FPS = 8
 CANDIDATES_PATH = Path(__file__).resolve().parent.parent / "data" / "world" / "candidates.json"
@@ -398,9 +400,7 @@ def _world_json(world: World, settings: dict) -> dict:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def _write_dataset(

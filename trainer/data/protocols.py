@@ -7,6 +7,7 @@ every DDP rank (and every rerun) draws the same list, unlike BIKE's unseeded per
 from __future__ import annotations
 
 import csv
+import io
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from subtext_gen.artifacts import atomic_write_text
 from subtext_gen.errors import UserError
 
 from .items import SplitList, VideoItem
@@ -58,15 +60,12 @@ def repeat_factor(fewshot_len: int, epoch_len: int) -> int:
 
 def save_item_list(items: Sequence[VideoItem], path: Path) -> None:
     """Write a list of items (`video_id,path,labels`) that `load_item_list` reads back."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["video_id", "path", "labels"])
-        for it in items:
-            writer.writerow([it.video_id, str(it.path), " ".join(str(c) for c in it.labels)])
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["video_id", "path", "labels"])
+    for it in items:
+        writer.writerow([it.video_id, str(it.path), " ".join(str(c) for c in it.labels)])
+    atomic_write_text(Path(path), text.getvalue())
 
 
 def load_item_list(path: Path, split: SplitList) -> list[VideoItem]:
