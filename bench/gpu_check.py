@@ -32,17 +32,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from subtext_gen.artifacts import ArtifactMeta, SubtextArtifact
+from subtext_gen.artifacts import SubtextArtifact
 from subtext_gen.clip_text import LoadedClip, load_clip
 from trainer.config import PRESETS, RunConfig
 from trainer.engine import autocast
 from trainer.loss import storyboard_loss
 from trainer.model.video_clip import build_model, param_groups
+
+from .synthetic import synthetic_artifact
 
 BENCH_DIR = Path(__file__).resolve().parent
 GIB = 2**30
@@ -77,44 +78,6 @@ GPU_CONFIGS = (
     StepConfig("none", True),
     StepConfig("none", False),
 )
-
-
-def synthetic_artifact(
-    clip: LoadedClip, classes: int, subtexts: int = 4, words: int = 12, seed: int = 0
-) -> SubtextArtifact:
-    """A sub-text artifact made for `clip` with random embeddings: what `build_model` reads,
-    with 2..`words` real word tokens per text (padding is zero, as in real artifacts)."""
-    rng = np.random.default_rng(seed)
-    dim = clip.embed_dim
-
-    def normal(*shape: int) -> np.ndarray:
-        return rng.standard_normal(shape, dtype=np.float32)
-
-    global_mask = np.arange(words) < rng.integers(2, words + 1, (classes, 1))
-    sub_mask = np.arange(words) < rng.integers(2, words + 1, (classes, subtexts, 1))
-    meta = ArtifactMeta(
-        clip_model=clip.model_id,
-        clip_pretrained=clip.pretrained_id,
-        embed_dim=dim,
-        n_subtexts=subtexts,
-        template="a video of a person {}.",
-        alpha="complement",
-        beta="complement",
-    )
-    names = [f"action {c}" for c in range(classes)]
-    return SubtextArtifact(
-        meta=meta,
-        class_names=names,
-        global_texts=[meta.template.format(name) for name in names],
-        sub_texts=[[f"step {n} of {name}" for n in range(subtexts)] for name in names],
-        tpp=np.ones(classes, dtype=np.float32),
-        global_emb=normal(classes, dim),
-        global_tokens=normal(classes, words, dim) * global_mask[..., None],
-        global_mask=global_mask,
-        sub_emb=normal(classes, subtexts, dim),
-        sub_tokens=normal(classes, subtexts, words, dim) * sub_mask[..., None],
-        sub_mask=sub_mask,
-    )
 
 
 def device_name(device: torch.device) -> str:
@@ -156,39 +119,44 @@ class BlockCalls:
             handle.remove()
 
 
-def _train_steps(
-    clip: LoadedClip,
-    artifact: SubtextArtifact,
-    clips: torch.Tensor,
-    labels: torch.Tensor,
-    config: StepConfig,
-    device: torch.device,
-    steps: int,
-    warmup: int,
-    temporal_layers: int,
-    seed: int,
-    record: dict,
-) -> None:
+@dataclass(frozen=True)
+class CheckInputs:
+    """What every configuration trains on: the same CLIP weights (on the CPU), text, clips,
+    labels and number of steps (the first `warmup` untimed)."""
+
+    clip: LoadedClip
+    artifact: SubtextArtifact
+    clips: torch.Tensor
+    labels: torch.Tensor
+    device: torch.device
+    steps: int
+    warmup: int
+    temporal_layers: int
+    seed: int
+
+
+def _train_steps(inputs: CheckInputs, config: StepConfig, record: dict) -> None:
     """`steps` optimiser steps as `trainer.engine.train_epoch` takes them; fills `record`
     as it goes, so an OOM still leaves the losses and the peak reached before it."""
+    device, steps, warmup = inputs.device, inputs.steps, inputs.warmup
     recipe = RunConfig()  # the trainer's defaults: lr, backbone scale, weight decay, lambda
-    torch.manual_seed(seed)  # the same head and temporal init in every configuration
+    torch.manual_seed(inputs.seed)  # the same head and temporal init in every configuration
     # build_model shares the CLIP's visual tower: a copy per configuration keeps every one
     # starting from the same weights. The copy's text tower stays on the CPU and is dropped.
-    own_clip = dataclasses.replace(clip, model=copy.deepcopy(clip.model))
+    own_clip = dataclasses.replace(inputs.clip, model=copy.deepcopy(inputs.clip.model))
     model, text = build_model(
         own_clip,
-        artifact,
+        inputs.artifact,
         SYNTHETIC_ARTIFACT,
         aggregation="coarse+fine",
-        temporal_layers=temporal_layers,
-        frames=clips.shape[1],
+        temporal_layers=inputs.temporal_layers,
+        frames=inputs.clips.shape[1],
         grad_checkpointing=config.grad_checkpointing,
     )
     del own_clip
     model.to(device).train()
     text = text.to(device)
-    clips, labels = clips.to(device), labels.to(device)
+    clips, labels = inputs.clips.to(device), inputs.labels.to(device)
     optimizer = torch.optim.AdamW(
         param_groups(model, recipe.lr, recipe.backbone_lr_scale, recipe.weight_decay),
         lr=recipe.lr,
@@ -220,18 +188,8 @@ def _train_steps(
     )
 
 
-def _run_config(
-    clip: LoadedClip,
-    artifact: SubtextArtifact,
-    clips: torch.Tensor,
-    labels: torch.Tensor,
-    config: StepConfig,
-    device: torch.device,
-    steps: int,
-    warmup: int,
-    temporal_layers: int,
-    seed: int,
-) -> dict:
+def _run_config(inputs: CheckInputs, config: StepConfig) -> dict:
+    device = inputs.device
     _release(device)
     record: dict = {
         "config": config.name,
@@ -251,8 +209,7 @@ def _run_config(
         torch.cuda.reset_peak_memory_stats(device)
         record["memory_before_gib"] = torch.cuda.memory_allocated(device) / GIB
     try:
-        _train_steps(clip, artifact, clips, labels, config, device, steps, warmup,
-                     temporal_layers, seed, record)  # fmt: skip
+        _train_steps(inputs, config, record)
     except torch.cuda.OutOfMemoryError as exc:
         record.update(status="OOM", error=str(exc).splitlines()[0] if str(exc) else "OOM")
     if device.type == "cuda":  # after an OOM: the peak reached before it
@@ -295,12 +252,9 @@ def run_check(
     clips = torch.randint(0, 256, (batch, frames, 3, size, size), dtype=torch.uint8,
                           generator=generator)  # fmt: skip
     labels = torch.randint(0, classes, (batch,), generator=generator)
-    results = [
-        _run_config(
-            clip, artifact, clips, labels, config, device, steps, warmup, temporal_layers, seed
-        )  # fmt: skip
-        for config in configs
-    ]
+    inputs = CheckInputs(clip, artifact, clips, labels, device, steps, warmup, temporal_layers,
+                         seed)  # fmt: skip
+    results = [_run_config(inputs, config) for config in configs]
     return {
         "device": device_name(device),
         "device_memory_gib": torch.cuda.get_device_properties(device).total_memory / GIB

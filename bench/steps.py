@@ -13,19 +13,7 @@ from trainer.loss import storyboard_loss
 from trainer.model.aggregation import ClassText, StoryboardHead
 from trainer.model.video_clip import VideoCLIP
 
-
-def _class_text(classes: int, n: int, words: int, dim: int, device) -> ClassText:
-    g = torch.Generator().manual_seed(0)
-    mask = torch.arange(words) < torch.randint(2, words + 1, (classes, 1), generator=g)
-    sub_mask = torch.arange(words) < torch.randint(2, words + 1, (classes, n, 1), generator=g)
-    return ClassText(
-        global_emb=torch.randn(classes, dim, generator=g),
-        global_tokens=torch.randn(classes, words, dim, generator=g),
-        global_mask=mask,
-        sub_emb=torch.randn(classes, n, dim, generator=g),
-        sub_tokens=torch.randn(classes, n, words, dim, generator=g),
-        sub_mask=sub_mask,
-    ).to(device)
+from .synthetic import synthetic_artifact
 
 
 def _time(fn, repeats: int) -> float:
@@ -44,7 +32,7 @@ def bench_steps(batch: int = 2, frames: int = 8, classes: int = 51, repeats: int
     """Forward-backward of ViT-B/16 (random weights) on the same batch for every mode."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     clip = load_clip("ViT-B-16", "none", str(device))
-    text = _class_text(classes, 4, 12, clip.embed_dim, device)
+    text = ClassText.from_artifact(synthetic_artifact(clip, classes)).to(device)
     clips = torch.randint(0, 256, (batch, frames, 3, 224, 224), dtype=torch.uint8, device=device)
     labels = torch.arange(batch, device=device) % classes
     out: dict = {}
