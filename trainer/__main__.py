@@ -22,6 +22,16 @@ app = typer.Typer(
 console = Console()
 
 
+# Flags that mean the same in every command that takes them (None: the preset's or
+# RunConfig's value).
+DATASET = typer.Option(None, help="hmdb51, ucf101, k400, charades or list.")
+ROOT = typer.Option(None, help="Dataset root (default: $STORYBOARD_DATA/<dataset>).")
+VIDEOS = typer.Option(None, help="Where the videos are, if not under --root.")
+CLIP_MODEL = typer.Option(None, help="open_clip name or model-config JSON (ViT-B-16).")
+CLIP_PRETRAINED = typer.Option(None, help="Tag, checkpoint path or none (openai).")
+FRAMES = typer.Option(None, help="Frames per clip T (8).")
+
+
 @app.callback()
 def _commands() -> None:
     """Stage two of Storyboard: video data, training and evaluation."""
@@ -31,7 +41,7 @@ def _commands() -> None:
 def check_data(
     dataset: str = typer.Option(..., help="hmdb51, ucf101, k400, charades or list."),
     root: Path = typer.Option(..., help="The dataset's root, in its official layout."),
-    videos: Path = typer.Option(None, help="Where the videos are, if not under --root."),
+    videos: Path = VIDEOS,
     split: str = typer.Option(None, help="Fold 1, 2, 3 or all (default: every split)."),
     frames: int = typer.Option(8, min=1, help="Frames a clip needs; fewer is 'short'."),
     workers: int = typer.Option(4, min=1, help="Videos probed in parallel."),
@@ -71,9 +81,9 @@ def check_data(
 
 @app.command()
 def run(
-    dataset: str = typer.Option(None, help="hmdb51, ucf101, k400, charades or list."),
-    root: Path = typer.Option(None, help="Dataset root (default: $STORYBOARD_DATA/<dataset>)."),
-    videos: Path = typer.Option(None, help="Where the videos are, if not under --root."),
+    dataset: str = DATASET,
+    root: Path = ROOT,
+    videos: Path = VIDEOS,
     preset: str = typer.Option(
         None,
         help="Paper settings: k400, hmdb51-2shot, ucf101-2shot, "
@@ -85,9 +95,9 @@ def run(
     subtexts: Path = typer.Option(
         None, help="subtexts.parquet (default: artifacts/<dataset>/<clip-tag>/)."
     ),
-    clip_model: str = typer.Option(None, help="open_clip name or model-config JSON (ViT-B-16)."),
-    clip_pretrained: str = typer.Option(None, help="Tag, checkpoint path or none (openai)."),
-    frames: int = typer.Option(None, help="Frames per clip T (8)."),
+    clip_model: str = CLIP_MODEL,
+    clip_pretrained: str = CLIP_PRETRAINED,
+    frames: int = FRAMES,
     epochs: int = typer.Option(None, help="Epochs (20)."),
     batch_size: int = typer.Option(None, help="Global batch; accumulation makes it up (32)."),
     micro_batch: int = typer.Option(None, help="Clips per step on one device."),
@@ -152,14 +162,14 @@ def run(
 
 @app.command("cache-features")
 def cache_features_command(
-    dataset: str = typer.Option(None, help="hmdb51, ucf101, k400, charades or list."),
-    root: Path = typer.Option(None, help="Dataset root (default: $STORYBOARD_DATA/<dataset>)."),
-    videos: Path = typer.Option(None, help="Where the videos are, if not under --root."),
+    dataset: str = DATASET,
+    root: Path = ROOT,
+    videos: Path = VIDEOS,
     preset: str = typer.Option(None, help="A run preset, for its data and clip settings."),
     split: str = typer.Option(None, help="Fold 1, 2 or 3 (one cache per fold)."),
-    clip_model: str = typer.Option(None, help="open_clip name or model-config JSON (ViT-B-16)."),
-    clip_pretrained: str = typer.Option(None, help="Tag, checkpoint path or none (openai)."),
-    frames: int = typer.Option(None, help="Frames per clip T (8)."),
+    clip_model: str = CLIP_MODEL,
+    clip_pretrained: str = CLIP_PRETRAINED,
+    frames: int = FRAMES,
     clips: int = typer.Option(None, help="Temporal views at evaluation (1)."),
     crops: int = typer.Option(None, help="Spatial views at evaluation, 1 or 3 (1)."),
     views: int = typer.Option(
@@ -198,8 +208,8 @@ def cache_features_command(
 def evaluate(
     checkpoint: Path = typer.Option(..., help="A run directory (its best, else last checkpoint)."),
     dataset: str = typer.Option(..., help="The dataset to evaluate on."),
-    root: Path = typer.Option(None, help="Dataset root (default: $STORYBOARD_DATA/<dataset>)."),
-    videos: Path = typer.Option(None, help="Where the videos are, if not under --root."),
+    root: Path = ROOT,
+    videos: Path = VIDEOS,
     subtexts: Path = typer.Option(None, help="The target dataset's subtexts.parquet."),
     zero_shot: str = typer.Option(None, help="full (test splits, mean) or half (10 halves)."),
     split: str = typer.Option(
