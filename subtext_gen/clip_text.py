@@ -188,6 +188,17 @@ def _last_layer(tower: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return tower.ln_final(x)
 
 
+def token_states(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projected last-layer states [B, L, D] of token ids [B, context] (cut after the last
+    EOT) and each text's EOT position [B]: the pooled feature of text b is
+    `states[b, eot[b]]`, its word tokens `states[b, 1:eot[b]]`. Differentiable (the world
+    CLIP's token-level objective trains through it); `encode_texts` runs it frozen."""
+    tower = _text_tower(model)
+    eot = _eot_positions(tower, ids)
+    length = int(eot.max()) + 1 if len(ids) else 1
+    return _project(tower, _last_layer(tower, ids[:, :length])), eot
+
+
 @dataclass(frozen=True)
 class TextFeatures:
     """Pooled EOT features [B, D] and, when asked for, each text's word tokens [W_i, D]."""
@@ -214,10 +225,8 @@ def encode_texts(
     tokens: list[np.ndarray | None] = [None] * len(texts)
     for start in range(0, len(texts), batch_size):
         rows = order[start : start + batch_size]
-        length = int(eot[rows].max()) + 1
-        hidden = _project(tower, _last_layer(tower, ids[rows, :length].to(clip.device)))
-        hidden = hidden.float().cpu()
-        ends = eot[rows]
+        hidden, ends = token_states(clip.model, ids[rows].to(clip.device))
+        hidden, ends = hidden.float().cpu(), ends.cpu()
         pooled[rows] = hidden[torch.arange(len(rows)), ends]
         if with_tokens:
             for i, row in enumerate(rows.tolist()):

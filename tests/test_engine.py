@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 import torch
@@ -121,6 +122,29 @@ def test_clear_errors(world, tmp_path):
                            text=True)  # fmt: skip
     assert wrong.returncode == 2
     assert "holds other classes than list (only in the dataset: ['a', 'b', 'c']" in wrong.stderr
+
+
+@pytest.mark.parametrize("micro_batch", [1, 3])
+def test_micro_batch_below_the_batch_warns_once_that_the_contrast_is_smaller(
+    world, tmp_path, micro_batch
+):
+    from trainer.engine import train
+
+    cfg = resolve_config(None, {
+        "dataset": "list", "root": world["root"], "subtexts": world["subtexts"],
+        "clip_model": str(TINY_CLIP_CONFIG), "clip_pretrained": str(world["ckpt"]), "frames": 4,
+        "epochs": 1, "batch_size": 3, "micro_batch": micro_batch, "workers": 0,
+        "device": "cpu", "out": tmp_path / "run"})  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(cfg, show_progress=False)
+    about_contrast = [str(w.message) for w in caught if "class-to-video contrast" in str(w.message)]
+    if micro_batch == 3:
+        assert about_contrast == []
+    else:
+        (message,) = about_contrast
+        assert "--batch-size 3" in message and "--micro-batch 1" in message
+        assert "Eq. 13," in message and "sees 1 clips per step" in message
 
 
 def test_schedule_warms_up_then_decays_per_optimiser_step():

@@ -18,6 +18,7 @@ from subtext_gen.errors import UserError
 from trainer.data.transforms import normalise_clips
 from trainer.pretrain import (
     caption_loss,
+    caption_similarities,
     draw_phrasings,
     evaluate_frame_accuracy,
     load_frame_pairs,
@@ -158,9 +159,45 @@ def test_pretrain_clip_command_trains_once_and_keeps_the_checkpoint(world, tmp_p
 def test_caption_loss_treats_same_caption_as_positives():
     text = torch.nn.functional.normalize(torch.eye(3, 8), dim=-1)
     targets = torch.tensor([0, 0, 1, 2, 2])
-    right = caption_loss(text[targets], text, targets, torch.tensor(20.0))
-    wrong = caption_loss(text[(targets + 1) % 3], text, targets, torch.tensor(20.0))
+    right = caption_loss(text[targets] @ text.t(), targets, torch.tensor(20.0))
+    wrong = caption_loss(text[(targets + 1) % 3] @ text.t(), targets, torch.tensor(20.0))
     assert right < 0.1 < wrong
+
+
+def test_token_objective_scores_are_eq10_inner_term_by_hand(trained):
+    """`pooled+tokens` trains two scores: the cosine with the pooled caption (what
+    `encode_texts` pools) and the mean cosine with the caption's word tokens, recomputed
+    here word by word from `encode_texts`."""
+    clip = load_clip(CONFIG, str(trained), "cpu")
+    captions = list(CAPTIONS.values()) + ["hop"]
+    images = torch.nn.functional.normalize(torch.randn(5, clip.embed_dim), dim=-1)
+    with torch.no_grad():
+        pooled, inner = caption_similarities(
+            clip.model, clip.tokenizer(captions), images, "pooled+tokens"
+        )
+    assert len(caption_similarities(clip.model, clip.tokenizer(captions), images, "pooled")) == 1
+    text = encode_texts(clip, captions, with_tokens=True)
+    unit = text.pooled / np.linalg.norm(text.pooled, axis=1, keepdims=True)
+    np.testing.assert_allclose(pooled.numpy(), images.numpy() @ unit.T, atol=1e-5)
+    by_hand = [[np.mean([w @ image / np.linalg.norm(w) for w in words]) for words in text.tokens]
+               for image in images.numpy()]  # fmt: skip
+    np.testing.assert_allclose(inner.numpy(), np.array(by_hand), atol=1e-5)
+    assert [len(words) for words in text.tokens][-1] == 1  # "hop": one word token
+
+
+def test_token_objective_makes_word_tokens_find_frames(world, tmp_path):
+    """Trained on Eq. 10's inner term too, word tokens match frames as well as pooled
+    embeddings do; the objective is recorded; an unknown one is refused."""
+    root, dataset = world
+    path = pretrain_clip(dataset, root, tmp_path / "tokens.pt", CONFIG, epochs=30,
+                         batch_size=32, max_steps=30, device="cpu", show_progress=False,
+                         objective="pooled+tokens")  # fmt: skip
+    assert json.loads(log_path(path).read_text())["objective"] == "pooled+tokens"
+    accuracy = evaluate_frame_accuracy(path, dataset, root, CONFIG, "test.txt", device="cpu",
+                                       by="word_tokens")  # fmt: skip
+    assert accuracy > 0.9  # chance is 1/3
+    with pytest.raises(UserError, match="unknown --objective"):
+        pretrain_clip(dataset, root, tmp_path / "x.pt", CONFIG, objective="eot")
 
 
 def test_checkpoint_loads_through_load_clip(trained):

@@ -3,6 +3,7 @@ checkpointing, optimiser groups and the artifact/CLIP identity checks."""
 
 import copy
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from trainer.model.video_clip import (
     VideoCLIP,
     build_model,
     check_artifact_matches_clip,
+    clip_log_logit_scale,
     param_groups,
 )
 
@@ -178,17 +180,18 @@ def test_grad_checkpointing_gives_same_logits_and_gradients(clip, clips):
 def test_param_groups(clip):
     model, _ = build(clip, temporal_layers=1)
     groups = param_groups(model, lr=1e-3, backbone_lr_scale=0.1, weight_decay=0.2)
-    visual = {id(p) for p in model.visual.parameters()}
+    at_backbone_lr = {id(p) for p in model.visual.parameters()} | {id(model.head.logit_scale)}
     seen = [id(p) for g in groups for p in g["params"]]
     assert sorted(seen) == sorted(id(p) for p in model.parameters())  # each once
     names = {id(p): n for n, p in model.named_parameters()}
     for group in groups:
         for p in group["params"]:
-            assert group["lr"] == pytest.approx(1e-3 * 0.1 if id(p) in visual else 1e-3)
+            assert group["lr"] == pytest.approx(1e-3 * 0.1 if id(p) in at_backbone_lr else 1e-3)
             name = names[id(p)]
             no_decay = p.ndim < 2 or "position" in name or "embedding" in name
             assert group["weight_decay"] == (0.0 if no_decay or "logit_scale" in name else 0.2)
     by_name = {names[id(p)]: g for g in groups for p in g["params"]}
+    assert by_name["head.logit_scale"]["name"] == "backbone_no_decay"
     assert by_name["head.logit_scale"]["weight_decay"] == 0.0
     assert by_name["visual.positional_embedding"]["weight_decay"] == 0.0
     assert by_name["temporal.frame_position"]["weight_decay"] == 0.0
@@ -199,10 +202,31 @@ def test_param_groups(clip):
 def test_param_groups_leave_out_frozen_visual(clip):
     model, _ = build(clip, freeze_backbone=True)
     groups = param_groups(model, lr=1e-3, backbone_lr_scale=0.1, weight_decay=0.2)
-    assert all(g["lr"] == 1e-3 for g in groups)
     assert not {id(p) for g in groups for p in g["params"]} & {
         id(p) for p in model.visual.parameters()
     }
+    # The logit scale is not part of the tower: it still trains, at the backbone's rate.
+    (scale_group,) = [g for g in groups if any(p is model.head.logit_scale for p in g["params"])]
+    assert scale_group["params"] == [model.head.logit_scale]
+    assert scale_group["name"] == "backbone_no_decay"
+    assert scale_group["lr"] == pytest.approx(1e-3 * 0.1)
+    assert scale_group["weight_decay"] == 0.0
+    assert all(g["lr"] == 1e-3 for g in groups if g is not scale_group)
+
+
+@pytest.mark.parametrize("freeze_backbone", [False, True])
+def test_head_starts_at_the_clips_own_logit_scale(clip, freeze_backbone):
+    with torch.no_grad():
+        clip.model.logit_scale.fill_(math.log(50))
+    model, _ = build(clip, freeze_backbone=freeze_backbone)
+    assert model.head.logit_scale.item() == clip.model.logit_scale.item()
+    assert model.head.logit_scale.exp().item() == pytest.approx(50.0, rel=1e-6)
+    assert model.head.logit_scale is not clip.model.logit_scale  # a copy: the head's own
+    assert model.head.logit_scale.requires_grad
+
+
+def test_clip_without_a_logit_scale_gives_the_untrained_one():
+    assert math.exp(clip_log_logit_scale(torch.nn.Linear(2, 2))) == pytest.approx(1 / 0.07)
 
 
 def test_text_tower_is_not_kept(clip):

@@ -20,6 +20,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -409,6 +410,19 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
     workers = cfg.workers if cfg.features is None else 0
     micro = cfg.micro_batch or max(1, cfg.batch_size // dist_info.world)
     accumulation = max(1, math.ceil(cfg.batch_size / (micro * dist_info.world)))
+    clips_per_step = micro * dist_info.world
+    if dist_info.is_main and cfg.batch_size > clips_per_step:
+        # Accumulation sums gradients, but each step's loss only contrasts the clips of that
+        # step: the paper's batch-wide contrast needs the whole batch in one step.
+        warnings.warn(
+            f"--batch-size {cfg.batch_size} is more than --micro-batch {micro} x "
+            f"{dist_info.world} process(es): the gradient is accumulated over {accumulation} "
+            "steps, but the loss's class-to-video contrast (Eq. 13, a softmax over the clips "
+            f"of a step) sees {clips_per_step} clips per step, not the batch size "
+            f"{cfg.batch_size}. Raise --micro-batch (or the number of processes) to contrast "
+            "whole batches.",
+            stacklevel=2,
+        )
     sampler = EpochSampler(len(train_set), True, cfg.seed, dist_info.rank, dist_info.world)
     train_loader = make_loader(train_set, micro, sampler, workers)
     test_sampler = EpochSampler(len(test_set), False, 0, dist_info.rank, dist_info.world)

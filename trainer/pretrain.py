@@ -14,6 +14,13 @@ set of distinct captions: image -> text is a cross entropy over the captions (a 
 and text -> image, for each caption in the batch, averages the log-likelihood of all the
 images that show it.
 
+Two objectives (`OBJECTIVES`). `pooled` is CLIP's own: it trains only the pooled (EOT)
+caption embedding, as web CLIPs are trained. Eq. 8 and 10, though, compare frames with the
+captions' *word tokens*, which such an objective never asks to mean anything. `pooled+tokens`
+averages that loss with the same loss on Eq. 10's inner term (a frame's mean cosine with
+the caption's word tokens, `subtext_frame_similarity`), so the word tokens carry the
+caption's meaning: the reading of a CLIP under which the paper's frame weights work.
+
 When the world also writes `phrasings.json` (per action: its caption, then the words class
 names use for it, e.g. "hop" for "the square jumps"), every step shows each action under one
 of its phrasings, drawn at random, so the text tower learns the class names' vocabulary as a
@@ -34,7 +41,13 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
 from subtext_gen.artifacts import atomic_write_text, pad_tokens
-from subtext_gen.clip_text import LoadedClip, encode_texts, load_clip, resolve_device
+from subtext_gen.clip_text import (
+    LoadedClip,
+    encode_texts,
+    load_clip,
+    resolve_device,
+    token_states,
+)
 from subtext_gen.errors import UserError
 
 from .data.transforms import normalise_clips
@@ -45,6 +58,7 @@ from .model.aggregation import subtext_frame_similarity
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CLIP_MODEL = "data/clip/StoryboardWorld-CLIP.json"
 MAX_TEXT_PER_STEP = 256  # more captions than this: each step encodes only the batch's own
+OBJECTIVES = ("pooled", "pooled+tokens")
 
 
 @dataclass
@@ -158,28 +172,42 @@ def load_frame_pairs(
 
 
 def caption_loss(
-    image_features: torch.Tensor,
-    text_features: torch.Tensor,
-    targets: torch.Tensor,
-    logit_scale: torch.Tensor,
+    similarity: torch.Tensor, targets: torch.Tensor, logit_scale: torch.Tensor
 ) -> torch.Tensor:
     """Symmetric CLIP loss with K distinct captions and same-caption images as positives.
 
-    image_features [B, D], text_features [K, D] (both L2-normalised), targets [B] in 0..K-1.
-    image -> text: cross entropy over the K captions. text -> image: for each caption that
-    some image in the batch shows, the KL divergence from the uniform distribution over its
-    positives to its softmax over the batch's images (the cross entropy minus log(positives),
-    so 0 is reachable); averaged over those captions.
+    similarity [B, K] (image-caption cosines, or any score of that range), targets [B] in
+    0..K-1. image -> text: cross entropy over the K captions. text -> image: for each caption
+    that some image in the batch shows, the KL divergence from the uniform distribution over
+    its positives to its softmax over the batch's images (the cross entropy minus
+    log(positives), so 0 is reachable); averaged over those captions.
     """
-    logits = logit_scale * image_features @ text_features.t()  # [B, K]
+    logits = logit_scale * similarity  # [B, K]
     image_to_text = F.cross_entropy(logits, targets)
     log_probs = logits.t().log_softmax(dim=1)  # [K, B], over images
-    positives = F.one_hot(targets, text_features.shape[0]).t().float()  # [K, B]
+    positives = F.one_hot(targets, similarity.shape[1]).t().float()  # [K, B]
     counts = positives.sum(dim=1)
     present = counts > 0
     cross_entropy = -(log_probs * positives).sum(dim=1)[present] / counts[present]
     per_caption = cross_entropy - counts[present].log()
     return (image_to_text + per_caption.mean()) / 2
+
+
+def caption_similarities(
+    model: torch.nn.Module, ids: torch.Tensor, image_features: torch.Tensor, objective: str
+) -> list[torch.Tensor]:
+    """What `objective` trains, each [B, K] for unit image features [B, D] and caption token
+    ids [K, context]: the cosine with the pooled caption embedding, and for `pooled+tokens`
+    also Eq. 10's inner term (the mean cosine with the caption's word tokens)."""
+    states, eot = token_states(model, ids)
+    pooled = F.normalize(states[torch.arange(len(ids), device=eot.device), eot], dim=-1)
+    similarities = [image_features @ pooled.t()]
+    if objective == "pooled+tokens":
+        positions = torch.arange(states.shape[1], device=states.device)
+        words = (positions >= 1) & (positions < eot[:, None])  # strictly between SOT and EOT
+        inner = subtext_frame_similarity(image_features[None], states[None], words[None])
+        similarities.append(inner[0, 0].t())
+    return similarities
 
 
 def random_shift_scale(
@@ -250,6 +278,7 @@ def pretrain_clip(
     warmup_steps: int = 10,
     max_steps: int | None = None,
     force: bool = False,
+    objective: str = "pooled",
 ) -> Path:
     """Train `clip_model` (random init) on the split's (frame, atomic caption) pairs; save
     its `state_dict` to `out` atomically and return `out`.
@@ -258,6 +287,8 @@ def pretrain_clip(
     deterministic for a seed (on CPU). `<out stem>.json` records the settings, the mean
     loss of each epoch and the training time. `max_steps` cuts the run short (tests).
     """
+    if objective not in OBJECTIVES:
+        raise UserError(f"unknown --objective {objective!r}; choose {' or '.join(OBJECTIVES)}.")
     out = Path(out)
     if out.is_file() and not force:
         return out
@@ -313,8 +344,11 @@ def pretrain_clip(
                     text_rows, targets = torch.unique(targets, return_inverse=True)
                 tokens = draw_phrasings(phrasing_tokens, text_rows.tolist(), generator)
                 image_features = F.normalize(model.encode_image(images), dim=-1)
-                text_features = F.normalize(model.encode_text(tokens), dim=-1)
-                loss = caption_loss(image_features, text_features, targets, model.logit_scale.exp())
+                scale = model.logit_scale.exp()
+                similarities = caption_similarities(model, tokens, image_features, objective)
+                loss = torch.stack(
+                    [caption_loss(sim, targets, scale) for sim in similarities]
+                ).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -343,6 +377,7 @@ def pretrain_clip(
         "phrasings": sum(len(texts) for texts in pairs.phrasings),
         "frame_stride": frame_stride,
         "augment": augment,
+        "objective": objective,
         "epochs": epochs,
         "steps": step,
         "batch_size": batch_size,

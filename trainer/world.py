@@ -1,23 +1,32 @@
-"""A small synthetic "storyboard world": classes made of atomic actions, written as real videos.
+"""A synthetic "storyboard world": classes made of atomic actions, written as real videos.
 
-`make demo` needs a dataset that exists on any machine, so this module draws one (numpy only)
-and writes it with PyAV (mpeg4) in the generic `list` layout the trainer reads:
+`make demo` and `make study` need a dataset that exists on any machine, so this module draws
+one (numpy only) and writes it with PyAV (mpeg4) in the generic `list` layout the trainer
+reads:
 
     <out>/atomic_actions.json         {atomic id: caption}
     <out>/phrasings.json              {atomic id: [caption, other phrasings...]}
-    <out>/world.json                  classes and their action sequences, seed, settings
+    <out>/world.json                  classes, their action sequences, order-only pairs,
+                                      seed, settings
     <out>/seen/classes.csv            `id,name` (8 classes: supervised and few-shot)
     <out>/seen/train.txt, test.txt    `videos/<class_slug>/<id>.mp4 <class id>`
     <out>/seen/videos/<class_slug>/<id>.mp4 and <id>.json (per-frame ground truth)
-    <out>/unseen/...                  the same for 4 zero-shot classes
+    <out>/unseen/...                  the same for 4 zero-shot classes (their few training
+                                      videos exist for the layout only; nothing trains on them)
 
-The design follows the paper's two observations (fixed before any result was seen):
-(i) classes share atomic actions and appearance: the actor is always the same square,
-several classes start with the same action, some differ only in order ("hop then dash" /
-"dash then hop") or in one action ("spin and shrink" / "spin and grow"); (ii) inside a
-video the atomic actions have uneven, random durations and 10-30% of the frames are
-unrelated to the class (the square stands still, or a ball rolls past) at random places.
-Unseen classes recombine the seen classes' atomic actions in sequences no seen class has.
+The design (format 3, fixed before any result of it was seen) meets the paper's premise that
+a CLIP recognises what each frame shows:
+
+* Every atomic action has a single-frame signature, held for the whole of its segment: a
+  pose (in the air, squashed, tilted), a size (big, small), a colour (red) or a prop (a flag,
+  a box). Where the square stands drifts at random and carries no meaning.
+* Classes share actions and appearance (always the same square); several start with the
+  same action; some pairs differ in one action ("hop then duck" / "hop then wave") and some
+  only in order ("hop then duck" / "duck then hop": `ORDER_ONLY_PAIRS`; no bag-of-frames
+  mode can tell those apart).
+* Inside a video the actions have uneven random durations and 10-30% of the frames are
+  unrelated to the class (the square stands still, or a ball rolls past) at random places.
+* Unseen classes recombine the seen classes' actions in sequences no seen class has.
 
 `candidate_sets(world)` gives per class a faithful sub-text set and two worse ones;
 `write_candidates(path)` ships them as JSON for `subtext_gen generate --llm file`.
@@ -31,13 +40,14 @@ import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 
 from subtext_gen.artifacts import atomic_write_text
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 FPS = 8
 CANDIDATES_PATH = Path(__file__).resolve().parent.parent / "data" / "world" / "candidates.json"
 SUBTEXTS_PER_SET = 4
@@ -62,82 +72,32 @@ class AtomicAction:
         return (self.caption, *self.words)
 
 
+def _action(i, key, caption, begin, end, *words, unrelated=False) -> AtomicAction:
+    return AtomicAction(i, key, caption, begin, end, tuple(words), unrelated)
+
+
 ATOMIC_ACTIONS: tuple[AtomicAction, ...] = (
-    AtomicAction(
-        0,
-        "still",
-        "the square stands still",
-        "the square stops moving",
-        "the square waits in place",
-        words=("wait", "the square waits"),
-        unrelated=True,
-    ),
-    AtomicAction(
-        1,
-        "left",
-        "the square moves left",
-        "the square starts sliding to the left",
-        "the square stops on the left",
-        words=("retreat", "the square retreats"),
-    ),
-    AtomicAction(
-        2,
-        "right",
-        "the square moves right",
-        "the square starts sliding to the right",
-        "the square stops on the right",
-        words=("dash", "the square dashes"),
-    ),
-    AtomicAction(
-        3,
-        "jump",
-        "the square jumps",
-        "the square leaps up into the air",
-        "the square lands back on the ground",
-        words=("hop", "the square hops"),
-    ),
-    AtomicAction(
-        4,
-        "spin",
-        "the square spins",
-        "the square starts to rotate",
-        "the square ends its turn upside down",
-        words=("spin",),
-    ),
-    AtomicAction(
-        5,
-        "grow",
-        "the square grows",
-        "the square starts to swell",
-        "the square ends up big",
-        words=("grow",),
-    ),
-    AtomicAction(
-        6,
-        "shrink",
-        "the square shrinks",
-        "the square starts to get smaller",
-        "the square ends up small",
-        words=("shrink",),
-    ),
-    AtomicAction(
-        7,
-        "red",
-        "the square turns red",
-        "the square starts to blush",
-        "the square is bright red",
-        words=("blush", "the square blushes"),
-    ),
-    AtomicAction(
-        8,
-        "ball",
-        "a ball rolls past the square",
-        "a ball enters the scene",
-        "the ball leaves the scene",
-        words=("a ball", "a rolling ball"),
-        unrelated=True,
-    ),
-)
+    _action(0, "still", "the square stands still", "the square stops moving",
+            "the square waits in place", "wait", "the square waits", unrelated=True),
+    _action(1, "jump", "the square jumps", "the square leaps up into the air",
+            "the square is high above the ground", "hop", "the square hops"),
+    _action(2, "crouch", "the square crouches", "the square squashes down flat",
+            "the square is low and wide", "duck", "the square ducks"),
+    _action(3, "spin", "the square spins", "the square tilts over",
+            "the square stands on its corner", "twirl", "the square twirls"),
+    _action(4, "grow", "the square grows", "the square swells up",
+            "the square is big", "grow", "the square gets big"),
+    _action(5, "shrink", "the square shrinks", "the square gets smaller",
+            "the square is small", "shrink", "the square gets small"),
+    _action(6, "red", "the square turns red", "the square starts to blush",
+            "the square is bright red", "blush", "the square blushes"),
+    _action(7, "wave", "the square waves a flag", "the square raises a flag",
+            "the flag flutters above the square", "wave", "the square waves"),
+    _action(8, "carry", "the square carries a box", "the square lifts a box",
+            "a box sits on the square", "carry", "the square carries"),
+    _action(9, "ball", "a ball rolls past the square", "a ball enters the scene",
+            "the ball leaves the scene", "a ball", "a rolling ball", unrelated=True),
+)  # fmt: skip
 _BY_KEY = {a.key: a for a in ATOMIC_ACTIONS}
 UNRELATED_IDS = tuple(a.id for a in ATOMIC_ACTIONS if a.unrelated)
 
@@ -165,6 +125,16 @@ class World:
     def classes(self) -> tuple[WorldClass, ...]:
         return self.seen + self.unseen
 
+    @property
+    def order_only_pairs(self) -> list[tuple[str, str]]:
+        """Pairs of seen classes with the same actions in another order: only a model that
+        sees order (a temporal module) can tell them apart."""
+        return [
+            (a.name, b.name)
+            for a, b in combinations(self.seen, 2)
+            if a.actions != b.actions and sorted(a.actions) == sorted(b.actions)
+        ]
+
 
 def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
@@ -175,20 +145,20 @@ def _cls(name: str, keys: str, seen: bool) -> WorldClass:
 
 
 _SEEN = (
-    ("hop then dash", "jump right"),
-    ("hop then retreat", "jump left"),  # one action from "hop then dash"
-    ("dash then hop", "right jump"),  # the order of "hop then dash" swapped
-    ("spin and shrink", "spin shrink"),
-    ("spin and grow", "spin grow"),  # one action from "spin and shrink"
+    ("hop then duck", "jump crouch"),
+    ("duck then hop", "crouch jump"),  # the order of "hop then duck" swapped
+    ("hop then wave", "jump wave"),  # one action from "hop then duck"
+    ("twirl and grow", "spin grow"),
+    ("twirl and shrink", "spin shrink"),  # one action from "twirl and grow"
     ("grow then blush", "grow red"),
-    ("hop spin hop", "jump spin jump"),
-    ("pace spin and grow", "left right spin grow"),
+    ("blush then grow", "red grow"),  # the order of "grow then blush" swapped
+    ("hop carry and wave", "jump carry wave"),
 )
 _UNSEEN = (
     ("blush then shrink", "red shrink"),
-    ("retreat then spin", "left spin"),
-    ("shrink then hop", "shrink jump"),
-    ("dash spin blush and shrink", "right spin red shrink"),
+    ("duck then twirl", "crouch spin"),
+    ("carry then duck", "carry crouch"),
+    ("wave twirl and grow", "wave spin grow"),
 )
 
 
@@ -267,79 +237,91 @@ def per_frame(segments: list[dict]) -> list[int]:
 
 
 # ----------------------------------------------------------------------------------------
-# Drawing (numpy only).
+# Drawing (numpy only). Each action's signature is held on every frame of its segment.
 
 _RED = np.array([225.0, 30.0, 30.0])
 _BASE_COLOURS = np.array([[40.0, 70.0, 200.0], [30.0, 150.0, 60.0], [120.0, 50.0, 170.0]])
+_FLAG = np.array([250.0, 140.0, 0.0])
+_POLE = np.array([60.0, 40.0, 30.0])
+_BOX = np.array([140.0, 90.0, 40.0])
+_BALL = np.array([230.0, 200.0, 40.0])
+
+
+def _pose(action: int, p: float, half: float, big: float, lift: float) -> dict:
+    """The square's shape on a frame of `action` at progress p in (0, 1]: half width, half
+    height, rotation, height above the ground, and whether it is red."""
+    pose = {"hw": half, "hh": half, "angle": 0.0, "lift": 0.0, "red": action == 6}
+    if action == 1:  # in the air all along: a hop arc that never touches the ground
+        pose["lift"] = lift * (0.55 + 0.45 * math.sin(math.pi * p))
+    elif action == 2:  # squashed flat
+        pose["hw"], pose["hh"] = half * 1.6, half * 0.45
+    elif action == 3:  # tilted 30-60 degrees
+        pose["angle"] = math.radians(30.0 + 30.0 * p)
+    elif action == 4:
+        pose["hw"] = pose["hh"] = half * big
+    elif action == 5:
+        pose["hw"] = pose["hh"] = half * 0.5
+    return pose
 
 
 def render(segments: list[dict], size: int, rng: np.random.Generator) -> np.ndarray:
     """Frames uint8 [T, size, size, 3] of the square acting out `segments`."""
     s = size / 64.0
     frames = segments[-1]["end"]
-    ground = 44.0 * s
-    half0 = rng.uniform(7.0, 9.0) * s
-    move = rng.uniform(16.0, 22.0) * s
-    hop = rng.uniform(13.0, 18.0) * s
-    colour0 = _BASE_COLOURS[rng.integers(len(_BASE_COLOURS))] + rng.uniform(-20, 20, 3)
+    ground = 46.0 * s
+    half = rng.uniform(6.0, 8.0) * s
+    big = rng.uniform(1.7, 1.9)
+    lift = rng.uniform(12.0, 17.0) * s
+    colour = _BASE_COLOURS[rng.integers(len(_BASE_COLOURS))] + rng.uniform(-20, 20, 3)
+    red = _RED + rng.uniform(-10, 10, 3)
     tint = rng.uniform(170.0, 235.0, 3)
     floor = tint * rng.uniform(0.6, 0.8)
-
-    # The square's state at the start of each segment; the start x keeps the whole path
-    # (moves and sizes) inside the frame.
-    xs, x, lo, hi = [], 0.0, 0.0, 0.0
-    halfs, half = [], half0
-    for seg in segments:
-        xs.append(x)
-        halfs.append(half)
-        x += {1: -move, 2: move}.get(seg["action"], 0.0)
-        half = float(np.clip(half * {5: 1.6, 6: 0.6}.get(seg["action"], 1.0), 3 * s, 15 * s))
-        lo, hi = min(lo, x), max(hi, x)
-    margin = max(halfs + [half]) * 1.45 + 1.0
-    left, right = margin - lo, size - margin - hi
-    x_start = rng.uniform(left, right) if right > left else size / 2 - (lo + hi) / 2
+    # Where the square stands drifts at random: position means nothing here.
+    x = rng.uniform(20.0, 44.0) * s
+    velocity = rng.uniform(-0.8, 0.8) * s
 
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     background = np.empty((size, size, 3), np.float32)
     background[:] = tint
-    background[int(ground) + 1 :] = floor
+    background[int(ground) :] = floor
     video = np.empty((frames, size, size, 3), np.uint8)
-    angle, colour, ball_dir = 0.0, colour0.copy(), 1.0
-    for i, seg in enumerate(segments):
+    for seg in segments:
         a, n = seg["action"], seg["end"] - seg["start"]
-        x0, h0 = x_start + xs[i], halfs[i]
-        h1 = halfs[i + 1] if i + 1 < len(halfs) else half
-        c0 = colour.copy()
         ball_dir = float(rng.choice((-1.0, 1.0)))
         for j in range(n):
             p = (j + 1) / n
-            cx, cy, h, c, ang = x0, ground, h0, c0, angle
-            if a in (1, 2):
-                cx = x0 + (move if a == 2 else -move) * p
-            elif a == 3:
-                cy = ground - hop * math.sin(math.pi * p)
-            elif a == 4:
-                ang = angle + math.pi * p
-            elif a in (5, 6):
-                h = h0 + (h1 - h0) * p
-            elif a == 7:
-                c = c0 + (_RED - c0) * p
+            x += velocity
+            if not 16.0 * s <= x <= 48.0 * s:
+                velocity = -velocity
+                x = float(np.clip(x, 16.0 * s, 48.0 * s))
+            pose = _pose(a, p, half, big, lift)
+            hw, hh = pose["hw"], pose["hh"]
+            extent = math.hypot(hw, hh) if pose["angle"] else hh
+            cy = ground - extent - pose["lift"]
             frame = background.copy()
-            u = (xx - cx) * math.cos(ang) + (yy - (cy - h)) * math.sin(ang)
-            v = -(xx - cx) * math.sin(ang) + (yy - (cy - h)) * math.cos(ang)
-            body = (np.abs(u) <= h) & (np.abs(v) <= h)
-            frame[body] = c
-            frame[body & (np.abs(v) <= h * 0.3) & (u > 0)] = c * 0.35  # a bar shows the turn
-            if a == 8:
-                bx = (size / 2) + ball_dir * (p - 0.5) * (size + 12 * s)
-                ball = (xx - bx) ** 2 + (yy - (ground - 4 * s)) ** 2 <= (4 * s) ** 2
-                frame[ball] = (230.0, 200.0, 40.0)
+            if pose["lift"]:  # a shadow on the ground under a square in the air
+                shadow = ((xx - x) / (hw * 1.1)) ** 2 + ((yy - ground - 1.5 * s) / (1.5 * s)) ** 2
+                frame[shadow <= 1] *= 0.55
+            cos, sin = math.cos(pose["angle"]), math.sin(pose["angle"])
+            u = (xx - x) * cos + (yy - cy) * sin
+            v = -(xx - x) * sin + (yy - cy) * cos
+            frame[(np.abs(u) <= hw) & (np.abs(v) <= hh)] = red if pose["red"] else colour
+            top = cy - extent
+            if a == 7:  # a pole from the square's top with a flag that flutters
+                pole_top = top - 13.0 * s
+                frame[(np.abs(xx - x) <= 0.8 * s) & (yy >= pole_top) & (yy <= top)] = _POLE
+                tip = 8.0 * s * (0.8 + 0.2 * math.sin(2 * math.pi * p * 2))
+                flag = (xx >= x) & (xx <= x + tip) & (np.abs(yy - pole_top - 3 * s)
+                                                      <= 3 * s * (1 - (xx - x) / max(tip, 1)))
+                frame[flag] = _FLAG
+            elif a == 8:  # a box resting on the square
+                box = 4.5 * s
+                frame[(np.abs(xx - x) <= box) & (yy >= top - 2 * box) & (yy <= top)] = _BOX
+            elif a == 9:  # a ball rolls across the scene
+                bx = size / 2 + ball_dir * (p - 0.5) * (size + 12 * s)
+                frame[(xx - bx) ** 2 + (yy - (ground - 4 * s)) ** 2 <= (4 * s) ** 2] = _BALL
             frame += rng.normal(0.0, 4.0, frame.shape).astype(np.float32)
             video[seg["start"] + j] = frame.clip(0, 255).astype(np.uint8)
-        if a == 4:
-            angle += math.pi
-        elif a == 7:
-            colour = _RED.copy()
     return video
 
 
@@ -367,12 +349,13 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = FPS) -> None:
 # Writing the datasets.
 
 
-def _settings(seed, per_train, per_test, frames, size) -> dict:
+def _settings(seed, per_train, per_test, unseen_train, frames, size) -> dict:
     return {
         "version": FORMAT_VERSION,
         "seed": int(seed),
         "videos_per_class_train": int(per_train),
         "videos_per_class_test": int(per_test),
+        "unseen_videos_per_class_train": int(unseen_train),
         "frames": int(frames),
         "size": int(size),
         "fps": FPS,
@@ -395,6 +378,7 @@ def _world_json(world: World, settings: dict) -> dict:
         "atomic_actions": {str(a.id): asdict(a) for a in world.actions},
         "unrelated_actions": [a.id for a in world.actions if a.unrelated],
         "seen": [cls(c, i) for i, c in enumerate(world.seen)],
+        "order_only_pairs": [list(pair) for pair in world.order_only_pairs],
         "unseen": [cls(c, i) for i, c in enumerate(world.unseen)],
     }
 
@@ -404,7 +388,8 @@ def _write_json(path: Path, data) -> None:
 
 
 def _write_dataset(
-    root: Path, classes: tuple[WorldClass, ...], group: int, world: World, settings: dict
+    root: Path, classes: tuple[WorldClass, ...], group: int, world: World, settings: dict,
+    per_class_train: int,
 ) -> int:
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "classes.csv", "w", newline="", encoding="utf-8") as fh:
@@ -414,7 +399,7 @@ def _write_dataset(
             writer.writerow([i, c.name])
     count = 0
     splits = (
-        ("train", settings["videos_per_class_train"]),
+        ("train", per_class_train),
         ("test", settings["videos_per_class_test"]),
     )
     for split_index, (split, per_class) in enumerate(splits):
@@ -446,13 +431,21 @@ def _write_dataset(
     return count
 
 
+def _video_count(world: World, settings: dict) -> int:
+    test = settings["videos_per_class_test"]
+    return len(world.seen) * (settings["videos_per_class_train"] + test) + len(world.unseen) * (
+        settings["unseen_videos_per_class_train"] + test
+    )
+
+
 def write_world(
     out_dir: Path,
     seed: int = 0,
-    videos_per_class_train: int = 8,
-    videos_per_class_test: int = 4,
-    frames: int = 32,
+    videos_per_class_train: int = 40,
+    videos_per_class_test: int = 25,
+    frames: int = 24,
     size: int = 64,
+    unseen_videos_per_class_train: int = 2,
 ) -> WorldInfo:
     """Write the seen and unseen datasets under `out_dir` (see the module docstring).
 
@@ -465,7 +458,8 @@ def write_world(
     if size < 32:
         raise ValueError(f"size must be at least 32 (got {size})")
     out = Path(out_dir)
-    settings = _settings(seed, videos_per_class_train, videos_per_class_test, frames, size)
+    settings = _settings(seed, videos_per_class_train, videos_per_class_test,
+                         unseen_videos_per_class_train, frames, size)  # fmt: skip
     info = WorldInfo(out, out / "seen", out / "unseen", world, settings, written=False)
     world_file = out / "world.json"
     if world_file.is_file():
@@ -474,15 +468,15 @@ def write_world(
         except (OSError, json.JSONDecodeError):
             old = None
         if isinstance(old, dict) and old.get("settings") == settings:
-            info.videos = sum(len(classes) for classes in (world.seen, world.unseen)) * (
-                videos_per_class_train + videos_per_class_test
-            )
+            info.videos = _video_count(world, settings)
             return info
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "atomic_actions.json", {str(a.id): a.caption for a in world.actions})
     _write_json(out / "phrasings.json", {str(a.id): list(a.phrasings) for a in world.actions})
-    info.videos = _write_dataset(info.seen_root, world.seen, 0, world, settings)
-    info.videos += _write_dataset(info.unseen_root, world.unseen, 1, world, settings)
+    info.videos = _write_dataset(info.seen_root, world.seen, 0, world, settings,
+                                 videos_per_class_train)  # fmt: skip
+    info.videos += _write_dataset(info.unseen_root, world.unseen, 1, world, settings,
+                                  unseen_videos_per_class_train)  # fmt: skip
     _write_json(world_file, _world_json(world, settings))
     info.written = True
     return info

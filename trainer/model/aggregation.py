@@ -20,6 +20,10 @@ from torch import nn
 
 MODES = ("mean", "global", "coarse", "fine", "coarse+fine")
 
+# CLIP's log logit scale before pre-training (log(1/0.07)); a trained CLIP's is larger
+# (OpenAI's is log(100)), and the head starts from the loaded CLIP's own where it has one.
+UNTRAINED_LOG_LOGIT_SCALE = math.log(1 / 0.07)
+
 # Which branches each mode sums (Eq. 12). `global` is the coarse branch fed with the plain
 # global word tokens (no sub-text cross-attention), the BIKE-style baseline.
 _BRANCHES = {
@@ -266,8 +270,12 @@ class StoryboardHead(nn.Module):
     * `fine`: Eq. 10-11, then FFN_fine.
     * `coarse+fine` (default): Eq. 12, `o = FFN_coarse(o_coarse) + FFN_fine(o_fine)`.
 
-    The logit scale is learned as in CLIP: a log-scale initialised to log(1/0.07), used as
-    `exp(.)` clamped at 100.
+    The logit scale of Eq. 12 is learned as in CLIP: the parameter holds its log, used as
+    `exp(.)` clamped at 100. The `logit_scale` argument is the initial LOG scale, as
+    open_clip stores it; `build_model` passes the loaded CLIP's own learned one and
+    `param_groups` trains it at the backbone's learning rate, as BIKE does. The default,
+    log(1/0.07), is CLIP's value before pre-training: logits 7x flatter than OpenAI CLIP's
+    exp(.) = 100.
     """
 
     def __init__(
@@ -277,6 +285,7 @@ class StoryboardHead(nn.Module):
         heads: int = 1,
         tau_coarse: float = 0.01,
         tau_fine: float = 0.01,
+        logit_scale: float = UNTRAINED_LOG_LOGIT_SCALE,
     ):
         super().__init__()
         if mode not in MODES:
@@ -289,7 +298,7 @@ class StoryboardHead(nn.Module):
         has_coarse = "coarse" in branches or "global" in branches
         self.ffn_coarse = FFN(dim) if has_coarse else None
         self.ffn_fine = FFN(dim) if "fine" in branches else None
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale)))
 
     def forward(self, frames: torch.Tensor, text: ClassText) -> dict[str, torch.Tensor | None]:
         """frames [B,L,D] -> {logits [B,C], coarse [B,C,L] or None, fine [B,C,L] or None}."""

@@ -18,7 +18,7 @@ from subtext_gen.artifacts import ArtifactMeta, SubtextArtifact
 from subtext_gen.clip_text import LoadedClip
 from subtext_gen.errors import UserError
 from trainer.data.transforms import normalise_clips
-from trainer.model.aggregation import ClassText, StoryboardHead
+from trainer.model.aggregation import UNTRAINED_LOG_LOGIT_SCALE, ClassText, StoryboardHead
 from trainer.model.temporal import TemporalTransformer
 
 NO_DECAY_NAMES = ("position", "embedding", "logit_scale")
@@ -111,22 +111,28 @@ def _no_decay(name: str, param: torch.Tensor) -> bool:
 def param_groups(
     model: nn.Module, lr: float, backbone_lr_scale: float, weight_decay: float
 ) -> list[dict]:
-    """AdamW parameter groups: the visual tower at `lr * backbone_lr_scale`, the rest at `lr`;
-    no weight decay on biases, norms, embeddings and the logit scale (1-D parameters and names
-    with 'position', 'embedding' or 'logit_scale'). Frozen parameters are left out.
+    """AdamW parameter groups: the visual tower and the head's logit scale (Eq. 12) at
+    `lr * backbone_lr_scale`, the rest at `lr`; no weight decay on biases, norms, embeddings
+    and the logit scale (1-D parameters and names with 'position', 'embedding' or
+    'logit_scale'). Frozen parameters are left out.
 
-    The visual tower is found by identity (every `VideoCLIP` inside `model`), so a model
-    wrapped in DDP or `torch.compile` gives the same groups. Each group carries a `name`
-    (`backbone`/`new`, `_decay`/`_no_decay`); empty groups are dropped.
+    The logit scale starts at the loaded CLIP's own (`build_model`), so it trains at the
+    backbone's rate, as BIKE does, also when the visual tower is frozen: it is not part of
+    the tower and stays trainable. Both are found by identity (every `VideoCLIP` inside
+    `model`), so a model wrapped in DDP or `torch.compile` gives the same groups. Each group
+    carries a `name` (`backbone`/`new`, `_decay`/`_no_decay`; the logit scale is in
+    `backbone_no_decay`); empty groups are dropped.
     """
-    backbone = {
-        id(p) for m in model.modules() if isinstance(m, VideoCLIP) for p in m.visual.parameters()
-    }
+    at_backbone_lr = set()
+    for m in model.modules():
+        if isinstance(m, VideoCLIP):
+            at_backbone_lr.update(id(p) for p in m.visual.parameters())
+            at_backbone_lr.add(id(m.head.logit_scale))
     groups: dict[tuple[bool, bool], list[torch.Tensor]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        key = (id(param) in backbone, _no_decay(name, param))
+        key = (id(param) in at_backbone_lr, _no_decay(name, param))
         groups.setdefault(key, []).append(param)
     out = []
     for is_backbone in (True, False):
@@ -169,6 +175,14 @@ def _temporal_heads(dim: int) -> int:
     return heads
 
 
+def clip_log_logit_scale(clip_model: nn.Module) -> float:
+    """The CLIP's own learned log logit scale (open_clip keeps the log in `logit_scale`), the
+    head's starting point (Eq. 12); CLIP's value before pre-training, log(1/0.07), for a
+    model without one."""
+    log_scale = getattr(clip_model, "logit_scale", None)
+    return UNTRAINED_LOG_LOGIT_SCALE if log_scale is None else float(log_scale.detach())
+
+
 def build_model(
     clip: LoadedClip,
     artifact: SubtextArtifact,
@@ -187,7 +201,8 @@ def build_model(
     `clip.device`.
 
     Only `clip.model.visual` goes into the model: the text tower is never run by the trainer
-    (drop the `LoadedClip` afterwards to free it). The visual tower is shared, not copied.
+    (drop the `LoadedClip` afterwards to free it). The visual tower is shared, not copied;
+    the head's logit scale starts at the CLIP's own (`clip_log_logit_scale`), a copy.
     """
     check_artifact_matches_clip(artifact.meta, clip.model_id, clip.pretrained_id, artifact_path)
     width = int(artifact.global_emb.shape[-1])
@@ -204,7 +219,12 @@ def build_model(
         )
     dim = clip.embed_dim
     head = StoryboardHead(
-        dim, mode=aggregation, heads=attention_heads, tau_coarse=tau_coarse, tau_fine=tau_fine
+        dim,
+        mode=aggregation,
+        heads=attention_heads,
+        tau_coarse=tau_coarse,
+        tau_fine=tau_fine,
+        logit_scale=clip_log_logit_scale(clip.model),
     )
     temporal = TemporalTransformer(dim, temporal_layers, heads=_temporal_heads(dim), frames=frames)
     model = VideoCLIP(

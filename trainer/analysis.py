@@ -1,0 +1,107 @@
+"""The study's statistics and references, as pure functions (arrays in, numbers out).
+
+* `spread`: mean, sample standard deviation and the half-width of a 95% t-interval of a
+  metric over seeds.
+* `wilson_interval`: a 95% interval for one accuracy from its hits and trials (one seed).
+* `linear_probe`: what a bag of frames can reach: multinomial logistic regression on
+  standardised, mean-pooled frame features.
+* `zero_shot_logits`: the frozen CLIP's own zero-shot scores, mean-pooled frames against
+  the class texts (no training at all).
+* `importance_share`: how much of a frame weighting lands on frames that show one of the
+  video's own actions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom (then ~1.96).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def spread(values: Sequence[float]) -> dict:
+    """{mean, std, ci95, n} of a metric over seeds: `std` is the sample standard deviation
+    (ddof 1), `ci95` the half-width of the 95% Student-t interval of the mean,
+    t_{0.975, n-1} * std / sqrt(n). With one value, std and ci95 are None."""
+    x = np.asarray(list(values), dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("spread of no values")
+    out = {"mean": float(x.mean()), "std": None, "ci95": None, "n": int(x.size)}
+    if x.size > 1:
+        std = float(x.std(ddof=1))
+        dof = x.size - 1
+        t = _T975[dof - 1] if dof <= len(_T975) else 1.96
+        out.update(std=std, ci95=t * std / math.sqrt(x.size))
+    return out
+
+
+def wilson_interval(hits: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion hits / trials (one run's accuracy:
+    the spread that its test set alone allows)."""
+    if trials <= 0:
+        raise ValueError("a proportion needs at least one trial")
+    p = hits / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def linear_probe(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+    weight_decay: float = 1e-3, steps: int = 200,
+) -> dict:  # fmt: skip
+    """Top-1 of a multinomial logistic regression fit on standardised features.
+
+    train_x [N, D] and test_x [M, D] (mean-pooled frame features), integer labels. Features
+    are standardised with the training mean and deviation; the classifier is fit with
+    L-BFGS on the mean cross entropy plus `weight_decay` * ||W||^2 (deterministic: zero
+    init, full batch). -> {"train": top-1 on train_x, "test": top-1 on test_x}.
+    """
+    x = torch.as_tensor(np.asarray(train_x), dtype=torch.float64)
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    x = (x - mean) / std
+    y = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
+    classes = int(max(y.max().item(), int(np.max(test_y))) + 1)
+    weight = torch.zeros(x.shape[1], classes, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x @ weight + bias, y) + weight_decay * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    test = (torch.as_tensor(np.asarray(test_x), dtype=torch.float64) - mean) / std
+    with torch.no_grad():
+        train_acc = ((x @ weight + bias).argmax(1) == y).double().mean().item()
+        test_pred = (test @ weight + bias).argmax(1).numpy()
+    return {"train": float(train_acc), "test": float((test_pred == np.asarray(test_y)).mean())}
+
+
+def zero_shot_logits(frames: np.ndarray, class_emb: np.ndarray) -> np.ndarray:
+    """cos(mean_l v[b,l], t_c): frames [B, L, D] against pooled class texts [C, D] -> [B, C].
+    The frozen CLIP's zero-shot score of a video, as `mean` aggregation starts from it."""
+    video = np.asarray(frames, dtype=np.float64).mean(axis=1)
+    video /= np.linalg.norm(video, axis=1, keepdims=True).clip(min=1e-12)
+    text = np.asarray(class_emb, dtype=np.float64)
+    text = text / np.linalg.norm(text, axis=1, keepdims=True).clip(min=1e-12)
+    return video @ text.T
+
+
+def importance_share(importance: np.ndarray, on_action: np.ndarray) -> np.ndarray:
+    """sum_l a[b,l] * 1[frame l shows one of the video's own actions], per video.
+
+    importance [B, L] (rows sum to 1), on_action bool [B, L] -> [B]. Uniform weights give
+    the fraction of the sampled frames that show the video's actions, the reference.
+    """
+    return (np.asarray(importance, dtype=np.float64) * np.asarray(on_action)).sum(axis=1)

@@ -1,0 +1,457 @@
+"""`python -m trainer study`: every aggregation mode on the storyboard world, over seeds.
+
+The design is fixed in `StudyDesign` (data, CLIPs, settings) before any result is seen;
+every mode gets the same settings. Steps, each resumable (a rerun skips what is done):
+
+1. write the storyboard world (`trainer/world.py`);
+2. per world-CLIP objective (`pooled`, `pooled+tokens`, see `trainer/pretrain.py`):
+   pre-train the CLIP, measure how often test frames find their action's caption by pooled
+   embeddings and by word tokens, keep sub-text sets by TPP (`complement`, and which kind of
+   set `identity` would keep), cache the frozen frame features of the seen and unseen
+   classes;
+3. references on the cached features: the frozen CLIP's zero-shot (mean-pooled frames
+   against the class texts) and a linear probe on mean-pooled frames (what bag-of-frames
+   can reach);
+4. per objective, mode, setting (2-shot, supervised) and seed: train the head on the cache
+   (`trainer run --freeze-backbone --features`), then assess the last checkpoint: seen
+   top-1, top-1 on the classes of order-only pairs, zero-shot top-1 on the unseen classes,
+   and the share of the frame importance that lands on frames of the video's own actions;
+5. a temperature sweep (tau_coarse = tau_fine) and a temporal-transformer reference
+   (supervised, every seed), and one fine-tuned-backbone supervised run per mode (seed 0);
+6. `results.json`, plots with error bars and `README.md` in the docs folder.
+
+Nothing is picked by test score: every number is the last checkpoint's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from subtext_gen.artifacts import atomic_write_text, read_subtexts
+from subtext_gen.classes import load_classes
+from subtext_gen.clip_text import load_clip
+from subtext_gen.generate import generate
+from subtext_gen.llm.files import FileBackend
+from subtext_gen.score import class_reports, score
+
+from . import analysis
+from .config import AGGREGATIONS, RunConfig
+from .engine import cache_features, load_run, train
+from .features import TEST, TRAIN, read_split
+from .pretrain import OBJECTIVES, frame_accuracies, log_path, pretrain_clip
+from .world import CANDIDATES_PATH, WorldInfo, write_world
+
+WORLD_CLIP = "data/clip/StoryboardWorld-CLIP.json"
+SET_KINDS = ("faithful", "unrelated", "near-duplicate")  # the order of the shipped sets
+SETTINGS = ("2shot", "supervised")
+IMPORTANCE_MODES = ("global", "coarse", "fine", "coarse+fine")
+TPP_SCALINGS = ("complement", "identity")
+
+
+@dataclass(frozen=True)
+class StudyDesign:
+    """Everything a study's numbers depend on; fixed before results are seen."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    world_seed: int = 0
+    videos_per_class_train: int = 40
+    videos_per_class_test: int = 25
+    objectives: tuple[str, ...] = OBJECTIVES
+    clip_epochs: int = 10
+    clip_frame_stride: int = 3  # every 3rd frame of each training video pre-trains the CLIP
+    frames: int = 8
+    views: int = 10  # cached training views per video (runs cycle them)
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_epochs: float = 1.0
+    taus: tuple[float, ...] = (0.01, 0.1, 1.0)  # 0.01 (BIKE's) is every main run's
+    temporal_layers: int = 2
+    temporal_modes: tuple[str, ...] = ("mean", "coarse+fine")
+    finetune_objective: str | None = "pooled+tokens"
+    finetune_epochs: int = 6
+    workers: int = 2
+
+    @property
+    def default_tau(self) -> float:
+        return self.taus[0]
+
+
+DEMO_DESIGN = StudyDesign(seeds=(0,), taus=(0.01,), temporal_modes=(),
+                          finetune_objective=None)  # fmt: skip
+
+
+# ---------------------------------------------------------------- one run
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    objective: str
+    setting: str
+    mode: str
+    seed: int
+    tau: float
+    temporal_layers: int = 0
+    finetune: bool = False
+
+    @property
+    def name(self) -> str:
+        parts = [self.setting, self.mode.replace("+", "_"), f"tau{self.tau:g}",
+                 f"T{self.temporal_layers}", f"seed{self.seed}"]  # fmt: skip
+        return ("finetune-" if self.finetune else "") + "-".join(parts)
+
+
+@dataclass
+class ClipAssets:
+    """What one world CLIP brings to the runs: checkpoint, sub-texts, feature caches."""
+
+    objective: str
+    checkpoint: Path
+    seen_subtexts: Path
+    unseen_subtexts: Path
+    seen_cache: Path
+    unseen_cache: Path
+
+
+def run_config(design: StudyDesign, world: WorldInfo, assets: ClipAssets, spec: RunSpec,
+               out: Path) -> RunConfig:  # fmt: skip
+    """The same settings for every mode; only the spec's fields differ between runs."""
+    return RunConfig(
+        dataset="list", root=world.seen_root, subtexts=assets.seen_subtexts,
+        clip_model=WORLD_CLIP, clip_pretrained=str(assets.checkpoint), frames=design.frames,
+        epochs=design.finetune_epochs if spec.finetune else design.epochs,
+        batch_size=design.batch_size, lr=design.lr, warmup_epochs=design.warmup_epochs,
+        aggregation=spec.mode, shots=2 if spec.setting == "2shot" else None, seed=spec.seed,
+        tau_coarse=spec.tau, tau_fine=spec.tau, temporal_layers=spec.temporal_layers,
+        freeze_backbone=not spec.finetune,
+        features=None if spec.finetune else assets.seen_cache,
+        workers=design.workers, device="cpu", out=out, eval_every=5,
+    )  # fmt: skip
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_run(cfg: RunConfig) -> list[dict]:
+    """Train a run unless its directory already holds all its epochs; resume a cut one."""
+    log = _metrics(cfg.out)
+    if any(x.get("epoch") == cfg.epochs and "top1" in x for x in log):
+        return log
+    resume = (cfg.out / "checkpoints" / "last.pt").is_file()
+    if not resume:
+        shutil.rmtree(cfg.out, ignore_errors=True)
+    train(cfg, resume=resume, show_progress=False)
+    return _metrics(cfg.out)
+
+
+@dataclass
+class CachedSplit:
+    """A cached split's first view, with what each sampled frame shows."""
+
+    features: torch.Tensor  # [M, T, D]
+    labels: np.ndarray  # [M]
+    on_action: np.ndarray  # bool [M, T]: the frame shows one of its class's actions
+
+
+def load_cached_split(cache: Path, split: str, root: Path) -> CachedSplit:
+    table = read_split(cache, split, view=0)
+    features = torch.from_numpy(np.ascontiguousarray(table.features, dtype=np.float32))
+    labels = np.asarray([row[0] for row in table.labels])
+    on_action = []
+    for video_id, frames in zip(table.video_ids, table.frame_indices):
+        truth = json.loads((root / f"{video_id}.json").read_text())
+        own = set(truth["actions"])
+        on_action.append([truth["frames"][i] in own for i in frames])
+    return CachedSplit(features, labels, np.asarray(on_action, dtype=bool))
+
+
+@torch.inference_mode()
+def _forward(run_dir: Path, subtexts: Path, split: CachedSplit) -> dict[str, np.ndarray | None]:
+    loaded = load_run(run_dir, "list", subtexts, "cpu", "last")
+    model, text = loaded.built.model, loaded.built.text
+    outs = [model.forward_features(split.features[i : i + 256], text)
+            for i in range(0, len(split.features), 256)]  # fmt: skip
+    joined = {}
+    for key in ("logits", "coarse", "fine"):
+        parts = [o[key] for o in outs]
+        joined[key] = None if parts[0] is None else torch.cat(parts).float().numpy()
+    return joined
+
+
+def assess_run(run_dir: Path, assets: ClipAssets, seen: CachedSplit, unseen: CachedSplit,
+               order_only_classes: list[int]) -> dict:  # fmt: skip
+    """The last checkpoint on the cached test views: top-1 (seen), top-1 on the classes of
+    order-only pairs, zero-shot top-1 (unseen), importance share on own-action frames."""
+    out = _forward(run_dir, assets.seen_subtexts, seen)
+    correct = out["logits"].argmax(1) == seen.labels
+    order_rows = np.isin(seen.labels, order_only_classes)
+    result = {"top1": float(correct.mean()), "hits": int(correct.sum()), "n": int(correct.size),
+              "order_only_top1": float(correct[order_rows].mean())}  # fmt: skip
+    rows = np.arange(len(seen.labels))
+    for branch in ("coarse", "fine"):
+        if out[branch] is not None:
+            own = out[branch][rows, seen.labels]  # [M, T]: weights of the video's own class
+            result[f"importance_{branch}"] = float(
+                analysis.importance_share(own, seen.on_action).mean()
+            )
+    zero = _forward(run_dir, assets.unseen_subtexts, unseen)
+    result["zero_shot_top1"] = float((zero["logits"].argmax(1) == unseen.labels).mean())
+    return result
+
+
+def summarise_log(log: list[dict], steps_per_epoch: int) -> dict:
+    """Steps, the last epoch's training loss, the relative change of the loss over the last
+    fifth of training (a plateau is near 0), and the engine's own last top-1."""
+    losses = [x["train_loss"] for x in log if "train_loss" in x]
+    tail = max(1, len(losses) // 5)
+    before = losses[-tail - 1] if len(losses) > tail else losses[0]
+    evals = [x for x in log if "top1" in x]
+    return {"steps": len(losses) * steps_per_epoch, "final_loss": losses[-1],
+            "loss_change_last_fifth": (losses[-1] - before) / abs(before),
+            "engine_top1": evals[-1]["top1"], "losses": losses}  # fmt: skip
+
+
+# ---------------------------------------------------------------- per CLIP
+
+
+def _subtexts(dataset_root: Path, out: Path, checkpoint: Path, scaling: str
+              ) -> tuple[Path, dict[str, str]]:  # fmt: skip
+    """The shipped candidate sets of this dataset's classes, kept by TPP with alpha = beta =
+    `scaling`. -> (subtexts.parquet, {class: the kind of set kept})."""
+    classes = load_classes(classes_file=dataset_root / "classes.csv")
+    shipped = json.loads(Path(CANDIDATES_PATH).read_text())
+    subset = out / "candidates.json"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(subset, json.dumps({c: shipped[c] for c in classes.names}, indent=1))
+    generate(classes, FileBackend(subset), out, n_subtexts=4, show_progress=False)
+    scored = score(out, lambda: load_clip(WORLD_CLIP, str(checkpoint), "cpu"),
+                   alpha=scaling, beta=scaling)  # fmt: skip
+    kept = {r.class_name: SET_KINDS[shipped[r.class_name].index(list(r.sub_texts))]
+            for r in class_reports(out, scored.out_dir)}  # fmt: skip
+    return scored.out_dir / "subtexts.parquet", kept
+
+
+def _cache(root: Path, out: Path, checkpoint: Path, design: StudyDesign, views: int) -> Path:
+    cfg = RunConfig(dataset="list", root=root, clip_model=WORLD_CLIP,
+                    clip_pretrained=str(checkpoint), frames=design.frames, seed=0,
+                    batch_size=64, workers=design.workers, device="cpu")  # fmt: skip
+    if not (out / "index.parquet").is_file():
+        cache_features(cfg, out, views, "float32", show_progress=False)
+    return out
+
+
+def prepare_clip(design: StudyDesign, world: WorldInfo, objective: str, work: Path,
+                 say: Callable[[str], None]) -> tuple[ClipAssets, dict]:  # fmt: skip
+    """Pre-train one world CLIP and make its sub-texts and caches; -> assets and the CLIP's
+    own figures (frame-caption accuracy, pre-training, TPP kinds kept)."""
+    base = work / objective.replace("+", "_")
+    checkpoint = pretrain_clip(world.seen_root, world.out_dir, base / "world-clip.pt", WORLD_CLIP,
+                               epochs=design.clip_epochs, seed=world.settings["seed"],
+                               device="cpu", show_progress=False,
+                               frame_stride=design.clip_frame_stride,
+                               objective=objective)  # fmt: skip
+    record = json.loads(log_path(checkpoint).read_text())
+    accuracy = frame_accuracies(checkpoint, world.seen_root, world.out_dir, WORLD_CLIP,
+                                "test.txt", device="cpu")  # fmt: skip
+    say(f"  [{objective}] CLIP: {record['steps']} steps, final loss "
+        f"{record['epoch_losses'][-1]:.3f}; test frames find their caption: pooled "
+        f"{accuracy['pooled']:.3f}, word tokens {accuracy['word_tokens']:.3f}")  # fmt: skip
+    kept: dict[str, dict[str, str]] = {}
+    paths = {}
+    for scaling in TPP_SCALINGS:
+        for group, root in (("seen", world.seen_root), ("unseen", world.unseen_root)):
+            path, kinds = _subtexts(root, base / f"subtexts-{scaling}-{group}", checkpoint,
+                                    scaling)  # fmt: skip
+            kept.setdefault(scaling, {}).update(kinds)
+            paths[(scaling, group)] = path
+        counts = Counter(kept[scaling].values())
+        say(f"  [{objective}] TPP {scaling} keeps " +
+            ", ".join(f"{kind} {counts[kind]}" for kind in SET_KINDS))  # fmt: skip
+    assets = ClipAssets(
+        objective, checkpoint, paths[("complement", "seen")], paths[("complement", "unseen")],
+        _cache(world.seen_root, base / "cache-seen", checkpoint, design, design.views),
+        _cache(world.unseen_root, base / "cache-unseen", checkpoint, design, 1),
+    )
+    figures = {"frame_caption_accuracy": accuracy, "tpp_kept": kept,
+               "pretrain": {"steps": record["steps"], "final_loss": record["epoch_losses"][-1],
+                            "train_seconds": record["train_seconds"]}}  # fmt: skip
+    return assets, figures
+
+
+def references(assets: ClipAssets, world: WorldInfo, seen: CachedSplit,
+               unseen: CachedSplit) -> dict:  # fmt: skip
+    """Zero-shot of the frozen CLIP with the class texts, and the linear probe."""
+    train = read_split(assets.seen_cache, TRAIN)
+    train_x = np.asarray(train.features, dtype=np.float64).mean(axis=1)
+    train_y = np.asarray([row[0] for row in train.labels])
+    probe = analysis.linear_probe(train_x, train_y, seen.features.mean(1).numpy(), seen.labels)
+    zero = {}
+    for name, split, subtexts in (("seen", seen, assets.seen_subtexts),
+                                  ("unseen", unseen, assets.unseen_subtexts)):  # fmt: skip
+        logits = analysis.zero_shot_logits(split.features.numpy(),
+                                           read_subtexts(subtexts).global_emb)  # fmt: skip
+        zero[name] = float((logits.argmax(1) == split.labels).mean())
+    return {"linear_probe": probe, "zero_shot_class_texts": zero}
+
+
+# ---------------------------------------------------------------- the study
+
+
+def run_specs(design: StudyDesign, objective: str) -> Iterator[RunSpec]:
+    """Every run of one CLIP: main grid, temperature sweep, temporal reference, fine-tune."""
+    tau = design.default_tau
+    for mode in AGGREGATIONS:
+        for setting in SETTINGS:
+            for seed in design.seeds:
+                yield RunSpec(objective, setting, mode, seed, tau)
+    for other in design.taus[1:]:
+        for mode in IMPORTANCE_MODES:
+            for seed in design.seeds:
+                yield RunSpec(objective, "supervised", mode, seed, other)
+    for mode in design.temporal_modes:
+        for seed in design.seeds:
+            yield RunSpec(objective, "supervised", mode, seed, tau, design.temporal_layers)
+    if design.finetune_objective == objective:
+        for mode in AGGREGATIONS:
+            yield RunSpec(objective, "supervised", mode, design.seeds[0], tau, finetune=True)
+
+
+def run_study(design: StudyDesign, work: Path, console: Console | None = None) -> dict:
+    """Run (or resume) the whole study under `work`; -> the results (see `collect`)."""
+    console = console or Console()
+    started = time.perf_counter()
+
+    def say(text: str) -> None:
+        console.print(f"[{time.perf_counter() - started:6.0f}s] {text}")
+
+    world = write_world(work / "world", seed=design.world_seed,
+                        videos_per_class_train=design.videos_per_class_train,
+                        videos_per_class_test=design.videos_per_class_test)  # fmt: skip
+    say(f"world: {world.videos} videos under {world.out_dir}")
+    order_pairs = world.world.order_only_pairs
+    names = [c.name for c in world.world.seen]
+    order_classes = sorted({names.index(n) for pair in order_pairs for n in pair})
+    steps_per_epoch = math.ceil(len(names) * design.videos_per_class_train / design.batch_size)
+    clips, runs = {}, []
+    for objective in design.objectives:
+        assets, figures = prepare_clip(design, world, objective, work, say)
+        seen = load_cached_split(assets.seen_cache, TEST, world.seen_root)
+        unseen = load_cached_split(assets.unseen_cache, TEST, world.unseen_root)
+        figures.update(references(assets, world, seen, unseen))
+        figures["uniform_importance"] = float(seen.on_action.mean())
+        say(f"  [{objective}] linear probe {figures['linear_probe']['test']:.3f} (train "
+            f"{figures['linear_probe']['train']:.3f}); frozen zero-shot seen "
+            f"{figures['zero_shot_class_texts']['seen']:.3f}, unseen "
+            f"{figures['zero_shot_class_texts']['unseen']:.3f}")  # fmt: skip
+        clips[objective] = figures
+        specs = list(run_specs(design, objective))
+        for i, spec in enumerate(specs, 1):
+            run_dir = work / "runs" / objective.replace("+", "_") / spec.name
+            cfg = run_config(design, world, assets, spec, run_dir)
+            log = train_run(cfg)
+            record = {**asdict(spec), **summarise_log(log, steps_per_epoch)}
+            if not spec.finetune:
+                record.update(assess_run(run_dir, assets, seen, unseen, order_classes))
+            runs.append(record)
+            top1 = record.get("top1", record["engine_top1"])
+            say(f"  [{objective}] {i}/{len(specs)} {spec.name}: top-1 {top1:.3f}, loss "
+                f"{record['final_loss']:.3f} after {record['steps']} steps")  # fmt: skip
+    return collect(design, world, clips, runs, time.perf_counter() - started)
+
+
+def _select(runs: list[dict], **fields) -> list[dict]:
+    return [r for r in runs if all(r[k] == v for k, v in fields.items())]
+
+
+def collect(design: StudyDesign, world: WorldInfo, clips: dict, runs: list[dict],
+            seconds: float) -> dict:  # fmt: skip
+    """The study's results: per world CLIP, every figure with its spread over seeds."""
+    tau = design.default_tau
+    main = {"tau": tau, "temporal_layers": 0, "finetune": False}
+    top1, order_only, importance, tau_sweep, temporal, finetune, plateau = ({} for _ in range(7))
+    for objective in design.objectives:
+        def spread(key: str, **fields) -> dict:
+            return analysis.spread(r[key] for r in _select(runs, objective=objective, **fields))
+
+        top1[objective] = {
+            mode: {**{s: spread("top1", mode=mode, setting=s, **main) for s in SETTINGS},
+                   "zero-shot": spread("zero_shot_top1", mode=mode, setting="supervised",
+                                       **main)}
+            for mode in AGGREGATIONS
+        }  # fmt: skip
+        order_only[objective] = {
+            mode: spread("order_only_top1", mode=mode, setting="supervised", **main)
+            for mode in AGGREGATIONS
+        }
+        shares = {"uniform": clips[objective]["uniform_importance"]}
+        for mode in IMPORTANCE_MODES:
+            chosen = _select(runs, objective=objective, mode=mode, setting="supervised", **main)
+            for branch in ("coarse", "fine"):
+                key = f"importance_{branch}"
+                if chosen and key in chosen[0]:
+                    label = mode if mode in ("coarse", "fine") else f"{mode} ({branch})"
+                    shares[label] = analysis.spread(r[key] for r in chosen)["mean"]
+        importance[objective] = shares
+        tau_sweep[objective] = {
+            f"{t:g}": {mode: spread("top1", mode=mode, setting="supervised", tau=t,
+                                    temporal_layers=0, finetune=False)
+                       for mode in IMPORTANCE_MODES}
+            for t in design.taus
+        }  # fmt: skip
+        temporal[objective] = {
+            mode: {"top1": spread("top1", mode=mode, setting="supervised", tau=tau,
+                                  temporal_layers=design.temporal_layers, finetune=False),
+                   "order_only_top1": spread("order_only_top1", mode=mode,
+                                             setting="supervised", tau=tau,
+                                             temporal_layers=design.temporal_layers,
+                                             finetune=False)}
+            for mode in design.temporal_modes
+        }  # fmt: skip
+        finetune[objective] = {r["mode"]: r["engine_top1"]
+                               for r in _select(runs, objective=objective, finetune=True)}
+        plateau[objective] = {
+            f"{r['setting']}-{r['mode']}-seed{r['seed']}": {
+                "steps": r["steps"], "final_loss": r["final_loss"],
+                "loss_change_last_fifth": r["loss_change_last_fifth"]}
+            for r in _select(runs, objective=objective, **main)
+        }  # fmt: skip
+    seen_names = [c.name for c in world.world.seen]
+    return {
+        "design": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(design).items()},
+        "seeds": list(design.seeds),
+        "test_videos_per_class": design.videos_per_class_test,
+        "train_videos_per_class": design.videos_per_class_train,
+        "classes": {"seen": seen_names, "unseen": [c.name for c in world.world.unseen],
+                    "order_only_pairs": [list(p) for p in world.world.order_only_pairs]},
+        "chance": {"seen": 1 / len(seen_names), "unseen": 1 / len(world.world.unseen),
+                   "frame_caption": 1 / len(world.world.actions)},  # fmt: skip
+        "frame_caption_accuracy": {o: clips[o]["frame_caption_accuracy"] for o in clips},
+        "pretrain": {o: clips[o]["pretrain"] for o in clips},
+        "linear_probe": {o: clips[o]["linear_probe"] for o in clips},
+        "zero_shot_class_texts": {o: clips[o]["zero_shot_class_texts"] for o in clips},
+        "tpp_kept": {o: clips[o]["tpp_kept"] for o in clips},
+        "top1": top1,
+        "order_only_top1": order_only,
+        "importance_on_action_frames": importance,
+        "tau_sweep": tau_sweep,
+        "temporal": temporal,
+        "finetune_top1": finetune,
+        "training": plateau,
+        "seconds": round(seconds, 1),
+        "runs": [{k: v for k, v in r.items() if k != "losses"} for r in runs],
+    }
