@@ -15,7 +15,14 @@ from subtext_gen.errors import UserError
 from trainer import engine
 from trainer.config import RunConfig
 from trainer.engine import cache_features, train
-from trainer.features import INDEX_SCHEMA, FeatureCache, cache_identity, read_index, train_view
+from trainer.features import (
+    INDEX_SCHEMA,
+    FeatureCache,
+    cache_identity,
+    read_index,
+    read_split,
+    train_view,
+)
 from trainer.model.video_clip import encode_frames
 
 from .conftest import REPO, TINY_CLIP_CONFIG
@@ -65,6 +72,24 @@ def test_cached_features_are_the_towers_frame_embeddings(world, cached):
         rows = index[(index["split"] == split) & (index["item"] == key[1])].sort_values("view")
         rows = rows[rows["view"].isin(list(views))]
         assert [list(r) for r in rows["frame_indices"]] == sample["frame_indices"].tolist()
+
+
+def test_read_split_gives_every_row_in_item_view_order(world, cached):
+    index = read_index(cached["out"])
+    rows = read_split(cached["out"], "test")
+    assert rows.features.shape == (TEST_VIDEOS * 6, 4, 32)
+    assert list(zip(rows.items, rows.views)) == [(p, v) for p in range(TEST_VIDEOS)
+                                                 for v in range(6)]  # fmt: skip
+    first = read_split(cached["out"], "train", view=1)
+    assert first.items.tolist() == list(range(TRAIN_VIDEOS)) and set(first.views) == {1}
+    for i in (0, TRAIN_VIDEOS - 1):
+        row = index[(index["split"] == "train") & (index["item"] == i) & (index["view"] == 1)]
+        shard = np.load(cached["out"] / "shards" / f"train-{int(row['shard'].iloc[0]):05d}.npy")
+        np.testing.assert_array_equal(first.features[i], shard[int(row["offset"].iloc[0])])
+        assert first.video_ids[i] == row["video_id"].iloc[0]
+        assert first.frame_indices[i] == list(row["frame_indices"].iloc[0])
+    with pytest.raises(UserError, match="holds no train rows of view 9"):
+        read_split(cached["out"], "train", view=9)
 
 
 def test_index_has_a_row_per_view_and_shards_of_fixed_rows(world, cached):

@@ -288,12 +288,36 @@ def pretrain_clip_command(
 def demo(
     out: Path = typer.Option(Path("artifacts/demo"), help="Where the demo writes."),
     seed: int = typer.Option(0, help="Seed of the world, the CLIP and every run."),
-    epochs: int = typer.Option(8, min=1, help="Epochs per run."),
 ) -> None:
-    """The method end to end on the built-in storyboard world (what `make demo` runs)."""
+    """A one-seed digest of the study on the built-in storyboard world (`make demo`)."""
     from .demo import DemoSettings, run_demo
 
-    run_demo(DemoSettings(out=out, seed=seed, epochs=epochs))
+    run_demo(DemoSettings(out=out, seed=seed))
+
+
+@app.command()
+def study(
+    work: Path = typer.Option(Path("artifacts/study"), help="Working folder (resumable)."),
+    out: Path = typer.Option(Path("docs/study"), help="Where results.json, README.md and "
+                             "the plots go."),  # fmt: skip
+    seeds: str = typer.Option("0,1,2", help="Comma-separated seeds of the runs."),
+    notes: Path = typer.Option(Path("docs/study/notes.md"), help="Hand-written design "
+                               "changes and findings, appended to README.md."),  # fmt: skip
+) -> None:
+    """Every aggregation mode on the storyboard world over seeds, with references (`make
+    study`); rerun to resume."""
+    from dataclasses import replace
+
+    from .study import StudyDesign, run_study, write_report
+
+    try:
+        chosen = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated integers, not {seeds!r}.") from None
+    if not chosen:
+        raise UserError("--seeds names no seed.")
+    results = run_study(replace(StudyDesign(), seeds=chosen), work, console)
+    console.print(f"report: {write_report(results, out, notes)}")
 
 
 def _print_result(result: dict, as_json: bool) -> None:

@@ -40,6 +40,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -315,6 +316,49 @@ class FeatureCache:
         return np.stack(
             [self._shard(split, int(s))[o] for s, o in self.location[split][item, list(views)]]
         )
+
+
+@dataclass(frozen=True)
+class CachedRows:
+    """Rows of a cache split in (item, view) order: features [M, T, D] and per row its
+    item position, view, video id, sampled frame indices and labels."""
+
+    features: np.ndarray
+    items: np.ndarray
+    views: np.ndarray
+    video_ids: list[str]
+    frame_indices: list[list[int]]
+    labels: list[list[int]]
+
+
+def read_split(directory: Path, split: str, view: int | None = None) -> CachedRows:
+    """Every stored row of one split of a finished cache (or only view `view` of each item),
+    read whole into memory: for analyses over a whole split, not for training."""
+    directory = Path(directory)
+    index = read_index(directory)
+    rows = index[index["split"] == split]
+    if view is not None:
+        rows = rows[rows["view"] == view]
+    if rows.empty:
+        raise UserError(
+            f"{directory} holds no {split} rows{'' if view is None else f' of view {view}'}."
+        )
+    rows = rows.sort_values(["item", "view"])
+    shards: dict[int, np.ndarray] = {}
+    features = []
+    for shard, offset in zip(rows["shard"].tolist(), rows["offset"].tolist()):
+        if shard not in shards:
+            path = directory / SHARDS_DIR / f"{_shard_name(split, shard)}.npy"
+            shards[shard] = np.load(path, mmap_mode="r")
+        features.append(shards[shard][offset])
+    return CachedRows(
+        features=np.stack(features),
+        items=rows["item"].to_numpy(),
+        views=rows["view"].to_numpy(),
+        video_ids=rows["video_id"].tolist(),
+        frame_indices=[list(map(int, f)) for f in rows["frame_indices"]],
+        labels=[list(map(int, lab)) for lab in rows["labels"]],
+    )
 
 
 def train_view(epoch: int, index: int, unique: int, length: int, views: int) -> int:

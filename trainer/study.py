@@ -31,7 +31,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -268,7 +268,7 @@ def prepare_clip(design: StudyDesign, world: WorldInfo, objective: str, work: Pa
     record = json.loads(log_path(checkpoint).read_text())
     accuracy = frame_accuracies(checkpoint, world.seen_root, world.out_dir, WORLD_CLIP,
                                 "test.txt", device="cpu")  # fmt: skip
-    say(f"  [{objective}] CLIP: {record['steps']} steps, final loss "
+    say(f"  {objective}: CLIP: {record['steps']} steps, final loss "
         f"{record['epoch_losses'][-1]:.3f}; test frames find their caption: pooled "
         f"{accuracy['pooled']:.3f}, word tokens {accuracy['word_tokens']:.3f}")  # fmt: skip
     kept: dict[str, dict[str, str]] = {}
@@ -280,10 +280,13 @@ def prepare_clip(design: StudyDesign, world: WorldInfo, objective: str, work: Pa
             kept.setdefault(scaling, {}).update(kinds)
             paths[(scaling, group)] = path
         counts = Counter(kept[scaling].values())
-        say(f"  [{objective}] TPP {scaling} keeps " +
+        say(f"  {objective}: TPP {scaling} keeps " +
             ", ".join(f"{kind} {counts[kind]}" for kind in SET_KINDS))  # fmt: skip
     assets = ClipAssets(
-        objective, checkpoint, paths[("complement", "seen")], paths[("complement", "unseen")],
+        objective,
+        checkpoint,
+        paths[("complement", "seen")],
+        paths[("complement", "unseen")],
         _cache(world.seen_root, base / "cache-seen", checkpoint, design, design.views),
         _cache(world.unseen_root, base / "cache-unseen", checkpoint, design, 1),
     )
@@ -354,7 +357,7 @@ def run_study(design: StudyDesign, work: Path, console: Console | None = None) -
         unseen = load_cached_split(assets.unseen_cache, TEST, world.unseen_root)
         figures.update(references(assets, world, seen, unseen))
         figures["uniform_importance"] = float(seen.on_action.mean())
-        say(f"  [{objective}] linear probe {figures['linear_probe']['test']:.3f} (train "
+        say(f"  {objective}: linear probe {figures['linear_probe']['test']:.3f} (train "
             f"{figures['linear_probe']['train']:.3f}); frozen zero-shot seen "
             f"{figures['zero_shot_class_texts']['seen']:.3f}, unseen "
             f"{figures['zero_shot_class_texts']['unseen']:.3f}")  # fmt: skip
@@ -369,7 +372,7 @@ def run_study(design: StudyDesign, work: Path, console: Console | None = None) -
                 record.update(assess_run(run_dir, assets, seen, unseen, order_classes))
             runs.append(record)
             top1 = record.get("top1", record["engine_top1"])
-            say(f"  [{objective}] {i}/{len(specs)} {spec.name}: top-1 {top1:.3f}, loss "
+            say(f"  {objective}: {i}/{len(specs)} {spec.name}: top-1 {top1:.3f}, loss "
                 f"{record['final_loss']:.3f} after {record['steps']} steps")  # fmt: skip
     return collect(design, world, clips, runs, time.perf_counter() - started)
 
@@ -385,7 +388,8 @@ def collect(design: StudyDesign, world: WorldInfo, clips: dict, runs: list[dict]
     main = {"tau": tau, "temporal_layers": 0, "finetune": False}
     top1, order_only, importance, tau_sweep, temporal, finetune, plateau = ({} for _ in range(7))
     for objective in design.objectives:
-        def spread(key: str, **fields) -> dict:
+
+        def spread(key: str, objective: str = objective, **fields) -> dict:
             return analysis.spread(r[key] for r in _select(runs, objective=objective, **fields))
 
         top1[objective] = {
@@ -422,8 +426,9 @@ def collect(design: StudyDesign, world: WorldInfo, clips: dict, runs: list[dict]
                                              finetune=False)}
             for mode in design.temporal_modes
         }  # fmt: skip
-        finetune[objective] = {r["mode"]: r["engine_top1"]
-                               for r in _select(runs, objective=objective, finetune=True)}
+        finetune[objective] = {
+            r["mode"]: r["engine_top1"] for r in _select(runs, objective=objective, finetune=True)
+        }
         plateau[objective] = {
             f"{r['setting']}-{r['mode']}-seed{r['seed']}": {
                 "steps": r["steps"], "final_loss": r["final_loss"],
@@ -436,10 +441,16 @@ def collect(design: StudyDesign, world: WorldInfo, clips: dict, runs: list[dict]
         "seeds": list(design.seeds),
         "test_videos_per_class": design.videos_per_class_test,
         "train_videos_per_class": design.videos_per_class_train,
-        "classes": {"seen": seen_names, "unseen": [c.name for c in world.world.unseen],
-                    "order_only_pairs": [list(p) for p in world.world.order_only_pairs]},
-        "chance": {"seen": 1 / len(seen_names), "unseen": 1 / len(world.world.unseen),
-                   "frame_caption": 1 / len(world.world.actions)},  # fmt: skip
+        "classes": {
+            "seen": seen_names,
+            "unseen": [c.name for c in world.world.unseen],
+            "order_only_pairs": [list(p) for p in world.world.order_only_pairs],
+        },
+        "chance": {
+            "seen": 1 / len(seen_names),
+            "unseen": 1 / len(world.world.unseen),
+            "frame_caption": 1 / len(world.world.actions),
+        },  # fmt: skip
         "frame_caption_accuracy": {o: clips[o]["frame_caption_accuracy"] for o in clips},
         "pretrain": {o: clips[o]["pretrain"] for o in clips},
         "linear_probe": {o: clips[o]["linear_probe"] for o in clips},
@@ -455,3 +466,152 @@ def collect(design: StudyDesign, world: WorldInfo, clips: dict, runs: list[dict]
         "seconds": round(seconds, 1),
         "runs": [{k: v for k, v in r.items() if k != "losses"} for r in runs],
     }
+
+
+# ---------------------------------------------------------------- the report
+
+
+def _cell(s: dict) -> str:
+    """mean ± ci95 (or the mean alone, for one seed)."""
+    if s["ci95"] is None:
+        return f"{s['mean']:.3f}"
+    return f"{s['mean']:.3f} ± {s['ci95']:.3f}"
+
+
+def _wilson_cell(s: dict, trials: int) -> str:
+    """One seed: the mean with its 95% Wilson interval over the test videos."""
+    low, high = analysis.wilson_interval(round(s["mean"] * trials), trials)
+    return f"{s['mean']:.3f} [{low:.2f}, {high:.2f}]"
+
+
+def top1_table(results: dict, objective: str) -> list[str]:
+    """Markdown rows: mode | 2-shot | supervised | zero-shot, with intervals."""
+    seen = len(results["classes"]["seen"]) * results["test_videos_per_class"]
+    unseen = len(results["classes"]["unseen"]) * results["test_videos_per_class"]
+    one_seed = len(results["seeds"]) == 1
+    lines = ["| aggregation | 2-shot (seen) | supervised (seen) | zero-shot (unseen) |",
+             "|---|---|---|---|"]  # fmt: skip
+    for mode, cells in results["top1"][objective].items():
+        if one_seed:
+            row = [_wilson_cell(cells["2shot"], seen), _wilson_cell(cells["supervised"], seen),
+                   _wilson_cell(cells["zero-shot"], unseen)]  # fmt: skip
+        else:
+            row = [_cell(cells[k]) for k in ("2shot", "supervised", "zero-shot")]
+        lines.append(f"| {mode} | " + " | ".join(row) + " |")
+    return lines
+
+
+def plot_results(results: dict, out: Path) -> list[Path]:
+    """Bar charts of top-1 per mode (error bars: 95% intervals over seeds) and the
+    temperature sweep; -> the PNG files written."""
+    from .report import _pyplot
+
+    plt = _pyplot()
+    objectives = list(results["top1"])
+    written = []
+    fig, axes = plt.subplots(1, len(objectives), figsize=(5.5 * len(objectives), 3.6),
+                             squeeze=False)  # fmt: skip
+    for ax, objective in zip(axes[0], objectives):
+        table = results["top1"][objective]
+        modes = list(table)
+        for k, column in enumerate(("2shot", "supervised", "zero-shot")):
+            means = [table[m][column]["mean"] for m in modes]
+            errors = [table[m][column]["ci95"] or 0.0 for m in modes]
+            ax.bar(np.arange(len(modes)) + (k - 1) * 0.27, means, 0.27, yerr=errors, capsize=3,
+                   label=column)  # fmt: skip
+        ax.axhline(results["linear_probe"][objective]["test"], color="k", ls="--", lw=1,
+                   label="linear probe")  # fmt: skip
+        ax.set_xticks(np.arange(len(modes)), modes, fontsize=8)
+        ax.set(ylim=(0, 1), ylabel="top-1", title=f"world CLIP: {objective}")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    written.append(out / "top1.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    if len(results["design"]["taus"]) > 1:
+        fig, axes = plt.subplots(1, len(objectives), figsize=(5.5 * len(objectives), 3.4),
+                                 squeeze=False)  # fmt: skip
+        for ax, objective in zip(axes[0], objectives):
+            sweep = results["tau_sweep"][objective]
+            taus = [float(t) for t in sweep]
+            for mode in IMPORTANCE_MODES:
+                means = [sweep[t][mode]["mean"] for t in sweep]
+                errors = [sweep[t][mode]["ci95"] or 0.0 for t in sweep]
+                ax.errorbar(taus, means, yerr=errors, marker="o", capsize=3, label=mode)
+            ax.set(xscale="log", ylim=(0, 1), xlabel="tau (coarse = fine)",
+                   ylabel="top-1 (supervised)", title=f"world CLIP: {objective}")  # fmt: skip
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(out / "tau.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
+
+
+def write_report(results: dict, out: Path, notes: Path | None = None) -> Path:
+    """`results.json`, the plots and `README.md` (tables generated from the results, then
+    the hand-written `notes` file verbatim: design changes and findings)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
+    plots = plot_results(results, out)
+    seeds = results["seeds"]
+    one_seed = len(seeds) == 1
+    interval = ("95% Wilson interval over the test videos (one seed)" if one_seed else
+                f"mean ± half-width of the 95% t-interval over seeds {seeds}")  # fmt: skip
+    lines = ["# The storyboard study", "",
+             "Generated by `python -m trainer study` from `results.json`; the design and the "
+             "findings follow the tables.", "",
+             f"Seeds {seeds}; {results['train_videos_per_class']} training and "
+             f"{results['test_videos_per_class']} test videos per seen class, "
+             f"{results['test_videos_per_class']} per unseen class; top-1 of the last "
+             f"checkpoint, {interval}. Chance: seen {results['chance']['seen']:.3f}, unseen "
+             f"{results['chance']['unseen']:.3f}. Study time {results['seconds'] / 60:.0f} min.",
+             ""]  # fmt: skip
+    lines += ["## The world's CLIPs", "",
+              "| world CLIP | frames find their caption: pooled | word tokens | "
+              "linear probe (test / train) | frozen zero-shot seen / unseen |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for o in results["top1"]:
+        acc, probe = results["frame_caption_accuracy"][o], results["linear_probe"][o]
+        zero = results["zero_shot_class_texts"][o]
+        lines.append(f"| {o} | {acc['pooled']:.3f} | {acc['word_tokens']:.3f} | "
+                     f"{probe['test']:.3f} / {probe['train']:.3f} | "
+                     f"{zero['seen']:.3f} / {zero['unseen']:.3f} |")  # fmt: skip
+    lines.append(f"\nChance for a frame's caption: {results['chance']['frame_caption']:.3f}.")
+    for o in results["top1"]:
+        lines += ["", f"## Top-1, world CLIP `{o}`", "", *top1_table(results, o)]
+        order = results["order_only_top1"][o]
+        lines += ["", "Top-1 on the classes of order-only pairs (supervised): "
+                  + ", ".join(f"{m} {_cell(s)}" for m, s in order.items()) + "."]  # fmt: skip
+        for mode, cell in results["temporal"][o].items():
+            lines.append(f"With {results['design']['temporal_layers']} temporal layers, {mode}: "
+                         f"top-1 {_cell(cell['top1'])}, order-only pairs "
+                         f"{_cell(cell['order_only_top1'])}.")  # fmt: skip
+        shares = results["importance_on_action_frames"][o]
+        lines += ["", "Share of frame importance on frames of the video's own actions "
+                  "(supervised, mean over seeds): "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in shares.items()) + "."]  # fmt: skip
+        if len(results["design"]["taus"]) > 1:
+            lines += ["", "| tau | " + " | ".join(IMPORTANCE_MODES) + " |",
+                      "|---|" + "---|" * len(IMPORTANCE_MODES)]  # fmt: skip
+            for tau, cells in results["tau_sweep"][o].items():
+                lines.append(f"| {tau} | " + " | ".join(_cell(cells[m]) for m in IMPORTANCE_MODES)
+                             + " |")  # fmt: skip
+        if results["finetune_top1"][o]:
+            lines += ["", "Fine-tuned backbone, supervised, seed 0: " + ", ".join(
+                f"{m} {v:.3f}" for m, v in results["finetune_top1"][o].items()) + "."]  # fmt: skip
+        kept = results["tpp_kept"][o]
+        lines += ["", "Kinds of candidate set TPP keeps (all 12 classes): " + "; ".join(
+            f"{scaling}: " + ", ".join(f"{kind} {Counter(k.values())[kind]}" for kind in SET_KINDS)
+            for scaling, k in kept.items()) + "."]  # fmt: skip
+        losses = [r["loss_change_last_fifth"] for r in results["training"][o].values()]
+        steps = sorted({r["steps"] for r in results["training"][o].values()})
+        lines += ["", f"Training: {steps} optimiser steps per run; the loss changed by "
+                  f"{min(losses):+.1%} to {max(losses):+.1%} over the last fifth of training."]
+    lines += ["", *(f"![{p.stem}]({p.name})" for p in plots)]
+    if notes is not None and notes.is_file():
+        lines += ["", notes.read_text().rstrip()]
+    path = out / "README.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

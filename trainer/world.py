@@ -317,8 +317,8 @@ def render(segments: list[dict], size: int, rng: np.random.Generator) -> np.ndar
             elif a == 8:  # a box resting on the square
                 box = 4.5 * s
                 frame[(np.abs(xx - x) <= box) & (yy >= top - 2 * box) & (yy <= top)] = _BOX
-            elif a == 9:  # a ball rolls across the scene
-                bx = size / 2 + ball_dir * (p - 0.5) * (size + 12 * s)
+            elif a == 9:  # a ball rolls across the scene, inside it on every frame
+                bx = size / 2 + ball_dir * (p - 0.5) * (size - 12 * s)
                 frame[(xx - bx) ** 2 + (yy - (ground - 4 * s)) ** 2 <= (4 * s) ** 2] = _BALL
             frame += rng.normal(0.0, 4.0, frame.shape).astype(np.float32)
             video[seg["start"] + j] = frame.clip(0, 255).astype(np.uint8)

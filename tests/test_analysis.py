@@ -1,0 +1,57 @@
+"""The study's statistics and references, against hand computations."""
+
+import math
+
+import numpy as np
+import pytest
+
+from trainer import analysis
+
+
+def test_spread_is_mean_sample_std_and_t_interval():
+    s = analysis.spread([0.5, 0.6, 0.7])
+    assert s["mean"] == pytest.approx(0.6) and s["n"] == 3
+    assert s["std"] == pytest.approx(0.1)  # ddof 1
+    assert s["ci95"] == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    one = analysis.spread([0.25])
+    assert one == {"mean": 0.25, "std": None, "ci95": None, "n": 1}
+    many = analysis.spread(np.arange(40) / 40)
+    assert many["ci95"] == pytest.approx(1.96 * many["std"] / math.sqrt(40))
+    with pytest.raises(ValueError):
+        analysis.spread([])
+
+
+def test_wilson_interval_by_hand():
+    # 8 of 10: centre (0.8 + 1.96^2/20) / (1 + 1.96^2/10), the textbook [0.490, 0.943].
+    low, high = analysis.wilson_interval(8, 10)
+    assert (round(low, 3), round(high, 3)) == (0.490, 0.943)
+    assert analysis.wilson_interval(0, 25)[0] == 0.0 and analysis.wilson_interval(25, 25)[1] == 1.0
+    low, high = analysis.wilson_interval(100, 200)
+    assert low < 0.5 < high and high - low == pytest.approx(2 * 1.96 * 0.5 / math.sqrt(200), rel=0.02)
+
+
+def test_linear_probe_separates_what_is_separable_and_not_noise():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (4, 16)) * 3
+    labels = np.repeat(np.arange(4), 30)
+    x = centres[labels] + rng.normal(0, 1, (120, 16))
+    test_labels = np.repeat(np.arange(4), 10)
+    test_x = centres[test_labels] + rng.normal(0, 1, (40, 16))
+    probe = analysis.linear_probe(x, labels, test_x, test_labels)
+    assert probe["train"] == 1.0 and probe["test"] >= 0.95
+    noise = analysis.linear_probe(rng.normal(0, 1, (120, 16)), labels,
+                                  rng.normal(0, 1, (400, 16)), np.repeat(np.arange(4), 100))
+    assert noise["test"] < 0.4  # chance is 0.25
+
+
+def test_zero_shot_logits_are_cosines_of_mean_frames():
+    frames = np.array([[[1.0, 0.0], [0.0, 1.0]], [[2.0, 0.0], [2.0, 0.0]]])
+    text = np.array([[1.0, 1.0], [0.0, 3.0]])
+    logits = analysis.zero_shot_logits(frames, text)
+    np.testing.assert_allclose(logits, [[1.0, 1 / math.sqrt(2)], [1 / math.sqrt(2), 0.0]])
+
+
+def test_importance_share_by_hand():
+    weights = np.array([[0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]])
+    on_action = np.array([[True, False, True], [False, True, True]])
+    np.testing.assert_allclose(analysis.importance_share(weights, on_action), [0.75, 2 / 3])
