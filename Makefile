@@ -14,7 +14,7 @@ CLIP_PRETRAINED ?= openai
 DEMO_CLIP_MODEL      ?= data/clip/TinyCLIP-test.json
 DEMO_CLIP_PRETRAINED ?= none
 
-.PHONY: setup test demo demo-subtexts subtexts score show bench gpu-check lint clean
+.PHONY: setup test demo study demo-subtexts subtexts score show bench gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m trainer demo --out artifacts/demo
+
+# The full study (about an hour on 2 cores; resumable): docs/study/results.json and README.md.
+study: $(STAMP)
+	$(BIN)/python -m trainer study --work artifacts/study --out docs/study
 
 demo-subtexts: $(STAMP)
 	$(BIN)/python -m subtext_gen generate --llm file --classes data/demo/classes.csv \
