@@ -55,3 +55,19 @@ def test_importance_share_by_hand():
     weights = np.array([[0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]])
     on_action = np.array([[True, False, True], [False, True, True]])
     np.testing.assert_allclose(analysis.importance_share(weights, on_action), [0.75, 2 / 3])
+
+
+def test_text_anchored_probe_starts_at_zero_shot_and_learns_a_map():
+    """With W = I it is the frozen zero-shot; fit, it classifies features that the class
+    texts alone do not (the texts point elsewhere than the class centres)."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 1, (3, 8)) * 3
+    labels = np.repeat(np.arange(3), 40)
+    x = centres[labels] + rng.normal(0, 0.5, (120, 8))
+    test_labels = np.repeat(np.arange(3), 10)
+    test_x = centres[test_labels] + rng.normal(0, 0.5, (30, 8))
+    texts = centres[[1, 2, 0]]  # each class text sits on another class's centre
+    result = analysis.text_anchored_probe(x, labels, test_x, test_labels, texts, math.log(10))
+    zero = (analysis.zero_shot_logits(test_x[:, None], texts).argmax(1) == test_labels).mean()
+    assert result["zero_shot_test"] == pytest.approx(zero) and zero < 0.2
+    assert result["train"] == 1.0 and result["test"] >= 0.95

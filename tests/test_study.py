@@ -18,7 +18,8 @@ from .conftest import REPO
 TINY = StudyDesign(seeds=(0, 1), videos_per_class_train=2, videos_per_class_test=1,
                    objectives=("pooled",), clip_epochs=1, clip_frame_stride=6, views=1,
                    epochs=1, batch_size=8, taus=(0.01, 1.0), temporal_modes=("mean",),
-                   finetune_objective="pooled", finetune_epochs=1, workers=0)  # fmt: skip
+                   finetune_objective="pooled", finetune_epochs=1, workers=0,
+                   posthoc_epochs=2)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,8 @@ def test_every_run_of_the_design_is_trained_and_named_once():
     specs = list(run_specs(TINY, "pooled"))
     names = [s.name for s in specs]
     assert len(names) == len(set(names))
-    assert len(specs) == 5 * 2 * 2 + 4 * 1 * 2 + 1 * 2 + 5
+    assert len(specs) == 5 * 2 * 2 + 4 * 1 * 2 + 1 * 2 + 5 + 5 * 2
+    assert sum(s.epochs == 2 for s in specs) == 5 * 2
     assert sum(s.finetune for s in specs) == len(AGGREGATIONS)
     assert list(run_specs(TINY, "pooled+tokens"))[-1].finetune is False  # fine-tune: one CLIP
 
@@ -47,7 +49,8 @@ def test_results_hold_the_keys_and_spreads_of_the_runs(study):
         assert set(cells) == {"2shot", "supervised", "zero-shot"}
         for setting in ("2shot", "supervised"):
             values = [r["top1"] for r in runs if r["mode"] == mode and r["setting"] == setting
-                      and r["tau"] == 0.01 and r["temporal_layers"] == 0 and not r["finetune"]]
+                      and r["tau"] == 0.01 and r["temporal_layers"] == 0 and not r["finetune"]
+                      and r["epochs"] is None]
             assert len(values) == 2
             assert cells[setting] == analysis.spread(values)  # fmt: skip
     shares = results["importance_on_action_frames"]["pooled"]
@@ -55,6 +58,12 @@ def test_results_hold_the_keys_and_spreads_of_the_runs(study):
     assert all(0 <= v <= 1 for v in shares.values())
     assert set(results["tau_sweep"]["pooled"]) == {"0.01", "1"}
     assert set(results["finetune_top1"]["pooled"]) == set(AGGREGATIONS)
+    longer = results["posthoc_longer_training"]["pooled"]
+    assert set(longer) == set(AGGREGATIONS) and longer["mean"]["top1"]["n"] == 2
+    assert len(results["class_text_nearest_cosine"]["pooled"]) == 8
+    anchored = results["text_anchored_probe"]["pooled"]
+    assert anchored["zero_shot_test"] == pytest.approx(
+        results["zero_shot_class_texts"]["pooled"]["seen"])  # W = I is the frozen zero-shot
     kept = results["tpp_kept"]["pooled"]
     assert set(kept) == {"complement", "identity"} and len(kept["identity"]) == 12
 

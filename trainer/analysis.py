@@ -5,6 +5,10 @@
 * `wilson_interval`: a 95% interval for one accuracy from its hits and trials (one seed).
 * `linear_probe`: what a bag of frames can reach: multinomial logistic regression on
   standardised, mean-pooled frame features.
+* `text_anchored_probe`: the same fit, but scored as Eq. 12 scores a video, against the
+  frozen class texts: a learned linear map of the mean-pooled frames, then the cosine with
+  t_c times a learned scale. The gap between the two probes is what anchoring the
+  classifier to the class texts costs, whatever the head.
 * `zero_shot_logits`: the frozen CLIP's own zero-shot scores, mean-pooled frames against
   the class texts (no training at all).
 * `importance_share`: how much of a frame weighting lands on frames that show one of the
@@ -86,6 +90,46 @@ def linear_probe(
         train_acc = ((x @ weight + bias).argmax(1) == y).double().mean().item()
         test_pred = (test @ weight + bias).argmax(1).numpy()
     return {"train": float(train_acc), "test": float((test_pred == np.asarray(test_y)).mean())}
+
+
+def text_anchored_probe(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+    class_emb: np.ndarray, log_scale: float, weight_decay: float = 1e-3, steps: int = 200,
+) -> dict:  # fmt: skip
+    """Top-1 of `y[c] = exp(s) * cos(t_c, W x + b)` fit with cross entropy (L-BFGS, full
+    batch), W starting at the identity, s at `log_scale`, plus `weight_decay` *
+    ||W - I||^2; x are mean-pooled frame features in the joint space (not standardised, so
+    W = I is the frozen CLIP's zero-shot). -> {"train", "test", "zero_shot_test"}."""
+    x = torch.as_tensor(np.asarray(train_x), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
+    text = F.normalize(torch.as_tensor(np.asarray(class_emb), dtype=torch.float64), dim=-1)
+    dim = x.shape[1]
+    eye = torch.eye(dim, dtype=torch.float64)
+    weight = eye.clone().requires_grad_(True)
+    bias = torch.zeros(dim, dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor(float(log_scale), dtype=torch.float64, requires_grad=True)
+
+    def logits(features: torch.Tensor) -> torch.Tensor:
+        return scale.exp() * F.normalize(features @ weight.t() + bias, dim=-1) @ text.t()
+
+    test = torch.as_tensor(np.asarray(test_x), dtype=torch.float64)
+    with torch.no_grad():
+        zero = (logits(test).argmax(1).numpy() == np.asarray(test_y)).mean()
+    optimizer = torch.optim.LBFGS([weight, bias, scale], max_iter=steps,
+                                  line_search_fn="strong_wolfe")  # fmt: skip
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits(x), y) + weight_decay * (weight - eye).pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        train_acc = (logits(x).argmax(1) == y).double().mean().item()
+        test_pred = logits(test).argmax(1).numpy()
+    return {"train": float(train_acc), "test": float((test_pred == np.asarray(test_y)).mean()),
+            "zero_shot_test": float(zero)}  # fmt: skip
 
 
 def zero_shot_logits(frames: np.ndarray, class_emb: np.ndarray) -> np.ndarray:

@@ -49,6 +49,7 @@ from . import analysis
 from .config import AGGREGATIONS, RunConfig
 from .engine import cache_features, load_run, train
 from .features import TEST, TRAIN, read_split
+from .model.video_clip import clip_log_logit_scale
 from .pretrain import OBJECTIVES, frame_accuracies, log_path, pretrain_clip
 from .world import CANDIDATES_PATH, WorldInfo, write_world
 
@@ -82,6 +83,9 @@ class StudyDesign:
     finetune_objective: str | None = "pooled+tokens"
     finetune_epochs: int = 6
     workers: int = 2
+    # Added after the first results were seen (docs/study/README.md lists why): the main
+    # supervised grid again with this many epochs, to tell a short budget from a ceiling.
+    posthoc_epochs: int | None = 90
 
     @property
     def default_tau(self) -> float:
@@ -89,7 +93,7 @@ class StudyDesign:
 
 
 DEMO_DESIGN = StudyDesign(seeds=(0,), taus=(0.01,), temporal_modes=(),
-                          finetune_objective=None)  # fmt: skip
+                          finetune_objective=None, posthoc_epochs=None)  # fmt: skip
 
 
 # ---------------------------------------------------------------- one run
@@ -104,11 +108,14 @@ class RunSpec:
     tau: float
     temporal_layers: int = 0
     finetune: bool = False
+    epochs: int | None = None  # None: the design's
 
     @property
     def name(self) -> str:
         parts = [self.setting, self.mode.replace("+", "_"), f"tau{self.tau:g}",
                  f"T{self.temporal_layers}", f"seed{self.seed}"]  # fmt: skip
+        if self.epochs is not None:
+            parts.append(f"E{self.epochs}")
         return ("finetune-" if self.finetune else "") + "-".join(parts)
 
 
@@ -130,7 +137,7 @@ def run_config(design: StudyDesign, world: WorldInfo, assets: ClipAssets, spec: 
     return RunConfig(
         dataset="list", root=world.seen_root, subtexts=assets.seen_subtexts,
         clip_model=WORLD_CLIP, clip_pretrained=str(assets.checkpoint), frames=design.frames,
-        epochs=design.finetune_epochs if spec.finetune else design.epochs,
+        epochs=spec.epochs or (design.finetune_epochs if spec.finetune else design.epochs),
         batch_size=design.batch_size, lr=design.lr, warmup_epochs=design.warmup_epochs,
         aggregation=spec.mode, shots=2 if spec.setting == "2shot" else None, seed=spec.seed,
         tau_coarse=spec.tau, tau_fine=spec.tau, temporal_layers=spec.temporal_layers,
@@ -302,14 +309,24 @@ def references(assets: ClipAssets, world: WorldInfo, seen: CachedSplit,
     train = read_split(assets.seen_cache, TRAIN)
     train_x = np.asarray(train.features, dtype=np.float64).mean(axis=1)
     train_y = np.asarray([row[0] for row in train.labels])
-    probe = analysis.linear_probe(train_x, train_y, seen.features.mean(1).numpy(), seen.labels)
+    test_x = seen.features.mean(1).numpy()
+    probe = analysis.linear_probe(train_x, train_y, test_x, seen.labels)
+    class_emb = read_subtexts(assets.seen_subtexts).global_emb
+    log_scale = clip_log_logit_scale(load_clip(WORLD_CLIP, str(assets.checkpoint), "cpu").model)
+    anchored = analysis.text_anchored_probe(train_x, train_y, test_x, seen.labels, class_emb,
+                                            log_scale)  # fmt: skip
+    unit = class_emb / np.linalg.norm(class_emb, axis=1, keepdims=True)
+    cosines = unit @ unit.T
+    np.fill_diagonal(cosines, -np.inf)
     zero = {}
     for name, split, subtexts in (("seen", seen, assets.seen_subtexts),
                                   ("unseen", unseen, assets.unseen_subtexts)):  # fmt: skip
         logits = analysis.zero_shot_logits(split.features.numpy(),
                                            read_subtexts(subtexts).global_emb)  # fmt: skip
         zero[name] = float((logits.argmax(1) == split.labels).mean())
-    return {"linear_probe": probe, "zero_shot_class_texts": zero}
+    return {"linear_probe": probe, "text_anchored_probe": anchored,
+            "class_text_nearest_cosine": [float(c) for c in cosines.max(axis=1)],
+            "zero_shot_class_texts": zero}  # fmt: skip
 
 
 # ---------------------------------------------------------------- the study
@@ -332,6 +349,11 @@ def run_specs(design: StudyDesign, objective: str) -> Iterator[RunSpec]:
     if design.finetune_objective == objective:
         for mode in AGGREGATIONS:
             yield RunSpec(objective, "supervised", mode, design.seeds[0], tau, finetune=True)
+    if design.posthoc_epochs is not None:
+        for mode in AGGREGATIONS:
+            for seed in design.seeds:
+                yield RunSpec(objective, "supervised", mode, seed, tau,
+                              epochs=design.posthoc_epochs)  # fmt: skip
 
 
 def run_study(design: StudyDesign, work: Path, console: Console | None = None) -> dict:
@@ -385,8 +407,9 @@ def collect(design: StudyDesign, world: WorldInfo, clips: dict, runs: list[dict]
             seconds: float) -> dict:  # fmt: skip
     """The study's results: per world CLIP, every figure with its spread over seeds."""
     tau = design.default_tau
-    main = {"tau": tau, "temporal_layers": 0, "finetune": False}
-    top1, order_only, importance, tau_sweep, temporal, finetune, plateau = ({} for _ in range(7))
+    main = {"tau": tau, "temporal_layers": 0, "finetune": False, "epochs": None}
+    top1, order_only, importance, tau_sweep, temporal, finetune, plateau, posthoc = (
+        {} for _ in range(8))
     for objective in design.objectives:
 
         def spread(key: str, objective: str = objective, **fields) -> dict:
@@ -413,19 +436,28 @@ def collect(design: StudyDesign, world: WorldInfo, clips: dict, runs: list[dict]
         importance[objective] = shares
         tau_sweep[objective] = {
             f"{t:g}": {mode: spread("top1", mode=mode, setting="supervised", tau=t,
-                                    temporal_layers=0, finetune=False)
+                                    temporal_layers=0, finetune=False, epochs=None)
                        for mode in IMPORTANCE_MODES}
             for t in design.taus
         }  # fmt: skip
         temporal[objective] = {
             mode: {"top1": spread("top1", mode=mode, setting="supervised", tau=tau,
-                                  temporal_layers=design.temporal_layers, finetune=False),
+                                  temporal_layers=design.temporal_layers, finetune=False,
+                                  epochs=None),
                    "order_only_top1": spread("order_only_top1", mode=mode,
                                              setting="supervised", tau=tau,
                                              temporal_layers=design.temporal_layers,
-                                             finetune=False)}
+                                             finetune=False, epochs=None)}
             for mode in design.temporal_modes
         }  # fmt: skip
+        if design.posthoc_epochs is not None:
+            longer = {**main, "epochs": design.posthoc_epochs}
+            posthoc[objective] = {
+                mode: {"top1": spread("top1", mode=mode, setting="supervised", **longer),
+                       "final_loss": spread("final_loss", mode=mode, setting="supervised",
+                                            **longer)}
+                for mode in AGGREGATIONS
+            }  # fmt: skip
         finetune[objective] = {
             r["mode"]: r["engine_top1"] for r in _select(runs, objective=objective, finetune=True)
         }
@@ -454,6 +486,8 @@ def collect(design: StudyDesign, world: WorldInfo, clips: dict, runs: list[dict]
         "frame_caption_accuracy": {o: clips[o]["frame_caption_accuracy"] for o in clips},
         "pretrain": {o: clips[o]["pretrain"] for o in clips},
         "linear_probe": {o: clips[o]["linear_probe"] for o in clips},
+        "text_anchored_probe": {o: clips[o]["text_anchored_probe"] for o in clips},
+        "class_text_nearest_cosine": {o: clips[o]["class_text_nearest_cosine"] for o in clips},
         "zero_shot_class_texts": {o: clips[o]["zero_shot_class_texts"] for o in clips},
         "tpp_kept": {o: clips[o]["tpp_kept"] for o in clips},
         "top1": top1,
@@ -463,6 +497,7 @@ def collect(design: StudyDesign, world: WorldInfo, clips: dict, runs: list[dict]
         "temporal": temporal,
         "finetune_top1": finetune,
         "training": plateau,
+        "posthoc_longer_training": posthoc,
         "seconds": round(seconds, 1),
         "runs": [{k: v for k, v in r.items() if k != "losses"} for r in runs],
     }
@@ -570,14 +605,18 @@ def write_report(results: dict, out: Path, notes: Path | None = None) -> Path:
              ""]  # fmt: skip
     lines += ["## The world's CLIPs", "",
               "| world CLIP | frames find their caption: pooled | word tokens | "
-              "linear probe (test / train) | frozen zero-shot seen / unseen |",
-              "|---|---|---|---|---|"]  # fmt: skip
+              "linear probe (test / train) | text-anchored probe (test / train) | "
+              "frozen zero-shot seen / unseen | nearest other class text (mean cos) |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for o in results["top1"]:
         acc, probe = results["frame_caption_accuracy"][o], results["linear_probe"][o]
+        anchored = results["text_anchored_probe"][o]
         zero = results["zero_shot_class_texts"][o]
+        nearest = float(np.mean(results["class_text_nearest_cosine"][o]))
         lines.append(f"| {o} | {acc['pooled']:.3f} | {acc['word_tokens']:.3f} | "
                      f"{probe['test']:.3f} / {probe['train']:.3f} | "
-                     f"{zero['seen']:.3f} / {zero['unseen']:.3f} |")  # fmt: skip
+                     f"{anchored['test']:.3f} / {anchored['train']:.3f} | "
+                     f"{zero['seen']:.3f} / {zero['unseen']:.3f} | {nearest:.2f} |")  # fmt: skip
     lines.append(f"\nChance for a frame's caption: {results['chance']['frame_caption']:.3f}.")
     for o in results["top1"]:
         lines += ["", f"## Top-1, world CLIP `{o}`", "", *top1_table(results, o)]
@@ -601,6 +640,13 @@ def write_report(results: dict, out: Path, notes: Path | None = None) -> Path:
         if results["finetune_top1"][o]:
             lines += ["", "Fine-tuned backbone, supervised, seed 0: " + ", ".join(
                 f"{m} {v:.3f}" for m, v in results["finetune_top1"][o].items()) + "."]  # fmt: skip
+        longer = results["posthoc_longer_training"].get(o)
+        if longer:
+            epochs = results["design"]["posthoc_epochs"]
+            lines += ["", f"Post hoc (added after the first results): supervised, {epochs} "
+                      f"epochs instead of {results['design']['epochs']}: " + ", ".join(
+                          f"{m} {_cell(c['top1'])} (loss {c['final_loss']['mean']:.2f})"
+                          for m, c in longer.items()) + "."]  # fmt: skip
         kept = results["tpp_kept"][o]
         lines += ["", "Kinds of candidate set TPP keeps (all 12 classes): " + "; ".join(
             f"{scaling}: " + ", ".join(f"{kind} {Counter(k.values())[kind]}" for kind in SET_KINDS)
