@@ -15,7 +15,6 @@ from trainer import world as W
 from trainer.data.layouts import load_split
 from trainer.data.video import open_video, read_frames
 
-
 SMALL = dict(videos_per_class_train=2, videos_per_class_test=2, unseen_videos_per_class_train=1)
 
 

@@ -303,13 +303,18 @@ def study(
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds of the runs."),
     notes: Path = typer.Option(Path("docs/study/notes.md"), help="Hand-written design "
                                "changes and findings, appended to README.md."),  # fmt: skip
+    report_only: bool = typer.Option(False, "--report-only", help="Rewrite README.md and "
+                                     "the plots from OUT/results.json; train nothing."),
 ) -> None:
     """Every aggregation mode on the storyboard world over seeds, with references (`make
     study`); rerun to resume."""
     from dataclasses import replace
 
-    from .study import StudyDesign, run_study, write_report
+    from .study import StudyDesign, read_results, run_study, write_report
 
+    if report_only:
+        console.print(f"report: {write_report(read_results(out), out, notes)}")
+        return
     try:
         chosen = tuple(int(s) for s in seeds.split(",") if s.strip())
     except ValueError:

@@ -41,6 +41,7 @@ from rich.console import Console
 from subtext_gen.artifacts import atomic_write_text, read_subtexts
 from subtext_gen.classes import load_classes
 from subtext_gen.clip_text import load_clip
+from subtext_gen.errors import UserError
 from subtext_gen.generate import generate
 from subtext_gen.llm.files import FileBackend
 from subtext_gen.score import class_reports, score
@@ -50,10 +51,17 @@ from .config import AGGREGATIONS, RunConfig
 from .engine import cache_features, load_run, train
 from .features import TEST, TRAIN, read_split
 from .model.video_clip import clip_log_logit_scale
-from .pretrain import OBJECTIVES, frame_accuracies, log_path, pretrain_clip
+from .pretrain import (
+    DEFAULT_CLIP_MODEL,
+    OBJECTIVES,
+    frame_accuracies,
+    log_path,
+    pretrain_clip,
+    resolve_clip_config,
+)
 from .world import CANDIDATES_PATH, WorldInfo, write_world
 
-WORLD_CLIP = "data/clip/StoryboardWorld-CLIP.json"
+WORLD_CLIP = resolve_clip_config(DEFAULT_CLIP_MODEL)  # found from any working directory
 SET_KINDS = ("faithful", "unrelated", "near-duplicate")  # the order of the shipped sets
 SETTINGS = ("2shot", "supervised")
 IMPORTANCE_MODES = ("global", "coarse", "fine", "coarse+fine")
@@ -584,6 +592,13 @@ def plot_results(results: dict, out: Path) -> list[Path]:
     return written
 
 
+def read_results(out: Path) -> dict:
+    path = Path(out) / "results.json"
+    if not path.is_file():
+        raise UserError(f"no {path}: run `python -m trainer study --out {out}` first.")
+    return json.loads(path.read_text())
+
+
 def write_report(results: dict, out: Path, notes: Path | None = None) -> Path:
     """`results.json`, the plots and `README.md` (tables generated from the results, then
     the hand-written `notes` file verbatim: design changes and findings)."""
@@ -601,7 +616,8 @@ def write_report(results: dict, out: Path, notes: Path | None = None) -> Path:
              f"{results['test_videos_per_class']} test videos per seen class, "
              f"{results['test_videos_per_class']} per unseen class; top-1 of the last "
              f"checkpoint, {interval}. Chance: seen {results['chance']['seen']:.3f}, unseen "
-             f"{results['chance']['unseen']:.3f}. Study time {results['seconds'] / 60:.0f} min.",
+             f"{results['chance']['unseen']:.3f}. The invocation that wrote these results took "
+             f"{results['seconds'] / 60:.0f} min (a rerun skips the runs already done).",
              ""]  # fmt: skip
     lines += ["## The world's CLIPs", "",
               "| world CLIP | frames find their caption: pooled | word tokens | "
