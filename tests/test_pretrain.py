@@ -142,12 +142,13 @@ def test_pretrain_clip_command_trains_once_and_keeps_the_checkpoint(world, tmp_p
     out = tmp_path / "clip.pt"
     args = [sys.executable, "-m", "trainer", "pretrain-clip", "--world", str(root), "--out",
             str(out), "--clip-model", CONFIG, "--epochs", "1", "--batch-size", "32",
-            "--device", "cpu"]  # fmt: skip
+            "--device", "cpu", "--objective", "pooled+tokens"]  # fmt: skip
     first = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     assert f"checkpoint:{out}" in "".join(first.stdout.split())  # rich may wrap the path
     record = json.loads(log_path(out).read_text())
     assert record["epochs"] == 1 and record["steps"] == 2  # 48 frames in batches of 32
+    assert record["objective"] == "pooled+tokens"
     assert load_clip(CONFIG, str(out), "cpu").model is not None
     before = out.stat().st_mtime_ns
     again = subprocess.run(args, cwd=REPO, capture_output=True, text=True)

@@ -268,6 +268,8 @@ def pretrain_clip_command(
     seed: int = typer.Option(0, help="Seed of the world (when written) and of training."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
     force: bool = typer.Option(False, help="Retrain even if the checkpoint exists."),
+    objective: str = typer.Option("pooled", help="pooled (CLIP's own loss) or pooled+tokens "
+                                  "(also Eq. 10's word-token scores)."),  # fmt: skip
 ) -> None:
     """Train a small CLIP on a world's frames and atomic-action captions (loads back with
     --clip-model CONFIG --clip-pretrained CHECKPOINT)."""
@@ -279,7 +281,7 @@ def pretrain_clip_command(
     kept = out.is_file() and not force
     path = pretrain_clip(world / "seen", world, out, clip_model, epochs=epochs,
                          batch_size=batch_size, seed=seed, device=device,
-                         force=force)  # fmt: skip
+                         force=force, objective=objective)  # fmt: skip
     note = " (already there: kept; --force retrains)" if kept else f", log {log_path(path)}"
     console.print(f"checkpoint: {path}{note}")
 

@@ -49,8 +49,8 @@ def spread(values: Sequence[float]) -> dict:
 def wilson_interval(hits: int, trials: int, z: float = 1.96) -> tuple[float, float]:
     """The 95% Wilson score interval of a proportion hits / trials (one run's accuracy:
     the spread that its test set alone allows)."""
-    if trials <= 0:
-        raise ValueError("a proportion needs at least one trial")
+    if trials <= 0 or not 0 <= hits <= trials:
+        raise ValueError(f"a proportion needs 0 <= hits <= trials, trials >= 1 ({hits}/{trials})")
     p = hits / trials
     denominator = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denominator
