@@ -11,7 +11,7 @@ CLIP_MODEL      ?= ViT-B-16
 CLIP_PRETRAINED ?= openai
 # `make demo-subtexts` scores HMDB-51 candidate sets with a CLIP you name, e.g.
 # DEMO_CLIP_MODEL=ViT-B-16 DEMO_CLIP_PRETRAINED=openai (weights in the Hugging Face cache).
-DEMO_CLIP_MODEL      ?= data/clip/TinyCLIP-test.json
+DEMO_CLIP_MODEL      ?= subtext_gen/data/clip/TinyCLIP-test.json
 DEMO_CLIP_PRETRAINED ?= none
 
 .PHONY: setup test demo study demo-subtexts subtexts score show bench gpu-check lint clean
@@ -35,8 +35,8 @@ study: $(STAMP)
 	$(BIN)/python -m trainer study --work artifacts/study --out docs/study
 
 demo-subtexts: $(STAMP)
-	$(BIN)/python -m subtext_gen generate --llm file --classes data/demo/classes.csv \
-		--input data/demo/candidates.json --out artifacts/demo-subtexts
+	$(BIN)/python -m subtext_gen generate --llm file --classes subtext_gen/data/demo/classes.csv \
+		--input subtext_gen/data/demo/candidates.json --out artifacts/demo-subtexts
 	$(BIN)/python -m subtext_gen score --tpp --artifacts artifacts/demo-subtexts \
 		--clip-model $(DEMO_CLIP_MODEL) --clip-pretrained $(DEMO_CLIP_PRETRAINED)
 	$(BIN)/python -m subtext_gen show --artifacts artifacts/demo-subtexts

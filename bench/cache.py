@@ -10,12 +10,13 @@ from pathlib import Path
 import torch
 
 from subtext_gen.clip_text import load_clip
+from subtext_gen.resources import data_path
 from tests.list_dataset import write_list_dataset
 from trainer.config import RunConfig
 from trainer.engine import cache_features, train
 
 # The smallest CLIP the project trains with (`make demo`): 64 px, 3 layers, width 128.
-WORLD_CLIP = Path(__file__).resolve().parents[1] / "data" / "clip" / "StoryboardWorld-CLIP.json"
+WORLD_CLIP = data_path("clip", "StoryboardWorld-CLIP.json")
 CLASSES = ["red rise", "green rise", "blue rise", "grey rise"]
 TINTS = [(1.0, 0.2, 0.2), (0.2, 1.0, 0.2), (0.2, 0.2, 1.0), (1.0, 1.0, 1.0)]
 

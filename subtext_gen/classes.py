@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .resources import data_path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO_ROOT / "data"
+DATA_DIR = data_path()
 
 _CHARADES_LINE = re.compile(r"^c\d{3}\s+(.+)$")
 _INDEXED_LINE = re.compile(r"^\d+\s+(\S.*)$")  # UCF's classInd.txt: "1 ApplyEyeMakeup"

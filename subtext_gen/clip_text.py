@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .resources import resolve_shipped
 
 NO_WEIGHTS = ("none", "")
 
@@ -78,7 +79,7 @@ def _register_config(clip_model: str) -> str:
 
     if not clip_model.endswith(".json"):
         return clip_model
-    path = Path(clip_model)
+    path = Path(resolve_shipped(clip_model))
     if not path.is_file():
         raise UserError(f"--clip-model config file not found: {path}.")
     open_clip.add_model_config(path)

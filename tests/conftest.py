@@ -3,12 +3,14 @@ from pathlib import Path
 
 import pytest
 
+from subtext_gen.resources import data_path
+
 # No hub, no network: libraries must not try (and wait for) downloads.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_CLIP_CONFIG = REPO / "data" / "clip" / "TinyCLIP-test.json"
+TINY_CLIP_CONFIG = data_path("clip", "TinyCLIP-test.json")
 CLASSES = ["red rise", "green rise", "blue rise"]
 TINTS = [(1.0, 0.2, 0.2), (0.2, 1.0, 0.2), (0.2, 0.2, 1.0)]
 

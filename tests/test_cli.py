@@ -22,8 +22,9 @@ def cli(*args, env=None):
 
 def test_generate_score_show_with_the_file_backend(tmp_path):
     out = tmp_path / "demo"
-    generate = ("generate", "--llm", "file", "--classes", "data/demo/classes.csv", "--input")
-    generate += ("data/demo/candidates.json", "--out", str(out), "--no-progress")
+    demo = "subtext_gen/data/demo"
+    generate = ("generate", "--llm", "file", "--classes", f"{demo}/classes.csv", "--input")
+    generate += (f"{demo}/candidates.json", "--out", str(out), "--no-progress")
     done = cli(*generate)
     assert done.returncode == 0, done.stderr
     assert "18 ok, 0 failed, 0 already done" in done.stdout

@@ -15,6 +15,7 @@ import torch
 
 from subtext_gen.clip_text import encode_texts, load_clip
 from subtext_gen.errors import UserError
+from subtext_gen.resources import data_path
 from trainer.data.transforms import normalise_clips
 from trainer.pretrain import (
     caption_loss,
@@ -28,7 +29,7 @@ from trainer.pretrain import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = str(REPO / "data" / "clip" / "StoryboardWorld-CLIP.json")
+CONFIG = str(data_path("clip", "StoryboardWorld-CLIP.json"))
 COLOURS = {0: (220, 30, 30), 1: (30, 200, 30), 2: (30, 30, 220)}
 CAPTIONS = {
     "0": "the square turns red",

@@ -49,14 +49,14 @@ from subtext_gen.clip_text import (
     token_states,
 )
 from subtext_gen.errors import UserError
+from subtext_gen.resources import data_path
 
 from .data.transforms import normalise_clips
 from .data.video import open_video, read_frames
 from .engine import atomic_save, progress_bar
 from .model.aggregation import subtext_frame_similarity
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CLIP_MODEL = "data/clip/StoryboardWorld-CLIP.json"
+DEFAULT_CLIP_MODEL = str(data_path("clip", "StoryboardWorld-CLIP.json"))
 MAX_TEXT_PER_STEP = 256  # more captions than this: each step encodes only the batch's own
 OBJECTIVES = ("pooled", "pooled+tokens")
 
@@ -78,15 +78,6 @@ class FramePairs:
 
     def __len__(self) -> int:
         return int(self.caption_ids.numel())
-
-
-def resolve_clip_config(clip_model: str) -> str:
-    """A relative config path that is not under the working directory is taken from the repo."""
-    if clip_model.endswith(".json") and not Path(clip_model).is_file():
-        in_repo = REPO / clip_model
-        if in_repo.is_file():
-            return str(in_repo)
-    return clip_model
 
 
 def load_atomic_captions(world_root: Path) -> list[str]:
@@ -292,7 +283,6 @@ def pretrain_clip(
     out = Path(out)
     if out.is_file() and not force:
         return out
-    clip_model = resolve_clip_config(clip_model)
     torch.manual_seed(seed)
     torch_device = resolve_device(device)
     clip = load_clip(clip_model, "none", str(torch_device))
@@ -431,7 +421,7 @@ def frame_accuracies(
 ) -> dict[str, float]:
     """`evaluate_frame_accuracy` for several caption features at once: the CLIP is loaded,
     the videos decoded and the frames encoded once. -> {features: accuracy}."""
-    clip = load_clip(resolve_clip_config(clip_model), str(checkpoint), device)
+    clip = load_clip(clip_model, str(checkpoint), device)
     pairs = load_frame_pairs(
         world_dataset, world_root, clip.image_size, split, frame_stride, frame_offset
     )

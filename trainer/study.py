@@ -57,11 +57,10 @@ from .pretrain import (
     frame_accuracies,
     log_path,
     pretrain_clip,
-    resolve_clip_config,
 )
 from .world import CANDIDATES_PATH, WorldInfo, write_world
 
-WORLD_CLIP = resolve_clip_config(DEFAULT_CLIP_MODEL)  # found from any working directory
+WORLD_CLIP = DEFAULT_CLIP_MODEL
 SET_KINDS = ("faithful", "unrelated", "near-duplicate")  # the order of the shipped sets
 SETTINGS = ("2shot", "supervised")
 IMPORTANCE_MODES = ("global", "coarse", "fine", "coarse+fine")

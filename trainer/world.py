@@ -46,10 +46,11 @@ from pathlib import Path
 import numpy as np
 
 from subtext_gen.artifacts import atomic_write_text
+from subtext_gen.resources import data_path
 
 FORMAT_VERSION = 3
 FPS = 8
-CANDIDATES_PATH = Path(__file__).resolve().parent.parent / "data" / "world" / "candidates.json"
+CANDIDATES_PATH = data_path("world", "candidates.json")
 SUBTEXTS_PER_SET = 4
 
 
