@@ -1,6 +1,6 @@
 """Parquet artifacts shared by both stages: schemas, metadata, atomic writes, reading back.
 
-This is the only module that knows the on-disk format (see DESIGN.md, "Artifacts").
+This is the only module that knows the on-disk format (see docs/design.md, "Artifacts").
 `subtext_gen` writes `candidates.parquet`, `tpp.parquet` and `subtexts.parquet`;
 `trainer` reads `subtexts.parquet` through `read_subtexts`.
 """

@@ -1,4 +1,4 @@
-"""Artifacts: schemas and metadata as DESIGN.md says, read back with pandas and pyarrow."""
+"""Artifacts: schemas and metadata as docs/design.md says, read back with pandas and pyarrow."""
 
 import json
 import math
