@@ -52,7 +52,12 @@ def generate(
     timeout: float = typer.Option(60.0, help="Seconds before a request times out (openai)."),
     temperature: float = typer.Option(0.7, min=0.0, help="Sampling temperature."),
     batch_size: int = typer.Option(8, min=1, help="Prompts per generate() call (llava)."),
-    input: Path = typer.Option(None, help="Description sets to import (file backend)."),
+    input: list[Path] = typer.Option(
+        None,
+        metavar="FILE",
+        help="Description sets to import (file backend): JSON or CSV; repeat it for several "
+        "sources, each its own candidates for TPP to choose among.",
+    ),
     out: Path = typer.Option(None, help="Artifact folder (default artifacts/<dataset>)."),
     strict: bool = typer.Option(False, help="Fail replies with more than N items."),
     seed: int = typer.Option(0, help="Sampling seed (llava)."),
@@ -60,6 +65,7 @@ def generate(
 ) -> None:
     """Ask an LLM for N atomic actions per class; resumable, one row per reply."""
     from .classes import load_classes
+    from .generate import GenerateSummary
     from .generate import generate as run
     from .prompts import select_prompts
 
@@ -68,35 +74,54 @@ def generate(
     if llm is LLM.openai:
         from .llm.openai_chat import DEFAULT_MODEL, OpenAIBackend
 
-        backend = OpenAIBackend(
-            model or DEFAULT_MODEL,
-            base_url=base_url,
-            concurrency=concurrency,
-            max_retries=max_retries,
-            timeout=timeout,
-            temperature=temperature,
-        )
+        backends = [
+            OpenAIBackend(
+                model or DEFAULT_MODEL,
+                base_url=base_url,
+                concurrency=concurrency,
+                max_retries=max_retries,
+                timeout=timeout,
+                temperature=temperature,
+            )
+        ]
     elif llm is LLM.llava:
         from .llm.llava import LlavaBackend
 
         kwargs = {"model": model} if model else {}
-        backend = LlavaBackend(**kwargs, batch_size=batch_size, temperature=temperature, seed=seed)
+        backends = [
+            LlavaBackend(**kwargs, batch_size=batch_size, temperature=temperature, seed=seed)
+        ]
     else:
-        from .llm.files import FileBackend
+        from .llm.files import file_backends
 
-        if input is None:
+        if not input:
             raise UserError("--llm file needs --input FILE (JSON or CSV description sets).")
-        backend = FileBackend(input)
-    summary = run(
-        class_list,
-        backend,
-        out or ARTIFACTS_ROOT / class_list.name,
-        n_subtexts=n_subtexts,
-        prompts=chosen,
-        samples=samples,
-        strict=strict,
-        show_progress=progress,
-    )
+        backends = file_backends(input)  # one source per file, each with its own `llm`
+        for backend in backends:  # every file checked against the classes before any write
+            backend.plan(class_list, n_subtexts)
+    summaries = [
+        run(
+            class_list,
+            backend,
+            out or ARTIFACTS_ROOT / class_list.name,
+            n_subtexts=n_subtexts,
+            prompts=chosen,
+            samples=samples,
+            strict=strict,
+            show_progress=progress,
+        )
+        for backend in backends
+    ]
+    summary = summaries[0]
+    if len(summaries) > 1:
+        summary = GenerateSummary(
+            requested=sum(s.requested for s in summaries),
+            ok=sum(s.ok for s in summaries),
+            failed=sum(s.failed for s in summaries),
+            skipped=sum(s.skipped for s in summaries),
+            path=summary.path,
+            errors=tuple(dict.fromkeys(e for s in summaries for e in s.errors))[:5],
+        )
     console.print(
         f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already done -> "
         f"{summary.path}"

@@ -3,8 +3,9 @@
 Accepted shapes: numbered lists (`1.`, `1)`, `(1)`, `Step 1:`, `Shot 1 -`), bullets, JSON
 arrays or objects (possibly in a code fence), inline numbered lists, and one item per line.
 Prose around a list (a preamble, a closing remark) is dropped; items lose their numbering,
-quotes, markdown emphasis and trailing punctuation; duplicates are dropped. More than N
-items keep the first N unless `strict`; fewer than N is a failure.
+quotes around the whole item (quoted phrases inside stay), markdown emphasis and trailing
+punctuation; duplicates are dropped. More than N items keep the first N unless `strict`;
+fewer than N is a failure.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ _ITEM = re.compile(
 )
 _INLINE_NUMBER = re.compile(r"(?:^|\s)\(?\d{1,2}[.)]\s+")
 _LABEL = re.compile(r"^(?:step|shot|scene|frame|moment|action)\s*\d{0,2}\s*[:.\-\u2013]\s*", re.I)
+_TRAILING = re.compile(r"(?:[\s.;,:!]+|,?\s+(?:and|then))$")
+_QUOTE_PAIRS = {'"': '"', "'": "'", "`": "`", "\u201c": "\u201d", "\u2018": "\u2019"}
+_QUOTE_CHARS = set(_QUOTE_PAIRS) | set(_QUOTE_PAIRS.values())
 
 
 @dataclass(frozen=True)
@@ -34,16 +38,60 @@ class ParsedReply:
 
 
 def clean_item(text: str) -> str:
-    """Strip numbering, labels, quotes, emphasis and trailing punctuation from one item."""
+    """Strip numbering, labels, wrapping quotes, emphasis and trailing punctuation from one item.
+
+    The one cleaner of listed items: LLM replies (`parse_subtexts`) and imported files
+    (`llm/files.py`) both go through it.
+    """
     text = text.strip()
     match = _ITEM.match(text)
     if match:
         text = match.group("text")
     text = text.replace("**", "").replace("__", "")
-    text = _LABEL.sub("", text)
-    text = text.strip().strip("\"'`\u201c\u201d\u2018\u2019").strip()
-    text = re.sub(r"(?:[\s.;,:!]+|,?\s+(?:and|then))$", "", text)
+    text = _TRAILING.sub("", _LABEL.sub("", text).strip())
+    text = _TRAILING.sub("", _LABEL.sub("", unquote(text)))
     return re.sub(r"\s+", " ", text)
+
+
+def unquote(text: str) -> str:
+    """Remove quotes that wrap the whole of `text` (repeatedly); quotes inside stay.
+
+    `"say hi"` -> `say hi`; `say "hi"` and `"a" or "b"` stay as they are;
+    `"say "hi""` -> `say "hi"`.
+    """
+    text = text.strip()
+    if text and all(ch in _QUOTE_CHARS for ch in text):
+        return ""  # quotes around nothing
+    while len(text) >= 2 and _QUOTE_PAIRS.get(text[0]) == text[-1] and _wraps(text):
+        text = text[1:-1].strip()
+    return text
+
+
+def _wraps(text: str) -> bool:
+    """Whether the quote opening `text` is closed by its last character, not before.
+
+    A quote between two letters or digits (`don't`) is an apostrophe; distinct opening and
+    closing quotes (curly ones) are counted; a straight quote opens where it starts the
+    text, follows a space, a bracket or another opening quote, and closes elsewhere.
+    """
+    opener, closer = text[0], _QUOTE_PAIRS[text[0]]
+    depth, last_opened = 0, -2
+    for i, ch in enumerate(text):
+        if ch not in (opener, closer):
+            continue
+        if 0 < i < len(text) - 1 and text[i - 1].isalnum() and text[i + 1].isalnum():
+            continue  # an apostrophe: don't, don\u2019t
+        if opener != closer:
+            depth += 1 if ch == opener else -1
+        elif i < len(text) - 1 and (
+            i == 0 or text[i - 1].isspace() or text[i - 1] in "([{" or last_opened == i - 1
+        ):
+            depth, last_opened = depth + 1, i
+        else:
+            depth -= 1
+        if depth == 0 and i < len(text) - 1:
+            return False  # the opening quote closes before the end
+    return depth == 0
 
 
 def _json_items(text: str) -> list[str] | None:

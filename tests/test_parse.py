@@ -5,7 +5,7 @@ import pytest
 from subtext_gen.classes import ClassList
 from subtext_gen.errors import UserError
 from subtext_gen.llm.files import FileBackend, read_description_sets
-from subtext_gen.parse import parse_subtexts
+from subtext_gen.parse import clean_item, parse_subtexts, unquote
 
 EXPECTED = ("pick up the brush", "raise it to the head", "pull it through the hair", "put it down")
 
@@ -58,6 +58,37 @@ def test_strict_refuses_extra_items():
     raw = "1. a\n2. b\n3. c\n4. d\n5. e"
     assert parse_subtexts(raw, 4).sub_texts == ("a", "b", "c", "d")
     assert parse_subtexts(raw, 4, strict=True).error == "expected 4 sub-texts, found 5"
+
+
+@pytest.mark.parametrize(
+    "item,cleaned",
+    [
+        ('"say hi"', "say hi"),
+        ('say "hi"', 'say "hi"'),
+        ('"say "hi""', 'say "hi"'),
+        ('"a" and "b"', '"a" and "b"'),  # two quoted phrases: neither wraps the item
+        ('he said "go" "now"', 'he said "go" "now"'),
+        ('""say hi""', "say hi"),
+        ("'don't stop'", "don't stop"),  # an apostrophe is no closing quote
+        ("\u2018don\u2019t stop\u2019", "don\u2019t stop"),
+        ("\u201csay \u201chi\u201d\u201d", "say \u201chi\u201d"),
+        ('1. "Pick up the brush".', "Pick up the brush"),
+        ('say "hi".', 'say "hi"'),
+        ('- "Step 2: lift it"', "lift it"),
+        ('"', ""),
+        ('""', ""),
+    ],
+)
+def test_only_quotes_around_the_whole_item_go(item, cleaned):
+    assert clean_item(item) == cleaned
+
+
+def test_quoted_phrases_survive_a_reply():
+    raw = '1. say "hi"\n2. "wave"\n3. "say "bye""\n4. nod "yes" twice'
+    assert parse_subtexts(raw, 4).sub_texts == ('say "hi"', "wave", 'say "bye"', 'nod "yes" twice')
+    json_reply = json.dumps(['say "hi"', '"wave"', '"say "bye""', "nod"])
+    assert parse_subtexts(json_reply, 4).sub_texts == ('say "hi"', "wave", 'say "bye"', "nod")
+    assert unquote('  "x"  ') == "x" and unquote("x") == "x"
 
 
 def test_file_backend_json_and_csv_forms(tmp_path):

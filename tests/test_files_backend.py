@@ -1,0 +1,180 @@
+"""The file backend: several sources, JSON keyed by class index, cleaned texts, unique keys."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from subtext_gen.artifacts import candidate_id
+from subtext_gen.classes import ClassList
+from subtext_gen.errors import UserError
+from subtext_gen.generate import generate
+from subtext_gen.llm.files import FileBackend, file_backends, read_description_sets, source_labels
+
+CLASSES = ClassList("t", ("brush_hair", "cartwheel", "climb_stairs"))
+
+
+def write_json(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def test_index_keyed_json_maps_by_class_id_with_one_notice(tmp_path):
+    """The published shape: {"0": [4 texts], ...}, texts prefixed `Step k:`."""
+    path = write_json(
+        tmp_path / "temporal_descriptors" / "4_descriptors.json",
+        {
+            "2": [f"Step {k}: climb step {k}" for k in range(1, 5)],
+            "0": [f"Step {k}: brush stroke {k}" for k in range(1, 5)],
+            "1": ["1. raise arms", "2) hands down", "- legs over", "\u2022 land"],
+        },
+    )
+    notices = []
+    backend = FileBackend(path, notify=notices.append)
+    jobs = backend.plan(CLASSES, 4)
+    assert [(j.class_id, j.class_name, j.samples) for j in jobs] == [
+        (0, "brush_hair", (0,)),
+        (1, "cartwheel", (0,)),
+        (2, "climb_stairs", (0,)),
+    ]
+    summary = generate(CLASSES, backend, tmp_path / "art", 4, show_progress=False)
+    assert (summary.ok, summary.failed) == (3, 0)
+    assert len(notices) == 1  # plan() twice (here and in generate), one notice
+    assert str(path) in notices[0] and "keyed by class index" in notices[0]
+    df = pd.read_parquet(tmp_path / "art" / "candidates.parquet").set_index("class_name")
+    assert list(df.loc["brush_hair"].sub_texts) == [f"brush stroke {k}" for k in range(1, 5)]
+    assert list(df.loc["climb_stairs"].sub_texts) == [f"climb step {k}" for k in range(1, 5)]
+    assert list(df.loc["cartwheel"].sub_texts) == ["raise arms", "hands down", "legs over", "land"]
+    assert set(df.llm) == {"file:4_descriptors"}
+
+
+def test_name_keyed_files_are_not_read_by_index(tmp_path):
+    notices = []
+    path = write_json(tmp_path / "cupl.json", {"cartwheel": ["a", "b"], "Climb Stairs": ["c"]})
+    jobs = FileBackend(path, notify=notices.append).plan(CLASSES, 2)
+    assert [j.class_id for j in jobs] == [1, 2] and notices == []
+    # integer class names are names: a file keyed by them is keyed by name
+    numbered = ClassList("n", ("10", "20"))
+    path = write_json(tmp_path / "numbered.json", {"20": ["a"], "10": ["b"]})
+    jobs = FileBackend(path, notify=notices.append).plan(numbered, 1)
+    assert [(j.class_id, j.class_name) for j in jobs] == [(0, "10"), (1, "20")] and notices == []
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (
+            {"0": ["a"], "3": ["b"], "12": ["c"], "-1": ["d"]},
+            r"is keyed by class index, but -1, 3, 12 are not class ids of t \(0\.\.2\)\.$",
+        ),
+        ({"0": ["a"], "7": ["b"]}, r"but 7 is not a class id of t \(0\.\.2\)\.$"),
+        (
+            {"brush hair": ["a"], "1": ["b"]},
+            r"mixes class names \(brush hair\) and class indices \(1\) as keys",
+        ),
+        ({"brush hair": ["a"], "juggle": ["b"]}, r"names classes that are not in t: juggle\.$"),
+    ],
+)
+def test_index_and_name_errors_name_the_file(tmp_path, data, message):
+    path = write_json(tmp_path / "sets.json", data)
+    with pytest.raises(UserError, match=message) as err:
+        FileBackend(path, notify=pytest.fail).plan(CLASSES, 1)
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+def test_many_bad_indices_are_shortened(tmp_path):
+    path = write_json(tmp_path / "ucf.json", {str(i): ["a"] for i in range(101)})
+    with pytest.raises(UserError) as err:
+        FileBackend(path).plan(CLASSES, 1)
+    assert "but 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 ... (98 in all) are not class ids" in str(err.value)
+
+
+def test_imported_texts_are_cleaned_by_the_reply_parser(tmp_path):
+    path = write_json(
+        tmp_path / "labels.json",
+        {
+            "brush hair": [
+                "Step 1: Pick up the brush.",
+                "2. raise it",
+                "3) pull it through",
+                "* put it down",
+                "\u2022 smile",
+                '"say hi"',
+                'say "hi"',
+                '"say "hi""',
+                "Step 9:",  # nothing left: dropped
+            ]
+        },
+    )
+    assert read_description_sets(path) == {
+        "brush hair": [
+            [
+                "Pick up the brush",
+                "raise it",
+                "pull it through",
+                "put it down",
+                "smile",
+                "say hi",
+                'say "hi"',
+                'say "hi"',
+            ]
+        ]
+    }
+    csv = tmp_path / "wide.csv"
+    csv.write_text('class,a,b\nbrush_hair,"- ""wave""",Step 2: say "hi"\n', encoding="utf-8")
+    assert read_description_sets(csv) == {"brush_hair": [["wave", 'say "hi"']]}
+
+
+def test_keys_naming_one_class_are_merged_with_distinct_samples(tmp_path):
+    path = write_json(
+        tmp_path / "dupes.json", {"brush_hair": [["a", "b"]], "Brush Hair": [["c", "d"], ["e"]]}
+    )
+    backend = FileBackend(path)
+    (job,) = backend.plan(CLASSES, 2)
+    assert job.samples == (0, 1, 2)
+    replies = next(backend.complete([job])).replies
+    assert [json.loads(r) for r in replies] == [["a", "b"], ["c", "d"], ["e"]]
+
+
+def test_source_labels_are_unique_stable_and_order_free(tmp_path):
+    a = write_json(tmp_path / "a" / "sets.json", {})
+    b = write_json(tmp_path / "b" / "sets.json", {})
+    c = write_json(tmp_path / "cupl.json", {})
+    d = tmp_path / "a" / "sets.csv"
+    d.write_text("class,a\n")
+    assert source_labels([c]) == ["file:cupl"]
+    assert source_labels([a, c]) == ["file:sets", "file:cupl"]
+    assert source_labels([a, b, c]) == ["file:a/sets.json", "file:b/sets.json", "file:cupl"]
+    assert source_labels([c, b, a]) == ["file:cupl", "file:b/sets.json", "file:a/sets.json"]
+    assert source_labels([a, d]) == ["file:sets.json", "file:sets.csv"]
+    assert source_labels([a, b, d]) == ["file:a/sets.json", "file:b/sets.json", "file:sets.csv"]
+    with pytest.raises(UserError, match="--input names the same file twice"):
+        source_labels([a, tmp_path / "b" / ".." / "a" / "sets.json"])
+
+
+def test_two_sources_give_distinct_keys_and_resume(tmp_path):
+    """Two files with the same stem in different folders: both kept, keys unique, a rerun
+    with the same inputs in any order imports nothing again."""
+    a = write_json(
+        tmp_path / "a" / "sets.json", {"brush hair": [["a1"], ["a2"]], "cartwheel": ["a3"]}
+    )
+    b = write_json(tmp_path / "b" / "sets.json", {"0": ["b1"], "1": ["b2"], "2": ["b3"]})
+    out = tmp_path / "art"
+    for backend in file_backends([a, b], notify=lambda m: None):
+        generate(CLASSES, backend, out, 1, show_progress=False)
+    df = pd.read_parquet(out / "candidates.parquet")
+    assert len(df) == 6 and df.candidate_id.is_unique
+    assert sorted(set(df.llm)) == ["file:a/sets.json", "file:b/sets.json"]
+    assert df[df.class_name == "brush_hair"].sub_texts.map(list).tolist() == [
+        ["a1"],
+        ["a2"],
+        ["b1"],
+    ]
+    assert candidate_id("brush_hair", "file:b/sets.json", "file", 0) in set(df.candidate_id)
+    again = [
+        generate(CLASSES, backend, out, 1, show_progress=False)
+        for backend in file_backends([b, a], notify=lambda m: None)
+    ]
+    assert [(s.ok, s.skipped) for s in again] == [(0, 3), (0, 3)]
+    assert len(pd.read_parquet(out / "candidates.parquet")) == 6
