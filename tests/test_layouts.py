@@ -12,6 +12,7 @@ from tests.videos import write_video
 from trainer.data.items import Segment
 from trainer.data.layouts import (
     DATASETS,
+    absent_annotation,
     available_splits,
     charades,
     hmdb51,
@@ -400,7 +401,7 @@ def test_generic_lists(list_root):
 
 
 def test_registry_and_common_mistakes(tmp_path):
-    assert DATASETS == ("hmdb51", "ucf101", "k400", "charades", "list")
+    assert DATASETS == ("hmdb51", "ucf101", "k400", "k600", "ssv2", "charades", "list")
     assert available_splits("hmdb51")[:3] == [("train", 1), ("test", 1), ("train", 2)]
     assert len(available_splits("ucf101")) == 6
     assert available_splits("k400") == [("train", None), ("val", None), ("test", None)]
@@ -414,3 +415,57 @@ def test_registry_and_common_mistakes(tmp_path):
             load_split(dataset, tmp_path / "nowhere")
     with pytest.raises(UserError, match="--split 'dev' does not exist"):
         load_split("list", tmp_path, "dev")
+
+
+# --- partial downloads: only the splits whose annotation files are there -------------------
+
+
+def test_hmdb51_offers_only_the_folds_whose_split_files_are_there(hmdb_root, tmp_path):
+    assert available_splits("hmdb51", hmdb_root) == available_splits("hmdb51")
+    for path in (hmdb_root / "testTrainMulti_7030_splits").glob("*_test_split[23].txt"):
+        path.unlink()
+    assert available_splits("hmdb51", hmdb_root) == [("train", 1), ("test", 1)]
+    assert absent_annotation("hmdb51", hmdb_root, "test", 2) == (
+        "testTrainMulti_7030_splits/<class>_test_split2.txt"
+    )
+    assert len(hmdb51.load(hmdb_root, "test", 1, class_names=HMDB_CLASSES)) == 3
+    # a fold of which some files are there is offered: loading names the missing one
+    (hmdb_root / "testTrainMulti_7030_splits" / "catch_test_split1.txt").unlink()
+    assert available_splits("hmdb51", hmdb_root) == [("train", 1), ("test", 1)]
+    with pytest.raises(UserError, match=r"split file not found: .*catch_test_split1\.txt"):
+        hmdb51.load(hmdb_root, "train", 1, class_names=HMDB_CLASSES)
+    # no split at all: every pair, and loading says what is missing
+    assert available_splits("hmdb51", tmp_path / "nowhere") == available_splits("hmdb51")
+
+
+def test_ucf101_offers_only_the_lists_that_are_there(ucf_root):
+    assert available_splits("ucf101", ucf_root) == [("train", 1), ("test", 1), ("train", 2),
+                                                    ("test", 2)]  # fmt: skip
+    (ucf_root / "ucfTrainTestlist" / "testlist02.txt").unlink()
+    assert available_splits("ucf101", ucf_root) == [("train", 1), ("test", 1), ("train", 2)]
+    assert absent_annotation("ucf101", ucf_root, "test", 2) == "ucfTrainTestlist/testlist02.txt"
+    assert absent_annotation("ucf101", ucf_root, "train", 2) is None
+
+
+def test_k400_without_test_csv_offers_train_and_val(k400_root):
+    (k400_root / "test.csv").unlink()
+    assert available_splits("k400", k400_root) == [("train", None), ("val", None)]
+    assert absent_annotation("k400", k400_root, "test", None) == "test.csv"
+    assert [len(load_split("k400", k400_root, s)) for s in ("train", "val")] == [4, 2]
+    (k400_root / "validate.csv").rename(k400_root / "val.csv")  # the stand-in counts
+    assert available_splits("k400", k400_root) == [("train", None), ("val", None)]
+    (k400_root / "val.csv").unlink()
+    assert absent_annotation("k400", k400_root, "val", None) == "validate.csv or val.csv"
+    assert available_splits("k400", k400_root) == [("train", None)]
+
+
+def test_charades_and_lists_offer_only_their_files(charades_root, list_root):
+    (charades_root / "Charades_v1_test.csv").unlink()
+    assert available_splits("charades", charades_root) == [("train", None)]
+    assert absent_annotation("charades", charades_root, "test", None) == "Charades_v1_test.csv"
+    (list_root / "val.txt").unlink()
+    assert available_splits("list", list_root) == [("train", None), ("test", None)]
+    assert absent_annotation("list", list_root, "val", None) == "val.txt"
+    for name in ("train.txt", "test.txt"):
+        (list_root / name).unlink()
+    assert available_splits("list", list_root) == available_splits("list")

@@ -88,6 +88,42 @@ def test_resize_portrait(tmp_path):
     assert short_side_size(64, 32, 16) == (32, 16) and short_side_size(48, 64, 24) == (24, 32)
 
 
+# decord 0.6.0 (FFmpeg 4.1) cannot `get_batch` frames of exactly these widths, at any height
+# (RGB rows padded to 3 * (width rounded up to 32) bytes, a multiple of the width): measured
+# over widths 1..399; wider than 72 px always works, and narrow widths such as 10 or 32 do.
+UNBATCHABLE_WIDTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 48, 72)
+
+
+def test_open_video_refuses_exactly_the_widths_decord_cannot_batch_decode(tmp_path):
+    import decord
+
+    refused, batch_fails = [], []
+    for width in range(1, 81):
+        path = write_video(tmp_path / f"w{width}.mp4", frames=3, width=width, height=16)
+        try:
+            decord.VideoReader(str(path), num_threads=1).get_batch([0, 2])
+        except Exception:
+            batch_fails.append(width)
+        try:
+            reader, info = open_video(path)
+        except VideoError as exc:
+            refused.append(width)
+            assert exc.reason.startswith(f"is {width} px wide, a width decord cannot batch-decode")
+            continue
+        assert info.width == width and read_frames(reader, [0, 2]).shape == (2, 16, width, 3)
+    assert batch_fails == refused == list(UNBATCHABLE_WIDTHS)
+
+
+def test_narrow_video_reason_names_file_and_width(tmp_path):
+    path = write_video(tmp_path / "narrow.mp4", frames=4, width=48, height=64)
+    with pytest.raises(VideoError) as error:
+        open_video(path, short_side=16)
+    assert_names(error, path, "is 48 px wide, a width decord cannot batch-decode")
+    for width in (32, 64):  # narrower than 64 px is fine unless the width is one of the list
+        reader, _ = open_video(write_video(tmp_path / f"{width}.mp4", frames=4, width=width))
+        assert levels(read_frames(reader, [0, 3])) == [0, 3]
+
+
 def assert_names(error: pytest.ExceptionInfo, path, reason: str):
     assert str(path) in str(error.value) and reason in str(error.value)
     assert isinstance(error.value, UserError)

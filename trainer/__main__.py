@@ -24,7 +24,7 @@ console = Console()
 
 # Flags that mean the same in every command that takes them (None: the preset's or
 # RunConfig's value).
-DATASET = typer.Option(None, help="hmdb51, ucf101, k400, charades or list.")
+DATASET = typer.Option(None, help="hmdb51, ucf101, k400, k600, ssv2, charades or list.")
 ROOT = typer.Option(None, help="Dataset root (default: $STORYBOARD_DATA/<dataset>).")
 VIDEOS = typer.Option(None, help="Where the videos are, if not under --root.")
 CLIP_MODEL = typer.Option(None, help="open_clip name or model-config JSON (ViT-B-16).")
@@ -37,9 +37,12 @@ def _commands() -> None:
     """Stage two of Storyboard: video data, training and evaluation."""
 
 
+_PLAIN = {"markup": False, "highlight": False, "soft_wrap": True}  # file names, verbatim
+
+
 @app.command("check-data")
 def check_data(
-    dataset: str = typer.Option(..., help="hmdb51, ucf101, k400, charades or list."),
+    dataset: str = typer.Option(..., help="hmdb51, ucf101, k400, k600, ssv2, charades or list."),
     root: Path = typer.Option(..., help="The dataset's root, in its official layout."),
     videos: Path = VIDEOS,
     split: str = typer.Option(None, help="Fold 1, 2, 3 or all (default: every split)."),
@@ -47,20 +50,18 @@ def check_data(
     workers: int = typer.Option(4, min=1, help="Videos probed in parallel."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
-    """Scan a dataset: missing, unreadable and short videos, class counts, split sizes."""
-    from .data.check import check_splits
-    from .data.layouts import available_splits, folds, load_split
+    """Scan a dataset: missing, unreadable and short videos, class counts, split sizes.
 
-    chosen = folds(dataset, split)
-    splits = [
-        load_split(dataset, root, name, fold, videos)
-        for name, fold in available_splits(dataset, root)
-        if fold is None or fold in chosen
-    ]
-    report = check_splits(splits, frames, workers, show_progress=not as_json)
+    Splits whose annotation files are absent (a partial download) are skipped and named."""
+    from .data.check import check_splits, load_dataset_splits
+
+    splits, absent = load_dataset_splits(dataset, root, videos, split)
+    report = check_splits(splits, frames, workers, not as_json, absent)
     if as_json:
         sys.stdout.write(json.dumps(report.to_json()) + "\n")
         return
+    for name, what in report.missing_splits.items():
+        console.print(f"{name}: {what} not found, skipped", **_PLAIN)
     table = Table(title=f"{dataset} at {root}: {report.classes} classes")
     table.add_column("class")
     for name in report.splits:
@@ -74,7 +75,8 @@ def check_data(
         style = "green" if not names else "red"
         console.print(f"[{style}]{kind}: {len(names)}[/]")
         for name in names[:20]:
-            console.print(f"  {name}")
+            reason = report.unreadable_reasons.get(name) if kind == "unreadable" else None
+            console.print(f"  {name}: {reason}" if reason else f"  {name}", **_PLAIN)
         if len(names) > 20:
             console.print(f"  ... and {len(names) - 20} more (--json lists all)")
 
@@ -211,7 +213,15 @@ def evaluate(
     root: Path = ROOT,
     videos: Path = VIDEOS,
     subtexts: Path = typer.Option(None, help="The target dataset's subtexts.parquet."),
-    zero_shot: str = typer.Option(None, help="full (test splits, mean) or half (10 halves)."),
+    zero_shot: str = typer.Option(
+        None, help="full (test splits, mean), half (10 halves) or subsets (each --subsets file)."
+    ),
+    subsets: list[Path] = typer.Option(
+        None,
+        "--subsets",
+        help="With --zero-shot subsets: a file of class names (one a line, or csv id,name) to "
+        "evaluate on alone; repeat the flag for several (mean and std over them).",
+    ),
     split: str = typer.Option(
         None, help="Fold 1, 2, 3 or all (default: the run's fold on its own dataset, else all)."
     ),
@@ -223,11 +233,15 @@ def evaluate(
     """Evaluate a trained run: top-1, top-5, mean class accuracy, mAP (multi-label)."""
     from .engine import evaluate_checkpoint
 
-    if zero_shot not in (None, "full", "half"):
-        raise UserError(f"--zero-shot must be full or half, not {zero_shot!r}.")
+    if zero_shot not in (None, "full", "half", "subsets"):
+        raise UserError(f"--zero-shot must be full, half or subsets, not {zero_shot!r}.")
     result = evaluate_checkpoint(checkpoint, dataset, root, subtexts, zero_shot, split, videos,
                                  device, workers, show_progress=not as_json,
-                                 checkpoint="last" if last else "best")  # fmt: skip
+                                 checkpoint="last" if last else "best",
+                                 subsets=subsets)  # fmt: skip
+    if not as_json and result.get("subsets"):
+        _print_subsets(result["subsets"])
+        result = {k: v for k, v in result.items() if k != "subsets"}
     _print_result(result, as_json)
 
 
@@ -325,6 +339,21 @@ def study(
         raise UserError("--seeds names no seed.")
     results = run_study(replace(StudyDesign(), seeds=chosen), work, console)
     console.print(f"report: {write_report(results, out, notes)}")
+
+
+def _print_subsets(rows: list[dict]) -> None:
+    """`eval --zero-shot subsets`: one table row per subset file (and fold)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    table = Table(title="subsets")
+    for column in ("file", "fold", "classes", "n", "top1", "top5"):
+        if column != "fold" or any("fold" in r for r in rows):
+            table.add_column(column, justify="left" if column == "file" else "right")
+    for r in rows:
+        cells = [r["file"], *([str(r["fold"])] if "fold" in r else []), str(r["classes"]),
+                 str(r["n"]), f"{r['top1']:.4f}", f"{r['top5']:.4f}"]  # fmt: skip
+        table.add_row(*cells)
+    console.print(table)
 
 
 def _print_result(result: dict, as_json: bool) -> None:

@@ -21,6 +21,7 @@ import os
 import signal
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -683,16 +684,30 @@ def evaluate_checkpoint(
     run_dir: Path, dataset: str, root: Path | None, subtexts: Path | None = None,
     zero_shot: str | None = None, split: str | None = None, videos: Path | None = None,
     device: str = "auto", workers: int = 4, show_progress: bool = True,
-    checkpoint: str = "best",
+    checkpoint: str = "best", subsets: Sequence[Path] | None = None,
 ) -> dict:  # fmt: skip
     """Evaluate a run's best (else last) checkpoint, or its last one with
     `checkpoint="last"`, on a dataset's test split(s).
 
     `zero_shot="full"`: the test splits (folds 1-3, or `split`) and their mean;
-    `zero_shot="half"`: 10 seeded halves of the label set, mean and standard deviation.
+    `zero_shot="half"`: 10 seeded halves of the label set, mean and standard deviation;
+    `zero_shot="subsets"`: each file of `subsets` (class names of the dataset) alone: its
+    classes' test videos against its classes' texts; mean and standard deviation, and each
+    file's result under "subsets".
     """
-    from .data.protocols import half_class_splits, restrict_classes
+    from .data.protocols import (
+        half_class_splits,
+        read_subset_file,
+        restrict_classes,
+        subset_class_ids,
+    )
 
+    subsets = [Path(p) for p in subsets or ()]
+    if zero_shot == "subsets" and not subsets:
+        raise UserError("--zero-shot subsets needs --subsets FILE (class names), once per subset.")
+    if subsets and zero_shot != "subsets":
+        raise UserError("--subsets FILE goes with --zero-shot subsets.")
+    subset_names = [(path, read_subset_file(path)) for path in subsets]  # before the model
     loaded = load_run(run_dir, dataset, subtexts, device, checkpoint, root=root, videos=videos,
                       workers=workers)  # fmt: skip
     cfg, built, dist_info, subtexts = loaded.cfg, loaded.built, loaded.dist_info, loaded.subtexts
@@ -703,16 +718,30 @@ def evaluate_checkpoint(
     spec = ClipSpec(frames=cfg.frames, train=False, clips=cfg.eval_clips, crops=cfg.eval_crops,
                     size=built.spec_size, short_side=built.spec_size)  # fmt: skip
     artifact_classes = loaded.class_names
-    results = []
+    # (file, class ids) of each user subset; the artifact's classes are the dataset's
+    # (check_classes below), so names are checked before any video folder is read.
+    chosen = [(path, subset_class_ids(path, names, artifact_classes, dataset))
+              for path, names in subset_names]  # fmt: skip
+    results, per_subset = [], []
     with progress_bar(show_progress and dist_info.is_main) as progress:
         for fold in folds(dataset, split):
             test = load_split(dataset, root, test_split(dataset), fold, videos, False)
             check_classes(test, artifact_classes, subtexts)
-            halves = (half_class_splits(len(test.class_names), 10, cfg.seed)
-                      if zero_shot == "half" else [None])  # fmt: skip
-            for half in halves:
-                split_list = test if half is None else restrict_classes(test, half)
-                text = built.text if half is None else built.text.subset(torch.as_tensor(half))
+            groups = [(None, None)]  # (subset file, class ids): None, None is every class
+            if zero_shot == "half":
+                halves = half_class_splits(len(test.class_names), 10, cfg.seed)
+                groups = [(None, half) for half in halves]
+            elif zero_shot == "subsets":
+                groups = chosen
+            for path, class_ids in groups:
+                split_list = test if class_ids is None else restrict_classes(test, class_ids)
+                if path is not None and not split_list.items:
+                    raise UserError(
+                        f"--subsets {path}: none of its classes has a video in {dataset} "
+                        f"{test.split} on disk."
+                    )
+                text = (built.text if class_ids is None
+                        else built.text.subset(torch.as_tensor(class_ids)))  # fmt: skip
                 data = VideoClipDataset(split_list.items, len(split_list.class_names),
                                         split_list.multi_label, spec)  # fmt: skip
                 loader = make_loader(data, 4, EpochSampler(len(data), False, 0, dist_info.rank,
@@ -721,7 +750,12 @@ def evaluate_checkpoint(
                                                 dist_info, cfg.amp, progress)  # fmt: skip
                 results.append(score_predictions(probs, labels, len(split_list.class_names),
                                                  split_list.multi_label))  # fmt: skip
-    return summarise(results)
+                if path is not None:
+                    where = {} if fold is None else {"fold": fold}
+                    per_subset.append({"file": str(path), **where, "classes": len(class_ids),
+                                       **results[-1]})  # fmt: skip
+    summary = summarise(results)
+    return {**summary, "subsets": per_subset} if zero_shot == "subsets" else summary
 
 
 def summarise(results: list[dict]) -> dict:

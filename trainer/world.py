@@ -456,8 +456,9 @@ def write_world(
     world = default_world()
     if frames < 4 * 2 + 1:
         raise ValueError(f"frames must be at least 9 (got {frames})")
-    if size < 32:
-        raise ValueError(f"size must be at least 32 (got {size})")
+    if size < 64 or size % 32:
+        # decord cannot batch-decode some widths (48 and 72 px among them; trainer/data/video.py)
+        raise ValueError(f"size must be a multiple of 32, at least 64 (got {size})")
     out = Path(out_dir)
     settings = _settings(seed, videos_per_class_train, videos_per_class_test,
                          unseen_videos_per_class_train, frames, size)  # fmt: skip

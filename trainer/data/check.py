@@ -1,17 +1,26 @@
-"""`check-data`: scan a dataset's splits for missing, unreadable and short videos."""
+"""`check-data`: scan a dataset's splits for missing, unreadable and short videos.
+
+A video is probed the way evaluation reads it: opened with the reader training uses and
+the evaluation clip's frames (`--frames` segment centres) decoded with one `get_batch`, by
+the same functions `VideoClipDataset` calls. So a video called readable here is one the
+data loader reads, and an unreadable one comes with decord's reason.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from rich.progress import Progress
 
 from .items import SplitList
-from .video import VideoError, video_info
+from .layouts import absent_annotation, available_splits, folds, load_split
+from .sampling import clip_indices
+from .video import VideoError, open_video, read_frames
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,8 @@ class CheckReport:
     unreadable: list[str]  # files decord cannot open, or empty
     short: list[str]  # files with fewer frames than a clip needs
     class_counts: dict[str, Counter]  # split name -> Counter(class id -> items)
+    unreadable_reasons: dict[str, str] = field(default_factory=dict)  # path -> reason
+    missing_splits: dict[str, str] = field(default_factory=dict)  # split name -> absent file
 
     def to_json(self) -> dict:
         return {
@@ -31,6 +42,8 @@ class CheckReport:
             "missing": self.missing,
             "unreadable": self.unreadable,
             "short": self.short,
+            "missing_splits": list(self.missing_splits),
+            "unreadable_reasons": self.unreadable_reasons,
         }
 
 
@@ -38,38 +51,78 @@ def split_name(split: SplitList) -> str:
     return split.split if split.fold is None else f"{split.split}{split.fold}"
 
 
-def _probe(path: Path, frames: int) -> str | None:
-    """None if the video is usable, else "unreadable" or "short"."""
+def _pair_name(split: str, fold: int | None) -> str:
+    return split if fold is None else f"{split}{fold}"
+
+
+def load_dataset_splits(
+    dataset: str, root: Path, videos: Path | None = None, split: str | None = None
+) -> tuple[list[SplitList], dict[str, str]]:
+    """The splits of `dataset` (the folds `split` chooses) whose annotation files are under
+    `root`, loaded, and {split name: absent file} of the others. With none of the chosen
+    ones there, loading the first raises the layout's error naming what is missing."""
+    chosen = folds(dataset, split)
+    wanted = [(s, f) for s, f in available_splits(dataset) if f is None or f in chosen]
+    present = set(available_splits(dataset, root))
+    pairs = [pair for pair in wanted if pair in present] or wanted
+    absent = {
+        _pair_name(s, f): absent_annotation(dataset, root, s, f) or "its annotation file"
+        for s, f in wanted
+        if (s, f) not in pairs
+    }
+    return [load_split(dataset, root, s, f, videos) for s, f in pairs], absent
+
+
+def probe_video(path: Path, frames: int) -> tuple[str | None, str]:
+    """(None, "") if the data loader can read a `frames`-frame evaluation clip of the video,
+    else ("short", reason) or ("unreadable", reason)."""
     try:
-        info = video_info(path)
-    except VideoError:
-        return "unreadable"
-    return "short" if info.num_frames < frames else None
+        reader, info = open_video(path)
+    except VideoError as exc:
+        return "unreadable", exc.reason
+    try:
+        indices = clip_indices(info.num_frames, frames)  # a whole video's evaluation clip
+    except ValueError as exc:
+        return "short", f"{exc}"
+    try:
+        read_frames(reader, np.unique(indices).tolist())  # as VideoClipDataset decodes it
+    except VideoError as exc:
+        return "unreadable", exc.reason
+    return None, ""
 
 
 def check_splits(
-    splits: Sequence[SplitList], frames: int = 8, workers: int = 4, show_progress: bool = True
+    splits: Sequence[SplitList],
+    frames: int = 8,
+    workers: int = 4,
+    show_progress: bool = True,
+    missing_splits: dict[str, str] | None = None,
 ) -> CheckReport:
-    """Probe every distinct video of the splits once (threads: decord releases the GIL)."""
+    """Probe every distinct video of the splits once (threads: decord releases the GIL).
+
+    `missing_splits` ({split name: absent annotation file}) is passed on to the report."""
     paths = sorted({it.path for s in splits for it in s.items})
-    verdicts: dict[Path, str | None] = {}
+    verdicts: dict[Path, tuple[str | None, str]] = {}
     with (
         Progress(disable=not show_progress, transient=True) as progress,
         ThreadPoolExecutor(max_workers=workers) as pool,
     ):
         task = progress.add_task("scanning videos", total=len(paths))
-        for path, verdict in zip(paths, pool.map(lambda p: _probe(p, frames), paths)):
+        for path, verdict in zip(paths, pool.map(lambda p: probe_video(p, frames), paths)):
             verdicts[path] = verdict
             progress.advance(task)
     missing = sorted({m for s in splits for m in s.missing})
+    unreadable = [p for p in paths if verdicts[p][0] == "unreadable"]
     return CheckReport(
         classes=len(splits[0].class_names) if splits else 0,
         class_names=splits[0].class_names if splits else (),
         splits={split_name(s): len(s.items) for s in splits},
         missing=missing,
-        unreadable=[str(p) for p in paths if verdicts[p] == "unreadable"],
-        short=[str(p) for p in paths if verdicts[p] == "short"],
+        unreadable=[str(p) for p in unreadable],
+        short=[str(p) for p in paths if verdicts[p][0] == "short"],
         class_counts={
             split_name(s): Counter(c for it in s.items for c in it.labels) for s in splits
         },
+        unreadable_reasons={str(p): verdicts[p][1] for p in unreadable},
+        missing_splits=dict(missing_splits or {}),
     )

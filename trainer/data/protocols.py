@@ -111,3 +111,57 @@ def restrict_classes(split: SplitList, class_ids: Sequence[int]) -> SplitList:
     return replace(
         split, class_names=tuple(split.class_names[int(c)] for c in class_ids), items=items
     )
+
+
+def read_subset_file(path: Path) -> tuple[str, ...]:
+    """The class names a subset file lists (`eval --subsets`): one a line (blank lines and
+    `#` comments skipped), or a csv with a `name` column (`id,name`; the ids are not used)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--subsets file not found: {path}.")
+    text = path.read_text(encoding="utf-8-sig")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if path.suffix.lower() == ".csv" or first.replace(" ", "").lower().startswith("id,name"):
+        rows = list(csv.DictReader(io.StringIO(text)))
+        fields = {(f or "").strip().lower(): f for f in (rows[0] if rows else {})}
+        if "name" not in fields:
+            raise UserError(f"--subsets {path}: a csv subset needs a `name` column (`id,name`).")
+        names = [(row[fields["name"]] or "").strip() for row in rows]
+    else:
+        names = [line.strip().strip('"').strip() for line in text.splitlines()]
+        names = [n for n in names if not n.startswith("#")]
+    names = [n for n in names if n]
+    if not names:
+        raise UserError(f"--subsets {path} lists no class names.")
+    return tuple(names)
+
+
+def _class_key(name: str) -> str:
+    """A class name compared loosely: case, `_` for spaces, SSv2 template brackets."""
+    return " ".join(name.replace("_", " ").replace("[", "").replace("]", "").split()).casefold()
+
+
+def subset_class_ids(
+    path: Path, names: Sequence[str], class_names: Sequence[str], dataset: str
+) -> list[int]:
+    """The dataset class ids of a subset file's names, in the file's order; an unknown or
+    repeated name is an error naming the file and the names."""
+    exact = {name: i for i, name in enumerate(class_names)}
+    loose: dict[str, int] = {}
+    for i, name in enumerate(class_names):
+        loose.setdefault(_class_key(name), i)
+    ids = [exact.get(name, loose.get(_class_key(name), -1)) for name in names]
+    unknown = [name for name, c in zip(names, ids) if c < 0]
+    if unknown:
+        raise UserError(
+            f"--subsets {path}: not {'a class' if len(unknown) == 1 else 'classes'} of "
+            f"{dataset} ({len(class_names)} classes): "
+            f"{', '.join(repr(n) for n in unknown[:10])}{' ...' if len(unknown) > 10 else ''}."
+        )
+    seen: set[int] = set()
+    twice = [name for name, c in zip(names, ids) if c in seen or seen.add(c)]
+    if twice:
+        raise UserError(
+            f"--subsets {path} lists these classes twice: {', '.join(repr(n) for n in twice)}."
+        )
+    return ids

@@ -87,6 +87,19 @@ def _detail(error: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+# decord hands out an RGB frame without copying when its row stride (bytes per row) is a
+# multiple of the width, and then reads the stride as width x channels: with padded rows the
+# frame comes out [H, W, stride / W], and `get_batch` fails ("Check failed: from_size ==
+# to_size"). Its FFmpeg (4.1) pads rows to 3 * (width rounded up to 32) bytes, so exactly the
+# widths 1, 2, 3, 4, 6, 8, 12, 16, 24, 48 and 72 px fail, whatever the height (measured with
+# decord 0.6.0 on every width 1..399; tests/test_video.py keeps the list honest). The first
+# frame's shape shows it, so `open_video` refuses such a video with this reason.
+_BATCH_WIDTH = (
+    "is {width} px wide, a width decord cannot batch-decode (widths 1-4, 6, 8, 12, 16, 24, 48 "
+    "and 72 px fail); re-encode it wider"
+)
+
+
 def open_video(
     path: str | Path,
     short_side: int | None = None,
@@ -98,7 +111,8 @@ def open_video(
     With `short_side`, `read_frames` returns frames whose shorter side is `short_side`
     (aspect ratio kept) and the returned info gives that size; otherwise the native size.
     `min_frames` turns a video with fewer frames into a VideoError ("has 5 frames, fewer
-    than 8"). Opening decodes the first frame, which also proves the stream decodes.
+    than 8"). Opening decodes the first frame, which also proves the stream decodes, and
+    shows a frame width decord cannot batch-decode (see `_BATCH_WIDTH`).
     """
     path = Path(path)
     if not path.is_file():
@@ -113,12 +127,15 @@ def open_video(
         raise VideoError(path, f"cannot be opened ({_detail(error)})") from error
     num_frames = len(reader)
     try:
-        height, width = reader.next().shape[:2]
+        first = reader.next()
         fps = float(reader.get_avg_fps())
     except StopIteration as error:
         raise VideoError(path, "has no frames") from error
     except Exception as error:
         raise VideoError(path, f"cannot be decoded ({_detail(error)})") from error
+    height, width = first.shape[:2]
+    if first.shape[2:] != (3,):
+        raise VideoError(path, _BATCH_WIDTH.format(width=width))
     if num_frames < min_frames:
         raise VideoError.too_short(path, num_frames, min_frames)
     reader.path = str(path)

@@ -11,14 +11,16 @@ from pathlib import Path
 from subtext_gen.errors import UserError
 
 from ..items import SplitList
-from . import charades, generic, hmdb51, kinetics, ucf101
+from . import charades, generic, hmdb51, kinetics, ssv2, ucf101
 
-DATASETS = ("hmdb51", "ucf101", "k400", "charades", "list")
+DATASETS = ("hmdb51", "ucf101", "k400", "k600", "ssv2", "charades", "list")
 
 _SPLITS: dict[str, list[tuple[str, int | None]]] = {
     "hmdb51": [(s, f) for f in (1, 2, 3) for s in hmdb51.SPLITS],
     "ucf101": [(s, f) for f in (1, 2, 3) for s in ucf101.SPLITS],
     "k400": [(s, None) for s in kinetics.SPLITS],
+    "k600": [(s, None) for s in kinetics.SPLITS],
+    "ssv2": [(s, None) for s in ssv2.SPLITS],
     "charades": [(s, None) for s in charades.SPLITS],
     "list": [(s, None) for s in generic.SPLITS],
 }
@@ -34,18 +36,31 @@ def _dataset(dataset: str) -> str:
 def available_splits(dataset: str, root: Path | None = None) -> list[tuple[str, int | None]]:
     """The (split, fold) pairs a dataset defines, e.g. [("train", 1), ("test", 1), ...].
 
-    With `root`, a generic list dataset offers only the list files it has.
+    With `root`, only the pairs whose annotation files are there (a partial download, e.g.
+    Kinetics without test.csv); with none at all, every pair, so loading says what is missing.
     """
     name = _dataset(dataset)
-    if name == "list" and root is not None:
-        found = [(s, f) for s, f in _SPLITS[name] if (Path(root) / f"{s}.txt").is_file()]
-        return found or list(_SPLITS[name])  # none at all: loading says what is missing
-    return list(_SPLITS[name])
+    pairs = list(_SPLITS[name])
+    if root is None:
+        return pairs
+    found = [(s, f) for s, f in pairs if absent_annotation(name, root, s, f) is None]
+    return found or pairs
+
+
+def absent_annotation(dataset: str, root: Path, split: str, fold: int | None) -> str | None:
+    """None when a split's own annotation files are under `root`, else what is missing
+    (relative to `root`, e.g. "test.csv"). Files every split needs (class lists) are not
+    looked at here: without them loading any split names them."""
+    name = _dataset(dataset)
+    module = {"hmdb51": hmdb51, "ucf101": ucf101, "k400": kinetics, "k600": kinetics,
+              "ssv2": ssv2, "charades": charades, "list": generic}.get(name)  # fmt: skip
+    return None if module is None else module.absent(Path(root).expanduser(), split, fold)
 
 
 def test_split(dataset: str) -> str:
-    """The split a dataset is evaluated on: Kinetics' validation set, else its test set."""
-    return "val" if _dataset(dataset) == "k400" else "test"
+    """The split a dataset is evaluated on: Kinetics' and SSv2's validation set, else its test
+    set."""
+    return "val" if _dataset(dataset) in ("k400", "k600", "ssv2") else "test"
 
 
 def folds(dataset: str, split: str | None) -> list[int | None]:
@@ -71,8 +86,10 @@ def load_split(
         return hmdb51.load(root, split, fold, videos)
     if name == "ucf101":
         return ucf101.load(root, split, fold, videos)
-    if name == "k400":
-        return kinetics.load(root, split, videos)
+    if name in ("k400", "k600"):
+        return kinetics.load(root, split, videos, dataset=name)
+    if name == "ssv2":
+        return ssv2.load(root, split, videos)
     if name == "charades":
         return charades.load(root, split, videos, instances=charades_instances)
     return generic.load(root, split, videos)

@@ -81,6 +81,11 @@ def load(
     return SplitList("charades", split, None, names, tuple(items), True, tuple(missing))
 
 
+def absent(root: Path, split: str, fold: int | None = None) -> str | None:
+    """None when the split's csv is on disk, else its name."""
+    return None if (Path(root) / CSV_FILES[split]).is_file() else CSV_FILES[split]
+
+
 def read_classes(path: Path) -> tuple[str, ...]:
     """The names of `Charades_v1_classes.txt` (`c000 Holding some clothes`) in id order."""
     by_id: dict[int, str] = {}

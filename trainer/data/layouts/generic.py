@@ -21,6 +21,11 @@ SPLITS = ("train", "val", "test")
 _EXPECT = "classes.csv (`id,name`) and the list files train.txt, val.txt, test.txt"
 
 
+def absent(root: Path, split: str, fold: int | None = None) -> str | None:
+    """None when the split's list file is on disk, else its name."""
+    return None if (Path(root) / f"{split}.txt").is_file() else f"{split}.txt"
+
+
 def load(root: Path | str, split: str = "train", videos: Path | str | None = None) -> SplitList:
     root = require_root(root, _EXPECT)
     split = normalize_split(split, SPLITS, LABEL)

@@ -22,6 +22,15 @@ _TAGS = {"train": "1", "test": "2"}
 _EXPECT = f"the official {SPLITS_DIR} folder and the class folders"
 
 
+def absent(root: Path, split: str, fold: int | None) -> str | None:
+    """None when the fold's split files are on disk (any of them: a partial set is loading's
+    error to name), else what is missing, relative to `root`."""
+    suffix = f"_test_split{check_fold(fold, LABEL)}.txt"
+    if any(name.endswith(suffix) for name in DirIndex().names(Path(root) / SPLITS_DIR)):
+        return None
+    return f"{SPLITS_DIR}/<class>{suffix}"
+
+
 def load(
     root: Path | str,
     split: str = "train",

@@ -1,4 +1,4 @@
-"""Kinetics-400 as released: `train.csv` / `validate.csv` / `test.csv` and clip folders.
+"""Kinetics-400 and -600 (`dataset="k600"`) as released: train/validate/test csv, clip folders.
 
 Csv header `label,youtube_id,time_start,time_end,split`; a clip is the file
 `<youtube_id>_<start:06d>_<end:06d>.mp4` (or .mkv/.webm/.avi) under `<split>/<label>/` or
@@ -20,6 +20,7 @@ from ..items import SplitList, VideoItem
 from ._common import VIDEO_EXTS, normalize_split, require_file, require_root, video_root
 
 LABEL = "Kinetics-400"
+LABELS = {"k400": LABEL, "k600": "Kinetics-600"}  # the --dataset names this module reads
 SPLITS = ("train", "val", "test")
 CSV_FILES = {"train": ("train.csv",), "val": ("validate.csv", "val.csv"), "test": ("test.csv",)}
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "validate"), "test": ("test",)}
@@ -37,20 +38,25 @@ def load(
     split: str = "train",
     videos: Path | str | None = None,
     class_names: Sequence[str] | None = None,
+    dataset: str = "k400",
 ) -> SplitList:
-    """One split; classes (in id order) are `class_names`, the shipped list, or train.csv's."""
+    """One split; classes (in id order) are `class_names`, the shipped list, or train.csv's.
+
+    `dataset` is k400 or k600: same csv format and clip folders, its own class list."""
+    title = LABELS[dataset]
+    shipped = SHIPPED_CLASSES if dataset == "k400" else DATA_DIR / dataset / "classes.csv"
     root = require_root(root, _EXPECT)
-    split = normalize_split(split, SPLITS, LABEL)
-    csv_path = _csv_file(root, split)
+    split = normalize_split(split, SPLITS, title)
+    csv_path = _csv_file(root, split, title)
     rows = _read_rows(csv_path)
     if class_names is not None:
         names = tuple(class_names)
-    elif SHIPPED_CLASSES.is_file():
-        names = load_classes("k400").names
+    elif shipped.is_file():
+        names = load_classes(dataset).names
     else:
         train_csv = require_file(
             root / "train.csv",
-            "Kinetics-400 train.csv (it fixes the class order)",
+            f"{title} train.csv (it fixes the class order)",
             f"--root must hold {_EXPECT}",
         )
         train_rows = rows if csv_path == train_csv else _read_rows(train_csv)
@@ -58,12 +64,12 @@ def load(
     by_label = {name: i for i, name in enumerate(names)}
     by_norm = {_norm(name): i for i, name in enumerate(names)}
 
-    vdir = video_root(videos, root, LABEL, f"must hold {_FOLDERS}")
+    vdir = video_root(videos, root, title, f"must hold {_FOLDERS}")
     folders = [vdir / d for d in SPLIT_DIRS[split] if (vdir / d).is_dir()]
     if not folders:
         wanted = " or ".join(str(vdir / d) for d in SPLIT_DIRS[split])
         raise UserError(
-            f"Kinetics-400 video folder not found: {wanted}; the video folder must hold {_FOLDERS}."
+            f"{title} video folder not found: {wanted}; the video folder must hold {_FOLDERS}."
         )
     clips = _index_clips(folders)
 
@@ -73,7 +79,7 @@ def load(
         class_id = by_label.get(label, by_norm.get(_norm(label), -1))
         if class_id < 0:
             raise UserError(
-                f"{csv_path} line {line}: label {label!r} is not a Kinetics-400 class of this "
+                f"{csv_path} line {line}: label {label!r} is not a {title} class of this "
                 f"class list ({len(names)} classes)."
             )
         vid = clip_id(youtube_id, start, end)
@@ -84,20 +90,27 @@ def load(
         want = _norm(names[class_id])
         path = min(found, key=lambda f: (0 if f[0] == want else 1 if f[0] == "" else 2, f[1]))[2]
         items.append(VideoItem(path, vid, (class_id,)))
-    return SplitList("k400", split, None, names, tuple(items), False, tuple(missing))
+    return SplitList(dataset, split, None, names, tuple(items), False, tuple(missing))
 
 
 def _norm(label: str) -> str:
     return " ".join(label.replace("_", " ").split()).casefold()
 
 
-def _csv_file(root: Path, split: str) -> Path:
+def _csv_file(root: Path, split: str, label: str = LABEL) -> Path:
     for name in CSV_FILES[split]:
         if (root / name).is_file():
             return root / name
     return require_file(
-        root / CSV_FILES[split][0], "Kinetics-400 annotation file", f"--root must hold {_EXPECT}"
+        root / CSV_FILES[split][0], f"{label} annotation file", f"--root must hold {_EXPECT}"
     )
+
+
+def absent(root: Path, split: str, fold: int | None = None) -> str | None:
+    """None when the split's csv is on disk, else its name (and the one standing in for it)."""
+    if any((Path(root) / name).is_file() for name in CSV_FILES[split]):
+        return None
+    return " or ".join(CSV_FILES[split])
 
 
 def _read_rows(path: Path) -> list[tuple[str, str, int, int, int]]:

@@ -34,6 +34,12 @@ _EXPECT = f"the official {LIST_DIR} folder and the class folders"
 _IND_LINE = re.compile(r"^\s*(\d+)\s+(\S.*?)\s*$")
 
 
+def absent(root: Path, split: str, fold: int | None) -> str | None:
+    """None when the split's list file is on disk, else its path relative to `root`."""
+    name = f"{LIST_DIR}/{split}list0{check_fold(fold, LABEL)}.txt"
+    return None if (Path(root) / name).is_file() else name
+
+
 def load(
     root: Path | str,
     split: str = "train",
