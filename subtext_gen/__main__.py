@@ -35,6 +35,26 @@ def _artifacts_dir(dataset: str | None, artifacts: Path | None) -> Path:
     return Path(artifacts) if artifacts is not None else ARTIFACTS_ROOT / dataset
 
 
+def _check_generate_numbers(**values: float) -> None:
+    """Numeric flags out of range: one sentence naming the flag (click's own check prints a
+    multi-line box)."""
+    at_least = {
+        "samples": 1,
+        "n_subtexts": 1,
+        "concurrency": 1,
+        "max_retries": 0,
+        "temperature": 0,
+        "batch_size": 1,
+    }
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "timeout":
+            if not value > 0 or value != value or value == float("inf"):
+                raise UserError(f"{flag} must be a positive number of seconds, not {value}.")
+        elif not value >= at_least[name]:
+            raise UserError(f"{flag} must be at least {at_least[name]}, not {value}.")
+
+
 @app.command()
 def generate(
     llm: LLM = typer.Option(LLM.openai, help="Backend: openai (or compatible), llava, file."),
@@ -44,14 +64,14 @@ def generate(
         None, help="LLM: default gpt-3.5-turbo (openai) or llava-hf/llava-v1.6-mistral-7b-hf."
     ),
     base_url: str = typer.Option(None, help="An OpenAI-compatible server (vLLM, Ollama, ...)."),
-    samples: int = typer.Option(2, min=1, help="Replies sampled per (class, prompt)."),
-    n_subtexts: int = typer.Option(4, min=1, help="N, sub-texts per class."),
+    samples: int = typer.Option(2, help="Replies sampled per (class, prompt)."),
+    n_subtexts: int = typer.Option(4, help="N, sub-texts per class."),
     prompts: str = typer.Option(None, help="Comma-separated prompt ids (default: all)."),
-    concurrency: int = typer.Option(8, min=1, help="Requests in flight (openai)."),
-    max_retries: int = typer.Option(5, min=0, help="Retries of a failed request (openai)."),
+    concurrency: int = typer.Option(8, help="Requests in flight (openai)."),
+    max_retries: int = typer.Option(5, help="Retries of a failed request (openai)."),
     timeout: float = typer.Option(60.0, help="Seconds before a request times out (openai)."),
-    temperature: float = typer.Option(0.7, min=0.0, help="Sampling temperature."),
-    batch_size: int = typer.Option(8, min=1, help="Prompts per generate() call (llava)."),
+    temperature: float = typer.Option(0.7, help="Sampling temperature."),
+    batch_size: int = typer.Option(8, help="Prompts per generate() call (llava)."),
     input: list[Path] = typer.Option(
         None,
         metavar="FILE",
@@ -69,6 +89,15 @@ def generate(
     from .generate import generate as run
     from .prompts import select_prompts
 
+    _check_generate_numbers(
+        samples=samples,
+        n_subtexts=n_subtexts,
+        concurrency=concurrency,
+        max_retries=max_retries,
+        timeout=timeout,
+        temperature=temperature,
+        batch_size=batch_size,
+    )
     class_list = load_classes(dataset, classes)
     chosen = select_prompts(prompts)
     if llm is LLM.openai:
@@ -187,6 +216,11 @@ def show(
         scored = directory / clip_tag(*clip_identity(clip_model, clip_pretrained))
     else:
         found = sorted(p.parent for p in directory.glob(f"*/{SUBTEXTS_FILE}"))
+        if not found:
+            raise UserError(
+                f"{directory} holds no scored sub-texts: run `python -m subtext_gen score "
+                "--tpp` on it first."
+            )
         if len(found) != 1:
             raise UserError(
                 f"{directory} holds {len(found)} scored folders; pick one with --clip-model "

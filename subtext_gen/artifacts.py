@@ -12,7 +12,8 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -103,20 +104,55 @@ def candidate_id(class_name: str, llm: str, prompt_id: str, sample: int) -> str:
     return hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
 
 
+def _new_file_mode(path: Path) -> int:
+    """The mode a plain `open(path, "w")` leaves: an existing file's, else 0o666 less umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        pass
+    try:  # Linux: read the umask without changing it (os.umask is process-wide, not atomic)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """`write(fh)` into a temporary binary file beside `path` (`<name>.<random>.tmp`), then
     rename it into place: a reader never sees a half-written file, a crash leaves the old
-    one. Every file the project writes for later use goes through here."""
+    one. Every file the project writes for later use goes through here.
+
+    The file gets the mode a plain `open()` would give it (0o666 less the umask, or the
+    replaced file's mode). An OSError (read-only folder, full disk, ...) removes the
+    temporary file and becomes a one-sentence `UserError` naming `path`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = _new_file_mode(path)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
             write(fh)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise UserError(
+                f"could not write {path} ({os_reason(exc)}); nothing was changed."
+            ) from exc
         raise
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError's reason without its file name (messages name the path themselves)."""
+    return exc.strerror or type(exc).__name__
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -135,7 +171,10 @@ def _encode_meta(meta: dict[str, object]) -> dict[bytes, bytes]:
 
 def read_meta(path: Path) -> dict[str, str]:
     """The `storyboard.*` schema metadata of a Parquet file, prefix removed."""
-    raw = pq.read_schema(path).metadata or {}
+    try:
+        raw = pq.read_schema(path).metadata or {}
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"{path} is not a readable Parquet file ({exc}).") from exc
     out = {}
     for k, v in raw.items():
         key = k.decode("utf-8")
@@ -221,13 +260,101 @@ class CandidateRow:
         )
 
 
+LOCK_FILE = ".generate.lock"
+JOURNAL_HEADER = "storyboard_journal"
+
+
+@contextmanager
+def writer_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive `flock` on `<directory>/.generate.lock` for the block: one
+    `generate` writes an artifact folder at a time. The OS drops the lock when the holder
+    exits, however it dies, so a crashed run never leaves the folder stuck."""
+    import fcntl
+
+    directory = Path(directory)
+    lock_path = directory / LOCK_FILE
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise UserError(
+            f"cannot write to the artifact folder {directory} ({os_reason(exc)})."
+        ) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise UserError(
+                f"another `generate` is writing {directory}; wait for it to finish or use "
+                "another --out."
+            ) from exc
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _damaged(path: Path, journal: Path) -> UserError:
+    """The one sentence for a `candidates.parquet` that cannot be read."""
+    if journal.exists():
+        how = (
+            f"delete it and rerun `generate`: the rows in {journal} are kept and the rest "
+            "are asked for again."
+        )
+    else:
+        how = f"delete the folder {path.parent} and rerun `generate`."
+    return UserError(f"{path} is damaged (not a readable Parquet file); {how}")
+
+
+def _read_candidates_file(path: Path, journal: Path) -> tuple[dict[str, str], list[CandidateRow]]:
+    try:
+        meta = read_meta(path)
+        rows = read_candidate_rows(path)
+    except UserError as exc:
+        if isinstance(exc.__cause__, (pa.ArrowInvalid, OSError)):
+            raise _damaged(path, journal) from exc.__cause__
+        raise
+    return meta, rows
+
+
+def _journal_header(class_names: Sequence[str], n_subtexts: int) -> dict[str, object]:
+    return {
+        JOURNAL_HEADER: VERSION,
+        "classes": list(class_names),
+        "n_subtexts": int(n_subtexts),
+    }
+
+
+def read_journal_meta(path: Path) -> dict[str, str]:
+    """The journal's header as `candidates.parquet` metadata (`version`, `classes`,
+    `n_subtexts`); empty for a missing journal or one without a header."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            first = fh.readline()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({os_reason(exc)}).") from exc
+    try:
+        head = json.loads(first)
+    except json.JSONDecodeError:
+        return {}
+    if not isinstance(head, dict) or JOURNAL_HEADER not in head:
+        return {}
+    return {
+        "version": str(head[JOURNAL_HEADER]),
+        "classes": json.dumps(head.get("classes", []), ensure_ascii=False),
+        "n_subtexts": str(head.get("n_subtexts", "")),
+    }
+
+
 class CandidateStore:
     """`candidates.parquet` plus an append-only journal, so a crash loses nothing written.
 
     Every new row is appended to `candidates.journal.jsonl` and handed to the OS at once;
     `flush()` folds the journal into the Parquet file atomically and removes it. Rows are
     keyed by `candidate_id`; a later row replaces an earlier one with the same key.
-    The class list and N are stored as metadata and must agree across runs.
+    The class list, N and the format version are stored as metadata (the journal's first
+    line carries them too) and must agree across runs.
     """
 
     def __init__(self, directory: Path, class_names: Sequence[str], n_subtexts: int):
@@ -238,43 +365,60 @@ class CandidateStore:
         self.n_subtexts = int(n_subtexts)
         self.rows: dict[str, CandidateRow] = {}
         if self.path.exists():
-            self._check_compatible(read_meta(self.path))
-            for row in read_candidate_rows(self.path):
+            meta, rows = _read_candidates_file(self.path, self.journal_path)
+            self._check_compatible(meta, self.path)
+            for row in rows:
                 self.rows[row.candidate_id] = row
+        self._check_compatible(read_journal_meta(self.journal_path), self.journal_path)
         for row in _read_journal(self.journal_path):
             self.rows[row.candidate_id] = row
         self._journal = None
 
-    def _check_compatible(self, meta: dict[str, str]) -> None:
+    def _check_compatible(self, meta: dict[str, str], path: Path) -> None:
+        version = meta.get("version")
+        if version and version != VERSION:
+            raise UserError(
+                f"{path} was written by format version {version}, not {VERSION}; "
+                "use another --out."
+            )
         stored = json.loads(meta.get("classes", "[]"))
         if stored and stored != self.class_names:
             added = sorted(set(self.class_names) - set(stored))
             removed = sorted(set(stored) - set(self.class_names))
             raise UserError(
-                f"{self.path} was made for another class list (not in it: {added or 'none'}; "
+                f"{path} was made for another class list (not in it: {added or 'none'}; "
                 f"only in it: {removed or 'none'}); use another --out."
             )
         stored_n = meta.get("n_subtexts")
         if stored_n and int(stored_n) != self.n_subtexts:
             raise UserError(
-                f"{self.path} holds sets of {stored_n} sub-texts, not {self.n_subtexts} "
+                f"{path} holds sets of {stored_n} sub-texts, not {self.n_subtexts} "
                 "(--n-subtexts); use another --out."
             )
 
     def append(self, row: CandidateRow) -> None:
-        if self._journal is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._journal = open(self.journal_path, "a", encoding="utf-8")  # noqa: SIM115
         rec = row.to_record()
         rec["created_at"] = row.created_at.isoformat()
-        self._journal.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        self._journal.flush()  # in the OS now: a killed process loses nothing written
+        try:
+            if self._journal is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._journal = open(self.journal_path, "a", encoding="utf-8")  # noqa: SIM115
+                if self._journal.tell() == 0:  # a new journal: the header comes first
+                    header = _journal_header(self.class_names, self.n_subtexts)
+                    self._journal.write(json.dumps(header, ensure_ascii=False) + "\n")
+            self._journal.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            self._journal.flush()  # in the OS now: a killed process loses nothing written
+        except OSError as exc:
+            raise UserError(f"could not write {self.journal_path} ({os_reason(exc)}).") from exc
         self.rows[row.candidate_id] = row
 
     def flush(self) -> None:
         """Fold the journal into `candidates.parquet` (atomic) and remove the journal."""
         if self._journal is not None:
-            self._journal.close()
+            try:
+                self._journal.close()
+            except OSError:
+                pass  # every row was flushed to the OS when appended
             self._journal = None
         if not self.rows and not self.path.exists():
             return
@@ -299,7 +443,10 @@ def _read_journal(path: Path) -> Iterable[CandidateRow]:
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             try:
-                yield CandidateRow.from_record(json.loads(line))
+                rec = json.loads(line)
+                if isinstance(rec, dict) and JOURNAL_HEADER in rec:
+                    continue
+                yield CandidateRow.from_record(rec)
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue  # a line torn by a crash mid-write: its request is simply redone
 
@@ -327,8 +474,11 @@ def read_candidates(directory: Path) -> Candidates:
         raise UserError(
             f"no candidates in {directory}: run `python -m subtext_gen generate` first."
         )
-    meta = read_meta(path) if path.exists() else {}
-    rows = {r.candidate_id: r for r in (read_candidate_rows(path) if path.exists() else [])}
+    journal = directory / JOURNAL_FILE
+    meta, file_rows = _read_candidates_file(path, journal) if path.exists() else ({}, [])
+    if not meta:  # journal only (a run killed before its first flush): its header says
+        meta = read_journal_meta(journal)
+    rows = {r.candidate_id: r for r in file_rows}
     rows.update({r.candidate_id: r for r in _read_journal(directory / JOURNAL_FILE)})
     ordered = sorted(rows.values(), key=lambda r: (r.class_id, r.llm, r.prompt_id, r.sample))
     class_names = json.loads(meta.get("classes", "[]"))

@@ -51,7 +51,7 @@ def load_classes(dataset: str | None = None, classes_file: Path | None = None) -
 
 
 def _read_csv(path: Path) -> tuple[str, ...]:
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.DictReader(fh))
     if not rows or not {"id", "name"} <= set(rows[0]):
         raise UserError(f"{path} must be a csv with the header `id,name`.")
@@ -67,7 +67,7 @@ def _read_csv(path: Path) -> tuple[str, ...]:
 def _read_txt(path: Path) -> tuple[str, ...]:
     """One class a line, in id order; Charades (`c000 Name`) and classInd (`1 Name`) codes go."""
     names = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8-sig").splitlines():
         line = line.strip().strip('"').strip()
         if not line:
             continue

@@ -113,8 +113,12 @@ def load_clip(
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=weights, device=torch_device
         )
-    except RuntimeError as exc:
-        if weights and not _looks_like_path(weights):
+    except Exception as exc:
+        if weights and _looks_like_path(weights):
+            raise UserError(_checkpoint_problem(weights, clip_model, exc)) from exc
+        if not isinstance(exc, RuntimeError):
+            raise
+        if weights:
             raise UserError(
                 f"CLIP weights {name}/{weights} are not available here ({str(exc)[:120]}...): "
                 "download them once on a machine with network (they go to the Hugging Face "
@@ -136,6 +140,38 @@ def load_clip(
         pretrained_id=pretrained_id,
         embed_dim=int(_text_tower(model).text_projection.shape[-1]),
         device=torch_device,
+    )
+
+
+_NOT_A_CHECKPOINT = ("PytorchStreamReader", "zip archive", "invalid load key", "Ran out of input",
+                     "Weights only load failed", "pickle", "truncated")  # fmt: skip
+_WRONG_MODEL = ("size mismatch", "Missing key", "Unexpected key")
+
+
+def _checkpoint_problem(weights: str, clip_model: str, exc: Exception) -> str:
+    """One sentence on why the checkpoint file `weights` did not load into `clip_model`:
+    not a PyTorch checkpoint at all, or weights of another architecture."""
+    import pickle
+
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines)
+    if isinstance(exc, (pickle.UnpicklingError, EOFError, UnicodeDecodeError)) or any(
+        marker in text for marker in _NOT_A_CHECKPOINT
+    ):
+        telling = ("PytorchStreamReader", "invalid load key", "Ran out of input", "Unsupported")
+        reason = next((line for line in lines if any(m in line for m in telling)),
+                      type(exc).__name__)  # fmt: skip
+        reason = reason.split(". ")[0].rstrip(".")
+        return (
+            f"--clip-pretrained {weights} is not a PyTorch checkpoint (it cannot be unpickled: "
+            f"{reason[:100]}); pass a CLIP checkpoint file, a pretrained tag or none."
+        )
+    detail = next((line for line in lines if any(m in line for m in _WRONG_MODEL)),
+                  lines[0] if lines else type(exc).__name__)  # fmt: skip
+    return (
+        f"--clip-pretrained {weights} is not a checkpoint of --clip-model {clip_model} (its "
+        f"weights do not fit: {detail[:140].rstrip('.')}); pass the --clip-model it was "
+        "trained as."
     )
 
 

@@ -10,14 +10,23 @@ class UserError(Exception):
 
 
 def run_cli(app) -> None:
-    """Run a typer app: a UserError is one line on stderr and exit status 2; Ctrl-C is 130."""
+    """Run a typer app: a UserError, or a flag the parser refuses (an unknown choice, a value
+    of the wrong type), is one line on stderr and exit status 2; Ctrl-C is 130."""
     import sys
 
+    import typer
+
     try:
-        app()
+        result = app(standalone_mode=False)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         print("interrupted: everything written so far is kept; rerun to resume.", file=sys.stderr)
         sys.exit(130)
+    except typer.TyperException as exc:  # the parser's usage errors (typer's own click)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        bare = type(exc).__name__ == "NoArgsIsHelpError"  # no command: the help itself
+        print(message if bare else f"error: {message}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(result if isinstance(result, int) else 0)

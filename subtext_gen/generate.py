@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .artifacts import CandidateRow, CandidateStore, candidate_id
+from .artifacts import CandidateRow, CandidateStore, candidate_id, writer_lock
 from .classes import ClassList, class_text
 from .llm.base import Backend, Completion, Job
 from .parse import parse_subtexts
@@ -103,7 +103,28 @@ def generate(
     strict: bool = False,
     show_progress: bool = True,
 ) -> GenerateSummary:
-    """Ask `backend` for every missing candidate of `classes` and store the rows in `out_dir`."""
+    """Ask `backend` for every missing candidate of `classes` and store the rows in `out_dir`.
+
+    One `generate` writes a folder at a time (`writer_lock`); a second one is refused."""
+    try:
+        with writer_lock(out_dir):
+            return _generate(
+                classes, backend, out_dir, n_subtexts, prompts, samples, strict, show_progress
+            )
+    finally:
+        backend.close()
+
+
+def _generate(
+    classes: ClassList,
+    backend: Backend,
+    out_dir: Path,
+    n_subtexts: int,
+    prompts: Sequence[Prompt],
+    samples: int,
+    strict: bool,
+    show_progress: bool,
+) -> GenerateSummary:
     store = CandidateStore(out_dir, classes.names, n_subtexts)
     answered = {cid for cid, row in store.rows.items() if row.answered}
     if hasattr(backend, "plan"):  # the file backend knows its own sets
@@ -141,7 +162,6 @@ def generate(
                 progress.update(task, completed=done, ok=ok, failed=failed, remaining=total - done)
     finally:
         store.flush()
-        backend.close()
     return GenerateSummary(
         requested=total,
         ok=ok,

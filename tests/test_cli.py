@@ -178,3 +178,25 @@ def test_user_errors_exit_2_with_one_sentence(tmp_path):
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (args, done.stderr)
     assert not (tmp_path / "art").exists()  # a refused file writes nothing
+
+
+def test_flags_the_parser_refuses_are_one_line_too(tmp_path):
+    """Found by our own sweep: an unknown choice, a non-number or an unknown flag printed a
+    boxed multi-line panel; now one `error:` line and exit 2, as our own errors."""
+    cases = [
+        ("subtext_gen", "generate", "--llm", "nope"),
+        ("subtext_gen", "generate", "--samples", "abc"),
+        ("subtext_gen", "generate", "--nope"),
+        ("subtext_gen", "show", "--artifacts", str(tmp_path / "nowhere")),
+        ("trainer", "run", "--frames", "x"),
+        ("trainer", "run", "--tau-fine", "0", "--dataset", "list", "--root", str(tmp_path)),
+    ]
+    for module, *args in cases:
+        done = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO,
+                              capture_output=True, text=True)  # fmt: skip
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, (args, done.stderr)
+        assert lines[0].startswith("error: ") and "Traceback" not in done.stderr
+    helped = subprocess.run([sys.executable, "-m", "trainer", "--help"], cwd=REPO,
+                            capture_output=True, text=True)  # fmt: skip
+    assert helped.returncode == 0 and "Usage" in helped.stdout

@@ -74,3 +74,25 @@ def test_loader_errors_are_one_clear_sentence(tmp_path):
         load_clip(str(tmp_path / "nope.json"), "none", "cpu")
     with pytest.raises(UserError, match="not available here"):
         load_clip(str(TINY_CLIP_CONFIG), "openai", "cpu")  # a tag with no weights for it
+
+
+def test_a_file_that_is_no_clip_checkpoint_is_one_sentence(tiny_clip, tmp_path):
+    """A CSV, a truncated file and another architecture's weights as --clip-pretrained."""
+    from subtext_gen.resources import data_path
+
+    csv = tmp_path / "classes.csv"
+    csv.write_text("id,name\n0,a\n")
+    good = tmp_path / "tiny.pt"
+    torch.save(tiny_clip.model.state_dict(), good)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:2000])
+    other = tmp_path / "other.pt"
+    world_clip = load_clip(str(data_path("clip", "StoryboardWorld-CLIP.json")), "none", "cpu")
+    torch.save(world_clip.model.state_dict(), other)
+    for path in (csv, cut):
+        with pytest.raises(UserError, match="is not a PyTorch checkpoint") as caught:
+            load_clip(str(TINY_CLIP_CONFIG), str(path), "cpu")
+        assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(UserError, match="is not a checkpoint of --clip-model") as caught:
+        load_clip(str(TINY_CLIP_CONFIG), str(other), "cpu")
+    assert str(other) in str(caught.value) and "\n" not in str(caught.value)

@@ -282,3 +282,9 @@ def test_autocast_bf16(clip, clips):
         out = model(clips, text)
     assert out["logits"].dtype == torch.float32 and torch.isfinite(out["logits"]).all()
     loss_of(out).backward()
+
+
+def test_heads_that_do_not_divide_the_width_are_one_sentence(clip):
+    with pytest.raises(UserError, match=r"^--heads 3 must divide the embedding width of CLIP"):
+        build(clip, attention_heads=3)
+    assert build(clip, attention_heads=2)[0].head.cross_attention.heads == 2

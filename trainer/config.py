@@ -10,12 +10,14 @@ gradient accumulation makes it up when a device cannot hold it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from subtext_gen.errors import UserError
 
 AGGREGATIONS = ("mean", "global", "coarse", "fine", "coarse+fine")
+AMP_MODES = ("bf16", "fp16", "none")
 
 
 @dataclass
@@ -71,6 +73,11 @@ class RunConfig:
                 f"unknown --aggregation {self.aggregation!r}; choose one of "
                 f"{', '.join(AGGREGATIONS)}."
             )
+        if self.shots is not None and self.shots < 1:
+            raise UserError(
+                f"--shots must be at least 1, not {self.shots}: leave it out to train on the "
+                "whole split (supervised)."
+            )
         if self.frames < 1 or self.epochs < 1 or self.batch_size < 1:
             raise UserError("--frames, --epochs and --batch-size must be at least 1.")
         if self.eval_crops not in (1, 3):
@@ -84,6 +91,72 @@ class RunConfig:
                 f"--features {self.features} holds frozen-backbone features: add "
                 "--freeze-backbone, or drop --features to train the backbone."
             )
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Numbers outside their meaning are refused here, not found later as a NaN loss,
+        an optimiser traceback or a flag silently read as its default."""
+        at_least = {"--micro-batch": (self.micro_batch, 1), "--clips": (self.eval_clips, 1),
+                    "--temporal-layers": (self.temporal_layers, 0), "--heads":
+                    (self.attention_heads, 1), "--workers": (self.workers, 0),
+                    "--weight-decay": (self.weight_decay, 0), "--warmup-epochs":
+                    (self.warmup_epochs, 0), "--lambda": (self.lam, 0),
+                    "backbone_lr_scale": (self.backbone_lr_scale, 0)}  # fmt: skip
+        for flag, (value, least) in at_least.items():
+            if value is not None and not value >= least:
+                raise UserError(f"{flag} must be at least {least}, not {value}.")
+        above_zero = {"--lr": self.lr, "--tau-coarse": self.tau_coarse,
+                      "--tau-fine": self.tau_fine}  # fmt: skip
+        for flag, value in above_zero.items():
+            if not (value > 0 and math.isfinite(value)):
+                raise UserError(f"{flag} must be a positive number, not {value}.")
+        if self.amp not in AMP_MODES:
+            raise UserError(f"--amp must be {', '.join(AMP_MODES)}, not {self.amp!r}.")
+
+
+# Settings that `run --resume` lets differ from the run's config.json: they change how fast
+# or where the run goes, never its data, model, schedule or evaluation. Everything else is
+# compared and a difference refused (`resume_differences`). Evaluation views (--clips,
+# --crops) and --eval-every are compared too: the metrics already logged and the choice
+# of best.pt would mix two evaluation protocols (evaluate other views with `eval`).
+# The number of processes is not a setting: the checkpoint's layout check keeps the
+# global batch (--batch-size, --micro-batch x processes) the run began with.
+RESUME_MAY_CHANGE: dict[str, str] = {
+    "workers": "DataLoader workers: data are keyed by (seed, epoch, item), not by worker",
+    "device": "where the run computes (the checkpoint is loaded onto it)",
+    "out": "the run directory itself",
+    "compile": "torch.compile: the same model, compiled or not",
+    "preset": "a name for values that are compared one by one",
+}
+
+# CLI flag of each RunConfig field whose flag is not `--` + the name with dashes.
+FLAGS = {"attention_heads": "--heads", "lam": "--lambda", "eval_clips": "--clips",
+         "eval_crops": "--crops"}  # fmt: skip
+
+
+def flag_name(field_name: str) -> str:
+    return FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def resume_differences(saved: dict, current: dict) -> list[str]:
+    """'--flag old -> new' for each setting outside RESUME_MAY_CHANGE that differs between a
+    run's saved config (config.json) and the one given to resume it (both JSON-like)."""
+    differences = []
+    for f in dataclasses.fields(RunConfig):
+        if f.name in RESUME_MAY_CHANGE or f.name not in saved:
+            continue
+        old, new = saved[f.name], current.get(f.name)
+        if old != new:
+            differences.append(f"{flag_name(f.name)} {_shown(old)} -> {_shown(new)}")
+    return differences
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
 
 PRESETS: dict[str, dict] = {

@@ -19,6 +19,8 @@ import json
 import math
 import os
 import signal
+import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -30,13 +32,26 @@ import pandas as pd
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from subtext_gen.artifacts import SUBTEXTS_FILE, atomic_write, clip_tag, read_subtexts
+from subtext_gen.artifacts import (
+    SUBTEXTS_FILE,
+    atomic_write,
+    atomic_write_text,
+    clip_tag,
+    read_subtexts,
+)
 from subtext_gen.clip_text import clip_identity, load_clip, resolve_device
 from subtext_gen.errors import UserError
 
 from . import metrics
-from .config import RunConfig
-from .data.dataset import ClipSpec, EpochSampler, Skipped, VideoClipDataset, make_loader
+from .config import RunConfig, resume_differences
+from .data.dataset import (
+    ClipSpec,
+    EpochSampler,
+    Skipped,
+    VideoClipDataset,
+    make_loader,
+    short_videos,
+)
 from .data.items import SplitList
 from .data.layouts import folds, load_split, test_split
 from .data.protocols import fewshot_items, load_item_list, repeat_factor, save_item_list
@@ -101,6 +116,102 @@ def _json_default(value):
 def atomic_save(obj, path: Path) -> None:
     """`torch.save` through `atomic_write`: a checkpoint is never half-written."""
     atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def _first_line(exc: BaseException, limit: int = 120) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0].strip() if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def load_checkpoint(path: Path, map_location, hint: str) -> dict:
+    """A run checkpoint (`torch.load`), or a one-sentence UserError naming the file when it
+    is truncated, damaged or not a run's checkpoint, ending with `hint`."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # truncated zip, pickle or I/O: the file is at fault
+        raise UserError(
+            f"{path} is not a readable checkpoint (truncated or damaged: {_first_line(exc)}); "
+            f"{hint}."
+        ) from exc
+    if not isinstance(state, dict) or not {"model", "config"} <= set(state):
+        raise UserError(f"{path} is not a Storyboard run checkpoint; {hint}.")
+    return state
+
+
+def writable_dir(path: Path, flag: str = "--out") -> None:
+    """Create `path` and prove a file can be written in it: a one-sentence UserError before
+    any work if not (read-only folder, a file in the way, no space)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"{flag} {path} cannot be written ({exc.strerror or exc}): pass a folder you "
+            "can write to."
+        ) from exc
+
+
+def _as_json(config: dict) -> dict:
+    return json.loads(json.dumps(config, default=_json_default))
+
+
+def check_resume(cfg: RunConfig, out: Path, state: dict) -> None:
+    """Refuse to resume the run in `out` with settings other than those it ran with (its
+    config.json, else the checkpoint's), except those of `RESUME_MAY_CHANGE`."""
+    saved = state["config"]
+    path = out / "config.json"
+    with contextlib.suppress(OSError, ValueError):
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    differences = resume_differences(_as_json(saved), _as_json(dataclasses.asdict(cfg)))
+    if differences:
+        raise UserError(
+            f"--resume: {out} was trained with other settings ({', '.join(differences)}); "
+            f"resume with the flags of its config.json, or start a new run with another --out."
+        )
+
+
+def keep_logged_epochs(path: Path, epochs: int) -> None:
+    """Drop the lines of `metrics.jsonl` for epochs after the first `epochs` (those the
+    checkpoint being resumed had not completed, which the run now repeats), and lines cut
+    short by a kill."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            epoch = json.loads(line).get("epoch")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(epoch, int) and epoch <= epochs:
+            kept.append(line)
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def check_clip_lengths(cfg: RunConfig, data: RunData) -> None:
+    """Before training: refuse when every probed training (or test) video is shorter than
+    `--frames` (an epoch would read no clip); warn when some are."""
+    train_items = data.fewshot if data.fewshot is not None else data.train.items
+    for what, items in (("training", train_items), ("test", data.test.items)):
+        short, opened = short_videos(items, cfg.frames, workers=max(1, cfg.workers))
+        if not short:
+            continue
+        item, length = short[0]
+        counted = f"{len(short)} of the {opened} {what} videos probed"
+        if len(short) == opened:
+            raise UserError(
+                f"{counted} are shorter than --frames {cfg.frames} (e.g. {item.path} has "
+                f"{length} frames): lower --frames, or list the short videos with `python -m "
+                f"trainer check-data --frames {cfg.frames}`."
+            )
+        warnings.warn(
+            f"{counted} are shorter than --frames {cfg.frames} (e.g. {item.path} has {length} "
+            "frames) and will be skipped; `python -m trainer check-data` lists them.",
+            stacklevel=2,
+        )
 
 
 def progress_bar(enabled: bool) -> Progress:
@@ -389,12 +500,26 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
     fold = folds(cfg.dataset, cfg.split)[0]
     out = cfg.out or default_run_dir(cfg)
     ckpt_dir = out / "checkpoints"
-    if (ckpt_dir / "last.pt").exists() and not resume:
+    last_path = ckpt_dir / "last.pt"
+    if last_path.exists() and not resume:
         raise UserError(
             f"{out} already holds a run: pass --resume to continue it or another --out."
         )
+    state = None
+    if resume and last_path.exists():  # (--split all: later folds start fresh)
+        other = ckpt_dir / "best.pt"
+        hint = (f"copy {other} over it to resume from the best epoch, or start over with "
+                "another --out" if other.exists() else "start over with another --out")  # fmt: skip
+        state = load_checkpoint(last_path, dist_info.device, hint)
+        check_resume(cfg, out, state)
+    elif resume and dist_info.is_main:
+        print(f"no checkpoint in {ckpt_dir}: starting fresh", file=sys.stderr)
+    if dist_info.is_main:
+        writable_dir(out)
     subtexts = cfg.subtexts or default_subtexts(cfg.dataset, cfg.clip_model, cfg.clip_pretrained)
     data = prepare_data(cfg, root, fold)
+    if cfg.features is None and dist_info.is_main:
+        check_clip_lengths(cfg, data)
     built = build(cfg, dist_info, subtexts)
     check_classes(data.train, read_subtexts(subtexts).class_names, subtexts)
     model, text = built.model, built.text
@@ -449,8 +574,7 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
     fresh = {"step": 0, "loss_sum": 0.0, "clips": 0, "skipped": 0}
     epoch, position, best = 0, dict(fresh), None
     layout = {"micro_batch": micro, "world": dist_info.world, "accumulation": accumulation}
-    if resume and (ckpt_dir / "last.pt").exists():  # (--split all: later folds start fresh)
-        state = torch.load(ckpt_dir / "last.pt", map_location=dist_info.device, weights_only=False)
+    if state is not None:
         if state["layout"] != layout:
             raise UserError(
                 f"{ckpt_dir / 'last.pt'} was trained with {state['layout']}, not {layout}: "
@@ -466,9 +590,12 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
         epoch, position, best = state["epoch"], state["position"], state["best"]
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(
-            json.dumps(dataclasses.asdict(cfg), indent=2, default=_json_default) + "\n"
-        )
+        # config.json describes the run as it began; a resume (same settings, checked
+        # above) leaves it as it is.
+        if state is None or not (out / "config.json").exists():
+            atomic_write_text(out / "config.json", json.dumps(
+                dataclasses.asdict(cfg), indent=2, default=_json_default) + "\n")  # fmt: skip
+        keep_logged_epochs(out / "metrics.jsonl", epoch)
         if data.fewshot is not None:
             save_item_list(data.fewshot, out / "fewshot.csv")
 
@@ -509,6 +636,15 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
                 skipped = int(
                     all_reduce_sum(torch.tensor(position["skipped"], device=dist_info.device))
                 )
+                clips = int(
+                    all_reduce_sum(torch.tensor(position["clips"], device=dist_info.device))
+                )
+                if clips == 0:  # never a loss of 0.0 for an epoch that trained nothing
+                    raise UserError(
+                        f"epoch {epoch + 1} read no training clip: all {skipped} videos were "
+                        f"skipped (unreadable, or shorter than --frames {cfg.frames}); check "
+                        "them with `python -m trainer check-data`."
+                    )
                 loss = position["loss_sum"] / max(position["clips"], 1)
                 line = {"epoch": epoch + 1, "train_loss": loss, "skipped": skipped,
                         "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
@@ -611,12 +747,15 @@ def cache_features(
     device = resolve_device(cfg.device)
     root = cfg.root or default_root(cfg.dataset)
     fold = folds(cfg.dataset, cfg.split)[0]
+    out = Path(out or default_features_dir(cfg.dataset, fold,
+                                           clip_identity(cfg.clip_model, cfg.clip_pretrained),
+                                           cfg.frames))  # fmt: skip
+    writable_dir(out)
     clip = load_clip(cfg.clip_model, cfg.clip_pretrained, str(device))
     clip_id = (clip.model_id, clip.pretrained_id)
     train = load_split(cfg.dataset, root, "train", fold, cfg.videos, cfg.charades_instances)
     test = load_split(cfg.dataset, root, test_split(cfg.dataset), fold, cfg.videos, False)
     train_set, test_set = clip_datasets(cfg, train, list(train.items), test, clip.image_size)
-    out = Path(out or default_features_dir(cfg.dataset, fold, clip_id, cfg.frames))
     meta = {**cache_identity(cfg.dataset, fold, clip_id, train_set, test_set), "views": views,
             "seed": cfg.seed, "dtype": dtype, "feature_dim": clip.embed_dim}  # fmt: skip
     writer = CacheWriter(out, meta, shard_rows)
@@ -660,7 +799,11 @@ def load_run(
     path = path if path.exists() else run_dir / "checkpoints" / "last.pt"
     if not path.exists():
         raise UserError(f"no checkpoint in {run_dir / 'checkpoints'}: not a run directory.")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    if path.name == "best.pt" and (run_dir / "checkpoints" / "last.pt").exists():
+        hint = "the run's last.pt may still load (`eval --last`)"
+    else:
+        hint = "resume the run (`run --resume`) or train it again"
+    state = load_checkpoint(path, "cpu", hint)
     names = {f.name for f in dataclasses.fields(RunConfig)}
     saved = {k: v for k, v in state["config"].items() if k in names}
     dataset = dataset or saved["dataset"]

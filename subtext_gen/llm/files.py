@@ -73,11 +73,17 @@ def _read_raw_sets(path: Path) -> dict[str, list[list[str]]]:
         sets = {}
         for name, value in data.items():
             if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
-                sets[name] = [[str(t) for t in v] for v in value]
+                sets[name] = value
             elif isinstance(value, list):
-                sets[name] = [[str(t) for t in value]]
+                sets[name] = [value]
             else:
                 raise UserError(f"{path}: the value for class {name!r} is not a list of texts.")
+            bad = [t for v in sets[name] for t in v if not isinstance(t, str)]
+            if bad:
+                raise UserError(
+                    f"{path}: the texts for class {name!r} must be strings, not "
+                    f"{', '.join(json.dumps(t) for t in bad[:3])}{' ...' if len(bad) > 3 else ''}."
+                )
         return sets
     if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8") as fh:
@@ -129,6 +135,8 @@ class FileBackend:
         self.path = Path(path)
         self.llm = llm or f"file:{self.path.stem}"
         self.sets = read_description_sets(self.path)
+        if not any(texts for class_sets in self.sets.values() for texts in class_sets):
+            raise UserError(f"{self.path} holds no description sets.")
         self.notify = notify or _print_notice
         self._matched: tuple[ClassList, dict[int, list[list[str]]]] | None = None
 

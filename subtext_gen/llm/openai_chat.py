@@ -64,6 +64,7 @@ class OpenAIBackend:
         openai = self._openai
         replies: list[str | None] = [None] * len(job.samples)
         missing = list(range(len(job.samples)))
+        malformed: str | None = None
         try:
             for _ in range(_MAX_TOP_UPS):
                 response = self.client.chat.completions.create(
@@ -77,7 +78,12 @@ class OpenAIBackend:
                 if not isinstance(choices, list):
                     return Completion(job, tuple(replies), "malformed response: no choices")
                 for choice, slot in zip(choices, list(missing)):
-                    replies[slot] = choice.message.content or ""
+                    message = getattr(choice, "message", None)
+                    content = getattr(message, "content", None)
+                    if message is not None and (content is None or isinstance(content, str)):
+                        replies[slot] = content or ""
+                    else:  # no message (or no text in it): this sample failed, not the run
+                        malformed = "malformed response: a choice without a message"
                     missing.remove(slot)
                 if not missing or not choices:
                     break
@@ -94,8 +100,10 @@ class OpenAIBackend:
         except (openai.OpenAIError, ValueError) as exc:
             message = self._redact(f"{type(exc).__name__}: {exc}").splitlines()[0][:300]
             return Completion(job, tuple(replies), f"request failed: {message}")
-        error = f"server returned {len(job.samples) - len(missing)} of {len(job.samples)} samples"
-        return Completion(job, tuple(replies), error if missing else None)
+        if missing:
+            got = len(job.samples) - len(missing)
+            malformed = f"server returned {got} of {len(job.samples)} samples"
+        return Completion(job, tuple(replies), malformed)
 
     def complete(self, jobs: Sequence[Job]) -> Iterator[Completion]:
         """Run jobs with `concurrency` requests in flight; yield each as it finishes."""

@@ -59,6 +59,32 @@ def clip_target(item: VideoItem, num_classes: int, multi_label: bool) -> torch.T
     return hot
 
 
+def short_videos(
+    items: Sequence[VideoItem], frames: int, limit: int = 64, workers: int = 8
+) -> tuple[list[tuple[VideoItem, int]], int]:
+    """Probe up to `limit` distinct items (evenly spread over `items`): -> (the items whose
+    clip range, their interval or the whole video, holds fewer than `frames` frames, with
+    that count; how many items could be opened). Unreadable videos are left to the loader,
+    which skips and counts them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    distinct = list({(item.path, item.interval): item for item in items}.values())
+    chosen = distinct[:: max(1, math.ceil(len(distinct) / limit))][:limit]
+
+    def length(item: VideoItem) -> int | None:
+        try:
+            _, info = open_video(item.path)
+            start, end = interval_frames(item.interval, info.fps, info.num_frames)
+        except (VideoError, ValueError):
+            return None
+        return max(0, end - start)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        lengths = list(pool.map(length, chosen))
+    short = [(item, n) for item, n in zip(chosen, lengths) if n is not None and n < frames]
+    return short, sum(n is not None for n in lengths)
+
+
 class VideoClipDataset(Dataset):
     """Index with `(epoch, i)` (from `EpochSampler`) or a plain `i` (epoch 0)."""
 

@@ -218,6 +218,11 @@ def build_model(
             f"{width}-d embeddings; rescore it with `python -m subtext_gen score --tpp`."
         )
     dim = clip.embed_dim
+    if dim % attention_heads:
+        raise UserError(
+            f"--heads {attention_heads} must divide the embedding width of CLIP "
+            f"{clip.model_id} ({dim})."
+        )
     head = StoryboardHead(
         dim,
         mode=aggregation,
