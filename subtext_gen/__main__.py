@@ -84,6 +84,7 @@ def generate(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Ask an LLM for N atomic actions per class; resumable, one row per reply."""
+    from .artifacts import writer_lock
     from .classes import load_classes
     from .generate import GenerateSummary
     from .generate import generate as run
@@ -128,19 +129,21 @@ def generate(
         backends = file_backends(input)  # one source per file, each with its own `llm`
         for backend in backends:  # every file checked against the classes before any write
             backend.plan(class_list, n_subtexts)
-    summaries = [
-        run(
-            class_list,
-            backend,
-            out or ARTIFACTS_ROOT / class_list.name,
-            n_subtexts=n_subtexts,
-            prompts=chosen,
-            samples=samples,
-            strict=strict,
-            show_progress=progress,
-        )
-        for backend in backends
-    ]
+    out_dir = out or ARTIFACTS_ROOT / class_list.name
+    with writer_lock(out_dir):  # held across every --input file: no other run in between
+        summaries = [
+            run(
+                class_list,
+                backend,
+                out_dir,
+                n_subtexts=n_subtexts,
+                prompts=chosen,
+                samples=samples,
+                strict=strict,
+                show_progress=progress,
+            )
+            for backend in backends
+        ]
     summary = summaries[0]
     if len(summaries) > 1:
         summary = GenerateSummary(

@@ -264,6 +264,9 @@ LOCK_FILE = ".generate.lock"
 JOURNAL_HEADER = "storyboard_journal"
 
 
+_HELD_LOCKS: set[str] = set()  # folders whose lock this process holds
+
+
 @contextmanager
 def writer_lock(directory: Path) -> Iterator[None]:
     """Hold an exclusive `flock` on `<directory>/.generate.lock` for the block: one
@@ -272,6 +275,10 @@ def writer_lock(directory: Path) -> Iterator[None]:
     import fcntl
 
     directory = Path(directory)
+    key = str(directory.resolve())
+    if key in _HELD_LOCKS:  # this process holds it already (one CLI call, several inputs)
+        yield
+        return
     lock_path = directory / LOCK_FILE
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -288,8 +295,10 @@ def writer_lock(directory: Path) -> Iterator[None]:
                 f"another `generate` is writing {directory}; wait for it to finish or use "
                 "another --out."
             ) from exc
+        _HELD_LOCKS.add(key)
         yield
     finally:
+        _HELD_LOCKS.discard(key)
         os.close(fd)  # releases the lock
 
 

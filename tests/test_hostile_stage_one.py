@@ -24,6 +24,7 @@ from subtext_gen.artifacts import (
     atomic_write,
     atomic_write_text,
     read_candidates,
+    writer_lock,
 )
 from subtext_gen.classes import load_classes
 from subtext_gen.errors import UserError
@@ -146,6 +147,18 @@ def test_a_killed_holder_does_not_block_the_next_run(tmp_path, inputs):
         done = file_generate(classes, sets, out)
     assert done.returncode == 0, done.stderr
     assert "2 ok, 0 failed" in done.stdout
+
+
+def test_the_lock_is_held_across_several_inputs_of_one_call(tmp_path):
+    """One CLI call with several --input files holds the folder from the first file to the
+    last (nested takes in the same process pass through); it is free afterwards."""
+    out = tmp_path / "art"
+    with writer_lock(out):
+        assert lock_is_held(out)
+        with writer_lock(out):
+            assert lock_is_held(out)
+        assert lock_is_held(out)  # the inner exit does not release the outer hold
+    assert not lock_is_held(out)
 
 
 # ---------------------------------------------------------------- 2. the journal's header
