@@ -9,6 +9,14 @@ class UserError(Exception):
     """A problem caused by the user's input, explained in one sentence."""
 
 
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message, at most `limit` characters (C++ and
+    pickle errors run over many lines); its type's name when it has no message."""
+    lines = str(error).strip().splitlines()
+    line = lines[0].strip() if lines else type(error).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def run_cli(app) -> None:
     """Run a typer app: a UserError, or a flag the parser refuses (an unknown choice, a value
     of the wrong type), is one line on stderr and exit status 2; Ctrl-C is 130."""

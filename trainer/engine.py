@@ -37,10 +37,11 @@ from subtext_gen.artifacts import (
     atomic_write,
     atomic_write_text,
     clip_tag,
+    os_reason,
     read_subtexts,
 )
 from subtext_gen.clip_text import clip_identity, load_clip, resolve_device
-from subtext_gen.errors import UserError
+from subtext_gen.errors import UserError, first_line
 
 from . import metrics
 from .config import RunConfig, resume_differences
@@ -118,12 +119,6 @@ def atomic_save(obj, path: Path) -> None:
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
-def _first_line(exc: BaseException, limit: int = 120) -> str:
-    text = str(exc).strip().splitlines()
-    line = text[0].strip() if text else type(exc).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def load_checkpoint(path: Path, map_location, hint: str) -> dict:
     """A run checkpoint (`torch.load`), or a one-sentence UserError naming the file when it
     is truncated, damaged or not a run's checkpoint, ending with `hint`."""
@@ -131,7 +126,7 @@ def load_checkpoint(path: Path, map_location, hint: str) -> dict:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # truncated zip, pickle or I/O: the file is at fault
         raise UserError(
-            f"{path} is not a readable checkpoint (truncated or damaged: {_first_line(exc)}); "
+            f"{path} is not a readable checkpoint (truncated or damaged: {first_line(exc, 120)}); "
             f"{hint}."
         ) from exc
     if not isinstance(state, dict) or not {"model", "config"} <= set(state):
@@ -148,7 +143,7 @@ def writable_dir(path: Path, flag: str = "--out") -> None:
             pass
     except OSError as exc:
         raise UserError(
-            f"{flag} {path} cannot be written ({exc.strerror or exc}): pass a folder you "
+            f"{flag} {path} cannot be written ({os_reason(exc)}): pass a folder you "
             "can write to."
         ) from exc
 

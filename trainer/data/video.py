@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from subtext_gen.errors import UserError
+from subtext_gen.errors import UserError, first_line
 
 
 class VideoError(UserError):
@@ -80,13 +80,6 @@ def short_side_size(height: int, width: int, short_side: int) -> tuple[int, int]
     return max(1, int(short_side * height / width)), short_side
 
 
-def _detail(error: BaseException) -> str:
-    """The first line of a decord error, short: its C++ messages run over many lines."""
-    lines = str(error).strip().splitlines()
-    text = lines[0] if lines else type(error).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
-
-
 # decord hands out an RGB frame without copying when its row stride (bytes per row) is a
 # multiple of the width, and then reads the stride as width x channels: with padded rows the
 # frame comes out [H, W, stride / W], and `get_batch` fails ("Check failed: from_size ==
@@ -124,7 +117,7 @@ def open_video(
     except AssertionError as error:  # decord asserts a positive frame count
         raise VideoError(path, "has no frames") from error
     except Exception as error:  # decord raises DECORDError, RuntimeError and more
-        raise VideoError(path, f"cannot be opened ({_detail(error)})") from error
+        raise VideoError(path, f"cannot be opened ({first_line(error)})") from error
     num_frames = len(reader)
     try:
         first = reader.next()
@@ -132,7 +125,7 @@ def open_video(
     except StopIteration as error:
         raise VideoError(path, "has no frames") from error
     except Exception as error:
-        raise VideoError(path, f"cannot be decoded ({_detail(error)})") from error
+        raise VideoError(path, f"cannot be decoded ({first_line(error)})") from error
     height, width = first.shape[:2]
     if first.shape[2:] != (3,):
         raise VideoError(path, _BATCH_WIDTH.format(width=width))
@@ -167,7 +160,7 @@ def read_frames(reader: VideoReader, indices: Sequence[int]) -> torch.Tensor:
     try:
         frames = torch.from_numpy(reader.get_batch(wanted.tolist()).asnumpy())
     except Exception as error:
-        raise VideoError(path, f"cannot be decoded ({_detail(error)})") from error
+        raise VideoError(path, f"cannot be decoded ({first_line(error)})") from error
     size = getattr(reader, "output_size", None)
     if size is None:
         return frames
