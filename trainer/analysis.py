@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .model.aggregation import class_logits
+
 # Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom (then ~1.96).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
          2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
@@ -69,27 +71,21 @@ def linear_probe(
     L-BFGS on the mean cross entropy plus `weight_decay` * ||W||^2 (deterministic: zero
     init, full batch). -> {"train": top-1 on train_x, "test": top-1 on test_x}.
     """
-    x = torch.as_tensor(np.asarray(train_x), dtype=torch.float64)
+    x = _float64(train_x)
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
     x = (x - mean) / std
     y = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
     classes = int(max(y.max().item(), int(np.max(test_y))) + 1)
     weight = torch.zeros(x.shape[1], classes, dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
 
-    def closure():
-        optimizer.zero_grad()
-        loss = F.cross_entropy(x @ weight + bias, y) + weight_decay * weight.pow(2).sum()
-        loss.backward()
-        return loss
+    def logits(features: torch.Tensor) -> torch.Tensor:
+        return features @ weight + bias
 
-    optimizer.step(closure)
-    test = (torch.as_tensor(np.asarray(test_x), dtype=torch.float64) - mean) / std
-    with torch.no_grad():
-        train_acc = ((x @ weight + bias).argmax(1) == y).double().mean().item()
-        test_pred = (test @ weight + bias).argmax(1).numpy()
-    return {"train": float(train_acc), "test": float((test_pred == np.asarray(test_y)).mean())}
+    _fit_lbfgs([weight, bias], lambda: F.cross_entropy(logits(x), y)
+               + weight_decay * weight.pow(2).sum(), steps)  # fmt: skip
+    test = (_float64(test_x) - mean) / std
+    return {"train": _top1(logits(x), train_y), "test": _top1(logits(test), test_y)}
 
 
 def text_anchored_probe(
@@ -100,46 +96,51 @@ def text_anchored_probe(
     batch), W starting at the identity, s at `log_scale`, plus `weight_decay` *
     ||W - I||^2; x are mean-pooled frame features in the joint space (not standardised, so
     W = I is the frozen CLIP's zero-shot). -> {"train", "test", "zero_shot_test"}."""
-    x = torch.as_tensor(np.asarray(train_x), dtype=torch.float64)
+    x, test = _float64(train_x), _float64(test_x)
     y = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
-    text = F.normalize(torch.as_tensor(np.asarray(class_emb), dtype=torch.float64), dim=-1)
-    dim = x.shape[1]
-    eye = torch.eye(dim, dtype=torch.float64)
+    text = _float64(class_emb)
+    eye = torch.eye(x.shape[1], dtype=torch.float64)
     weight = eye.clone().requires_grad_(True)
-    bias = torch.zeros(dim, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
     scale = torch.tensor(float(log_scale), dtype=torch.float64, requires_grad=True)
 
-    def logits(features: torch.Tensor) -> torch.Tensor:
-        return scale.exp() * F.normalize(features @ weight.t() + bias, dim=-1) @ text.t()
+    def logits(features: torch.Tensor) -> torch.Tensor:  # Eq. 12 on the mapped features
+        return class_logits(features @ weight.t() + bias, text, scale.exp())
 
-    test = torch.as_tensor(np.asarray(test_x), dtype=torch.float64)
-    with torch.no_grad():
-        zero = (logits(test).argmax(1).numpy() == np.asarray(test_y)).mean()
-    optimizer = torch.optim.LBFGS([weight, bias, scale], max_iter=steps,
-                                  line_search_fn="strong_wolfe")  # fmt: skip
+    zero = _top1(logits(test), test_y)
+    _fit_lbfgs([weight, bias, scale], lambda: F.cross_entropy(logits(x), y)
+               + weight_decay * (weight - eye).pow(2).sum(), steps)  # fmt: skip
+    return {"train": _top1(logits(x), train_y), "test": _top1(logits(test), test_y),
+            "zero_shot_test": zero}  # fmt: skip
+
+
+def _float64(array) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(array), dtype=torch.float64)
+
+
+def _fit_lbfgs(params: list[torch.Tensor], loss, steps: int) -> None:
+    """Minimise `loss()` over `params` with full-batch L-BFGS (deterministic)."""
+    optimizer = torch.optim.LBFGS(params, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()
-        loss = F.cross_entropy(logits(x), y) + weight_decay * (weight - eye).pow(2).sum()
-        loss.backward()
-        return loss
+        value = loss()
+        value.backward()
+        return value
 
     optimizer.step(closure)
-    with torch.no_grad():
-        train_acc = (logits(x).argmax(1) == y).double().mean().item()
-        test_pred = logits(test).argmax(1).numpy()
-    return {"train": float(train_acc), "test": float((test_pred == np.asarray(test_y)).mean()),
-            "zero_shot_test": float(zero)}  # fmt: skip
+
+
+def _top1(logits: torch.Tensor, labels) -> float:
+    predicted = logits.detach().argmax(1).numpy()
+    return float((predicted == np.asarray(labels)).mean())
 
 
 def zero_shot_logits(frames: np.ndarray, class_emb: np.ndarray) -> np.ndarray:
     """cos(mean_l v[b,l], t_c): frames [B, L, D] against pooled class texts [C, D] -> [B, C].
-    The frozen CLIP's zero-shot score of a video, as `mean` aggregation starts from it."""
-    video = np.asarray(frames, dtype=np.float64).mean(axis=1)
-    video /= np.linalg.norm(video, axis=1, keepdims=True).clip(min=1e-12)
-    text = np.asarray(class_emb, dtype=np.float64)
-    text = text / np.linalg.norm(text, axis=1, keepdims=True).clip(min=1e-12)
-    return video @ text.T
+    The frozen CLIP's zero-shot score of a video: Eq. 12 (`class_logits`) with the `mean`
+    aggregation and a scale of 1."""
+    return class_logits(_float64(frames).mean(dim=1), _float64(class_emb), 1.0).numpy()
 
 
 def importance_share(importance: np.ndarray, on_action: np.ndarray) -> np.ndarray:
