@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 TINY_CLIP_CONFIG = data_path("clip", "TinyCLIP-test.json")
 CLASSES = ["red rise", "green rise", "blue rise"]
+
+
+def cli(*args, env=None):
+    """`python -m subtext_gen ARGS` in a subprocess, from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "subtext_gen", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
 TINTS = [(1.0, 0.2, 0.2), (0.2, 1.0, 0.2), (0.2, 0.2, 1.0)]
 
 

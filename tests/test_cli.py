@@ -1,27 +1,15 @@
 """The CLI end to end in subprocesses: exit codes, one-sentence errors, the file backend."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pandas as pd
 
-from .conftest import REPO, TINY_CLIP_CONFIG
+from .conftest import REPO, TINY_CLIP_CONFIG, cli
 
 TINY_SCORE = ("score", "--tpp", "--clip-model", str(TINY_CLIP_CONFIG), "--clip-pretrained", "none")
 TINY_SCORE += ("--device", "cpu")
-
-
-def cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "subtext_gen", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=300,
-    )
 
 
 def test_generate_score_show_with_the_file_backend(tmp_path):
@@ -111,39 +99,19 @@ def test_two_json_sources_one_set_chosen_per_class(tmp_path):
 def test_user_errors_exit_2_with_one_sentence(tmp_path):
     (tmp_path / "range.json").write_text(json.dumps({"0": ["a"], "51": ["b"], "99": ["c"]}))
     (tmp_path / "mixed.json").write_text(json.dumps({"brush_hair": ["a"], "3": ["b"]}))
+    hmdb51_files = ("generate", "--llm", "file", "--dataset", "hmdb51", "--input")
     cases = [
         (
-            ("generate", "--llm", "file", "--dataset", "hmdb51", "--input", "x.json"),
+            (*hmdb51_files, "x.json"),
             "--input file not found: x.json",
         ),
         (
-            (
-                "generate",
-                "--llm",
-                "file",
-                "--dataset",
-                "hmdb51",
-                "--input",
-                str(tmp_path / "mixed.json"),
-                "--input",
-                str(tmp_path / "range.json"),
-                "--out",
-                str(tmp_path / "art"),
-            ),
+            (*hmdb51_files, str(tmp_path / "mixed.json"), "--input", str(tmp_path / "range.json"),
+             "--out", str(tmp_path / "art")),
             f"{tmp_path / 'mixed.json'} mixes class names (brush_hair) and class indices (3)",
         ),
         (
-            (
-                "generate",
-                "--llm",
-                "file",
-                "--dataset",
-                "hmdb51",
-                "--input",
-                str(tmp_path / "range.json"),
-                "--out",
-                str(tmp_path / "art"),
-            ),
+            (*hmdb51_files, str(tmp_path / "range.json"), "--out", str(tmp_path / "art")),
             f"{tmp_path / 'range.json'} is keyed by class index, but 51, 99 are not class ids "
             "of hmdb51 (0..50).",
         ),

@@ -33,22 +33,11 @@ from subtext_gen.llm.files import FileBackend
 from subtext_gen.llm.openai_chat import OpenAIBackend
 from subtext_gen.prompts import select_prompts
 
-from .conftest import REPO
+from .conftest import REPO, cli
 from .openai_server import OpenAIServer, Reply, chat_body, good_replies, numbered_list
 
 NAMES = ["brush_hair", "cartwheel"]
 SETS = {"brush hair": ["lift brush", "comb", "stroke", "stop"], "cartwheel": ["a", "b", "c", "d"]}
-
-
-def cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "subtext_gen", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=300,
-    )
 
 
 def one_line_error(done, message):
@@ -84,6 +73,17 @@ def lock_is_held(folder) -> bool:
         return False
 
 
+def delayed_replies(seconds: float):
+    """Good replies, each after `seconds`: keeps a run holding the folder's lock."""
+
+    def respond(request, call):
+        reply = good_replies(request, call)
+        reply.delay = seconds
+        return reply
+
+    return respond
+
+
 def slow_openai_run(server, classes, out, prompts="steps"):
     return subprocess.Popen(
         [sys.executable, "-m", "subtext_gen", "generate", "--llm", "openai", "--model", "gpt-test",
@@ -109,12 +109,7 @@ def test_second_generate_into_a_busy_folder_exits_2_and_first_keeps_every_row(tm
     classes, sets = inputs
     out = tmp_path / "art"
 
-    def slow(request, call):
-        reply = good_replies(request, call)
-        reply.delay = 1.0
-        return reply
-
-    with OpenAIServer(slow) as server:
+    with OpenAIServer(delayed_replies(1.0)) as server:
         first = slow_openai_run(server, classes, out, prompts="storyboard,steps")
         wait_for_lock(out, first)
         second = file_generate(classes, sets, out)
@@ -133,12 +128,7 @@ def test_a_killed_holder_does_not_block_the_next_run(tmp_path, inputs):
     classes, sets = inputs
     out = tmp_path / "art"
 
-    def stalled(request, call):
-        reply = good_replies(request, call)
-        reply.delay = 30.0
-        return reply
-
-    with OpenAIServer(stalled) as server:
+    with OpenAIServer(delayed_replies(30.0)) as server:
         first = slow_openai_run(server, classes, out)
         wait_for_lock(out, first)
         os.kill(first.pid, signal.SIGKILL)

@@ -65,10 +65,18 @@ def _confusion(matrix: np.ndarray, names: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The lines of a run's `metrics.jsonl` as dicts ([] before its first epoch)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def write_report(run_dir: Path) -> Path:
     """Write `report.md` and its PNGs into `run_dir`; returns the report's path."""
     run_dir = Path(run_dir)
-    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    log = read_metrics(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     lines = [f"# Run `{run_dir.name}`", ""]
     lines += [f"- dataset `{config['dataset']}`, split `{config['split']}`, shots "

@@ -58,6 +58,7 @@ from .pretrain import (
     log_path,
     pretrain_clip,
 )
+from .report import read_metrics
 from .world import CANDIDATES_PATH, WorldInfo, write_world
 
 WORLD_CLIP = DEFAULT_CLIP_MODEL
@@ -154,23 +155,16 @@ def run_config(design: StudyDesign, world: WorldInfo, assets: ClipAssets, spec: 
     )  # fmt: skip
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def train_run(cfg: RunConfig) -> list[dict]:
     """Train a run unless its directory already holds all its epochs; resume a cut one."""
-    log = _metrics(cfg.out)
+    log = read_metrics(cfg.out)
     if any(x.get("epoch") == cfg.epochs and "top1" in x for x in log):
         return log
     resume = (cfg.out / "checkpoints" / "last.pt").is_file()
     if not resume:
         shutil.rmtree(cfg.out, ignore_errors=True)
     train(cfg, resume=resume, show_progress=False)
-    return _metrics(cfg.out)
+    return read_metrics(cfg.out)
 
 
 @dataclass

@@ -48,7 +48,7 @@ class CheckReport:
 
 
 def split_name(split: SplitList) -> str:
-    return split.split if split.fold is None else f"{split.split}{split.fold}"
+    return _pair_name(split.split, split.fold)
 
 
 def _pair_name(split: str, fold: int | None) -> str:
