@@ -50,7 +50,8 @@ from . import analysis
 from .config import AGGREGATIONS, RunConfig
 from .engine import cache_features, load_run, train
 from .features import TEST, TRAIN, read_split
-from .model.video_clip import clip_log_logit_scale
+from .model.aggregation import ClassText
+from .model.video_clip import check_artifact_matches_clip, clip_log_logit_scale
 from .pretrain import (
     DEFAULT_CLIP_MODEL,
     OBJECTIVES,
@@ -189,9 +190,8 @@ def load_cached_split(cache: Path, split: str, root: Path) -> CachedSplit:
 
 
 @torch.inference_mode()
-def _forward(run_dir: Path, subtexts: Path, split: CachedSplit) -> dict[str, np.ndarray | None]:
-    loaded = load_run(run_dir, "list", subtexts, "cpu", "last")
-    model, text = loaded.built.model, loaded.built.text
+def _forward(model: torch.nn.Module, text: ClassText, split: CachedSplit
+             ) -> dict[str, np.ndarray | None]:  # fmt: skip
     outs = [model.forward_features(split.features[i : i + 256], text)
             for i in range(0, len(split.features), 256)]  # fmt: skip
     joined = {}
@@ -204,8 +204,14 @@ def _forward(run_dir: Path, subtexts: Path, split: CachedSplit) -> dict[str, np.
 def assess_run(run_dir: Path, assets: ClipAssets, seen: CachedSplit, unseen: CachedSplit,
                order_only_classes: list[int]) -> dict:  # fmt: skip
     """The last checkpoint on the cached test views: top-1 (seen), top-1 on the classes of
-    order-only pairs, zero-shot top-1 (unseen), importance share on own-action frames."""
-    out = _forward(run_dir, assets.seen_subtexts, seen)
+    order-only pairs, zero-shot top-1 (unseen), importance share on own-action frames.
+    The run is loaded once; the unseen classes' texts replace the seen ones for zero-shot."""
+    loaded = load_run(run_dir, "list", assets.seen_subtexts, "cpu", "last")
+    model = loaded.built.model
+    unseen_artifact = read_subtexts(assets.unseen_subtexts)
+    check_artifact_matches_clip(unseen_artifact.meta, *loaded.built.clip_id,
+                                assets.unseen_subtexts)  # fmt: skip
+    out = _forward(model, loaded.built.text, seen)
     correct = out["logits"].argmax(1) == seen.labels
     order_rows = np.isin(seen.labels, order_only_classes)
     result = {"top1": float(correct.mean()), "hits": int(correct.sum()), "n": int(correct.size),
@@ -217,7 +223,7 @@ def assess_run(run_dir: Path, assets: ClipAssets, seen: CachedSplit, unseen: Cac
             result[f"importance_{branch}"] = float(
                 analysis.importance_share(own, seen.on_action).mean()
             )
-    zero = _forward(run_dir, assets.unseen_subtexts, unseen)
+    zero = _forward(model, ClassText.from_artifact(unseen_artifact), unseen)
     result["zero_shot_top1"] = float((zero["logits"].argmax(1) == unseen.labels).mean())
     return result
 
