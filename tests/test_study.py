@@ -2,6 +2,7 @@
 trained, its cached assessment agrees with the engine's own evaluation, and a rerun resumes
 without training again."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import pytest
 
 from trainer import analysis
 from trainer.config import AGGREGATIONS
-from trainer.study import StudyDesign, run_specs, run_study, write_report
+from trainer.engine import evaluate_checkpoint
+from trainer.study import RunSpec, StudyDesign, run_specs, run_study, write_report
 
 from .conftest import REPO
 
@@ -75,6 +77,32 @@ def test_cached_assessment_agrees_with_the_engines_evaluation(study):
     cached = [r for r in results["runs"] if not r["finetune"]]
     assert cached and all(r["top1"] == pytest.approx(r["engine_top1"]) for r in cached)
     assert all(r["n"] == 8 and r["steps"] >= 1 for r in cached)
+
+
+def test_cached_test_views_give_the_metrics_of_the_videos(study):
+    """The study reads every test view from its caches; decoding the videos instead
+    (`trainer eval` without `--features`) gives the same seen and zero-shot top-1, and so
+    does `eval --features` on the same caches."""
+    work, results = study
+    base = work / "pooled"
+    (seen_texts,) = (base / "subtexts-complement-seen").glob("*/subtexts.parquet")
+    (unseen_texts,) = (base / "subtexts-complement-unseen").glob("*/subtexts.parquet")
+    fields = {f.name for f in dataclasses.fields(RunSpec)}
+    chosen = [r for r in results["runs"] if not r["finetune"] and r["seed"] == 0
+              and r["setting"] == "supervised" and r["epochs"] is None
+              and r["tau"] == 0.01 and r["temporal_layers"] == 0]  # fmt: skip
+    assert {r["mode"] for r in chosen} == set(AGGREGATIONS)
+    for record in chosen:
+        run_dir = work / "runs" / "pooled" / RunSpec(**{k: record[k] for k in fields}).name
+        for world, texts, cache, key in (("seen", seen_texts, "cache-seen", "top1"),
+                                         ("unseen", unseen_texts, "cache-unseen",
+                                          "zero_shot_top1")):  # fmt: skip
+            common = dict(dataset="list", root=work / "world" / world, subtexts=texts,
+                          device="cpu", workers=0, show_progress=False, checkpoint="last")  # fmt: skip
+            from_videos = evaluate_checkpoint(run_dir, **common)
+            from_cache = evaluate_checkpoint(run_dir, **common, features=base / cache)
+            assert from_videos["top1"] == pytest.approx(record[key]), (record["mode"], world)
+            assert from_cache["top1"] == pytest.approx(record[key]), (record["mode"], world)
 
 
 def test_rerun_resumes_without_training_and_report_is_written(study, tmp_path):

@@ -185,9 +185,11 @@ def cache_features_command(
     out: Path = typer.Option(
         None, help="Cache folder (default artifacts/features/<dataset>[-split<k>]-<clip>-f<T>)."
     ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
     """Encode a fold once with the frozen CLIP visual tower (resumable), for `run
-    --freeze-backbone --features DIR`."""
+    --freeze-backbone --features DIR` and `eval --features DIR`. Under `torchrun
+    --nproc_per_node N` each process encodes its share."""
     from .config import resolve_config
     from .engine import cache_features
 
@@ -198,12 +200,18 @@ def cache_features_command(
         "batch_size": batch_size, "workers": workers,
     }  # fmt: skip
     cfg = resolve_config(preset, overrides)
-    summary = cache_features(cfg, out, views, dtype)
+    summary = cache_features(cfg, out, views, dtype, show_progress=not as_json)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
+        return
+    if as_json:
+        sys.stdout.write(json.dumps({**summary, "out": str(summary["out"])}) + "\n")
+        return
     for split, rows in summary["encoded"].items():
         console.print(f"{split}: {rows} views encoded, {len(summary['skipped'][split])} unreadable")
         for entry in summary["skipped"][split][:20]:
-            console.print(f"  {entry['video_id']}: {entry['reason']}")
-    console.print(f"cache: {summary['out']} ({summary['bytes'] / 2**20:.1f} MiB)")
+            console.print(f"  {entry['video_id']}: {entry['reason']}", **_PLAIN)
+    console.print(f"cache: {summary['out']} ({summary['bytes'] / 2**20:.1f} MiB, "
+                  f"{summary['seconds']:.0f} s)", **_PLAIN)  # fmt: skip
 
 
 @app.command("eval")
@@ -228,6 +236,10 @@ def evaluate(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     workers: int = typer.Option(4, help="DataLoader workers."),
     last: bool = typer.Option(False, "--last", help="Evaluate the last checkpoint, not the best."),
+    features: Path = typer.Option(
+        None, help="Read the test views from this feature cache (cache-features) instead of "
+        "the videos; for runs with a frozen visual tower; one fold (the default --split).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
     """Evaluate a trained run: top-1, top-5, mean class accuracy, mAP (multi-label)."""
@@ -238,7 +250,7 @@ def evaluate(
     result = evaluate_checkpoint(checkpoint, dataset, root, subtexts, zero_shot, split, videos,
                                  device, workers, show_progress=not as_json,
                                  checkpoint="last" if last else "best",
-                                 subsets=subsets)  # fmt: skip
+                                 subsets=subsets, features=features)  # fmt: skip
     if not as_json and result.get("subsets"):
         _print_subsets(result["subsets"])
         result = {k: v for k, v in result.items() if k != "subsets"}
@@ -371,7 +383,12 @@ def _print_result(result: dict, as_json: bool) -> None:
 
 
 def main() -> None:
-    run_cli(app)
+    from .distributed import shutdown
+
+    try:
+        run_cli(app)
+    finally:  # under torchrun: leave the process group cleanly, whatever happened
+        shutdown()
 
 
 if __name__ == "__main__":

@@ -7,12 +7,17 @@ without them the run is a single process. NCCL on CUDA, gloo on CPU.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from subtext_gen.clip_text import resolve_device
+from subtext_gen.errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,38 @@ def all_reduce_min(x: torch.Tensor) -> torch.Tensor:
 
 def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
     return _all_reduce(x, dist.ReduceOp.MAX)
+
+
+def main_first(make: Callable[[], T], dist_info: DistInfo) -> T:
+    """`make()` on the main rank, then on the others; returns once every rank has made it.
+
+    For what the main rank creates and the others open (a cache's meta.json). A UserError
+    on the main rank is raised on every rank, so none waits for a rank that has stopped.
+    """
+    if not dist_info.enabled:
+        return make()
+    result, error = None, [None]
+    if dist_info.is_main:
+        try:
+            result = make()
+        except UserError as exc:
+            error = [str(exc)]
+    dist.broadcast_object_list(error, src=0)
+    if error[0] is not None:
+        raise UserError(error[0])
+    if not dist_info.is_main:
+        result = make()
+    dist.barrier()
+    return result
+
+
+def gather_objects(value: T, dist_info: DistInfo) -> list[T]:
+    """Every rank's `value`, in rank order (one process: `[value]`)."""
+    if not dist_info.enabled:
+        return [value]
+    gathered: list = [None] * dist_info.world
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def barrier() -> None:

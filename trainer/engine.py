@@ -40,7 +40,7 @@ from subtext_gen.artifacts import (
     os_reason,
     read_subtexts,
 )
-from subtext_gen.clip_text import clip_identity, load_clip, resolve_device
+from subtext_gen.clip_text import clip_identity, load_clip
 from subtext_gen.errors import UserError, first_line
 
 from . import metrics
@@ -61,8 +61,11 @@ from .distributed import (
     all_reduce_max,
     all_reduce_min,
     all_reduce_sum,
+    barrier,
+    gather_objects,
     gather_with_grad,
     init_distributed,
+    main_first,
 )
 from .features import (
     DTYPES,
@@ -73,6 +76,7 @@ from .features import (
     FeatureCache,
     FeatureDataset,
     cache_identity,
+    read_meta,
 )
 from .loss import storyboard_loss
 from .model.aggregation import ClassText
@@ -393,8 +397,7 @@ def predict(model, text: ClassText, loader, dist_info: DistInfo, amp: str, progr
     if progress:
         progress.remove_task(task)
     if dist_info.enabled:
-        gathered = [None] * dist_info.world
-        torch.distributed.all_gather_object(gathered, (scores, labels, ids, skipped))
+        gathered = gather_objects((scores, labels, ids, skipped), dist_info)
         scores = [s for part in gathered for s in part[0]]
         labels = [lab for part in gathered for lab in part[1]]
         ids = [i for part in gathered for i in part[2]]
@@ -689,14 +692,15 @@ class _Keyed(torch.utils.data.Dataset):
 
 def _encode_split(
     writer: CacheWriter, split: str, dataset: VideoClipDataset, views: int, visual,
-    cfg: RunConfig, device: torch.device, progress,
+    cfg: RunConfig, dist_info: DistInfo, progress,
 ) -> tuple[int, dict[int, dict]]:  # fmt: skip
-    """Encode the views of one split that the cache lacks; -> (rows encoded, unreadable
-    items by position)."""
+    """Encode this rank's share of the views of one split that the cache lacks; -> (rows
+    encoded, unreadable items by position)."""
     pending = writer.pending(split, len(dataset), views)
     # A training key (v, p) is the clip of view v; a test key gives every view of item p.
     keys = ([(v, p) for p, left in pending.items() for v in left] if split == TRAIN
             else [(0, p) for p in pending])  # fmt: skip
+    keys = keys[dist_info.rank :: dist_info.world]
     batch_size = cfg.batch_size if split == TRAIN else max(1, cfg.batch_size // views)
     loader = make_loader(_Keyed(dataset), batch_size, keys, cfg.workers, collate=list)
     task = progress.add_task(f"encode {split}", total=len(keys), info="")
@@ -714,8 +718,8 @@ def _encode_split(
                                  "labels": list(dataset.items[p].labels)})  # fmt: skip
                     clips.append(sample["frames"][row])
         if clips:
-            with torch.inference_mode(), autocast(device, cfg.amp):
-                features = encode_frames(visual, torch.stack(clips).to(device))
+            with torch.inference_mode(), autocast(dist_info.device, cfg.amp):
+                features = encode_frames(visual, torch.stack(clips).to(dist_info.device))
             writer.add(split, rows, features.float().cpu().numpy())
             encoded += len(rows)
         progress.update(task, advance=len(pairs), info=f"{len(skipped)} unreadable")
@@ -730,8 +734,9 @@ def cache_features(
     """Encode one fold with the frozen visual tower into a feature cache (`out`, default
     `artifacts/features/<dataset>[-split<fold>]-<clip tag>-f<frames>`): `views` training
     views of each video (default `cfg.epochs`) and every evaluation view. Resumes a cache
-    left unfinished; refuses one made with other settings. -> {out, encoded (rows per
-    split), skipped (per split), bytes}."""
+    left unfinished; refuses one made with other settings. Under torchrun each rank encodes
+    its share (`trainer/features.py`). -> {out, encoded (rows per split, all ranks),
+    skipped (per split), bytes, seconds (encoding and merging, after set-up)}."""
     if cfg.split == "all":
         raise UserError("cache-features caches one fold: pass --split 1, 2 or 3.")
     views = cfg.epochs if views is None else views
@@ -739,32 +744,43 @@ def cache_features(
         raise UserError("--views must be at least 1.")
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be {' or '.join(DTYPES)}, not {dtype!r}.")
-    device = resolve_device(cfg.device)
+    dist_info = init_distributed(cfg.device)
     root = cfg.root or default_root(cfg.dataset)
     fold = folds(cfg.dataset, cfg.split)[0]
     out = Path(out or default_features_dir(cfg.dataset, fold,
                                            clip_identity(cfg.clip_model, cfg.clip_pretrained),
                                            cfg.frames))  # fmt: skip
     writable_dir(out)
-    clip = load_clip(cfg.clip_model, cfg.clip_pretrained, str(device))
+    clip = load_clip(cfg.clip_model, cfg.clip_pretrained, str(dist_info.device))
     clip_id = (clip.model_id, clip.pretrained_id)
     train = load_split(cfg.dataset, root, "train", fold, cfg.videos, cfg.charades_instances)
     test = load_split(cfg.dataset, root, test_split(cfg.dataset), fold, cfg.videos, False)
     train_set, test_set = clip_datasets(cfg, train, list(train.items), test, clip.image_size)
     meta = {**cache_identity(cfg.dataset, fold, clip_id, train_set, test_set), "views": views,
             "seed": cfg.seed, "dtype": dtype, "feature_dim": clip.embed_dim}  # fmt: skip
-    writer = CacheWriter(out, meta, shard_rows)
+    writer = main_first(lambda: CacheWriter(out, meta, shard_rows, dist_info.rank,
+                                            dist_info.world), dist_info)  # fmt: skip
+    started = time.perf_counter()
     encoded, skipped = {}, {}
-    with progress_bar(show_progress) as progress:
+    with progress_bar(show_progress and dist_info.is_main) as progress:
         for split, dataset, split_views in ((TRAIN, train_set, views),
                                             (TEST, test_set, test_set.spec.views)):  # fmt: skip
-            encoded[split], unreadable = _encode_split(writer, split, dataset, split_views,
-                                                       clip.model.visual, cfg, device,
-                                                       progress)  # fmt: skip
-            skipped[split] = [unreadable[p] for p in sorted(unreadable)]
-    writer.finish(skipped)
+            encoded[split], skipped[split] = _encode_split(writer, split, dataset, split_views,
+                                                           clip.model.visual, cfg, dist_info,
+                                                           progress)  # fmt: skip
+    writer.flush()
+    ranks = gather_objects((encoded, skipped), dist_info)  # also waits for every flush
+    encoded = {split: sum(part[0][split] for part in ranks) for split in (TRAIN, TEST)}
+    unreadable = {split: {p: entry for part in ranks for p, entry in part[1][split].items()}
+                  for split in (TRAIN, TEST)}  # fmt: skip
+    skipped = {split: [unreadable[split][p] for p in sorted(unreadable[split])]
+               for split in (TRAIN, TEST)}  # fmt: skip
+    if dist_info.is_main:
+        writer.finish(skipped)
+    barrier()
     return {"out": out, "encoded": encoded, "skipped": skipped,
-            "bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file())}  # fmt: skip
+            "bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
+            "seconds": time.perf_counter() - started}  # fmt: skip
 
 
 @dataclass
@@ -823,9 +839,12 @@ def evaluate_checkpoint(
     zero_shot: str | None = None, split: str | None = None, videos: Path | None = None,
     device: str = "auto", workers: int = 4, show_progress: bool = True,
     checkpoint: str = "best", subsets: Sequence[Path] | None = None,
+    features: Path | None = None,
 ) -> dict:  # fmt: skip
     """Evaluate a run's best (else last) checkpoint, or its last one with
-    `checkpoint="last"`, on a dataset's test split(s).
+    `checkpoint="last"`, on a dataset's test split(s): from the videos, or for a run with a
+    frozen visual tower from the test views of a feature cache (`features`, one fold: the
+    default `split`), which give the same metrics.
 
     `zero_shot="full"`: the test splits (folds 1-3, or `split`) and their mean;
     `zero_shot="half"`: 10 seeded halves of the label set, mean and standard deviation;
@@ -834,6 +853,7 @@ def evaluate_checkpoint(
     file's result under "subsets".
     """
     from .data.protocols import (
+        class_positions,
         half_class_splits,
         read_subset_file,
         restrict_classes,
@@ -849,9 +869,15 @@ def evaluate_checkpoint(
     loaded = load_run(run_dir, dataset, subtexts, device, checkpoint, root=root, videos=videos,
                       workers=workers)  # fmt: skip
     cfg, built, dist_info, subtexts = loaded.cfg, loaded.built, loaded.dist_info, loaded.subtexts
+    if features is not None:
+        cached_fold = feature_cache_fold(features, run_dir, loaded.trained_on)
+        split = split or ("all" if cached_fold is None else str(cached_fold))
     if split is None:  # on the training dataset, other folds' test lists hold train videos
         split = loaded.trained_on["split"] if dataset == loaded.trained_on["dataset"] and not (
             zero_shot) else "all"  # fmt: skip
+    if features is not None and len(folds(dataset, split)) > 1:
+        raise UserError(f"--features {features} holds one fold ({cached_fold}); pass --split "
+                        f"{cached_fold} or evaluate the folds from the videos.")  # fmt: skip
     root = root or default_root(dataset)
     spec = ClipSpec(frames=cfg.frames, train=False, clips=cfg.eval_clips, crops=cfg.eval_crops,
                     size=built.spec_size, short_side=built.spec_size)  # fmt: skip
@@ -865,6 +891,11 @@ def evaluate_checkpoint(
         for fold in folds(dataset, split):
             test = load_split(dataset, root, test_split(dataset), fold, videos, False)
             check_classes(test, artifact_classes, subtexts)
+            cache = None
+            if features is not None:
+                whole = VideoClipDataset(test.items, len(test.class_names), test.multi_label, spec)
+                cache = FeatureCache(features, cache_identity(dataset, fold, built.clip_id, None,
+                                                              whole), {TEST: len(whole)})  # fmt: skip
             groups = [(None, None)]  # (subset file, class ids): None, None is every class
             if zero_shot == "half":
                 halves = half_class_splits(len(test.class_names), 10, cfg.seed)
@@ -872,7 +903,11 @@ def evaluate_checkpoint(
             elif zero_shot == "subsets":
                 groups = chosen
             for path, class_ids in groups:
-                split_list = test if class_ids is None else restrict_classes(test, class_ids)
+                if class_ids is None:
+                    split_list, positions = test, range(len(test.items))
+                else:
+                    split_list = restrict_classes(test, class_ids)
+                    positions = class_positions(test, class_ids)
                 if path is not None and not split_list.items:
                     raise UserError(
                         f"--subsets {path}: none of its classes has a video in {dataset} "
@@ -880,10 +915,13 @@ def evaluate_checkpoint(
                     )
                 text = (built.text if class_ids is None
                         else built.text.subset(torch.as_tensor(class_ids)))  # fmt: skip
-                data = VideoClipDataset(split_list.items, len(split_list.class_names),
-                                        split_list.multi_label, spec)  # fmt: skip
+                classes, multi = len(split_list.class_names), split_list.multi_label
+                if cache is None:
+                    data = VideoClipDataset(split_list.items, classes, multi, spec)
+                else:
+                    data = FeatureDataset(cache, TEST, split_list.items, positions, classes, multi)
                 loader = make_loader(data, 4, EpochSampler(len(data), False, 0, dist_info.rank,
-                                     dist_info.world), workers)  # fmt: skip
+                                     dist_info.world), 0 if cache else workers)  # fmt: skip
                 probs, labels, ids, _ = predict(built.model, text.to(dist_info.device), loader,
                                                 dist_info, cfg.amp, progress)  # fmt: skip
                 results.append(score_predictions(probs, labels, len(split_list.class_names),
@@ -894,6 +932,17 @@ def evaluate_checkpoint(
                                        **results[-1]})  # fmt: skip
     summary = summarise(results)
     return {**summary, "subsets": per_subset} if zero_shot == "subsets" else summary
+
+
+def feature_cache_fold(features: Path, run_dir: Path, trained_on: dict) -> int | None:
+    """The fold a feature cache holds, after checking that the run can read it: a cache
+    holds the frozen tower's features, so the run must not have trained its tower."""
+    if not trained_on.get("freeze_backbone"):
+        raise UserError(
+            f"--features: {run_dir} trained its visual tower, and {features} holds the frozen "
+            "tower's features; evaluate this run from the videos."
+        )
+    return read_meta(features)["fold"]
 
 
 def summarise(results: list[dict]) -> dict:

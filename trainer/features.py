@@ -19,7 +19,13 @@ A cache directory holds one dataset fold encoded by one CLIP with one set of cli
 
 A shard is written, then its index rows, each to a temporary file renamed into place, so a
 killed job loses at most the shard in progress: rerun it and the (item, view) pairs already
-indexed are skipped. Items are keyed by position, not video id, because Charades action
+indexed are skipped.
+
+Several processes (`torchrun ... -m trainer cache-features`) share the work: every rank
+reads the same index at the start, takes every `world`-th missing (item, view) pair, and
+numbers its shards `first + k * world + rank`, so no two ranks (and no rerun) write the same
+shard; the main rank merges all index rows at the end. A killed rank loses only its shard
+in progress, and a rerun with any number of ranks encodes only what no index row holds. Items are keyed by position, not video id, because Charades action
 instances share their video's id; the identity holds a digest of each split's item list, so
 positions always mean the same items. Shards are read with `numpy.load(mmap_mode="r")`.
 
@@ -65,12 +71,13 @@ TRAIN, TEST = "train", "test"
 SHARD_ROWS = 1024
 DTYPES = ("float16", "float32")
 
-# What the stored features depend on: a cache that differs in any of these is refused.
-IDENTITY_FIELDS = (
+# What the stored test features depend on (all a cache's reader needs for evaluation),
+# and what all of them depend on: a cache that differs in any of these is refused.
+TEST_IDENTITY_FIELDS = (
     "version", "dataset", "fold", "clip_model", "clip_pretrained", "frames", "image_size",
-    "eval_short_side", "eval_clips", "eval_crops", "train_transform", "eval_transform",
-    "train_videos", "test_videos",
+    "eval_short_side", "eval_clips", "eval_crops", "eval_transform", "test_videos",
 )  # fmt: skip
+IDENTITY_FIELDS = (*TEST_IDENTITY_FIELDS, "train_transform", "train_videos")
 # How they are stored: a resumed cache must keep them; a run reads them from the cache.
 STORAGE_FIELDS = ("views", "seed", "dtype", "feature_dim")
 
@@ -104,27 +111,30 @@ def _one_line(transform) -> str:
 
 def cache_identity(
     dataset: str, fold: int | None, clip_id: tuple[str, str],
-    train: VideoClipDataset, test: VideoClipDataset,
+    train: VideoClipDataset | None, test: VideoClipDataset,
 ) -> dict:  # fmt: skip
     """What a cache's features depend on: the dataset fold and its item lists, the CLIP
     (`clip_identity`: model and weights), and the clip settings of the training dataset (all
-    its items) and of the test dataset, transforms included."""
-    return {
+    its items) and of the test dataset, transforms included. Without `train`, only what
+    the test features depend on (`TEST_IDENTITY_FIELDS`: what evaluation checks)."""
+    identity = {
         "version": FORMAT_VERSION,
         "dataset": dataset,
         "fold": fold,
         "clip_model": clip_id[0],
         "clip_pretrained": clip_id[1],
-        "frames": train.spec.frames,
-        "image_size": train.spec.size,
+        "frames": test.spec.frames,
+        "image_size": test.spec.size,
         "eval_short_side": test.spec.short_side,
         "eval_clips": test.spec.clips,
         "eval_crops": test.spec.crops,
-        "train_transform": _one_line(train.transform),
         "eval_transform": _one_line(test.transform),
-        "train_videos": _items_digest(train.items),
         "test_videos": _items_digest(test.items),
     }
+    if train is not None:
+        identity["train_transform"] = _one_line(train.transform)
+        identity["train_videos"] = _items_digest(train.items)
+    return identity
 
 
 def _check_fields(directory: Path, cached: dict, wanted: dict, names, remedy: str) -> None:
@@ -185,17 +195,23 @@ def read_index(directory: Path) -> pd.DataFrame:
 
 
 class CacheWriter:
-    """Adds encoded views to a cache directory a shard at a time (see the module doc).
+    """Adds encoded views to a cache directory a shard at a time (see the module doc); one
+    writer per process, `rank` of `world`.
 
-    Opening an existing directory checks its identity and storage against `meta`; then
-    `pending` says which views are still missing, `add` takes encoded rows, and `finish`
-    writes the last short shards, merges the index and records the skipped videos.
+    Opening an existing directory checks its identity and storage against `meta`, and
+    opening a new one writes its meta.json (open on the main rank first, then on the others,
+    before any rank adds rows: `distributed.main_first`). `pending` says which views are
+    still missing, `add` takes encoded rows, `flush` commits a last short shard; `finish`
+    (the main rank, once every rank has flushed) merges the index and records the skipped
+    videos.
     """
 
-    def __init__(self, directory: Path, meta: dict, shard_rows: int = SHARD_ROWS):
+    def __init__(self, directory: Path, meta: dict, shard_rows: int = SHARD_ROWS,
+                 rank: int = 0, world: int = 1):  # fmt: skip
         self.directory = Path(directory)
         self.meta = meta
         self.shard_rows = shard_rows
+        self.rank, self.world = rank, world
         if (self.directory / META_FILE).exists():
             _check_fields(self.directory, read_meta(self.directory), meta,
                           IDENTITY_FIELDS + STORAGE_FIELDS,
@@ -207,14 +223,14 @@ class CacheWriter:
             )
         else:
             _write_meta(self.directory, {**meta, "skipped": {TRAIN: [], TEST: []}})
-        self._index = _index_tables(self.directory)
-        index = _concat(self._index).to_pandas()
+        index = read_index(self.directory)
         self._done: dict[str, set[tuple[int, int]]] = {}
-        self.next_shard: dict[str, int] = {}
+        self._first_shard: dict[str, int] = {}  # above every shard indexed when opened
+        self._written: dict[str, int] = {TRAIN: 0, TEST: 0}  # shards this writer committed
         for split in (TRAIN, TEST):
             rows = index[index["split"] == split]
             self._done[split] = set(zip(rows["item"].tolist(), rows["view"].tolist()))
-            self.next_shard[split] = int(rows["shard"].max()) + 1 if len(rows) else 0
+            self._first_shard[split] = int(rows["shard"].max()) + 1 if len(rows) else 0
         self._rows: dict[str, list[dict]] = {TRAIN: [], TEST: []}
         self._features: dict[str, list[np.ndarray]] = {TRAIN: [], TEST: []}
 
@@ -235,7 +251,7 @@ class CacheWriter:
         stacked = np.concatenate(self._features[split])
         rows, self._rows[split] = self._rows[split][:count], self._rows[split][count:]
         self._features[split] = [stacked[count:]]
-        shard = self.next_shard[split]
+        shard = self._first_shard[split] + self._written[split] * self.world + self.rank
         name = _shard_name(split, shard)
         atomic_write(self.directory / SHARDS_DIR / f"{name}.npy",
                      lambda fh: np.save(fh, stacked[:count]))  # fmt: skip
@@ -243,23 +259,30 @@ class CacheWriter:
             [{**row, "split": split, "shard": shard, "offset": i} for i, row in enumerate(rows)],
             schema=INDEX_SCHEMA,
         )
-        # The index rows commit the shard: a shard without them is overwritten on resume.
+        # The index rows commit the shard: a shard without them is removed by `finish`.
         atomic_write_table(part, self.directory / PARTS_DIR / f"{name}.parquet")
-        self._index.append(part)
         self._done[split].update((row["item"], row["view"]) for row in rows)
-        self.next_shard[split] = shard + 1
+        self._written[split] += 1
 
-    def finish(self, skipped: dict[str, list[dict]]) -> None:
-        """Commit what is left, merge the index into `index.parquet`, record `skipped`
-        ({split: [{item, video_id, reason}]}) in meta.json."""
+    def flush(self) -> None:
+        """Commit the rows still held (a short last shard of each split)."""
         for split in (TRAIN, TEST):
             if self._rows[split]:
                 self._commit(split, len(self._rows[split]))
-        atomic_write_table(_concat(self._index), self.directory / INDEX_FILE)
-        # Merged; and temporary files left there by a killed job are garbage.
+
+    def finish(self, skipped: dict[str, list[dict]]) -> None:
+        """Merge every rank's index rows into `index.parquet`, record `skipped` ({split:
+        [{item, video_id, reason}]}) in meta.json, and remove what killed jobs left (shards
+        no index row names, temporary files). Call after every rank's `flush`."""
+        index = _concat(_index_tables(self.directory))
+        atomic_write_table(index, self.directory / INDEX_FILE)
         shutil.rmtree(self.directory / PARTS_DIR, ignore_errors=True)
-        for tmp in (self.directory / SHARDS_DIR).glob("*.tmp"):
-            tmp.unlink()
+        kept = {f"{_shard_name(split, shard)}.npy"
+                for split, shard in zip(index["split"].to_pylist(), index["shard"].to_pylist())}  # fmt: skip
+        shards = self.directory / SHARDS_DIR
+        for path in shards.iterdir() if shards.is_dir() else ():
+            if path.name not in kept:
+                path.unlink()
         _write_meta(self.directory, {**self.meta, "skipped": skipped})
 
 
@@ -267,16 +290,18 @@ class CacheWriter:
 
 
 class FeatureCache:
-    """A finished cache directory, checked against the identity a run expects.
+    """A finished cache directory, checked against the identity a run expects (every
+    field of `identity`: a run's whole `cache_identity`, or evaluation's test part).
 
-    `sizes` gives each split's item count; every item must have all its views (V training
+    `sizes` gives the item count of each split to read; every item must have all its views (V training
     views, clips x crops test views) or be listed as skipped, else the cache is incomplete.
     """
 
     def __init__(self, directory: Path, identity: dict, sizes: dict[str, int]):
         self.directory = Path(directory)
         self.meta = read_meta(self.directory)
-        _check_fields(self.directory, self.meta, identity, IDENTITY_FIELDS,
+        _check_fields(self.directory, self.meta, identity,
+                      [name for name in IDENTITY_FIELDS if name in identity],
                       "make a cache with the run's settings (`python -m trainer "
                       "cache-features`) or pass the one made with them.")  # fmt: skip
         index = read_index(self.directory)

@@ -94,6 +94,13 @@ def half_class_splits(num_classes: int, halves: int = 10, seed: int = 0) -> list
     return [np.sort(rng.permutation(num_classes)[: num_classes // 2]) for _ in range(halves)]
 
 
+def class_positions(split: SplitList, class_ids: Sequence[int]) -> list[int]:
+    """Positions in `split.items` of the items with a label among `class_ids`: the items
+    `restrict_classes` keeps, in its order."""
+    wanted = {int(c) for c in class_ids}
+    return [p for p, it in enumerate(split.items) if wanted.intersection(it.labels)]
+
+
 def restrict_classes(split: SplitList, class_ids: Sequence[int]) -> SplitList:
     """The items of the given classes only, relabelled 0..k-1 in the order of `class_ids`."""
     new_id = {int(c): i for i, c in enumerate(class_ids)}
@@ -105,8 +112,7 @@ def restrict_classes(split: SplitList, class_ids: Sequence[int]) -> SplitList:
                 replace(s, class_id=new_id[s.class_id]) for s in it.segments if s.class_id in new_id
             ),
         )
-        for it in split.items
-        if any(c in new_id for c in it.labels)
+        for it in (split.items[p] for p in class_positions(split, class_ids))
     )
     return replace(
         split, class_names=tuple(split.class_names[int(c)] for c in class_ids), items=items
