@@ -11,7 +11,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from .cache import bench_cache
+from .cache import bench_cache, bench_cache_ranks
 from .loader import bench_loader
 from .steps import bench_steps
 from .subtexts import bench_llm_concurrency, bench_tpp_scoring
@@ -44,6 +44,7 @@ def main() -> None:
         ("video loader", bench_loader),
         ("training steps", bench_steps),
         ("feature cache", bench_cache),
+        ("feature cache, 2 ranks vs 1", bench_cache_ranks),
     ):
         with console.status(f"benchmark: {name}"):
             results.update(bench())

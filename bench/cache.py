@@ -1,8 +1,12 @@
-"""Frozen-feature cache: a frozen training epoch from the cache against one from videos."""
+"""Frozen-feature cache: a frozen training epoch from the cache against one from videos, and
+the cache built by 2 torchrun ranks against 1."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +19,7 @@ from tests.list_dataset import write_list_dataset
 from trainer.config import RunConfig
 from trainer.engine import cache_features, train
 
+REPO = Path(__file__).resolve().parent.parent
 # The smallest CLIP the project trains with (`make demo`): 64 px, 3 layers, width 128.
 WORLD_CLIP = data_path("clip", "StoryboardWorld-CLIP.json")
 CLASSES = ["red rise", "green rise", "blue rise", "grey rise"]
@@ -28,15 +33,21 @@ def _epoch_seconds(run_dir: Path) -> float:
     return sum(seconds) / len(seconds)
 
 
+def _videos(base: Path, per_class: int) -> dict:
+    """The benchmark's list dataset: 4 classes x `per_class` 320x240 mp4 videos of 48
+    frames, with sub-texts and a checkpoint of the world CLIP."""
+    torch.manual_seed(0)
+    return write_list_dataset(base, load_clip(str(WORLD_CLIP), "none", "cpu"), WORLD_CLIP,
+                              CLASSES, TINTS, per_class, frames=48, width=320, height=240,
+                              fps=25)  # fmt: skip
+
+
 def bench_cache(per_class: int = 24, epochs: int = 4, workers: int = 2) -> dict:
     """Frozen `coarse+fine` runs with the demo's world CLIP, 8 frames, batch 8: epoch time
     from videos (`workers` loader workers) over epoch time from a float16 cache."""
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        torch.manual_seed(0)
-        world = write_list_dataset(base, load_clip(str(WORLD_CLIP), "none", "cpu"), WORLD_CLIP,
-                                   CLASSES, TINTS, per_class, frames=48, width=320,
-                                   height=240, fps=25)  # fmt: skip
+        world = _videos(base, per_class)
         cfg = dict(dataset="list", root=world["root"], subtexts=world["subtexts"],
                    clip_model=str(WORLD_CLIP), clip_pretrained=str(world["ckpt"]), frames=8,
                    epochs=epochs, batch_size=8, workers=workers, device="cpu",
@@ -56,4 +67,41 @@ def bench_cache(per_class: int = 24, epochs: int = 4, workers: int = 2) -> dict:
         "cache_setup": f"{videos} training videos 320x240 mp4, StoryboardWorld CLIP (64 px, 3 "
         f"layers), 8 frames, batch 8, {workers} workers uncached, {epochs} views, float16, "
         f"epochs 2-{epochs} timed",
+    }
+
+
+def _torchrun_cache(world: dict, out: Path, ranks: int, workers: int, views: int) -> float:
+    """Seconds `torchrun --nproc_per_node RANKS -m trainer cache-features` spends encoding
+    and merging (its `--json` summary: after start-up and model loading)."""
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={ranks}", "-m", "trainer", "cache-features", "--dataset", "list",
+            "--root", str(world["root"]), "--clip-model", str(WORLD_CLIP),
+            "--clip-pretrained", str(world["ckpt"]), "--frames", "8", "--views", str(views),
+            "--batch-size", "8", "--workers", str(workers), "--device", "cpu",
+            "--out", str(out), "--json"]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, cwd=REPO, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"torchrun cache-features failed: {done.stderr[-2000:]}")
+    line = next(x for x in done.stdout.splitlines() if x.startswith("{"))
+    return json.loads(line)["seconds"]
+
+
+def bench_cache_ranks(per_class: int = 24, views: int = 4, workers: int = 2) -> dict:
+    """The same cache built by 2 torchrun ranks (gloo, `workers // 2` loader workers each)
+    and by 1 rank (`workers` loader workers): the same number of decoding processes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        world = _videos(base, per_class)
+        one = _torchrun_cache(world, base / "one", 1, workers, views)
+        two = _torchrun_cache(world, base / "two", 2, max(1, workers // 2), views)
+    cores = len(os.sched_getaffinity(0))
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    return {
+        "cache_build_seconds_1_rank": one,
+        "cache_build_seconds_2_ranks": two,
+        "cache_build_ranks_speedup": one / two,
+        "cache_build_ranks_setup": f"{len(CLASSES) * per_class} training videos x {views} "
+        f"views + test views, 320x240 mp4, StoryboardWorld CLIP, 8 frames, batch 8, on "
+        f"{cores} cores ({device}): 2 gloo ranks x {max(1, workers // 2)} loader workers vs "
+        f"1 rank x {workers}; encoding and merging timed, start-up not",
     }
