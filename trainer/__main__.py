@@ -201,7 +201,7 @@ def cache_features_command(
     }  # fmt: skip
     cfg = resolve_config(preset, overrides)
     summary = cache_features(cfg, out, views, dtype, show_progress=not as_json)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
+    if not _speaks():
         return
     if as_json:
         sys.stdout.write(json.dumps({**summary, "out": str(summary["out"])}) + "\n")
@@ -368,8 +368,13 @@ def _print_subsets(rows: list[dict]) -> None:
     console.print(table)
 
 
+def _speaks() -> bool:
+    """Under torchrun, rank 0 speaks for all."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _print_result(result: dict, as_json: bool) -> None:
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
+    if not _speaks():
         return
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
