@@ -148,11 +148,31 @@ _NOT_A_CHECKPOINT = ("PytorchStreamReader", "zip archive", "invalid load key", "
 _WRONG_MODEL = ("size mismatch", "Missing key", "Unexpected key")
 
 
+def unsafe_load_reason(exc: BaseException) -> str | None:
+    """The object a weights-only `torch.load` refused to build (e.g. `posix.system`), or
+    None when `exc` is not such a refusal (open_clip and the trainer both load so)."""
+    import pickle
+    import re
+
+    if not isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" not in str(exc):
+        return None
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return found.group(1) if found else "an object that is not a tensor"
+
+
 def _checkpoint_problem(weights: str, clip_model: str, exc: Exception) -> str:
     """One sentence on why the checkpoint file `weights` did not load into `clip_model`:
-    not a PyTorch checkpoint at all, or weights of another architecture."""
+    it holds code (refused unexecuted), is not a PyTorch checkpoint at all, or holds
+    weights of another architecture."""
     import pickle
 
+    unsafe = unsafe_load_reason(exc)
+    if unsafe is not None:
+        return (
+            f"--clip-pretrained {weights} holds {unsafe}, not only tensors: loading it could "
+            "run code, so it is refused (nothing in it was run); pass a checkpoint of tensors "
+            "(a state dict, or .safetensors), a pretrained tag or none."
+        )
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = " ".join(lines)
     if isinstance(exc, (pickle.UnpicklingError, EOFError, UnicodeDecodeError)) or any(

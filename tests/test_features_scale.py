@@ -42,8 +42,9 @@ def assert_same_cache(got, want) -> None:
     assert [list(x) for x in a["labels"]] == [list(x) for x in b["labels"]]
 
     def features(directory, rows):
+        where = rows[["split", "shard", "offset"]].values
         return np.stack([np.load(directory / "shards" / f"{split}-{shard:05d}.npy")[offset]
-                         for split, shard, offset in rows[["split", "shard", "offset"]].values])  # fmt: skip
+                         for split, shard, offset in where])  # fmt: skip
 
     np.testing.assert_allclose(features(got, a), features(want, b), atol=1e-5, rtol=0)
     meta_a, meta_b = (json.loads((d / "meta.json").read_text()) for d in (got, want))

@@ -98,7 +98,8 @@ def test_cached_test_views_give_the_metrics_of_the_videos(study):
                                          ("unseen", unseen_texts, "cache-unseen",
                                           "zero_shot_top1")):  # fmt: skip
             common = dict(dataset="list", root=work / "world" / world, subtexts=texts,
-                          device="cpu", workers=0, show_progress=False, checkpoint="last")  # fmt: skip
+                          device="cpu", workers=0, show_progress=False,
+                          checkpoint="last")  # fmt: skip
             from_videos = evaluate_checkpoint(run_dir, **common)
             from_cache = evaluate_checkpoint(run_dir, **common, features=base / cache)
             assert from_videos["top1"] == pytest.approx(record[key]), (record["mode"], world)

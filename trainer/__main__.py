@@ -214,9 +214,15 @@ def cache_features_command(
                   f"{summary['seconds']:.0f} s)", **_PLAIN)  # fmt: skip
 
 
+MODEL = typer.Option(
+    ..., help="A run directory (its best, else last checkpoint), a model folder from `trainer "
+    "export`, or hf-hub:ORG/REPO."
+)
+
+
 @app.command("eval")
 def evaluate(
-    checkpoint: Path = typer.Option(..., help="A run directory (its best, else last checkpoint)."),
+    checkpoint: str = MODEL,
     dataset: str = typer.Option(..., help="The dataset to evaluate on."),
     root: Path = ROOT,
     videos: Path = VIDEOS,
@@ -260,7 +266,7 @@ def evaluate(
 @app.command()
 def predict(
     video: Path = typer.Argument(..., help="A video file."),
-    checkpoint: Path = typer.Option(..., help="A run directory (its best, else last checkpoint)."),
+    checkpoint: str = MODEL,
     subtexts: Path = typer.Option(None, help="subtexts.parquet (default: the run's)."),
     top: int = typer.Option(5, min=1, help="How many classes to print."),
     plot: Path = typer.Option(None, help="Write a filmstrip with frame importances (PNG)."),
@@ -278,6 +284,21 @@ def predict(
     console.print(table)
     if plot is not None:
         console.print(f"plot: {plot_prediction(pred, plot)}")
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    out: Path = typer.Option(..., help="The model folder to write (new or empty)."),
+    checkpoint: str = typer.Option("best", help="best or last."),
+) -> None:
+    """Write a run as a self-contained model folder (safetensors, config, class texts, model
+    card) that `eval` and `predict` load anywhere; publish it with `huggingface-cli upload`."""
+    from .engine import export_run
+
+    folder = export_run(run_dir, out, checkpoint)
+    for path in sorted(folder.iterdir()):
+        console.print(f"{path} ({path.stat().st_size / 2**20:.1f} MiB)", **_PLAIN)
 
 
 @app.command("pretrain-clip")

@@ -67,6 +67,16 @@ class RunConfig:
     preset: str | None = None
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_saved(cls, values: dict) -> RunConfig:
+        """A config from its JSON form (config.json, a checkpoint): paths come back as paths;
+        keys that are not settings (from other versions) are ignored."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        return cls(**{
+            name: Path(value) if value is not None and "Path" in str(fields[name].type) else value
+            for name, value in values.items() if name in fields
+        })  # fmt: skip
+
     def __post_init__(self) -> None:
         if self.aggregation not in AGGREGATIONS:
             raise UserError(

@@ -34,16 +34,31 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from subtext_gen.artifacts import (
     SUBTEXTS_FILE,
-    atomic_write,
     atomic_write_text,
     clip_tag,
     os_reason,
     read_subtexts,
 )
-from subtext_gen.clip_text import clip_identity, load_clip
-from subtext_gen.errors import UserError, first_line
+from subtext_gen.clip_text import LoadedClip, clip_identity, load_clip
+from subtext_gen.errors import UserError
 
 from . import metrics
+from .checkpoints import (
+    CLIP_CONFIG_FILE,
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    HUB_PREFIX,
+    WEIGHTS_FILE,
+    atomic_save,
+    hub_snapshot,
+    is_export,
+    load_checkpoint,
+    model_card,
+    plain,
+    read_export,
+    subtext_source,
+    write_export,
+)
 from .config import RunConfig, resume_differences
 from .data.dataset import (
     ClipSpec,
@@ -114,30 +129,6 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return Path("runs") / f"{cfg.dataset}{shots}-split{cfg.split}-{cfg.aggregation}-seed{cfg.seed}"
 
 
-def _json_default(value):
-    return str(value) if isinstance(value, Path) else value
-
-
-def atomic_save(obj, path: Path) -> None:
-    """`torch.save` through `atomic_write`: a checkpoint is never half-written."""
-    atomic_write(path, lambda fh: torch.save(obj, fh))
-
-
-def load_checkpoint(path: Path, map_location, hint: str) -> dict:
-    """A run checkpoint (`torch.load`), or a one-sentence UserError naming the file when it
-    is truncated, damaged or not a run's checkpoint, ending with `hint`."""
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # truncated zip, pickle or I/O: the file is at fault
-        raise UserError(
-            f"{path} is not a readable checkpoint (truncated or damaged: {first_line(exc, 120)}); "
-            f"{hint}."
-        ) from exc
-    if not isinstance(state, dict) or not {"model", "config"} <= set(state):
-        raise UserError(f"{path} is not a Storyboard run checkpoint; {hint}.")
-    return state
-
-
 def writable_dir(path: Path, flag: str = "--out") -> None:
     """Create `path` and prove a file can be written in it: a one-sentence UserError before
     any work if not (read-only folder, a file in the way, no space)."""
@@ -152,10 +143,6 @@ def writable_dir(path: Path, flag: str = "--out") -> None:
         ) from exc
 
 
-def _as_json(config: dict) -> dict:
-    return json.loads(json.dumps(config, default=_json_default))
-
-
 def check_resume(cfg: RunConfig, out: Path, state: dict) -> None:
     """Refuse to resume the run in `out` with settings other than those it ran with (its
     config.json, else the checkpoint's), except those of `RESUME_MAY_CHANGE`."""
@@ -163,7 +150,7 @@ def check_resume(cfg: RunConfig, out: Path, state: dict) -> None:
     path = out / "config.json"
     with contextlib.suppress(OSError, ValueError):
         saved = json.loads(path.read_text(encoding="utf-8"))
-    differences = resume_differences(_as_json(saved), _as_json(dataclasses.asdict(cfg)))
+    differences = resume_differences(plain(saved), plain(dataclasses.asdict(cfg)))
     if differences:
         raise UserError(
             f"--resume: {out} was trained with other settings ({', '.join(differences)}); "
@@ -461,11 +448,15 @@ class Built:
     text: ClassText
     spec_size: int
     clip_id: tuple[str, str]  # what artifacts record for the CLIP (`clip_identity`)
+    clip_name: str  # the name open_clip builds the architecture by
 
 
-def build(cfg: RunConfig, dist_info: DistInfo, subtexts: Path) -> Built:
+def build(cfg: RunConfig, dist_info: DistInfo, subtexts: Path,
+          clip: LoadedClip | None = None) -> Built:  # fmt: skip
+    """The run's model over its CLIP (`cfg.clip_model` with `cfg.clip_pretrained`, unless
+    `clip` is given) and the class texts of `subtexts`, on the run's device."""
     artifact = read_subtexts(subtexts)
-    clip = load_clip(cfg.clip_model, cfg.clip_pretrained, str(dist_info.device))
+    clip = clip or load_clip(cfg.clip_model, cfg.clip_pretrained, str(dist_info.device))
     model, text = build_model(
         clip, artifact, subtexts,
         aggregation=cfg.aggregation, temporal_layers=cfg.temporal_layers,
@@ -474,7 +465,7 @@ def build(cfg: RunConfig, dist_info: DistInfo, subtexts: Path) -> Built:
         grad_checkpointing=cfg.grad_checkpointing,
     )  # fmt: skip
     return Built(model.to(dist_info.device), text.to(dist_info.device), clip.image_size,
-                 (clip.model_id, clip.pretrained_id))  # fmt: skip
+                 (clip.model_id, clip.pretrained_id), clip.model_name)  # fmt: skip
 
 
 def lr_lambda(total_steps: int, warmup_steps: int):
@@ -591,8 +582,8 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
         # config.json describes the run as it began; a resume (same settings, checked
         # above) leaves it as it is.
         if state is None or not (out / "config.json").exists():
-            atomic_write_text(out / "config.json", json.dumps(
-                dataclasses.asdict(cfg), indent=2, default=_json_default) + "\n")  # fmt: skip
+            atomic_write_text(out / "config.json",
+                              json.dumps(plain(dataclasses.asdict(cfg)), indent=2) + "\n")
         keep_logged_epochs(out / "metrics.jsonl", epoch)
         if data.fewshot is not None:
             save_item_list(data.fewshot, out / "fewshot.csv")
@@ -609,7 +600,7 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
                          "cuda_rng": torch.cuda.get_rng_state(dist_info.device)
                          if dist_info.device.type == "cuda" else None,
                          "epoch": epoch, "position": position,
-                         "best": best, "config": dataclasses.asdict(cfg)},
+                         "best": best, "config": plain(dataclasses.asdict(cfg))},
                         ckpt_dir / f"{name}.pt")  # fmt: skip
 
     try:
@@ -791,47 +782,134 @@ class LoadedRun:
     dist_info: DistInfo
     subtexts: Path
     class_names: list[str]
+    checkpoint: dict  # which checkpoint: {"source", "epoch", "best" (its metrics)}
 
 
 CHECKPOINTS = ("best", "last")
 
 
-def load_run(
-    run_dir: Path, dataset: str | None = None, subtexts: Path | None = None,
-    device: str = "auto", checkpoint: str = "best", **overrides,
-) -> LoadedRun:  # fmt: skip
-    """A run's best (else last) checkpoint, or with `checkpoint="last"` its last, in its
-    model, with a dataset's class texts (the run's own dataset unless `dataset` names
-    another)."""
+def _run_checkpoint(run_dir: Path, checkpoint: str) -> tuple[Path, dict]:
+    """The path and state of a run directory's best (else last) or last checkpoint."""
     if checkpoint not in CHECKPOINTS:
         raise UserError(f"the checkpoint to load is best or last, not {checkpoint!r}.")
-    run_dir = Path(run_dir)
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     path = path if path.exists() else run_dir / "checkpoints" / "last.pt"
     if not path.exists():
-        raise UserError(f"no checkpoint in {run_dir / 'checkpoints'}: not a run directory.")
+        raise UserError(
+            f"no checkpoint in {run_dir / 'checkpoints'}: not a run directory (nor a model "
+            "folder from `trainer export`, nor hf-hub:ORG/REPO)."
+        )
     if path.name == "best.pt" and (run_dir / "checkpoints" / "last.pt").exists():
         hint = "the run's last.pt may still load (`eval --last`)"
     else:
         hint = "resume the run (`run --resume`) or train it again"
-    state = load_checkpoint(path, "cpu", hint)
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    saved = {k: v for k, v in state["config"].items() if k in names}
+    return path, load_checkpoint(path, "cpu", hint)
+
+
+def load_run(
+    source: Path | str, dataset: str | None = None, subtexts: Path | None = None,
+    device: str = "auto", checkpoint: str = "best", **overrides,
+) -> LoadedRun:  # fmt: skip
+    """A trained model with a dataset's class texts (the model's own dataset unless
+    `dataset` names another, which then needs `subtexts`). `source` is a run directory (its
+    best, else last checkpoint; `checkpoint="last"`: its last), a model folder from
+    `export_run`, or `hf-hub:ORG/REPO` naming one on the Hugging Face Hub."""
+    if str(source).startswith(HUB_PREFIX):
+        return _load_export(hub_snapshot(str(source)), str(source), dataset, subtexts, device,
+                            checkpoint, overrides)  # fmt: skip
+    source = Path(source)
+    if is_export(source):
+        return _load_export(source, str(source), dataset, subtexts, device, checkpoint,
+                            overrides)  # fmt: skip
+    path, state = _run_checkpoint(source, checkpoint)
+    saved = state["config"]
     dataset = dataset or saved["dataset"]
     if subtexts is None and dataset == saved["dataset"] and saved.get("subtexts"):
         subtexts = Path(saved["subtexts"])
-    cfg = RunConfig(**{**saved, "dataset": dataset, "device": device, **overrides})
+    cfg = RunConfig.from_saved({**saved, "dataset": dataset, "device": device, **overrides})
     dist_info = init_distributed(device)
     subtexts = Path(subtexts or default_subtexts(dataset, cfg.clip_model, cfg.clip_pretrained))
     built = build(cfg, dist_info, subtexts)
-    missing, unexpected = built.model.load_state_dict(state["model"], strict=False)
+    _load_weights(built.model, state["model"], path)
+    which = {"source": str(path), "epoch": state["epoch"], "best": state["best"]}
+    return LoadedRun(cfg, plain(saved), built, dist_info, subtexts,
+                     read_subtexts(subtexts).class_names, which)  # fmt: skip
+
+
+def _load_weights(model: VideoCLIP, weights: dict, path) -> None:
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or missing:
         raise UserError(
             f"{path} does not fit the model built for it ({(missing + unexpected)[:3]})."
         )
-    built.model.eval()
-    class_names = read_subtexts(subtexts).class_names
-    return LoadedRun(cfg, saved, built, dist_info, subtexts, class_names)
+    model.eval()
+
+
+def _load_export(
+    folder: Path, label: str, dataset: str | None, subtexts: Path | None, device: str,
+    checkpoint: str, overrides: dict,
+) -> LoadedRun:  # fmt: skip
+    """An exported model folder: the architecture from its own files, the weights from
+    model.safetensors; nothing of the machine it was trained on is needed."""
+    if checkpoint != "best":
+        raise UserError(f"{label} is an exported model, which holds one checkpoint: drop --last.")
+    config, weights = read_export(folder)
+    saved = config["training"]
+    dataset = dataset or saved["dataset"]
+    if subtexts is None:
+        if dataset != saved["dataset"]:
+            raise UserError(
+                f"{label} was trained on {saved['dataset']}: evaluating {dataset} takes "
+                f"--subtexts, {dataset}'s subtexts.parquet scored with this model's CLIP "
+                f"({config['clip']['model_id']}, {config['clip']['pretrained_id']})."
+            )
+        subtexts = folder / SUBTEXTS_FILE
+    cfg = RunConfig.from_saved({**saved, "dataset": dataset, "device": device, **overrides})
+    dist_info = init_distributed(device)
+    clip = load_clip(str(folder / config["clip"]["config_file"]), "none", str(dist_info.device))
+    # Built without weights (they are in model.safetensors), known as the CLIP it was.
+    clip = dataclasses.replace(clip, model_id=config["clip"]["model_id"],
+                               pretrained_id=config["clip"]["pretrained_id"])  # fmt: skip
+    built = build(cfg, dist_info, Path(subtexts), clip)
+    _load_weights(built.model, weights, folder / WEIGHTS_FILE)
+    which = {"source": label, "epoch": config["epoch"], "best": config["metrics"]}
+    return LoadedRun(cfg, saved, built, dist_info, Path(subtexts),
+                     read_subtexts(subtexts).class_names, which)  # fmt: skip
+
+
+def export_run(run_dir: Path, out: Path, checkpoint: str = "best") -> Path:
+    """Write a run's checkpoint as a self-contained model folder (`trainer/checkpoints.py`):
+    safetensors weights of the whole model, its config, the CLIP's architecture, the class
+    texts and a model card. -> `out`."""
+    import open_clip
+
+    loaded = load_run(run_dir, device="cpu", checkpoint=checkpoint)
+    clip_config = open_clip.get_model_config(loaded.built.clip_name)
+    if clip_config is None:
+        raise UserError(
+            f"the architecture of CLIP {loaded.cfg.clip_model} is not an open_clip config this "
+            "machine knows; export from a run whose --clip-model is an open_clip name or a "
+            "model-config JSON."
+        )
+    cfg, (model_id, pretrained_id) = loaded.cfg, loaded.built.clip_id
+    config = {
+        "format": EXPORT_FORMAT, "version": EXPORT_VERSION,
+        "architecture": {"aggregation": cfg.aggregation, "temporal_layers": cfg.temporal_layers,
+                         "attention_heads": cfg.attention_heads, "tau_coarse": cfg.tau_coarse,
+                         "tau_fine": cfg.tau_fine, "frames": cfg.frames,
+                         "image_size": loaded.built.spec_size,
+                         "freeze_backbone": cfg.freeze_backbone},
+        "clip": {"model_id": model_id, "pretrained_id": pretrained_id,
+                 "config_file": CLIP_CONFIG_FILE},
+        "evaluation": {"clips": cfg.eval_clips, "crops": cfg.eval_crops},
+        "dataset": cfg.dataset, "classes": loaded.class_names,
+        "checkpoint": Path(loaded.checkpoint["source"]).stem, "epoch": loaded.checkpoint["epoch"],
+        "metrics": loaded.checkpoint["best"],
+        "subtexts": subtext_source(loaded.subtexts),
+        "training": loaded.trained_on,
+    }  # fmt: skip
+    return write_export(out, loaded.built.model.state_dict(), config, clip_config,
+                        loaded.subtexts, model_card(config))
 
 
 def evaluate_checkpoint(
@@ -894,8 +972,8 @@ def evaluate_checkpoint(
             cache = None
             if features is not None:
                 whole = VideoClipDataset(test.items, len(test.class_names), test.multi_label, spec)
-                cache = FeatureCache(features, cache_identity(dataset, fold, built.clip_id, None,
-                                                              whole), {TEST: len(whole)})  # fmt: skip
+                identity = cache_identity(dataset, fold, built.clip_id, None, whole)
+                cache = FeatureCache(features, identity, {TEST: len(whole)})
             groups = [(None, None)]  # (subset file, class ids): None, None is every class
             if zero_shot == "half":
                 halves = half_class_splits(len(test.class_names), 10, cfg.seed)

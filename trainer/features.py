@@ -25,8 +25,10 @@ Several processes (`torchrun ... -m trainer cache-features`) share the work: eve
 reads the same index at the start, takes every `world`-th missing (item, view) pair, and
 numbers its shards `first + k * world + rank`, so no two ranks (and no rerun) write the same
 shard; the main rank merges all index rows at the end. A killed rank loses only its shard
-in progress, and a rerun with any number of ranks encodes only what no index row holds. Items are keyed by position, not video id, because Charades action
-instances share their video's id; the identity holds a digest of each split's item list, so
+in progress, and a rerun with any number of ranks encodes only what no index row holds.
+
+Items are keyed by position, not video id, because Charades action instances share their
+video's id; the identity holds a digest of each split's item list, so
 positions always mean the same items. Shards are read with `numpy.load(mmap_mode="r")`.
 
 Views. View v of the item at position p of the train split is the clip the training dataset
@@ -277,8 +279,8 @@ class CacheWriter:
         index = _concat(_index_tables(self.directory))
         atomic_write_table(index, self.directory / INDEX_FILE)
         shutil.rmtree(self.directory / PARTS_DIR, ignore_errors=True)
-        kept = {f"{_shard_name(split, shard)}.npy"
-                for split, shard in zip(index["split"].to_pylist(), index["shard"].to_pylist())}  # fmt: skip
+        named = zip(index["split"].to_pylist(), index["shard"].to_pylist())
+        kept = {f"{_shard_name(split, shard)}.npy" for split, shard in named}
         shards = self.directory / SHARDS_DIR
         for path in shards.iterdir() if shards.is_dir() else ():
             if path.name not in kept:
@@ -293,8 +295,9 @@ class FeatureCache:
     """A finished cache directory, checked against the identity a run expects (every
     field of `identity`: a run's whole `cache_identity`, or evaluation's test part).
 
-    `sizes` gives the item count of each split to read; every item must have all its views (V training
-    views, clips x crops test views) or be listed as skipped, else the cache is incomplete.
+    `sizes` gives the item count of each split to read; every item must have all its views
+    (V training views, clips x crops test views) or be listed as skipped, else the cache is
+    incomplete.
     """
 
     def __init__(self, directory: Path, identity: dict, sizes: dict[str, int]):

@@ -51,9 +51,10 @@ from subtext_gen.clip_text import (
 from subtext_gen.errors import UserError
 from subtext_gen.resources import data_path
 
+from .checkpoints import atomic_save
 from .data.transforms import normalise_clips
 from .data.video import open_video, read_frames
-from .engine import atomic_save, progress_bar
+from .engine import progress_bar
 from .model.aggregation import subtext_frame_similarity
 
 DEFAULT_CLIP_MODEL = str(data_path("clip", "StoryboardWorld-CLIP.json"))

@@ -1,0 +1,265 @@
+"""Checkpoints that never run code, and the exported model folder that travels.
+
+A run's `checkpoints/best.pt` and `last.pt` hold tensors and plain data only (numbers,
+strings, lists, dicts: the settings are stored as JSON values), and `load_checkpoint` reads
+them with `torch.load(weights_only=True)`: a file that holds anything else (a pickled
+object whose loading would run code) is refused in one sentence and never executed.
+Checkpoints written before this rule held `pathlib` paths in their settings; paths are the
+one other type allowed, since making one runs no code.
+
+`python -m trainer export RUN --out DIR` writes a model folder in the Hugging Face Hub's
+conventions, with no pickle in it:
+
+    model.safetensors   the whole video model: visual tower, temporal module, head
+    config.json         `EXPORT_FORMAT`, the architecture, the CLIP's identity, frames,
+                        views, classes, the run's settings and metrics
+    clip_config.json    the open_clip model config, so the architecture builds anywhere
+    subtexts.parquet    the class texts the head reads (the run's sub-text artifact)
+    README.md           the model card
+
+`read_export` loads such a folder; `hub_snapshot` fetches one from `hf-hub:ORG/REPO`
+through `huggingface_hub`, which honours `HF_HUB_OFFLINE` and its cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pathlib
+from pathlib import Path
+
+import torch
+
+from subtext_gen.artifacts import (
+    SUBTEXTS_FILE,
+    TPP_FILE,
+    atomic_write,
+    atomic_write_text,
+    read_subtexts,
+)
+from subtext_gen.clip_text import unsafe_load_reason
+from subtext_gen.errors import UserError, first_line
+
+EXPORT_FORMAT = "storyboard-video-model"
+EXPORT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CLIP_CONFIG_FILE = "clip_config.json"
+CARD_FILE = "README.md"
+HUB_PREFIX = "hf-hub:"
+HUB_FILES = ["*.json", "*.safetensors", "*.parquet", "*.md"]  # what a download fetches
+# Types a checkpoint may hold besides tensors and plain data: paths (settings of older runs).
+_ALLOWED_GLOBALS = [pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath,
+                    pathlib.PureWindowsPath]  # fmt: skip
+
+
+def atomic_save(obj, path: Path) -> None:
+    """`torch.save` through `atomic_write`: a checkpoint is never half-written."""
+    atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def load_checkpoint(path: Path, map_location, hint: str) -> dict:
+    """A run checkpoint, read with `weights_only=True`; a one-sentence UserError naming the
+    file, ending with `hint`, when it holds code or other objects (refused unexecuted), is
+    truncated or damaged, or is not a run's checkpoint."""
+    try:
+        with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, pickle or I/O: the file is at fault
+        unsafe = unsafe_load_reason(exc)
+        if unsafe is not None:
+            raise UserError(
+                f"{path} holds {unsafe}, not only tensors and plain data: loading it could run "
+                "code, so it is refused (nothing in it was run); use checkpoints written by "
+                "`trainer run`, or an exported model folder (`trainer export`)."
+            ) from exc
+        raise UserError(
+            f"{path} is not a readable checkpoint (truncated or damaged: {first_line(exc, 120)}); "
+            f"{hint}."
+        ) from exc
+    if not isinstance(state, dict) or not {"model", "config"} <= set(state):
+        raise UserError(f"{path} is not a Storyboard run checkpoint; {hint}.")
+    return state
+
+
+def plain(value):
+    """`value` as JSON types (paths become strings): what a checkpoint stores as settings."""
+    return json.loads(json.dumps(value, default=lambda v: str(v) if isinstance(v, Path) else v))
+
+
+# ---------------------------------------------------------------- the exported folder
+
+
+def is_export(path: Path) -> bool:
+    return (Path(path) / WEIGHTS_FILE).is_file() and (Path(path) / CONFIG_FILE).is_file()
+
+
+def write_export(
+    out: Path, weights: dict[str, torch.Tensor], config: dict, clip_config: dict,
+    subtexts: Path, card: str,
+) -> Path:  # fmt: skip
+    """Write an exported model folder (see the module doc); -> `out`."""
+    from safetensors.torch import save as save_safetensors
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not is_export(out):
+        raise UserError(f"--out {out} is not empty and not an exported model: pass a new folder.")
+    tensors = {name: t.detach().cpu().contiguous() for name, t in weights.items()}
+    atomic_write(out / WEIGHTS_FILE,
+                 lambda fh: fh.write(save_safetensors(tensors, {"format": "pt"})))  # fmt: skip
+    atomic_write_text(out / config["clip"]["config_file"], json.dumps(clip_config, indent=2) + "\n")
+    atomic_write(out / SUBTEXTS_FILE, lambda fh: fh.write(Path(subtexts).read_bytes()))
+    atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out / CARD_FILE, card)
+    return out
+
+
+def read_export(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """An exported folder's config.json and weights (safetensors: no code can run)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"{directory / CONFIG_FILE} cannot be read ({first_line(exc, 100)})."
+        ) from exc
+    if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
+        raise UserError(f"{directory / CONFIG_FILE} is not a Storyboard model config "
+                        f"(format {EXPORT_FORMAT!r}).")  # fmt: skip
+    if config.get("version", 0) > EXPORT_VERSION:
+        raise UserError(f"{directory} was exported by a newer Storyboard (format version "
+                        f"{config['version']}); update this one.")  # fmt: skip
+    try:
+        weights = load_file(directory / WEIGHTS_FILE)
+    except (OSError, SafetensorError) as exc:
+        raise UserError(
+            f"{directory / WEIGHTS_FILE} is not a readable safetensors file "
+            f"({first_line(exc, 100)}); download or export the model again."
+        ) from exc
+    return config, weights
+
+
+def hub_snapshot(source: str) -> Path:
+    """The local folder of `hf-hub:ORG/REPO[@REVISION]`, fetched into (or, offline, found in)
+    the Hugging Face cache."""
+    from huggingface_hub import snapshot_download
+
+    repo, _, revision = source[len(HUB_PREFIX):].partition("@")
+    try:
+        folder = snapshot_download(repo, revision=revision or None, allow_patterns=HUB_FILES)
+    except Exception as exc:  # offline and not cached, no such repo, no network, ...
+        raise UserError(
+            f"{source} could not be fetched from the Hugging Face Hub or found in its cache "
+            f"({type(exc).__name__}: {first_line(exc, 120)}); download it once with network "
+            "(`huggingface-cli download ORG/REPO`) or pass the model folder."
+        ) from exc
+    if not is_export(Path(folder)):
+        raise UserError(f"{source} holds no {WEIGHTS_FILE} and {CONFIG_FILE}: not a Storyboard "
+                        "model exported with `trainer export`.")  # fmt: skip
+    return Path(folder)
+
+
+
+def subtext_source(subtexts: Path) -> dict:
+    """Where a sub-text artifact's texts came from: its metadata, and which LLMs wrote the
+    chosen sets when the scoring folder and the candidates are still beside it."""
+    from subtext_gen.score import selected_llms
+
+    subtexts = Path(subtexts)
+    meta = read_subtexts(subtexts).meta
+    source = {"n_subtexts": meta.n_subtexts, "template": meta.template, "alpha": meta.alpha,
+              "beta": meta.beta, "fallback_classes": list(meta.fallback_classes),
+              "llms": None}  # fmt: skip
+    candidates = subtexts.parent.parent  # artifacts/<dataset>/<clip-tag>/subtexts.parquet
+    if (subtexts.parent / TPP_FILE).is_file() and (candidates / "candidates.parquet").is_file():
+        with contextlib.suppress(UserError):  # the card says "not recorded" instead
+            source["llms"] = selected_llms(candidates, subtexts.parent)
+    return source
+
+
+def _metrics_rows(metrics: dict | None) -> list[str]:
+    names = {"top1": "top-1", "top5": "top-5", "mean_class_acc": "mean class accuracy",
+             "map": "mAP", "n": "test videos"}  # fmt: skip
+    rows = []
+    for key, name in names.items():
+        value = (metrics or {}).get(key)
+        if value is not None:
+            rows.append(f"| {name} | {value:.4f} |" if isinstance(value, float)
+                        else f"| {name} | {value} |")  # fmt: skip
+    return rows or ["| (not evaluated) | |"]
+
+
+def model_card(config: dict) -> str:
+    """The exported folder's README.md: Hub metadata, data and protocol, results, sub-text
+    source, model, and how to load it."""
+    run, arch, clip, texts = (config["training"], config["architecture"], config["clip"],
+                              config["subtexts"])  # fmt: skip
+    protocol = (f"{run['shots']}-shot" if run.get("shots") else "supervised") + (
+        f", split {run['split']}" if config["dataset"] in ("hmdb51", "ucf101") else "")
+    llms = "not recorded (the candidates were not beside the artifact)"
+    if texts["llms"]:
+        llms = ", ".join(f"{name} ({count} classes)" for name, count in texts["llms"].items())
+    lines = [
+        "---",
+        "library_name: storyboard",
+        "pipeline_tag: video-classification",
+        "tags: [video-classification, action-recognition, clip, storyboard]",
+        f"datasets: [{config['dataset']}]",
+        "metrics: [accuracy]",
+        "---",
+        "",
+        f"# Storyboard {arch['aggregation']} model: {config['dataset']}, {protocol}",
+        "",
+        "A storyboard-guided video action recognition model: CLIP frame features weighted by "
+        "the class name and its sub-texts (atomic actions written by an LLM and chosen by "
+        "TPP), trained with Storyboard's `python -m trainer run`.",
+        "",
+        "## Data and protocol",
+        "",
+        f"* dataset: {config['dataset']} ({len(config['classes'])} classes), {protocol}",
+        f"* frames per clip: {arch['frames']}; test views: {config['evaluation']['clips']} "
+        f"clips x {config['evaluation']['crops']} crops",
+        f"* training: {run['epochs']} epochs, batch {run['batch_size']}, lr {run['lr']}, "
+        f"seed {run['seed']}, visual tower "
+        f"{'frozen' if arch['freeze_backbone'] else 'trained'}",
+        f"* this checkpoint: `{config['checkpoint']}` (after epoch {config['epoch']})",
+        "",
+        "## Results (from the run's own evaluation)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *_metrics_rows(config["metrics"]),
+        "",
+        "## Sub-texts",
+        "",
+        f"{texts['n_subtexts']} sub-texts per class, global text template "
+        f"`{texts['template']}`, TPP scaling alpha `{texts['alpha']}`, beta `{texts['beta']}`; "
+        f"written by: {llms}. Classes without a valid set (global text only): "
+        f"{texts['fallback_classes'] or 'none'}. The texts and their CLIP embeddings are in "
+        f"`{SUBTEXTS_FILE}`.",
+        "",
+        "## Model",
+        "",
+        f"* CLIP: `{clip['model_id']}` with weights `{clip['pretrained_id']}` (architecture "
+        f"in `{CLIP_CONFIG_FILE}`; every weight the model uses is in `{WEIGHTS_FILE}`)",
+        f"* aggregation `{arch['aggregation']}`, {arch['temporal_layers']} temporal layers, "
+        f"{arch['attention_heads']} attention head(s), tau coarse {arch['tau_coarse']}, "
+        f"tau fine {arch['tau_fine']}, input {arch['image_size']} px",
+        "",
+        "## How to load",
+        "",
+        "```",
+        "python -m trainer predict VIDEO.mp4 --checkpoint hf-hub:ORG/REPO   # or this folder",
+        f"python -m trainer eval --checkpoint hf-hub:ORG/REPO --dataset {config['dataset']} "
+        "--root DATA",
+        "```",
+        "",
+        "Another dataset's classes take `--subtexts` (its `subtexts.parquet`, scored with the "
+        "same CLIP). In Python: `trainer.engine.load_run(\"hf-hub:ORG/REPO\")` gives the model "
+        "and its class texts. The folder holds no pickle: weights are safetensors.",
+        "",
+    ]
+    return "\n".join(lines)
