@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from enum import Enum
 from pathlib import Path
 
@@ -10,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import UserError, run_cli
+from storyboard_common.errors import UserError, run_cli
+from storyboard_common.files import artifacts_root
 
 app = typer.Typer(
     add_completion=False,
@@ -20,7 +20,6 @@ app = typer.Typer(
 )
 console = Console()
 
-ARTIFACTS_ROOT = Path(os.environ.get("STORYBOARD_ARTIFACTS", "artifacts"))
 
 
 class LLM(str, Enum):
@@ -32,7 +31,7 @@ class LLM(str, Enum):
 def _artifacts_dir(dataset: str | None, artifacts: Path | None) -> Path:
     if (dataset is None) == (artifacts is None):
         raise UserError("give exactly one of --dataset NAME or --artifacts DIR.")
-    return Path(artifacts) if artifacts is not None else ARTIFACTS_ROOT / dataset
+    return Path(artifacts) if artifacts is not None else artifacts_root() / dataset
 
 
 def _check_generate_numbers(**values: float) -> None:
@@ -129,7 +128,7 @@ def generate(
         backends = file_backends(input)  # one source per file, each with its own `llm`
         for backend in backends:  # every file checked against the classes before any write
             backend.plan(class_list, n_subtexts)
-    out_dir = out or ARTIFACTS_ROOT / class_list.name
+    out_dir = out or artifacts_root() / class_list.name
     with writer_lock(out_dir):  # held across every --input file: no other run in between
         summaries = [
             run(

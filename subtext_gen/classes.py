@@ -7,7 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from storyboard_common.errors import UserError
+
 from .resources import data_path
 
 DATA_DIR = data_path()

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from storyboard_common.device import resolve_device
+from storyboard_common.errors import UserError
+
 from .resources import resolve_shipped
 
 NO_WEIGHTS = ("none", "")
@@ -37,14 +39,6 @@ class LoadedClip:
         """The side of the square images the visual tower takes."""
         size = self.model.visual.image_size
         return int(size[0] if isinstance(size, tuple | list) else size)
-
-
-def resolve_device(device: str | None = "auto") -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for CUDA, but no CUDA device is available.")
-    return torch.device(device)
 
 
 def _looks_like_path(value: str) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import UserError
+from storyboard_common.errors import UserError
 
 SYSTEM = (
     "You are a storyboard artist who breaks a human action into the short, visible, atomic "

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from storyboard_common.errors import UserError
+
 from .artifacts import (
     FALLBACK_CANDIDATE_ID,
     SUBTEXTS_FILE,
@@ -31,7 +33,6 @@ from .artifacts import (
 )
 from .classes import class_text
 from .clip_text import LoadedClip, encode_texts
-from .errors import UserError
 from .tpp import tpp
 
 DEFAULT_TEMPLATE = "a video of a person {}."

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
+from storyboard_common.errors import UserError
 
 LOG_CLAMP = 1e-6
 

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from storyboard_common.errors import UserError
 from subtext_gen.artifacts import (
     CANDIDATES_SCHEMA,
     JOURNAL_FILE,
@@ -24,7 +25,6 @@ from subtext_gen.artifacts import (
 )
 from subtext_gen.classes import load_classes
 from subtext_gen.clip_text import encode_texts
-from subtext_gen.errors import UserError
 from subtext_gen.generate import generate
 from subtext_gen.llm.files import FileBackend
 from subtext_gen.score import score

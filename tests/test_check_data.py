@@ -9,8 +9,8 @@ import sys
 import decord
 import pytest
 
+from storyboard_common.errors import UserError
 from subtext_gen.classes import load_classes
-from subtext_gen.errors import UserError
 from trainer.data import layouts
 from trainer.data.check import check_splits
 from trainer.data.dataset import ClipSpec, Skipped, VideoClipDataset

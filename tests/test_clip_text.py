@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from storyboard_common.errors import UserError
 from subtext_gen.clip_text import clip_identity, encode_texts, load_clip
-from subtext_gen.errors import UserError
 
 from .conftest import TINY_CLIP_CONFIG
 

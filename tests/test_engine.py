@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from subtext_gen.errors import UserError
+from storyboard_common.errors import UserError
 from trainer.config import resolve_config
 
 from .conftest import CLASSES, REPO, TINY_CLIP_CONFIG

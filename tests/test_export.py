@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from subtext_gen.errors import UserError
+from storyboard_common.errors import UserError
 from trainer.checkpoints import load_checkpoint
 from trainer.config import RunConfig
 from trainer.engine import evaluate_checkpoint, export_run, train

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from subtext_gen.errors import UserError
+from storyboard_common.errors import UserError
 from trainer import engine
 from trainer.config import RunConfig
 from trainer.engine import cache_features, train

@@ -13,7 +13,7 @@ import pytest
 import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import ProcessException
 
-from subtext_gen.errors import UserError
+from storyboard_common.errors import UserError
 from trainer import engine
 from trainer.engine import evaluate_checkpoint, train
 from trainer.features import read_index

@@ -14,6 +14,8 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
+from storyboard_common.errors import UserError
+from storyboard_common.files import atomic_write, atomic_write_text
 from subtext_gen import artifacts
 from subtext_gen.artifacts import (
     CANDIDATES_FILE,
@@ -21,13 +23,10 @@ from subtext_gen.artifacts import (
     LOCK_FILE,
     CandidateRow,
     CandidateStore,
-    atomic_write,
-    atomic_write_text,
     read_candidates,
     writer_lock,
 )
 from subtext_gen.classes import load_classes
-from subtext_gen.errors import UserError
 from subtext_gen.generate import generate
 from subtext_gen.llm.files import FileBackend
 from subtext_gen.llm.openai_chat import OpenAIBackend

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from subtext_gen.errors import UserError
+from storyboard_common.errors import UserError
 from trainer.config import RESUME_MAY_CHANGE, RunConfig, resolve_config
 
 from .conftest import REPO, TINY_CLIP_CONFIG

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from subtext_gen.errors import UserError
+from storyboard_common.errors import UserError
 from subtext_gen.llm.base import Job
 
 torch = pytest.importorskip("torch")

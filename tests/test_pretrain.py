@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from storyboard_common.errors import UserError
 from subtext_gen.clip_text import encode_texts, load_clip
-from subtext_gen.errors import UserError
 from subtext_gen.resources import data_path
 from trainer.data.transforms import normalise_clips
 from trainer.pretrain import (

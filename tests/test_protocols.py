@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from subtext_gen.errors import UserError
+from storyboard_common.errors import UserError
 from trainer.data.items import Segment, SplitList, VideoItem
 from trainer.data.protocols import (
     fewshot_items,

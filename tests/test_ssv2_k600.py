@@ -14,8 +14,8 @@ import av
 import numpy as np
 import pytest
 
+from storyboard_common.errors import UserError
 from subtext_gen.classes import load_classes, shipped_datasets
-from subtext_gen.errors import UserError
 from trainer.data.layouts import (
     DATASETS,
     available_splits,

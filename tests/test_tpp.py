@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from subtext_gen.errors import UserError
+from storyboard_common.errors import UserError
 from subtext_gen.tpp import tpp
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from subtext_gen.errors import UserError
+from storyboard_common.errors import UserError
 from trainer.data.sampling import clip_indices, interval_frames, segment_indices
 from trainer.data.transforms import (
     CLIP_MEAN,

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from storyboard_common.errors import UserError
 from subtext_gen.artifacts import ArtifactMeta, SubtextArtifact
-from subtext_gen.errors import UserError
 from trainer.data.transforms import normalise_clips
 from trainer.model.aggregation import MODES, ClassText
 from trainer.model.temporal import TemporalTransformer

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from subtext_gen.errors import UserError, run_cli
+from storyboard_common.errors import UserError, run_cli
 
 app = typer.Typer(
     add_completion=False,

@@ -30,15 +30,10 @@ from pathlib import Path
 
 import torch
 
-from subtext_gen.artifacts import (
-    SUBTEXTS_FILE,
-    TPP_FILE,
-    atomic_write,
-    atomic_write_text,
-    read_subtexts,
-)
+from storyboard_common.errors import UserError, first_line
+from storyboard_common.files import atomic_write, atomic_write_text
+from subtext_gen.artifacts import SUBTEXTS_FILE, TPP_FILE, read_subtexts
 from subtext_gen.clip_text import unsafe_load_reason
-from subtext_gen.errors import UserError, first_line
 
 EXPORT_FORMAT = "storyboard-video-model"
 EXPORT_VERSION = 1

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from subtext_gen.errors import UserError
+from storyboard_common.errors import UserError
 
 AGGREGATIONS = ("mean", "global", "coarse", "fine", "coarse+fine")
 AMP_MODES = ("bf16", "fp16", "none")

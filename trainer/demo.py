@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from subtext_gen.artifacts import atomic_write_text
+from storyboard_common.files import atomic_write_text
 
 from . import analysis
 from .predict import plot_prediction, predict_video

@@ -14,8 +14,8 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from subtext_gen.clip_text import resolve_device
-from subtext_gen.errors import UserError
+from storyboard_common.device import resolve_device
+from storyboard_common.errors import UserError
 
 T = TypeVar("T")
 

@@ -32,15 +32,10 @@ import pandas as pd
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from subtext_gen.artifacts import (
-    SUBTEXTS_FILE,
-    atomic_write_text,
-    clip_tag,
-    os_reason,
-    read_subtexts,
-)
+from storyboard_common.errors import UserError
+from storyboard_common.files import artifacts_root, atomic_write_text, os_reason
+from subtext_gen.artifacts import SUBTEXTS_FILE, clip_tag, read_subtexts
 from subtext_gen.clip_text import LoadedClip, clip_identity, load_clip
-from subtext_gen.errors import UserError
 
 from . import metrics
 from .checkpoints import (
@@ -99,7 +94,6 @@ from .model.video_clip import VideoCLIP, build_model, encode_frames, param_group
 from .report import write_report
 
 DATA_ENV = "STORYBOARD_DATA"
-ARTIFACTS_ENV = "STORYBOARD_ARTIFACTS"
 
 
 # ---------------------------------------------------------------- paths and set-up
@@ -114,13 +108,13 @@ def default_root(dataset: str) -> Path:
 
 def default_subtexts(dataset: str, clip_model: str, clip_pretrained: str) -> Path:
     tag = clip_tag(*clip_identity(clip_model, clip_pretrained))
-    return Path(os.environ.get(ARTIFACTS_ENV, "artifacts")) / dataset / tag / SUBTEXTS_FILE
+    return artifacts_root() / dataset / tag / SUBTEXTS_FILE
 
 
 def default_features_dir(dataset: str, fold: int | None, clip_id: tuple[str, str],
                          frames: int) -> Path:  # fmt: skip
     fold_part = f"-split{fold}" if fold is not None else ""
-    return (Path(os.environ.get(ARTIFACTS_ENV, "artifacts")) / "features"
+    return (artifacts_root() / "features"
             / f"{dataset}{fold_part}-{clip_tag(*clip_id)}-f{frames}")  # fmt: skip
 
 

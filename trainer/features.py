@@ -58,8 +58,8 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
-from subtext_gen.artifacts import atomic_write, atomic_write_table, atomic_write_text
-from subtext_gen.errors import UserError
+from storyboard_common.errors import UserError
+from storyboard_common.files import atomic_write, atomic_write_table, atomic_write_text
 
 from .data.dataset import Skipped, VideoClipDataset, clip_target
 from .data.items import VideoItem

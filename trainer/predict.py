@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from subtext_gen.errors import UserError
+from storyboard_common.errors import UserError
 
 from .data.sampling import clip_indices
 from .data.transforms import eval_transform

@@ -40,15 +40,11 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
-from subtext_gen.artifacts import atomic_write_text, pad_tokens
-from subtext_gen.clip_text import (
-    LoadedClip,
-    encode_texts,
-    load_clip,
-    resolve_device,
-    token_states,
-)
-from subtext_gen.errors import UserError
+from storyboard_common.device import resolve_device
+from storyboard_common.errors import UserError
+from storyboard_common.files import atomic_write_text
+from subtext_gen.artifacts import pad_tokens
+from subtext_gen.clip_text import LoadedClip, encode_texts, load_clip, token_states
 from subtext_gen.resources import data_path
 
 from .checkpoints import atomic_save

@@ -38,10 +38,11 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from subtext_gen.artifacts import atomic_write_text, read_subtexts
+from storyboard_common.errors import UserError
+from storyboard_common.files import atomic_write_text
+from subtext_gen.artifacts import read_subtexts
 from subtext_gen.classes import load_classes
 from subtext_gen.clip_text import load_clip
-from subtext_gen.errors import UserError
 from subtext_gen.generate import generate
 from subtext_gen.llm.files import FileBackend
 from subtext_gen.score import class_reports, score

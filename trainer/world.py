@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from subtext_gen.artifacts import atomic_write_text
+from storyboard_common.files import atomic_write_text
 from subtext_gen.resources import data_path
 
 FORMAT_VERSION = 3

@@ -30,8 +30,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from storyboard_common.errors import UserError
+
 from ..classes import ClassList, class_text
-from ..errors import UserError
 from ..parse import clean_item
 from .base import Completion, Job
 

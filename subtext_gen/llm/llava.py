@@ -15,7 +15,8 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..errors import UserError
+from storyboard_common.errors import UserError
+
 from .base import Completion, Job
 
 DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"

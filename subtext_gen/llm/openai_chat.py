@@ -12,7 +12,8 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from ..errors import UserError
+from storyboard_common.errors import UserError
+
 from .base import Completion, Job
 
 DEFAULT_MODEL = "gpt-3.5-turbo"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from subtext_gen.artifacts import atomic_write_text
-from subtext_gen.errors import UserError
+from storyboard_common.errors import UserError
+from storyboard_common.files import atomic_write_text
 
 from .items import SplitList, VideoItem
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from subtext_gen.errors import UserError, first_line
+from storyboard_common.errors import UserError, first_line
 
 
 class VideoError(UserError):

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from storyboard_common.errors import UserError
 from subtext_gen.artifacts import ArtifactMeta, SubtextArtifact
 from subtext_gen.clip_text import LoadedClip
-from subtext_gen.errors import UserError
 from trainer.data.transforms import normalise_clips
 from trainer.model.aggregation import UNTRAINED_LOG_LOGIT_SCALE, ClassText, StoryboardHead
 from trainer.model.temporal import TemporalTransformer

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from subtext_gen.errors import UserError
+from storyboard_common.errors import UserError
 
 from ..items import SplitList
 from . import charades, generic, hmdb51, kinetics, ssv2, ucf101

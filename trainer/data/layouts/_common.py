@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from subtext_gen.errors import UserError
+from storyboard_common.errors import UserError
 
 _SPLIT_ALIASES = {
     "train": "train",

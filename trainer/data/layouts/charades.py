@@ -12,7 +12,7 @@ import csv
 import re
 from pathlib import Path
 
-from subtext_gen.errors import UserError
+from storyboard_common.errors import UserError
 
 from ..items import Segment, SplitList, VideoItem
 from ._common import (

@@ -23,8 +23,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from storyboard_common.errors import UserError
 from subtext_gen.classes import DATA_DIR, load_classes
-from subtext_gen.errors import UserError
 
 from ..items import SplitList, VideoItem
 from ._common import VIDEO_EXTS, absolute, normalize_split, require_root
