@@ -14,6 +14,8 @@ CLIP_PRETRAINED ?= openai
 DEMO_CLIP_MODEL      ?= subtext_gen/data/clip/TinyCLIP-test.json
 DEMO_CLIP_PRETRAINED ?= none
 
+PY_DIRS := storyboard_common subtext_gen trainer testkit tests bench
+
 .PHONY: setup test demo study demo-subtexts subtexts score show bench gpu-check lint clean
 
 $(STAMP): pyproject.toml
@@ -59,7 +61,8 @@ gpu-check: $(STAMP)
 	$(BIN)/python -m bench.gpu_check
 
 lint: $(STAMP)
-	$(BIN)/ruff check subtext_gen trainer tests bench
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 
 clean:
 	rm -rf $(VENV) artifacts/demo artifacts/demo-subtexts .pytest_cache

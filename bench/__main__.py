@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from pathlib import Path
@@ -10,6 +9,8 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
+
+from storyboard_common.files import atomic_write_json
 
 from .cache import bench_cache, bench_cache_ranks
 from .loader import bench_loader
@@ -48,7 +49,7 @@ def main() -> None:
     ):
         with console.status(f"benchmark: {name}"):
             results.update(bench())
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_json(RESULTS, results)
     table = Table(title=f"make bench on {results['machine']}")
     for col in ("figure", "value", "target", "met"):
         table.add_column(col)

@@ -14,14 +14,13 @@ from pathlib import Path
 import torch
 
 from subtext_gen.clip_text import load_clip
-from subtext_gen.resources import data_path
-from tests.list_dataset import write_list_dataset
+from testkit.list_dataset import write_list_dataset
+from trainer.cache.build import cache_features
 from trainer.config import RunConfig
-from trainer.engine import cache_features, train
+from trainer.loop import train
+from trainer.storyworld import WORLD_CLIP
 
 REPO = Path(__file__).resolve().parent.parent
-# The smallest CLIP the project trains with (`make demo`): 64 px, 3 layers, width 128.
-WORLD_CLIP = data_path("clip", "StoryboardWorld-CLIP.json")
 CLASSES = ["red rise", "green rise", "blue rise", "grey rise"]
 TINTS = [(1.0, 0.2, 0.2), (0.2, 1.0, 0.2), (0.2, 0.2, 1.0), (1.0, 1.0, 1.0)]
 
@@ -37,9 +36,18 @@ def _videos(base: Path, per_class: int) -> dict:
     """The benchmark's list dataset: 4 classes x `per_class` 320x240 mp4 videos of 48
     frames, with sub-texts and a checkpoint of the world CLIP."""
     torch.manual_seed(0)
-    return write_list_dataset(base, load_clip(str(WORLD_CLIP), "none", "cpu"), WORLD_CLIP,
-                              CLASSES, TINTS, per_class, frames=48, width=320, height=240,
-                              fps=25)  # fmt: skip
+    return write_list_dataset(
+        base,
+        load_clip(str(WORLD_CLIP), "none", "cpu"),
+        WORLD_CLIP,
+        CLASSES,
+        TINTS,
+        per_class,
+        frames=48,
+        width=320,
+        height=240,
+        fps=25,
+    )
 
 
 def bench_cache(per_class: int = 24, epochs: int = 4, workers: int = 2) -> dict:
@@ -48,10 +56,19 @@ def bench_cache(per_class: int = 24, epochs: int = 4, workers: int = 2) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         world = _videos(base, per_class)
-        cfg = dict(dataset="list", root=world["root"], subtexts=world["subtexts"],
-                   clip_model=str(WORLD_CLIP), clip_pretrained=str(world["ckpt"]), frames=8,
-                   epochs=epochs, batch_size=8, workers=workers, device="cpu",
-                   freeze_backbone=True)  # fmt: skip
+        cfg = dict(
+            dataset="list",
+            root=world["root"],
+            subtexts=world["subtexts"],
+            clip_model=str(WORLD_CLIP),
+            clip_pretrained=str(world["ckpt"]),
+            frames=8,
+            epochs=epochs,
+            batch_size=8,
+            workers=workers,
+            device="cpu",
+            freeze_backbone=True,
+        )
         train(RunConfig(**cfg, out=base / "videos"), show_progress=False)
         start = time.perf_counter()
         cache_features(RunConfig(**cfg), base / "cache", views=epochs, show_progress=False)
@@ -73,12 +90,37 @@ def bench_cache(per_class: int = 24, epochs: int = 4, workers: int = 2) -> dict:
 def _torchrun_cache(world: dict, out: Path, ranks: int, workers: int, views: int) -> float:
     """Seconds `torchrun --nproc_per_node RANKS -m trainer cache-features` spends encoding
     and merging (its `--json` summary: after start-up and model loading)."""
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={ranks}", "-m", "trainer", "cache-features", "--dataset", "list",
-            "--root", str(world["root"]), "--clip-model", str(WORLD_CLIP),
-            "--clip-pretrained", str(world["ckpt"]), "--frames", "8", "--views", str(views),
-            "--batch-size", "8", "--workers", str(workers), "--device", "cpu",
-            "--out", str(out), "--json"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={ranks}",
+        "-m",
+        "trainer",
+        "cache-features",
+        "--dataset",
+        "list",
+        "--root",
+        str(world["root"]),
+        "--clip-model",
+        str(WORLD_CLIP),
+        "--clip-pretrained",
+        str(world["ckpt"]),
+        "--frames",
+        "8",
+        "--views",
+        str(views),
+        "--batch-size",
+        "8",
+        "--workers",
+        str(workers),
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--json",
+    ]
     done = subprocess.run(args, capture_output=True, text=True, cwd=REPO, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"torchrun cache-features failed: {done.stderr[-2000:]}")

@@ -3,8 +3,9 @@
 The setting is BIKE's for ViT-B/16: 8 frames, batch 32 on one device. The model is built by
 the trainer's own `build_model` from an open_clip ViT-B-16 with random weights (nothing is
 downloaded) and a synthetic sub-text artifact (400 classes x 4 sub-texts), with the
-`coarse+fine` head, the `k400` preset's 6 temporal layers and a trainable backbone; steps
-are the trainer's (its `autocast`, `storyboard_loss`, AdamW over `param_groups`). Every
+`coarse+fine` head, the `k400` preset's 6 temporal layers and a trainable backbone; each
+step is the trainer's own `trainer.loop.train_step` (autocast, `storyboard_loss`, AdamW
+over `param_groups`), so a change to the trainer's step reaches this check. Every
 configuration (bf16 autocast or fp32, gradient checkpointing on or off) starts from the
 same weights and trains on the same random clips, and reports clips/s, peak memory, its
 losses, and how often the visual tower's blocks ran per step (twice where checkpointing
@@ -22,7 +23,6 @@ import argparse
 import copy
 import dataclasses
 import gc
-import json
 import math
 import platform
 import re
@@ -36,12 +36,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from storyboard_common.files import atomic_write_json
 from subtext_gen.artifacts import SubtextArtifact
 from subtext_gen.clip_text import LoadedClip, load_clip
 from trainer.config import PRESETS, RunConfig
-from trainer.engine import autocast
-from trainer.loss import storyboard_loss
-from trainer.model.video_clip import build_model, param_groups
+from trainer.distributed import DistInfo
+from trainer.loop import train_step
+from trainer.model.video_clip import build_model
+from trainer.precision import grad_scaler
+from trainer.schedule import make_optimizer
 
 from .synthetic import synthetic_artifact
 
@@ -136,7 +139,7 @@ class CheckInputs:
 
 
 def _train_steps(inputs: CheckInputs, config: StepConfig, record: dict) -> None:
-    """`steps` optimiser steps as `trainer.engine.train_epoch` takes them; fills `record`
+    """`steps` optimiser steps of the trainer's `train_step`; fills `record`
     as it goes, so an OOM still leaves the losses and the peak reached before it."""
     device, steps, warmup = inputs.device, inputs.steps, inputs.warmup
     recipe = RunConfig()  # the trainer's defaults: lr, backbone scale, weight decay, lambda
@@ -157,10 +160,15 @@ def _train_steps(inputs: CheckInputs, config: StepConfig, record: dict) -> None:
     model.to(device).train()
     text = text.to(device)
     clips, labels = inputs.clips.to(device), inputs.labels.to(device)
-    optimizer = torch.optim.AdamW(
-        param_groups(model, recipe.lr, recipe.backbone_lr_scale, recipe.weight_decay),
-        lr=recipe.lr,
-    )
+    optimizer = make_optimizer(model, recipe.lr, recipe.backbone_lr_scale, recipe.weight_decay)
+    scaler = grad_scaler(device, config.amp)
+    batch = {
+        "frames": clips,
+        "labels": labels,
+        "video_ids": [str(i) for i in range(len(clips))],
+        "skipped": [],
+    }
+    one_process = DistInfo(rank=0, world=1, local_rank=0, device=device)
     block_calls = BlockCalls(model.visual)
     losses = record["losses"]
     try:
@@ -168,13 +176,11 @@ def _train_steps(inputs: CheckInputs, config: StepConfig, record: dict) -> None:
             if step == warmup:
                 _sync(device)
                 start = time.perf_counter()
-            with autocast(device, config.amp):
-                logits = model(clips, text)["logits"]
-            loss = storyboard_loss(logits.float(), labels, recipe.lam)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())  # synchronises, as the trainer's running loss does
+            # The trainer's own optimiser step; its running loss synchronises, as in a run.
+            loss_sum, count, _ = train_step(
+                model, text, [batch], optimizer, scaler, one_process, config.amp, recipe.lam
+            )
+            losses.append(loss_sum / count)
         _sync(device)
         seconds = time.perf_counter() - start
     finally:
@@ -249,11 +255,13 @@ def run_check(
     artifact = synthetic_artifact(clip, classes, seed=seed)
     size = clip.image_size
     generator = torch.Generator().manual_seed(seed)
-    clips = torch.randint(0, 256, (batch, frames, 3, size, size), dtype=torch.uint8,
-                          generator=generator)  # fmt: skip
+    clips = torch.randint(
+        0, 256, (batch, frames, 3, size, size), dtype=torch.uint8, generator=generator
+    )
     labels = torch.randint(0, classes, (batch,), generator=generator)
-    inputs = CheckInputs(clip, artifact, clips, labels, device, steps, warmup, temporal_layers,
-                         seed)  # fmt: skip
+    inputs = CheckInputs(
+        clip, artifact, clips, labels, device, steps, warmup, temporal_layers, seed
+    )
     results = [_run_config(inputs, config) for config in configs]
     return {
         "device": device_name(device),
@@ -359,8 +367,16 @@ def print_report(result: dict, console: Console) -> None:
     )
     # Peak GiB: allocated tensors, the target's measure (JSON has the allocator's reserve too).
     table = Table()
-    for column in ("precision", "checkpointing", "status", "clips/s", "peak GiB",
-                   "blocks/step", "finite", "loss first -> last"):  # fmt: skip
+    for column in (
+        "precision",
+        "checkpointing",
+        "status",
+        "clips/s",
+        "peak GiB",
+        "blocks/step",
+        "finite",
+        "loss first -> last",
+    ):
         table.add_column(column, no_wrap=True)
     for r in result["results"]:
         calls = r["block_forwards_per_step"]
@@ -409,14 +425,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Wide enough for the table's one-line rows when the output is piped (rich assumes 80).
     console = Console(width=max(Console().width, 110))
     with console.status("gpu-check: training steps"):
-        result = run_check(args.model, "cuda", batch=args.batch, frames=args.frames,
-                           steps=args.steps, warmup=args.warmup, classes=args.classes,
-                           seed=args.seed)  # fmt: skip
+        result = run_check(
+            args.model,
+            "cuda",
+            batch=args.batch,
+            frames=args.frames,
+            steps=args.steps,
+            warmup=args.warmup,
+            classes=args.classes,
+            seed=args.seed,
+        )
     result["target"] = memory_target(result)
     result["failures"] = failures(result)
     out = args.out or default_output(result)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out, result)
     print_report(result, console)
     console.print(f"written: {out}")
     for problem in result["failures"]:

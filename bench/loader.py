@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.videos import write_video
+from testkit.videos import write_video
 from trainer.data.dataset import ClipSpec, EpochSampler, VideoClipDataset, make_loader
 from trainer.data.items import VideoItem
 from trainer.data.sampling import segment_indices

@@ -1,4 +1,5 @@
-"""Training-step throughput per aggregation mode, and the head's share of a step."""
+"""Training-step throughput per aggregation mode (the trainer's own `train_step`: forward,
+loss, backward, AdamW step), and the head's share of a step."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ import torch
 
 from subtext_gen.clip_text import load_clip
 from trainer.config import AGGREGATIONS
+from trainer.distributed import DistInfo
+from trainer.loop import train_step
 from trainer.loss import storyboard_loss
 from trainer.model.aggregation import ClassText, StoryboardHead
 from trainer.model.video_clip import VideoCLIP
+from trainer.precision import grad_scaler
+from trainer.schedule import make_optimizer
 
 from .synthetic import synthetic_artifact
 
@@ -29,21 +34,30 @@ def _time(fn, repeats: int) -> float:
 
 
 def bench_steps(batch: int = 2, frames: int = 8, classes: int = 51, repeats: int = 3) -> dict:
-    """Forward-backward of ViT-B/16 (random weights) on the same batch for every mode."""
+    """One training step (`train_step`) of ViT-B/16 (random weights) on the same batch for
+    every mode, and the head's forward-backward alone."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     clip = load_clip("ViT-B-16", "none", str(device))
     text = ClassText.from_artifact(synthetic_artifact(clip, classes)).to(device)
     clips = torch.randint(0, 256, (batch, frames, 3, 224, 224), dtype=torch.uint8, device=device)
     labels = torch.arange(batch, device=device) % classes
+    scaler, one_process = grad_scaler(device, "none"), DistInfo(0, 1, 0, device)
     out: dict = {}
     step_seconds, head_seconds = {}, {}
     for mode in AGGREGATIONS:
         head = StoryboardHead(clip.embed_dim, mode).to(device)
         model = VideoCLIP(copy.deepcopy(clip.model.visual).requires_grad_(True), head).to(device)
 
-        def step(model=model):
-            model.zero_grad(set_to_none=True)
-            storyboard_loss(model(clips, text)["logits"], labels).backward()
+        optimizer = make_optimizer(model, 1e-5)
+        inputs = {
+            "frames": clips,
+            "labels": labels,
+            "video_ids": [str(i) for i in range(batch)],
+            "skipped": [],
+        }
+
+        def step(model=model, optimizer=optimizer, inputs=inputs):  # the trainer's own step
+            train_step(model, text, [inputs], optimizer, scaler, one_process, "none", 1.0)
 
         step_seconds[mode] = _time(step, repeats)
         features = torch.randn(batch, frames, clip.embed_dim, device=device, requires_grad=True)
@@ -61,6 +75,8 @@ def bench_steps(batch: int = 2, frames: int = 8, classes: int = 51, repeats: int
     out["step_overhead_coarse_fine_vs_mean"] = added / step_seconds["mean"]
     whole = step_seconds["coarse+fine"] / step_seconds["mean"] - 1
     out["step_overhead_measured_whole_step"] = whole
-    out["steps_setup"] = (f"ViT-B-16 (random weights), {frames} frames, batch {batch}, "
-                          f"{classes} classes x 4 sub-texts, fp32 on {device}")  # fmt: skip
+    out["steps_setup"] = (
+        f"ViT-B-16 (random weights), {frames} frames, batch {batch}, "
+        f"{classes} classes x 4 sub-texts, fp32 on {device}"
+    )
     return out

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import random
 import tempfile
 import time
 from pathlib import Path
 
+from storyboard_common.files import atomic_write_json
 from subtext_gen.classes import ClassList
 from subtext_gen.clip_text import load_clip
 from subtext_gen.generate import generate
@@ -15,7 +15,7 @@ from subtext_gen.llm.files import FileBackend
 from subtext_gen.llm.openai_chat import OpenAIBackend
 from subtext_gen.prompts import select_prompts
 from subtext_gen.score import score
-from tests.openai_server import OpenAIServer, Reply, good_replies
+from testkit.openai_server import OpenAIServer, Reply, good_replies
 
 WORDS = (
     "raise lift lower swing bend turn grab hold push pull step jump reach kick throw catch "
@@ -40,7 +40,7 @@ def bench_tpp_scoring(
     data = {name: [[_phrase(rng) for _ in range(n)] for _ in range(sets)] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "sets.json"
-        src.write_text(json.dumps(data))
+        atomic_write_json(src, data, indent=None)
         generate(
             ClassList("bench", names), FileBackend(src), Path(tmp) / "art", n, show_progress=False
         )

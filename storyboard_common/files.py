@@ -85,9 +85,13 @@ def atomic_write_table(table, path: Path) -> None:
     atomic_write(path, lambda fh: pq.write_table(table, fh))
 
 
-
-
 def atomic_write_json(path: Path, value, indent: int | None = 2) -> None:
     """`atomic_write` of a JSON document (paths written as strings), newline-terminated."""
     text = json.dumps(value, indent=indent, default=lambda v: str(v) if isinstance(v, Path) else v)
     atomic_write_text(path, text + "\n")
+
+
+def atomic_savefig(figure, path: Path, **options) -> None:
+    """A matplotlib `figure.savefig` through `atomic_write`, in the format of the suffix."""
+    suffix = Path(path).suffix.lstrip(".")
+    atomic_write(path, lambda fh: figure.savefig(fh, format=suffix, **options))

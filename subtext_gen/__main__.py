@@ -21,7 +21,6 @@ app = typer.Typer(
 console = Console()
 
 
-
 class LLM(str, Enum):
     openai = "openai"
     llava = "llava"

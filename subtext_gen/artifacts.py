@@ -325,8 +325,7 @@ class CandidateStore:
         version = meta.get("version")
         if version and version != VERSION:
             raise UserError(
-                f"{path} was written by format version {version}, not {VERSION}; "
-                "use another --out."
+                f"{path} was written by format version {version}, not {VERSION}; use another --out."
             )
         stored = json.loads(meta.get("classes", "[]"))
         if stored and stored != self.class_names:

@@ -137,8 +137,15 @@ def load_clip(
     )
 
 
-_NOT_A_CHECKPOINT = ("PytorchStreamReader", "zip archive", "invalid load key", "Ran out of input",
-                     "Weights only load failed", "pickle", "truncated")  # fmt: skip
+_NOT_A_CHECKPOINT = (
+    "PytorchStreamReader",
+    "zip archive",
+    "invalid load key",
+    "Ran out of input",
+    "Weights only load failed",
+    "pickle",
+    "truncated",
+)
 _WRONG_MODEL = ("size mismatch", "Missing key", "Unexpected key")
 
 
@@ -174,15 +181,18 @@ def _checkpoint_problem(weights: str, clip_model: str, exc: Exception) -> str:
         marker in text for marker in _NOT_A_CHECKPOINT
     ):
         telling = ("PytorchStreamReader", "invalid load key", "Ran out of input", "Unsupported")
-        reason = next((line for line in lines if any(m in line for m in telling)),
-                      type(exc).__name__)  # fmt: skip
+        reason = next(
+            (line for line in lines if any(m in line for m in telling)), type(exc).__name__
+        )
         reason = reason.split(". ")[0].rstrip(".")
         return (
             f"--clip-pretrained {weights} is not a PyTorch checkpoint (it cannot be unpickled: "
             f"{reason[:100]}); pass a CLIP checkpoint file, a pretrained tag or none."
         )
-    detail = next((line for line in lines if any(m in line for m in _WRONG_MODEL)),
-                  lines[0] if lines else type(exc).__name__)  # fmt: skip
+    detail = next(
+        (line for line in lines if any(m in line for m in _WRONG_MODEL)),
+        lines[0] if lines else type(exc).__name__,
+    )
     return (
         f"--clip-pretrained {weights} is not a checkpoint of --clip-model {clip_model} (its "
         f"weights do not fit: {detail[:140].rstrip('.')}); pass the --clip-model it was "

@@ -222,8 +222,9 @@ def selected_llms(artifacts_dir: Path, scored_dir: Path) -> dict[str, int]:
     """How many classes' chosen sets each LLM (source label) wrote: {llm: classes}."""
     from .artifacts import read_tpp
 
-    chosen = [r["candidate_id"] for r in read_tpp(scored_dir / TPP_FILE).to_pylist()
-              if r["selected"]]  # fmt: skip
+    chosen = [
+        r["candidate_id"] for r in read_tpp(scored_dir / TPP_FILE).to_pylist() if r["selected"]
+    ]
     llm = {r.candidate_id: r.llm for r in read_candidates(artifacts_dir).rows}
     counts: dict[str, int] = defaultdict(int)
     for candidate in chosen:

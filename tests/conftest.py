@@ -26,6 +26,8 @@ def cli(*args, env=None):
         env={**os.environ, **(env or {})},
         timeout=300,
     )
+
+
 TINTS = [(1.0, 0.2, 0.2), (0.2, 1.0, 0.2), (0.2, 0.2, 1.0)]
 
 
@@ -54,7 +56,16 @@ def class_csv(tmp_path):
 def world(tmp_path_factory, tiny_clip):
     """Videos in the generic list layout (3 classes, 3 train and 1 test video each), the
     tiny CLIP's checkpoint and its scored sub-texts (read-only: tests write elsewhere)."""
-    from .list_dataset import write_list_dataset
+    from testkit.list_dataset import write_list_dataset
 
-    return write_list_dataset(tmp_path_factory.mktemp("world"), tiny_clip, TINY_CLIP_CONFIG,
-                              CLASSES, TINTS, 3, frames=12, width=64, height=48)  # fmt: skip
+    return write_list_dataset(
+        tmp_path_factory.mktemp("world"),
+        tiny_clip,
+        TINY_CLIP_CONFIG,
+        CLASSES,
+        TINTS,
+        3,
+        frames=12,
+        width=64,
+        height=48,
+    )

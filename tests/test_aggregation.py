@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from trainer.model.aggregation import (
+    AGGREGATIONS,
     FFN,
-    MODES,
     ClassText,
     CrossAttention,
     StoryboardHead,
@@ -275,7 +275,7 @@ def class_text(data):
     )
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", AGGREGATIONS)
 def test_head_modes_give_logits_and_gradients(data, mode):
     text = class_text(data)
     frames = data[0].float().requires_grad_(True)

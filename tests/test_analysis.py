@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from trainer import analysis
+from trainer.storyworld import analysis
 
 
 def test_spread_is_mean_sample_std_and_t_interval():
@@ -40,8 +40,12 @@ def test_linear_probe_separates_what_is_separable_and_not_noise():
     test_x = centres[test_labels] + rng.normal(0, 1, (40, 16))
     probe = analysis.linear_probe(x, labels, test_x, test_labels)
     assert probe["train"] == 1.0 and probe["test"] >= 0.95
-    noise = analysis.linear_probe(rng.normal(0, 1, (120, 16)), labels,
-                                  rng.normal(0, 1, (400, 16)), np.repeat(np.arange(4), 100))
+    noise = analysis.linear_probe(
+        rng.normal(0, 1, (120, 16)),
+        labels,
+        rng.normal(0, 1, (400, 16)),
+        np.repeat(np.arange(4), 100),
+    )
     assert noise["test"] < 0.4  # chance is 0.25
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from storyboard_common.errors import UserError
 from subtext_gen.classes import load_classes
+from testkit.videos import write_corrupt, write_video
 from trainer.data import layouts
 from trainer.data.check import check_splits
 from trainer.data.dataset import ClipSpec, Skipped, VideoClipDataset
@@ -18,7 +19,6 @@ from trainer.data.layouts import load_split
 from trainer.data.video import open_video, read_frames
 
 from .conftest import REPO
-from .videos import write_corrupt, write_video
 
 
 def trainer_cli(*args):
@@ -52,8 +52,18 @@ def test_check_data_reports_missing_unreadable_and_short(tmp_path):
         "clips/a.mp4 jump\nclips/b.mp4 run\nclips/short.mp4 run\nclips/gone.mp4 jump\n"
     )
     (root / "test.txt").write_text("clips/c.mp4 0\nclips/broken.mp4 1\n")
-    cmd = [sys.executable, "-m", "trainer", "check-data", "--dataset", "list", "--root",
-           str(root), "--frames", "8"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "check-data",
+        "--dataset",
+        "list",
+        "--root",
+        str(root),
+        "--frames",
+        "8",
+    ]
     done = subprocess.run([*cmd, "--json"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -70,8 +80,13 @@ def test_check_data_reports_missing_unreadable_and_short(tmp_path):
     assert table.returncode == 0 and "jump" in table.stdout and "unreadable: 1" in table.stdout
     assert "val: val.txt not found, skipped" in table.stdout.splitlines()
     assert f"  {broken}: cannot be opened (" in table.stdout
-    bad = subprocess.run([*cmd[:-4], "--root", str(tmp_path / "nope")], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    bad = subprocess.run(
+        [*cmd[:-4], "--root", str(tmp_path / "nope")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "--root folder not found" in bad.stderr
 
 
@@ -93,8 +108,9 @@ def write_k400(root):
 
 def test_k400_without_test_csv_is_checked_with_a_note(tmp_path):
     root = write_k400(tmp_path / "k400")
-    code, out, _ = trainer_cli("check-data", "--dataset", "k400", "--root", root, "--frames", "4",
-                               "--json")  # fmt: skip
+    code, out, _ = trainer_cli(
+        "check-data", "--dataset", "k400", "--root", root, "--frames", "4", "--json"
+    )
     assert code == 0, out
     report = json.loads(out)
     assert report["splits"] == {"train": 2, "val": 1} and report["missing_splits"] == ["test"]
@@ -108,8 +124,19 @@ def test_k400_without_test_csv_is_checked_with_a_note(tmp_path):
 
     # run and eval still need their own split, and say so in one sentence
     (root / "validate.csv").unlink()
-    *_, run = trainer_cli("run", "--dataset", "k400", "--root", root, "--out", tmp_path / "run",
-                          "--device", "cpu", "--workers", "0")  # fmt: skip
+    *_, run = trainer_cli(
+        "run",
+        "--dataset",
+        "k400",
+        "--root",
+        root,
+        "--out",
+        tmp_path / "run",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    )
     one_sentence_error(run, f"Kinetics-400 annotation file not found: {root / 'validate.csv'};")
     with pytest.raises(UserError, match=re.escape(f"not found: {root / 'validate.csv'};")):
         load_split("k400", root, layouts.test_split("k400"), None)  # what `eval` loads
@@ -132,8 +159,9 @@ def write_hmdb51_fold1(root):
 
 def test_hmdb51_with_only_fold_1(tmp_path):
     root = write_hmdb51_fold1(tmp_path / "hmdb51")
-    code, out, _ = trainer_cli("check-data", "--dataset", "hmdb51", "--root", root, "--frames",
-                               "4", "--json")  # fmt: skip
+    code, out, _ = trainer_cli(
+        "check-data", "--dataset", "hmdb51", "--root", root, "--frames", "4", "--json"
+    )
     assert code == 0, out
     report = json.loads(out)
     assert report["classes"] == 51 and report["splits"] == {"train1": 1, "test1": 1}
@@ -141,8 +169,11 @@ def test_hmdb51_with_only_fold_1(tmp_path):
     assert len(report["missing"]) == 100 and report["unreadable"] == report["short"] == []
     _, table, _ = trainer_cli("check-data", "--dataset", "hmdb51", "--root", root, "--frames", "4")
     notes = [line for line in table.splitlines() if "skipped" in line]
-    assert notes == [f"{s}{k}: testTrainMulti_7030_splits/<class>_test_split{k}.txt not found, "
-                     "skipped" for k in (2, 3) for s in ("train", "test")]  # fmt: skip
+    assert notes == [
+        f"{s}{k}: testTrainMulti_7030_splits/<class>_test_split{k}.txt not found, skipped"
+        for k in (2, 3)
+        for s in ("train", "test")
+    ]
     # asking for an absent fold is an error, as it is for run and eval
     *_, fold2 = trainer_cli("check-data", "--dataset", "hmdb51", "--root", root, "--split", "2")
     split_file = root / "testTrainMulti_7030_splits" / "brush_hair_test_split2.txt"
@@ -167,8 +198,9 @@ def test_a_video_check_data_calls_readable_is_read_by_training(tmp_path):
         reason = report.unreadable_reasons[paths[width]]
         assert reason.startswith(f"is {width} px wide, a width decord cannot batch-decode")
     for train in (True, False):
-        data = VideoClipDataset(split.items, 1, False, ClipSpec(frames=4, train=train, size=16,
-                                                                short_side=16))  # fmt: skip
+        data = VideoClipDataset(
+            split.items, 1, False, ClipSpec(frames=4, train=train, size=16, short_side=16)
+        )
         read = {str(it.path): data[i] for i, it in enumerate(split.items)}
         for width in widths:
             sample = read[paths[width]]

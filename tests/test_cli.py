@@ -106,8 +106,14 @@ def test_user_errors_exit_2_with_one_sentence(tmp_path):
             "--input file not found: x.json",
         ),
         (
-            (*hmdb51_files, str(tmp_path / "mixed.json"), "--input", str(tmp_path / "range.json"),
-             "--out", str(tmp_path / "art")),
+            (
+                *hmdb51_files,
+                str(tmp_path / "mixed.json"),
+                "--input",
+                str(tmp_path / "range.json"),
+                "--out",
+                str(tmp_path / "art"),
+            ),
             f"{tmp_path / 'mixed.json'} mixes class names (brush_hair) and class indices (3)",
         ),
         (
@@ -160,11 +166,13 @@ def test_flags_the_parser_refuses_are_one_line_too(tmp_path):
         ("trainer", "run", "--tau-fine", "0", "--dataset", "list", "--root", str(tmp_path)),
     ]
     for module, *args in cases:
-        done = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO,
-                              capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True
+        )
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1, (args, done.stderr)
         assert lines[0].startswith("error: ") and "Traceback" not in done.stderr
-    helped = subprocess.run([sys.executable, "-m", "trainer", "--help"], cwd=REPO,
-                            capture_output=True, text=True)  # fmt: skip
+    helped = subprocess.run(
+        [sys.executable, "-m", "trainer", "--help"], cwd=REPO, capture_output=True, text=True
+    )
     assert helped.returncode == 0 and "Usage" in helped.stdout

@@ -4,6 +4,7 @@ import torch
 
 from storyboard_common.errors import UserError
 from subtext_gen.clip_text import clip_identity, encode_texts, load_clip
+from trainer.storyworld import WORLD_CLIP
 
 from .conftest import TINY_CLIP_CONFIG
 
@@ -78,7 +79,6 @@ def test_loader_errors_are_one_clear_sentence(tmp_path):
 
 def test_a_file_that_is_no_clip_checkpoint_is_one_sentence(tiny_clip, tmp_path):
     """A CSV, a truncated file and another architecture's weights as --clip-pretrained."""
-    from subtext_gen.resources import data_path
 
     csv = tmp_path / "classes.csv"
     csv.write_text("id,name\n0,a\n")
@@ -87,7 +87,7 @@ def test_a_file_that_is_no_clip_checkpoint_is_one_sentence(tiny_clip, tmp_path):
     cut = tmp_path / "cut.pt"
     cut.write_bytes(good.read_bytes()[:2000])
     other = tmp_path / "other.pt"
-    world_clip = load_clip(str(data_path("clip", "StoryboardWorld-CLIP.json")), "none", "cpu")
+    world_clip = load_clip(WORLD_CLIP, "none", "cpu")
     torch.save(world_clip.model.state_dict(), other)
     for path in (csv, cut):
         with pytest.raises(UserError, match="is not a PyTorch checkpoint") as caught:

@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from testkit.videos import write_corrupt, write_video
 from trainer.data.dataset import ClipSpec, EpochSampler, VideoClipDataset, make_loader
 from trainer.data.items import VideoItem
-
-from .videos import write_corrupt, write_video
 
 SMALL = dict(size=32, short_side=36)
 
@@ -31,8 +30,10 @@ def videos(tmp_path_factory):
 
 
 def items(paths, labels=None):
-    return [VideoItem(Path(p), Path(p).stem, (labels or {}).get(i, (i % 2,)))
-            for i, p in enumerate(paths)]  # fmt: skip
+    return [
+        VideoItem(Path(p), Path(p).stem, (labels or {}).get(i, (i % 2,)))
+        for i, p in enumerate(paths)
+    ]
 
 
 def test_train_clips_are_keyed_by_seed_epoch_and_item(videos):

@@ -17,12 +17,42 @@ from .conftest import CLASSES, REPO, TINY_CLIP_CONFIG
 
 
 def run_args(world, out, epochs=4, aggregation="coarse+fine"):
-    return [sys.executable, "-m", "trainer", "run", "--dataset", "list", "--root",
-            str(world["root"]), "--subtexts", str(world["subtexts"]), "--clip-model",
-            str(TINY_CLIP_CONFIG), "--clip-pretrained", str(world["ckpt"]), "--frames", "4",
-            "--epochs", str(epochs), "--batch-size", "3", "--lr", "2e-3", "--warmup-epochs",
-            "1", "--aggregation", aggregation, "--workers", "0", "--device", "cpu", "--out",
-            str(out), "--seed", "1"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "trainer",
+        "run",
+        "--dataset",
+        "list",
+        "--root",
+        str(world["root"]),
+        "--subtexts",
+        str(world["subtexts"]),
+        "--clip-model",
+        str(TINY_CLIP_CONFIG),
+        "--clip-pretrained",
+        str(world["ckpt"]),
+        "--frames",
+        "4",
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "3",
+        "--lr",
+        "2e-3",
+        "--warmup-epochs",
+        "1",
+        "--aggregation",
+        aggregation,
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--seed",
+        "1",
+    ]
 
 
 def lines(path):
@@ -31,8 +61,9 @@ def lines(path):
 
 def test_tiny_run_lowers_the_loss_and_writes_the_run_directory(world, tmp_path):
     out = tmp_path / "run"
-    done = subprocess.run([*run_args(world, out), "--json"], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [*run_args(world, out), "--json"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert 0 <= result["top1"] <= 1 and result["n"] == 3
@@ -40,9 +71,17 @@ def test_tiny_run_lowers_the_loss_and_writes_the_run_directory(world, tmp_path):
     train = [x for x in log if "train_loss" in x]
     assert len(train) == 4 and train[-1]["train_loss"] < train[0]["train_loss"]
     assert all("top1" in x and "top5" in x for x in log if "train_loss" not in x)
-    for name in ("config.json", "checkpoints/last.pt", "checkpoints/best.pt",
-                 "per_class_accuracy.csv", "predictions.parquet", "report.md", "curves.png",
-                 "per_class.png", "confusion.png"):  # fmt: skip
+    for name in (
+        "config.json",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+        "per_class_accuracy.csv",
+        "predictions.parquet",
+        "report.md",
+        "curves.png",
+        "per_class.png",
+        "confusion.png",
+    ):
         assert (out / name).exists(), name
     report = (out / "report.md").read_text()
     assert "![confusion matrix](confusion.png)" in report and "Best evaluation" in report
@@ -54,8 +93,9 @@ def test_resume_after_ctrl_c_gives_the_same_metrics(world, tmp_path):
     straight = tmp_path / "straight"
     subprocess.run(run_args(world, straight), cwd=REPO, check=True, capture_output=True)
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(run_args(world, cut), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        run_args(world, cut), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not (cut / "metrics.jsonl").exists():
         time.sleep(0.05)
@@ -64,8 +104,9 @@ def test_resume_after_ctrl_c_gives_the_same_metrics(world, tmp_path):
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=300)
     assert (cut / "checkpoints" / "last.pt").exists()
-    resumed = subprocess.run([*run_args(world, cut), "--resume"], cwd=REPO,
-                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    resumed = subprocess.run(
+        [*run_args(world, cut), "--resume"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr
     a = [x for x in lines(straight / "metrics.jsonl") if "top1" in x]
     b = {x["epoch"]: x for x in lines(cut / "metrics.jsonl") if "top1" in x}
@@ -80,26 +121,45 @@ def test_resume_after_ctrl_c_gives_the_same_metrics(world, tmp_path):
 def test_eval_command_and_zero_shot_half(world, tmp_path):
     out = tmp_path / "run"
     subprocess.run(run_args(world, out, epochs=1), cwd=REPO, check=True, capture_output=True)
-    cmd = [sys.executable, "-m", "trainer", "eval", "--checkpoint", str(out), "--dataset",
-           "list", "--root", str(world["root"]), "--subtexts", str(world["subtexts"]),
-           "--device", "cpu", "--workers", "0", "--json"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "eval",
+        "--checkpoint",
+        str(out),
+        "--dataset",
+        "list",
+        "--root",
+        str(world["root"]),
+        "--subtexts",
+        str(world["subtexts"]),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--json",
+    ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert set(result) >= {"top1", "top5", "mean_class_acc", "map", "n"} and result["n"] == 3
-    half = subprocess.run([*cmd, "--zero-shot", "half"], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    half = subprocess.run(
+        [*cmd, "--zero-shot", "half"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert half.returncode == 0, half.stderr
     assert json.loads(half.stdout)["runs"] == 10
 
     # --last loads last.pt, the default best.pt: mark last.pt's logit scale to tell them apart.
-    from trainer.engine import load_run
+    from trainer.runs import load_run
 
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
     state["model"]["head.logit_scale"] += 1.0
     torch.save(state, out / "checkpoints" / "last.pt")
-    scales = {which: float(load_run(out, None, None, "cpu", which).built.model.head.logit_scale)
-              for which in ("best", "last")}  # fmt: skip
+    scales = {
+        which: float(load_run(out, None, None, "cpu", which).built.model.head.logit_scale)
+        for which in ("best", "last")
+    }
     assert scales["last"] == pytest.approx(scales["best"] + 1.0)
     last = subprocess.run([*cmd, "--last"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert last.returncode == 0 and json.loads(last.stdout)["n"] == 3, last.stderr
@@ -110,16 +170,22 @@ def test_clear_errors(world, tmp_path):
         resolve_config("k700", {})
     missing = subprocess.run(
         [*run_args(world, tmp_path / "x"), "--subtexts", str(tmp_path / "none.parquet")],
-        cwd=REPO, capture_output=True, text=True)  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 2 and "sub-text artifact not found" in missing.stderr
     other = tmp_path / "other"
     (other / "clips").mkdir(parents=True)
     (other / "classes.csv").write_text("id,name\n0,a\n1,b\n2,c\n")
     for split in ("train", "test"):
         (other / f"{split}.txt").write_text("clips/c0_0.mp4 a\n")
-    wrong = subprocess.run([*run_args(world, tmp_path / "y"), "--root", str(other),
-                            "--videos", str(world["root"])], cwd=REPO, capture_output=True,
-                           text=True)  # fmt: skip
+    wrong = subprocess.run(
+        [*run_args(world, tmp_path / "y"), "--root", str(other), "--videos", str(world["root"])],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert wrong.returncode == 2
     assert "holds other classes than list (only in the dataset: ['a', 'b', 'c']" in wrong.stderr
 
@@ -128,13 +194,25 @@ def test_clear_errors(world, tmp_path):
 def test_micro_batch_below_the_batch_warns_once_that_the_contrast_is_smaller(
     world, tmp_path, micro_batch
 ):
-    from trainer.engine import train
+    from trainer.loop import train
 
-    cfg = resolve_config(None, {
-        "dataset": "list", "root": world["root"], "subtexts": world["subtexts"],
-        "clip_model": str(TINY_CLIP_CONFIG), "clip_pretrained": str(world["ckpt"]), "frames": 4,
-        "epochs": 1, "batch_size": 3, "micro_batch": micro_batch, "workers": 0,
-        "device": "cpu", "out": tmp_path / "run"})  # fmt: skip
+    cfg = resolve_config(
+        None,
+        {
+            "dataset": "list",
+            "root": world["root"],
+            "subtexts": world["subtexts"],
+            "clip_model": str(TINY_CLIP_CONFIG),
+            "clip_pretrained": str(world["ckpt"]),
+            "frames": 4,
+            "epochs": 1,
+            "batch_size": 3,
+            "micro_batch": micro_batch,
+            "workers": 0,
+            "device": "cpu",
+            "out": tmp_path / "run",
+        },
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train(cfg, show_progress=False)
@@ -148,7 +226,7 @@ def test_micro_batch_below_the_batch_warns_once_that_the_contrast_is_smaller(
 
 
 def test_schedule_warms_up_then_decays_per_optimiser_step():
-    from trainer.engine import lr_lambda
+    from trainer.schedule import lr_lambda
 
     f = lr_lambda(total_steps=10, warmup_steps=2)
     assert [round(f(s), 4) for s in (0, 1)] == [0.5, 1.0]
@@ -185,9 +263,22 @@ def test_predict_prints_top_classes_and_plots(world, tmp_path):
     assert len(pred.sub_texts) == 3 and set(pred.best_sub_text.tolist()) <= {0, 1, 2}
     png = plot_prediction(pred, tmp_path / "pred.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    cli = subprocess.run([sys.executable, "-m", "trainer", "predict",
-                          str(world["root"] / "clips" / "c2_3.mp4"), "--checkpoint", str(out),
-                          "--device", "cpu"], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "predict",
+            str(world["root"] / "clips" / "c2_3.mp4"),
+            "--checkpoint",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert cli.returncode == 0 and "probability" in cli.stdout
 
 
@@ -196,8 +287,8 @@ def test_prediction_plot_shows_the_model_s_importance_and_best_sub_texts(world, 
     the figure's frame titles, bar heights and text are those of the prediction."""
     import numpy as np
 
-    from trainer.engine import load_run
     from trainer.predict import predict_video, prediction_figure
+    from trainer.runs import load_run
 
     out = tmp_path / "run"
     subprocess.run(run_args(world, out, epochs=1), cwd=REPO, check=True, capture_output=True)

@@ -14,23 +14,34 @@ import torch
 from storyboard_common.errors import UserError
 from trainer.checkpoints import load_checkpoint
 from trainer.config import RunConfig
-from trainer.engine import evaluate_checkpoint, export_run, train
+from trainer.evaluation import evaluate_checkpoint
+from trainer.loop import train
 from trainer.predict import predict_video
+from trainer.runs import export_run
 
 from .conftest import CLASSES, REPO, TINY_CLIP_CONFIG
 
-EXPORTED = {"model.safetensors", "config.json", "clip_config.json", "subtexts.parquet",
-            "README.md"}  # fmt: skip
+EXPORTED = {"model.safetensors", "config.json", "clip_config.json", "subtexts.parquet", "README.md"}
 
 
 def author_config(world, author, out) -> RunConfig:
     """A run on the author's machine: its own copies of the CLIP checkpoint and artifacts."""
-    return RunConfig(dataset="list", root=world["root"],
-                     subtexts=author / "art" / world["subtexts"].relative_to(
-                         world["base"] / "art"),
-                     clip_model=str(TINY_CLIP_CONFIG), clip_pretrained=str(author / "clip.pt"),
-                     frames=4, epochs=1, batch_size=3, lr=2e-3, warmup_epochs=1, workers=0,
-                     device="cpu", seed=1, out=out)  # fmt: skip
+    return RunConfig(
+        dataset="list",
+        root=world["root"],
+        subtexts=author / "art" / world["subtexts"].relative_to(world["base"] / "art"),
+        clip_model=str(TINY_CLIP_CONFIG),
+        clip_pretrained=str(author / "clip.pt"),
+        frames=4,
+        epochs=1,
+        batch_size=3,
+        lr=2e-3,
+        warmup_epochs=1,
+        workers=0,
+        device="cpu",
+        seed=1,
+        out=out,
+    )
 
 
 @pytest.fixture()
@@ -45,16 +56,20 @@ def author_run(world, tmp_path):
     return cfg
 
 
-def test_export_moves_and_loads_without_the_run_its_clip_or_artifacts(world, author_run,
-                                                                       tmp_path):  # fmt: skip
+def test_export_moves_and_loads_without_the_run_its_clip_or_artifacts(world, author_run, tmp_path):
     from safetensors import safe_open
 
     run, video = author_run.out, world["root"] / "clips" / "c2_3.mp4"
-    evaluated = evaluate_checkpoint(run, "list", world["root"], device="cpu", workers=0,
-                                    show_progress=False)  # fmt: skip
+    evaluated = evaluate_checkpoint(
+        run, "list", world["root"], device="cpu", workers=0, show_progress=False
+    )
     predicted = predict_video(run, video, device="cpu", top=3)
-    done = subprocess.run([sys.executable, "-m", "trainer", "export", str(run), "--out",
-                           str(tmp_path / "export")], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer", "export", str(run), "--out", str(tmp_path / "export")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     export = tmp_path / "export"
     assert {p.name for p in export.iterdir()} == EXPORTED
@@ -79,14 +94,19 @@ def test_export_moves_and_loads_without_the_run_its_clip_or_artifacts(world, aut
     again = predict_video(moved, video, device="cpu", top=3)
     assert [n for n, _ in again.top] == [n for n, _ in predicted.top]
     assert [p for _, p in again.top] == pytest.approx([p for _, p in predicted.top], abs=1e-6)
-    assert evaluate_checkpoint(moved, "list", world["root"], device="cpu", workers=0,
-                               show_progress=False) == pytest.approx(evaluated)  # fmt: skip
-    with pytest.raises(UserError, match=r"was trained on list: evaluating hmdb51 takes "
-                                        r"--subtexts"):  # fmt: skip
+    assert evaluate_checkpoint(
+        moved, "list", world["root"], device="cpu", workers=0, show_progress=False
+    ) == pytest.approx(evaluated)
+    with pytest.raises(
+        UserError,
+        match=r"was trained on list: evaluating hmdb51 takes "
+        r"--subtexts",
+    ):
         evaluate_checkpoint(moved, "hmdb51", tmp_path, device="cpu", show_progress=False)
     with pytest.raises(UserError, match="holds one checkpoint: drop --last"):
-        evaluate_checkpoint(moved, "list", world["root"], device="cpu", show_progress=False,
-                            checkpoint="last")  # fmt: skip
+        evaluate_checkpoint(
+            moved, "list", world["root"], device="cpu", show_progress=False, checkpoint="last"
+        )
 
     # The same folder as hf-hub:ORG/REPO, from the Hugging Face cache, offline.
     snapshot = tmp_path / "hub" / "models--storyboard--tiny" / "snapshots" / ("a" * 40)
@@ -94,14 +114,35 @@ def test_export_moves_and_loads_without_the_run_its_clip_or_artifacts(world, aut
     (snapshot.parent.parent / "refs").mkdir()
     (snapshot.parent.parent / "refs" / "main").write_text("a" * 40)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
-    args = ["eval", "--dataset", "list", "--root", str(world["root"]), "--device", "cpu",
-            "--workers", "0", "--json", "--checkpoint"]  # fmt: skip
-    hub = subprocess.run([sys.executable, "-m", "trainer", *args, "hf-hub:storyboard/tiny"],
-                         cwd=REPO, capture_output=True, text=True, env=env)  # fmt: skip
+    args = [
+        "eval",
+        "--dataset",
+        "list",
+        "--root",
+        str(world["root"]),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--json",
+        "--checkpoint",
+    ]
+    hub = subprocess.run(
+        [sys.executable, "-m", "trainer", *args, "hf-hub:storyboard/tiny"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert hub.returncode == 0, hub.stderr
     assert json.loads(hub.stdout) == pytest.approx(evaluated)
-    absent = subprocess.run([sys.executable, "-m", "trainer", *args, "hf-hub:storyboard/none"],
-                            cwd=REPO, capture_output=True, text=True, env=env)  # fmt: skip
+    absent = subprocess.run(
+        [sys.executable, "-m", "trainer", *args, "hf-hub:storyboard/none"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert absent.returncode == 2 and absent.stderr.count("\n") == 1
     assert absent.stderr.startswith("error: hf-hub:storyboard/none could not be fetched")
 
@@ -116,8 +157,7 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_checkpoints_and_clip_files_that_hold_code_are_refused_unrun(world, author_run,
-                                                                      tmp_path):  # fmt: skip
+def test_checkpoints_and_clip_files_that_hold_code_are_refused_unrun(world, author_run, tmp_path):
     marker = tmp_path / "payload-ran"
     run = author_run.out
     good = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
@@ -128,9 +168,25 @@ def test_checkpoints_and_clip_files_that_hold_code_are_refused_unrun(world, auth
         predict_video(run, world["root"] / "clips" / "c2_3.mp4", device="cpu")
     with pytest.raises(UserError, match=refusal):  # last.pt
         train(author_run, resume=True, show_progress=False)
-    cli = subprocess.run([sys.executable, "-m", "trainer", "eval", "--checkpoint", str(run),
-                          "--dataset", "list", "--root", str(world["root"]), "--device",
-                          "cpu"], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "eval",
+            "--checkpoint",
+            str(run),
+            "--dataset",
+            "list",
+            "--root",
+            str(world["root"]),
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert cli.returncode == 2 and cli.stderr.count("\n") == 1
     assert "best.pt holds posix.system" in cli.stderr
     with pytest.raises(UserError, match=refusal):
@@ -138,20 +194,43 @@ def test_checkpoints_and_clip_files_that_hold_code_are_refused_unrun(world, auth
 
     clip_file = tmp_path / "clip-with-payload.pt"
     torch.save({"state_dict": Payload(marker)}, clip_file)
-    score = subprocess.run([sys.executable, "-m", "subtext_gen", "score", "--tpp", "--artifacts",
-                            str(tmp_path / "author" / "art"), "--clip-model",
-                            str(TINY_CLIP_CONFIG), "--clip-pretrained", str(clip_file),
-                            "--device", "cpu"], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    score = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "subtext_gen",
+            "score",
+            "--tpp",
+            "--artifacts",
+            str(tmp_path / "author" / "art"),
+            "--clip-model",
+            str(TINY_CLIP_CONFIG),
+            "--clip-pretrained",
+            str(clip_file),
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert score.returncode == 2 and score.stderr.count("\n") == 1, score.stderr
     assert f"--clip-pretrained {clip_file} holds posix.system, not only tensors" in score.stderr
     with pytest.raises(UserError, match=r"holds posix.system, not only tensors: loading"):
-        train(RunConfig(**{**author_run.__dict__, "clip_pretrained": str(clip_file),
-                           "out": tmp_path / "other"}), show_progress=False)  # fmt: skip
+        train(
+            RunConfig(
+                **{
+                    **author_run.__dict__,
+                    "clip_pretrained": str(clip_file),
+                    "out": tmp_path / "other",
+                }
+            ),
+            show_progress=False,
+        )
     assert not marker.exists()  # nothing ran
 
 
-def test_checkpoints_hold_plain_settings_and_older_ones_with_paths_still_load(author_run,
-                                                                             tmp_path):  # fmt: skip
+def test_checkpoints_hold_plain_settings_and_older_ones_with_paths_still_load(author_run, tmp_path):
     state = torch.load(author_run.out / "checkpoints" / "last.pt", weights_only=True)
     assert isinstance(state["config"]["root"], str)  # JSON values, no pathlib objects
     older = {**state, "config": {**state["config"], "root": author_run.root}}

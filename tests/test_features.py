@@ -12,36 +12,51 @@ import pytest
 import torch
 
 from storyboard_common.errors import UserError
-from trainer import engine
+from testkit.videos import write_corrupt
+from trainer import loop, run_data, runs
+from trainer.cache import build as cache_build
+from trainer.cache.build import cache_features
+from trainer.cache.dataset import train_view
+from trainer.cache.store import INDEX_SCHEMA, FeatureCache, cache_identity, read_index, read_split
 from trainer.config import RunConfig
-from trainer.engine import cache_features, train
-from trainer.features import (
-    INDEX_SCHEMA,
-    FeatureCache,
-    cache_identity,
-    read_index,
-    read_split,
-    train_view,
-)
+from trainer.distributed import init_distributed
+from trainer.loop import train
 from trainer.model.video_clip import encode_frames
 
 from .conftest import REPO, TINY_CLIP_CONFIG
-from .videos import write_corrupt
 
 TRAIN_VIDEOS, TEST_VIDEOS = 9, 3
 
 
 def config(world, **overrides) -> RunConfig:
-    settings = dict(dataset="list", root=world["root"], subtexts=world["subtexts"],
-                    clip_model=str(TINY_CLIP_CONFIG), clip_pretrained=str(world["ckpt"]),
-                    frames=4, epochs=2, batch_size=3, lr=2e-3, warmup_epochs=1, workers=0,
-                    device="cpu", seed=1, freeze_backbone=True)  # fmt: skip
+    settings = dict(
+        dataset="list",
+        root=world["root"],
+        subtexts=world["subtexts"],
+        clip_model=str(TINY_CLIP_CONFIG),
+        clip_pretrained=str(world["ckpt"]),
+        frames=4,
+        epochs=2,
+        batch_size=3,
+        lr=2e-3,
+        warmup_epochs=1,
+        workers=0,
+        device="cpu",
+        seed=1,
+        freeze_backbone=True,
+    )
     return RunConfig(**{**settings, **overrides})
 
 
 def make_cache(world, out, views=2, dtype="float32", shard_rows=4, **overrides) -> dict:
-    return cache_features(config(world, **overrides), out, views=views, dtype=dtype,
-                          shard_rows=shard_rows, show_progress=False)  # fmt: skip
+    return cache_features(
+        config(world, **overrides),
+        out,
+        views=views,
+        dtype=dtype,
+        shard_rows=shard_rows,
+        show_progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +69,18 @@ def cached(world, tmp_path_factory):
 
 def test_cached_features_are_the_towers_frame_embeddings(world, cached):
     cfg = config(world, eval_clips=2, eval_crops=3)
-    built = engine.build(cfg, engine.init_distributed("cpu"), world["subtexts"])
-    data = engine.prepare_data(cfg, world["root"], None)
-    train_set, test_set = engine.clip_datasets(cfg, data.train, list(data.train.items),
-                                               data.test, built.spec_size)  # fmt: skip
+    built = runs.build(cfg, init_distributed("cpu"), world["subtexts"])
+    data = run_data.prepare_data(cfg, world["root"], None)
+    train_set, test_set = run_data.clip_datasets(
+        cfg, data.train, list(data.train.items), data.test, built.spec_size
+    )
     identity = cache_identity("list", None, built.clip_id, train_set, test_set)
     cache = FeatureCache(cached["out"], identity, {"train": TRAIN_VIDEOS, "test": TEST_VIDEOS})
     index = read_index(cached["out"])
-    for split, dataset, key, views in (("train", train_set, (1, 4), [1]),
-                                       ("test", test_set, (0, 2), range(6))):  # fmt: skip
+    for split, dataset, key, views in (
+        ("train", train_set, (1, 4), [1]),
+        ("test", test_set, (0, 2), range(6)),
+    ):
         sample = dataset[key]
         with torch.no_grad():
             expected = built.model.encode_frames(sample["frames"])
@@ -78,8 +96,9 @@ def test_read_split_gives_every_row_in_item_view_order(world, cached):
     index = read_index(cached["out"])
     rows = read_split(cached["out"], "test")
     assert rows.features.shape == (TEST_VIDEOS * 6, 4, 32)
-    assert list(zip(rows.items, rows.views)) == [(p, v) for p in range(TEST_VIDEOS)
-                                                 for v in range(6)]  # fmt: skip
+    assert list(zip(rows.items, rows.views)) == [
+        (p, v) for p in range(TEST_VIDEOS) for v in range(6)
+    ]
     first = read_split(cached["out"], "train", view=1)
     assert first.items.tolist() == list(range(TRAIN_VIDEOS)) and set(first.views) == {1}
     for i in (0, TRAIN_VIDEOS - 1):
@@ -126,7 +145,7 @@ def counting_encoder(monkeypatch, crash_after: int | None = None) -> list[int]:
         clips_encoded.append(len(clips))
         return encode_frames(visual, clips)
 
-    monkeypatch.setattr(engine, "encode_frames", counted)
+    monkeypatch.setattr(cache_build, "encode_frames", counted)
     return clips_encoded
 
 
@@ -165,8 +184,11 @@ def test_refuses_a_cache_made_with_other_frames_or_another_clip(world, cached, t
     out = cached["out"]
     with pytest.raises(UserError, match=rf"{out} was cached with frames=4, not 2; "):
         make_cache(world, out, eval_clips=2, eval_crops=3, frames=2)
-    with pytest.raises(UserError, match=r"was cached with clip_pretrained=clip.pt@\w+, "
-                                        r"not none"):  # fmt: skip
+    with pytest.raises(
+        UserError,
+        match=r"was cached with clip_pretrained=clip.pt@\w+, "
+        r"not none",
+    ):
         make_cache(world, out, eval_clips=2, eval_crops=3, clip_pretrained="none")
     with pytest.raises(UserError, match=r"was cached with views=2, not 3"):
         make_cache(world, out, views=3, eval_clips=2, eval_crops=3)
@@ -206,18 +228,18 @@ def test_a_cached_frozen_run_matches_the_uncached_one_and_resumes(world, tmp_pat
             if k in x:
                 assert y[k] == pytest.approx(x[k], abs=1e-4), k
 
-    real_epoch, epochs_started = engine.train_epoch, []
+    real_epoch, epochs_started = loop.train_epoch, []
 
     def ctrl_c_in_epoch_two(*args):  # stop_flag, progress, task are the last three
         epochs_started.append(1)
         args[-3]["stop"] = len(epochs_started) == 2  # after epoch 2's first step
         return real_epoch(*args)
 
-    monkeypatch.setattr(engine, "train_epoch", ctrl_c_in_epoch_two)
+    monkeypatch.setattr(loop, "train_epoch", ctrl_c_in_epoch_two)
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
         train(config(world, out=cut, features=cache), show_progress=False)
-    monkeypatch.setattr(engine, "train_epoch", real_epoch)
+    monkeypatch.setattr(loop, "train_epoch", real_epoch)
     resumed = train(config(world, out=cut, features=cache), resume=True, show_progress=False)
     assert resumed["top1"] == from_cache["top1"]
     last = [x for x in metrics(cut) if "train_loss" in x][-1]
@@ -243,9 +265,24 @@ def test_cli_writes_the_cache_and_lists_unreadable_videos(world, tmp_path):
     with open(root / "train.txt", "a") as fh:
         fh.write("clips/broken.mp4 0\n")
     out = tmp_path / "features"
-    common = ["--dataset", "list", "--root", str(root), "--clip-model", str(TINY_CLIP_CONFIG),
-              "--clip-pretrained", str(world["ckpt"]), "--frames", "4", "--device", "cpu",
-              "--workers", "0", "--seed", "1"]  # fmt: skip
+    common = [
+        "--dataset",
+        "list",
+        "--root",
+        str(root),
+        "--clip-model",
+        str(TINY_CLIP_CONFIG),
+        "--clip-pretrained",
+        str(world["ckpt"]),
+        "--frames",
+        "4",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--seed",
+        "1",
+    ]
     done = CliRunner().invoke(app, ["cache-features", *common, "--views", "2", "--out", str(out)])
     assert done.exit_code == 0, done.output
     assert "train: 18 views encoded, 1 unreadable" in done.output
@@ -257,10 +294,25 @@ def test_cli_writes_the_cache_and_lists_unreadable_videos(world, tmp_path):
     ]
     assert np.load(next((out / "shards").glob("train-*.npy"))).dtype == np.float16
 
-    run = ["run", *common, "--subtexts", str(world["subtexts"]), "--epochs", "1",
-           "--batch-size", "3", "--features", str(out), "--json"]  # fmt: skip
-    refused = subprocess.run([sys.executable, "-m", "trainer", *run, "--out", str(tmp_path / "a")],
-                             cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    run = [
+        "run",
+        *common,
+        "--subtexts",
+        str(world["subtexts"]),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "3",
+        "--features",
+        str(out),
+        "--json",
+    ]
+    refused = subprocess.run(
+        [sys.executable, "-m", "trainer", *run, "--out", str(tmp_path / "a")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert refused.returncode == 2
     assert refused.stderr == (
         f"error: --features {out} holds frozen-backbone features: add --freeze-backbone, or "
@@ -276,7 +328,7 @@ def test_forward_takes_clips_or_their_frame_features(world):
     """One head path: `forward(clips)` is `forward_features(encode_frames(clips))`, with a
     temporal module that is not the identity (it trains, so the cache stores its input)."""
     cfg = config(world, temporal_layers=1)
-    built = engine.build(cfg, engine.init_distributed("cpu"), world["subtexts"])
+    built = runs.build(cfg, init_distributed("cpu"), world["subtexts"])
     model, text = built.model, built.text
     torch.nn.init.normal_(model.temporal.proj.weight)
     clips = torch.randint(0, 256, (2, 4, 3, 32, 32), dtype=torch.uint8)

@@ -14,9 +14,11 @@ import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import ProcessException
 
 from storyboard_common.errors import UserError
-from trainer import engine
-from trainer.engine import evaluate_checkpoint, train
-from trainer.features import read_index
+from trainer.cache import build as cache_build
+from trainer.cache.store import read_index
+from trainer.checkpoints import atomic_save, load_checkpoint
+from trainer.evaluation import evaluate_checkpoint
+from trainer.loop import train
 
 from .conftest import REPO, TINY_CLIP_CONFIG
 from .test_features import TEST_VIDEOS, TRAIN_VIDEOS, config, counting_encoder, make_cache
@@ -43,8 +45,12 @@ def assert_same_cache(got, want) -> None:
 
     def features(directory, rows):
         where = rows[["split", "shard", "offset"]].values
-        return np.stack([np.load(directory / "shards" / f"{split}-{shard:05d}.npy")[offset]
-                         for split, shard, offset in where])  # fmt: skip
+        return np.stack(
+            [
+                np.load(directory / "shards" / f"{split}-{shard:05d}.npy")[offset]
+                for split, shard, offset in where
+            ]
+        )
 
     np.testing.assert_allclose(features(got, a), features(want, b), atol=1e-5, rtol=0)
     meta_a, meta_b = (json.loads((d / "meta.json").read_text()) for d in (got, want))
@@ -56,13 +62,45 @@ def assert_same_cache(got, want) -> None:
 
 def torchrun(world, out, ranks: int) -> dict:
     """`torchrun --nproc_per_node RANKS -m trainer cache-features ... --json` (gloo, CPU)."""
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={ranks}", "-m", "trainer", "cache-features", "--dataset", "list",
-            "--root", str(world["root"]), "--clip-model", str(TINY_CLIP_CONFIG),
-            "--clip-pretrained", str(world["ckpt"]), "--frames", "4", "--clips", "2",
-            "--crops", "3", "--views", "2", "--seed", "1", "--batch-size", "3",
-            "--workers", "0", "--device", "cpu", "--dtype", "float32", "--out", str(out),
-            "--json"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={ranks}",
+        "-m",
+        "trainer",
+        "cache-features",
+        "--dataset",
+        "list",
+        "--root",
+        str(world["root"]),
+        "--clip-model",
+        str(TINY_CLIP_CONFIG),
+        "--clip-pretrained",
+        str(world["ckpt"]),
+        "--frames",
+        "4",
+        "--clips",
+        "2",
+        "--crops",
+        "3",
+        "--views",
+        "2",
+        "--seed",
+        "1",
+        "--batch-size",
+        "3",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--out",
+        str(out),
+        "--json",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -82,8 +120,13 @@ def test_two_torchrun_ranks_write_the_cache_one_process_writes(world, reference,
 
 
 def _killed_rank_worker(rank: int, port: int, world, out) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_RANK=str(rank))  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
+    )
     if rank == 1:  # killed (SIGKILL, no clean-up) as it starts its third batch
         calls = []
 
@@ -93,8 +136,8 @@ def _killed_rank_worker(rank: int, port: int, world, out) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(visual, clips)
 
-        real = engine.encode_frames
-        engine.encode_frames = encode_then_die
+        real = cache_build.encode_frames
+        cache_build.encode_frames = encode_then_die
     make_cache(world, out, eval_clips=2, eval_crops=3)
 
 
@@ -140,41 +183,79 @@ def frozen_run(world, tmp_path_factory):
 
 
 @pytest.mark.parametrize("zero_shot", [None, "half"])
-def test_eval_from_the_cache_gives_the_metrics_of_the_videos(world, reference, frozen_run,
-                                                             zero_shot):  # fmt: skip
-    kwargs = dict(dataset="list", root=world["root"], zero_shot=zero_shot, device="cpu",
-                  workers=0, show_progress=False)  # fmt: skip
+def test_eval_from_the_cache_gives_the_metrics_of_the_videos(
+    world, reference, frozen_run, zero_shot
+):
+    kwargs = dict(
+        dataset="list",
+        root=world["root"],
+        zero_shot=zero_shot,
+        device="cpu",
+        workers=0,
+        show_progress=False,
+    )
     videos = evaluate_checkpoint(frozen_run, **kwargs)
     cached = evaluate_checkpoint(frozen_run, **kwargs, features=reference)
     assert set(cached) == set(videos)
     for key, value in videos.items():
-        assert cached[key] == (value if not isinstance(value, float)
-                               else pytest.approx(value, abs=1e-6)), key  # fmt: skip
+        assert cached[key] == (
+            value if not isinstance(value, float) else pytest.approx(value, abs=1e-6)
+        ), key
     if zero_shot == "half":
         assert videos["runs"] == 10
 
 
-def test_eval_features_on_the_command_line_and_what_it_refuses(world, reference, frozen_run,
-                                                               tmp_path):  # fmt: skip
-    args = [sys.executable, "-m", "trainer", "eval", "--checkpoint", str(frozen_run),
-            "--dataset", "list", "--root", str(world["root"]), "--device", "cpu",
-            "--workers", "0", "--json"]  # fmt: skip
+def test_eval_features_on_the_command_line_and_what_it_refuses(
+    world, reference, frozen_run, tmp_path
+):
+    args = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "eval",
+        "--checkpoint",
+        str(frozen_run),
+        "--dataset",
+        "list",
+        "--root",
+        str(world["root"]),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--json",
+    ]
     from_videos = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
-    from_cache = subprocess.run([*args, "--features", str(reference)], cwd=REPO,
-                                capture_output=True, text=True)  # fmt: skip
+    from_cache = subprocess.run(
+        [*args, "--features", str(reference)], cwd=REPO, capture_output=True, text=True
+    )
     assert from_cache.returncode == 0, from_cache.stderr
     assert json.loads(from_cache.stdout) == pytest.approx(json.loads(from_videos.stdout))
 
     one_crop = tmp_path / "one-crop"  # a cache with other evaluation views
     make_cache(world, one_crop, views=1)
     with pytest.raises(UserError, match=rf"{one_crop} was cached with eval_clips=1, not 2; "):
-        evaluate_checkpoint(frozen_run, "list", world["root"], device="cpu", workers=0,
-                            show_progress=False, features=one_crop)  # fmt: skip
-    state = engine.load_checkpoint(frozen_run / "checkpoints" / "best.pt", "cpu", "")
+        evaluate_checkpoint(
+            frozen_run,
+            "list",
+            world["root"],
+            device="cpu",
+            workers=0,
+            show_progress=False,
+            features=one_crop,
+        )
+    state = load_checkpoint(frozen_run / "checkpoints" / "best.pt", "cpu", "")
     tuned = tmp_path / "tuned"  # the same run, as if it had trained its visual tower
     (tuned / "checkpoints").mkdir(parents=True)
     state["config"]["freeze_backbone"] = False
-    engine.atomic_save(state, tuned / "checkpoints" / "best.pt")
+    atomic_save(state, tuned / "checkpoints" / "best.pt")
     with pytest.raises(UserError, match=rf"--features: {tuned} trained its visual tower"):
-        evaluate_checkpoint(tuned, "list", world["root"], device="cpu", workers=0,
-                            show_progress=False, features=reference)  # fmt: skip
+        evaluate_checkpoint(
+            tuned,
+            "list",
+            world["root"],
+            device="cpu",
+            workers=0,
+            show_progress=False,
+            features=reference,
+        )

@@ -15,6 +15,7 @@ import torch
 
 from bench import gpu_check
 from bench.gpu_check import StepConfig, failures, memory_target, run_check
+from trainer import loop
 
 from .conftest import REPO, TINY_CLIP_CONFIG
 
@@ -23,9 +24,17 @@ BATCH, FRAMES, STEPS, WARMUP, CLASSES, TEMPORAL_LAYERS = 2, 2, 2, 1, 5, 1
 
 
 def tiny_check(configs=FP32_CONFIGS):
-    return run_check(str(TINY_CLIP_CONFIG), "cpu", batch=BATCH, frames=FRAMES, steps=STEPS,
-                     warmup=WARMUP, classes=CLASSES, temporal_layers=TEMPORAL_LAYERS,
-                     configs=configs)  # fmt: skip
+    return run_check(
+        str(TINY_CLIP_CONFIG),
+        "cpu",
+        batch=BATCH,
+        frames=FRAMES,
+        steps=STEPS,
+        warmup=WARMUP,
+        classes=CLASSES,
+        temporal_layers=TEMPORAL_LAYERS,
+        configs=configs,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +48,19 @@ def by_checkpointing(result):
 
 def test_run_check_structure_and_numbers(tiny_result):
     assert tiny_result["settings"] == {
-        "model": "TinyCLIP-test", "weights": "random", "batch": BATCH, "frames": FRAMES,
-        "image_size": 32, "classes": CLASSES, "subtexts": 4, "aggregation": "coarse+fine",
-        "temporal_layers": TEMPORAL_LAYERS, "steps": STEPS, "warmup_steps": WARMUP, "seed": 0,
-    }  # fmt: skip
+        "model": "TinyCLIP-test",
+        "weights": "random",
+        "batch": BATCH,
+        "frames": FRAMES,
+        "image_size": 32,
+        "classes": CLASSES,
+        "subtexts": 4,
+        "aggregation": "coarse+fine",
+        "temporal_layers": TEMPORAL_LAYERS,
+        "steps": STEPS,
+        "warmup_steps": WARMUP,
+        "seed": 0,
+    }
     assert [r["config"] for r in tiny_result["results"]] == [
         "fp32, checkpointing on",
         "fp32, checkpointing off",
@@ -83,7 +101,7 @@ def test_bf16_refused_on_cpu():
 
 def test_out_of_memory_is_reported_and_the_next_configuration_runs(monkeypatch):
     calls = {"n": 0}
-    real_loss = gpu_check.storyboard_loss
+    real_loss = loop.storyboard_loss  # the trainer's step, which the check runs
 
     def loss_that_runs_out(*args, **kwargs):
         calls["n"] += 1
@@ -91,7 +109,7 @@ def test_out_of_memory_is_reported_and_the_next_configuration_runs(monkeypatch):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(gpu_check, "storyboard_loss", loss_that_runs_out)
+    monkeypatch.setattr(loop, "storyboard_loss", loss_that_runs_out)
     first, second = tiny_check()["results"]
     assert first["status"] == "OOM"
     assert first["error"] == "CUDA out of memory. Tried to allocate 2.00 GiB."
@@ -112,9 +130,12 @@ def as_target_setting(result, peak_gib):
 
 def test_memory_target(tiny_result):
     within = as_target_setting(tiny_result, 8.5)
-    assert memory_target(within) == {"config": "bf16 autocast, checkpointing on",
-                                     "peak_allocated_gib": 8.5, "limit_gib": 9.0,
-                                     "met": True}  # fmt: skip
+    assert memory_target(within) == {
+        "config": "bf16 autocast, checkpointing on",
+        "peak_allocated_gib": 8.5,
+        "limit_gib": 9.0,
+        "met": True,
+    }
     assert failures(within) == []
     over = as_target_setting(tiny_result, 9.5)
     assert memory_target(over)["met"] is False
@@ -171,8 +192,14 @@ def test_default_output_names_the_card(tiny_result):
 
 def test_cli_without_cuda_exits_2_with_one_sentence():
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no CUDA, even on a GPU machine
-    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_check"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == gpu_check.NO_CUDA
     assert proc.stdout == ""

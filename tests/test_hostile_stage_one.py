@@ -31,9 +31,9 @@ from subtext_gen.generate import generate
 from subtext_gen.llm.files import FileBackend
 from subtext_gen.llm.openai_chat import OpenAIBackend
 from subtext_gen.prompts import select_prompts
+from testkit.openai_server import OpenAIServer, Reply, chat_body, good_replies, numbered_list
 
 from .conftest import REPO, cli
-from .openai_server import OpenAIServer, Reply, chat_body, good_replies, numbered_list
 
 NAMES = ["brush_hair", "cartwheel"]
 SETS = {"brush hair": ["lift brush", "comb", "stroke", "stop"], "cartwheel": ["a", "b", "c", "d"]}
@@ -47,9 +47,18 @@ def one_line_error(done, message):
 
 def file_generate(classes, sets_json, out, *extra):
     return cli(
-        "generate", "--llm", "file", "--classes", str(classes), "--input", str(sets_json),
-        "--out", str(out), "--no-progress", *extra,
-    )  # fmt: skip
+        "generate",
+        "--llm",
+        "file",
+        "--classes",
+        str(classes),
+        "--input",
+        str(sets_json),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    )
 
 
 @pytest.fixture()
@@ -85,12 +94,35 @@ def delayed_replies(seconds: float):
 
 def slow_openai_run(server, classes, out, prompts="steps"):
     return subprocess.Popen(
-        [sys.executable, "-m", "subtext_gen", "generate", "--llm", "openai", "--model", "gpt-test",
-         "--base-url", server.base_url, "--classes", str(classes), "--prompts", prompts,
-         "--samples", "1", "--concurrency", "1", "--out", str(out), "--no-progress"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "subtext_gen",
+            "generate",
+            "--llm",
+            "openai",
+            "--model",
+            "gpt-test",
+            "--base-url",
+            server.base_url,
+            "--classes",
+            str(classes),
+            "--prompts",
+            prompts,
+            "--samples",
+            "1",
+            "--concurrency",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "OPENAI_API_KEY": ""},
-    )  # fmt: skip
+    )
 
 
 def wait_for_lock(folder, proc, seconds=60.0):

@@ -8,7 +8,7 @@ import pytest
 
 from storyboard_common.errors import UserError
 from subtext_gen.classes import load_classes
-from tests.videos import write_video
+from testkit.videos import write_video
 from trainer.data.items import Segment
 from trainer.data.layouts import (
     DATASETS,
@@ -439,8 +439,12 @@ def test_hmdb51_offers_only_the_folds_whose_split_files_are_there(hmdb_root, tmp
 
 
 def test_ucf101_offers_only_the_lists_that_are_there(ucf_root):
-    assert available_splits("ucf101", ucf_root) == [("train", 1), ("test", 1), ("train", 2),
-                                                    ("test", 2)]  # fmt: skip
+    assert available_splits("ucf101", ucf_root) == [
+        ("train", 1),
+        ("test", 1),
+        ("train", 2),
+        ("test", 2),
+    ]
     (ucf_root / "ucfTrainTestlist" / "testlist02.txt").unlink()
     assert available_splits("ucf101", ucf_root) == [("train", 1), ("test", 1), ("train", 2)]
     assert absent_annotation("ucf101", ucf_root, "test", 2) == "ucfTrainTestlist/testlist02.txt"

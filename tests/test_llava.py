@@ -227,9 +227,25 @@ def test_generate_command_with_a_local_llava_stores_every_reply(tiny_llava, tmp_
     classes = tmp_path / "classes.csv"
     classes.write_text("id,name\n0,brush_hair\n1,cartwheel\n")
     out = tmp_path / "art"
-    cmd = [sys.executable, "-m", "subtext_gen", "generate", "--llm", "llava", "--model",
-           str(tiny_llava), "--classes", str(classes), "--prompts", "steps,json",
-           "--samples", "2", "--out", str(out), "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "subtext_gen",
+        "generate",
+        "--llm",
+        "llava",
+        "--model",
+        str(tiny_llava),
+        "--classes",
+        str(classes),
+        "--prompts",
+        "steps,json",
+        "--samples",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     df = pd.read_parquet(out / "candidates.parquet")

@@ -15,9 +15,9 @@ from subtext_gen.classes import load_classes
 from subtext_gen.generate import generate
 from subtext_gen.llm.openai_chat import OpenAIBackend
 from subtext_gen.prompts import select_prompts
+from testkit.openai_server import OpenAIServer, Reply, chat_body, good_replies, numbered_list
 
 from .conftest import REPO
-from .openai_server import OpenAIServer, Reply, chat_body, good_replies, numbered_list
 
 SECRET = "sk-test-secret-0123456789"
 CLASSES = ["brush_hair", "cartwheel", "ride_bike"]

@@ -14,21 +14,51 @@ from subtext_gen.resources import data_path, resolve_shipped
 
 from .conftest import REPO
 
-SHIPPED = ("subtext_gen/data/hmdb51/classes.csv", "subtext_gen/data/ucf101/classes.csv",
-           "subtext_gen/data/world/candidates.json", "subtext_gen/data/demo/candidates.json",
-           "subtext_gen/data/clip/StoryboardWorld-CLIP.json",
-           "subtext_gen/data/clip/TinyCLIP-test.json")  # fmt: skip
+SHIPPED = (
+    "subtext_gen/data/hmdb51/classes.csv",
+    "subtext_gen/data/ucf101/classes.csv",
+    "subtext_gen/data/world/candidates.json",
+    "subtext_gen/data/demo/candidates.json",
+    "subtext_gen/data/clip/StoryboardWorld-CLIP.json",
+    "subtext_gen/data/clip/TinyCLIP-test.json",
+)
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """The project built as a wheel and unpacked into a folder of its own (deps: this env's)."""
     base = tmp_path_factory.mktemp("package")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w",
-                    str(base / "dist"), str(REPO)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--quiet",
+            "-w",
+            str(base / "dist"),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = (base / "dist").glob("storyboard-*.whl")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target",
-                    str(base / "site"), str(wheel)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--quiet",
+            "--target",
+            str(base / "site"),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return wheel, base / "site"
 
 
@@ -42,31 +72,67 @@ def test_wheel_holds_the_shipped_data(installed):
 def test_a_command_runs_from_another_directory_on_the_installed_copy(installed, tmp_path):
     _, site = installed
     env = {**os.environ, "PYTHONPATH": str(site)}
-    where = subprocess.run([sys.executable, "-c", "import subtext_gen, trainer; "
-                            "print(subtext_gen.__file__); print(trainer.__file__)"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    where = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import subtext_gen, trainer; print(subtext_gen.__file__); print(trainer.__file__)",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert all(line.startswith(str(site)) for line in where.stdout.split())  # not the clone
     sets = {"brush_hair": [["grab a brush", "lift the arm", "comb the hair", "lower the arm"]]}
     (tmp_path / "sets.json").write_text(json.dumps(sets))
-    done = subprocess.run([sys.executable, "-m", "subtext_gen", "generate", "--llm", "file",
-                           "--dataset", "hmdb51", "--input", "sets.json", "--out", "out",
-                           "--no-progress"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "subtext_gen",
+            "generate",
+            "--llm",
+            "file",
+            "--dataset",
+            "hmdb51",
+            "--input",
+            "sets.json",
+            "--out",
+            "out",
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     frame = pd.read_parquet(tmp_path / "out" / "candidates.parquet")
     assert set(frame["class_name"]) == {"brush_hair"} and frame["ok"].all()
     # The shipped CLIP config loads by its documented path from here too.
-    clip = subprocess.run([sys.executable, "-c", "from subtext_gen.clip_text import load_clip; "
-                           "print(load_clip('data/clip/TinyCLIP-test.json', 'none', 'cpu')"
-                           ".embed_dim)"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True)  # fmt: skip
+    clip = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from subtext_gen.clip_text import load_clip; "
+            "print(load_clip('data/clip/TinyCLIP-test.json', 'none', 'cpu')"
+            ".embed_dim)",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert clip.returncode == 0 and clip.stdout.strip() == "32", clip.stderr
 
 
 def test_shipped_paths_resolve_in_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert resolve_shipped("data/clip/TinyCLIP-test.json") == str(
-        data_path("clip", "TinyCLIP-test.json"))
+        data_path("clip", "TinyCLIP-test.json")
+    )
     (tmp_path / "data" / "clip").mkdir(parents=True)
     (tmp_path / "data" / "clip" / "TinyCLIP-test.json").write_text("{}")
     assert resolve_shipped("data/clip/TinyCLIP-test.json") == "data/clip/TinyCLIP-test.json"

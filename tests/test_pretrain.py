@@ -15,9 +15,9 @@ import torch
 
 from storyboard_common.errors import UserError
 from subtext_gen.clip_text import encode_texts, load_clip
-from subtext_gen.resources import data_path
 from trainer.data.transforms import normalise_clips
-from trainer.pretrain import (
+from trainer.storyworld import WORLD_CLIP
+from trainer.storyworld.pretrain import (
     caption_loss,
     caption_similarities,
     draw_phrasings,
@@ -29,7 +29,7 @@ from trainer.pretrain import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = str(data_path("clip", "StoryboardWorld-CLIP.json"))
+CONFIG = WORLD_CLIP
 COLOURS = {0: (220, 30, 30), 1: (30, 200, 30), 2: (30, 30, 220)}
 CAPTIONS = {
     "0": "the square turns red",
@@ -141,9 +141,26 @@ def test_phrasings_are_read_checked_and_drawn(world, tmp_path):
 def test_pretrain_clip_command_trains_once_and_keeps_the_checkpoint(world, tmp_path):
     root, _ = world
     out = tmp_path / "clip.pt"
-    args = [sys.executable, "-m", "trainer", "pretrain-clip", "--world", str(root), "--out",
-            str(out), "--clip-model", CONFIG, "--epochs", "1", "--batch-size", "32",
-            "--device", "cpu", "--objective", "pooled+tokens"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "pretrain-clip",
+        "--world",
+        str(root),
+        "--out",
+        str(out),
+        "--clip-model",
+        CONFIG,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--objective",
+        "pooled+tokens",
+    ]
     first = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     assert f"checkpoint:{out}" in "".join(first.stdout.split())  # rich may wrap the path
@@ -181,8 +198,10 @@ def test_token_objective_scores_are_eq10_inner_term_by_hand(trained):
     text = encode_texts(clip, captions, with_tokens=True)
     unit = text.pooled / np.linalg.norm(text.pooled, axis=1, keepdims=True)
     np.testing.assert_allclose(pooled.numpy(), images.numpy() @ unit.T, atol=1e-5)
-    by_hand = [[np.mean([w @ image / np.linalg.norm(w) for w in words]) for words in text.tokens]
-               for image in images.numpy()]  # fmt: skip
+    by_hand = [
+        [np.mean([w @ image / np.linalg.norm(w) for w in words]) for words in text.tokens]
+        for image in images.numpy()
+    ]
     np.testing.assert_allclose(inner.numpy(), np.array(by_hand), atol=1e-5)
     assert [len(words) for words in text.tokens][-1] == 1  # "hop": one word token
 
@@ -191,12 +210,22 @@ def test_token_objective_makes_word_tokens_find_frames(world, tmp_path):
     """Trained on Eq. 10's inner term too, word tokens match frames as well as pooled
     embeddings do; the objective is recorded; an unknown one is refused."""
     root, dataset = world
-    path = pretrain_clip(dataset, root, tmp_path / "tokens.pt", CONFIG, epochs=30,
-                         batch_size=32, max_steps=30, device="cpu", show_progress=False,
-                         objective="pooled+tokens")  # fmt: skip
+    path = pretrain_clip(
+        dataset,
+        root,
+        tmp_path / "tokens.pt",
+        CONFIG,
+        epochs=30,
+        batch_size=32,
+        max_steps=30,
+        device="cpu",
+        show_progress=False,
+        objective="pooled+tokens",
+    )
     assert json.loads(log_path(path).read_text())["objective"] == "pooled+tokens"
-    accuracy = evaluate_frame_accuracy(path, dataset, root, CONFIG, "test.txt", device="cpu",
-                                       by="word_tokens")  # fmt: skip
+    accuracy = evaluate_frame_accuracy(
+        path, dataset, root, CONFIG, "test.txt", device="cpu", by="word_tokens"
+    )
     assert accuracy > 0.9  # chance is 1/3
     with pytest.raises(UserError, match="unknown --objective"):
         pretrain_clip(dataset, root, tmp_path / "x.pt", CONFIG, objective="eot")

@@ -7,8 +7,15 @@ from PIL import Image
 
 from trainer.report import write_report
 
-CONFIG = {"dataset": "list", "split": "1", "shots": 2, "aggregation": "coarse+fine",
-          "seed": 3, "clip_model": "tiny", "clip_pretrained": "none"}  # fmt: skip
+CONFIG = {
+    "dataset": "list",
+    "split": "1",
+    "shots": 2,
+    "aggregation": "coarse+fine",
+    "seed": 3,
+    "clip_model": "tiny",
+    "clip_pretrained": "none",
+}
 
 
 def _run_dir(tmp_path, evals, per_class=True):
@@ -31,9 +38,11 @@ def _run_dir(tmp_path, evals, per_class=True):
 
 
 def test_single_label_report_quotes_the_best_top1_epoch(tmp_path):
-    evals = [{"top1": 0.25, "top5": 1.0, "mean_class_acc": 0.2, "map": None},
-             {"top1": 0.75, "top5": 1.0, "mean_class_acc": 0.7, "map": None},
-             {"top1": 0.5, "top5": 1.0, "mean_class_acc": 0.5, "map": None}]  # fmt: skip
+    evals = [
+        {"top1": 0.25, "top5": 1.0, "mean_class_acc": 0.2, "map": None},
+        {"top1": 0.75, "top5": 1.0, "mean_class_acc": 0.7, "map": None},
+        {"top1": 0.5, "top5": 1.0, "mean_class_acc": 0.5, "map": None},
+    ]
     report = write_report(_run_dir(tmp_path, evals)).read_text()
     assert "Best evaluation (epoch 2): top1 0.7500, top5 1.0000, mean_class_acc 0.7000." in report
     assert "shots `2`, aggregation `coarse+fine`, seed `3`" in report
@@ -44,8 +53,10 @@ def test_single_label_report_quotes_the_best_top1_epoch(tmp_path):
 
 
 def test_multi_label_report_picks_the_best_map_and_skips_missing_tables(tmp_path):
-    evals = [{"top1": 0.9, "top5": 1.0, "mean_class_acc": 0.9, "map": 0.3},
-             {"top1": 0.1, "top5": 0.5, "mean_class_acc": 0.1, "map": 0.4}]  # fmt: skip
+    evals = [
+        {"top1": 0.9, "top5": 1.0, "mean_class_acc": 0.9, "map": 0.3},
+        {"top1": 0.1, "top5": 0.5, "mean_class_acc": 0.1, "map": 0.4},
+    ]
     report = write_report(_run_dir(tmp_path, evals, per_class=False)).read_text()
     assert "Best evaluation (epoch 2):" in report and "map 0.4000" in report
     assert "per_class.png" not in report and "confusion.png" not in report

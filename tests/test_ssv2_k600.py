@@ -16,6 +16,7 @@ import pytest
 
 from storyboard_common.errors import UserError
 from subtext_gen.classes import load_classes, shipped_datasets
+from testkit.videos import write_video
 from trainer.data.layouts import (
     DATASETS,
     available_splits,
@@ -28,7 +29,6 @@ from trainer.data.layouts import test_split as evaluation_split  # not a test
 from trainer.data.protocols import read_subset_file, subset_class_ids
 
 from .conftest import REPO, TINY_CLIP_CONFIG
-from .videos import write_video
 
 TINTS = [(1.0, 0.2, 0.2), (0.2, 1.0, 0.2), (0.2, 0.2, 1.0)]
 
@@ -72,8 +72,11 @@ def write_clip(path: Path, tint=(1.0, 1.0, 1.0), frames: int = 12) -> Path:
     if path.suffix != ".webm":
         return write_video(path, frames=frames, width=64, height=48, tint=tint)
     path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-c", _ENCODE_WEBM, str(path), WEBM, str(frames),
-                    *map(str, tint)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-c", _ENCODE_WEBM, str(path), WEBM, str(frames), *map(str, tint)],
+        check=True,
+        capture_output=True,
+    )
     return path
 
 
@@ -99,15 +102,25 @@ def scored_subtexts(base: Path, names, clip) -> tuple[Path, Path]:
     torch.save(clip.model.state_dict(), ckpt)
     sets = {n: [[f"{n} start", f"{n} middle", f"{n} end"]] for n in names}
     (base / "sets.json").write_text(json.dumps(sets))
-    generate(ClassList("mini", tuple(names)), FileBackend(base / "sets.json"), base / "art", 3,
-             show_progress=False)  # fmt: skip
+    generate(
+        ClassList("mini", tuple(names)),
+        FileBackend(base / "sets.json"),
+        base / "art",
+        3,
+        show_progress=False,
+    )
     out = score(base / "art", load_clip(str(TINY_CLIP_CONFIG), str(ckpt), "cpu")).out_dir
     return ckpt, out / "subtexts.parquet"
 
 
 def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainer", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # --- Something-Something v2 ----------------------------------------------------------------
@@ -163,7 +176,12 @@ def test_ssv2_classes_from_labels_json_items_from_templates_missing_reported(ssv
     assert train.dataset == "ssv2" and train.split == "train" and train.fold is None
     assert not train.multi_label
     assert [(it.video_id, it.label) for it in train.items] == [
-        ("101", 2), ("102", 0), ("103", 1), ("105", 0), ("106", 2)]  # fmt: skip
+        ("101", 2),
+        ("102", 0),
+        ("103", 1),
+        ("105", 0),
+        ("106", 2),
+    ]
     assert train.missing == ("104",)
     videos = ssv2_root.resolve() / "20bn-something-something-v2"
     assert train.items[0].path == videos / f"101{EXT}"
@@ -212,8 +230,11 @@ def test_ssv2_mistakes(ssv2_root, tmp_path):
         load_split("ssv2", ssv2_root, "train", videos=tmp_path / "nope")
     bad = [*SSV2_VAL, entry("204", "Juggling [something]")]
     (ssv2_root / "labels" / "validation.json").write_text(json.dumps(bad))
-    with pytest.raises(UserError, match=r"validation\.json entry 4 \(id 204\): template "
-                       r"'Juggling \[something\]' is not a class of .*labels\.json \(3 classes\)"):
+    with pytest.raises(
+        UserError,
+        match=r"validation\.json entry 4 \(id 204\): template "
+        r"'Juggling \[something\]' is not a class of .*labels\.json \(3 classes\)",
+    ):
         load_split("ssv2", ssv2_root, "val")
     (ssv2_root / "labels" / "validation.json").write_text(json.dumps([{"id": "1"}]))
     with pytest.raises(UserError, match=r"entry 1 \(id 1\) has no template"):
@@ -229,8 +250,11 @@ def test_ssv2_mistakes(ssv2_root, tmp_path):
         load_split("ssv2", ssv2_root, "train")
     (ssv2_root / "labels" / "labels.json").write_text(json.dumps(SSV2_LABELS))
     shutil.rmtree(ssv2_root / "20bn-something-something-v2")
-    with pytest.raises(UserError, match=r"video folder not found: .*20bn-something-something-v2 "
-                       r"or .*videos; --root must hold"):
+    with pytest.raises(
+        UserError,
+        match=r"video folder not found: .*20bn-something-something-v2 "
+        r"or .*videos; --root must hold",
+    ):
         load_split("ssv2", ssv2_root, "train", videos=None)
 
 
@@ -251,8 +275,17 @@ def test_the_shipped_ssv2_class_list():
 
 
 def test_ssv2_check_data_json(ssv2_root):
-    done = cli("check-data", "--dataset", "ssv2", "--root", str(ssv2_root), "--json",
-               "--workers", "1", timeout=300)  # fmt: skip
+    done = cli(
+        "check-data",
+        "--dataset",
+        "ssv2",
+        "--root",
+        str(ssv2_root),
+        "--json",
+        "--workers",
+        "1",
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["classes"] == 3
@@ -269,17 +302,22 @@ K_HEADER = "label,youtube_id,time_start,time_end,split\n"
 def test_k600_splits_and_the_registry(tmp_path):
     root = tmp_path / "k600"
     root.mkdir()
-    (root / "train.csv").write_text(K_HEADER + "yarn spinning,aaa,0,10,train\n"
-                                    "tie dying,bbb,5,15,train\ntie dying,ccc,1,11,train\n")
-    (root / "validate.csv").write_text(K_HEADER + "tie dying,ddd,0,10,val\n"
-                                       "yarn spinning,eee,3,13,val\n")  # fmt: skip
+    (root / "train.csv").write_text(
+        K_HEADER + "yarn spinning,aaa,0,10,train\n"
+        "tie dying,bbb,5,15,train\ntie dying,ccc,1,11,train\n"
+    )
+    (root / "validate.csv").write_text(
+        K_HEADER + "tie dying,ddd,0,10,val\nyarn spinning,eee,3,13,val\n"
+    )
     touch(root / "train" / "yarn spinning" / "aaa_000000_000010.mp4")
     touch(root / "train" / "bbb_000005_000015.mp4")
     touch(root / "validate" / "tie_dying" / "ddd_000000_000010.mp4")
     train = load_split("k600", root, "train")
     assert train.dataset == "k600" and train.class_names == ("tie dying", "yarn spinning")
     assert [(it.video_id, it.label) for it in train.items] == [
-        ("aaa_000000_000010", 1), ("bbb_000005_000015", 0)]  # fmt: skip
+        ("aaa_000000_000010", 1),
+        ("bbb_000005_000015", 0),
+    ]
     assert train.missing == ("ccc_000001_000011",)
     val = load_split("k600", root, evaluation_split("k600"))
     assert val.split == "val" and [it.video_id for it in val.items] == ["ddd_000000_000010"]
@@ -317,8 +355,11 @@ def test_subset_files_one_name_a_line_or_csv(tmp_path):
     assert read_subset_file(headed) == ("tie dying",)
 
     txt.write_text("yarn spinning\nzumba\n")
-    with pytest.raises(UserError, match=r"--subsets .*a\.txt: not a class of k600 \(3 classes\): "
-                       r"'zumba'\."):
+    with pytest.raises(
+        UserError,
+        match=r"--subsets .*a\.txt: not a class of k600 \(3 classes\): "
+        r"'zumba'\.",
+    ):
         subset_class_ids(txt, read_subset_file(txt), classes, "k600")
     txt.write_text("yarn spinning\nyarn_spinning\n")
     with pytest.raises(UserError, match=r"a\.txt lists these classes twice: 'yarn_spinning'"):
@@ -360,15 +401,44 @@ def k600_world(tmp_path_factory, tiny_clip):
 
 
 def common(world, dataset: str) -> list[str]:
-    return ["--dataset", dataset, "--root", str(world["root"]), "--clip-model",
-            str(TINY_CLIP_CONFIG), "--clip-pretrained", str(world["ckpt"]), "--frames", "4",
-            "--device", "cpu", "--workers", "0", "--seed", "1"]  # fmt: skip
+    return [
+        "--dataset",
+        dataset,
+        "--root",
+        str(world["root"]),
+        "--clip-model",
+        str(TINY_CLIP_CONFIG),
+        "--clip-pretrained",
+        str(world["ckpt"]),
+        "--frames",
+        "4",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--seed",
+        "1",
+    ]
 
 
 def train_args(world, dataset: str, out: Path) -> list[str]:
-    return ["run", *common(world, dataset), "--subtexts", str(world["subtexts"]), "--epochs",
-            "1", "--batch-size", "3", "--lr", "2e-3", "--warmup-epochs", "1", "--out", str(out),
-            "--json"]  # fmt: skip
+    return [
+        "run",
+        *common(world, dataset),
+        "--subtexts",
+        str(world["subtexts"]),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "3",
+        "--lr",
+        "2e-3",
+        "--warmup-epochs",
+        "1",
+        "--out",
+        str(out),
+        "--json",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -387,15 +457,27 @@ def k600_run(k600_world):
 def test_eval_zero_shot_subsets_scores_each_subset_on_its_own_videos_and_classes(
     k600_world, k600_run, tmp_path, monkeypatch
 ):
-    from trainer import engine
+    from trainer import evaluation
 
     a = tmp_path / "a.txt"
     a.write_text("red rise\nblue rise\n")
     b = tmp_path / "b.csv"
     b.write_text("id,name\n1,green rise\n2,red rise\n")
-    cmd = ["eval", "--checkpoint", str(k600_run), "--dataset", "k600", "--root",
-           str(k600_world["root"]), "--subtexts", str(k600_world["subtexts"]), "--device",
-           "cpu", "--workers", "0"]  # fmt: skip
+    cmd = [
+        "eval",
+        "--checkpoint",
+        str(k600_run),
+        "--dataset",
+        "k600",
+        "--root",
+        str(k600_world["root"]),
+        "--subtexts",
+        str(k600_world["subtexts"]),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    ]
     done = cli(*cmd, "--zero-shot", "subsets", "--subsets", str(a), "--subsets", str(b), "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -409,37 +491,61 @@ def test_eval_zero_shot_subsets_scores_each_subset_on_its_own_videos_and_classes
     # What each subset's evaluation saw: its classes' val videos, against its classes' texts,
     # labelled in the file's order.
     seen = []
-    predict = engine.predict
+    predict = evaluation.predict
 
     def spy(model, text, loader, *args, **kwargs):
         out = predict(model, text, loader, *args, **kwargs)
         seen.append((text.num_classes, dict(zip(out[2], out[1].tolist()))))
         return out
 
-    monkeypatch.setattr(engine, "predict", spy)
-    summary = engine.evaluate_checkpoint(
-        k600_run, "k600", k600_world["root"], k600_world["subtexts"], "subsets", device="cpu",
-        workers=0, show_progress=False, subsets=[a, b])  # fmt: skip
+    monkeypatch.setattr(evaluation, "predict", spy)
+    summary = evaluation.evaluate_checkpoint(
+        k600_run,
+        "k600",
+        k600_world["root"],
+        k600_world["subtexts"],
+        "subsets",
+        device="cpu",
+        workers=0,
+        show_progress=False,
+        subsets=[a, b],
+    )
     assert [r["top1"] for r in summary["subsets"]] == [r["top1"] for r in rows]
     assert seen == [
-        (2, {"r2x_000002_000012": 0, "r3x_000003_000013": 0,
-             "b2x_000002_000012": 1, "b3x_000003_000013": 1}),
-        (2, {"g2x_000002_000012": 0, "g3x_000003_000013": 0,
-             "r2x_000002_000012": 1, "r3x_000003_000013": 1}),
-    ]  # fmt: skip
+        (
+            2,
+            {
+                "r2x_000002_000012": 0,
+                "r3x_000003_000013": 0,
+                "b2x_000002_000012": 1,
+                "b3x_000003_000013": 1,
+            },
+        ),
+        (
+            2,
+            {
+                "g2x_000002_000012": 0,
+                "g3x_000003_000013": 0,
+                "r2x_000002_000012": 1,
+                "r3x_000003_000013": 1,
+            },
+        ),
+    ]
 
     # One clear error: the file and the name; flags that do not go together.
     c = tmp_path / "c.txt"
     c.write_text("red rise\npurple fall\n")
     bad = cli(*cmd, "--zero-shot", "subsets", "--subsets", str(a), "--subsets", str(c))
     assert bad.returncode == 2
-    assert bad.stderr == (f"error: --subsets {c}: not a class of k600 (3 classes): "
-                          "'purple fall'.\n")  # fmt: skip
+    assert bad.stderr == (
+        f"error: --subsets {c}: not a class of k600 (3 classes): 'purple fall'.\n"
+    )
     with pytest.raises(UserError, match=r"--zero-shot subsets needs --subsets FILE"):
-        engine.evaluate_checkpoint(k600_run, "k600", k600_world["root"], zero_shot="subsets")
+        evaluation.evaluate_checkpoint(k600_run, "k600", k600_world["root"], zero_shot="subsets")
     with pytest.raises(UserError, match=r"--subsets FILE goes with --zero-shot subsets"):
-        engine.evaluate_checkpoint(k600_run, "k600", k600_world["root"], zero_shot="half",
-                                   subsets=[a])  # fmt: skip
+        evaluation.evaluate_checkpoint(
+            k600_run, "k600", k600_world["root"], zero_shot="half", subsets=[a]
+        )
 
 
 def test_cache_features_and_check_data_on_k600(k600_world, tmp_path):
@@ -448,13 +554,22 @@ def test_cache_features_and_check_data_on_k600(k600_world, tmp_path):
     from trainer.__main__ import app
 
     out = tmp_path / "features"
-    done = CliRunner().invoke(app, ["cache-features", *common(k600_world, "k600"), "--views",
-                                    "1", "--out", str(out)])  # fmt: skip
+    done = CliRunner().invoke(
+        app, ["cache-features", *common(k600_world, "k600"), "--views", "1", "--out", str(out)]
+    )
     assert done.exit_code == 0, done.output
     assert "train: 6 views encoded, 0 unreadable" in done.output
     assert json.loads((out / "meta.json").read_text())["dataset"] == "k600"
-    report = cli("check-data", "--dataset", "k600", "--root", str(k600_world["root"]), "--json",
-                 "--workers", "1")  # fmt: skip
+    report = cli(
+        "check-data",
+        "--dataset",
+        "k600",
+        "--root",
+        str(k600_world["root"]),
+        "--json",
+        "--workers",
+        "1",
+    )
     assert report.returncode == 0, report.stderr
     data = json.loads(report.stdout)
     assert data["classes"] == 3 and data["splits"] == {"train": 6, "val": 6}
@@ -472,7 +587,8 @@ def test_run_and_cache_features_on_ssv2(ssv2_root, tiny_clip, tmp_path):
     assert done.exit_code == 0, done.output
     assert json.loads(done.output)["n"] == 2  # validation.json's videos on disk
     out = tmp_path / "features"
-    done = CliRunner().invoke(app, ["cache-features", *common(world, "ssv2"), "--views", "1",
-                                    "--out", str(out)])  # fmt: skip
+    done = CliRunner().invoke(
+        app, ["cache-features", *common(world, "ssv2"), "--views", "1", "--out", str(out)]
+    )
     assert done.exit_code == 0, done.output
     assert "train: 5 views encoded, 0 unreadable" in done.output

@@ -1,5 +1,5 @@
 """The study end to end on a miniature design: every figure it reports comes from the runs it
-trained, its cached assessment agrees with the engine's own evaluation, and a rerun resumes
+trained, its cached assessment agrees with the trainer's own evaluation, and a rerun resumes
 without training again."""
 
 import dataclasses
@@ -10,18 +10,30 @@ import sys
 import numpy as np
 import pytest
 
-from trainer import analysis
 from trainer.config import AGGREGATIONS
-from trainer.engine import evaluate_checkpoint
-from trainer.study import RunSpec, StudyDesign, run_specs, run_study, write_report
+from trainer.evaluation import evaluate_checkpoint
+from trainer.storyworld import analysis
+from trainer.storyworld.study import RunSpec, StudyDesign, run_specs, run_study, write_report
 
 from .conftest import REPO
 
-TINY = StudyDesign(seeds=(0, 1), videos_per_class_train=2, videos_per_class_test=1,
-                   objectives=("pooled",), clip_epochs=1, clip_frame_stride=6, views=1,
-                   epochs=1, batch_size=8, taus=(0.01, 1.0), temporal_modes=("mean",),
-                   finetune_objective="pooled", finetune_epochs=1, workers=0,
-                   posthoc_epochs=2)  # fmt: skip
+TINY = StudyDesign(
+    seeds=(0, 1),
+    videos_per_class_train=2,
+    videos_per_class_test=1,
+    objectives=("pooled",),
+    clip_epochs=1,
+    clip_frame_stride=6,
+    views=1,
+    epochs=1,
+    batch_size=8,
+    taus=(0.01, 1.0),
+    temporal_modes=("mean",),
+    finetune_objective="pooled",
+    finetune_epochs=1,
+    workers=0,
+    posthoc_epochs=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +62,18 @@ def test_results_hold_the_keys_and_spreads_of_the_runs(study):
         cells = results["top1"]["pooled"][mode]
         assert set(cells) == {"2shot", "supervised", "zero-shot"}
         for setting in ("2shot", "supervised"):
-            values = [r["top1"] for r in runs if r["mode"] == mode and r["setting"] == setting
-                      and r["tau"] == 0.01 and r["temporal_layers"] == 0 and not r["finetune"]
-                      and r["epochs"] is None]
+            values = [
+                r["top1"]
+                for r in runs
+                if r["mode"] == mode
+                and r["setting"] == setting
+                and r["tau"] == 0.01
+                and r["temporal_layers"] == 0
+                and not r["finetune"]
+                and r["epochs"] is None
+            ]
             assert len(values) == 2
-            assert cells[setting] == analysis.spread(values)  # fmt: skip
+            assert cells[setting] == analysis.spread(values)
     shares = results["importance_on_action_frames"]["pooled"]
     assert 0.5 < shares["uniform"] < 1 and {"coarse", "fine", "global (coarse)"} <= set(shares)
     assert all(0 <= v <= 1 for v in shares.values())
@@ -65,13 +84,14 @@ def test_results_hold_the_keys_and_spreads_of_the_runs(study):
     assert len(results["class_text_nearest_cosine"]["pooled"]) == 8
     anchored = results["text_anchored_probe"]["pooled"]
     assert anchored["zero_shot_test"] == pytest.approx(
-        results["zero_shot_class_texts"]["pooled"]["seen"])  # W = I is the frozen zero-shot
+        results["zero_shot_class_texts"]["pooled"]["seen"]
+    )  # W = I is the frozen zero-shot
     kept = results["tpp_kept"]["pooled"]
     assert set(kept) == {"complement", "identity"} and len(kept["identity"]) == 12
 
 
 def test_cached_assessment_agrees_with_the_engines_evaluation(study):
-    """The study re-scores each last checkpoint on the cached test views; the engine scored
+    """The study re-scores each last checkpoint on the cached test views; the trainer scored
     the same checkpoint during training. Both must give the same top-1."""
     _, results = study
     cached = [r for r in results["runs"] if not r["finetune"]]
@@ -88,18 +108,32 @@ def test_cached_test_views_give_the_metrics_of_the_videos(study):
     (seen_texts,) = (base / "subtexts-complement-seen").glob("*/subtexts.parquet")
     (unseen_texts,) = (base / "subtexts-complement-unseen").glob("*/subtexts.parquet")
     fields = {f.name for f in dataclasses.fields(RunSpec)}
-    chosen = [r for r in results["runs"] if not r["finetune"] and r["seed"] == 0
-              and r["setting"] == "supervised" and r["epochs"] is None
-              and r["tau"] == 0.01 and r["temporal_layers"] == 0]  # fmt: skip
+    chosen = [
+        r
+        for r in results["runs"]
+        if not r["finetune"]
+        and r["seed"] == 0
+        and r["setting"] == "supervised"
+        and r["epochs"] is None
+        and r["tau"] == 0.01
+        and r["temporal_layers"] == 0
+    ]
     assert {r["mode"] for r in chosen} == set(AGGREGATIONS)
     for record in chosen:
         run_dir = work / "runs" / "pooled" / RunSpec(**{k: record[k] for k in fields}).name
-        for world, texts, cache, key in (("seen", seen_texts, "cache-seen", "top1"),
-                                         ("unseen", unseen_texts, "cache-unseen",
-                                          "zero_shot_top1")):  # fmt: skip
-            common = dict(dataset="list", root=work / "world" / world, subtexts=texts,
-                          device="cpu", workers=0, show_progress=False,
-                          checkpoint="last")  # fmt: skip
+        for world, texts, cache, key in (
+            ("seen", seen_texts, "cache-seen", "top1"),
+            ("unseen", unseen_texts, "cache-unseen", "zero_shot_top1"),
+        ):
+            common = dict(
+                dataset="list",
+                root=work / "world" / world,
+                subtexts=texts,
+                device="cpu",
+                workers=0,
+                show_progress=False,
+                checkpoint="last",
+            )
             from_videos = evaluate_checkpoint(run_dir, **common)
             from_cache = evaluate_checkpoint(run_dir, **common, features=base / cache)
             assert from_videos["top1"] == pytest.approx(record[key]), (record["mode"], world)
@@ -114,7 +148,8 @@ def test_rerun_resumes_without_training_and_report_is_written(study, tmp_path):
     assert checkpoint.stat().st_mtime_ns == before
     strip = ("seconds",)
     assert {k: v for k, v in again.items() if k not in strip} == {
-        k: v for k, v in results.items() if k not in strip}
+        k: v for k, v in results.items() if k not in strip
+    }
     notes = tmp_path / "notes.md"
     notes.write_text("## Findings\n\nhand-written\n")
     readme = write_report(results, tmp_path / "docs", notes)
@@ -127,6 +162,10 @@ def test_rerun_resumes_without_training_and_report_is_written(study, tmp_path):
 
 
 def test_cli_refuses_bad_seeds():
-    done = subprocess.run([sys.executable, "-m", "trainer", "study", "--seeds", "a,b"], cwd=REPO,
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer", "study", "--seeds", "a,b"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode != 0 and "--seeds must be comma-separated integers" in done.stderr

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from storyboard_common.errors import UserError
+from testkit.videos import frame_level, write_corrupt, write_video
 from trainer.data.sampling import clip_indices, interval_frames, segment_indices
 from trainer.data.transforms import (
     CLIP_MEAN,
@@ -22,8 +23,6 @@ from trainer.data.video import (
     short_side_size,
     video_info,
 )
-
-from .videos import frame_level, write_corrupt, write_video
 
 # --- video -----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from storyboard_common.errors import UserError
 from subtext_gen.artifacts import ArtifactMeta, SubtextArtifact
 from trainer.data.transforms import normalise_clips
-from trainer.model.aggregation import MODES, ClassText
+from trainer.model.aggregation import AGGREGATIONS, ClassText
 from trainer.model.temporal import TemporalTransformer
 from trainer.model.video_clip import (
     VideoCLIP,
@@ -78,7 +78,7 @@ def loss_of(out):
     return F.cross_entropy(out["logits"], torch.tensor([0, 2]))
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", AGGREGATIONS)
 def test_forward_every_aggregation(clip, clips, mode):
     model, text = build(clip, aggregation=mode)
     assert isinstance(text, ClassText) and text.num_classes == C
@@ -157,8 +157,9 @@ def test_frozen_visual_gets_no_gradient_and_stays_in_eval(clip, clips):
 def test_grad_checkpointing_gives_same_logits_and_gradients(clip, clips):
     plain, text = build(clip, aggregation="coarse+fine", temporal_layers=1)
     other = dataclasses.replace(clip, model=copy.deepcopy(clip.model))
-    checkpointed, _ = build(other, aggregation="coarse+fine", temporal_layers=1,
-                            grad_checkpointing=True)  # fmt: skip
+    checkpointed, _ = build(
+        other, aggregation="coarse+fine", temporal_layers=1, grad_checkpointing=True
+    )
     checkpointed.load_state_dict(plain.state_dict())
     assert checkpointed.visual.transformer.grad_checkpointing
     assert not plain.visual.transformer.grad_checkpointing

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from subtext_gen.llm.files import read_description_sets
-from trainer import world as W
 from trainer.data.layouts import load_split
 from trainer.data.video import open_video, read_frames
+from trainer.storyworld import world as W
 
 SMALL = dict(videos_per_class_train=2, videos_per_class_test=2, unseen_videos_per_class_train=1)
 
@@ -63,8 +63,10 @@ def test_layout_the_trainer_reads(default_world_dir):
     assert meta["seed"] == 0 and meta["settings"]["frames"] == 24
     assert meta["settings"]["version"] == W.FORMAT_VERSION == 3
     assert [c["name"] for c in meta["seen"]] == [c.name for c in world.seen]
-    assert meta["order_only_pairs"] == [["hop then duck", "duck then hop"],
-                                        ["grow then blush", "blush then grow"]]  # fmt: skip
+    assert meta["order_only_pairs"] == [
+        ["hop then duck", "duck then hop"],
+        ["grow then blush", "blush then grow"],
+    ]
 
 
 def test_class_names_use_the_words_the_clip_is_shown():
@@ -181,8 +183,12 @@ def test_every_single_frame_shows_its_action(seed):
         assert _actor(frame).sum() > 2.5 * area
     for frame in by_key["shrink"]:
         assert _actor(frame).sum() < 0.4 * area
-    props = {"red": ((225, 30, 30), 25), "wave": (W._FLAG, 10), "carry": (W._BOX, 30),
-             "ball": (W._BALL, 20)}  # fmt: skip
+    props = {
+        "red": ((225, 30, 30), 25),
+        "wave": (W._FLAG, 10),
+        "carry": (W._BOX, 30),
+        "ball": (W._BALL, 20),
+    }
     for key, (colour, least) in props.items():
         for frame in by_key[key]:
             assert _count(frame, colour) >= least, key
@@ -191,8 +197,12 @@ def test_every_single_frame_shows_its_action(seed):
 
 
 def test_deterministic_and_idempotent(tmp_path):
-    small = dict(videos_per_class_train=1, videos_per_class_test=1, frames=16,
-                 unseen_videos_per_class_train=1)
+    small = dict(
+        videos_per_class_train=1,
+        videos_per_class_test=1,
+        frames=16,
+        unseen_videos_per_class_train=1,
+    )
     a = W.write_world(tmp_path / "a", seed=3, **small)
     b = W.write_world(tmp_path / "b", seed=3, **small)
     c = W.write_world(tmp_path / "c", seed=4, **small)

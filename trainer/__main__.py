@@ -13,6 +13,8 @@ from rich.table import Table
 
 from storyboard_common.errors import UserError, run_cli
 
+from .storyworld import WORLD_CLIP
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -132,30 +134,56 @@ def run(
 ) -> None:
     """Train and evaluate (supervised, few-shot), writing a run directory."""
     from .config import resolve_config
-    from .engine import summarise, train
+    from .evaluation import summarise
+    from .loop import train
 
     overrides = {
-        "dataset": dataset, "root": root, "videos": videos, "shots": shots,
-        "fewshot_list": fewshot_list, "split": split, "subtexts": subtexts,
-        "clip_model": clip_model, "clip_pretrained": clip_pretrained, "frames": frames,
-        "epochs": epochs, "batch_size": batch_size, "micro_batch": micro_batch, "lr": lr,
-        "weight_decay": weight_decay, "warmup_epochs": warmup_epochs, "aggregation": aggregation,
-        "temporal_layers": temporal_layers, "attention_heads": heads, "tau_coarse": tau_coarse,
-        "tau_fine": tau_fine, "lam": lam, "freeze_backbone": freeze_backbone,
-        "grad_checkpointing": grad_checkpointing, "amp": amp, "compile": compile,
-        "eval_clips": clips, "eval_crops": crops, "workers": workers, "features": features,
+        "dataset": dataset,
+        "root": root,
+        "videos": videos,
+        "shots": shots,
+        "fewshot_list": fewshot_list,
+        "split": split,
+        "subtexts": subtexts,
+        "clip_model": clip_model,
+        "clip_pretrained": clip_pretrained,
+        "frames": frames,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "micro_batch": micro_batch,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "warmup_epochs": warmup_epochs,
+        "aggregation": aggregation,
+        "temporal_layers": temporal_layers,
+        "attention_heads": heads,
+        "tau_coarse": tau_coarse,
+        "tau_fine": tau_fine,
+        "lam": lam,
+        "freeze_backbone": freeze_backbone,
+        "grad_checkpointing": grad_checkpointing,
+        "amp": amp,
+        "compile": compile,
+        "eval_clips": clips,
+        "eval_crops": crops,
+        "workers": workers,
+        "features": features,
         "eval_every": eval_every,
-        "seed": seed, "device": device, "out": out,
-    }  # fmt: skip
+        "seed": seed,
+        "device": device,
+        "out": out,
+    }
     cfg = resolve_config(preset, overrides)
     if cfg.split == "all" and cfg.dataset in ("hmdb51", "ucf101"):
         from dataclasses import replace
 
-        from .engine import default_run_dir
+        from .paths import default_run_dir
 
         base = cfg.out or default_run_dir(cfg)
-        results = [train(replace(cfg, split=str(k), out=base / f"fold{k}"), resume, not as_json)
-                   for k in (1, 2, 3)]  # fmt: skip
+        results = [
+            train(replace(cfg, split=str(k), out=base / f"fold{k}"), resume, not as_json)
+            for k in (1, 2, 3)
+        ]
         result = summarise(results)
     else:
         result = train(cfg, resume, not as_json)
@@ -190,15 +218,24 @@ def cache_features_command(
     """Encode a fold once with the frozen CLIP visual tower (resumable), for `run
     --freeze-backbone --features DIR` and `eval --features DIR`. Under `torchrun
     --nproc_per_node N` each process encodes its share."""
+    from .cache.build import cache_features
     from .config import resolve_config
-    from .engine import cache_features
 
     overrides = {
-        "dataset": dataset, "root": root, "videos": videos, "split": split,
-        "clip_model": clip_model, "clip_pretrained": clip_pretrained, "frames": frames,
-        "eval_clips": clips, "eval_crops": crops, "seed": seed, "device": device,
-        "batch_size": batch_size, "workers": workers,
-    }  # fmt: skip
+        "dataset": dataset,
+        "root": root,
+        "videos": videos,
+        "split": split,
+        "clip_model": clip_model,
+        "clip_pretrained": clip_pretrained,
+        "frames": frames,
+        "eval_clips": clips,
+        "eval_crops": crops,
+        "seed": seed,
+        "device": device,
+        "batch_size": batch_size,
+        "workers": workers,
+    }
     cfg = resolve_config(preset, overrides)
     summary = cache_features(cfg, out, views, dtype, show_progress=not as_json)
     if not _speaks():
@@ -210,13 +247,16 @@ def cache_features_command(
         console.print(f"{split}: {rows} views encoded, {len(summary['skipped'][split])} unreadable")
         for entry in summary["skipped"][split][:20]:
             console.print(f"  {entry['video_id']}: {entry['reason']}", **_PLAIN)
-    console.print(f"cache: {summary['out']} ({summary['bytes'] / 2**20:.1f} MiB, "
-                  f"{summary['seconds']:.0f} s)", **_PLAIN)  # fmt: skip
+    console.print(
+        f"cache: {summary['out']} ({summary['bytes'] / 2**20:.1f} MiB, {summary['seconds']:.0f} s)",
+        **_PLAIN,
+    )
 
 
 MODEL = typer.Option(
-    ..., help="A run directory (its best, else last checkpoint), a model folder from `trainer "
-    "export`, or hf-hub:ORG/REPO."
+    ...,
+    help="A run directory (its best, else last checkpoint), a model folder from `trainer "
+    "export`, or hf-hub:ORG/REPO.",
 )
 
 
@@ -243,20 +283,32 @@ def evaluate(
     workers: int = typer.Option(4, help="DataLoader workers."),
     last: bool = typer.Option(False, "--last", help="Evaluate the last checkpoint, not the best."),
     features: Path = typer.Option(
-        None, help="Read the test views from this feature cache (cache-features) instead of "
+        None,
+        help="Read the test views from this feature cache (cache-features) instead of "
         "the videos; for runs with a frozen visual tower; one fold (the default --split).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
     """Evaluate a trained run: top-1, top-5, mean class accuracy, mAP (multi-label)."""
-    from .engine import evaluate_checkpoint
+    from .evaluation import evaluate_checkpoint
 
     if zero_shot not in (None, "full", "half", "subsets"):
         raise UserError(f"--zero-shot must be full, half or subsets, not {zero_shot!r}.")
-    result = evaluate_checkpoint(checkpoint, dataset, root, subtexts, zero_shot, split, videos,
-                                 device, workers, show_progress=not as_json,
-                                 checkpoint="last" if last else "best",
-                                 subsets=subsets, features=features)  # fmt: skip
+    result = evaluate_checkpoint(
+        checkpoint,
+        dataset,
+        root,
+        subtexts,
+        zero_shot,
+        split,
+        videos,
+        device,
+        workers,
+        show_progress=not as_json,
+        checkpoint="last" if last else "best",
+        subsets=subsets,
+        features=features,
+    )
     if not as_json and result.get("subsets"):
         _print_subsets(result["subsets"])
         result = {k: v for k, v in result.items() if k != "subsets"}
@@ -294,7 +346,7 @@ def export(
 ) -> None:
     """Write a run as a self-contained model folder (safetensors, config, class texts, model
     card) that `eval` and `predict` load anywhere; publish it with `huggingface-cli upload`."""
-    from .engine import export_run
+    from .runs import export_run
 
     folder = export_run(run_dir, out, checkpoint)
     for path in sorted(folder.iterdir()):
@@ -309,26 +361,37 @@ def pretrain_clip_command(
         "otherwise the built-in storyboard world is written there.",
     ),
     out: Path = typer.Option(Path("artifacts/demo/world-clip.pt"), help="Checkpoint to write."),
-    clip_model: str = typer.Option("data/clip/StoryboardWorld-CLIP.json", help="Model config."),
+    clip_model: str = typer.Option(WORLD_CLIP, help="Model config (the world CLIP's)."),
     epochs: int = typer.Option(20, min=1, help="Epochs over the (frame, caption) pairs."),
     batch_size: int = typer.Option(128, min=1, help="Frames per step."),
     seed: int = typer.Option(0, help="Seed of the world (when written) and of training."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
     force: bool = typer.Option(False, help="Retrain even if the checkpoint exists."),
-    objective: str = typer.Option("pooled", help="pooled (CLIP's own loss) or pooled+tokens "
-                                  "(also Eq. 10's word-token scores)."),  # fmt: skip
+    objective: str = typer.Option(
+        "pooled",
+        help="pooled (CLIP's own loss) or pooled+tokens (also Eq. 10's word-token scores).",
+    ),
 ) -> None:
     """Train a small CLIP on a world's frames and atomic-action captions (loads back with
     --clip-model CONFIG --clip-pretrained CHECKPOINT)."""
-    from .pretrain import log_path, pretrain_clip
-    from .world import write_world
+    from .storyworld.pretrain import log_path, pretrain_clip
+    from .storyworld.world import write_world
 
     if not (world / "atomic_actions.json").is_file():
         world = write_world(world, seed=seed).out_dir
     kept = out.is_file() and not force
-    path = pretrain_clip(world / "seen", world, out, clip_model, epochs=epochs,
-                         batch_size=batch_size, seed=seed, device=device,
-                         force=force, objective=objective)  # fmt: skip
+    path = pretrain_clip(
+        world / "seen",
+        world,
+        out,
+        clip_model,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        force=force,
+        objective=objective,
+    )
     note = " (already there: kept; --force retrains)" if kept else f", log {log_path(path)}"
     console.print(f"checkpoint: {path}{note}")
 
@@ -339,7 +402,7 @@ def demo(
     seed: int = typer.Option(0, help="Seed of the world, the CLIP and every run."),
 ) -> None:
     """A one-seed digest of the study on the built-in storyboard world (`make demo`)."""
-    from .demo import DemoSettings, run_demo
+    from .storyworld.demo import DemoSettings, run_demo
 
     run_demo(DemoSettings(out=out, seed=seed))
 
@@ -347,19 +410,25 @@ def demo(
 @app.command()
 def study(
     work: Path = typer.Option(Path("artifacts/study"), help="Working folder (resumable)."),
-    out: Path = typer.Option(Path("docs/study"), help="Where results.json, README.md and "
-                             "the plots go."),  # fmt: skip
+    out: Path = typer.Option(
+        Path("docs/study"), help="Where results.json, README.md and the plots go."
+    ),
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds of the runs."),
-    notes: Path = typer.Option(Path("docs/study/notes.md"), help="Hand-written design "
-                               "changes and findings, appended to README.md."),  # fmt: skip
-    report_only: bool = typer.Option(False, "--report-only", help="Rewrite README.md and "
-                                     "the plots from OUT/results.json; train nothing."),
+    notes: Path = typer.Option(
+        Path("docs/study/notes.md"),
+        help="Hand-written design changes and findings, appended to README.md.",
+    ),
+    report_only: bool = typer.Option(
+        False,
+        "--report-only",
+        help="Rewrite README.md and the plots from OUT/results.json; train nothing.",
+    ),
 ) -> None:
     """Every aggregation mode on the storyboard world over seeds, with references (`make
     study`); rerun to resume."""
     from dataclasses import replace
 
-    from .study import StudyDesign, read_results, run_study, write_report
+    from .storyworld.study import StudyDesign, read_results, run_study, write_report
 
     if report_only:
         console.print(f"report: {write_report(read_results(out), out, notes)}")
@@ -383,8 +452,14 @@ def _print_subsets(rows: list[dict]) -> None:
         if column != "fold" or any("fold" in r for r in rows):
             table.add_column(column, justify="left" if column == "file" else "right")
     for r in rows:
-        cells = [r["file"], *([str(r["fold"])] if "fold" in r else []), str(r["classes"]),
-                 str(r["n"]), f"{r['top1']:.4f}", f"{r['top5']:.4f}"]  # fmt: skip
+        cells = [
+            r["file"],
+            *([str(r["fold"])] if "fold" in r else []),
+            str(r["classes"]),
+            str(r["n"]),
+            f"{r['top1']:.4f}",
+            f"{r['top5']:.4f}",
+        ]
         table.add_row(*cells)
     console.print(table)
 

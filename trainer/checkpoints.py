@@ -44,8 +44,12 @@ CARD_FILE = "README.md"
 HUB_PREFIX = "hf-hub:"
 HUB_FILES = ["*.json", "*.safetensors", "*.parquet", "*.md"]  # what a download fetches
 # Types a checkpoint may hold besides tensors and plain data: paths (settings of older runs).
-_ALLOWED_GLOBALS = [pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath,
-                    pathlib.PureWindowsPath]  # fmt: skip
+_ALLOWED_GLOBALS = [
+    pathlib.PosixPath,
+    pathlib.WindowsPath,
+    pathlib.PurePosixPath,
+    pathlib.PureWindowsPath,
+]
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -90,9 +94,13 @@ def is_export(path: Path) -> bool:
 
 
 def write_export(
-    out: Path, weights: dict[str, torch.Tensor], config: dict, clip_config: dict,
-    subtexts: Path, card: str,
-) -> Path:  # fmt: skip
+    out: Path,
+    weights: dict[str, torch.Tensor],
+    config: dict,
+    clip_config: dict,
+    subtexts: Path,
+    card: str,
+) -> Path:
     """Write an exported model folder (see the module doc); -> `out`."""
     from safetensors.torch import save as save_safetensors
 
@@ -100,8 +108,9 @@ def write_export(
     if out.exists() and any(out.iterdir()) and not is_export(out):
         raise UserError(f"--out {out} is not empty and not an exported model: pass a new folder.")
     tensors = {name: t.detach().cpu().contiguous() for name, t in weights.items()}
-    atomic_write(out / WEIGHTS_FILE,
-                 lambda fh: fh.write(save_safetensors(tensors, {"format": "pt"})))  # fmt: skip
+    atomic_write(
+        out / WEIGHTS_FILE, lambda fh: fh.write(save_safetensors(tensors, {"format": "pt"}))
+    )
     atomic_write_text(out / config["clip"]["config_file"], json.dumps(clip_config, indent=2) + "\n")
     atomic_write(out / SUBTEXTS_FILE, lambda fh: fh.write(Path(subtexts).read_bytes()))
     atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
@@ -122,11 +131,15 @@ def read_export(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
             f"{directory / CONFIG_FILE} cannot be read ({first_line(exc, 100)})."
         ) from exc
     if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
-        raise UserError(f"{directory / CONFIG_FILE} is not a Storyboard model config "
-                        f"(format {EXPORT_FORMAT!r}).")  # fmt: skip
+        raise UserError(
+            f"{directory / CONFIG_FILE} is not a Storyboard model config "
+            f"(format {EXPORT_FORMAT!r})."
+        )
     if config.get("version", 0) > EXPORT_VERSION:
-        raise UserError(f"{directory} was exported by a newer Storyboard (format version "
-                        f"{config['version']}); update this one.")  # fmt: skip
+        raise UserError(
+            f"{directory} was exported by a newer Storyboard (format version "
+            f"{config['version']}); update this one."
+        )
     try:
         weights = load_file(directory / WEIGHTS_FILE)
     except (OSError, SafetensorError) as exc:
@@ -142,7 +155,7 @@ def hub_snapshot(source: str) -> Path:
     the Hugging Face cache."""
     from huggingface_hub import snapshot_download
 
-    repo, _, revision = source[len(HUB_PREFIX):].partition("@")
+    repo, _, revision = source[len(HUB_PREFIX) :].partition("@")
     try:
         folder = snapshot_download(repo, revision=revision or None, allow_patterns=HUB_FILES)
     except Exception as exc:  # offline and not cached, no such repo, no network, ...
@@ -152,10 +165,11 @@ def hub_snapshot(source: str) -> Path:
             "(`huggingface-cli download ORG/REPO`) or pass the model folder."
         ) from exc
     if not is_export(Path(folder)):
-        raise UserError(f"{source} holds no {WEIGHTS_FILE} and {CONFIG_FILE}: not a Storyboard "
-                        "model exported with `trainer export`.")  # fmt: skip
+        raise UserError(
+            f"{source} holds no {WEIGHTS_FILE} and {CONFIG_FILE}: not a Storyboard "
+            "model exported with `trainer export`."
+        )
     return Path(folder)
-
 
 
 def subtext_source(subtexts: Path) -> dict:
@@ -165,9 +179,14 @@ def subtext_source(subtexts: Path) -> dict:
 
     subtexts = Path(subtexts)
     meta = read_subtexts(subtexts).meta
-    source = {"n_subtexts": meta.n_subtexts, "template": meta.template, "alpha": meta.alpha,
-              "beta": meta.beta, "fallback_classes": list(meta.fallback_classes),
-              "llms": None}  # fmt: skip
+    source = {
+        "n_subtexts": meta.n_subtexts,
+        "template": meta.template,
+        "alpha": meta.alpha,
+        "beta": meta.beta,
+        "fallback_classes": list(meta.fallback_classes),
+        "llms": None,
+    }
     candidates = subtexts.parent.parent  # artifacts/<dataset>/<clip-tag>/subtexts.parquet
     if (subtexts.parent / TPP_FILE).is_file() and (candidates / "candidates.parquet").is_file():
         with contextlib.suppress(UserError):  # the card says "not recorded" instead
@@ -176,24 +195,35 @@ def subtext_source(subtexts: Path) -> dict:
 
 
 def _metrics_rows(metrics: dict | None) -> list[str]:
-    names = {"top1": "top-1", "top5": "top-5", "mean_class_acc": "mean class accuracy",
-             "map": "mAP", "n": "test videos"}  # fmt: skip
+    names = {
+        "top1": "top-1",
+        "top5": "top-5",
+        "mean_class_acc": "mean class accuracy",
+        "map": "mAP",
+        "n": "test videos",
+    }
     rows = []
     for key, name in names.items():
         value = (metrics or {}).get(key)
         if value is not None:
-            rows.append(f"| {name} | {value:.4f} |" if isinstance(value, float)
-                        else f"| {name} | {value} |")  # fmt: skip
+            rows.append(
+                f"| {name} | {value:.4f} |" if isinstance(value, float) else f"| {name} | {value} |"
+            )
     return rows or ["| (not evaluated) | |"]
 
 
 def model_card(config: dict) -> str:
     """The exported folder's README.md: Hub metadata, data and protocol, results, sub-text
     source, model, and how to load it."""
-    run, arch, clip, texts = (config["training"], config["architecture"], config["clip"],
-                              config["subtexts"])  # fmt: skip
+    run, arch, clip, texts = (
+        config["training"],
+        config["architecture"],
+        config["clip"],
+        config["subtexts"],
+    )
     protocol = (f"{run['shots']}-shot" if run.get("shots") else "supervised") + (
-        f", split {run['split']}" if config["dataset"] in ("hmdb51", "ucf101") else "")
+        f", split {run['split']}" if config["dataset"] in ("hmdb51", "ucf101") else ""
+    )
     llms = "not recorded (the candidates were not beside the artifact)"
     if texts["llms"]:
         llms = ", ".join(f"{name} ({count} classes)" for name, count in texts["llms"].items())
@@ -253,7 +283,7 @@ def model_card(config: dict) -> str:
         "```",
         "",
         "Another dataset's classes take `--subtexts` (its `subtexts.parquet`, scored with the "
-        "same CLIP). In Python: `trainer.engine.load_run(\"hf-hub:ORG/REPO\")` gives the model "
+        'same CLIP). In Python: `trainer.runs.load_run("hf-hub:ORG/REPO")` gives the model '
         "and its class texts. The folder holds no pickle: weights are safetensors.",
         "",
     ]

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from storyboard_common.errors import UserError
 
-AGGREGATIONS = ("mean", "global", "coarse", "fine", "coarse+fine")
+from .model.aggregation import AGGREGATIONS
+
 AMP_MODES = ("bf16", "fp16", "none")
 
 
@@ -72,10 +73,15 @@ class RunConfig:
         """A config from its JSON form (config.json, a checkpoint): paths come back as paths;
         keys that are not settings (from other versions) are ignored."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        return cls(**{
-            name: Path(value) if value is not None and "Path" in str(fields[name].type) else value
-            for name, value in values.items() if name in fields
-        })  # fmt: skip
+        return cls(
+            **{
+                name: Path(value)
+                if value is not None and "Path" in str(fields[name].type)
+                else value
+                for name, value in values.items()
+                if name in fields
+            }
+        )
 
     def __post_init__(self) -> None:
         if self.aggregation not in AGGREGATIONS:
@@ -106,17 +112,21 @@ class RunConfig:
     def _check_ranges(self) -> None:
         """Numbers outside their meaning are refused here, not found later as a NaN loss,
         an optimiser traceback or a flag silently read as its default."""
-        at_least = {"--micro-batch": (self.micro_batch, 1), "--clips": (self.eval_clips, 1),
-                    "--temporal-layers": (self.temporal_layers, 0), "--heads":
-                    (self.attention_heads, 1), "--workers": (self.workers, 0),
-                    "--weight-decay": (self.weight_decay, 0), "--warmup-epochs":
-                    (self.warmup_epochs, 0), "--lambda": (self.lam, 0),
-                    "backbone_lr_scale": (self.backbone_lr_scale, 0)}  # fmt: skip
+        at_least = {
+            "--micro-batch": (self.micro_batch, 1),
+            "--clips": (self.eval_clips, 1),
+            "--temporal-layers": (self.temporal_layers, 0),
+            "--heads": (self.attention_heads, 1),
+            "--workers": (self.workers, 0),
+            "--weight-decay": (self.weight_decay, 0),
+            "--warmup-epochs": (self.warmup_epochs, 0),
+            "--lambda": (self.lam, 0),
+            "backbone_lr_scale": (self.backbone_lr_scale, 0),
+        }
         for flag, (value, least) in at_least.items():
             if value is not None and not value >= least:
                 raise UserError(f"{flag} must be at least {least}, not {value}.")
-        above_zero = {"--lr": self.lr, "--tau-coarse": self.tau_coarse,
-                      "--tau-fine": self.tau_fine}  # fmt: skip
+        above_zero = {"--lr": self.lr, "--tau-coarse": self.tau_coarse, "--tau-fine": self.tau_fine}
         for flag, value in above_zero.items():
             if not (value > 0 and math.isfinite(value)):
                 raise UserError(f"{flag} must be a positive number, not {value}.")
@@ -140,8 +150,12 @@ RESUME_MAY_CHANGE: dict[str, str] = {
 }
 
 # CLI flag of each RunConfig field whose flag is not `--` + the name with dashes.
-FLAGS = {"attention_heads": "--heads", "lam": "--lambda", "eval_clips": "--clips",
-         "eval_crops": "--crops"}  # fmt: skip
+FLAGS = {
+    "attention_heads": "--heads",
+    "lam": "--lambda",
+    "eval_clips": "--clips",
+    "eval_crops": "--crops",
+}
 
 
 def flag_name(field_name: str) -> str:
@@ -171,19 +185,64 @@ def _shown(value) -> str:
 
 PRESETS: dict[str, dict] = {
     # Supervised Kinetics-400 (BIKE k400_train_rgb_vitb-16-f8: 32 per GPU x 8 GPUs).
-    "k400": dict(dataset="k400", frames=8, epochs=30, batch_size=256, lr=5e-5,
-                 warmup_epochs=5, eval_clips=4, eval_crops=3, temporal_layers=6),
+    "k400": dict(
+        dataset="k400",
+        frames=8,
+        epochs=30,
+        batch_size=256,
+        lr=5e-5,
+        warmup_epochs=5,
+        eval_clips=4,
+        eval_crops=3,
+        temporal_layers=6,
+    ),
     # Few-shot, K = 2 (BIKE hmdb_few_shot / ucf_few_shot / k400_few_shot).
-    "hmdb51-2shot": dict(dataset="hmdb51", shots=2, frames=8, epochs=20, batch_size=32,
-                         lr=5e-5, warmup_epochs=5, eval_clips=1, eval_crops=1),
-    "ucf101-2shot": dict(dataset="ucf101", shots=2, frames=8, epochs=20, batch_size=32,
-                         lr=5e-5, warmup_epochs=5, eval_clips=1, eval_crops=1),
-    "k400-2shot": dict(dataset="k400", shots=2, frames=8, epochs=20, batch_size=32,
-                       lr=5e-5, warmup_epochs=5, eval_clips=1, eval_crops=1),
+    "hmdb51-2shot": dict(
+        dataset="hmdb51",
+        shots=2,
+        frames=8,
+        epochs=20,
+        batch_size=32,
+        lr=5e-5,
+        warmup_epochs=5,
+        eval_clips=1,
+        eval_crops=1,
+    ),
+    "ucf101-2shot": dict(
+        dataset="ucf101",
+        shots=2,
+        frames=8,
+        epochs=20,
+        batch_size=32,
+        lr=5e-5,
+        warmup_epochs=5,
+        eval_clips=1,
+        eval_crops=1,
+    ),
+    "k400-2shot": dict(
+        dataset="k400",
+        shots=2,
+        frames=8,
+        epochs=20,
+        batch_size=32,
+        lr=5e-5,
+        warmup_epochs=5,
+        eval_clips=1,
+        eval_crops=1,
+    ),
     # Multi-label Charades (BIKE charades_k400_finetune: 16 frames, 20 epochs, mAP).
-    "charades": dict(dataset="charades", frames=16, epochs=20, batch_size=256, lr=5e-5,
-                     warmup_epochs=5, eval_clips=1, eval_crops=1, charades_instances=True),
-}  # fmt: skip
+    "charades": dict(
+        dataset="charades",
+        frames=16,
+        epochs=20,
+        batch_size=256,
+        lr=5e-5,
+        warmup_epochs=5,
+        eval_clips=1,
+        eval_crops=1,
+        charades_instances=True,
+    ),
+}
 
 
 def resolve_config(preset: str | None, overrides: dict) -> RunConfig:

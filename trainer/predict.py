@@ -14,12 +14,13 @@ import numpy as np
 import torch
 
 from storyboard_common.errors import UserError
+from storyboard_common.files import atomic_savefig
 
 from .data.sampling import clip_indices
 from .data.transforms import eval_transform
 from .data.video import VideoError, open_video, read_frames
-from .engine import load_run
 from .model.aggregation import subtext_frame_similarity
+from .runs import load_run
 
 
 @dataclass(frozen=True)
@@ -106,5 +107,5 @@ def plot_prediction(pred: Prediction, path: Path) -> Path:
     """`prediction_figure` saved as a PNG at `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    prediction_figure(pred).savefig(path, dpi=110)
+    atomic_savefig(prediction_figure(pred), path, dpi=110)
     return path

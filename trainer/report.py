@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from storyboard_common.files import atomic_savefig, atomic_write_text
+
 from .metrics import confusion_matrix
 
 
@@ -35,7 +37,7 @@ def _curves(log: list[dict], path: Path) -> None:
     axes[1].plot([x["epoch"] for x in evals], [x[key] for x in evals], marker="o", color="C1")
     axes[1].set(xlabel="epoch", ylabel=key, title=f"test {key}", ylim=(0, 1))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -46,7 +48,7 @@ def _per_class(frame: pd.DataFrame, path: Path) -> None:
     ax.set_xticks(range(len(frame)), frame["class_name"], rotation=90, fontsize=7)
     ax.set(ylabel="top-1", ylim=(0, 1), title="per-class accuracy")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -61,7 +63,7 @@ def _confusion(matrix: np.ndarray, names: list[str], path: Path) -> None:
     ax.set(xlabel="predicted", ylabel="true", title="confusion (row-normalised)")
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -79,15 +81,21 @@ def write_report(run_dir: Path) -> Path:
     log = read_metrics(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     lines = [f"# Run `{run_dir.name}`", ""]
-    lines += [f"- dataset `{config['dataset']}`, split `{config['split']}`, shots "
-              f"`{config['shots']}`, aggregation `{config['aggregation']}`, seed "
-              f"`{config['seed']}`, CLIP `{config['clip_model']}` / "
-              f"`{config['clip_pretrained']}`", ""]  # fmt: skip
+    lines += [
+        f"- dataset `{config['dataset']}`, split `{config['split']}`, shots "
+        f"`{config['shots']}`, aggregation `{config['aggregation']}`, seed "
+        f"`{config['seed']}`, CLIP `{config['clip_model']}` / "
+        f"`{config['clip_pretrained']}`",
+        "",
+    ]
     evals = [x for x in log if "top1" in x]
     if evals:
         best = max(evals, key=lambda x: x["map"] if x.get("map") is not None else x["top1"])
-        figures = ", ".join(f"{k} {best[k]:.4f}" for k in ("top1", "top5", "mean_class_acc",
-                            "map") if isinstance(best.get(k), float))  # fmt: skip
+        figures = ", ".join(
+            f"{k} {best[k]:.4f}"
+            for k in ("top1", "top5", "mean_class_acc", "map")
+            if isinstance(best.get(k), float)
+        )
         lines += [f"Best evaluation (epoch {best['epoch']}): {figures}.", ""]
     _curves(log, run_dir / "curves.png")
     lines += ["![loss and accuracy](curves.png)", ""]
@@ -99,10 +107,9 @@ def write_report(run_dir: Path) -> Path:
         lines += ["![per-class accuracy](per_class.png)", ""]
         if predictions.exists():
             pred = pd.read_parquet(predictions)
-            matrix = confusion_matrix(pred["pred"].to_numpy(), pred["label"].to_numpy(),
-                                      len(frame))  # fmt: skip
+            matrix = confusion_matrix(pred["pred"].to_numpy(), pred["label"].to_numpy(), len(frame))
             _confusion(matrix, frame["class_name"].tolist(), run_dir / "confusion.png")
             lines += ["![confusion matrix](confusion.png)", ""]
     path = run_dir / "report.md"
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path

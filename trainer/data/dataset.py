@@ -3,7 +3,7 @@
 Training: one clip per video (TSN random frames, random crop). Evaluation: every video
 gives `clips x crops` views decoded with one `get_batch`; collate flattens them so a batch
 is always `[B, T, 3, H, W]` with a view index per row, and the trainer averages the views
-of a video. A feature cache (`trainer/features.py`) gives the same batches with frame
+of a video. A feature cache (`trainer/cache/`) gives the same batches with frame
 features `[B, T, D]` under "features" in place of "frames". A video that cannot be read
 is skipped and reported in the batch, never fatal.
 
@@ -153,8 +153,13 @@ def collate_clips(samples: Sequence[dict | Skipped], input_key: str = "frames") 
     good = [s for s in samples if not isinstance(s, Skipped)]
     skipped = [s for s in samples if isinstance(s, Skipped)]
     if not good:
-        return {input_key: torch.empty(0), "labels": torch.empty(0), "video_ids": [],
-                "views": torch.empty(0, dtype=torch.long), "skipped": skipped}  # fmt: skip
+        return {
+            input_key: torch.empty(0),
+            "labels": torch.empty(0),
+            "video_ids": [],
+            "views": torch.empty(0, dtype=torch.long),
+            "skipped": skipped,
+        }
     inputs = torch.cat([s[input_key] for s in good])
     counts = [len(s[input_key]) for s in good]
     labels = torch.stack([s["label"] for s in good]).repeat_interleave(torch.tensor(counts), 0)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODES = ("mean", "global", "coarse", "fine", "coarse+fine")
+AGGREGATIONS = ("mean", "global", "coarse", "fine", "coarse+fine")
 
 # CLIP's log logit scale before pre-training (log(1/0.07)); a trained CLIP's is larger
 # (OpenAI's is log(100)), and the head starts from the loaded CLIP's own where it has one.
@@ -252,8 +252,12 @@ class ClassText:
 
     def subset(self, class_ids: torch.Tensor) -> ClassText:
         """The given classes only, in that order (zero-shot on half of the label set)."""
-        return ClassText(**{f.name: getattr(self, f.name)[class_ids.to(self.global_emb.device)]
-                            for f in fields(self)})  # fmt: skip
+        return ClassText(
+            **{
+                f.name: getattr(self, f.name)[class_ids.to(self.global_emb.device)]
+                for f in fields(self)
+            }
+        )
 
     @property
     def num_classes(self) -> int:
@@ -288,8 +292,10 @@ class StoryboardHead(nn.Module):
         logit_scale: float = UNTRAINED_LOG_LOGIT_SCALE,
     ):
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"unknown aggregation {mode!r}; choose one of {', '.join(MODES)}.")
+        if mode not in AGGREGATIONS:
+            raise ValueError(
+                f"unknown aggregation {mode!r}; choose one of {', '.join(AGGREGATIONS)}."
+            )
         self.mode = mode
         self.tau_coarse = tau_coarse
         self.tau_fine = tau_fine

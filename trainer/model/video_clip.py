@@ -17,9 +17,10 @@ from torch import nn
 from storyboard_common.errors import UserError
 from subtext_gen.artifacts import ArtifactMeta, SubtextArtifact
 from subtext_gen.clip_text import LoadedClip
-from trainer.data.transforms import normalise_clips
-from trainer.model.aggregation import UNTRAINED_LOG_LOGIT_SCALE, ClassText, StoryboardHead
-from trainer.model.temporal import TemporalTransformer
+
+from ..data.transforms import normalise_clips
+from ..model.aggregation import UNTRAINED_LOG_LOGIT_SCALE, ClassText, StoryboardHead
+from ..model.temporal import TemporalTransformer
 
 NO_DECAY_NAMES = ("position", "embedding", "logit_scale")
 
@@ -32,7 +33,7 @@ class VideoCLIP(nn.Module):
     visual tower gets no gradient, runs under `no_grad` and stays in eval mode (BatchNorm
     statistics, dropout) even when the model is put in train mode; its per-frame output
     (`encode_frames`) is then a fixed function of the clip, which is what the feature cache
-    stores (`trainer/features.py`) and `forward` accepts in place of clips.
+    stores (`trainer/cache/`) and `forward` accepts in place of clips.
     """
 
     def __init__(
@@ -84,7 +85,7 @@ class VideoCLIP(nn.Module):
     def forward(self, inputs: torch.Tensor, text: ClassText) -> dict[str, torch.Tensor | None]:
         """Clips [B, T, 3, H, W], or their frame embeddings [B, T, D] from a feature cache
         -> `forward_features`. One entry point for both, so that DDP (which hooks `forward`)
-        and the engine's one training loop serve cached runs too."""
+        and the one training loop (`trainer/loop.py`) serve cached runs too."""
         if inputs.ndim == 3:
             return self.forward_features(inputs, text)
         return self.forward_features(self.encode_frames(inputs), text)

@@ -52,8 +52,15 @@ def absent_annotation(dataset: str, root: Path, split: str, fold: int | None) ->
     (relative to `root`, e.g. "test.csv"). Files every split needs (class lists) are not
     looked at here: without them loading any split names them."""
     name = _dataset(dataset)
-    module = {"hmdb51": hmdb51, "ucf101": ucf101, "k400": kinetics, "k600": kinetics,
-              "ssv2": ssv2, "charades": charades, "list": generic}.get(name)  # fmt: skip
+    module = {
+        "hmdb51": hmdb51,
+        "ucf101": ucf101,
+        "k400": kinetics,
+        "k600": kinetics,
+        "ssv2": ssv2,
+        "charades": charades,
+        "list": generic,
+    }.get(name)
     return None if module is None else module.absent(Path(root).expanduser(), split, fold)
 
 

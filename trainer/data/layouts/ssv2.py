@@ -176,8 +176,10 @@ def _video_dirs(root: Path, videos: Path | str | None) -> list[Path]:
     if videos is not None:
         base = absolute(videos)
         if not base.is_dir():
-            raise UserError(f"{LABEL} video folder not found: {base}; --videos must hold the "
-                            f"<id>.webm files (or {_FOLDERS}).")  # fmt: skip
+            raise UserError(
+                f"{LABEL} video folder not found: {base}; --videos must hold the "
+                f"<id>.webm files (or {_FOLDERS})."
+            )
         inner = base / VIDEO_DIRS[0]
         return [base, inner] if inner.is_dir() else [base]
     found = [root / d for d in VIDEO_DIRS if (root / d).is_dir()]

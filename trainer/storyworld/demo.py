@@ -1,5 +1,5 @@
-"""`make demo`: a one-seed digest of the study (`trainer/study.py`) on the storyboard world,
-on a CPU, with no dataset and no pretrained weights.
+"""`make demo`: a one-seed digest of the study (`trainer/storyworld/study.py`) on the
+storyboard world, on a CPU, with no dataset and no pretrained weights.
 
 Steps: write the world's videos, pre-train its CLIP with the token-level objective, keep
 the best shipped sub-text set per class by TPP, cache the frozen frame features, train
@@ -19,8 +19,8 @@ from rich.table import Table
 
 from storyboard_common.files import atomic_write_text
 
+from ..predict import plot_prediction, predict_video
 from . import analysis
-from .predict import plot_prediction, predict_video
 from .study import DEMO_DESIGN, RunSpec, run_study
 
 
@@ -33,8 +33,12 @@ class DemoSettings:
 
 def run_demo(settings: DemoSettings = DemoSettings()) -> dict:
     console = Console()
-    design = replace(DEMO_DESIGN, seeds=(settings.seed,), world_seed=settings.seed,
-                     objectives=(settings.objective,))  # fmt: skip
+    design = replace(
+        DEMO_DESIGN,
+        seeds=(settings.seed,),
+        world_seed=settings.seed,
+        objectives=(settings.objective,),
+    )
     out = settings.out
     results = run_study(design, out, console)
     atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
@@ -45,13 +49,14 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> dict:
     test_video = sorted((out / "world" / "seen" / "videos").rglob("*_test_*.mp4"))[-1]
     prediction = predict_video(run_dir, test_video, device="cpu")
     plot = plot_prediction(prediction, out / "prediction.png")
-    console.print(f"{test_video.name}: " +
-                  ", ".join(f"{n} {p:.2f}" for n, p in prediction.top[:3]))  # fmt: skip
+    console.print(f"{test_video.name}: " + ", ".join(f"{n} {p:.2f}" for n, p in prediction.top[:3]))
 
     seen = len(results["classes"]["seen"]) * results["test_videos_per_class"]
     unseen = len(results["classes"]["unseen"]) * results["test_videos_per_class"]
-    table = Table(title=f"top-1 after the last epoch on the storyboard world (seed "
-                        f"{settings.seed}; [95% interval over the test videos])")  # fmt: skip
+    table = Table(
+        title=f"top-1 after the last epoch on the storyboard world (seed "
+        f"{settings.seed}; [95% interval over the test videos])"
+    )
     for col in ("aggregation", "2-shot (seen)", "supervised (seen)", "zero-shot (unseen)"):
         table.add_column(col, justify="right")
     for mode, cells in results["top1"][objective].items():
@@ -63,10 +68,12 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> dict:
         table.add_row(mode, *row)
     console.print(table)
     probe = results["linear_probe"][objective]["test"]
-    console.print(f"references: linear probe on mean-pooled frames {probe:.3f}; frozen "
-                  f"zero-shot (class texts) seen "
-                  f"{results['zero_shot_class_texts'][objective]['seen']:.3f}; chance "
-                  f"{results['chance']['seen']:.3f} seen, {results['chance']['unseen']:.3f} "
-                  "unseen")  # fmt: skip
+    console.print(
+        f"references: linear probe on mean-pooled frames {probe:.3f}; frozen "
+        f"zero-shot (class texts) seen "
+        f"{results['zero_shot_class_texts'][objective]['seen']:.3f}; chance "
+        f"{results['chance']['seen']:.3f} seen, {results['chance']['unseen']:.3f} "
+        "unseen"
+    )
     console.print(f"outputs: {out}/results.json, {plot}; the full study: `make study`")
     return results

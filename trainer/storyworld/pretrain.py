@@ -45,15 +45,15 @@ from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write_text
 from subtext_gen.artifacts import pad_tokens
 from subtext_gen.clip_text import LoadedClip, encode_texts, load_clip, token_states
-from subtext_gen.resources import data_path
 
-from .checkpoints import atomic_save
-from .data.transforms import normalise_clips
-from .data.video import open_video, read_frames
-from .engine import progress_bar
-from .model.aggregation import subtext_frame_similarity
+from ..checkpoints import atomic_save
+from ..data.transforms import normalise_clips
+from ..data.video import open_video, read_frames
+from ..model.aggregation import subtext_frame_similarity
+from ..progress import progress_bar
+from ..schedule import make_optimizer, make_scheduler
+from . import WORLD_CLIP
 
-DEFAULT_CLIP_MODEL = str(data_path("clip", "StoryboardWorld-CLIP.json"))
 MAX_TEXT_PER_STEP = 256  # more captions than this: each step encodes only the batch's own
 OBJECTIVES = ("pooled", "pooled+tokens")
 
@@ -233,25 +233,11 @@ def log_path(out: Path) -> Path:
     return Path(out).with_suffix(".json")
 
 
-def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        small = param.ndim < 2 or "embedding" in name or "logit_scale" in name
-        (no_decay if small else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
-
-
 def pretrain_clip(
     world_dataset: Path,
     world_root: Path,
     out: Path,
-    clip_model: str = DEFAULT_CLIP_MODEL,
+    clip_model: str = WORLD_CLIP,
     epochs: int = 20,
     batch_size: int = 128,
     lr: float = 1e-3,
@@ -295,16 +281,9 @@ def pretrain_clip(
     total = steps_per_epoch * epochs
     if max_steps is not None:
         total = min(total, max_steps)
-    optimizer = _optimizer(model, lr, weight_decay)
-    warmup = min(warmup_steps, max(1, total // 5))
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * progress))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    # CLIP's own AdamW settings; no decay on biases, norms, embeddings and the logit scale.
+    optimizer = make_optimizer(model, lr, weight_decay=weight_decay, betas=(0.9, 0.98), eps=1e-6)
+    scheduler = make_scheduler(optimizer, total, min(warmup_steps, max(1, total // 5)))
     generator = torch.Generator().manual_seed(seed)
     step_losses: list[float] = []
     epoch_losses: list[float] = []
@@ -389,7 +368,7 @@ def evaluate_frame_accuracy(
     checkpoint: Path | str,
     world_dataset: Path,
     world_root: Path,
-    clip_model: str = DEFAULT_CLIP_MODEL,
+    clip_model: str = WORLD_CLIP,
     split: str = "train.txt",
     frame_stride: int = 1,
     frame_offset: int = 0,
@@ -400,15 +379,25 @@ def evaluate_frame_accuracy(
     """The fraction of the split's frames whose nearest caption (among all the world's
     atomic actions, compared `by` one of CAPTION_FEATURES) is the one of the action they
     show, with `checkpoint` loaded through `load_clip` as `--clip-pretrained` would load it."""
-    return frame_accuracies(checkpoint, world_dataset, world_root, clip_model, split,
-                            frame_stride, frame_offset, device, batch_size, (by,))[by]  # fmt: skip
+    return frame_accuracies(
+        checkpoint,
+        world_dataset,
+        world_root,
+        clip_model,
+        split,
+        frame_stride,
+        frame_offset,
+        device,
+        batch_size,
+        (by,),
+    )[by]
 
 
 def frame_accuracies(
     checkpoint: Path | str,
     world_dataset: Path,
     world_root: Path,
-    clip_model: str = DEFAULT_CLIP_MODEL,
+    clip_model: str = WORLD_CLIP,
     split: str = "train.txt",
     frame_stride: int = 1,
     frame_offset: int = 0,

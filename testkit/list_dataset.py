@@ -7,13 +7,18 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from .videos import write_video
+from testkit.videos import write_video
 
 
 def write_list_dataset(
-    base: Path, clip, clip_config: Path, classes: Sequence[str],
-    tints: Sequence[tuple[float, float, float]], train_per_class: int, **video,
-) -> dict:  # fmt: skip
+    base: Path,
+    clip,
+    clip_config: Path,
+    classes: Sequence[str],
+    tints: Sequence[tuple[float, float, float]],
+    train_per_class: int,
+    **video,
+) -> dict:
     """`train_per_class` training and one test video per class (`write_video(**video)`),
     `clip`'s weights saved as `clip.pt` and sub-texts "<class> start/middle/end" scored
     with them -> {root, ckpt, subtexts, base}."""
@@ -27,8 +32,9 @@ def write_list_dataset(
 
     root = base / "data"
     (root / "clips").mkdir(parents=True)
-    (root / "classes.csv").write_text("id,name\n" + "".join(f"{i},{n}\n" for i, n in
-                                                            enumerate(classes)))  # fmt: skip
+    (root / "classes.csv").write_text(
+        "id,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(classes))
+    )
     lines = {"train": [], "test": []}
     for c, tint in enumerate(tints):
         for i in range(train_per_class + 1):

@@ -5,7 +5,7 @@ decoding and transforms) is nearly the whole cost of a frozen run. `python -m tr
 cache-features` runs it once over V training views and every evaluation view of each
 video; `run --freeze-backbone --features DIR` trains and evaluates from the stored arrays.
 This module is the cache's I/O (layout, identity, writing, reading, the Dataset a cached
-run reads); the encoding loop is `trainer.engine.cache_features`.
+run reads); the encoding loop is `trainer.cache.build.cache_features`.
 
 A cache directory holds one dataset fold encoded by one CLIP with one set of clip settings:
 
@@ -40,6 +40,7 @@ Storage is float16 by default: half the disk and page cache of float32 (T x D x 
 view, 8 KB for 8 frames of ViT-B/16), and its relative rounding of 5e-4 is finer than the
 bf16 autocast a frozen GPU run already computes the head in; `--dtype float32` stores the
 tower's output exactly.
+
 """
 
 from __future__ import annotations
@@ -55,33 +56,67 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from torch.utils.data import Dataset
 
 from storyboard_common.errors import UserError
-from storyboard_common.files import atomic_write, atomic_write_table, atomic_write_text
+from storyboard_common.files import (
+    atomic_write,
+    atomic_write_table,
+    atomic_write_text,
+)
 
-from .data.dataset import Skipped, VideoClipDataset, clip_target
-from .data.items import VideoItem
+from ..data.dataset import (
+    VideoClipDataset,
+)
+from ..data.items import VideoItem
 
 FORMAT_VERSION = 1
+
+
 META_FILE = "meta.json"
+
+
 INDEX_FILE = "index.parquet"
+
+
 SHARDS_DIR = "shards"
+
+
 PARTS_DIR = "index-parts"
+
+
 TRAIN, TEST = "train", "test"
+
+
 SHARD_ROWS = 1024
+
+
 DTYPES = ("float16", "float32")
+
 
 # What the stored test features depend on (all a cache's reader needs for evaluation),
 # and what all of them depend on: a cache that differs in any of these is refused.
 TEST_IDENTITY_FIELDS = (
-    "version", "dataset", "fold", "clip_model", "clip_pretrained", "frames", "image_size",
-    "eval_short_side", "eval_clips", "eval_crops", "eval_transform", "test_videos",
-)  # fmt: skip
+    "version",
+    "dataset",
+    "fold",
+    "clip_model",
+    "clip_pretrained",
+    "frames",
+    "image_size",
+    "eval_short_side",
+    "eval_clips",
+    "eval_crops",
+    "eval_transform",
+    "test_videos",
+)
+
+
 IDENTITY_FIELDS = (*TEST_IDENTITY_FIELDS, "train_transform", "train_videos")
+
+
 # How they are stored: a resumed cache must keep them; a run reads them from the cache.
 STORAGE_FIELDS = ("views", "seed", "dtype", "feature_dim")
+
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -97,9 +132,6 @@ INDEX_SCHEMA = pa.schema(
 )
 
 
-# ---------------------------------------------------------------- identity
-
-
 def _items_digest(items: Sequence[VideoItem]) -> str:
     digest = hashlib.sha1()
     for item in items:
@@ -112,9 +144,12 @@ def _one_line(transform) -> str:
 
 
 def cache_identity(
-    dataset: str, fold: int | None, clip_id: tuple[str, str],
-    train: VideoClipDataset | None, test: VideoClipDataset,
-) -> dict:  # fmt: skip
+    dataset: str,
+    fold: int | None,
+    clip_id: tuple[str, str],
+    train: VideoClipDataset | None,
+    test: VideoClipDataset,
+) -> dict:
     """What a cache's features depend on: the dataset fold and its item lists, the CLIP
     (`clip_identity`: model and weights), and the clip settings of the training dataset (all
     its items) and of the test dataset, transforms included. Without `train`, only what
@@ -148,9 +183,6 @@ def _check_fields(directory: Path, cached: dict, wanted: dict, names, remedy: st
             )
 
 
-# ---------------------------------------------------------------- files
-
-
 def _write_meta(directory: Path, meta: dict) -> None:
     atomic_write_text(directory / META_FILE, json.dumps(meta, indent=1) + "\n")
 
@@ -175,8 +207,11 @@ def _index_tables(directory: Path) -> list[pa.Table]:
     merged = directory / INDEX_FILE
     if merged.is_file():
         tables.append(pq.read_table(merged, schema=INDEX_SCHEMA))
-    done = set() if not tables else set(zip(tables[0]["split"].to_pylist(),
-                                            tables[0]["shard"].to_pylist()))  # fmt: skip
+    done = (
+        set()
+        if not tables
+        else set(zip(tables[0]["split"].to_pylist(), tables[0]["shard"].to_pylist()))
+    )
     for part in sorted((directory / PARTS_DIR).glob("*.parquet")):
         table = pq.read_table(part, schema=INDEX_SCHEMA)
         if len(table) and (table["split"][0].as_py(), table["shard"][0].as_py()) not in done:
@@ -193,9 +228,6 @@ def read_index(directory: Path) -> pd.DataFrame:
     return _concat(_index_tables(Path(directory))).to_pandas()
 
 
-# ---------------------------------------------------------------- writing
-
-
 class CacheWriter:
     """Adds encoded views to a cache directory a shard at a time (see the module doc); one
     writer per process, `rank` of `world`.
@@ -208,16 +240,26 @@ class CacheWriter:
     videos.
     """
 
-    def __init__(self, directory: Path, meta: dict, shard_rows: int = SHARD_ROWS,
-                 rank: int = 0, world: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        directory: Path,
+        meta: dict,
+        shard_rows: int = SHARD_ROWS,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.directory = Path(directory)
         self.meta = meta
         self.shard_rows = shard_rows
         self.rank, self.world = rank, world
         if (self.directory / META_FILE).exists():
-            _check_fields(self.directory, read_meta(self.directory), meta,
-                          IDENTITY_FIELDS + STORAGE_FIELDS,
-                          "pass another --out, or the same flags to resume it.")  # fmt: skip
+            _check_fields(
+                self.directory,
+                read_meta(self.directory),
+                meta,
+                IDENTITY_FIELDS + STORAGE_FIELDS,
+                "pass another --out, or the same flags to resume it.",
+            )
         elif self.directory.is_dir() and any(self.directory.iterdir()):
             raise UserError(
                 f"{self.directory} is not empty and not a feature cache (no {META_FILE}); "
@@ -255,8 +297,9 @@ class CacheWriter:
         self._features[split] = [stacked[count:]]
         shard = self._first_shard[split] + self._written[split] * self.world + self.rank
         name = _shard_name(split, shard)
-        atomic_write(self.directory / SHARDS_DIR / f"{name}.npy",
-                     lambda fh: np.save(fh, stacked[:count]))  # fmt: skip
+        atomic_write(
+            self.directory / SHARDS_DIR / f"{name}.npy", lambda fh: np.save(fh, stacked[:count])
+        )
         part = pa.Table.from_pylist(
             [{**row, "split": split, "shard": shard, "offset": i} for i, row in enumerate(rows)],
             schema=INDEX_SCHEMA,
@@ -288,9 +331,6 @@ class CacheWriter:
         _write_meta(self.directory, {**self.meta, "skipped": skipped})
 
 
-# ---------------------------------------------------------------- reading
-
-
 class FeatureCache:
     """A finished cache directory, checked against the identity a run expects (every
     field of `identity`: a run's whole `cache_identity`, or evaluation's test part).
@@ -303,15 +343,23 @@ class FeatureCache:
     def __init__(self, directory: Path, identity: dict, sizes: dict[str, int]):
         self.directory = Path(directory)
         self.meta = read_meta(self.directory)
-        _check_fields(self.directory, self.meta, identity,
-                      [name for name in IDENTITY_FIELDS if name in identity],
-                      "make a cache with the run's settings (`python -m trainer "
-                      "cache-features`) or pass the one made with them.")  # fmt: skip
+        _check_fields(
+            self.directory,
+            self.meta,
+            identity,
+            [name for name in IDENTITY_FIELDS if name in identity],
+            "make a cache with the run's settings (`python -m trainer "
+            "cache-features`) or pass the one made with them.",
+        )
         index = read_index(self.directory)
-        self.views = {TRAIN: self.meta["views"],
-                      TEST: self.meta["eval_clips"] * self.meta["eval_crops"]}  # fmt: skip
-        self.skipped = {split: {s["item"]: s["reason"] for s in self.meta["skipped"][split]}
-                        for split in (TRAIN, TEST)}  # fmt: skip
+        self.views = {
+            TRAIN: self.meta["views"],
+            TEST: self.meta["eval_clips"] * self.meta["eval_crops"],
+        }
+        self.skipped = {
+            split: {s["item"]: s["reason"] for s in self.meta["skipped"][split]}
+            for split in (TRAIN, TEST)
+        }
         self.location: dict[str, np.ndarray] = {}  # split -> [items, views, (shard, offset)]
         incomplete = 0
         for split, size in sizes.items():
@@ -387,58 +435,3 @@ def read_split(directory: Path, split: str, view: int | None = None) -> CachedRo
         frame_indices=[list(map(int, f)) for f in rows["frame_indices"]],
         labels=[list(map(int, lab)) for lab in rows["labels"]],
     )
-
-
-def train_view(epoch: int, index: int, unique: int, length: int, views: int) -> int:
-    """The cached view that item `index` of a training list of `length` items reads at
-    `epoch`, where the list is `unique` distinct items repeated (a few-shot list; a
-    supervised list has `unique == length`).
-
-    An item is read once per repetition, so it counts its appearances: `epoch * repeats +
-    index // unique`, modulo V. A supervised run reads view `epoch % V`, the very clip an
-    uncached run draws at that epoch while `epochs <= V`; a few-shot item sees V different
-    clips before any repeats.
-    """
-    repeats = length // unique
-    return (epoch * repeats + index // unique) % views
-
-
-class FeatureDataset(Dataset):
-    """A cached split as `VideoClipDataset` samples, with "features" [views, T, D] (the
-    tower's frame embeddings) in place of "frames", so the engine's loops serve both.
-
-    `positions[i]` is the position in the cached split of item i; training items read one
-    view (`train_view`, `unique` distinct items), test items all their views. Videos the
-    cache could not read come back as `Skipped`, as the video dataset gives them.
-    """
-
-    input_key = "features"
-
-    def __init__(
-        self, cache: FeatureCache, split: str, items: Sequence[VideoItem],
-        positions: Sequence[int], num_classes: int, multi_label: bool, unique: int = 0,
-    ):  # fmt: skip
-        self.cache, self.split = cache, split
-        self.items, self.positions = list(items), list(positions)
-        self.num_classes, self.multi_label = num_classes, multi_label
-        self.unique = unique or len(self.items)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, key) -> dict | Skipped:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        item, position = self.items[index], self.positions[index]
-        reason = self.cache.skipped[self.split].get(position)
-        if reason is not None:
-            return Skipped(item.video_id, reason)
-        count = self.cache.views[self.split]
-        if self.split == TRAIN:
-            views = [train_view(epoch, index, self.unique, len(self.items), count)]
-        else:
-            views = range(count)
-        return {
-            "features": torch.from_numpy(self.cache.read(self.split, position, views)),
-            "label": clip_target(item, self.num_classes, self.multi_label),
-            "video_id": item.video_id,
-        }

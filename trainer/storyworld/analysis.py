@@ -24,12 +24,41 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model.aggregation import class_logits
+from ..model.aggregation import class_logits
 
 # Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom (then ~1.96).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def spread(values: Sequence[float]) -> dict:
@@ -61,9 +90,13 @@ def wilson_interval(hits: int, trials: int, z: float = 1.96) -> tuple[float, flo
 
 
 def linear_probe(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-    weight_decay: float = 1e-3, steps: int = 200,
-) -> dict:  # fmt: skip
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    weight_decay: float = 1e-3,
+    steps: int = 200,
+) -> dict:
     """Top-1 of a multinomial logistic regression fit on standardised features.
 
     train_x [N, D] and test_x [M, D] (mean-pooled frame features), integer labels. Features
@@ -82,16 +115,25 @@ def linear_probe(
     def logits(features: torch.Tensor) -> torch.Tensor:
         return features @ weight + bias
 
-    _fit_lbfgs([weight, bias], lambda: F.cross_entropy(logits(x), y)
-               + weight_decay * weight.pow(2).sum(), steps)  # fmt: skip
+    _fit_lbfgs(
+        [weight, bias],
+        lambda: F.cross_entropy(logits(x), y) + weight_decay * weight.pow(2).sum(),
+        steps,
+    )
     test = (_float64(test_x) - mean) / std
     return {"train": _top1(logits(x), train_y), "test": _top1(logits(test), test_y)}
 
 
 def text_anchored_probe(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-    class_emb: np.ndarray, log_scale: float, weight_decay: float = 1e-3, steps: int = 200,
-) -> dict:  # fmt: skip
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    class_emb: np.ndarray,
+    log_scale: float,
+    weight_decay: float = 1e-3,
+    steps: int = 200,
+) -> dict:
     """Top-1 of `y[c] = exp(s) * cos(t_c, W x + b)` fit with cross entropy (L-BFGS, full
     batch), W starting at the identity, s at `log_scale`, plus `weight_decay` *
     ||W - I||^2; x are mean-pooled frame features in the joint space (not standardised, so
@@ -108,10 +150,16 @@ def text_anchored_probe(
         return class_logits(features @ weight.t() + bias, text, scale.exp())
 
     zero = _top1(logits(test), test_y)
-    _fit_lbfgs([weight, bias, scale], lambda: F.cross_entropy(logits(x), y)
-               + weight_decay * (weight - eye).pow(2).sum(), steps)  # fmt: skip
-    return {"train": _top1(logits(x), train_y), "test": _top1(logits(test), test_y),
-            "zero_shot_test": zero}  # fmt: skip
+    _fit_lbfgs(
+        [weight, bias, scale],
+        lambda: F.cross_entropy(logits(x), y) + weight_decay * (weight - eye).pow(2).sum(),
+        steps,
+    )
+    return {
+        "train": _top1(logits(x), train_y),
+        "test": _top1(logits(test), test_y),
+        "zero_shot_test": zero,
+    }
 
 
 def _float64(array) -> torch.Tensor:

@@ -34,7 +34,6 @@ a CLIP recognises what each frame shows:
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -78,27 +77,99 @@ def _action(i, key, caption, begin, end, *words, unrelated=False) -> AtomicActio
 
 
 ATOMIC_ACTIONS: tuple[AtomicAction, ...] = (
-    _action(0, "still", "the square stands still", "the square stops moving",
-            "the square waits in place", "wait", "the square waits", unrelated=True),
-    _action(1, "jump", "the square jumps", "the square leaps up into the air",
-            "the square is high above the ground", "hop", "the square hops"),
-    _action(2, "crouch", "the square crouches", "the square squashes down flat",
-            "the square is low and wide", "duck", "the square ducks"),
-    _action(3, "spin", "the square spins", "the square tilts over",
-            "the square stands on its corner", "twirl", "the square twirls"),
-    _action(4, "grow", "the square grows", "the square swells up",
-            "the square is big", "grow", "the square gets big"),
-    _action(5, "shrink", "the square shrinks", "the square gets smaller",
-            "the square is small", "shrink", "the square gets small"),
-    _action(6, "red", "the square turns red", "the square starts to blush",
-            "the square is bright red", "blush", "the square blushes"),
-    _action(7, "wave", "the square waves a flag", "the square raises a flag",
-            "the flag flutters above the square", "wave", "the square waves"),
-    _action(8, "carry", "the square carries a box", "the square lifts a box",
-            "a box sits on the square", "carry", "the square carries"),
-    _action(9, "ball", "a ball rolls past the square", "a ball enters the scene",
-            "the ball leaves the scene", "a ball", "a rolling ball", unrelated=True),
-)  # fmt: skip
+    _action(
+        0,
+        "still",
+        "the square stands still",
+        "the square stops moving",
+        "the square waits in place",
+        "wait",
+        "the square waits",
+        unrelated=True,
+    ),
+    _action(
+        1,
+        "jump",
+        "the square jumps",
+        "the square leaps up into the air",
+        "the square is high above the ground",
+        "hop",
+        "the square hops",
+    ),
+    _action(
+        2,
+        "crouch",
+        "the square crouches",
+        "the square squashes down flat",
+        "the square is low and wide",
+        "duck",
+        "the square ducks",
+    ),
+    _action(
+        3,
+        "spin",
+        "the square spins",
+        "the square tilts over",
+        "the square stands on its corner",
+        "twirl",
+        "the square twirls",
+    ),
+    _action(
+        4,
+        "grow",
+        "the square grows",
+        "the square swells up",
+        "the square is big",
+        "grow",
+        "the square gets big",
+    ),
+    _action(
+        5,
+        "shrink",
+        "the square shrinks",
+        "the square gets smaller",
+        "the square is small",
+        "shrink",
+        "the square gets small",
+    ),
+    _action(
+        6,
+        "red",
+        "the square turns red",
+        "the square starts to blush",
+        "the square is bright red",
+        "blush",
+        "the square blushes",
+    ),
+    _action(
+        7,
+        "wave",
+        "the square waves a flag",
+        "the square raises a flag",
+        "the flag flutters above the square",
+        "wave",
+        "the square waves",
+    ),
+    _action(
+        8,
+        "carry",
+        "the square carries a box",
+        "the square lifts a box",
+        "a box sits on the square",
+        "carry",
+        "the square carries",
+    ),
+    _action(
+        9,
+        "ball",
+        "a ball rolls past the square",
+        "a ball enters the scene",
+        "the ball leaves the scene",
+        "a ball",
+        "a rolling ball",
+        unrelated=True,
+    ),
+)
 _BY_KEY = {a.key: a for a in ATOMIC_ACTIONS}
 UNRELATED_IDS = tuple(a.id for a in ATOMIC_ACTIONS if a.unrelated)
 
@@ -312,8 +383,11 @@ def render(segments: list[dict], size: int, rng: np.random.Generator) -> np.ndar
                 pole_top = top - 13.0 * s
                 frame[(np.abs(xx - x) <= 0.8 * s) & (yy >= pole_top) & (yy <= top)] = _POLE
                 tip = 8.0 * s * (0.8 + 0.2 * math.sin(2 * math.pi * p * 2))
-                flag = (xx >= x) & (xx <= x + tip) & (np.abs(yy - pole_top - 3 * s)
-                                                      <= 3 * s * (1 - (xx - x) / max(tip, 1)))
+                flag = (
+                    (xx >= x)
+                    & (xx <= x + tip)
+                    & (np.abs(yy - pole_top - 3 * s) <= 3 * s * (1 - (xx - x) / max(tip, 1)))
+                )
                 frame[flag] = _FLAG
             elif a == 8:  # a box resting on the square
                 box = 4.5 * s
@@ -389,15 +463,18 @@ def _write_json(path: Path, data) -> None:
 
 
 def _write_dataset(
-    root: Path, classes: tuple[WorldClass, ...], group: int, world: World, settings: dict,
+    root: Path,
+    classes: tuple[WorldClass, ...],
+    group: int,
+    world: World,
+    settings: dict,
     per_class_train: int,
 ) -> int:
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / "classes.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["id", "name"])
-        for i, c in enumerate(classes):
-            writer.writerow([i, c.name])
+    atomic_write_text(
+        root / "classes.csv",
+        "id,name\n" + "".join(f"{i},{c.name}\n" for i, c in enumerate(classes)),
+    )
     count = 0
     splits = (
         ("train", per_class_train),
@@ -428,7 +505,7 @@ def _write_dataset(
                 _write_json((root / rel).with_suffix(".json"), truth)
                 lines.append(f"{rel} {ci}\n")
                 count += 1
-        (root / f"{split}.txt").write_text("".join(lines), encoding="utf-8")
+        atomic_write_text(root / f"{split}.txt", "".join(lines))
     return count
 
 
@@ -460,8 +537,14 @@ def write_world(
         # decord cannot batch-decode some widths (48 and 72 px among them; trainer/data/video.py)
         raise ValueError(f"size must be a multiple of 32, at least 64 (got {size})")
     out = Path(out_dir)
-    settings = _settings(seed, videos_per_class_train, videos_per_class_test,
-                         unseen_videos_per_class_train, frames, size)  # fmt: skip
+    settings = _settings(
+        seed,
+        videos_per_class_train,
+        videos_per_class_test,
+        unseen_videos_per_class_train,
+        frames,
+        size,
+    )
     info = WorldInfo(out, out / "seen", out / "unseen", world, settings, written=False)
     world_file = out / "world.json"
     if world_file.is_file():
@@ -475,10 +558,12 @@ def write_world(
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "atomic_actions.json", {str(a.id): a.caption for a in world.actions})
     _write_json(out / "phrasings.json", {str(a.id): list(a.phrasings) for a in world.actions})
-    info.videos = _write_dataset(info.seen_root, world.seen, 0, world, settings,
-                                 videos_per_class_train)  # fmt: skip
-    info.videos += _write_dataset(info.unseen_root, world.unseen, 1, world, settings,
-                                  unseen_videos_per_class_train)  # fmt: skip
+    info.videos = _write_dataset(
+        info.seen_root, world.seen, 0, world, settings, videos_per_class_train
+    )
+    info.videos += _write_dataset(
+        info.unseen_root, world.unseen, 1, world, settings, unseen_videos_per_class_train
+    )
     _write_json(world_file, _world_json(world, settings))
     info.written = True
     return info
@@ -540,7 +625,7 @@ def write_candidates(path: Path = CANDIDATES_PATH) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(candidate_sets(default_world()), indent=1, sort_keys=True) + "\n"
-    path.write_text(text, encoding="utf-8")
+    atomic_write_text(path, text)
     return path
 
 

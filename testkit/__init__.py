@@ -1,0 +1,4 @@
+"""Helpers that write what the tests and the benchmarks run on: videos in any container
+(`videos`), a scored miniature dataset in the generic list layout (`list_dataset`), and a
+loopback OpenAI-compatible server (`openai_server`). Neither `tests/` nor `bench/` owns
+them; both import them from here (run from the repository root)."""

@@ -1,0 +1,189 @@
+"""Building a feature cache (`python -m trainer cache-features`): the frozen visual tower
+over every missing (item, view) pair of one fold, shared among torchrun ranks; the layout
+it writes is `trainer/cache/store.py`'s.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from storyboard_common.errors import UserError
+from subtext_gen.clip_text import clip_identity, load_clip
+
+from ..cache.store import (
+    DTYPES,
+    SHARD_ROWS,
+    TEST,
+    TRAIN,
+    CacheWriter,
+    cache_identity,
+)
+from ..config import RunConfig
+from ..data.dataset import (
+    Skipped,
+    VideoClipDataset,
+    make_loader,
+)
+from ..data.layouts import folds, load_split, test_split
+from ..distributed import (
+    DistInfo,
+    barrier,
+    gather_objects,
+    init_distributed,
+    main_first,
+)
+from ..model.video_clip import encode_frames
+from ..paths import (
+    default_features_dir,
+    default_root,
+    writable_dir,
+)
+from ..precision import autocast
+from ..progress import progress_bar
+from ..run_data import clip_datasets
+
+
+class _Keyed(torch.utils.data.Dataset):
+    """(key, sample) pairs, so that encoded rows can be matched to the (view, item) keys."""
+
+    def __init__(self, dataset: VideoClipDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        return key, self.dataset[key]
+
+
+def _encode_split(
+    writer: CacheWriter,
+    split: str,
+    dataset: VideoClipDataset,
+    views: int,
+    visual,
+    cfg: RunConfig,
+    dist_info: DistInfo,
+    progress,
+) -> tuple[int, dict[int, dict]]:
+    """Encode this rank's share of the views of one split that the cache lacks; -> (rows
+    encoded, unreadable items by position)."""
+    pending = writer.pending(split, len(dataset), views)
+    # A training key (v, p) is the clip of view v; a test key gives every view of item p.
+    keys = (
+        [(v, p) for p, left in pending.items() for v in left]
+        if split == TRAIN
+        else [(0, p) for p in pending]
+    )
+    keys = keys[dist_info.rank :: dist_info.world]
+    batch_size = cfg.batch_size if split == TRAIN else max(1, cfg.batch_size // views)
+    loader = make_loader(_Keyed(dataset), batch_size, keys, cfg.workers, collate=list)
+    task = progress.add_task(f"encode {split}", total=len(keys), info="")
+    encoded, skipped = 0, {}
+    for pairs in loader:
+        rows, clips = [], []
+        for (epoch, p), sample in pairs:
+            if isinstance(sample, Skipped):
+                skipped[p] = {"item": p, "video_id": sample.video_id, "reason": sample.reason}
+                continue
+            for row, view in enumerate([epoch] if split == TRAIN else range(views)):
+                if view in pending[p]:
+                    rows.append(
+                        {
+                            "item": p,
+                            "video_id": sample["video_id"],
+                            "view": view,
+                            "frame_indices": sample["frame_indices"][row].tolist(),
+                            "labels": list(dataset.items[p].labels),
+                        }
+                    )
+                    clips.append(sample["frames"][row])
+        if clips:
+            with torch.inference_mode(), autocast(dist_info.device, cfg.amp):
+                features = encode_frames(visual, torch.stack(clips).to(dist_info.device))
+            writer.add(split, rows, features.float().cpu().numpy())
+            encoded += len(rows)
+        progress.update(task, advance=len(pairs), info=f"{len(skipped)} unreadable")
+    progress.remove_task(task)
+    return encoded, skipped
+
+
+def cache_features(
+    cfg: RunConfig,
+    out: Path | None = None,
+    views: int | None = None,
+    dtype: str = "float16",
+    shard_rows: int = SHARD_ROWS,
+    show_progress: bool = True,
+) -> dict:
+    """Encode one fold with the frozen visual tower into a feature cache (`out`, default
+    `artifacts/features/<dataset>[-split<fold>]-<clip tag>-f<frames>`): `views` training
+    views of each video (default `cfg.epochs`) and every evaluation view. Resumes a cache
+    left unfinished; refuses one made with other settings. Under torchrun each rank encodes
+    its share (`trainer/cache/`). -> {out, encoded (rows per split, all ranks),
+    skipped (per split), bytes, seconds (encoding and merging, after set-up)}."""
+    if cfg.split == "all":
+        raise UserError("cache-features caches one fold: pass --split 1, 2 or 3.")
+    views = cfg.epochs if views is None else views
+    if views < 1:
+        raise UserError("--views must be at least 1.")
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype must be {' or '.join(DTYPES)}, not {dtype!r}.")
+    dist_info = init_distributed(cfg.device)
+    root = cfg.root or default_root(cfg.dataset)
+    fold = folds(cfg.dataset, cfg.split)[0]
+    out = Path(
+        out
+        or default_features_dir(
+            cfg.dataset, fold, clip_identity(cfg.clip_model, cfg.clip_pretrained), cfg.frames
+        )
+    )
+    writable_dir(out)
+    clip = load_clip(cfg.clip_model, cfg.clip_pretrained, str(dist_info.device))
+    clip_id = (clip.model_id, clip.pretrained_id)
+    train = load_split(cfg.dataset, root, "train", fold, cfg.videos, cfg.charades_instances)
+    test = load_split(cfg.dataset, root, test_split(cfg.dataset), fold, cfg.videos, False)
+    train_set, test_set = clip_datasets(cfg, train, list(train.items), test, clip.image_size)
+    meta = {
+        **cache_identity(cfg.dataset, fold, clip_id, train_set, test_set),
+        "views": views,
+        "seed": cfg.seed,
+        "dtype": dtype,
+        "feature_dim": clip.embed_dim,
+    }
+    writer = main_first(
+        lambda: CacheWriter(out, meta, shard_rows, dist_info.rank, dist_info.world), dist_info
+    )
+    started = time.perf_counter()
+    encoded, skipped = {}, {}
+    with progress_bar(show_progress and dist_info.is_main) as progress:
+        for split, dataset, split_views in (
+            (TRAIN, train_set, views),
+            (TEST, test_set, test_set.spec.views),
+        ):
+            encoded[split], skipped[split] = _encode_split(
+                writer, split, dataset, split_views, clip.model.visual, cfg, dist_info, progress
+            )
+    writer.flush()
+    ranks = gather_objects((encoded, skipped), dist_info)  # also waits for every flush
+    encoded = {split: sum(part[0][split] for part in ranks) for split in (TRAIN, TEST)}
+    unreadable = {
+        split: {p: entry for part in ranks for p, entry in part[1][split].items()}
+        for split in (TRAIN, TEST)
+    }
+    skipped = {
+        split: [unreadable[split][p] for p in sorted(unreadable[split])] for split in (TRAIN, TEST)
+    }
+    if dist_info.is_main:
+        writer.finish(skipped)
+    barrier()
+    return {
+        "out": out,
+        "encoded": encoded,
+        "skipped": skipped,
+        "bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
+        "seconds": time.perf_counter() - started,
+    }

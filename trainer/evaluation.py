@@ -1,0 +1,287 @@
+"""Evaluation: per-video probabilities from a model (views averaged, gathered over ranks),
+the metrics, the prediction files, and `evaluate_checkpoint` (supervised and zero-shot
+protocols, from videos or from a feature cache).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from storyboard_common.errors import UserError
+from storyboard_common.files import atomic_write, atomic_write_text
+
+from . import metrics
+from .cache.dataset import FeatureDataset
+from .cache.store import (
+    TEST,
+    FeatureCache,
+    cache_identity,
+    read_meta,
+)
+from .data.dataset import (
+    ClipSpec,
+    EpochSampler,
+    VideoClipDataset,
+    make_loader,
+)
+from .data.layouts import folds, load_split, test_split
+from .distributed import (
+    DistInfo,
+    gather_objects,
+)
+from .model.aggregation import ClassText
+from .paths import (
+    default_root,
+)
+from .precision import autocast
+from .progress import progress_bar
+from .run_data import check_classes
+from .runs import load_run
+
+
+def model_inputs(batch: dict, device: torch.device) -> torch.Tensor:
+    """A batch's clips, or its cached frame features, on the device."""
+    inputs = batch["features"] if "features" in batch else batch["frames"]
+    return inputs.to(device, non_blocking=True)
+
+
+@torch.inference_mode()
+def predict(model, text: ClassText, loader, dist_info: DistInfo, amp: str, progress=None):
+    """Per-video probabilities (views averaged), labels and ids, gathered from all ranks."""
+    model.eval()
+    scores, labels, ids, skipped = [], [], [], 0
+    task = progress.add_task("evaluate", total=len(loader), info="") if progress else None
+    for batch in loader:
+        skipped += len(batch["skipped"])
+        if len(batch["video_ids"]):
+            with autocast(dist_info.device, amp):
+                logits = model(model_inputs(batch, dist_info.device), text)["logits"]
+            scores.append(logits.float().cpu())
+            labels.append(batch["labels"])
+            ids.extend(batch["video_ids"])
+        if progress:
+            progress.advance(task)
+    if progress:
+        progress.remove_task(task)
+    if dist_info.enabled:
+        gathered = gather_objects((scores, labels, ids, skipped), dist_info)
+        scores = [s for part in gathered for s in part[0]]
+        labels = [lab for part in gathered for lab in part[1]]
+        ids = [i for part in gathered for i in part[2]]
+        skipped = sum(part[3] for part in gathered)
+    if not ids:
+        raise UserError("no test video could be read: check the data with `trainer check-data`.")
+    logits = torch.cat(scores).numpy()
+    label_rows = torch.cat(labels).numpy()
+    first = {}
+    for row, vid in enumerate(ids):  # one label row per video (views share it)
+        first.setdefault(vid, row)
+    video_probs, video_ids = metrics.average_views(logits, ids)  # softmax, then view mean
+    video_labels = label_rows[[first[v] for v in video_ids]]
+    return video_probs, video_labels, video_ids, skipped
+
+
+def score_predictions(probs, labels, num_classes: int, multi_label: bool) -> dict:
+    if multi_label:  # top-k: one of the k best classes is a positive
+        ranked = np.argsort(-probs, axis=1)[:, :5]
+        hits = np.take_along_axis(labels > 0, ranked, axis=1)
+        mean_ap = metrics.mean_average_precision(probs, labels)  # NaN: no positives at all
+        return {
+            "top1": float(hits[:, :1].any(1).mean()),
+            "top5": float(hits.any(1).mean()),
+            "mean_class_acc": None,
+            "map": None if np.isnan(mean_ap) else mean_ap,
+            "n": len(probs),
+        }
+    return {
+        **metrics.topk_accuracy(probs, labels, (1, 5)),
+        "mean_class_acc": metrics.mean_class_accuracy(probs, labels, num_classes),
+        "map": None,
+        "n": len(probs),
+    }
+
+
+def write_eval_outputs(out: Path, probs, labels, ids, class_names, multi_label: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if not multi_label:
+        acc = metrics.per_class_accuracy(probs, labels, len(class_names))
+        table = pd.DataFrame(
+            {"class_id": range(len(class_names)), "class_name": class_names, "top1": acc}
+        )
+        atomic_write_text(out / "per_class_accuracy.csv", table.to_csv(index=False))
+    top5 = np.argsort(-probs, axis=1)[:, :5]
+    frame = pd.DataFrame(
+        {
+            "video_id": ids,
+            "label": [list(map(int, np.flatnonzero(r))) for r in labels]
+            if multi_label
+            else labels.astype(int),
+            "pred": probs.argmax(1).astype(int),
+            "top5": [list(map(int, r)) for r in top5],
+            "prob": [p.astype(np.float32) for p in probs],
+        }
+    )
+    atomic_write(out / "predictions.parquet", lambda fh: frame.to_parquet(fh, index=False))
+
+
+def evaluate_checkpoint(
+    run_dir: Path,
+    dataset: str,
+    root: Path | None,
+    subtexts: Path | None = None,
+    zero_shot: str | None = None,
+    split: str | None = None,
+    videos: Path | None = None,
+    device: str = "auto",
+    workers: int = 4,
+    show_progress: bool = True,
+    checkpoint: str = "best",
+    subsets: Sequence[Path] | None = None,
+    features: Path | None = None,
+) -> dict:
+    """Evaluate a run's best (else last) checkpoint, or its last one with
+    `checkpoint="last"`, on a dataset's test split(s): from the videos, or for a run with a
+    frozen visual tower from the test views of a feature cache (`features`, one fold: the
+    default `split`), which give the same metrics.
+
+    `zero_shot="full"`: the test splits (folds 1-3, or `split`) and their mean;
+    `zero_shot="half"`: 10 seeded halves of the label set, mean and standard deviation;
+    `zero_shot="subsets"`: each file of `subsets` (class names of the dataset) alone: its
+    classes' test videos against its classes' texts; mean and standard deviation, and each
+    file's result under "subsets".
+    """
+    from .data.protocols import (
+        class_positions,
+        half_class_splits,
+        read_subset_file,
+        restrict_classes,
+        subset_class_ids,
+    )
+
+    subsets = [Path(p) for p in subsets or ()]
+    if zero_shot == "subsets" and not subsets:
+        raise UserError("--zero-shot subsets needs --subsets FILE (class names), once per subset.")
+    if subsets and zero_shot != "subsets":
+        raise UserError("--subsets FILE goes with --zero-shot subsets.")
+    subset_names = [(path, read_subset_file(path)) for path in subsets]  # before the model
+    loaded = load_run(
+        run_dir, dataset, subtexts, device, checkpoint, root=root, videos=videos, workers=workers
+    )
+    cfg, built, dist_info, subtexts = loaded.cfg, loaded.built, loaded.dist_info, loaded.subtexts
+    if features is not None:
+        cached_fold = feature_cache_fold(features, run_dir, loaded.trained_on)
+        split = split or ("all" if cached_fold is None else str(cached_fold))
+    if split is None:  # on the training dataset, other folds' test lists hold train videos
+        split = (
+            loaded.trained_on["split"]
+            if dataset == loaded.trained_on["dataset"] and not (zero_shot)
+            else "all"
+        )
+    if features is not None and len(folds(dataset, split)) > 1:
+        raise UserError(
+            f"--features {features} holds one fold ({cached_fold}); pass --split "
+            f"{cached_fold} or evaluate the folds from the videos."
+        )
+    root = root or default_root(dataset)
+    spec = ClipSpec(
+        frames=cfg.frames,
+        train=False,
+        clips=cfg.eval_clips,
+        crops=cfg.eval_crops,
+        size=built.spec_size,
+        short_side=built.spec_size,
+    )
+    artifact_classes = loaded.class_names
+    # (file, class ids) of each user subset; the artifact's classes are the dataset's
+    # (check_classes below), so names are checked before any video folder is read.
+    chosen = [
+        (path, subset_class_ids(path, names, artifact_classes, dataset))
+        for path, names in subset_names
+    ]
+    results, per_subset = [], []
+    with progress_bar(show_progress and dist_info.is_main) as progress:
+        for fold in folds(dataset, split):
+            test = load_split(dataset, root, test_split(dataset), fold, videos, False)
+            check_classes(test, artifact_classes, subtexts)
+            cache = None
+            if features is not None:
+                whole = VideoClipDataset(test.items, len(test.class_names), test.multi_label, spec)
+                identity = cache_identity(dataset, fold, built.clip_id, None, whole)
+                cache = FeatureCache(features, identity, {TEST: len(whole)})
+            groups = [(None, None)]  # (subset file, class ids): None, None is every class
+            if zero_shot == "half":
+                halves = half_class_splits(len(test.class_names), 10, cfg.seed)
+                groups = [(None, half) for half in halves]
+            elif zero_shot == "subsets":
+                groups = chosen
+            for path, class_ids in groups:
+                if class_ids is None:
+                    split_list, positions = test, range(len(test.items))
+                else:
+                    split_list = restrict_classes(test, class_ids)
+                    positions = class_positions(test, class_ids)
+                if path is not None and not split_list.items:
+                    raise UserError(
+                        f"--subsets {path}: none of its classes has a video in {dataset} "
+                        f"{test.split} on disk."
+                    )
+                text = (
+                    built.text
+                    if class_ids is None
+                    else built.text.subset(torch.as_tensor(class_ids))
+                )
+                classes, multi = len(split_list.class_names), split_list.multi_label
+                if cache is None:
+                    data = VideoClipDataset(split_list.items, classes, multi, spec)
+                else:
+                    data = FeatureDataset(cache, TEST, split_list.items, positions, classes, multi)
+                loader = make_loader(
+                    data,
+                    4,
+                    EpochSampler(len(data), False, 0, dist_info.rank, dist_info.world),
+                    0 if cache else workers,
+                )
+                probs, labels, ids, _ = predict(
+                    built.model, text.to(dist_info.device), loader, dist_info, cfg.amp, progress
+                )
+                results.append(
+                    score_predictions(
+                        probs, labels, len(split_list.class_names), split_list.multi_label
+                    )
+                )
+                if path is not None:
+                    where = {} if fold is None else {"fold": fold}
+                    per_subset.append(
+                        {"file": str(path), **where, "classes": len(class_ids), **results[-1]}
+                    )
+    summary = summarise(results)
+    return {**summary, "subsets": per_subset} if zero_shot == "subsets" else summary
+
+
+def feature_cache_fold(features: Path, run_dir: Path, trained_on: dict) -> int | None:
+    """The fold a feature cache holds, after checking that the run can read it: a cache
+    holds the frozen tower's features, so the run must not have trained its tower."""
+    if not trained_on.get("freeze_backbone"):
+        raise UserError(
+            f"--features: {run_dir} trained its visual tower, and {features} holds the frozen "
+            "tower's features; evaluate this run from the videos."
+        )
+    return read_meta(features)["fold"]
+
+
+def summarise(results: list[dict]) -> dict:
+    """Mean over folds or halves (and the standard deviation where there are several)."""
+    if len(results) == 1:
+        return results[0]
+    out: dict = {"n": int(sum(r["n"] for r in results)), "runs": len(results)}
+    for key in ("top1", "top5", "mean_class_acc", "map"):
+        values = [r[key] for r in results if r[key] is not None]
+        out[key] = float(np.mean(values)) if values else None
+        if values:
+            out[f"{key}_std"] = float(np.std(values))
+    return out

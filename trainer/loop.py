@@ -1,0 +1,418 @@
+"""The training loop: AMP, gradient accumulation, DDP, checkpoints, exact resume.
+
+A run directory holds `config.json`, `fewshot.csv` (few-shot runs), `metrics.jsonl`,
+`checkpoints/last.pt` and `checkpoints/best.pt` (written atomically), and the evaluation
+outputs `per_class_accuracy.csv` and `predictions.parquet`. Data randomness is keyed by
+(seed, epoch, item), and a checkpoint records the epoch and the step inside it, so
+`--resume` continues exactly where a run stopped; Ctrl-C finishes the current optimiser
+step, saves `last.pt` and exits. `train_step` is the one optimiser step, which the GPU
+check and the step benchmark time too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from storyboard_common.errors import UserError
+from storyboard_common.files import (
+    atomic_write_text,
+)
+from subtext_gen.artifacts import read_subtexts
+
+from .cache.dataset import cached_datasets
+from .checkpoints import (
+    atomic_save,
+    load_checkpoint,
+    plain,
+)
+from .config import RunConfig, resume_differences
+from .data.dataset import (
+    EpochSampler,
+    make_loader,
+)
+from .data.layouts import folds
+from .data.protocols import save_item_list
+from .distributed import (
+    DistInfo,
+    all_reduce_max,
+    all_reduce_min,
+    all_reduce_sum,
+    gather_with_grad,
+    init_distributed,
+)
+from .evaluation import (
+    model_inputs,
+    predict,
+    score_predictions,
+    write_eval_outputs,
+)
+from .loss import storyboard_loss
+from .model.aggregation import ClassText
+from .paths import (
+    default_root,
+    default_run_dir,
+    default_subtexts,
+    writable_dir,
+)
+from .precision import autocast, grad_scaler
+from .progress import progress_bar
+from .report import write_report
+from .run_data import check_classes, check_clip_lengths, clip_datasets, prepare_data
+from .runs import build
+from .schedule import make_optimizer, make_scheduler
+
+
+def check_resume(cfg: RunConfig, out: Path, state: dict) -> None:
+    """Refuse to resume the run in `out` with settings other than those it ran with (its
+    config.json, else the checkpoint's), except those of `RESUME_MAY_CHANGE`."""
+    saved = state["config"]
+    path = out / "config.json"
+    with contextlib.suppress(OSError, ValueError):
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    differences = resume_differences(plain(saved), plain(dataclasses.asdict(cfg)))
+    if differences:
+        raise UserError(
+            f"--resume: {out} was trained with other settings ({', '.join(differences)}); "
+            f"resume with the flags of its config.json, or start a new run with another --out."
+        )
+
+
+def keep_logged_epochs(path: Path, epochs: int) -> None:
+    """Drop the lines of `metrics.jsonl` for epochs after the first `epochs` (those the
+    checkpoint being resumed had not completed, which the run now repeats), and lines cut
+    short by a kill."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            epoch = json.loads(line).get("epoch")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(epoch, int) and epoch <= epochs:
+            kept.append(line)
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def train_step(
+    model,
+    text: ClassText,
+    group: list[dict],
+    optimizer,
+    scaler,
+    dist_info: DistInfo,
+    amp: str,
+    lam: float,
+) -> tuple[float, int, int]:
+    """One optimiser step over the micro-batches `group` (gradient accumulation): forward
+    under autocast, the loss of Eq. 13-15 over every rank's clips, backward, step. ->
+    (loss summed over clips, clips, videos skipped)."""
+    device = dist_info.device
+    # A micro-batch runs only where every rank has videos in it: the collectives below
+    # must be entered by all ranks or none.
+    live = all_reduce_min(
+        torch.tensor([len(b["video_ids"]) > 0 for b in group], device=device).int()
+    )
+    runs = int(live.sum())
+    total, count, skipped = 0.0, 0, 0
+    for batch, alive in zip(group, live.tolist()):
+        skipped += len(batch["skipped"])
+        if not alive:
+            continue
+        inputs = model_inputs(batch, device)
+        labels = batch["labels"].to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(inputs, text)["logits"]
+        # The loss sees the global batch; each rank back-propagates its own rows, so
+        # scaling by world size gives the single-process gradient after DDP's mean.
+        all_logits = gather_with_grad(logits.float())
+        all_labels = gather_with_grad(labels)
+        loss = storyboard_loss(all_logits, all_labels, lam)
+        scaler.scale(loss * dist_info.world / runs).backward()
+        total += loss.item() * len(batch["video_ids"])
+        count += len(batch["video_ids"])
+    if runs:
+        scaler.step(optimizer)
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return total, count, skipped
+
+
+def train_epoch(
+    model,
+    text: ClassText,
+    loader,
+    optimizer,
+    scheduler,
+    scaler,
+    cfg: RunConfig,
+    dist_info: DistInfo,
+    accumulation: int,
+    start: dict,
+    stop_flag: dict,
+    progress,
+    task,
+) -> dict:
+    """One epoch, continuing from `start` (batches done, loss sum, clip count, skipped);
+    returns the same counters at the end, with `stopped` set if Ctrl-C cut it short."""
+    model.train()
+    device = dist_info.device
+    total, count = start["loss_sum"], start["clips"]
+    skipped, step = start["skipped"], start["step"]
+    optimizer.zero_grad(set_to_none=True)
+    batches = iter(loader)
+    stopped = False
+    while True:
+        group = []
+        for _ in range(accumulation):
+            batch = next(batches, None)
+            if batch is None:
+                break
+            group.append(batch)
+        if not group:
+            break
+        loss_sum, clips, missed = train_step(
+            model, text, group, optimizer, scaler, dist_info, cfg.amp, cfg.lam
+        )
+        total, count, skipped = total + loss_sum, count + clips, skipped + missed
+        scheduler.step()
+        step += len(group)
+        progress.update(task, advance=len(group), info=f"loss {total / max(count, 1):.4f}")
+        # Ctrl-C on any rank stops every rank after the same optimiser step.
+        if all_reduce_max(torch.tensor(int(stop_flag["stop"]), device=device)).item():
+            stopped = True
+            break
+    return {"step": step, "loss_sum": total, "clips": count, "skipped": skipped, "stopped": stopped}
+
+
+def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> dict:
+    """Train (and evaluate) one fold; returns the best evaluation metrics."""
+    dist_info = init_distributed(cfg.device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    root = cfg.root or default_root(cfg.dataset)
+    fold = folds(cfg.dataset, cfg.split)[0]
+    out = cfg.out or default_run_dir(cfg)
+    ckpt_dir = out / "checkpoints"
+    last_path = ckpt_dir / "last.pt"
+    if last_path.exists() and not resume:
+        raise UserError(
+            f"{out} already holds a run: pass --resume to continue it or another --out."
+        )
+    state = None
+    if resume and last_path.exists():  # (--split all: later folds start fresh)
+        other = ckpt_dir / "best.pt"
+        hint = (
+            f"copy {other} over it to resume from the best epoch, or start over with another --out"
+            if other.exists()
+            else "start over with another --out"
+        )
+        state = load_checkpoint(last_path, dist_info.device, hint)
+        check_resume(cfg, out, state)
+    elif resume and dist_info.is_main:
+        print(f"no checkpoint in {ckpt_dir}: starting fresh", file=sys.stderr)
+    if dist_info.is_main:
+        writable_dir(out)
+    subtexts = cfg.subtexts or default_subtexts(cfg.dataset, cfg.clip_model, cfg.clip_pretrained)
+    data = prepare_data(cfg, root, fold)
+    if cfg.features is None and dist_info.is_main:
+        check_clip_lengths(cfg, data)
+    built = build(cfg, dist_info, subtexts)
+    check_classes(data.train, read_subtexts(subtexts).class_names, subtexts)
+    model, text = built.model, built.text
+
+    if cfg.features is None:
+        train_set, test_set = clip_datasets(
+            cfg, data.train, data.train_items, data.test, built.spec_size
+        )
+    else:
+        train_set, test_set = cached_datasets(cfg, data, fold, built)
+    num_classes = len(data.train.class_names)
+    test_views = cfg.eval_clips * cfg.eval_crops
+    # A cached view is a copy out of the page cache: cheaper than handing the batch over
+    # from a worker process (which doubled a cached epoch in `make bench`).
+    workers = cfg.workers if cfg.features is None else 0
+    micro = cfg.micro_batch or max(1, cfg.batch_size // dist_info.world)
+    accumulation = max(1, math.ceil(cfg.batch_size / (micro * dist_info.world)))
+    clips_per_step = micro * dist_info.world
+    if dist_info.is_main and cfg.batch_size > clips_per_step:
+        # Accumulation sums gradients, but each step's loss only contrasts the clips of that
+        # step: the paper's batch-wide contrast needs the whole batch in one step.
+        warnings.warn(
+            f"--batch-size {cfg.batch_size} is more than --micro-batch {micro} x "
+            f"{dist_info.world} process(es): the gradient is accumulated over {accumulation} "
+            "steps, but the loss's class-to-video contrast (Eq. 13, a softmax over the clips "
+            f"of a step) sees {clips_per_step} clips per step, not the batch size "
+            f"{cfg.batch_size}. Raise --micro-batch (or the number of processes) to contrast "
+            "whole batches.",
+            stacklevel=2,
+        )
+    sampler = EpochSampler(len(train_set), True, cfg.seed, dist_info.rank, dist_info.world)
+    train_loader = make_loader(train_set, micro, sampler, workers)
+    test_sampler = EpochSampler(len(test_set), False, 0, dist_info.rank, dist_info.world)
+    test_loader = make_loader(test_set, max(1, micro // test_views), test_sampler, workers)
+
+    ddp_model = model
+    if dist_info.enabled:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist_info.device.index] if dist_info.device.type == "cuda" else None
+        )
+    if cfg.compile:
+        ddp_model = torch.compile(ddp_model)
+    optimizer = make_optimizer(model, cfg.lr, cfg.backbone_lr_scale, cfg.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train_loader) / accumulation))  # optimiser steps
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    scheduler = make_scheduler(optimizer, total_steps, warmup)
+    scaler = grad_scaler(dist_info.device, cfg.amp)
+
+    fresh = {"step": 0, "loss_sum": 0.0, "clips": 0, "skipped": 0}
+    epoch, position, best = 0, dict(fresh), None
+    layout = {"micro_batch": micro, "world": dist_info.world, "accumulation": accumulation}
+    if state is not None:
+        if state["layout"] != layout:
+            raise UserError(
+                f"{ckpt_dir / 'last.pt'} was trained with {state['layout']}, not {layout}: "
+                "resume with the same --batch-size, --micro-batch and number of processes."
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), dist_info.device)
+        epoch, position, best = state["epoch"], state["position"], state["best"]
+    if dist_info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        # config.json describes the run as it began; a resume (same settings, checked
+        # above) leaves it as it is.
+        if state is None or not (out / "config.json").exists():
+            atomic_write_text(
+                out / "config.json", json.dumps(plain(dataclasses.asdict(cfg)), indent=2) + "\n"
+            )
+        keep_logged_epochs(out / "metrics.jsonl", epoch)
+        if data.fewshot is not None:
+            save_item_list(data.fewshot, out / "fewshot.csv")
+
+    stop = {"stop": False}
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.update(stop=True))
+    log = open(out / "metrics.jsonl", "a", encoding="utf-8") if dist_info.is_main else None  # noqa: SIM115
+
+    def save(name: str) -> None:
+        if dist_info.is_main:
+            atomic_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "layout": layout,
+                    "cuda_rng": torch.cuda.get_rng_state(dist_info.device)
+                    if dist_info.device.type == "cuda"
+                    else None,
+                    "epoch": epoch,
+                    "position": position,
+                    "best": best,
+                    "config": plain(dataclasses.asdict(cfg)),
+                },
+                ckpt_dir / f"{name}.pt",
+            )
+
+    try:
+        with progress_bar(show_progress and dist_info.is_main) as progress:
+            while epoch < cfg.epochs:
+                done = position["step"]
+                sampler.set_epoch(epoch, start=done * micro)  # batches -> this rank's items
+                task = progress.add_task(
+                    f"epoch {epoch + 1}/{cfg.epochs}",
+                    total=done + len(train_loader),
+                    completed=done,
+                    info="",
+                )
+                started = time.perf_counter()
+                position = train_epoch(
+                    ddp_model,
+                    text,
+                    train_loader,
+                    optimizer,
+                    scheduler,
+                    scaler,
+                    cfg,
+                    dist_info,
+                    accumulation,
+                    position,
+                    stop,
+                    progress,
+                    task,
+                )
+                progress.remove_task(task)
+                if position.pop("stopped"):
+                    save("last")
+                    raise KeyboardInterrupt
+                skipped = int(
+                    all_reduce_sum(torch.tensor(position["skipped"], device=dist_info.device))
+                )
+                clips = int(
+                    all_reduce_sum(torch.tensor(position["clips"], device=dist_info.device))
+                )
+                if clips == 0:  # never a loss of 0.0 for an epoch that trained nothing
+                    raise UserError(
+                        f"epoch {epoch + 1} read no training clip: all {skipped} videos were "
+                        f"skipped (unreadable, or shorter than --frames {cfg.frames}); check "
+                        "them with `python -m trainer check-data`."
+                    )
+                loss = position["loss_sum"] / max(position["clips"], 1)
+                line = {
+                    "epoch": epoch + 1,
+                    "train_loss": loss,
+                    "skipped": skipped,
+                    "seconds": round(time.perf_counter() - started, 2),
+                }
+                if log:
+                    log.write(json.dumps(line) + "\n")
+                    log.flush()
+                epoch, position = epoch + 1, dict(fresh)
+                if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+                    probs, labels, ids, _ = predict(
+                        model, text, test_loader, dist_info, cfg.amp, progress
+                    )
+                    result = score_predictions(probs, labels, num_classes, data.test.multi_label)
+                    key = "map" if data.test.multi_label else "top1"
+                    if log:
+                        log.write(json.dumps({"epoch": epoch, **result}) + "\n")
+                        log.flush()
+                    if best is None or result[key] > best[key]:
+                        best = {"epoch": epoch, **result}
+                        save("best")
+                        if dist_info.is_main:
+                            write_eval_outputs(
+                                out,
+                                probs,
+                                labels,
+                                ids,
+                                data.test.class_names,
+                                data.test.multi_label,
+                            )
+                save("last")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if log:
+            log.close()
+    if dist_info.is_main:
+        write_report(out)
+    return best or {}

@@ -1,0 +1,58 @@
+"""Default locations: datasets (`$STORYBOARD_DATA`), sub-text artifacts, feature caches
+and run directories, and the check that an output folder can be written.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from storyboard_common.errors import UserError
+from storyboard_common.files import (
+    artifacts_root,
+    os_reason,
+)
+from subtext_gen.artifacts import SUBTEXTS_FILE, clip_tag
+from subtext_gen.clip_text import clip_identity
+
+from .config import RunConfig
+
+DATA_ENV = "STORYBOARD_DATA"
+
+
+def default_root(dataset: str) -> Path:
+    base = os.environ.get(DATA_ENV)
+    if not base:
+        raise UserError(f"pass --root (the {dataset} folder) or set {DATA_ENV}=DIR.")
+    return Path(base) / dataset
+
+
+def default_subtexts(dataset: str, clip_model: str, clip_pretrained: str) -> Path:
+    tag = clip_tag(*clip_identity(clip_model, clip_pretrained))
+    return artifacts_root() / dataset / tag / SUBTEXTS_FILE
+
+
+def default_features_dir(
+    dataset: str, fold: int | None, clip_id: tuple[str, str], frames: int
+) -> Path:
+    fold_part = f"-split{fold}" if fold is not None else ""
+    return artifacts_root() / "features" / f"{dataset}{fold_part}-{clip_tag(*clip_id)}-f{frames}"
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    shots = f"-{cfg.shots}shot" if cfg.shots else ""
+    return Path("runs") / f"{cfg.dataset}{shots}-split{cfg.split}-{cfg.aggregation}-seed{cfg.seed}"
+
+
+def writable_dir(path: Path, flag: str = "--out") -> None:
+    """Create `path` and prove a file can be written in it: a one-sentence UserError before
+    any work if not (read-only folder, a file in the way, no space)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"{flag} {path} cannot be written ({os_reason(exc)}): pass a folder you can write to."
+        ) from exc

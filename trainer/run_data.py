@@ -1,0 +1,107 @@
+"""What a run reads: the fold's train and test lists (few-shot selection and repetition
+included), the clip datasets over them, and the checks made before training.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from storyboard_common.errors import UserError
+
+from .config import RunConfig
+from .data.dataset import (
+    ClipSpec,
+    VideoClipDataset,
+    short_videos,
+)
+from .data.items import SplitList
+from .data.layouts import load_split, test_split
+from .data.protocols import fewshot_items, load_item_list, repeat_factor
+
+
+@dataclass
+class RunData:
+    train: SplitList
+    test: SplitList
+    train_items: list  # after few-shot selection and repetition
+    fewshot: list | None
+
+
+def prepare_data(cfg: RunConfig, root: Path, fold: int | None) -> RunData:
+    train = load_split(cfg.dataset, root, "train", fold, cfg.videos, cfg.charades_instances)
+    test = load_split(cfg.dataset, root, test_split(cfg.dataset), fold, cfg.videos, False)
+    items, chosen = list(train.items), None
+    if cfg.fewshot_list is not None:
+        chosen = load_item_list(cfg.fewshot_list, train)
+    elif cfg.shots:
+        chosen = fewshot_items(train, cfg.shots, cfg.seed)
+    if chosen is not None:
+        target = cfg.fewshot_epoch_len or len(train.items)
+        items = chosen * repeat_factor(len(chosen), target)
+    if not items:
+        raise UserError(f"the {cfg.dataset} train split under {root} has no videos on disk.")
+    return RunData(train, test, items, chosen)
+
+
+def clip_datasets(
+    cfg: RunConfig, train: SplitList, train_items: list, test: SplitList, size: int
+) -> tuple[VideoClipDataset, VideoClipDataset]:
+    """A run's training clips (of `train_items`, drawn from the `train` split) and test clips
+    (every view of every test video), for a CLIP of input size `size`."""
+    train_spec = ClipSpec(frames=cfg.frames, train=True, size=size)
+    test_spec = ClipSpec(
+        frames=cfg.frames,
+        train=False,
+        clips=cfg.eval_clips,
+        crops=cfg.eval_crops,
+        size=size,
+        short_side=size,
+    )
+    num_classes = len(train.class_names)
+    return (
+        VideoClipDataset(train_items, num_classes, train.multi_label, train_spec, cfg.seed),
+        VideoClipDataset(test.items, num_classes, test.multi_label, test_spec),
+    )
+
+
+def check_classes(split: SplitList, class_names: list[str], artifact_path: Path) -> None:
+    """The artifact's classes must be the dataset's, in the same order."""
+    if list(split.class_names) == list(class_names):
+        return
+    only_data = sorted(set(split.class_names) - set(class_names))
+    only_art = sorted(set(class_names) - set(split.class_names))
+    detail = (
+        f"only in the dataset: {only_data[:10] or 'none'}; only in the artifact: "
+        f"{only_art[:10] or 'none'}"
+        if only_data or only_art
+        else "same names in another order"
+    )
+    raise UserError(
+        f"{artifact_path} holds other classes than {split.dataset} ({detail}); "
+        "generate and score sub-texts for this dataset."
+    )
+
+
+def check_clip_lengths(cfg: RunConfig, data: RunData) -> None:
+    """Before training: refuse when every probed training (or test) video is shorter than
+    `--frames` (an epoch would read no clip); warn when some are."""
+    train_items = data.fewshot if data.fewshot is not None else data.train.items
+    for what, items in (("training", train_items), ("test", data.test.items)):
+        short, opened = short_videos(items, cfg.frames, workers=max(1, cfg.workers))
+        if not short:
+            continue
+        item, length = short[0]
+        counted = f"{len(short)} of the {opened} {what} videos probed"
+        if len(short) == opened:
+            raise UserError(
+                f"{counted} are shorter than --frames {cfg.frames} (e.g. {item.path} has "
+                f"{length} frames): lower --frames, or list the short videos with `python -m "
+                f"trainer check-data --frames {cfg.frames}`."
+            )
+        warnings.warn(
+            f"{counted} are shorter than --frames {cfg.frames} (e.g. {item.path} has {length} "
+            "frames) and will be skipped; `python -m trainer check-data` lists them.",
+            stacklevel=2,
+        )

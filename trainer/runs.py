@@ -1,0 +1,244 @@
+"""A model and its class texts: built for a run (`build`), loaded back from a run directory,
+an exported model folder or `hf-hub:ORG/REPO` (`load_run`), and exported (`export_run`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from storyboard_common.errors import UserError
+from subtext_gen.artifacts import SUBTEXTS_FILE, read_subtexts
+from subtext_gen.clip_text import LoadedClip, load_clip
+
+from .checkpoints import (
+    CLIP_CONFIG_FILE,
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    HUB_PREFIX,
+    WEIGHTS_FILE,
+    hub_snapshot,
+    is_export,
+    load_checkpoint,
+    model_card,
+    plain,
+    read_export,
+    subtext_source,
+    write_export,
+)
+from .config import RunConfig
+from .distributed import (
+    DistInfo,
+    init_distributed,
+)
+from .model.aggregation import ClassText
+from .model.video_clip import VideoCLIP, build_model
+from .paths import (
+    default_subtexts,
+)
+
+
+@dataclass
+class Built:
+    model: VideoCLIP
+    text: ClassText
+    spec_size: int
+    clip_id: tuple[str, str]  # what artifacts record for the CLIP (`clip_identity`)
+    clip_name: str  # the name open_clip builds the architecture by
+
+
+def build(
+    cfg: RunConfig, dist_info: DistInfo, subtexts: Path, clip: LoadedClip | None = None
+) -> Built:
+    """The run's model over its CLIP (`cfg.clip_model` with `cfg.clip_pretrained`, unless
+    `clip` is given) and the class texts of `subtexts`, on the run's device."""
+    artifact = read_subtexts(subtexts)
+    clip = clip or load_clip(cfg.clip_model, cfg.clip_pretrained, str(dist_info.device))
+    model, text = build_model(
+        clip,
+        artifact,
+        subtexts,
+        aggregation=cfg.aggregation,
+        temporal_layers=cfg.temporal_layers,
+        attention_heads=cfg.attention_heads,
+        tau_coarse=cfg.tau_coarse,
+        tau_fine=cfg.tau_fine,
+        frames=cfg.frames,
+        freeze_backbone=cfg.freeze_backbone,
+        grad_checkpointing=cfg.grad_checkpointing,
+    )
+    return Built(
+        model.to(dist_info.device),
+        text.to(dist_info.device),
+        clip.image_size,
+        (clip.model_id, clip.pretrained_id),
+        clip.model_name,
+    )
+
+
+@dataclass
+class LoadedRun:
+    cfg: RunConfig  # the run's settings, with the target dataset
+    trained_on: dict  # the run's own settings, as saved
+    built: Built
+    dist_info: DistInfo
+    subtexts: Path
+    class_names: list[str]
+    checkpoint: dict  # which checkpoint: {"source", "epoch", "best" (its metrics)}
+
+
+CHECKPOINTS = ("best", "last")
+
+
+def _run_checkpoint(run_dir: Path, checkpoint: str) -> tuple[Path, dict]:
+    """The path and state of a run directory's best (else last) or last checkpoint."""
+    if checkpoint not in CHECKPOINTS:
+        raise UserError(f"the checkpoint to load is best or last, not {checkpoint!r}.")
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    path = path if path.exists() else run_dir / "checkpoints" / "last.pt"
+    if not path.exists():
+        raise UserError(
+            f"no checkpoint in {run_dir / 'checkpoints'}: not a run directory (nor a model "
+            "folder from `trainer export`, nor hf-hub:ORG/REPO)."
+        )
+    if path.name == "best.pt" and (run_dir / "checkpoints" / "last.pt").exists():
+        hint = "the run's last.pt may still load (`eval --last`)"
+    else:
+        hint = "resume the run (`run --resume`) or train it again"
+    return path, load_checkpoint(path, "cpu", hint)
+
+
+def load_run(
+    source: Path | str,
+    dataset: str | None = None,
+    subtexts: Path | None = None,
+    device: str = "auto",
+    checkpoint: str = "best",
+    **overrides,
+) -> LoadedRun:
+    """A trained model with a dataset's class texts (the model's own dataset unless
+    `dataset` names another, which then needs `subtexts`). `source` is a run directory (its
+    best, else last checkpoint; `checkpoint="last"`: its last), a model folder from
+    `export_run`, or `hf-hub:ORG/REPO` naming one on the Hugging Face Hub."""
+    if str(source).startswith(HUB_PREFIX):
+        return _load_export(
+            hub_snapshot(str(source)), str(source), dataset, subtexts, device, checkpoint, overrides
+        )
+    source = Path(source)
+    if is_export(source):
+        return _load_export(source, str(source), dataset, subtexts, device, checkpoint, overrides)
+    path, state = _run_checkpoint(source, checkpoint)
+    saved = state["config"]
+    dataset = dataset or saved["dataset"]
+    if subtexts is None and dataset == saved["dataset"] and saved.get("subtexts"):
+        subtexts = Path(saved["subtexts"])
+    cfg = RunConfig.from_saved({**saved, "dataset": dataset, "device": device, **overrides})
+    dist_info = init_distributed(device)
+    subtexts = Path(subtexts or default_subtexts(dataset, cfg.clip_model, cfg.clip_pretrained))
+    built = build(cfg, dist_info, subtexts)
+    _load_weights(built.model, state["model"], path)
+    which = {"source": str(path), "epoch": state["epoch"], "best": state["best"]}
+    return LoadedRun(
+        cfg, plain(saved), built, dist_info, subtexts, read_subtexts(subtexts).class_names, which
+    )
+
+
+def _load_weights(model: VideoCLIP, weights: dict, path) -> None:
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or missing:
+        raise UserError(
+            f"{path} does not fit the model built for it ({(missing + unexpected)[:3]})."
+        )
+    model.eval()
+
+
+def _load_export(
+    folder: Path,
+    label: str,
+    dataset: str | None,
+    subtexts: Path | None,
+    device: str,
+    checkpoint: str,
+    overrides: dict,
+) -> LoadedRun:
+    """An exported model folder: the architecture from its own files, the weights from
+    model.safetensors; nothing of the machine it was trained on is needed."""
+    if checkpoint != "best":
+        raise UserError(f"{label} is an exported model, which holds one checkpoint: drop --last.")
+    config, weights = read_export(folder)
+    saved = config["training"]
+    dataset = dataset or saved["dataset"]
+    if subtexts is None:
+        if dataset != saved["dataset"]:
+            raise UserError(
+                f"{label} was trained on {saved['dataset']}: evaluating {dataset} takes "
+                f"--subtexts, {dataset}'s subtexts.parquet scored with this model's CLIP "
+                f"({config['clip']['model_id']}, {config['clip']['pretrained_id']})."
+            )
+        subtexts = folder / SUBTEXTS_FILE
+    cfg = RunConfig.from_saved({**saved, "dataset": dataset, "device": device, **overrides})
+    dist_info = init_distributed(device)
+    clip = load_clip(str(folder / config["clip"]["config_file"]), "none", str(dist_info.device))
+    # Built without weights (they are in model.safetensors), known as the CLIP it was.
+    clip = dataclasses.replace(
+        clip, model_id=config["clip"]["model_id"], pretrained_id=config["clip"]["pretrained_id"]
+    )
+    built = build(cfg, dist_info, Path(subtexts), clip)
+    _load_weights(built.model, weights, folder / WEIGHTS_FILE)
+    which = {"source": label, "epoch": config["epoch"], "best": config["metrics"]}
+    return LoadedRun(
+        cfg, saved, built, dist_info, Path(subtexts), read_subtexts(subtexts).class_names, which
+    )
+
+
+def export_run(run_dir: Path, out: Path, checkpoint: str = "best") -> Path:
+    """Write a run's checkpoint as a self-contained model folder (`trainer/checkpoints.py`):
+    safetensors weights of the whole model, its config, the CLIP's architecture, the class
+    texts and a model card. -> `out`."""
+    import open_clip
+
+    loaded = load_run(run_dir, device="cpu", checkpoint=checkpoint)
+    clip_config = open_clip.get_model_config(loaded.built.clip_name)
+    if clip_config is None:
+        raise UserError(
+            f"the architecture of CLIP {loaded.cfg.clip_model} is not an open_clip config this "
+            "machine knows; export from a run whose --clip-model is an open_clip name or a "
+            "model-config JSON."
+        )
+    cfg, (model_id, pretrained_id) = loaded.cfg, loaded.built.clip_id
+    config = {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "architecture": {
+            "aggregation": cfg.aggregation,
+            "temporal_layers": cfg.temporal_layers,
+            "attention_heads": cfg.attention_heads,
+            "tau_coarse": cfg.tau_coarse,
+            "tau_fine": cfg.tau_fine,
+            "frames": cfg.frames,
+            "image_size": loaded.built.spec_size,
+            "freeze_backbone": cfg.freeze_backbone,
+        },
+        "clip": {
+            "model_id": model_id,
+            "pretrained_id": pretrained_id,
+            "config_file": CLIP_CONFIG_FILE,
+        },
+        "evaluation": {"clips": cfg.eval_clips, "crops": cfg.eval_crops},
+        "dataset": cfg.dataset,
+        "classes": loaded.class_names,
+        "checkpoint": Path(loaded.checkpoint["source"]).stem,
+        "epoch": loaded.checkpoint["epoch"],
+        "metrics": loaded.checkpoint["best"],
+        "subtexts": subtext_source(loaded.subtexts),
+        "training": loaded.trained_on,
+    }
+    return write_export(
+        out,
+        loaded.built.model.state_dict(),
+        config,
+        clip_config,
+        loaded.subtexts,
+        model_card(config),
+    )
