@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,12 +13,12 @@ import torch
 
 from subtext_gen.clip_text import load_clip
 from testkit.list_dataset import write_list_dataset
+from testkit.torchrun import torchrun_cache_features
 from trainer.cache.build import cache_features
 from trainer.config import RunConfig
 from trainer.loop import train
 from trainer.storyworld import WORLD_CLIP
 
-REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["red rise", "green rise", "blue rise", "grey rise"]
 TINTS = [(1.0, 0.2, 0.2), (0.2, 1.0, 0.2), (0.2, 0.2, 1.0), (1.0, 1.0, 1.0)]
 
@@ -90,42 +88,18 @@ def bench_cache(per_class: int = 24, epochs: int = 4, workers: int = 2) -> dict:
 def _torchrun_cache(world: dict, out: Path, ranks: int, workers: int, views: int) -> float:
     """Seconds `torchrun --nproc_per_node RANKS -m trainer cache-features` spends encoding
     and merging (its `--json` summary: after start-up and model loading)."""
-    args = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={ranks}",
-        "-m",
-        "trainer",
-        "cache-features",
-        "--dataset",
-        "list",
-        "--root",
-        str(world["root"]),
-        "--clip-model",
-        str(WORLD_CLIP),
-        "--clip-pretrained",
-        str(world["ckpt"]),
-        "--frames",
-        "8",
-        "--views",
-        str(views),
-        "--batch-size",
-        "8",
-        "--workers",
-        str(workers),
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-        "--json",
-    ]
-    done = subprocess.run(args, capture_output=True, text=True, cwd=REPO, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"torchrun cache-features failed: {done.stderr[-2000:]}")
-    line = next(x for x in done.stdout.splitlines() if x.startswith("{"))
-    return json.loads(line)["seconds"]
+    flags = {
+        "dataset": "list",
+        "root": world["root"],
+        "clip_model": WORLD_CLIP,
+        "clip_pretrained": world["ckpt"],
+        "frames": 8,
+        "views": views,
+        "batch_size": 8,
+        "workers": workers,
+        "out": out,
+    }
+    return torchrun_cache_features(ranks, flags)["seconds"]
 
 
 def bench_cache_ranks(per_class: int = 24, views: int = 4, workers: int = 2) -> dict:

@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import ProcessException
 
 from storyboard_common.errors import UserError
+from testkit.torchrun import torchrun_cache_features
 from trainer.cache import build as cache_build
 from trainer.cache.store import read_index
 from trainer.checkpoints import atomic_save, load_checkpoint
@@ -61,52 +62,24 @@ def assert_same_cache(got, want) -> None:
 
 
 def torchrun(world, out, ranks: int) -> dict:
-    """`torchrun --nproc_per_node RANKS -m trainer cache-features ... --json` (gloo, CPU)."""
-    args = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={ranks}",
-        "-m",
-        "trainer",
-        "cache-features",
-        "--dataset",
-        "list",
-        "--root",
-        str(world["root"]),
-        "--clip-model",
-        str(TINY_CLIP_CONFIG),
-        "--clip-pretrained",
-        str(world["ckpt"]),
-        "--frames",
-        "4",
-        "--clips",
-        "2",
-        "--crops",
-        "3",
-        "--views",
-        "2",
-        "--seed",
-        "1",
-        "--batch-size",
-        "3",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-        "--dtype",
-        "float32",
-        "--out",
-        str(out),
-        "--json",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = [x for x in done.stdout.splitlines() if x.startswith("{")]
-    assert len(lines) == 1, done.stdout  # rank 0 alone reports
-    return json.loads(lines[0])
+    """`torchrun --nproc_per_node RANKS -m trainer cache-features ... --json` (gloo, CPU):
+    the settings of `reference`; -> rank 0's summary (the only one printed)."""
+    flags = {
+        "dataset": "list",
+        "root": world["root"],
+        "clip_model": TINY_CLIP_CONFIG,
+        "clip_pretrained": world["ckpt"],
+        "frames": 4,
+        "clips": 2,
+        "crops": 3,
+        "views": 2,
+        "seed": 1,
+        "batch_size": 3,
+        "workers": 0,
+        "dtype": "float32",
+        "out": out,
+    }
+    return torchrun_cache_features(ranks, flags, env={"OMP_NUM_THREADS": "1"})
 
 
 def test_two_torchrun_ranks_write_the_cache_one_process_writes(world, reference, tmp_path):

@@ -17,14 +17,7 @@ import pytest
 from storyboard_common.errors import UserError
 from subtext_gen.classes import load_classes, shipped_datasets
 from testkit.videos import write_video
-from trainer.data.layouts import (
-    DATASETS,
-    available_splits,
-    folds,
-    kinetics,
-    load_split,
-    ssv2,
-)
+from trainer.data.layouts import DATASETS, available_splits, folds, kinetics, load_split, ssv2
 from trainer.data.layouts import test_split as evaluation_split  # not a test
 from trainer.data.protocols import read_subset_file, subset_class_ids
 

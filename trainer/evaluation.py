@@ -17,27 +17,12 @@ from storyboard_common.files import atomic_write, atomic_write_text
 
 from . import metrics
 from .cache.dataset import FeatureDataset
-from .cache.store import (
-    TEST,
-    FeatureCache,
-    cache_identity,
-    read_meta,
-)
-from .data.dataset import (
-    ClipSpec,
-    EpochSampler,
-    VideoClipDataset,
-    make_loader,
-)
+from .cache.store import TEST, FeatureCache, cache_identity, read_meta
+from .data.dataset import ClipSpec, EpochSampler, VideoClipDataset, make_loader
 from .data.layouts import folds, load_split, test_split
-from .distributed import (
-    DistInfo,
-    gather_objects,
-)
+from .distributed import DistInfo, gather_objects
 from .model.aggregation import ClassText
-from .paths import (
-    default_root,
-)
+from .paths import default_root
 from .precision import autocast
 from .progress import progress_bar
 from .run_data import check_classes

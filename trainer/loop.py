@@ -25,22 +25,13 @@ import numpy as np
 import torch
 
 from storyboard_common.errors import UserError
-from storyboard_common.files import (
-    atomic_write_text,
-)
+from storyboard_common.files import atomic_write_text
 from subtext_gen.artifacts import read_subtexts
 
 from .cache.dataset import cached_datasets
-from .checkpoints import (
-    atomic_save,
-    load_checkpoint,
-    plain,
-)
+from .checkpoints import atomic_save, load_checkpoint, plain
 from .config import RunConfig, resume_differences
-from .data.dataset import (
-    EpochSampler,
-    make_loader,
-)
+from .data.dataset import EpochSampler, make_loader
 from .data.layouts import folds
 from .data.protocols import save_item_list
 from .distributed import (
@@ -51,20 +42,10 @@ from .distributed import (
     gather_with_grad,
     init_distributed,
 )
-from .evaluation import (
-    model_inputs,
-    predict,
-    score_predictions,
-    write_eval_outputs,
-)
+from .evaluation import model_inputs, predict, score_predictions, write_eval_outputs
 from .loss import storyboard_loss
 from .model.aggregation import ClassText
-from .paths import (
-    default_root,
-    default_run_dir,
-    default_subtexts,
-    writable_dir,
-)
+from .paths import default_root, default_run_dir, default_subtexts, writable_dir
 from .precision import autocast, grad_scaler
 from .progress import progress_bar
 from .report import write_report

@@ -9,10 +9,7 @@ import tempfile
 from pathlib import Path
 
 from storyboard_common.errors import UserError
-from storyboard_common.files import (
-    artifacts_root,
-    os_reason,
-)
+from storyboard_common.files import artifacts_root, os_reason
 from subtext_gen.artifacts import SUBTEXTS_FILE, clip_tag
 from subtext_gen.clip_text import clip_identity
 

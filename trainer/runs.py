@@ -28,15 +28,10 @@ from .checkpoints import (
     write_export,
 )
 from .config import RunConfig
-from .distributed import (
-    DistInfo,
-    init_distributed,
-)
+from .distributed import DistInfo, init_distributed
 from .model.aggregation import ClassText
 from .model.video_clip import VideoCLIP, build_model
-from .paths import (
-    default_subtexts,
-)
+from .paths import default_subtexts
 
 
 @dataclass

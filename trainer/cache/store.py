@@ -58,15 +58,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storyboard_common.errors import UserError
-from storyboard_common.files import (
-    atomic_write,
-    atomic_write_table,
-    atomic_write_text,
-)
+from storyboard_common.files import atomic_write, atomic_write_table, atomic_write_text
 
-from ..data.dataset import (
-    VideoClipDataset,
-)
+from ..data.dataset import VideoClipDataset
 from ..data.items import VideoItem
 
 FORMAT_VERSION = 1

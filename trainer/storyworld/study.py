@@ -56,12 +56,7 @@ from ..model.video_clip import check_artifact_matches_clip, clip_log_logit_scale
 from ..report import read_metrics
 from ..runs import load_run
 from . import WORLD_CLIP, analysis
-from .pretrain import (
-    OBJECTIVES,
-    frame_accuracies,
-    log_path,
-    pretrain_clip,
-)
+from .pretrain import OBJECTIVES, frame_accuracies, log_path, pretrain_clip
 from .world import CANDIDATES_PATH, WorldInfo, write_world
 
 SET_KINDS = ("faithful", "unrelated", "near-duplicate")  # the order of the shipped sets
@@ -528,39 +523,16 @@ def collect(
         importance[objective] = shares
         tau_sweep[objective] = {
             f"{t:g}": {
-                mode: spread(
-                    "top1",
-                    mode=mode,
-                    setting="supervised",
-                    tau=t,
-                    temporal_layers=0,
-                    finetune=False,
-                    epochs=None,
-                )
+                mode: spread("top1", mode=mode, setting="supervised", **{**main, "tau": t})
                 for mode in IMPORTANCE_MODES
             }
             for t in design.taus
         }
+        with_temporal = {**main, "temporal_layers": design.temporal_layers}
         temporal[objective] = {
             mode: {
-                "top1": spread(
-                    "top1",
-                    mode=mode,
-                    setting="supervised",
-                    tau=tau,
-                    temporal_layers=design.temporal_layers,
-                    finetune=False,
-                    epochs=None,
-                ),
-                "order_only_top1": spread(
-                    "order_only_top1",
-                    mode=mode,
-                    setting="supervised",
-                    tau=tau,
-                    temporal_layers=design.temporal_layers,
-                    finetune=False,
-                    epochs=None,
-                ),
+                key: spread(key, mode=mode, setting="supervised", **with_temporal)
+                for key in ("top1", "order_only_top1")
             }
             for mode in design.temporal_modes
         }
