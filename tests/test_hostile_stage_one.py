@@ -10,13 +10,14 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from storyboard_common import files
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write, atomic_write_text
-from subtext_gen import artifacts
 from subtext_gen.artifacts import (
     CANDIDATES_FILE,
     JOURNAL_FILE,
@@ -390,7 +391,7 @@ def test_atomic_write_gives_the_mode_open_would(tmp_path, umask):
 def test_the_umask_is_read_without_changing_it():
     old = os.umask(0o027)
     try:
-        assert artifacts._new_file_mode(artifacts.Path("/nonexistent/x")) == 0o640
+        assert files._new_file_mode(Path("/nonexistent/x")) == 0o640
         assert os.umask(0o027) == 0o027
     finally:
         os.umask(old)

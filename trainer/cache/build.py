@@ -13,7 +13,6 @@ import torch
 from storyboard_common.errors import UserError
 from subtext_gen.clip_text import clip_identity, load_clip
 
-from ..cache.store import DTYPES, SHARD_ROWS, TEST, TRAIN, CacheWriter, cache_identity
 from ..config import RunConfig
 from ..data.dataset import Skipped, VideoClipDataset, make_loader
 from ..data.layouts import folds, load_split, test_split
@@ -23,6 +22,7 @@ from ..paths import default_features_dir, default_root, writable_dir
 from ..precision import autocast
 from ..progress import progress_bar
 from ..run_data import clip_datasets
+from .store import DTYPES, SHARD_ROWS, TEST, TRAIN, CacheWriter, cache_identity
 
 
 class _Keyed(torch.utils.data.Dataset):

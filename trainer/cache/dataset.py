@@ -10,12 +10,12 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..cache.store import TEST, TRAIN, FeatureCache, cache_identity
 from ..config import RunConfig
 from ..data.dataset import Skipped, clip_target
 from ..data.items import VideoItem
 from ..run_data import RunData, clip_datasets
 from ..runs import Built
+from .store import TEST, TRAIN, FeatureCache, cache_identity
 
 
 def train_view(epoch: int, index: int, unique: int, length: int, views: int) -> int:

@@ -4,8 +4,8 @@ With `--freeze-backbone` the visual tower is a fixed function of the clip, and i
 decoding and transforms) is nearly the whole cost of a frozen run. `python -m trainer
 cache-features` runs it once over V training views and every evaluation view of each
 video; `run --freeze-backbone --features DIR` trains and evaluates from the stored arrays.
-This module is the cache's I/O (layout, identity, writing, reading, the Dataset a cached
-run reads); the encoding loop is `trainer.cache.build.cache_features`.
+This module is the cache's I/O (layout, identity, writing, reading); what a run reads from
+it is `trainer.cache.dataset`, and the encoding loop `trainer.cache.build.cache_features`.
 
 A cache directory holds one dataset fold encoded by one CLIP with one set of clip settings:
 
@@ -34,7 +34,8 @@ positions always mean the same items. Shards are read with `numpy.load(mmap_mode
 Views. View v of the item at position p of the train split is the clip the training dataset
 draws at epoch v for index p (`VideoClipDataset[(v, p)]`, whose randomness is keyed by
 (seed, epoch, index)); the test split stores every evaluation view (clips x crops), as the
-test dataset gives them. `train_view` says which view a cached run reads.
+test dataset gives them. `trainer.cache.dataset.train_view` says which view a cached run
+reads.
 
 Storage is float16 by default: half the disk and page cache of float32 (T x D x 2 bytes a
 view, 8 KB for 8 frames of ViT-B/16), and its relative rounding of 5e-4 is finer than the
