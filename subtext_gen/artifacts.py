@@ -1,4 +1,5 @@
-"""Parquet artifacts shared by both stages: schemas, metadata, atomic writes, reading back.
+"""Parquet artifacts shared by both stages: schemas, metadata, writing (through
+`storyboard_common.files`), reading back.
 
 This is the only module that knows the on-disk format (see docs/design.md, "Artifacts").
 `subtext_gen` writes `candidates.parquet`, `tpp.parquet` and `subtexts.parquet`;
