@@ -38,3 +38,16 @@ def run_cli(app) -> None:
         print(message if bare else f"error: {message}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def unsafe_load_reason(exc: BaseException) -> str | None:
+    """The object a weights-only `torch.load` refused to build (e.g. `posix.system`), or
+    None when `exc` is not such a refusal, as for a file that is no pickle at all (open_clip
+    and the trainer both load weights-only)."""
+    import pickle
+    import re
+
+    if not isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" not in str(exc):
+        return None
+    found = re.search(r"unsupported GLOBAL ([\w.]+)", str(exc))
+    return found.group(1) if found else None  # else a damaged file, not an object refused

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from storyboard_common.device import resolve_device
-from storyboard_common.errors import UserError
+from storyboard_common.errors import UserError, unsafe_load_reason
 
 from .resources import resolve_shipped
 
@@ -147,19 +147,6 @@ _NOT_A_CHECKPOINT = (
     "truncated",
 )
 _WRONG_MODEL = ("size mismatch", "Missing key", "Unexpected key")
-
-
-def unsafe_load_reason(exc: BaseException) -> str | None:
-    """The object a weights-only `torch.load` refused to build (e.g. `posix.system`), or
-    None when `exc` is not such a refusal, as for a file that is no pickle at all (open_clip
-    and the trainer both load weights-only)."""
-    import pickle
-    import re
-
-    if not isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" not in str(exc):
-        return None
-    found = re.search(r"unsupported GLOBAL ([\w.]+)", str(exc))
-    return found.group(1) if found else None  # else a damaged file, not an object refused
 
 
 def _checkpoint_problem(weights: str, clip_model: str, exc: Exception) -> str:

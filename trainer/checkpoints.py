@@ -30,10 +30,9 @@ from pathlib import Path
 
 import torch
 
-from storyboard_common.errors import UserError, first_line
+from storyboard_common.errors import UserError, first_line, unsafe_load_reason
 from storyboard_common.files import atomic_write, atomic_write_text
 from subtext_gen.artifacts import SUBTEXTS_FILE, TPP_FILE, read_subtexts
-from subtext_gen.clip_text import unsafe_load_reason
 
 EXPORT_FORMAT = "storyboard-video-model"
 EXPORT_VERSION = 1
