@@ -1,3 +1,3 @@
-"""What both stages share, and nothing else: the user-error type and the CLI runner
-(`errors`), files written atomically and the artifacts folder (`files`), and the choice of
-device (`device`)."""
+"""What both stages share, and nothing else: the user-error type, the CLI runner and the
+reason a weights-only load refused a file (`errors`); files written atomically and the
+artifacts folder (`files`); the choice of device (`device`)."""
