@@ -65,4 +65,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(PY_DIRS)
 
 clean:
-	rm -rf $(VENV) artifacts/demo artifacts/demo-subtexts .pytest_cache
+	rm -rf $(VENV) artifacts/demo artifacts/demo-subtexts .pytest_cache build *.egg-info

@@ -177,7 +177,7 @@ def _train_steps(inputs: CheckInputs, config: StepConfig, record: dict) -> None:
                 _sync(device)
                 start = time.perf_counter()
             # The trainer's own optimiser step; its running loss synchronises, as in a run.
-            loss_sum, count, _ = train_step(
+            ((loss_sum, count),), _ = train_step(
                 model, text, [batch], optimizer, scaler, one_process, config.amp, recipe.lam
             )
             losses.append(loss_sum / count)

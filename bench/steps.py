@@ -9,11 +9,10 @@ import time
 import torch
 
 from subtext_gen.clip_text import load_clip
-from trainer.config import AGGREGATIONS
 from trainer.distributed import DistInfo
 from trainer.loop import train_step
 from trainer.loss import storyboard_loss
-from trainer.model.aggregation import ClassText, StoryboardHead
+from trainer.model.aggregation import AGGREGATIONS, ClassText, StoryboardHead
 from trainer.model.video_clip import VideoCLIP
 from trainer.precision import grad_scaler
 from trainer.schedule import make_optimizer

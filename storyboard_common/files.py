@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,10 +40,12 @@ def _new_file_mode(path: Path) -> int:
     return 0o666 & ~mask
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """`write(fh)` into a temporary binary file beside `path` (`<name>.<random>.tmp`), then
-    rename it into place: a reader never sees a half-written file, a crash leaves the old
-    one. Every file the project writes for later use goes through here.
+@contextmanager
+def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file beside `path` (`<name>.<random><suffix>`) for the block to write;
+    renamed onto `path` when the block ends, removed if it raises: a reader never sees a
+    half-written file, a crash leaves the old one. For writers that need a file name (a
+    video muxer); `atomic_write` is the one for writers that take a file object.
 
     The file gets the mode a plain `open()` would give it (0o666 less the umask, or the
     replaced file's mode). An OSError (read-only folder, full disk, ...) removes the
@@ -53,10 +56,10 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         mode = _new_file_mode(path)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            write(fh)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=suffix, dir=path.parent)
+        os.fchmod(fd, mode)
+        os.close(fd)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None:
@@ -66,6 +69,13 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
                 f"could not write {path} ({os_reason(exc)}); nothing was changed."
             ) from exc
         raise
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write(fh)` into a binary file at `path` through `atomic_path`. Every file the
+    project writes for later use goes through here or `atomic_path`."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        write(fh)
 
 
 def os_reason(exc: OSError) -> str:
@@ -85,10 +95,17 @@ def atomic_write_table(table, path: Path) -> None:
     atomic_write(path, lambda fh: pq.write_table(table, fh))
 
 
+def json_paths(value):
+    """`json.dumps`'s `default` for paths (written as strings); anything else unencodable
+    is the usual TypeError."""
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def atomic_write_json(path: Path, value, indent: int | None = 2) -> None:
     """`atomic_write` of a JSON document (paths written as strings), newline-terminated."""
-    text = json.dumps(value, indent=indent, default=lambda v: str(v) if isinstance(v, Path) else v)
-    atomic_write_text(path, text + "\n")
+    atomic_write_text(path, json.dumps(value, indent=indent, default=json_paths) + "\n")
 
 
 def atomic_savefig(figure, path: Path, **options) -> None:

@@ -1,4 +1,5 @@
 """Helpers that write what the tests and the benchmarks run on: videos in any container
-(`videos`), a scored miniature dataset in the generic list layout (`list_dataset`), and a
-loopback OpenAI-compatible server (`openai_server`). Neither `tests/` nor `bench/` owns
+(`videos`), a scored miniature dataset in the generic list layout (`list_dataset`), a
+loopback OpenAI-compatible server (`openai_server`), and `cache-features` under torchrun
+(`torchrun`). Neither `tests/` nor `bench/` owns
 them; both import them from here (run from the repository root)."""

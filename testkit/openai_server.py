@@ -120,7 +120,7 @@ class OpenAIServer:
 
 
 def serve_forever(latency: float = 0.0, port: int = 0) -> None:
-    """`python -m tests.openai_server [LATENCY]`: a server for manual tries (prints its URL)."""
+    """`python -m testkit.openai_server [LATENCY]`: a server for manual tries (prints its URL)."""
 
     def responder(request: dict, call: int) -> Reply:
         reply = good_replies(request, call)

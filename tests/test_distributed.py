@@ -30,7 +30,7 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
     all_logits = gather_with_grad(logits)
     all_labels = gather_with_grad(labels[rows])
     loss = storyboard_loss(all_logits, all_labels)
-    (loss * world).backward()  # what the engine does before DDP averages gradients
+    (loss * world).backward()  # what train_step does before DDP averages gradients
     grad = w.grad.clone()
     dist.all_reduce(grad)
     out[rank] = (loss.detach().item(), (grad / world).tolist())

@@ -3,6 +3,7 @@ another directory against the installed copy (not the clone) finds it."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -26,8 +27,24 @@ SHIPPED = (
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    """The project built as a wheel and unpacked into a folder of its own (deps: this env's)."""
+    """The project built as a wheel and unpacked into a folder of its own (deps: this env's).
+
+    Built from a copy of the checkout's files (tracked, and untracked but not ignored): a
+    build in the checkout itself would reuse its `build/`, where setuptools never removes
+    modules that have since moved, and ship them."""
     base = tmp_path_factory.mktemp("package")
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    source = base / "source"
+    for name in listed:
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
     subprocess.run(
         [
             sys.executable,
@@ -38,7 +55,7 @@ def installed(tmp_path_factory):
             "--quiet",
             "-w",
             str(base / "dist"),
-            str(REPO),
+            str(source),
         ],
         check=True,
         capture_output=True,
@@ -66,7 +83,12 @@ def test_wheel_holds_the_shipped_data(installed):
     wheel, _ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
     assert set(SHIPPED) <= names
-    assert not any(name.startswith(("tests/", "bench/", "data/")) for name in names)
+    assert not any(name.startswith(("tests/", "bench/", "testkit/", "data/")) for name in names)
+    modules = {name for name in names if name.endswith(".py")}
+    packages = ("storyboard_common/", "subtext_gen/", "trainer/")
+    assert modules == {
+        str(p.relative_to(REPO)) for top in packages for p in (REPO / top).rglob("*.py")
+    }  # every module, none stale
 
 
 def test_a_command_runs_from_another_directory_on_the_installed_copy(installed, tmp_path):

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from trainer.config import AGGREGATIONS
 from trainer.evaluation import evaluate_checkpoint
+from trainer.model.aggregation import AGGREGATIONS
 from trainer.storyworld import analysis
 from trainer.storyworld.study import RunSpec, StudyDesign, run_specs, run_study, write_report
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from storyboard_common.errors import UserError, first_line, unsafe_load_reason
-from storyboard_common.files import atomic_write, atomic_write_text
+from storyboard_common.files import atomic_write, atomic_write_text, json_paths
 from subtext_gen.artifacts import SUBTEXTS_FILE, TPP_FILE, read_subtexts
 
 EXPORT_FORMAT = "storyboard-video-model"
@@ -82,7 +82,7 @@ def load_checkpoint(path: Path, map_location, hint: str) -> dict:
 
 def plain(value):
     """`value` as JSON types (paths become strings): what a checkpoint stores as settings."""
-    return json.loads(json.dumps(value, default=lambda v: str(v) if isinstance(v, Path) else v))
+    return json.loads(json.dumps(value, default=json_paths))
 
 
 # ---------------------------------------------------------------- the exported folder

@@ -97,10 +97,11 @@ def train_step(
     dist_info: DistInfo,
     amp: str,
     lam: float,
-) -> tuple[float, int, int]:
+) -> tuple[list[tuple[float, int]], int]:
     """One optimiser step over the micro-batches `group` (gradient accumulation): forward
     under autocast, the loss of Eq. 13-15 over every rank's clips, backward, step. ->
-    (loss summed over clips, clips, videos skipped)."""
+    (per micro-batch that ran, its loss summed over its clips and its clip count; videos
+    skipped)."""
     device = dist_info.device
     # A micro-batch runs only where every rank has videos in it: the collectives below
     # must be entered by all ranks or none.
@@ -108,7 +109,7 @@ def train_step(
         torch.tensor([len(b["video_ids"]) > 0 for b in group], device=device).int()
     )
     runs = int(live.sum())
-    total, count, skipped = 0.0, 0, 0
+    losses, skipped = [], 0
     for batch, alive in zip(group, live.tolist()):
         skipped += len(batch["skipped"])
         if not alive:
@@ -123,13 +124,12 @@ def train_step(
         all_labels = gather_with_grad(labels)
         loss = storyboard_loss(all_logits, all_labels, lam)
         scaler.scale(loss * dist_info.world / runs).backward()
-        total += loss.item() * len(batch["video_ids"])
-        count += len(batch["video_ids"])
+        losses.append((loss.item() * len(batch["video_ids"]), len(batch["video_ids"])))
     if runs:
         scaler.step(optimizer)
         scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return total, count, skipped
+    return losses, skipped
 
 
 def train_epoch(
@@ -165,10 +165,12 @@ def train_epoch(
             group.append(batch)
         if not group:
             break
-        loss_sum, clips, missed = train_step(
+        losses, missed = train_step(
             model, text, group, optimizer, scaler, dist_info, cfg.amp, cfg.lam
         )
-        total, count, skipped = total + loss_sum, count + clips, skipped + missed
+        for loss_sum, clips in losses:  # in order, as a running sum
+            total, count = total + loss_sum, count + clips
+        skipped += missed
         scheduler.step()
         step += len(group)
         progress.update(task, advance=len(group), info=f"loss {total / max(count, 1):.4f}")
@@ -257,7 +259,7 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
     steps_per_epoch = max(1, math.ceil(len(train_loader) / accumulation))  # optimiser steps
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    scheduler = make_scheduler(optimizer, total_steps, warmup)
+    scheduler = make_scheduler(optimizer, total_steps, max(warmup, 1))
     scaler = grad_scaler(dist_info.device, cfg.amp)
 
     fresh = {"step": 0, "loss_sum": 0.0, "clips": 0, "skipped": 0}

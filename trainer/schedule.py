@@ -40,6 +40,4 @@ def make_scheduler(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """`lr_lambda` as the optimiser's schedule, stepped once per optimiser step."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(total_steps, max(warmup_steps, 1))
-    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup_steps))

@@ -19,8 +19,8 @@ from subtext_gen.artifacts import ArtifactMeta, SubtextArtifact
 from subtext_gen.clip_text import LoadedClip
 
 from ..data.transforms import normalise_clips
-from ..model.aggregation import UNTRAINED_LOG_LOGIT_SCALE, ClassText, StoryboardHead
-from ..model.temporal import TemporalTransformer
+from .aggregation import UNTRAINED_LOG_LOGIT_SCALE, ClassText, StoryboardHead
+from .temporal import TemporalTransformer
 
 NO_DECAY_NAMES = ("position", "embedding", "logit_scale")
 

@@ -49,9 +49,9 @@ from subtext_gen.score import class_reports, score
 
 from ..cache.build import cache_features
 from ..cache.store import TEST, TRAIN, read_split
-from ..config import AGGREGATIONS, RunConfig
+from ..config import RunConfig
 from ..loop import train
-from ..model.aggregation import ClassText
+from ..model.aggregation import AGGREGATIONS, ClassText
 from ..model.video_clip import check_artifact_matches_clip, clip_log_logit_scale
 from ..report import read_metrics
 from ..runs import load_run

@@ -34,9 +34,10 @@ a CLIP recognises what each frame shows:
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
@@ -44,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storyboard_common.files import atomic_write_text
+from storyboard_common.files import atomic_path, atomic_write_text
 from subtext_gen.resources import data_path
 
 FORMAT_VERSION = 3
@@ -401,13 +402,11 @@ def render(segments: list[dict], size: int, rng: np.random.Generator) -> np.ndar
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = FPS) -> None:
-    """Write uint8 [T, H, W, 3] frames as an mpeg4 video (atomically: temp file, rename)."""
+    """Write uint8 [T, H, W, 3] frames as an mpeg4 video (atomically: `atomic_path`)."""
     import av
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     height, width = frames.shape[1:3]
-    with av.open(str(tmp), mode="w") as container:
+    with atomic_path(path, suffix=f".tmp{path.suffix}") as tmp, av.open(str(tmp), "w") as container:
         stream = container.add_stream("mpeg4", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"qscale": "2"}
@@ -417,7 +416,6 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = FPS) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------
@@ -471,10 +469,11 @@ def _write_dataset(
     per_class_train: int,
 ) -> int:
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        root / "classes.csv",
-        "id,name\n" + "".join(f"{i},{c.name}\n" for i, c in enumerate(classes)),
-    )
+    table = io.StringIO()  # csv quotes a name holding a comma or a quote
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["id", "name"])
+    writer.writerows([i, c.name] for i, c in enumerate(classes))
+    atomic_write_text(root / "classes.csv", table.getvalue())
     count = 0
     splits = (
         ("train", per_class_train),
