@@ -3,7 +3,6 @@ the cache built by 2 torchrun ranks against 1."""
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -17,6 +16,7 @@ from testkit.torchrun import torchrun_cache_features
 from trainer.cache.build import cache_features
 from trainer.config import RunConfig
 from trainer.loop import train
+from trainer.report import read_metrics
 from trainer.storyworld import WORLD_CLIP
 
 CLASSES = ["red rise", "green rise", "blue rise", "grey rise"]
@@ -25,8 +25,7 @@ TINTS = [(1.0, 0.2, 0.2), (0.2, 1.0, 0.2), (0.2, 0.2, 1.0), (1.0, 1.0, 1.0)]
 
 def _epoch_seconds(run_dir: Path) -> float:
     """Mean training time of the epochs after the first (which starts the workers)."""
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    seconds = [x["seconds"] for x in lines if "train_loss" in x][1:]
+    seconds = [x["seconds"] for x in read_metrics(run_dir) if "train_loss" in x][1:]
     return sum(seconds) / len(seconds)
 
 

@@ -438,7 +438,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["target"] = memory_target(result)
     result["failures"] = failures(result)
     out = args.out or default_output(result)
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, result)
     print_report(result, console)
     console.print(f"written: {out}")

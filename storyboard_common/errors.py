@@ -5,6 +5,8 @@ anything else is a bug and keeps its traceback. `unsafe_load_reason` names what 
 weights-only `torch.load` refused, for the one sentence that refuses such a file.
 """
 
+import math
+
 
 class UserError(Exception):
     """A problem caused by the user's input, explained in one sentence."""
@@ -39,6 +41,22 @@ def run_cli(app) -> None:
         print(message if bare else f"error: {message}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def check_ranges(
+    at_least: dict[str, tuple[float | None, float]],
+    positive: dict[str, float] | None = None,
+    unit: str = "number",
+) -> None:
+    """Refuse a numeric flag out of range in one sentence naming it: `at_least` maps a flag
+    to (value, least value), None meaning unset; `positive` flags must be finite and above
+    zero (NaN and infinity are refused). Click's own range check prints a multi-line box."""
+    for flag, (value, least) in at_least.items():
+        if value is not None and not value >= least:
+            raise UserError(f"{flag} must be at least {least}, not {value}.")
+    for flag, value in (positive or {}).items():
+        if not (value > 0 and math.isfinite(value)):
+            raise UserError(f"{flag} must be a positive {unit}, not {value}.")
 
 
 def unsafe_load_reason(exc: BaseException) -> str | None:

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from storyboard_common.errors import UserError, run_cli
+from storyboard_common.errors import UserError, check_ranges, run_cli
 from storyboard_common.files import artifacts_root
 
 app = typer.Typer(
@@ -31,26 +31,6 @@ def _artifacts_dir(dataset: str | None, artifacts: Path | None) -> Path:
     if (dataset is None) == (artifacts is None):
         raise UserError("give exactly one of --dataset NAME or --artifacts DIR.")
     return Path(artifacts) if artifacts is not None else artifacts_root() / dataset
-
-
-def _check_generate_numbers(**values: float) -> None:
-    """Numeric flags out of range: one sentence naming the flag (click's own check prints a
-    multi-line box)."""
-    at_least = {
-        "samples": 1,
-        "n_subtexts": 1,
-        "concurrency": 1,
-        "max_retries": 0,
-        "temperature": 0,
-        "batch_size": 1,
-    }
-    for name, value in values.items():
-        flag = "--" + name.replace("_", "-")
-        if name == "timeout":
-            if not value > 0 or value != value or value == float("inf"):
-                raise UserError(f"{flag} must be a positive number of seconds, not {value}.")
-        elif not value >= at_least[name]:
-            raise UserError(f"{flag} must be at least {at_least[name]}, not {value}.")
 
 
 @app.command()
@@ -88,14 +68,17 @@ def generate(
     from .generate import generate as run
     from .prompts import select_prompts
 
-    _check_generate_numbers(
-        samples=samples,
-        n_subtexts=n_subtexts,
-        concurrency=concurrency,
-        max_retries=max_retries,
-        timeout=timeout,
-        temperature=temperature,
-        batch_size=batch_size,
+    check_ranges(
+        {
+            "--samples": (samples, 1),
+            "--n-subtexts": (n_subtexts, 1),
+            "--concurrency": (concurrency, 1),
+            "--max-retries": (max_retries, 0),
+            "--temperature": (temperature, 0),
+            "--batch-size": (batch_size, 1),
+        },
+        {"--timeout": timeout},
+        unit="number of seconds",
     )
     class_list = load_classes(dataset, classes)
     chosen = select_prompts(prompts)

@@ -11,8 +11,6 @@ from storyboard_common.errors import UserError
 
 from .resources import data_path
 
-DATA_DIR = data_path()
-
 _CHARADES_LINE = re.compile(r"^c\d{3}\s+(.+)$")
 _INDEXED_LINE = re.compile(r"^\d+\s+(\S.*)$")  # UCF's classInd.txt: "1 ApplyEyeMakeup"
 
@@ -29,7 +27,7 @@ class ClassList:
 
 
 def shipped_datasets() -> list[str]:
-    return sorted(p.parent.name for p in DATA_DIR.glob("*/classes.csv"))
+    return sorted(p.parent.name for p in data_path().glob("*/classes.csv"))
 
 
 def load_classes(dataset: str | None = None, classes_file: Path | None = None) -> ClassList:
@@ -37,7 +35,7 @@ def load_classes(dataset: str | None = None, classes_file: Path | None = None) -
     if (dataset is None) == (classes_file is None):
         raise UserError("give exactly one of --dataset NAME or --classes FILE.")
     if dataset is not None:
-        path = DATA_DIR / dataset / "classes.csv"
+        path = data_path(dataset, "classes.csv")
         if not path.is_file():
             raise UserError(
                 f"no class list ships for --dataset {dataset!r} (shipped: "

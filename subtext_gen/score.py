@@ -28,6 +28,8 @@ from .artifacts import (
     TppRow,
     clip_tag,
     read_candidates,
+    read_subtexts,
+    read_tpp,
     write_subtexts,
     write_tpp,
 )
@@ -192,8 +194,6 @@ class ClassReport:
 
 def class_reports(artifacts_dir: Path, scored_dir: Path) -> list[ClassReport]:
     """Per class: the chosen set and its TPP, and the runner-up set and its TPP."""
-    from .artifacts import read_subtexts, read_tpp
-
     art = read_subtexts(scored_dir / SUBTEXTS_FILE)
     scores = read_tpp(scored_dir / TPP_FILE).to_pylist()
     texts = {r.candidate_id: r.sub_texts for r in read_candidates(artifacts_dir).rows}
@@ -220,8 +220,6 @@ def class_reports(artifacts_dir: Path, scored_dir: Path) -> list[ClassReport]:
 
 def selected_llms(artifacts_dir: Path, scored_dir: Path) -> dict[str, int]:
     """How many classes' chosen sets each LLM (source label) wrote: {llm: classes}."""
-    from .artifacts import read_tpp
-
     chosen = [
         r["candidate_id"] for r in read_tpp(scored_dir / TPP_FILE).to_pylist() if r["selected"]
     ]

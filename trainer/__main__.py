@@ -445,7 +445,7 @@ def study(
 
 def _print_subsets(rows: list[dict]) -> None:
     """`eval --zero-shot subsets`: one table row per subset file (and fold)."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not _speaks():
         return
     table = Table(title="subsets")
     for column in ("file", "fold", "classes", "n", "top1", "top5"):

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from storyboard_common.errors import UserError, first_line, unsafe_load_reason
-from storyboard_common.files import atomic_write, atomic_write_text, json_paths
-from subtext_gen.artifacts import SUBTEXTS_FILE, TPP_FILE, read_subtexts
+from storyboard_common.files import atomic_write, atomic_write_json, atomic_write_text, json_paths
+from subtext_gen.artifacts import SUBTEXTS_FILE, TPP_FILE, ArtifactMeta, read_meta
 
 EXPORT_FORMAT = "storyboard-video-model"
 EXPORT_VERSION = 1
@@ -110,9 +110,9 @@ def write_export(
     atomic_write(
         out / WEIGHTS_FILE, lambda fh: fh.write(save_safetensors(tensors, {"format": "pt"}))
     )
-    atomic_write_text(out / config["clip"]["config_file"], json.dumps(clip_config, indent=2) + "\n")
+    atomic_write_json(out / config["clip"]["config_file"], clip_config)
     atomic_write(out / SUBTEXTS_FILE, lambda fh: fh.write(Path(subtexts).read_bytes()))
-    atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    atomic_write_json(out / CONFIG_FILE, config)
     atomic_write_text(out / CARD_FILE, card)
     return out
 
@@ -177,7 +177,7 @@ def subtext_source(subtexts: Path) -> dict:
     from subtext_gen.score import selected_llms
 
     subtexts = Path(subtexts)
-    meta = read_subtexts(subtexts).meta
+    meta = ArtifactMeta.from_dict(read_meta(subtexts), subtexts)  # the schema only
     source = {
         "n_subtexts": meta.n_subtexts,
         "template": meta.template,

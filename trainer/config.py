@@ -10,11 +10,10 @@ gradient accumulation makes it up when a device cannot hold it.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from storyboard_common.errors import UserError
+from storyboard_common.errors import UserError, check_ranges
 
 from .model.aggregation import AGGREGATIONS
 
@@ -123,13 +122,8 @@ class RunConfig:
             "--lambda": (self.lam, 0),
             "backbone_lr_scale": (self.backbone_lr_scale, 0),
         }
-        for flag, (value, least) in at_least.items():
-            if value is not None and not value >= least:
-                raise UserError(f"{flag} must be at least {least}, not {value}.")
-        above_zero = {"--lr": self.lr, "--tau-coarse": self.tau_coarse, "--tau-fine": self.tau_fine}
-        for flag, value in above_zero.items():
-            if not (value > 0 and math.isfinite(value)):
-                raise UserError(f"{flag} must be a positive number, not {value}.")
+        positive = {"--lr": self.lr, "--tau-coarse": self.tau_coarse, "--tau-fine": self.tau_fine}
+        check_ranges(at_least, positive)
         if self.amp not in AMP_MODES:
             raise UserError(f"--amp must be {', '.join(AMP_MODES)}, not {self.amp!r}.")
 

@@ -18,14 +18,14 @@ from storyboard_common.files import atomic_write, atomic_write_text
 from . import metrics
 from .cache.dataset import FeatureDataset
 from .cache.store import TEST, FeatureCache, cache_identity, read_meta
-from .data.dataset import ClipSpec, EpochSampler, VideoClipDataset, make_loader
+from .data.dataset import EpochSampler, VideoClipDataset, make_loader
 from .data.layouts import folds, load_split, test_split
 from .distributed import DistInfo, gather_objects
 from .model.aggregation import ClassText
 from .paths import default_root
 from .precision import autocast
 from .progress import progress_bar
-from .run_data import check_classes
+from .run_data import check_classes, eval_spec
 from .runs import load_run
 
 
@@ -92,7 +92,6 @@ def score_predictions(probs, labels, num_classes: int, multi_label: bool) -> dic
 
 
 def write_eval_outputs(out: Path, probs, labels, ids, class_names, multi_label: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     if not multi_label:
         acc = metrics.per_class_accuracy(probs, labels, len(class_names))
         table = pd.DataFrame(
@@ -173,14 +172,7 @@ def evaluate_checkpoint(
             f"{cached_fold} or evaluate the folds from the videos."
         )
     root = root or default_root(dataset)
-    spec = ClipSpec(
-        frames=cfg.frames,
-        train=False,
-        clips=cfg.eval_clips,
-        crops=cfg.eval_crops,
-        size=built.spec_size,
-        short_side=built.spec_size,
-    )
+    spec = eval_spec(cfg, built.spec_size)
     artifact_classes = loaded.class_names
     # (file, class ids) of each user subset; the artifact's classes are the dataset's
     # (check_classes below), so names are checked before any video folder is read.
@@ -232,7 +224,7 @@ def evaluate_checkpoint(
                     0 if cache else workers,
                 )
                 probs, labels, ids, _ = predict(
-                    built.model, text.to(dist_info.device), loader, dist_info, cfg.amp, progress
+                    built.model, text, loader, dist_info, cfg.amp, progress
                 )
                 results.append(
                     score_predictions(

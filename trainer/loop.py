@@ -25,8 +25,7 @@ import numpy as np
 import torch
 
 from storyboard_common.errors import UserError
-from storyboard_common.files import atomic_write_text
-from subtext_gen.artifacts import read_subtexts
+from storyboard_common.files import atomic_write_json, atomic_write_text
 
 from .cache.dataset import cached_datasets
 from .checkpoints import atomic_save, load_checkpoint, plain
@@ -105,12 +104,12 @@ def train_step(
     device = dist_info.device
     # A micro-batch runs only where every rank has videos in it: the collectives below
     # must be entered by all ranks or none.
-    live = all_reduce_min(
-        torch.tensor([len(b["video_ids"]) > 0 for b in group], device=device).int()
-    )
-    runs = int(live.sum())
+    live = [int(len(b["video_ids"]) > 0) for b in group]
+    if dist_info.enabled:  # one process needs no collective (nor its device round trip)
+        live = all_reduce_min(torch.tensor(live, device=device)).tolist()
+    runs = sum(live)
     losses, skipped = [], 0
-    for batch, alive in zip(group, live.tolist()):
+    for batch, alive in zip(group, live):
         skipped += len(batch["skipped"])
         if not alive:
             continue
@@ -175,7 +174,10 @@ def train_epoch(
         step += len(group)
         progress.update(task, advance=len(group), info=f"loss {total / max(count, 1):.4f}")
         # Ctrl-C on any rank stops every rank after the same optimiser step.
-        if all_reduce_max(torch.tensor(int(stop_flag["stop"]), device=device)).item():
+        stop = int(stop_flag["stop"])
+        if dist_info.enabled:
+            stop = int(all_reduce_max(torch.tensor(stop, device=device)).item())
+        if stop:
             stopped = True
             break
     return {"step": step, "loss_sum": total, "clips": count, "skipped": skipped, "stopped": stopped}
@@ -214,7 +216,7 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
     if cfg.features is None and dist_info.is_main:
         check_clip_lengths(cfg, data)
     built = build(cfg, dist_info, subtexts)
-    check_classes(data.train, read_subtexts(subtexts).class_names, subtexts)
+    check_classes(data.train, built.class_names, subtexts)
     model, text = built.model, built.text
 
     if cfg.features is None:
@@ -279,14 +281,12 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), dist_info.device)
         epoch, position, best = state["epoch"], state["position"], state["best"]
+    settings = plain(dataclasses.asdict(cfg))  # as JSON values: config.json and checkpoints
     if dist_info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         # config.json describes the run as it began; a resume (same settings, checked
         # above) leaves it as it is.
         if state is None or not (out / "config.json").exists():
-            atomic_write_text(
-                out / "config.json", json.dumps(plain(dataclasses.asdict(cfg)), indent=2) + "\n"
-            )
+            atomic_write_json(out / "config.json", settings)
         keep_logged_epochs(out / "metrics.jsonl", epoch)
         if data.fewshot is not None:
             save_item_list(data.fewshot, out / "fewshot.csv")
@@ -311,7 +311,7 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
                     "epoch": epoch,
                     "position": position,
                     "best": best,
-                    "config": plain(dataclasses.asdict(cfg)),
+                    "config": settings,
                 },
                 ckpt_dir / f"{name}.pt",
             )

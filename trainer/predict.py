@@ -106,6 +106,5 @@ def prediction_figure(pred: Prediction):
 def plot_prediction(pred: Prediction, path: Path) -> Path:
     """`prediction_figure` saved as a PNG at `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_savefig(prediction_figure(pred), path, dpi=110)
     return path

@@ -25,9 +25,28 @@ class RunData:
     fewshot: list | None
 
 
-def prepare_data(cfg: RunConfig, root: Path, fold: int | None) -> RunData:
+def load_fold(cfg: RunConfig, root: Path, fold: int | None) -> tuple[SplitList, SplitList]:
+    """The fold's train split (Charades: action instances unless the run says otherwise)
+    and its test split (whole videos)."""
     train = load_split(cfg.dataset, root, "train", fold, cfg.videos, cfg.charades_instances)
     test = load_split(cfg.dataset, root, test_split(cfg.dataset), fold, cfg.videos, False)
+    return train, test
+
+
+def eval_spec(cfg: RunConfig, size: int) -> ClipSpec:
+    """How test clips are cut: every `--clips x --crops` view, at the CLIP's input size."""
+    return ClipSpec(
+        frames=cfg.frames,
+        train=False,
+        clips=cfg.eval_clips,
+        crops=cfg.eval_crops,
+        size=size,
+        short_side=size,
+    )
+
+
+def prepare_data(cfg: RunConfig, root: Path, fold: int | None) -> RunData:
+    train, test = load_fold(cfg, root, fold)
     items, chosen = list(train.items), None
     if cfg.fewshot_list is not None:
         chosen = load_item_list(cfg.fewshot_list, train)
@@ -47,18 +66,10 @@ def clip_datasets(
     """A run's training clips (of `train_items`, drawn from the `train` split) and test clips
     (every view of every test video), for a CLIP of input size `size`."""
     train_spec = ClipSpec(frames=cfg.frames, train=True, size=size)
-    test_spec = ClipSpec(
-        frames=cfg.frames,
-        train=False,
-        clips=cfg.eval_clips,
-        crops=cfg.eval_crops,
-        size=size,
-        short_side=size,
-    )
     num_classes = len(train.class_names)
     return (
         VideoClipDataset(train_items, num_classes, train.multi_label, train_spec, cfg.seed),
-        VideoClipDataset(test.items, num_classes, test.multi_label, test_spec),
+        VideoClipDataset(test.items, num_classes, test.multi_label, eval_spec(cfg, size)),
     )
 
 

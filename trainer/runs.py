@@ -17,7 +17,6 @@ from .checkpoints import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
     HUB_PREFIX,
-    WEIGHTS_FILE,
     hub_snapshot,
     is_export,
     load_checkpoint,
@@ -41,6 +40,7 @@ class Built:
     spec_size: int
     clip_id: tuple[str, str]  # what artifacts record for the CLIP (`clip_identity`)
     clip_name: str  # the name open_clip builds the architecture by
+    class_names: list[str]  # the artifact's classes, in id order
 
 
 def build(
@@ -69,6 +69,7 @@ def build(
         clip.image_size,
         (clip.model_id, clip.pretrained_id),
         clip.model_name,
+        artifact.class_names,
     )
 
 
@@ -79,8 +80,11 @@ class LoadedRun:
     built: Built
     dist_info: DistInfo
     subtexts: Path
-    class_names: list[str]
     checkpoint: dict  # which checkpoint: {"source", "epoch", "best" (its metrics)}
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.built.class_names
 
 
 CHECKPOINTS = ("best", "last")
@@ -125,27 +129,36 @@ def load_run(
         return _load_export(source, str(source), dataset, subtexts, device, checkpoint, overrides)
     path, state = _run_checkpoint(source, checkpoint)
     saved = state["config"]
+    if subtexts is None and (dataset or saved["dataset"]) == saved["dataset"]:
+        subtexts = saved.get("subtexts")
+    which = {"source": str(path), "epoch": state["epoch"], "best": state["best"]}
+    return _assemble(plain(saved), state["model"], which, dataset, subtexts, device, overrides)
+
+
+def _assemble(
+    saved: dict,
+    weights: dict,
+    which: dict,
+    dataset: str | None,
+    subtexts: Path | str | None,
+    device: str,
+    overrides: dict,
+    clip: LoadedClip | None = None,
+) -> LoadedRun:
+    """The model of the settings `saved`, with `weights`, over `clip` (else the CLIP the
+    settings name) and the class texts of `subtexts` (else the dataset's default)."""
     dataset = dataset or saved["dataset"]
-    if subtexts is None and dataset == saved["dataset"] and saved.get("subtexts"):
-        subtexts = Path(saved["subtexts"])
     cfg = RunConfig.from_saved({**saved, "dataset": dataset, "device": device, **overrides})
     dist_info = init_distributed(device)
     subtexts = Path(subtexts or default_subtexts(dataset, cfg.clip_model, cfg.clip_pretrained))
-    built = build(cfg, dist_info, subtexts)
-    _load_weights(built.model, state["model"], path)
-    which = {"source": str(path), "epoch": state["epoch"], "best": state["best"]}
-    return LoadedRun(
-        cfg, plain(saved), built, dist_info, subtexts, read_subtexts(subtexts).class_names, which
-    )
-
-
-def _load_weights(model: VideoCLIP, weights: dict, path) -> None:
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    built = build(cfg, dist_info, subtexts, clip)
+    missing, unexpected = built.model.load_state_dict(weights, strict=False)
     if unexpected or missing:
         raise UserError(
-            f"{path} does not fit the model built for it ({(missing + unexpected)[:3]})."
+            f"{which['source']} does not fit the model built for it ({(missing + unexpected)[:3]})."
         )
-    model.eval()
+    built.model.eval()
+    return LoadedRun(cfg, saved, built, dist_info, subtexts, which)
 
 
 def _load_export(
@@ -163,28 +176,21 @@ def _load_export(
         raise UserError(f"{label} is an exported model, which holds one checkpoint: drop --last.")
     config, weights = read_export(folder)
     saved = config["training"]
-    dataset = dataset or saved["dataset"]
     if subtexts is None:
-        if dataset != saved["dataset"]:
+        if (dataset or saved["dataset"]) != saved["dataset"]:
             raise UserError(
                 f"{label} was trained on {saved['dataset']}: evaluating {dataset} takes "
                 f"--subtexts, {dataset}'s subtexts.parquet scored with this model's CLIP "
                 f"({config['clip']['model_id']}, {config['clip']['pretrained_id']})."
             )
         subtexts = folder / SUBTEXTS_FILE
-    cfg = RunConfig.from_saved({**saved, "dataset": dataset, "device": device, **overrides})
-    dist_info = init_distributed(device)
-    clip = load_clip(str(folder / config["clip"]["config_file"]), "none", str(dist_info.device))
+    clip = load_clip(str(folder / CLIP_CONFIG_FILE), "none", str(init_distributed(device).device))
     # Built without weights (they are in model.safetensors), known as the CLIP it was.
     clip = dataclasses.replace(
         clip, model_id=config["clip"]["model_id"], pretrained_id=config["clip"]["pretrained_id"]
     )
-    built = build(cfg, dist_info, Path(subtexts), clip)
-    _load_weights(built.model, weights, folder / WEIGHTS_FILE)
     which = {"source": label, "epoch": config["epoch"], "best": config["metrics"]}
-    return LoadedRun(
-        cfg, saved, built, dist_info, Path(subtexts), read_subtexts(subtexts).class_names, which
-    )
+    return _assemble(saved, weights, which, dataset, subtexts, device, overrides, clip)
 
 
 def export_run(run_dir: Path, out: Path, checkpoint: str = "best") -> Path:

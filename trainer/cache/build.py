@@ -15,13 +15,13 @@ from subtext_gen.clip_text import clip_identity, load_clip
 
 from ..config import RunConfig
 from ..data.dataset import Skipped, VideoClipDataset, make_loader
-from ..data.layouts import folds, load_split, test_split
+from ..data.layouts import folds
 from ..distributed import DistInfo, barrier, gather_objects, init_distributed, main_first
 from ..model.video_clip import encode_frames
 from ..paths import default_features_dir, default_root, writable_dir
 from ..precision import autocast
 from ..progress import progress_bar
-from ..run_data import clip_datasets
+from ..run_data import clip_datasets, load_fold
 from .store import DTYPES, SHARD_ROWS, TEST, TRAIN, CacheWriter, cache_identity
 
 
@@ -123,8 +123,7 @@ def cache_features(
     writable_dir(out)
     clip = load_clip(cfg.clip_model, cfg.clip_pretrained, str(dist_info.device))
     clip_id = (clip.model_id, clip.pretrained_id)
-    train = load_split(cfg.dataset, root, "train", fold, cfg.videos, cfg.charades_instances)
-    test = load_split(cfg.dataset, root, test_split(cfg.dataset), fold, cfg.videos, False)
+    train, test = load_fold(cfg, root, fold)
     train_set, test_set = clip_datasets(cfg, train, list(train.items), test, clip.image_size)
     meta = {
         **cache_identity(cfg.dataset, fold, clip_id, train_set, test_set),

@@ -59,7 +59,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storyboard_common.errors import UserError
-from storyboard_common.files import atomic_write, atomic_write_table, atomic_write_text
+from storyboard_common.files import atomic_write, atomic_write_json, atomic_write_table
 
 from ..data.dataset import VideoClipDataset
 from ..data.items import VideoItem
@@ -179,7 +179,7 @@ def _check_fields(directory: Path, cached: dict, wanted: dict, names, remedy: st
 
 
 def _write_meta(directory: Path, meta: dict) -> None:
-    atomic_write_text(directory / META_FILE, json.dumps(meta, indent=1) + "\n")
+    atomic_write_json(directory / META_FILE, meta, indent=1)
 
 
 def read_meta(directory: Path) -> dict:

@@ -10,14 +10,13 @@ top-1 accuracies with 95% intervals over the test videos.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from storyboard_common.files import atomic_write_text
+from storyboard_common.files import atomic_write_json
 
 from ..predict import plot_prediction, predict_video
 from . import analysis
@@ -41,7 +40,7 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> dict:
     )
     out = settings.out
     results = run_study(design, out, console)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
+    atomic_write_json(out / "results.json", results, indent=1)
 
     objective = settings.objective
     spec = RunSpec(objective, "supervised", "coarse+fine", settings.seed, design.default_tau)

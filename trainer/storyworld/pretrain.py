@@ -42,7 +42,7 @@ import torchvision.transforms.v2.functional as TF
 
 from storyboard_common.device import resolve_device
 from storyboard_common.errors import UserError
-from storyboard_common.files import atomic_write_text
+from storyboard_common.files import atomic_write_json
 from subtext_gen.artifacts import pad_tokens
 from subtext_gen.clip_text import LoadedClip, encode_texts, load_clip, token_states
 
@@ -355,7 +355,7 @@ def pretrain_clip(
         "epoch_losses": epoch_losses,
         "step_losses": step_losses,
     }
-    atomic_write_text(log_path(out), json.dumps(record, indent=2) + "\n")
+    atomic_write_json(log_path(out), record)
     return out
 
 

@@ -39,8 +39,8 @@ import torch
 from rich.console import Console
 
 from storyboard_common.errors import UserError
-from storyboard_common.files import atomic_savefig, atomic_write_text
-from subtext_gen.artifacts import read_subtexts
+from storyboard_common.files import atomic_savefig, atomic_write_json, atomic_write_text
+from subtext_gen.artifacts import SubtextArtifact, read_subtexts
 from subtext_gen.classes import load_classes
 from subtext_gen.clip_text import load_clip
 from subtext_gen.generate import generate
@@ -225,14 +225,15 @@ def assess_run(
     assets: ClipAssets,
     seen: CachedSplit,
     unseen: CachedSplit,
+    unseen_artifact: SubtextArtifact,
     order_only_classes: list[int],
 ) -> dict:
     """The last checkpoint on the cached test views: top-1 (seen), top-1 on the classes of
     order-only pairs, zero-shot top-1 (unseen), importance share on own-action frames.
-    The run is loaded once; the unseen classes' texts replace the seen ones for zero-shot."""
+    The run is loaded once; the unseen classes' texts (`unseen_artifact`, read once per
+    world CLIP) replace the seen ones for zero-shot."""
     loaded = load_run(run_dir, "list", assets.seen_subtexts, "cpu", "last")
     model = loaded.built.model
-    unseen_artifact = read_subtexts(assets.unseen_subtexts)
     check_artifact_matches_clip(unseen_artifact.meta, *loaded.built.clip_id, assets.unseen_subtexts)
     out = _forward(model, loaded.built.text, seen)
     correct = out["logits"].argmax(1) == seen.labels
@@ -457,6 +458,7 @@ def run_study(design: StudyDesign, work: Path, console: Console | None = None) -
         assets, figures = prepare_clip(design, world, objective, work, say)
         seen = load_cached_split(assets.seen_cache, TEST, world.seen_root)
         unseen = load_cached_split(assets.unseen_cache, TEST, world.unseen_root)
+        unseen_texts = read_subtexts(assets.unseen_subtexts)
         figures.update(references(assets, world, seen, unseen))
         figures["uniform_importance"] = float(seen.on_action.mean())
         say(
@@ -473,7 +475,9 @@ def run_study(design: StudyDesign, work: Path, console: Console | None = None) -
             log = train_run(cfg)
             record = {**asdict(spec), **summarise_log(log, steps_per_epoch)}
             if not spec.finetune:
-                record.update(assess_run(run_dir, assets, seen, unseen, order_classes))
+                record.update(
+                    assess_run(run_dir, assets, seen, unseen, unseen_texts, order_classes)
+                )
             runs.append(record)
             top1 = record.get("top1", record["engine_top1"])
             say(
@@ -707,7 +711,7 @@ def write_report(results: dict, out: Path, notes: Path | None = None) -> Path:
     """`results.json`, the plots and `README.md` (tables generated from the results, then
     the hand-written `notes` file verbatim: design changes and findings)."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
+    atomic_write_json(out / "results.json", results, indent=1)
     plots = plot_results(results, out)
     seeds = results["seeds"]
     one_seed = len(seeds) == 1

@@ -622,7 +622,6 @@ def candidate_sets(world: World | WorldInfo | None = None) -> dict[str, list[lis
 def write_candidates(path: Path = CANDIDATES_PATH) -> Path:
     """Write the default world's candidate sets as JSON (`{class: [[...], [...], [...]]}`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(candidate_sets(default_world()), indent=1, sort_keys=True) + "\n"
     atomic_write_text(path, text)
     return path

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from storyboard_common.errors import UserError
-from subtext_gen.classes import DATA_DIR, load_classes
+from subtext_gen.classes import load_classes
+from subtext_gen.resources import data_path
 
 from ..items import SplitList, VideoItem
 from ._common import VIDEO_EXTS, normalize_split, require_file, require_root, video_root
@@ -24,7 +25,7 @@ LABELS = {"k400": LABEL, "k600": "Kinetics-600"}  # the --dataset names this mod
 SPLITS = ("train", "val", "test")
 CSV_FILES = {"train": ("train.csv",), "val": ("validate.csv", "val.csv"), "test": ("test.csv",)}
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "validate"), "test": ("test",)}
-SHIPPED_CLASSES = DATA_DIR / "k400" / "classes.csv"
+SHIPPED_CLASSES = data_path("k400", "classes.csv")
 _EXPECT = "the official train.csv, validate.csv and test.csv"
 _FOLDERS = "the split folders train, val (or validate) and test"
 
@@ -44,7 +45,7 @@ def load(
 
     `dataset` is k400 or k600: same csv format and clip folders, its own class list."""
     title = LABELS[dataset]
-    shipped = SHIPPED_CLASSES if dataset == "k400" else DATA_DIR / dataset / "classes.csv"
+    shipped = SHIPPED_CLASSES if dataset == "k400" else data_path(dataset, "classes.csv")
     root = require_root(root, _EXPECT)
     split = normalize_split(split, SPLITS, title)
     csv_path = _csv_file(root, split, title)

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from storyboard_common.errors import UserError
-from subtext_gen.classes import DATA_DIR, load_classes
+from subtext_gen.classes import load_classes
+from subtext_gen.resources import data_path
 
 from ..items import SplitList, VideoItem
 from ._common import VIDEO_EXTS, absolute, normalize_split, require_root
@@ -35,7 +36,7 @@ JSON_STEMS = {"train": "train", "val": "validation"}
 LABEL_DIRS = ("labels", ".")
 PREFIX = "something-something-v2-"
 VIDEO_DIRS = ("20bn-something-something-v2", "videos")
-SHIPPED_CLASSES = DATA_DIR / "ssv2" / "classes.csv"
+SHIPPED_CLASSES = data_path("ssv2", "classes.csv")
 _EXPECT = "the official labels/ folder (labels.json, train.json, validation.json)"
 _FOLDERS = "the folder 20bn-something-something-v2 (or videos) of <id>.webm files"
 # the official extension first, then the reader's usual order
