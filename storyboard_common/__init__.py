@@ -1,3 +1,4 @@
-"""What both stages share, and nothing else: the user-error type, the CLI runner and the
-reason a weights-only load refused a file (`errors`); files written atomically and the
-artifacts folder (`files`); the choice of device (`device`)."""
+"""What both stages share, and nothing else: the user-error type, the CLI runner, the
+range check of numeric flags and the reason a weights-only load refused a file
+(`errors`); files written atomically and the artifacts folder (`files`); the choice of
+device (`device`)."""

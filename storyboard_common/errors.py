@@ -1,8 +1,9 @@
 """The one exception type for mistakes a user can fix (a flag, a file, a class name).
 
 The CLIs print its message as one sentence on stderr and exit with status 2 (`run_cli`);
-anything else is a bug and keeps its traceback. `unsafe_load_reason` names what a
-weights-only `torch.load` refused, for the one sentence that refuses such a file.
+anything else is a bug and keeps its traceback. `check_ranges` refuses numeric flags out
+of range in such a sentence; `unsafe_load_reason` names what a weights-only `torch.load`
+refused, for the one sentence that refuses such a file.
 """
 
 import math
