@@ -56,6 +56,13 @@ def generate(
         help="Description sets to import (file backend): JSON or CSV; repeat it for several "
         "sources, each its own candidates for TPP to choose among.",
     ),
+    index_classes: Path = typer.Option(
+        None,
+        metavar="FILE",
+        help="The label list an --input keyed by class index was written for (csv id,name, "
+        "one name a line, or classInd-style `1 Name`): key i is its class i, matched to the "
+        "classes by name.",
+    ),
     out: Path = typer.Option(None, help="Artifact folder (default artifacts/<dataset>)."),
     strict: bool = typer.Option(False, help="Fail replies with more than N items."),
     seed: int = typer.Option(0, help="Sampling seed (llava)."),
@@ -80,6 +87,8 @@ def generate(
         {"--timeout": timeout},
         unit="number of seconds",
     )
+    if index_classes is not None and llm is not LLM.file:
+        raise UserError("--index-classes goes with --llm file and its --input files.")
     class_list = load_classes(dataset, classes)
     chosen = select_prompts(prompts)
     if llm is LLM.openai:
@@ -107,7 +116,12 @@ def generate(
 
         if not input:
             raise UserError("--llm file needs --input FILE (JSON or CSV description sets).")
-        backends = file_backends(input)  # one source per file, each with its own `llm`
+        labels = (
+            load_classes(classes_file=index_classes, flag="--index-classes")
+            if index_classes
+            else None
+        )
+        backends = file_backends(input, index_classes=labels)  # one source per file
         for backend in backends:  # every file checked against the classes before any write
             backend.plan(class_list, n_subtexts)
     out_dir = out or artifacts_root() / class_list.name
@@ -141,6 +155,9 @@ def generate(
     )
     for reason in summary.errors:
         console.print(f"  failure: {reason}", style="red")
+    if llm is LLM.file:  # how each imported file's keys landed on the classes
+        for backend in backends:
+            console.print(backend.matched.summary(), markup=False, highlight=False)
 
 
 @app.command()

@@ -1,9 +1,12 @@
-"""Class lists: the shipped datasets' lists and user files (csv `id,name` or a txt list)."""
+"""Class lists (the shipped datasets' lists and user files: csv `id,name` or a txt list), and
+the one rule by which class names are compared everywhere (`class_key`, `match_names`)."""
 
 from __future__ import annotations
 
 import csv
+import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +33,10 @@ def shipped_datasets() -> list[str]:
     return sorted(p.parent.name for p in data_path().glob("*/classes.csv"))
 
 
-def load_classes(dataset: str | None = None, classes_file: Path | None = None) -> ClassList:
-    """The classes of a shipped dataset (`--dataset`) or of a file (`--classes`)."""
+def load_classes(
+    dataset: str | None = None, classes_file: Path | None = None, flag: str = "--classes"
+) -> ClassList:
+    """The classes of a shipped dataset (`--dataset`) or of a file (`flag`, `--classes`)."""
     if (dataset is None) == (classes_file is None):
         raise UserError("give exactly one of --dataset NAME or --classes FILE.")
     if dataset is not None:
@@ -44,7 +49,7 @@ def load_classes(dataset: str | None = None, classes_file: Path | None = None) -
         return ClassList(dataset, _read_csv(path))
     path = Path(classes_file)
     if not path.is_file():
-        raise UserError(f"--classes file not found: {path}.")
+        raise UserError(f"{flag} file not found: {path}.")
     names = _read_csv(path) if path.suffix.lower() == ".csv" else _read_txt(path)
     return ClassList(path.stem, names)
 
@@ -78,11 +83,15 @@ def _read_txt(path: Path) -> tuple[str, ...]:
 
 
 def _check_unique(names: tuple[str, ...], path: Path) -> tuple[str, ...]:
-    seen, dupes = set(), []
+    """Names that are one class under `class_key` (`brush_hair`, `Brush hair`) are refused:
+    every matching against the list would be ambiguous."""
+    seen: dict[str, str] = {}
+    dupes = []
     for n in names:
-        if n in seen:
-            dupes.append(n)
-        seen.add(n)
+        key = class_key(n)
+        if key in seen:
+            dupes.append(n if seen[key] == n else f"{seen[key]} / {n}")
+        seen.setdefault(key, n)
     if dupes:
         raise UserError(f"{path} lists these classes twice: {', '.join(sorted(set(dupes)))}.")
     return names
@@ -98,3 +107,62 @@ def class_text(name: str) -> str:
         text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", text)
     words = text.split()
     return " ".join(w if w.isupper() and len(w) > 1 else w.lower() for w in words)
+
+
+def class_key(name: str) -> str:
+    """The one rule by which class names are compared (imports, `--index-classes`, the
+    artifact check, `--subsets`, class lists): case, `_`, `-` and runs of spaces folded,
+    CamelCase split, SSv2 template brackets dropped. `brush_hair`, `Brush hair` and
+    `brush-hair` are one class; `ApplyEyeMakeup` is `apply eye makeup`."""
+    return class_text(name.replace("[", "").replace("]", "").replace("-", " ")).casefold()
+
+
+@dataclass(frozen=True)
+class NameMatch:
+    """Where each of some names lands among a class list: `ids[i]` is the class id of
+    `names[i]` (None if missing) and `how[i]` `exact`, `folded` or `missing`."""
+
+    names: tuple[str, ...]
+    ids: tuple[int | None, ...]
+    how: tuple[str, ...]
+
+    @property
+    def missing(self) -> list[str]:
+        return [n for n, h in zip(self.names, self.how) if h == "missing"]
+
+
+def match_names(names: Sequence[str], classes: Sequence[str]) -> NameMatch:
+    """Each name's class id in `classes`: the same spelling first, else the same `class_key`."""
+    exact = {name: i for i, name in enumerate(classes)}
+    folded: dict[str, int] = {}
+    for i, name in enumerate(classes):
+        folded.setdefault(class_key(name), i)
+    ids: list[int | None] = []
+    how: list[str] = []
+    for name in names:
+        if name in exact:
+            ids.append(exact[name])
+            how.append("exact")
+        else:
+            ids.append(folded.get(class_key(name)))
+            how.append("missing" if ids[-1] is None else "folded")
+    return NameMatch(tuple(names), tuple(ids), tuple(how))
+
+
+def nearest_names(name: str, classes: Sequence[str], n: int = 3) -> list[str]:
+    """The classes whose folded spelling is closest to `name`'s (for error messages)."""
+    by_key: dict[str, str] = {}
+    for c in classes:
+        by_key.setdefault(class_key(c), c)
+    close = difflib.get_close_matches(class_key(name), list(by_key), n=n, cutoff=0.5)
+    return [by_key[k] for k in close]
+
+
+def unknown_names(names: Sequence[str], classes: Sequence[str], shown: int = 10) -> str:
+    """`'brush hiar' (nearest: brush_hair), 'jog' (no near name), ...` for an error message."""
+    parts = []
+    for name in names[:shown]:
+        near = nearest_names(name, classes)
+        parts.append(f"{name!r} ({'nearest: ' + ', '.join(near) if near else 'no near name'})")
+    more = f" ... ({len(names)} in all)" if len(names) > shown else ""
+    return ", ".join(parts) + more

@@ -69,3 +69,18 @@ def world(tmp_path_factory, tiny_clip):
         width=64,
         height=48,
     )
+
+
+def run_app(app, *args):
+    """A typer app (`subtext_gen.__main__.app`, `trainer.__main__.app`) run in this process on
+    ARGS -> (exit code, its output (stdout and stderr), the UserError or None): a UserError is
+    what the CLI prints as its one-line `error: ...` with exit status 2."""
+    from typer.testing import CliRunner
+
+    from storyboard_common.errors import UserError
+
+    done = CliRunner().invoke(app, [str(a) for a in args])
+    error = done.exception if isinstance(done.exception, UserError) else None
+    if done.exception is not None and error is None and not isinstance(done.exception, SystemExit):
+        raise done.exception
+    return done.exit_code, done.output, error

@@ -187,7 +187,7 @@ def test_clear_errors(world, tmp_path):
         text=True,
     )
     assert wrong.returncode == 2
-    assert "holds other classes than list (only in the dataset: ['a', 'b', 'c']" in wrong.stderr
+    assert "holds other classes than list (not in the artifact: 'a' (" in wrong.stderr
 
 
 @pytest.mark.parametrize("micro_batch", [1, 3])

@@ -65,15 +65,22 @@ def test_name_keyed_files_are_not_read_by_index(tmp_path):
     "data,message",
     [
         (
-            {"0": ["a"], "3": ["b"], "12": ["c"], "-1": ["d"]},
-            r"is keyed by class index, but -1, 3, 12 are not class ids of t \(0\.\.2\)\.$",
+            {"0": ["a"], "3": ["b"], "12": ["c"]},
+            r"is keyed by class index, but 3, 12 are not class ids of t \(0\.\.2\)\.$",
         ),
-        ({"0": ["a"], "7": ["b"]}, r"but 7 is not a class id of t \(0\.\.2\)\.$"),
+        (
+            {"0": ["a"], "7": ["b"]},
+            r"is keyed by class index with 2 keys, but t has 3 classes: pass --index-classes",
+        ),
         (
             {"brush hair": ["a"], "1": ["b"]},
             r"mixes class names \(brush hair\) and class indices \(1\) as keys",
         ),
-        ({"brush hair": ["a"], "juggle": ["b"]}, r"names classes that are not in t: juggle\.$"),
+        (
+            {"brush hiar": ["a"], "juggle": ["b"]},
+            r"names classes that are not in t: 'brush hiar' \(nearest: brush_hair\), "
+            r"'juggle' \(no near name\)\.$",
+        ),
     ],
 )
 def test_index_and_name_errors_name_the_file(tmp_path, data, message):
@@ -84,10 +91,13 @@ def test_index_and_name_errors_name_the_file(tmp_path, data, message):
 
 
 def test_many_bad_indices_are_shortened(tmp_path):
-    path = write_json(tmp_path / "ucf.json", {str(i): ["a"] for i in range(101)})
+    path = write_json(tmp_path / "ucf.json", {str(i + 90): ["a"] for i in range(101)})
+    labels = ClassList("ucf_labels", tuple(f"class {i}" for i in range(101)))
     with pytest.raises(UserError) as err:
-        FileBackend(path).plan(CLASSES, 1)
-    assert "but 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 ... (98 in all) are not class ids" in str(err.value)
+        FileBackend(path, index_classes=labels).plan(CLASSES, 1)
+    assert "but 101, 102, 103, 104, 105, 106, 107, 108, 109, 110 ... (90 in all) are not " in str(
+        err.value
+    )
 
 
 def test_imported_texts_are_cleaned_by_the_reply_parser(tmp_path):

@@ -112,5 +112,5 @@ def test_file_backend_json_and_csv_forms(tmp_path):
     assert read_description_sets(wide) == {"brush_hair": [["a", "b"], ["c", "d", "e"]]}
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"brush hair": ["a"], "juggle": ["b"]}))
-    with pytest.raises(UserError, match="not in t: juggle"):
+    with pytest.raises(UserError, match="not in t: 'juggle' \\(no near name\\)"):
         FileBackend(bad).plan(classes, 2)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storyboard_common.errors import UserError
+from subtext_gen.classes import class_key, match_names, unknown_names
 
 from .config import RunConfig
 from .data.dataset import ClipSpec, VideoClipDataset, short_videos
@@ -74,17 +75,19 @@ def clip_datasets(
 
 
 def check_classes(split: SplitList, class_names: list[str], artifact_path: Path) -> None:
-    """The artifact's classes must be the dataset's, in the same order."""
-    if list(split.class_names) == list(class_names):
+    """The artifact's classes must be the dataset's, in the same order, spelled alike under
+    `class_key` (`brush hair` is `brush_hair`)."""
+    if [class_key(n) for n in split.class_names] == [class_key(n) for n in class_names]:
         return
-    only_data = sorted(set(split.class_names) - set(class_names))
-    only_art = sorted(set(class_names) - set(split.class_names))
-    detail = (
-        f"only in the dataset: {only_data[:10] or 'none'}; only in the artifact: "
-        f"{only_art[:10] or 'none'}"
-        if only_data or only_art
-        else "same names in another order"
-    )
+    in_artifact = match_names(split.class_names, class_names)
+    in_dataset = match_names(class_names, split.class_names)
+    if not in_artifact.missing and not in_dataset.missing:
+        detail = "same classes in another order"
+    else:
+        detail = (
+            f"not in the artifact: {unknown_names(in_artifact.missing, class_names) or 'none'}; "
+            f"only in the artifact: {', '.join(map(repr, in_dataset.missing[:10])) or 'none'}"
+        )
     raise UserError(
         f"{artifact_path} holds other classes than {split.dataset} ({detail}); "
         "generate and score sub-texts for this dataset."

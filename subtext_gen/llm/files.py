@@ -3,14 +3,19 @@
 Accepted files:
 * JSON `{class name: [texts]}` (CuPL, "classify by description"): one candidate set per
   class; `{class name: [[texts], [texts], ...]}` gives several sets.
-* JSON keyed by class index, `{"0": [texts], "1": [...], ...}` (published sub-action files
-  such as `temporal_descriptors/4_descriptors.json`): when every key is an integer that is a
-  class id of the class list (0..C-1) and the keys are not class names, key i is class i;
-  a notice says so. Out-of-range indices, or names mixed with indices, are an error.
+* JSON keyed by class index, `{"0": [texts], "1": [...], ...}` (published descriptor files
+  such as OST's `temporal_descriptors/4_descriptors.json`), when every key is an integer
+  and the keys are not class names. Key i is class i of the label list the file was
+  written for (`index_classes`, `--index-classes FILE`), whose names are matched to the
+  class list; without that list key i is class i of the class list itself, accepted only
+  when there are as many keys as classes, with a notice naming the first and last mapping.
+  A key count other than the label list's, out-of-range indices, labels that are not
+  classes, or names mixed with indices are an error.
 * CSV, long form with a `sub_text` column: `class,sub_text[,set]`, one sub-text a row, the
   rows of a class (and `set` label, if given) in order forming one set.
 * CSV, wide form: `class,<any>,<any>,...`, one set a row, its non-empty cells the sub-texts.
-Class names are matched as written or as words (`brush_hair` = `brush hair`, any case).
+Class names are matched as written, else by `classes.class_key` (`brush_hair` = `Brush
+hair` = `brush-hair`); `FileBackend.matched` records how each class was matched.
 Every text is cleaned by the reply parser's `clean_item` (list labels such as `Step 1:`,
 `1.`, `1)`, bullets, quotes around the whole text, trailing punctuation go).
 
@@ -28,19 +33,17 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from storyboard_common.errors import UserError
 
-from ..classes import ClassList, class_text
+from ..classes import ClassList, match_names, unknown_names
 from ..parse import clean_item
 from .base import Completion, Job
 
 PROMPT_ID = "file"
-
-
-def _key(name: str) -> str:
-    return class_text(name).lower()
+MATCH_KINDS = ("exact", "folded", "index", "missing")
 
 
 _INDEX = re.compile(r"[+-]?\d+")
@@ -120,11 +123,45 @@ def _listed(keys: Sequence[str]) -> str:
     return ", ".join(keys[:_SHOWN]) + (" ..." if more else "") + more
 
 
+@dataclass(frozen=True)
+class ImportMatch:
+    """How an input file's keys landed on a class list: per class id, how it was matched
+    (one of MATCH_KINDS: `exact`, `folded` spelling, `index` (key i is class i, without a
+    label list) or `missing`: no set in the file) and the file's key that reached it."""
+
+    path: Path
+    classes: ClassList
+    how: tuple[str, ...]
+    keys: tuple[str | None, ...]
+
+    def summary(self) -> str:
+        """One line per kind of match: counts, and the folded and missing classes by name."""
+        counts = Counter(self.how)
+        parts = [f"{counts[k]} {k}" for k in MATCH_KINDS if counts[k]]
+        lines = [
+            f"{self.path} -> {self.classes.name}: {len(self.how) - counts['missing']} of "
+            f"{len(self.how)} classes have sets ({', '.join(parts)})."
+        ]
+        folded = [
+            f"{key!r} -> {name}"
+            for name, how, key in zip(self.classes.names, self.how, self.keys)
+            if how == "folded"
+        ]
+        missing = [n for n, how in zip(self.classes.names, self.how) if how == "missing"]
+        if folded:
+            lines.append(f"  folded spelling: {_listed(folded)}")
+        if missing:
+            lines.append(f"  missing (no sets in the file): {_listed(missing)}")
+        return "\n".join(lines)
+
+
 class FileBackend:
     """Serves description sets from a file as if an LLM had replied them (raw = JSON list).
 
-    `llm` defaults to `file:<stem>`; `notify` receives the one notice a file keyed by class
-    index gets (default: a `note:` line on stderr).
+    `llm` defaults to `file:<stem>`; `index_classes` is the label list an index-keyed file
+    was written for (`--index-classes`); `notify` receives the one notice a file keyed by
+    class index without that list gets (default: a `note:` line on stderr). After `plan`,
+    `matched` says how each class was matched.
     """
 
     def __init__(
@@ -132,6 +169,7 @@ class FileBackend:
         path: Path,
         llm: str | None = None,
         notify: Callable[[str], None] | None = None,
+        index_classes: ClassList | None = None,
     ):
         self.path = Path(path)
         self.llm = llm or f"file:{self.path.stem}"
@@ -139,7 +177,17 @@ class FileBackend:
         if not any(texts for class_sets in self.sets.values() for texts in class_sets):
             raise UserError(f"{self.path} holds no description sets.")
         self.notify = notify or _print_notice
+        self.index_classes = index_classes
         self._matched: tuple[ClassList, dict[int, list[list[str]]]] | None = None
+        self.matched: ImportMatch | None = None
+
+    @property
+    def keyed_by_index(self) -> bool:
+        """A JSON file whose keys are all integers (class indices, unless the class list has
+        integer names)."""
+        return self.path.suffix.lower() == ".json" and all(
+            _INDEX.fullmatch(k.strip()) for k in self.sets
+        )
 
     def sets_by_class(self, classes: ClassList) -> dict[int, list[list[str]]]:
         """The file's sets per class id of `classes` (keys naming one class are merged, in
@@ -149,56 +197,87 @@ class FileBackend:
         return self._matched[1]
 
     def _match(self, classes: ClassList) -> dict[int, list[list[str]]]:
-        by_key = {_key(name): i for i, name in enumerate(classes.names)}
-        ids = {name: by_key.get(_key(name)) for name in self.sets}
-        unknown = [name for name, i in ids.items() if i is None]
-        if unknown and self.path.suffix.lower() == ".json":
-            ids = self._match_indices(classes, ids, unknown)
-        elif unknown:
+        keys = list(self.sets)
+        by_name = match_names(keys, classes.names)
+        if by_name.missing and self.path.suffix.lower() == ".json":
+            ids, how = self._match_indices(classes, keys, by_name.missing)
+        elif by_name.missing:
             raise UserError(
                 f"{self.path} names classes that are not in {classes.name}: "
-                f"{', '.join(sorted(unknown))}."
+                f"{unknown_names(by_name.missing, classes.names)}."
             )
+        else:
+            ids, how = list(by_name.ids), list(by_name.how)
         out: dict[int, list[list[str]]] = {}
-        for name, class_sets in self.sets.items():
-            out.setdefault(ids[name], []).extend(class_sets)
+        per_class: list[str] = ["missing"] * len(classes)
+        key_of: list[str | None] = [None] * len(classes)
+        for key, class_id, kind in zip(keys, ids, how):
+            out.setdefault(class_id, []).extend(self.sets[key])
+            if key_of[class_id] is None:
+                per_class[class_id], key_of[class_id] = kind, key
+        self.matched = ImportMatch(self.path, classes, tuple(per_class), tuple(key_of))
         return out
 
     def _match_indices(
-        self, classes: ClassList, ids: dict[str, int | None], unknown: list[str]
-    ) -> dict[str, int]:
-        """A JSON file whose keys are not all class names: keyed by class index, or an error."""
+        self, classes: ClassList, keys: list[str], unknown: list[str]
+    ) -> tuple[list[int], list[str]]:
+        """A JSON file whose keys are not all class names: keyed by class index (mapped
+        through `index_classes` when given, else position i is class i), or an error."""
         indices = [k for k in unknown if _INDEX.fullmatch(k.strip())]
         if not indices:
             raise UserError(
                 f"{self.path} names classes that are not in {classes.name}: "
-                f"{', '.join(sorted(unknown))}."
+                f"{unknown_names(unknown, classes.names)}."
             )
-        names = [k for k in ids if not _INDEX.fullmatch(k.strip())]
+        names = [k for k in keys if not _INDEX.fullmatch(k.strip())]
         if names:
             raise UserError(
                 f"{self.path} mixes class names ({_listed(names)}) and class indices "
                 f"({_listed(indices)}) as keys; key every class by name or every one by index."
             )
-        if len(indices) < len(ids):
+        if len(indices) < len(keys):
             raise UserError(
                 f"{self.path} has integer keys of which some are class names of "
-                f"{classes.name} ({_listed([k for k in ids if k not in indices])}) and some "
+                f"{classes.name} ({_listed([k for k in keys if k not in indices])}) and some "
                 "are not, so it is neither keyed by name nor by index."
             )
-        c = len(classes)
-        bad = sorted((k for k in indices if not 0 <= int(k) < c), key=lambda k: int(k))
+        labels = self.index_classes or classes
+        c = len(labels)
+        if len(keys) != c:
+            raise UserError(
+                f"{self.path} is keyed by class index with {len(keys)} keys, but "
+                + (
+                    f"its --index-classes list {labels.name} has {c} classes: pass the label "
+                    "list the file was written for."
+                    if self.index_classes
+                    else f"{classes.name} has {c} classes: pass --index-classes FILE, the "
+                    "label list the file was written for (csv id,name or one name a line)."
+                )
+            )
+        bad = sorted((k for k in keys if not 0 <= int(k) < c), key=lambda k: int(k))
         if bad:
             raise UserError(
                 f"{self.path} is keyed by class index, but {_listed(bad)} "
                 f"{'is not a class id' if len(bad) == 1 else 'are not class ids'} of "
-                f"{classes.name} (0..{c - 1})."
+                f"{labels.name} (0..{c - 1})."
             )
-        self.notify(
-            f"{self.path} was read as keyed by class index: key i is class i of "
-            f'{classes.name} ("0" = {classes.names[0]}).'
-        )
-        return {k: int(k) for k in indices}
+        if self.index_classes is None:
+            first, last = min(keys, key=int), max(keys, key=int)
+            self.notify(
+                f"{self.path} is keyed by class index and was mapped onto {classes.name}'s "
+                f'order without --index-classes ("{first}" = {classes.names[int(first)]}, '
+                f'"{last}" = {classes.names[int(last)]}); if it was written for another '
+                "label order, pass that list as --index-classes FILE."
+            )
+            return [int(k) for k in keys], ["index"] * len(keys)
+        by_label = match_names([labels.names[int(k)] for k in keys], classes.names)
+        if by_label.missing:
+            raise UserError(
+                f"{self.path} is keyed by the classes of --index-classes {labels.name}, of "
+                f"which these are not classes of {classes.name}: "
+                f"{unknown_names(by_label.missing, classes.names)}."
+            )
+        return list(by_label.ids), list(by_label.how)
 
     def plan(self, classes: ClassList, n_subtexts: int) -> list[Job]:
         """One job per class in the file, one sample per set; unknown class keys are an error."""
@@ -258,9 +337,19 @@ def source_labels(paths: Sequence[Path]) -> list[str]:
 
 
 def file_backends(
-    paths: Sequence[Path], notify: Callable[[str], None] | None = None
+    paths: Sequence[Path],
+    notify: Callable[[str], None] | None = None,
+    index_classes: ClassList | None = None,
 ) -> list[FileBackend]:
-    """One backend per input file, each its own source with a unique `llm` label."""
-    return [
-        FileBackend(path, llm=llm, notify=notify) for path, llm in zip(paths, source_labels(paths))
+    """One backend per input file, each its own source with a unique `llm` label;
+    `index_classes` is the label list of every index-keyed file among them."""
+    backends = [
+        FileBackend(path, llm=llm, notify=notify, index_classes=index_classes)
+        for path, llm in zip(paths, source_labels(paths))
     ]
+    if index_classes is not None and not any(b.keyed_by_index for b in backends):
+        raise UserError(
+            f"--index-classes {index_classes.name} maps class indices, but no --input file is "
+            "keyed by class index; drop it."
+        )
+    return backends

@@ -18,6 +18,7 @@ import numpy as np
 
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write_text
+from subtext_gen.classes import match_names, unknown_names
 
 from .items import SplitList, VideoItem
 
@@ -142,32 +143,21 @@ def read_subset_file(path: Path) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _class_key(name: str) -> str:
-    """A class name compared loosely: case, `_` for spaces, SSv2 template brackets."""
-    return " ".join(name.replace("_", " ").replace("[", "").replace("]", "").split()).casefold()
-
-
 def subset_class_ids(
     path: Path, names: Sequence[str], class_names: Sequence[str], dataset: str
 ) -> list[int]:
-    """The dataset class ids of a subset file's names, in the file's order; an unknown or
-    repeated name is an error naming the file and the names."""
-    exact = {name: i for i, name in enumerate(class_names)}
-    loose: dict[str, int] = {}
-    for i, name in enumerate(class_names):
-        loose.setdefault(_class_key(name), i)
-    ids = [exact.get(name, loose.get(_class_key(name), -1)) for name in names]
-    unknown = [name for name, c in zip(names, ids) if c < 0]
-    if unknown:
+    """The dataset class ids of a subset file's names, in the file's order, matched by
+    `class_key`; an unknown or repeated name is an error naming the file and the names."""
+    found = match_names(names, class_names)
+    if found.missing:
         raise UserError(
-            f"--subsets {path}: not {'a class' if len(unknown) == 1 else 'classes'} of "
-            f"{dataset} ({len(class_names)} classes): "
-            f"{', '.join(repr(n) for n in unknown[:10])}{' ...' if len(unknown) > 10 else ''}."
+            f"--subsets {path}: not {'a class' if len(found.missing) == 1 else 'classes'} of "
+            f"{dataset} ({len(class_names)} classes): {unknown_names(found.missing, class_names)}."
         )
     seen: set[int] = set()
-    twice = [name for name, c in zip(names, ids) if c in seen or seen.add(c)]
+    twice = [name for name, c in zip(names, found.ids) if c in seen or seen.add(c)]
     if twice:
         raise UserError(
             f"--subsets {path} lists these classes twice: {', '.join(repr(n) for n in twice)}."
         )
-    return ids
+    return list(found.ids)
