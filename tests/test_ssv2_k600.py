@@ -530,9 +530,12 @@ def test_eval_zero_shot_subsets_scores_each_subset_on_its_own_videos_and_classes
     c.write_text("red rise\npurple fall\n")
     bad = cli(*cmd, "--zero-shot", "subsets", "--subsets", str(a), "--subsets", str(c))
     assert bad.returncode == 2
-    assert bad.stderr.startswith(
-        f"error: --subsets {c}: not a class of k600 (3 classes): 'purple fall' ("
-    ) and bad.stderr.count("\n") == 1
+    assert (
+        bad.stderr.startswith(
+            f"error: --subsets {c}: not a class of k600 (3 classes): 'purple fall' ("
+        )
+        and bad.stderr.count("\n") == 1
+    )
     with pytest.raises(UserError, match=r"--zero-shot subsets needs --subsets FILE"):
         evaluation.evaluate_checkpoint(k600_run, "k600", k600_world["root"], zero_shot="subsets")
     with pytest.raises(UserError, match=r"--subsets FILE goes with --zero-shot subsets"):
