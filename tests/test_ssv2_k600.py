@@ -84,6 +84,15 @@ def scored_subtexts(base: Path, names, clip) -> tuple[Path, Path]:
     them for `names` (in id order) -> (checkpoint, subtexts.parquet)."""
     import torch
 
+    base.mkdir(parents=True, exist_ok=True)
+    ckpt = base / "clip.pt"
+    torch.save(clip.model.state_dict(), ckpt)
+    return ckpt, scored_with(ckpt, base, names)
+
+
+def scored_with(ckpt: Path, base: Path, names) -> Path:
+    """Sub-texts "<class> start/middle/end" for `names` (in id order), scored with the tiny
+    CLIP's checkpoint `ckpt` -> subtexts.parquet."""
     from subtext_gen.classes import ClassList
     from subtext_gen.clip_text import load_clip
     from subtext_gen.generate import generate
@@ -91,8 +100,6 @@ def scored_subtexts(base: Path, names, clip) -> tuple[Path, Path]:
     from subtext_gen.score import score
 
     base.mkdir(parents=True, exist_ok=True)
-    ckpt = base / "clip.pt"
-    torch.save(clip.model.state_dict(), ckpt)
     sets = {n: [[f"{n} start", f"{n} middle", f"{n} end"]] for n in names}
     (base / "sets.json").write_text(json.dumps(sets))
     generate(
@@ -103,7 +110,7 @@ def scored_subtexts(base: Path, names, clip) -> tuple[Path, Path]:
         show_progress=False,
     )
     out = score(base / "art", load_clip(str(TINY_CLIP_CONFIG), str(ckpt), "cpu")).out_dir
-    return ckpt, out / "subtexts.parquet"
+    return out / "subtexts.parquet"
 
 
 def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -542,6 +549,49 @@ def test_eval_zero_shot_subsets_scores_each_subset_on_its_own_videos_and_classes
         evaluation.evaluate_checkpoint(
             k600_run, "k600", k600_world["root"], zero_shot="half", subsets=[a]
         )
+
+
+def test_eval_zero_shot_subsets_with_one_artifact_per_subset_file(k600_world, k600_run, tmp_path):
+    """Per-split description files as published: each split's artifact holds its classes
+    only (in its own order); the results equal those from one artifact of every class."""
+    from trainer.evaluation import evaluate_checkpoint
+
+    a = tmp_path / "split1.txt"
+    a.write_text("red rise\nBlue_Rise\n")
+    b = tmp_path / "split2.csv"
+    b.write_text("id,name\n0,green rise\n1,red rise\n")
+    art_a = scored_with(k600_world["ckpt"], tmp_path / "a", ["blue rise", "red rise"])
+    art_b = scored_with(k600_world["ckpt"], tmp_path / "b", ["green rise", "red rise"])
+
+    def evaluate(subtexts):
+        return evaluate_checkpoint(
+            k600_run,
+            "k600",
+            k600_world["root"],
+            subtexts,
+            "subsets",
+            device="cpu",
+            workers=0,
+            show_progress=False,
+            subsets=[a, b],
+        )
+
+    per_file, superset = evaluate([art_a, art_b]), evaluate(k600_world["subtexts"])
+    assert [r["subtexts"] for r in per_file["subsets"]] == [str(art_a), str(art_b)]
+    assert [r["subtexts"] for r in superset["subsets"]] == [str(k600_world["subtexts"])] * 2
+    for key in ("top1", "top5", "top1_std", "n", "runs"):
+        assert per_file[key] == pytest.approx(superset[key]), key
+    for mine, whole in zip(per_file["subsets"], superset["subsets"]):
+        assert (mine["classes"], mine["n"]) == (whole["classes"], whole["n"]) == (2, 4)
+        assert mine["top1"] == pytest.approx(whole["top1"])
+
+    with pytest.raises(UserError) as err:  # split 2's classes are not all in split 1's file
+        evaluate([art_b, art_a])
+    assert str(err.value).startswith(
+        f"--subtexts {art_b} has no sub-texts for these classes of --subsets {a}: 'Blue_Rise' ("
+    )
+    with pytest.raises(UserError, match=r"^3 --subtexts for 2 --subsets files: give one"):
+        evaluate([art_a, art_b, art_a])
 
 
 def test_cache_features_and_check_data_on_k600(k600_world, tmp_path):

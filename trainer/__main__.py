@@ -266,7 +266,11 @@ def evaluate(
     dataset: str = typer.Option(..., help="The dataset to evaluate on."),
     root: Path = ROOT,
     videos: Path = VIDEOS,
-    subtexts: Path = typer.Option(None, help="The target dataset's subtexts.parquet."),
+    subtexts: list[Path] = typer.Option(
+        None,
+        help="The target dataset's subtexts.parquet; with --zero-shot subsets, repeat it to "
+        "give one per --subsets file (in the same order), e.g. per-split description files.",
+    ),
     zero_shot: str = typer.Option(
         None, help="full (test splits, mean), half (10 halves) or subsets (each --subsets file)."
     ),

@@ -14,6 +14,8 @@ import torch
 
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write, atomic_write_text
+from subtext_gen.artifacts import read_subtexts
+from subtext_gen.classes import match_names, unknown_names
 
 from . import metrics
 from .cache.dataset import FeatureDataset
@@ -22,11 +24,12 @@ from .data.dataset import EpochSampler, VideoClipDataset, make_loader
 from .data.layouts import folds, load_split, test_split
 from .distributed import DistInfo, gather_objects
 from .model.aggregation import ClassText
+from .model.video_clip import artifact_class_text
 from .paths import default_root
 from .precision import autocast
 from .progress import progress_bar
 from .run_data import check_classes, eval_spec
-from .runs import load_run
+from .runs import LoadedRun, load_run
 
 
 def model_inputs(batch: dict, device: torch.device) -> torch.Tensor:
@@ -117,7 +120,7 @@ def evaluate_checkpoint(
     run_dir: Path,
     dataset: str,
     root: Path | None,
-    subtexts: Path | None = None,
+    subtexts: Path | Sequence[Path] | None = None,
     zero_shot: str | None = None,
     split: str | None = None,
     videos: Path | None = None,
@@ -137,7 +140,9 @@ def evaluate_checkpoint(
     `zero_shot="half"`: 10 seeded halves of the label set, mean and standard deviation;
     `zero_shot="subsets"`: each file of `subsets` (class names of the dataset) alone: its
     classes' test videos against its classes' texts; mean and standard deviation, and each
-    file's result under "subsets".
+    file's result under "subsets". The texts come from one artifact for every file, or from
+    one artifact per file (`subtexts` a list as long as `subsets`, as per-split description
+    files are published); an artifact may hold any superset of its file's classes.
     """
     from .data.protocols import (
         class_positions,
@@ -152,9 +157,26 @@ def evaluate_checkpoint(
         raise UserError("--zero-shot subsets needs --subsets FILE (class names), once per subset.")
     if subsets and zero_shot != "subsets":
         raise UserError("--subsets FILE goes with --zero-shot subsets.")
+    given = (
+        [Path(subtexts)] if isinstance(subtexts, str | Path) else list(map(Path, subtexts or ()))
+    )
+    if len(given) > 1 and not subsets:
+        raise UserError("several --subtexts go with --zero-shot subsets, one per --subsets file.")
+    if len(given) > 1 and len(given) != len(subsets):
+        raise UserError(
+            f"{len(given)} --subtexts for {len(subsets)} --subsets files: give one artifact for "
+            "all of them, or one per --subsets file in the same order."
+        )
     subset_names = [(path, read_subset_file(path)) for path in subsets]  # before the model
     loaded = load_run(
-        run_dir, dataset, subtexts, device, checkpoint, root=root, videos=videos, workers=workers
+        run_dir,
+        dataset,
+        given[0] if given else None,
+        device,
+        checkpoint,
+        root=root,
+        videos=videos,
+        workers=workers,
     )
     cfg, built, dist_info, subtexts = loaded.cfg, loaded.built, loaded.dist_info, loaded.subtexts
     if features is not None:
@@ -173,30 +195,39 @@ def evaluate_checkpoint(
         )
     root = root or default_root(dataset)
     spec = eval_spec(cfg, built.spec_size)
-    artifact_classes = loaded.class_names
-    # (file, class ids) of each user subset; the artifact's classes are the dataset's
-    # (check_classes below), so names are checked before any video folder is read.
-    chosen = [
-        (path, subset_class_ids(path, names, artifact_classes, dataset))
-        for path, names in subset_names
-    ]
+    # the artifact each subset file's texts come from: its own, else the run's one
+    artifacts = given if len(given) > 1 else [subtexts] * len(subsets)
+    texts = SubsetTexts(loaded)
     results, per_subset = [], []
     with progress_bar(show_progress and dist_info.is_main) as progress:
         for fold in folds(dataset, split):
             test = load_split(dataset, root, test_split(dataset), fold, videos, False)
-            check_classes(test, artifact_classes, subtexts)
+            # (subset file, dataset class ids, their texts, artifact); None: every class
+            groups = [(None, None, built.text, subtexts)]
+            if zero_shot == "subsets":
+                groups = [
+                    (
+                        path,
+                        subset_class_ids(path, names, test.class_names, dataset),
+                        texts.rows(artifact, path, names),
+                        artifact,
+                    )
+                    for (path, names), artifact in zip(subset_names, artifacts)
+                ]
+            else:
+                check_classes(test, loaded.class_names, subtexts)
+            if zero_shot == "half":
+                halves = half_class_splits(len(test.class_names), 10, cfg.seed)
+                groups = [
+                    (None, half, built.text.subset(torch.as_tensor(half)), subtexts)
+                    for half in halves
+                ]
             cache = None
             if features is not None:
                 whole = VideoClipDataset(test.items, len(test.class_names), test.multi_label, spec)
                 identity = cache_identity(dataset, fold, built.clip_id, None, whole)
                 cache = FeatureCache(features, identity, {TEST: len(whole)})
-            groups = [(None, None)]  # (subset file, class ids): None, None is every class
-            if zero_shot == "half":
-                halves = half_class_splits(len(test.class_names), 10, cfg.seed)
-                groups = [(None, half) for half in halves]
-            elif zero_shot == "subsets":
-                groups = chosen
-            for path, class_ids in groups:
+            for path, class_ids, text, artifact in groups:
                 if class_ids is None:
                     split_list, positions = test, range(len(test.items))
                 else:
@@ -207,11 +238,6 @@ def evaluate_checkpoint(
                         f"--subsets {path}: none of its classes has a video in {dataset} "
                         f"{test.split} on disk."
                     )
-                text = (
-                    built.text
-                    if class_ids is None
-                    else built.text.subset(torch.as_tensor(class_ids))
-                )
                 classes, multi = len(split_list.class_names), split_list.multi_label
                 if cache is None:
                     data = VideoClipDataset(split_list.items, classes, multi, spec)
@@ -234,10 +260,45 @@ def evaluate_checkpoint(
                 if path is not None:
                     where = {} if fold is None else {"fold": fold}
                     per_subset.append(
-                        {"file": str(path), **where, "classes": len(class_ids), **results[-1]}
+                        {
+                            "file": str(path),
+                            **where,
+                            "classes": len(class_ids),
+                            "subtexts": str(artifact),
+                            **results[-1],
+                        }
                     )
     summary = summarise(results)
     return {**summary, "subsets": per_subset} if zero_shot == "subsets" else summary
+
+
+class SubsetTexts:
+    """The class texts of a subset file's names, taken by name from a sub-text artifact: the
+    run's own (already on the device) or another scored with the run's CLIP, each read once."""
+
+    def __init__(self, loaded: LoadedRun):
+        self.loaded = loaded
+        self.read: dict[Path, tuple[list[str], ClassText]] = {
+            Path(loaded.subtexts).resolve(): (loaded.class_names, loaded.built.text)
+        }
+
+    def rows(self, artifact: Path, subset_file: Path, names: Sequence[str]) -> ClassText:
+        key = Path(artifact).resolve()
+        if key not in self.read:
+            built = self.loaded.built
+            width = built.text.global_emb.shape[-1]
+            read = read_subtexts(artifact)
+            text = artifact_class_text(read, artifact, built.clip_id, width)
+            self.read[key] = (read.class_names, text.to(self.loaded.dist_info.device))
+        class_names, text = self.read[key]
+        found = match_names(names, class_names)
+        if found.missing:
+            raise UserError(
+                f"--subtexts {artifact} has no sub-texts for these classes of --subsets "
+                f"{subset_file}: {unknown_names(found.missing, class_names)}; pass the "
+                "artifact scored for that file's classes."
+            )
+        return text.subset(torch.as_tensor(found.ids))
 
 
 def feature_cache_fold(features: Path, run_dir: Path, trained_on: dict) -> int | None:

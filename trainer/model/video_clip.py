@@ -205,19 +205,9 @@ def build_model(
     (drop the `LoadedClip` afterwards to free it). The visual tower is shared, not copied;
     the head's logit scale starts at the CLIP's own (`clip_log_logit_scale`), a copy.
     """
-    check_artifact_matches_clip(artifact.meta, clip.model_id, clip.pretrained_id, artifact_path)
-    width = int(artifact.global_emb.shape[-1])
-    if artifact.meta.embed_dim != clip.embed_dim:
-        raise UserError(
-            f"{artifact_path} holds {artifact.meta.embed_dim}-d text embeddings, but CLIP "
-            f"{clip.model_id} embeds in {clip.embed_dim} dimensions; rescore it with "
-            "`python -m subtext_gen score --tpp` for this CLIP."
-        )
-    if width != clip.embed_dim:
-        raise UserError(
-            f"{artifact_path} says storyboard.embed_dim={artifact.meta.embed_dim} but holds "
-            f"{width}-d embeddings; rescore it with `python -m subtext_gen score --tpp`."
-        )
+    text = artifact_class_text(
+        artifact, artifact_path, (clip.model_id, clip.pretrained_id), clip.embed_dim
+    )
     dim = clip.embed_dim
     if dim % attention_heads:
         raise UserError(
@@ -240,4 +230,25 @@ def build_model(
         freeze_backbone=freeze_backbone,
         grad_checkpointing=grad_checkpointing,
     )
-    return model.to(clip.device), ClassText.from_artifact(artifact).to(clip.device)
+    return model.to(clip.device), text.to(clip.device)
+
+
+def artifact_class_text(
+    artifact: SubtextArtifact, artifact_path: str | Path, clip_id: tuple[str, str], embed_dim: int
+) -> ClassText:
+    """The class texts of a sub-text artifact, after checking that it was scored with the
+    CLIP `clip_id` (model, pretrained) whose joint space is `embed_dim` wide."""
+    check_artifact_matches_clip(artifact.meta, *clip_id, artifact_path)
+    width = int(artifact.global_emb.shape[-1])
+    if artifact.meta.embed_dim != embed_dim:
+        raise UserError(
+            f"{artifact_path} holds {artifact.meta.embed_dim}-d text embeddings, but CLIP "
+            f"{clip_id[0]} embeds in {embed_dim} dimensions; rescore it with "
+            "`python -m subtext_gen score --tpp` for this CLIP."
+        )
+    if width != embed_dim:
+        raise UserError(
+            f"{artifact_path} says storyboard.embed_dim={artifact.meta.embed_dim} but holds "
+            f"{width}-d embeddings; rescore it with `python -m subtext_gen score --tpp`."
+        )
+    return ClassText.from_artifact(artifact)
