@@ -12,7 +12,7 @@ from testkit.videos import write_video
 from trainer.data.items import Segment
 from trainer.data.layouts import (
     DATASETS,
-    absent_annotation,
+    absent_files,
     available_splits,
     charades,
     hmdb51,
@@ -264,11 +264,12 @@ def test_k400_mistakes(k400_root, tmp_path):
     with pytest.raises(UserError, match=r"annotation file not found: .*validate\.csv"):
         load_split("k400", k400_root, "val")
     (k400_root / "train.csv").rename(k400_root / "val.csv")
-    with pytest.raises(UserError, match=r"train\.csv \(it fixes the class order\) not found"):
-        load_split("k400", k400_root, "val")
-    # val.csv stands in for validate.csv; an explicit class list needs no train.csv
-    val = kinetics.load(k400_root, "val", class_names=("abseiling", "air drumming"))
+    # val.csv stands in for validate.csv; without train.csv its labels give the classes
+    val = load_split("k400", k400_root, "val")
+    assert val.class_names == ("abseiling", "air drumming")
     assert len(val) == 0 and len(val.missing) == 5  # train rows, looked for in validate/
+    val = kinetics.load(k400_root, "val", class_names=("air drumming", "abseiling", "yoga"))
+    assert len(val.class_names) == 3 and len(val.missing) == 5
 
 
 # --- Charades ------------------------------------------------------------------------------
@@ -397,6 +398,27 @@ def test_generic_lists(list_root):
         load_split("list", list_root, "val")
 
 
+def test_a_frame_folder_list_is_refused_in_one_sentence(list_root):
+    # TSN / BIKE lists of extracted-frame folders: `path num_frames label`
+    (list_root / "train.txt").write_text("# BIKE\nabseiling/xyz 408 0\nabseiling/uvw 300 1\n")
+    with pytest.raises(UserError) as refused:
+        load_split("list", list_root)
+    assert str(refused.value) == (
+        f"{list_root.resolve() / 'train.txt'} line 2 looks like a frame-folder list "
+        "(`path num_frames label`), which the list layout does not read: it needs video "
+        "files `relative/path label[,label...]`."
+    )
+    # a video whose name has a space and ends in a number is read when it is on disk
+    touch(list_root / "clips" / "take 408")
+    (list_root / "train.txt").write_text("clips/take 408 0\nclips/my clip.mp4 1\nclips/b.mp4 2\n")
+    train = load_split("list", list_root)
+    assert [(it.video_id, it.labels) for it in train.items] == [
+        ("clips/take 408", (0,)),
+        ("clips/my clip", (1,)),
+        ("clips/b", (2,)),
+    ]
+
+
 # --- the registry --------------------------------------------------------------------------
 
 
@@ -425,7 +447,7 @@ def test_hmdb51_offers_only_the_folds_whose_split_files_are_there(hmdb_root, tmp
     for path in (hmdb_root / "testTrainMulti_7030_splits").glob("*_test_split[23].txt"):
         path.unlink()
     assert available_splits("hmdb51", hmdb_root) == [("train", 1), ("test", 1)]
-    assert absent_annotation("hmdb51", hmdb_root, "test", 2) == (
+    assert absent_files("hmdb51", hmdb_root, "test", 2) == (
         "testTrainMulti_7030_splits/<class>_test_split2.txt"
     )
     assert len(hmdb51.load(hmdb_root, "test", 1, class_names=HMDB_CLASSES)) == 3
@@ -447,29 +469,40 @@ def test_ucf101_offers_only_the_lists_that_are_there(ucf_root):
     ]
     (ucf_root / "ucfTrainTestlist" / "testlist02.txt").unlink()
     assert available_splits("ucf101", ucf_root) == [("train", 1), ("test", 1), ("train", 2)]
-    assert absent_annotation("ucf101", ucf_root, "test", 2) == "ucfTrainTestlist/testlist02.txt"
-    assert absent_annotation("ucf101", ucf_root, "train", 2) is None
+    assert absent_files("ucf101", ucf_root, "test", 2) == "ucfTrainTestlist/testlist02.txt"
+    assert absent_files("ucf101", ucf_root, "train", 2) is None
 
 
-def test_k400_without_test_csv_offers_train_and_val(k400_root):
+def test_k400_without_test_csv_offers_train_and_val(k400_root, tmp_path):
+    # a test.csv of clip ids only is no split, as if it were absent
+    assert available_splits("k400", k400_root) == [("train", None), ("val", None)]
+    assert absent_files("k400", k400_root, "test", None) == "labels in test.csv"
     (k400_root / "test.csv").unlink()
     assert available_splits("k400", k400_root) == [("train", None), ("val", None)]
-    assert absent_annotation("k400", k400_root, "test", None) == "test.csv"
+    assert absent_files("k400", k400_root, "test", None) == "test.csv"
+    # the csv is there but not the split's video folder (validation videos only)
+    clips = tmp_path / "clips"
+    (clips / "val").mkdir(parents=True)
+    assert available_splits("k400", k400_root, clips) == [("val", None)]
+    assert absent_files("k400", k400_root, "train", None, clips) == "video folder train/"
+    (clips / "val").rmdir()
+    assert absent_files("k400", k400_root, "val", None, clips) == ("video folder val/ or validate/")
+    assert available_splits("k400", k400_root, clips) == available_splits("k400")
     assert [len(load_split("k400", k400_root, s)) for s in ("train", "val")] == [4, 2]
     (k400_root / "validate.csv").rename(k400_root / "val.csv")  # the stand-in counts
     assert available_splits("k400", k400_root) == [("train", None), ("val", None)]
     (k400_root / "val.csv").unlink()
-    assert absent_annotation("k400", k400_root, "val", None) == "validate.csv or val.csv"
+    assert absent_files("k400", k400_root, "val", None) == "validate.csv or val.csv"
     assert available_splits("k400", k400_root) == [("train", None)]
 
 
 def test_charades_and_lists_offer_only_their_files(charades_root, list_root):
     (charades_root / "Charades_v1_test.csv").unlink()
     assert available_splits("charades", charades_root) == [("train", None)]
-    assert absent_annotation("charades", charades_root, "test", None) == "Charades_v1_test.csv"
+    assert absent_files("charades", charades_root, "test", None) == "Charades_v1_test.csv"
     (list_root / "val.txt").unlink()
     assert available_splits("list", list_root) == [("train", None), ("test", None)]
-    assert absent_annotation("list", list_root, "val", None) == "val.txt"
+    assert absent_files("list", list_root, "val", None) == "val.txt"
     for name in ("train.txt", "test.txt"):
         (list_root / name).unlink()
     assert available_splits("list", list_root) == available_splits("list")

@@ -284,6 +284,8 @@ def test_ssv2_check_data_json(ssv2_root):
         "--json",
         "--workers",
         "1",
+        "--allow-missing",
+        "2",
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
@@ -614,6 +616,8 @@ def test_cache_features_and_check_data_on_k600(k600_world, tmp_path):
         str(k600_world["root"]),
         "--json",
         "--workers",
+        "1",
+        "--allow-missing",
         "1",
     )
     assert report.returncode == 0, report.stderr

@@ -27,7 +27,7 @@ console = Console()
 # Flags that mean the same in every command that takes them (None: the preset's or
 # RunConfig's value).
 DATASET = typer.Option(None, help="hmdb51, ucf101, k400, k600, ssv2, charades or list.")
-ROOT = typer.Option(None, help="Dataset root (default: $STORYBOARD_DATA/<dataset>).")
+ROOT = typer.Option(None, help="Dataset root (default: data/<name>, or $STORYBOARD_DATA/<name>).")
 VIDEOS = typer.Option(None, help="Where the videos are, if not under --root.")
 CLIP_MODEL = typer.Option(None, help="open_clip name or model-config JSON (ViT-B-16).")
 CLIP_PRETRAINED = typer.Option(None, help="Tag, checkpoint path or none (openai).")
@@ -45,26 +45,44 @@ _PLAIN = {"markup": False, "highlight": False, "soft_wrap": True}  # file names,
 @app.command("check-data")
 def check_data(
     dataset: str = typer.Option(..., help="hmdb51, ucf101, k400, k600, ssv2, charades or list."),
-    root: Path = typer.Option(..., help="The dataset's root, in its official layout."),
+    root: Path = ROOT,
     videos: Path = VIDEOS,
     split: str = typer.Option(None, help="Fold 1, 2, 3 or all (default: every split)."),
     frames: int = typer.Option(8, min=1, help="Frames a clip needs; fewer is 'short'."),
     workers: int = typer.Option(4, min=1, help="Videos probed in parallel."),
+    allow_missing: int = typer.Option(
+        0,
+        min=0,
+        help="Missing videos accepted (Kinetics copies lack deleted clips); unreadable and "
+        "short ones always fail.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
     """Scan a dataset: missing, unreadable and short videos, class counts, split sizes.
 
-    Splits whose annotation files are absent (a partial download) are skipped and named."""
-    from .data.check import check_splits, load_dataset_splits
+    Exits 2 after the report when a video is unreadable or short, or too many are missing.
 
+    Splits whose files are absent (a partial download) are skipped and named."""
+    from .data.check import check_splits, load_dataset_splits
+    from .paths import default_root
+
+    root = root or default_root(dataset)
     splits, absent = load_dataset_splits(dataset, root, videos, split)
     report = check_splits(splits, frames, workers, not as_json, absent)
+    problems = report.problems(allow_missing)
     if as_json:
-        sys.stdout.write(json.dumps(report.to_json()) + "\n")
-        return
+        sys.stdout.write(json.dumps(report.to_json(allow_missing)) + "\n")
+    else:
+        _print_check_report(report, f"{dataset} at {root}")
+    if problems:
+        lists = "the JSON report's lists" if as_json else "the lists above"
+        raise UserError(f"{dataset} at {root}: {problems}; see {lists}.")
+
+
+def _print_check_report(report, title: str) -> None:
     for name, what in report.missing_splits.items():
         console.print(f"{name}: {what} not found, skipped", **_PLAIN)
-    table = Table(title=f"{dataset} at {root}: {report.classes} classes")
+    table = Table(title=f"{title}: {report.classes} classes")
     table.add_column("class")
     for name in report.splits:
         table.add_column(name, justify="right")

@@ -19,10 +19,20 @@ DATA_ENV = "STORYBOARD_DATA"
 
 
 def default_root(dataset: str) -> Path:
+    """`$STORYBOARD_DATA/<dataset>`, else `data/<dataset>` in the working directory (the
+    repository's `data/` when run from a clone), absolute; a UserError when it is absent."""
+    from .data.layouts import dataset_name
+
+    name = dataset_name(dataset)
     base = os.environ.get(DATA_ENV)
-    if not base:
-        raise UserError(f"pass --root (the {dataset} folder) or set {DATA_ENV}=DIR.")
-    return Path(base) / dataset
+    root = (Path(base).expanduser() if base else Path("data")).absolute() / name
+    if not root.is_dir():
+        source = f"from {DATA_ENV}" if base else "the default data/ folder"
+        raise UserError(
+            f"no --root given and {root} ({source}) does not exist: put {name} there, pass "
+            f"--root DIR, or set {DATA_ENV}=DIR to read DIR/{name}."
+        )
+    return root
 
 
 def default_subtexts(dataset: str, clip_model: str, clip_pretrained: str) -> Path:

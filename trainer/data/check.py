@@ -4,6 +4,9 @@ A video is probed the way evaluation reads it: opened with the reader training u
 the evaluation clip's frames (`--frames` segment centres) decoded with one `get_batch`, by
 the same functions `VideoClipDataset` calls. So a video called readable here is one the
 data loader reads, and an unreadable one comes with decord's reason.
+
+The check is a gate: `CheckReport.problems` names what fails it (any unreadable or short
+video, more missing ones than the caller accepts), and the CLI exits 2 on it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 from rich.progress import Progress
 
 from .items import SplitList
-from .layouts import absent_annotation, available_splits, folds, load_split
+from .layouts import absent_files, available_splits, folds, load_split
 from .sampling import clip_indices
 from .video import VideoError, open_video, read_frames
 
@@ -35,7 +38,18 @@ class CheckReport:
     unreadable_reasons: dict[str, str] = field(default_factory=dict)  # path -> reason
     missing_splits: dict[str, str] = field(default_factory=dict)  # split name -> absent file
 
-    def to_json(self) -> dict:
+    def problems(self, allow_missing: int = 0) -> str | None:
+        """None when the data passes: no unreadable or short video and at most
+        `allow_missing` missing ones (deleted YouTube clips are part of any Kinetics copy;
+        an unreadable or short file is a file to fix). Else the counts, for one sentence."""
+        if not self.unreadable and not self.short and len(self.missing) <= allow_missing:
+            return None
+        return (
+            f"{len(self.missing)} missing (--allow-missing {allow_missing}), "
+            f"{len(self.unreadable)} unreadable and {len(self.short)} short videos"
+        )
+
+    def to_json(self, allow_missing: int = 0) -> dict:
         return {
             "classes": self.classes,
             "splits": self.splits,
@@ -44,6 +58,7 @@ class CheckReport:
             "short": self.short,
             "missing_splits": list(self.missing_splits),
             "unreadable_reasons": self.unreadable_reasons,
+            "ok": self.problems(allow_missing) is None,
         }
 
 
@@ -58,15 +73,16 @@ def _pair_name(split: str, fold: int | None) -> str:
 def load_dataset_splits(
     dataset: str, root: Path, videos: Path | None = None, split: str | None = None
 ) -> tuple[list[SplitList], dict[str, str]]:
-    """The splits of `dataset` (the folds `split` chooses) whose annotation files are under
-    `root`, loaded, and {split name: absent file} of the others. With none of the chosen
-    ones there, loading the first raises the layout's error naming what is missing."""
+    """The splits of `dataset` (the folds `split` chooses) whose files are there (annotation
+    files under `root`, Kinetics' split folders under `videos` or `root`), loaded, and
+    {split name: what is absent} of the others. With none of the chosen ones there, loading
+    the first raises the layout's error naming what is missing."""
     chosen = folds(dataset, split)
     wanted = [(s, f) for s, f in available_splits(dataset) if f is None or f in chosen]
-    present = set(available_splits(dataset, root))
+    present = set(available_splits(dataset, root, videos))
     pairs = [pair for pair in wanted if pair in present] or wanted
     absent = {
-        _pair_name(s, f): absent_annotation(dataset, root, s, f) or "its annotation file"
+        _pair_name(s, f): absent_files(dataset, root, s, f, videos) or "its annotation file"
         for s, f in wanted
         if (s, f) not in pairs
     }

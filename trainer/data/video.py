@@ -12,11 +12,22 @@ first group of pictures, which the first sampled frame needs decoded anyway.
 
 `num_threads=1` by default: DataLoader workers are processes already, and decoder
 threads on top of them only oversubscribe the cores.
+
+decord's noise stays off stderr: its FFmpeg is set quiet (`decord.logging`), and the line
+decord itself prints for a file it cannot open ("[12:00:00] .../video_reader.cc:83: ERROR
+opening: <path>, Invalid data found when processing input"), which no setting reaches, is
+caught while the file is opened and becomes the VideoError's reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +104,47 @@ _BATCH_WIDTH = (
 )
 
 
+# FFmpeg's own messages (e.g. "moov atom not found"): decord sets them to ERROR on import;
+# a file that fails is reported by the VideoError.
+decord.logging.set_level(decord.logging.QUIET)
+
+# decord's LOG(ERROR) line for a file FFmpeg cannot open: written by C++ straight to file
+# descriptor 2 whatever the log level, the reason (av_strerror) after the last ", ".
+_OPENING_LINE = re.compile(rb"^\[[\d:]+\] \S+: ERROR opening: .*, ([^\n]*)\n?", re.M)
+# While a file is opened, descriptor 2 points at a temporary file: one open at a time, and
+# what other threads write meanwhile is passed on afterwards (an open is a few
+# milliseconds, a small part of a probe's decode).
+_STDERR_LOCK = threading.Lock()
+
+
+@contextmanager
+def _decord_log_caught() -> Iterator[list[str]]:
+    """Keep decord's "ERROR opening" lines off stderr: yields a list that receives their
+    reasons when the block ends; anything else written to stderr meanwhile is passed on."""
+    reasons: list[str] = []
+    with _STDERR_LOCK, tempfile.TemporaryFile() as caught:
+        if sys.stderr is not None:
+            sys.stderr.flush()  # what was written before goes out before
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr to keep clean
+            yield reasons
+            return
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield reasons
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            text = caught.read()
+            reasons.extend(m.decode(errors="replace") for m in _OPENING_LINE.findall(text))
+            rest = _OPENING_LINE.sub(b"", text)
+            if rest:
+                with open(2, "wb", closefd=False) as stderr:
+                    stderr.write(rest)
+
+
 def open_video(
     path: str | Path,
     short_side: int | None = None,
@@ -112,12 +164,17 @@ def open_video(
         raise VideoError(path, "does not exist")
     if path.stat().st_size == 0:
         raise VideoError(path, "has no frames (the file is empty)")
-    try:
-        reader = VideoReader(str(path), num_threads=num_threads)
-    except AssertionError as error:  # decord asserts a positive frame count
-        raise VideoError(path, "has no frames") from error
-    except Exception as error:  # decord raises DECORDError, RuntimeError and more
-        raise VideoError(path, f"cannot be opened ({first_line(error)})") from error
+    failure = None
+    with _decord_log_caught() as logged:
+        try:
+            reader = VideoReader(str(path), num_threads=num_threads)
+        except Exception as error:  # decord raises DECORDError, RuntimeError and more
+            failure = error
+    if isinstance(failure, AssertionError):  # decord asserts a positive frame count
+        raise VideoError(path, "has no frames") from failure
+    if failure is not None:  # FFmpeg's reason where decord logged one, else its exception's
+        reason = logged[-1] if logged else first_line(failure)
+        raise VideoError(path, f"cannot be opened ({reason})") from failure
     num_frames = len(reader)
     try:
         first = reader.next()

@@ -3,7 +3,8 @@
 List lines are `relative/path label[,label...]`: the last whitespace-separated field holds the
 labels (class names or ids), everything before it the path, relative to the video folder
 (default: the root). Blank lines and `#` comments are skipped. A line with several labels
-makes the split multi-label.
+makes the split multi-label. A frame-folder list (`path num_frames label`, as TSN and BIKE
+write them for folders of extracted frames) is refused: this layout reads video files.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ def load(root: Path | str, split: str = "train", videos: Path | str | None = Non
         if not line or line.startswith("#"):
             continue
         fields = line.rsplit(None, 1)
+        words = line.split()
+        if len(words) == 3 and words[1].isdigit() and index.find(vdir, fields[0]) is None:
+            # else `abseiling/xyz 408 0` reads as a missing video "abseiling/xyz 408"
+            raise UserError(
+                f"{list_file} line {lineno} looks like a frame-folder list (`path num_frames "
+                f"label`), which the list layout does not read: it needs video files "
+                f"`relative/path label[,label...]`."
+            )
         if len(fields) != 2:
             raise UserError(
                 f"{list_file} line {lineno} has no label; lines are "

@@ -4,6 +4,10 @@ Csv header `label,youtube_id,time_start,time_end,split`; a clip is the file
 `<youtube_id>_<start:06d>_<end:06d>.mp4` (or .mkv/.webm/.avi) under `<split>/<label>/` or
 `<split>/`, where the split folders are `train`, `val` or `validate`, `test`. Missing clips
 are common (deleted YouTube videos): they are reported in `SplitList.missing`.
+
+Without a shipped class list (none ships for either today) the classes are train.csv's
+labels, sorted, or where a download for evaluation has no train.csv, those of validate.csv
+(then test.csv), which hold every class too.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ def load(
     class_names: Sequence[str] | None = None,
     dataset: str = "k400",
 ) -> SplitList:
-    """One split; classes (in id order) are `class_names`, the shipped list, or train.csv's.
+    """One split; classes (in id order) are `class_names`, the shipped list, or the sorted
+    labels of the first labelled csv of train.csv, validate.csv and test.csv.
 
     `dataset` is k400 or k600: same csv format and clip folders, its own class list."""
     title = LABELS[dataset]
@@ -55,13 +60,10 @@ def load(
     elif shipped.is_file():
         names = load_classes(dataset).names
     else:
-        train_csv = require_file(
-            root / "train.csv",
-            f"{title} train.csv (it fixes the class order)",
-            f"--root must hold {_EXPECT}",
-        )
-        train_rows = rows if csv_path == train_csv else _read_rows(train_csv)
-        names = tuple(sorted({row[0] for row in train_rows}))
+        found = (_find_csv(root, s) for s in SPLITS)
+        source = next(p for p in found if p is not None and (p == csv_path or _labelled(p)))
+        source_rows = rows if source == csv_path else _read_rows(source)
+        names = tuple(sorted({row[0] for row in source_rows}))
     by_label = {name: i for i, name in enumerate(names)}
     by_norm = {_norm(name): i for i, name in enumerate(names)}
 
@@ -98,20 +100,42 @@ def _norm(label: str) -> str:
     return " ".join(label.replace("_", " ").split()).casefold()
 
 
+def _find_csv(root: Path, split: str) -> Path | None:
+    """The split's csv (validate.csv before its stand-in val.csv), or None."""
+    return next((root / n for n in CSV_FILES[split] if (root / n).is_file()), None)
+
+
 def _csv_file(root: Path, split: str, label: str = LABEL) -> Path:
-    for name in CSV_FILES[split]:
-        if (root / name).is_file():
-            return root / name
+    found = _find_csv(root, split)
+    if found is not None:
+        return found
     return require_file(
         root / CSV_FILES[split][0], f"{label} annotation file", f"--root must hold {_EXPECT}"
     )
 
 
+def _labelled(path: Path) -> bool:
+    """Whether a Kinetics csv has a label column (a test.csv may have none)."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        return "label" in (h.strip().lower() for h in next(csv.reader(fh), []))
+
+
 def absent(root: Path, split: str, fold: int | None = None) -> str | None:
-    """None when the split's csv is on disk, else its name (and the one standing in for it)."""
-    if any((Path(root) / name).is_file() for name in CSV_FILES[split]):
+    """None when the split's csv is on disk with labels, else what is missing: its name (and
+    the one standing in for it), or "labels in test.csv" for a csv of clip ids only."""
+    found = _find_csv(Path(root), split)
+    if found is None:
+        return " or ".join(CSV_FILES[split])
+    return None if _labelled(found) else f"labels in {found.name}"
+
+
+def absent_videos(root: Path, split: str, videos: Path | None = None) -> str | None:
+    """None when the split's video folder is in `videos` (default: `root`), else its names,
+    e.g. "video folder train/" for a download of the validation videos only."""
+    vdir = Path(root if videos is None else videos).expanduser()
+    if any((vdir / d).is_dir() for d in SPLIT_DIRS[split]):
         return None
-    return " or ".join(CSV_FILES[split])
+    return "video folder " + " or ".join(f"{d}/" for d in SPLIT_DIRS[split])
 
 
 def _read_rows(path: Path) -> list[tuple[str, str, int, int, int]]:
