@@ -68,6 +68,21 @@ def clip_identity(clip_model: str, clip_pretrained: str | None) -> tuple[str, st
     return model_id, pretrained
 
 
+def clip_files(clip_model: str, clip_pretrained: str | None) -> dict[str, str]:
+    """The settings of a CLIP that name local files, as given: `clip_model` when it is a
+    model-config JSON (not a shipped `data/...` one, which is found from any folder),
+    `clip_pretrained` when it is a checkpoint. open_clip names, tags and `hf-hub:` or
+    `local-dir:` schemas are not files. `clip_identity` does not depend on the folder a file
+    is named from (a config by its stem, a checkpoint by its name and content)."""
+    files = {}
+    if clip_model.endswith(".json") and resolve_shipped(clip_model) == clip_model:
+        files["clip_model"] = clip_model
+    pretrained = (clip_pretrained or "none").strip()
+    if pretrained.lower() not in NO_WEIGHTS and _looks_like_path(pretrained):
+        files["clip_pretrained"] = pretrained
+    return files
+
+
 def _register_config(clip_model: str) -> str:
     import open_clip
 

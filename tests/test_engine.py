@@ -1,11 +1,14 @@
 """A tiny end-to-end run on CPU: tiny CLIP checkpoint, miniature list dataset, real CLI."""
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -323,3 +326,193 @@ def test_prediction_plot_shows_the_model_s_importance_and_best_sub_texts(world, 
     text = "\n".join(t.get_text() for ax in fig.axes for t in ax.texts)
     assert f"top class: {pred.top[0][0]}" in text
     assert all(f"S{i + 1}: {s}" in text for i, s in enumerate(pred.sub_texts))
+
+
+def trainer_in(folder, *args):
+    """`python -m trainer ARGS` started in `folder`, importing this checkout."""
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", *map(str, args)],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+def relative_run_args(subtexts):
+    """The flags of a 1-epoch run, every path relative to the folder it starts in."""
+    return [
+        "run",
+        "--dataset",
+        "list",
+        "--root",
+        "data",
+        "--subtexts",
+        subtexts,
+        "--clip-model",
+        TINY_CLIP_CONFIG,
+        "--clip-pretrained",
+        "clip.pt",
+        "--frames",
+        "4",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "3",
+        "--lr",
+        "2e-3",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        "runs/here",
+        "--seed",
+        "1",
+    ]
+
+
+@pytest.fixture(scope="module")
+def started_here(world, tmp_path_factory):
+    """A run started in its own folder with relative --root, --subtexts, --clip-pretrained
+    and --out, over an artifact scored there with the relative checkpoint path `clip.pt`.
+    -> {folder, run, subtexts (relative), result (the run's own evaluation)}."""
+    from subtext_gen.clip_text import load_clip
+    from subtext_gen.score import score
+
+    folder = tmp_path_factory.mktemp("started-here")
+    shutil.copytree(world["root"], folder / "data")
+    shutil.copy(world["ckpt"], folder / "clip.pt")
+    shutil.copytree(world["base"] / "art", folder / "art")
+    shutil.rmtree(folder / "art" / world["subtexts"].parent.name)  # scored again, below
+    with pytest.MonkeyPatch.context() as here:
+        here.chdir(folder)
+        scored = score(Path("art"), load_clip(str(TINY_CLIP_CONFIG), "clip.pt", "cpu")).out_dir
+    subtexts = scored / "subtexts.parquet"
+    done = trainer_in(folder, *relative_run_args(subtexts), "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {
+        "folder": folder,
+        "run": folder / "runs" / "here",
+        "subtexts": subtexts,
+        "result": result,
+    }
+
+
+def evaluated(done) -> dict:
+    assert done.returncode == 0, done.stderr
+    return {k: v for k, v in json.loads(done.stdout).items() if k != "epoch"}
+
+
+def own_metrics(started_here) -> dict:
+    return {k: v for k, v in started_here["result"].items() if k != "epoch"}
+
+
+def test_a_run_records_absolute_paths_and_evaluates_from_any_folder(started_here, tmp_path):
+    from subtext_gen.artifacts import read_subtexts
+    from subtext_gen.clip_text import clip_identity
+
+    folder, run = started_here["folder"], started_here["run"]
+    config = json.loads((run / "config.json").read_text())
+    expected = {
+        "root": folder / "data",
+        "subtexts": folder / started_here["subtexts"],
+        "clip_model": TINY_CLIP_CONFIG,
+        "clip_pretrained": folder / "clip.pt",
+        "out": run,
+    }
+    assert {name: config[name] for name in expected} == {
+        name: str(path.resolve()) for name, path in expected.items()
+    }
+    assert config["videos"] is None and config["fewshot_list"] is None
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert {name: state["config"][name] for name in expected} == {
+        name: config[name] for name in expected
+    }
+    # Scored with `clip.pt`, read with its absolute path: the same CLIP for the artifact.
+    meta = read_subtexts(Path(config["subtexts"])).meta
+    assert (meta.clip_model, meta.clip_pretrained) == clip_identity(
+        config["clip_model"], config["clip_pretrained"]
+    )
+
+    elsewhere = evaluated(trainer_in(tmp_path, "eval", "--checkpoint", run, "--json"))
+    assert elsewhere == pytest.approx(own_metrics(started_here))
+    assert elsewhere["n"] == 3
+
+
+def test_a_moved_root_is_one_sentence_and_root_names_its_new_place(started_here, tmp_path):
+    from trainer.evaluation import evaluate_checkpoint
+
+    run, data = started_here["run"], started_here["folder"] / "data"
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    shutil.move(data, tmp_path / "moved")
+    try:
+        done = trainer_in(tmp_path, "eval", "--checkpoint", run, "--json")
+        assert done.returncode == 2 and done.stdout == "", done.stderr
+        assert done.stderr == (
+            f"error: the run's recorded --root {data.resolve()} no longer exists; pass --root "
+            "DIR (where the dataset is now).\n"
+        )
+        assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+        assert list(tmp_path.iterdir()) == [tmp_path / "moved"]
+        with pytest.MonkeyPatch.context() as here:
+            here.chdir(tmp_path)
+            result = evaluate_checkpoint(run, root=Path("moved"), workers=0, show_progress=False)
+        assert {k: v for k, v in result.items() if k != "epoch"} == pytest.approx(
+            own_metrics(started_here)
+        )
+    finally:
+        shutil.move(tmp_path / "moved", data)
+
+
+def test_predict_export_and_resume_from_another_folder(started_here, world, tmp_path):
+    from trainer.evaluation import evaluate_checkpoint
+    from trainer.predict import predict_video
+
+    folder, run = started_here["folder"], started_here["run"]
+    shutil.copy(folder / "data" / "clips" / "c2_3.mp4", tmp_path / "video.mp4")
+    predicted = trainer_in(tmp_path, "predict", "video.mp4", "--checkpoint", run, "--top", "1")
+    assert predicted.returncode == 0, predicted.stderr
+    top = predict_video(run, tmp_path / "video.mp4", device="cpu", top=1).top[0][0]
+    assert top in predicted.stdout
+
+    exported = trainer_in(tmp_path, "export", run, "--out", "model")
+    assert exported.returncode == 0, exported.stderr
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["training"]["root"] == str((folder / "data").resolve())
+    # No --dataset: the export's own; its dataset is not shipped, so --root says where.
+    result = evaluate_checkpoint(
+        tmp_path / "model", root=folder / "data", workers=0, show_progress=False
+    )
+    assert {k: v for k, v in result.items() if k != "epoch"} == pytest.approx(
+        own_metrics(started_here)
+    )
+
+    # The same flags, relative to this folder: the same paths, so the run resumes (it is done).
+    config_json = (run / "config.json").read_text()
+    args = relative_run_args(os.path.relpath(folder / started_here["subtexts"], tmp_path))
+    args = [os.path.relpath(folder / a, tmp_path) if a in ("data", "clip.pt") else a for a in args]
+    args[args.index("--out") + 1] = str(run)
+    resumed = trainer_in(tmp_path, *args, "--resume", "--json")
+    assert evaluated(resumed) == pytest.approx(own_metrics(started_here))
+    assert (run / "config.json").read_text() == config_json
+
+
+def test_only_clip_settings_that_name_local_files_are_made_absolute(tmp_path, monkeypatch):
+    from trainer.config import RunConfig, absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.json").write_text("{}")
+    shipped = "data/clip/TinyCLIP-test.json"  # found from any folder, kept as given
+    cases = {
+        ("ViT-B-16", "openai"): ("ViT-B-16", "openai"),
+        ("hf-hub:org/repo", "none"): ("hf-hub:org/repo", "none"),
+        (shipped, "laion2b_s34b_b88k"): (shipped, "laion2b_s34b_b88k"),
+        (shipped, "weights/clip.pt"): (shipped, str(tmp_path / "weights" / "clip.pt")),
+        ("mine.json", "clip.bin"): (str(tmp_path / "mine.json"), str(tmp_path / "clip.bin")),
+    }
+    for (model, pretrained), expected in cases.items():
+        cfg = absolute_paths(RunConfig(clip_model=model, clip_pretrained=pretrained))
+        assert (cfg.clip_model, cfg.clip_pretrained) == expected

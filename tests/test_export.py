@@ -103,6 +103,8 @@ def test_export_moves_and_loads_without_the_run_its_clip_or_artifacts(world, aut
         r"--subtexts",
     ):
         evaluate_checkpoint(moved, "hmdb51", tmp_path, device="cpu", show_progress=False)
+    with pytest.raises(UserError, match="is an exported model, which holds its CLIP: drop --clip"):
+        evaluate_checkpoint(moved, root=world["root"], clip_pretrained="clip.pt")
     with pytest.raises(UserError, match="holds one checkpoint: drop --last"):
         evaluate_checkpoint(
             moved, "list", world["root"], device="cpu", show_progress=False, checkpoint="last"

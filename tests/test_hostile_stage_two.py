@@ -2,7 +2,9 @@
 silently wrong settings, unreadable files and folders. Each case ends in one sentence on
 stderr and exit status 2 (or, for a kill, a clean log)."""
 
+import dataclasses
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -278,3 +280,100 @@ def test_out_of_range_settings_are_refused_naming_the_flag(setting, value, flag)
     --micro-batch 0 was read as "unset") or ended in an optimiser traceback."""
     with pytest.raises(UserError, match=f"^{flag} must be"):
         RunConfig(**{setting: value})
+
+
+def test_resume_takes_a_moved_input_at_its_new_place_and_reads_older_relative_paths(
+    world, tmp_path, monkeypatch
+):
+    from trainer.checkpoints import plain
+    from trainer.loop import check_resume, recorded_config
+
+    cfg = recorded_config(
+        RunConfig(
+            dataset="list",
+            root=world["root"],
+            subtexts=world["subtexts"],
+            clip_model=str(TINY_CLIP_CONFIG),
+            clip_pretrained=str(world["ckpt"]),
+            out=tmp_path / "run",
+        )
+    )
+    settings = plain(dataclasses.asdict(cfg))
+    gone = tmp_path / "gone"
+    state = {"config": {**settings, "root": str(gone)}}
+    with pytest.raises(UserError) as caught:
+        check_resume(dataclasses.replace(cfg, root=gone), cfg.out, state)
+    assert str(caught.value) == (
+        f"the run's recorded --root {gone} no longer exists; pass --root DIR (where the "
+        "dataset is now)."
+    )
+    assert check_resume(cfg, cfg.out, state) == settings  # config.json records the new place
+    (tmp_path / "other").mkdir()
+    with pytest.raises(UserError, match=f"--root {cfg.root} -> {tmp_path / 'other'}"):
+        check_resume(
+            dataclasses.replace(cfg, root=tmp_path / "other"), cfg.out, {"config": settings}
+        )
+    # Older runs recorded the paths given, relative to a folder: read from this one.
+    monkeypatch.chdir(cfg.root.parent)
+    older = {**settings, "root": cfg.root.name, "out": "run", "subtexts": None}
+    monkeypatch.setattr("trainer.loop.default_subtexts", lambda *_: world["subtexts"])
+    expected = {**settings, "out": str(cfg.root.parent / "run")}
+    assert check_resume(cfg, cfg.out, {"config": older}) == expected
+
+
+def with_recorded(run, out, **settings):
+    """A copy of `run`'s best checkpoint in `out`, recording `settings` instead."""
+    import torch
+
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    (out / "checkpoints").mkdir(parents=True)
+    torch.save(
+        {**state, "config": {**state["config"], **settings}}, out / "checkpoints" / "best.pt"
+    )
+    return out
+
+
+def test_a_moved_input_of_a_run_is_one_sentence_naming_its_flag(
+    world, finished, tmp_path, monkeypatch
+):
+    from trainer.evaluation import evaluate_checkpoint
+    from trainer.predict import predict_video
+    from trainer.runs import export_run
+
+    video, gone = world["root"] / "clips" / "c2_3.mp4", tmp_path / "gone"
+    monkeypatch.chdir(tmp_path)
+
+    def refusal(flag, recorded, takes):
+        return re.escape(
+            f"the run's recorded {flag} {recorded} no longer exists; pass {flag} {takes}"
+        )
+
+    # An older run's relative root, read from this folder, where it is not.
+    older = with_recorded(finished, tmp_path / "older", root=world["root"].name)
+    with pytest.raises(UserError, match=refusal("--root", world["root"].name, "DIR")):
+        evaluate_checkpoint(older, workers=0, show_progress=False)
+    monkeypatch.chdir(world["root"].parent)
+    assert evaluate_checkpoint(older, workers=0, show_progress=False)["n"] == 3
+    monkeypatch.chdir(tmp_path)
+
+    moved = with_recorded(finished, tmp_path / "videos", videos=str(gone))
+    with pytest.raises(
+        UserError, match=refusal("--videos", gone, "DIR (where the videos are now).")
+    ):
+        evaluate_checkpoint(moved, show_progress=False)
+    assert predict_video(moved, video, device="cpu").top  # reads no dataset
+
+    moved = with_recorded(finished, tmp_path / "subtexts", subtexts=str(gone))
+    with pytest.raises(UserError, match=refusal("--subtexts", gone, "FILE")):
+        predict_video(moved, video, device="cpu")
+    assert predict_video(moved, video, world["subtexts"], device="cpu").top
+
+    moved = with_recorded(finished, tmp_path / "clip", clip_pretrained=str(gone / "clip.pt"))
+    with pytest.raises(UserError, match=refusal("--clip-pretrained", gone / "clip.pt", "FILE")):
+        export_run(moved, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
+    # On another dataset, the run's CLIP is still its own; its root and sub-texts are not.
+    with pytest.raises(UserError, match=refusal("--clip-pretrained", gone / "clip.pt", "FILE")):
+        evaluate_checkpoint(moved, "hmdb51", tmp_path, show_progress=False)
+    done = cli("eval", "--checkpoint", moved, "--clip-pretrained", world["ckpt"], "--json")
+    assert json.loads(done.stdout)["n"] == 3, done.stderr

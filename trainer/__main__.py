@@ -276,18 +276,33 @@ MODEL = typer.Option(
     help="A run directory (its best, else last checkpoint), a model folder from `trainer "
     "export`, or hf-hub:ORG/REPO.",
 )
+# A run's recorded inputs, where they are now if they moved (default: the recorded ones).
+RUN_SUBTEXTS = typer.Option(None, help="subtexts.parquet (default: the run's).")
+RUN_CLIP_MODEL = typer.Option(
+    None, help="The run's CLIP model-config JSON, if it moved (default: the run's)."
+)
+RUN_CLIP_PRETRAINED = typer.Option(
+    None, help="The run's CLIP checkpoint, if it moved (default: the run's)."
+)
 
 
 @app.command("eval")
 def evaluate(
     checkpoint: str = MODEL,
-    dataset: str = typer.Option(..., help="The dataset to evaluate on."),
-    root: Path = ROOT,
-    videos: Path = VIDEOS,
+    dataset: str = typer.Option(None, help="The dataset to evaluate on (default: the run's)."),
+    root: Path = typer.Option(
+        None,
+        help="Dataset root (default: the run's on its own dataset, else "
+        "$STORYBOARD_DATA/<dataset> or ./data/<dataset>).",
+    ),
+    videos: Path = typer.Option(
+        None, help="Where the videos are, if not under --root (default: the run's)."
+    ),
     subtexts: list[Path] = typer.Option(
         None,
-        help="The target dataset's subtexts.parquet; with --zero-shot subsets, repeat it to "
-        "give one per --subsets file (in the same order), e.g. per-split description files.",
+        help="The target dataset's subtexts.parquet (default: the run's on its own dataset, "
+        "else artifacts/<dataset>/<clip-tag>/); with --zero-shot subsets, repeat it to give "
+        "one per --subsets file (in the same order), e.g. per-split description files.",
     ),
     zero_shot: str = typer.Option(
         None, help="full (test splits, mean), half (10 halves) or subsets (each --subsets file)."
@@ -309,9 +324,13 @@ def evaluate(
         help="Read the test views from this feature cache (cache-features) instead of "
         "the videos; for runs with a frozen visual tower; one fold (the default --split).",
     ),
+    clip_model: str = RUN_CLIP_MODEL,
+    clip_pretrained: str = RUN_CLIP_PRETRAINED,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
-    """Evaluate a trained run: top-1, top-5, mean class accuracy, mAP (multi-label)."""
+    """Evaluate a trained run: top-1, top-5, mean class accuracy, mAP (multi-label).
+
+    With --checkpoint alone: on the run's own dataset, root, videos, fold and sub-texts."""
     from .evaluation import evaluate_checkpoint
 
     if zero_shot not in (None, "full", "half", "subsets"):
@@ -330,6 +349,8 @@ def evaluate(
         checkpoint="last" if last else "best",
         subsets=subsets,
         features=features,
+        clip_model=clip_model,
+        clip_pretrained=clip_pretrained,
     )
     if not as_json and result.get("subsets"):
         _print_subsets(result["subsets"])
@@ -341,15 +362,25 @@ def evaluate(
 def predict(
     video: Path = typer.Argument(..., help="A video file."),
     checkpoint: str = MODEL,
-    subtexts: Path = typer.Option(None, help="subtexts.parquet (default: the run's)."),
+    subtexts: Path = RUN_SUBTEXTS,
     top: int = typer.Option(5, min=1, help="How many classes to print."),
     plot: Path = typer.Option(None, help="Write a filmstrip with frame importances (PNG)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    clip_model: str = RUN_CLIP_MODEL,
+    clip_pretrained: str = RUN_CLIP_PRETRAINED,
 ) -> None:
     """The top classes of one video, with probabilities; optionally its importance plot."""
     from .predict import plot_prediction, predict_video
 
-    pred = predict_video(checkpoint, video, subtexts, device, top)
+    pred = predict_video(
+        checkpoint,
+        video,
+        subtexts,
+        device,
+        top,
+        clip_model=clip_model,
+        clip_pretrained=clip_pretrained,
+    )
     table = Table(title=str(video))
     table.add_column("class")
     table.add_column("probability", justify="right")
@@ -365,12 +396,22 @@ def export(
     run_dir: Path = typer.Argument(..., help="A run directory."),
     out: Path = typer.Option(..., help="The model folder to write (new or empty)."),
     checkpoint: str = typer.Option("best", help="best or last."),
+    subtexts: Path = RUN_SUBTEXTS,
+    clip_model: str = RUN_CLIP_MODEL,
+    clip_pretrained: str = RUN_CLIP_PRETRAINED,
 ) -> None:
     """Write a run as a self-contained model folder (safetensors, config, class texts, model
     card) that `eval` and `predict` load anywhere; publish it with `huggingface-cli upload`."""
     from .runs import export_run
 
-    folder = export_run(run_dir, out, checkpoint)
+    folder = export_run(
+        run_dir,
+        out,
+        checkpoint,
+        subtexts=subtexts,
+        clip_model=clip_model,
+        clip_pretrained=clip_pretrained,
+    )
     for path in sorted(folder.iterdir()):
         console.print(f"{path} ({path.stat().st_size / 2**20:.1f} MiB)", **_PLAIN)
 

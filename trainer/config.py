@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from storyboard_common.errors import UserError, check_ranges
+from subtext_gen.clip_text import clip_files
 
 from .model.aggregation import AGGREGATIONS
 
@@ -154,6 +155,59 @@ FLAGS = {
 
 def flag_name(field_name: str) -> str:
     return FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+# Settings that name a file or folder a run reads, with what their flag takes. A run records
+# them as absolute paths (`absolute_paths`); one that has moved since is named anew with its
+# flag (`check_recorded_inputs`).
+INPUTS: dict[str, str] = {
+    "root": "DIR (where the dataset is now)",
+    "videos": "DIR (where the videos are now)",
+    "subtexts": "FILE (where the run's subtexts.parquet is now)",
+    "fewshot_list": "FILE (where the few-shot list is now)",
+    "features": "DIR (where the feature cache is now)",
+    "clip_model": "FILE (where the CLIP's model-config JSON is now)",
+    "clip_pretrained": "FILE (where the CLIP checkpoint is now)",
+}
+
+
+def absolute(path: Path | str) -> Path:
+    """`path` with `~` expanded, from this folder, links resolved."""
+    return Path(path).expanduser().resolve()
+
+
+def input_paths(settings: dict) -> dict[str, str]:
+    """The inputs (`INPUTS`) that `settings` (JSON-like) set, as given: the CLIP's settings
+    only where they name local files, not open_clip names or tags."""
+    clip = clip_files(settings["clip_model"], settings["clip_pretrained"])
+    return {
+        name: str(settings[name])
+        for name in INPUTS
+        if settings.get(name) is not None and (name in clip or not name.startswith("clip_"))
+    }
+
+
+def absolute_paths(cfg: RunConfig) -> RunConfig:
+    """`cfg` with every path it names absolute (`absolute`): what a run records, so that it
+    reads the same files from any folder."""
+    files = {name: absolute(value) for name, value in input_paths(dataclasses.asdict(cfg)).items()}
+    clip = {
+        name: str(files.pop(name)) for name in ("clip_model", "clip_pretrained") if name in files
+    }
+    out = None if cfg.out is None else absolute(cfg.out)
+    return dataclasses.replace(cfg, **files, **clip, out=out)
+
+
+def check_recorded_inputs(recorded: dict[str, str]) -> None:
+    """One UserError sentence for the first of a run's recorded inputs (name: path, as
+    recorded; older runs recorded paths relative to a folder no longer known, read from this
+    one) that no longer exists, naming the flag that says where it is now."""
+    for name, path in recorded.items():
+        if not absolute(path).exists():
+            flag = flag_name(name)
+            raise UserError(
+                f"the run's recorded {flag} {path} no longer exists; pass {flag} {INPUTS[name]}."
+            )
 
 
 def resume_differences(saved: dict, current: dict) -> list[str]:

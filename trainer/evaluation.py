@@ -118,8 +118,8 @@ def write_eval_outputs(out: Path, probs, labels, ids, class_names, multi_label: 
 
 def evaluate_checkpoint(
     run_dir: Path,
-    dataset: str,
-    root: Path | None,
+    dataset: str | None = None,
+    root: Path | None = None,
     subtexts: Path | Sequence[Path] | None = None,
     zero_shot: str | None = None,
     split: str | None = None,
@@ -130,11 +130,18 @@ def evaluate_checkpoint(
     checkpoint: str = "best",
     subsets: Sequence[Path] | None = None,
     features: Path | None = None,
+    clip_model: str | None = None,
+    clip_pretrained: str | None = None,
 ) -> dict:
     """Evaluate a run's best (else last) checkpoint, or its last one with
     `checkpoint="last"`, on a dataset's test split(s): from the videos, or for a run with a
     frozen visual tower from the test views of a feature cache (`features`, one fold: the
     default `split`), which give the same metrics.
+
+    `dataset` defaults to the run's own; there `root`, `videos`, `subtexts` and `split`
+    default to the run's recorded ones (an exported model ships no dataset: its `root` is
+    the given or default one), on another dataset to the default root and artifact.
+    `clip_model`, `clip_pretrained`: where the run's CLIP files are now, if they moved.
 
     `zero_shot="full"`: the test splits (folds 1-3, or `split`) and their mean;
     `zero_shot="half"`: 10 seeded halves of the label set, mean and standard deviation;
@@ -174,11 +181,15 @@ def evaluate_checkpoint(
         given[0] if given else None,
         device,
         checkpoint,
+        reads_data=True,
         root=root,
         videos=videos,
         workers=workers,
+        clip_model=clip_model,
+        clip_pretrained=clip_pretrained,
     )
     cfg, built, dist_info, subtexts = loaded.cfg, loaded.built, loaded.dist_info, loaded.subtexts
+    dataset, videos = cfg.dataset, cfg.videos
     if features is not None:
         cached_fold = feature_cache_fold(features, run_dir, loaded.trained_on)
         split = split or ("all" if cached_fold is None else str(cached_fold))
@@ -193,7 +204,7 @@ def evaluate_checkpoint(
             f"--features {features} holds one fold ({cached_fold}); pass --split "
             f"{cached_fold} or evaluate the folds from the videos."
         )
-    root = root or default_root(dataset)
+    root = cfg.root or default_root(dataset)
     spec = eval_spec(cfg, built.spec_size)
     # the artifact each subset file's texts come from: its own, else the run's one
     artifacts = given if len(given) > 1 else [subtexts] * len(subsets)

@@ -29,7 +29,14 @@ from storyboard_common.files import atomic_write_json, atomic_write_text
 
 from .cache.dataset import cached_datasets
 from .checkpoints import atomic_save, load_checkpoint, plain
-from .config import RunConfig, resume_differences
+from .config import (
+    INPUTS,
+    RunConfig,
+    absolute_paths,
+    check_recorded_inputs,
+    input_paths,
+    resume_differences,
+)
 from .data.dataset import EpochSampler, make_loader
 from .data.layouts import folds
 from .data.protocols import save_item_list
@@ -53,19 +60,49 @@ from .runs import build
 from .schedule import make_optimizer, make_scheduler
 
 
-def check_resume(cfg: RunConfig, out: Path, state: dict) -> None:
-    """Refuse to resume the run in `out` with settings other than those it ran with (its
-    config.json, else the checkpoint's), except those of `RESUME_MAY_CHANGE`."""
-    saved = state["config"]
-    path = out / "config.json"
+def _read_json(path: Path) -> dict | None:
+    """A JSON file's value; None when it is absent or unreadable."""
     with contextlib.suppress(OSError, ValueError):
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    differences = resume_differences(plain(saved), plain(dataclasses.asdict(cfg)))
+        return json.loads(path.read_text(encoding="utf-8"))
+    return None
+
+
+def recorded_config(cfg: RunConfig) -> RunConfig:
+    """The settings a run records: the default dataset root, sub-text artifact and run
+    directory filled in, and every path absolute, so that `eval`, `predict`, `export` and
+    `--resume` read the same files from any folder."""
+    return absolute_paths(
+        dataclasses.replace(
+            cfg,
+            root=cfg.root or default_root(cfg.dataset),
+            subtexts=cfg.subtexts
+            or default_subtexts(cfg.dataset, cfg.clip_model, cfg.clip_pretrained),
+            out=cfg.out or default_run_dir(cfg),
+        )
+    )
+
+
+def check_resume(cfg: RunConfig, out: Path, state: dict) -> dict:
+    """Refuse to resume the run in `out` with settings other than those it ran with (its
+    config.json, else the checkpoint's), except those of `RESUME_MAY_CHANGE` and inputs
+    recorded at a path that no longer exists, given now where they are. -> config.json as
+    the run now records it (the same, but for such moved inputs and for the relative paths
+    and unset defaults of older runs, read from this folder)."""
+    saved = plain(_read_json(out / "config.json") or state["config"])
+    current = plain(dataclasses.asdict(cfg))
+    recorded = plain(dataclasses.asdict(recorded_config(RunConfig.from_saved(saved))))
+    recorded = {name: value for name, value in recorded.items() if name in saved}
+    gone = {name: path for name, path in input_paths(recorded).items() if not Path(path).exists()}
+    check_recorded_inputs({name: path for name, path in gone.items() if current[name] == path})
+    recorded.update({name: current[name] for name in gone})
+    differences = resume_differences(recorded, current)
     if differences:
         raise UserError(
             f"--resume: {out} was trained with other settings ({', '.join(differences)}); "
             f"resume with the flags of its config.json, or start a new run with another --out."
         )
+    paths = [*INPUTS, "out"]
+    return {**saved, **{name: recorded[name] for name in paths if name in recorded}}
 
 
 def keep_logged_epochs(path: Path, epochs: int) -> None:
@@ -185,12 +222,12 @@ def train_epoch(
 
 def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> dict:
     """Train (and evaluate) one fold; returns the best evaluation metrics."""
+    cfg = recorded_config(cfg)
     dist_info = init_distributed(cfg.device)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    root = cfg.root or default_root(cfg.dataset)
+    root, out, subtexts = cfg.root, cfg.out, cfg.subtexts
     fold = folds(cfg.dataset, cfg.split)[0]
-    out = cfg.out or default_run_dir(cfg)
     ckpt_dir = out / "checkpoints"
     last_path = ckpt_dir / "last.pt"
     if last_path.exists() and not resume:
@@ -198,6 +235,8 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
             f"{out} already holds a run: pass --resume to continue it or another --out."
         )
     state = None
+    settings = plain(dataclasses.asdict(cfg))  # as JSON values: config.json and checkpoints
+    recorded = settings  # config.json: the run as it began
     if resume and last_path.exists():  # (--split all: later folds start fresh)
         other = ckpt_dir / "best.pt"
         hint = (
@@ -206,12 +245,11 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
             else "start over with another --out"
         )
         state = load_checkpoint(last_path, dist_info.device, hint)
-        check_resume(cfg, out, state)
+        recorded = check_resume(cfg, out, state)
     elif resume and dist_info.is_main:
         print(f"no checkpoint in {ckpt_dir}: starting fresh", file=sys.stderr)
     if dist_info.is_main:
         writable_dir(out)
-    subtexts = cfg.subtexts or default_subtexts(cfg.dataset, cfg.clip_model, cfg.clip_pretrained)
     data = prepare_data(cfg, root, fold)
     if cfg.features is None and dist_info.is_main:
         check_clip_lengths(cfg, data)
@@ -281,12 +319,11 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), dist_info.device)
         epoch, position, best = state["epoch"], state["position"], state["best"]
-    settings = plain(dataclasses.asdict(cfg))  # as JSON values: config.json and checkpoints
     if dist_info.is_main:
-        # config.json describes the run as it began; a resume (same settings, checked
-        # above) leaves it as it is.
-        if state is None or not (out / "config.json").exists():
-            atomic_write_json(out / "config.json", settings)
+        # A resume (same settings, checked above) rewrites config.json only to record where
+        # moved inputs are now, and older runs' relative paths as absolute ones.
+        if _read_json(out / "config.json") != recorded:
+            atomic_write_json(out / "config.json", recorded)
         keep_logged_epochs(out / "metrics.jsonl", epoch)
         if data.fewshot is not None:
             save_item_list(data.fewshot, out / "fewshot.csv")

@@ -36,9 +36,16 @@ class Prediction:
 
 @torch.inference_mode()
 def predict_video(
-    run_dir: Path, video: Path, subtexts: Path | None = None, device: str = "auto", top: int = 5
+    run_dir: Path,
+    video: Path,
+    subtexts: Path | None = None,
+    device: str = "auto",
+    top: int = 5,
+    **given,
 ) -> Prediction:
-    loaded = load_run(run_dir, None, subtexts, device)
+    """The top classes of `video` and what the model looked at. `given`: where the run's
+    CLIP files are now (`clip_model`, `clip_pretrained`), if they moved."""
+    loaded = load_run(run_dir, None, subtexts, device, **given)
     model, text, size = loaded.built.model, loaded.built.text, loaded.built.spec_size
     try:
         reader, info = open_video(video, size)

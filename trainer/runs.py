@@ -26,7 +26,7 @@ from .checkpoints import (
     subtext_source,
     write_export,
 )
-from .config import RunConfig
+from .config import INPUTS, RunConfig, check_recorded_inputs, flag_name, input_paths
 from .distributed import DistInfo, init_distributed
 from .model.aggregation import ClassText
 from .model.video_clip import VideoCLIP, build_model
@@ -108,49 +108,73 @@ def _run_checkpoint(run_dir: Path, checkpoint: str) -> tuple[Path, dict]:
     return path, load_checkpoint(path, "cpu", hint)
 
 
+# A run's inputs that belong to its dataset (read from where it recorded them on its own
+# dataset only), and those of its CLIP (read on any dataset).
+DATA_INPUTS = ("root", "videos", "subtexts")
+CLIP_INPUTS = ("clip_model", "clip_pretrained")
+
+
 def load_run(
     source: Path | str,
     dataset: str | None = None,
     subtexts: Path | None = None,
     device: str = "auto",
     checkpoint: str = "best",
-    **overrides,
+    reads_data: bool = False,
+    **given,
 ) -> LoadedRun:
     """A trained model with a dataset's class texts (the model's own dataset unless
-    `dataset` names another, which then needs `subtexts`). `source` is a run directory (its
-    best, else last checkpoint; `checkpoint="last"`: its last), a model folder from
-    `export_run`, or `hf-hub:ORG/REPO` naming one on the Hugging Face Hub."""
+    `dataset` names another, which then needs `subtexts` or the default artifact). `source`
+    is a run directory (its best, else last checkpoint; `checkpoint="last"`: its last), a
+    model folder from `export_run`, or `hf-hub:ORG/REPO` naming one on the Hugging Face Hub.
+
+    `given`: settings given now (None: not given), over the run's recorded ones. On its own
+    dataset a run reads its recorded sub-texts and, for a caller that `reads_data`, its
+    dataset root and videos; on any dataset its recorded CLIP files. Each must still exist
+    (else one sentence naming it and its flag, before any model is built)."""
+    given = {"subtexts": subtexts, **given}
     if str(source).startswith(HUB_PREFIX):
         return _load_export(
-            hub_snapshot(str(source)), str(source), dataset, subtexts, device, checkpoint, overrides
+            hub_snapshot(str(source)), str(source), dataset, device, checkpoint, given
         )
     source = Path(source)
     if is_export(source):
-        return _load_export(source, str(source), dataset, subtexts, device, checkpoint, overrides)
+        return _load_export(source, str(source), dataset, device, checkpoint, given)
     path, state = _run_checkpoint(source, checkpoint)
-    saved = state["config"]
-    if subtexts is None and (dataset or saved["dataset"]) == saved["dataset"]:
-        subtexts = saved.get("subtexts")
+    saved = plain(state["config"])
+    own = dataset in (None, saved["dataset"])
+    data = DATA_INPUTS if reads_data else ("subtexts",)
+    used = [*CLIP_INPUTS, *(data if own else ())]
+    recorded = input_paths(saved)
+    check_recorded_inputs(
+        {name: recorded[name] for name in used if name in recorded and given.get(name) is None}
+    )
+    settings = {**saved, **({} if own else dict.fromkeys(DATA_INPUTS)), **_given_values(given)}
     which = {"source": str(path), "epoch": state["epoch"], "best": state["best"]}
-    return _assemble(plain(saved), state["model"], which, dataset, subtexts, device, overrides)
+    return _assemble(settings, saved, state["model"], which, dataset, device)
+
+
+def _given_values(given: dict) -> dict:
+    """The settings of `given` that were given (not None)."""
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _assemble(
-    saved: dict,
+    settings: dict,
+    trained_on: dict,
     weights: dict,
     which: dict,
     dataset: str | None,
-    subtexts: Path | str | None,
     device: str,
-    overrides: dict,
     clip: LoadedClip | None = None,
 ) -> LoadedRun:
-    """The model of the settings `saved`, with `weights`, over `clip` (else the CLIP the
-    settings name) and the class texts of `subtexts` (else the dataset's default)."""
-    dataset = dataset or saved["dataset"]
-    cfg = RunConfig.from_saved({**saved, "dataset": dataset, "device": device, **overrides})
+    """The model of `settings` on `dataset` (else the settings' own), with `weights`, over
+    `clip` (else the CLIP the settings name) and the class texts of their `subtexts` (else
+    the dataset's default artifact)."""
+    dataset = dataset or settings["dataset"]
+    cfg = RunConfig.from_saved({**settings, "dataset": dataset, "device": device})
     dist_info = init_distributed(device)
-    subtexts = Path(subtexts or default_subtexts(dataset, cfg.clip_model, cfg.clip_pretrained))
+    subtexts = cfg.subtexts or default_subtexts(dataset, cfg.clip_model, cfg.clip_pretrained)
     built = build(cfg, dist_info, subtexts, clip)
     missing, unexpected = built.model.load_state_dict(weights, strict=False)
     if unexpected or missing:
@@ -158,24 +182,25 @@ def _assemble(
             f"{which['source']} does not fit the model built for it ({(missing + unexpected)[:3]})."
         )
     built.model.eval()
-    return LoadedRun(cfg, saved, built, dist_info, subtexts, which)
+    return LoadedRun(cfg, trained_on, built, dist_info, subtexts, which)
 
 
 def _load_export(
-    folder: Path,
-    label: str,
-    dataset: str | None,
-    subtexts: Path | None,
-    device: str,
-    checkpoint: str,
-    overrides: dict,
+    folder: Path, label: str, dataset: str | None, device: str, checkpoint: str, given: dict
 ) -> LoadedRun:
     """An exported model folder: the architecture from its own files, the weights from
-    model.safetensors; nothing of the machine it was trained on is needed."""
+    model.safetensors, its class texts on its own dataset; nothing of the machine it was
+    trained on is needed (the dataset is not shipped: `root` is the given or default one)."""
     if checkpoint != "best":
         raise UserError(f"{label} is an exported model, which holds one checkpoint: drop --last.")
+    for name in CLIP_INPUTS:
+        if given.get(name) is not None:
+            raise UserError(
+                f"{label} is an exported model, which holds its CLIP: drop {flag_name(name)}."
+            )
     config, weights = read_export(folder)
     saved = config["training"]
+    subtexts = given["subtexts"]
     if subtexts is None:
         if (dataset or saved["dataset"]) != saved["dataset"]:
             raise UserError(
@@ -190,16 +215,20 @@ def _load_export(
         clip, model_id=config["clip"]["model_id"], pretrained_id=config["clip"]["pretrained_id"]
     )
     which = {"source": label, "epoch": config["epoch"], "best": config["metrics"]}
-    return _assemble(saved, weights, which, dataset, subtexts, device, overrides, clip)
+    # The author's data are not here: none of the recorded data paths is read.
+    data = [name for name in INPUTS if name not in CLIP_INPUTS]
+    settings = {**saved, **dict.fromkeys(data), **_given_values(given), "subtexts": subtexts}
+    return _assemble(settings, saved, weights, which, dataset, device, clip)
 
 
-def export_run(run_dir: Path, out: Path, checkpoint: str = "best") -> Path:
+def export_run(run_dir: Path, out: Path, checkpoint: str = "best", **given) -> Path:
     """Write a run's checkpoint as a self-contained model folder (`trainer/checkpoints.py`):
     safetensors weights of the whole model, its config, the CLIP's architecture, the class
-    texts and a model card. -> `out`."""
+    texts and a model card. `given`: where the run's inputs are now (`subtexts`, the CLIP's
+    files), if not where it recorded them. -> `out`."""
     import open_clip
 
-    loaded = load_run(run_dir, device="cpu", checkpoint=checkpoint)
+    loaded = load_run(run_dir, device="cpu", checkpoint=checkpoint, **given)
     clip_config = open_clip.get_model_config(loaded.built.clip_name)
     if clip_config is None:
         raise UserError(
