@@ -345,7 +345,7 @@ def export(
     checkpoint: str = typer.Option("best", help="best or last."),
 ) -> None:
     """Write a run as a self-contained model folder (safetensors, config, class texts, model
-    card) that `eval` and `predict` load anywhere; publish it with `huggingface-cli upload`."""
+    card) that `eval` and `predict` load anywhere; publish it with `hf upload`."""
     from .runs import export_run
 
     folder = export_run(run_dir, out, checkpoint)
