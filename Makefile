@@ -10,7 +10,8 @@ SAMPLES         ?= 2
 CLIP_MODEL      ?= ViT-B-16
 CLIP_PRETRAINED ?= openai
 # `make demo-subtexts` scores HMDB-51 candidate sets with a CLIP you name, e.g.
-# DEMO_CLIP_MODEL=ViT-B-16 DEMO_CLIP_PRETRAINED=openai (weights in the Hugging Face cache).
+# DEMO_CLIP_MODEL=ViT-B-16 DEMO_CLIP_PRETRAINED=openai (weights in the Hugging Face cache:
+# README, "Weights on an offline GPU machine"); by default a shipped config, random weights.
 DEMO_CLIP_MODEL      ?= subtext_gen/data/clip/TinyCLIP-test.json
 DEMO_CLIP_PRETRAINED ?= none
 

@@ -12,6 +12,8 @@ from rich.table import Table
 from storyboard_common.errors import UserError, check_ranges, run_cli
 from storyboard_common.files import artifacts_root
 
+from .resources import resolve_shipped
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -121,7 +123,8 @@ def generate(
             if index_classes
             else None
         )
-        backends = file_backends(input, index_classes=labels)  # one source per file
+        inputs = [resolve_shipped(p) for p in input]
+        backends = file_backends(inputs, index_classes=labels)  # one source per file
         for backend in backends:  # every file checked against the classes before any write
             backend.plan(class_list, n_subtexts)
     out_dir = out or artifacts_root() / class_list.name
@@ -165,7 +168,9 @@ def score(
     tpp: bool = typer.Option(True, "--tpp/--no-tpp", help="Score with TPP (the only metric)."),
     dataset: str = typer.Option(None, help="Score artifacts/<NAME>."),
     artifacts: Path = typer.Option(None, help="Score this artifact folder."),
-    clip_model: str = typer.Option("ViT-B-16", help="open_clip name or model-config JSON."),
+    clip_model: str = typer.Option(
+        "ViT-B-16", help="open_clip name, shipped config name (TinyCLIP-test) or config JSON."
+    ),
     clip_pretrained: str = typer.Option("openai", help="Tag, checkpoint path, or none."),
     alpha: str = typer.Option("complement", help="Scaling of relatedness (Eq. 4)."),
     beta: str = typer.Option("complement", help="Scaling of diversity (Eq. 4)."),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from storyboard_common.errors import UserError
 
-from .resources import data_path
+from .resources import data_path, resolve_shipped
 
 _CHARADES_LINE = re.compile(r"^c\d{3}\s+(.+)$")
 _INDEXED_LINE = re.compile(r"^\d+\s+(\S.*)$")  # UCF's classInd.txt: "1 ApplyEyeMakeup"
@@ -47,7 +47,7 @@ def load_classes(
                 f"{', '.join(shipped_datasets()) or 'none'}); pass --classes FILE instead."
             )
         return ClassList(dataset, _read_csv(path))
-    path = Path(classes_file)
+    path = resolve_shipped(classes_file)
     if not path.is_file():
         raise UserError(f"{flag} file not found: {path}.")
     names = _read_csv(path) if path.suffix.lower() == ".csv" else _read_txt(path)

@@ -6,8 +6,11 @@ model name, a JSON config, a tag or a local checkpoint resolves the same way eve
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from storyboard_common import hub
 from storyboard_common.device import resolve_device
-from storyboard_common.errors import UserError, unsafe_load_reason
+from storyboard_common.errors import UserError, first_line, unsafe_load_reason
 
-from .resources import resolve_shipped
+from .resources import data_path, resolve_shipped
 
 NO_WEIGHTS = ("none", "")
+HUB_PREFIX, LOCAL_PREFIX = "hf-hub:", "local-dir:"
 
 
 @dataclass
@@ -70,12 +75,12 @@ def clip_identity(clip_model: str, clip_pretrained: str | None) -> tuple[str, st
 
 def clip_files(clip_model: str, clip_pretrained: str | None) -> dict[str, str]:
     """The settings of a CLIP that name local files, as given: `clip_model` when it is a
-    model-config JSON (not a shipped `data/...` one, which is found from any folder),
+    model-config JSON (not a shipped `subtext_gen/data/...` one, found from any folder),
     `clip_pretrained` when it is a checkpoint. open_clip names, tags and `hf-hub:` or
     `local-dir:` schemas are not files. `clip_identity` does not depend on the folder a file
     is named from (a config by its stem, a checkpoint by its name and content)."""
     files = {}
-    if clip_model.endswith(".json") and resolve_shipped(clip_model) == clip_model:
+    if clip_model.endswith(".json") and resolve_shipped(clip_model) == Path(clip_model):
         files["clip_model"] = clip_model
     pretrained = (clip_pretrained or "none").strip()
     if pretrained.lower() not in NO_WEIGHTS and _looks_like_path(pretrained):
@@ -83,16 +88,107 @@ def clip_files(clip_model: str, clip_pretrained: str | None) -> dict[str, str]:
     return files
 
 
+@functools.cache
+def _register_shipped() -> None:
+    """The shipped model configs go by their names too (`--clip-model TinyCLIP-test`)."""
+    import open_clip
+
+    open_clip.add_model_config(data_path("clip"))
+
+
 def _register_config(clip_model: str) -> str:
     import open_clip
 
+    _register_shipped()
     if not clip_model.endswith(".json"):
         return clip_model
-    path = Path(resolve_shipped(clip_model))
+    path = resolve_shipped(clip_model)
     if not path.is_file():
         raise UserError(f"--clip-model config file not found: {path}.")
     open_clip.add_model_config(path)
     return path.stem
+
+
+@contextlib.contextmanager
+def _cached_tag(name: str, tag: str):
+    """open_clip's pretrained `tag` of `name`, read from the Hugging Face cache where it is
+    there; else, once the Hub answers, downloaded by open_clip; else the UserError.
+
+    open_clip asks the Hub about a tag's file on every load, even a cached one, and retries
+    for minutes with no network: the cached file is handed to it as the tag's `file`, which
+    it reads before any download, for the duration of the load."""
+    import open_clip
+    from open_clip.constants import HF_WEIGHTS_NAME
+    from open_clip.pretrained import _get_safe_alternatives
+
+    cfg = open_clip.get_pretrained_cfg(name, tag)  # open_clip's own entry
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise UserError(
+            f"--clip-pretrained {tag!r} is neither a checkpoint file nor a pretrained tag of "
+            f"{name} (its tags: {', '.join(tags) or 'none'}); pass a tag, a checkpoint or none."
+        )
+    found = None
+    if cfg.get("hf_hub"):  # else a plain URL (no tag of open_clip 3.3): open_clip fetches it
+        repo, filename = os.path.split(cfg["hf_hub"])  # "org/repo/": the default file
+        filename = filename or HF_WEIGHTS_NAME
+        # The names open_clip tries, in its order: a safetensors twin first.
+        found = hub.cached_file(repo, [*_get_safe_alternatives(filename), filename])
+        if found is None:
+            hub.require_hub(
+                repo,
+                f"CLIP weights {name} {tag} (file {filename} of {repo})",
+                "pass --clip-pretrained /path/to/checkpoint",
+                files=[filename],
+            )
+    if found is None:
+        yield
+        return
+    cfg["file"] = found
+    try:
+        yield
+    finally:
+        del cfg["file"]
+
+
+_OPEN_CLIP_CONFIG = "open_clip_config.json"
+_OPEN_CLIP_TOKENIZER = [
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab*",
+    "merges.txt",
+    "*.model",
+]
+_OPEN_CLIP_WEIGHTS = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+
+
+def _hub_clip(name: str) -> str:
+    """`hf-hub:ORG/REPO` as `local-dir:` its snapshot in the Hugging Face cache (downloaded
+    when missing: the config, the tokenizer files and one weights file), so that open_clip
+    reads all of it from disk."""
+    from huggingface_hub import snapshot_download
+
+    repo = name[len(HUB_PREFIX) :]
+
+    def snapshot(cache_only: bool) -> str:
+        for weights in _OPEN_CLIP_WEIGHTS:  # safetensors first, as open_clip prefers it
+            patterns = [_OPEN_CLIP_CONFIG, *_OPEN_CLIP_TOKENIZER, weights]
+            folder = Path(
+                snapshot_download(repo, allow_patterns=patterns, local_files_only=cache_only)
+            )
+            if (folder / _OPEN_CLIP_CONFIG).is_file() and (folder / weights).is_file():
+                return f"{LOCAL_PREFIX}{folder}"
+        if cache_only:
+            raise FileNotFoundError(folder)  # partly cached: the rest comes from the Hub
+        raise UserError(
+            f"--clip-model {name} holds no open_clip model ({_OPEN_CLIP_CONFIG} and "
+            f"{' or '.join(_OPEN_CLIP_WEIGHTS)}): pass an open_clip repository."
+        )
+
+    return hub.cache_first(
+        snapshot, repo, f"CLIP {name}", "pass --clip-model local-dir:/path/to/a/local/copy"
+    )
 
 
 def load_clip(
@@ -100,41 +196,42 @@ def load_clip(
     clip_pretrained: str | None = "openai",
     device: str | None = "auto",
 ) -> LoadedClip:
-    """Build an open_clip model from a name, `hf-hub:`/`local-dir:` or a JSON config, with
-    weights from a tag, a local checkpoint or none; frozen, in eval mode, on `device`."""
+    """Build an open_clip model from a name (open_clip's or a shipped config's),
+    `hf-hub:`/`local-dir:` or a JSON config, with weights from a tag, a local checkpoint or
+    none; frozen, in eval mode, on `device`. Hub weights come from the Hugging Face cache
+    with no network call, or fail in seconds where neither the cache nor the Hub has them."""
     import open_clip
 
     torch_device = resolve_device(device)
     name = _register_config(clip_model)
     pretrained = (clip_pretrained or "none").strip()
     weights = None if pretrained.lower() in NO_WEIGHTS else pretrained
-    if name.startswith(("hf-hub:", "local-dir:")):
+    if name.startswith((HUB_PREFIX, LOCAL_PREFIX)):
         weights = None  # the schema names its own weights
     if weights and _looks_like_path(weights) and not Path(weights).is_file():
         raise UserError(f"--clip-pretrained checkpoint not found: {weights}.")
-    if not name.startswith(("hf-hub:", "local-dir:")) and name not in open_clip.list_models():
+    if not name.startswith((HUB_PREFIX, LOCAL_PREFIX)) and name not in open_clip.list_models():
+        shipped = ", ".join(sorted(p.stem for p in data_path("clip").glob("*.json")))
         raise UserError(
-            f"unknown --clip-model {clip_model!r}: give an open_clip name (e.g. ViT-B-16), "
-            "hf-hub:ORG/REPO, local-dir:PATH or a model-config JSON file."
+            f"unknown --clip-model {clip_model!r}: give an open_clip name (e.g. ViT-B-16), a "
+            f"shipped config ({shipped}), hf-hub:ORG/REPO, local-dir:PATH or a model-config "
+            "JSON file."
         )
+    source = _hub_clip(name) if name.startswith(HUB_PREFIX) else name
+    tag = weights and not _looks_like_path(weights)
     logging.disable(logging.ERROR)  # open_clip logs what the UserError below says better
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=weights, device=torch_device
-        )
+        with _cached_tag(name, weights) if tag else contextlib.nullcontext():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                source, pretrained=weights, device=torch_device
+            )
     except Exception as exc:
         if weights and _looks_like_path(weights):
             raise UserError(_checkpoint_problem(weights, clip_model, exc)) from exc
         if not isinstance(exc, RuntimeError):
             raise
-        if weights:
-            raise UserError(
-                f"CLIP weights {name}/{weights} are not available here ({str(exc)[:120]}...): "
-                "download them once on a machine with network (they go to the Hugging Face "
-                "cache) or pass --clip-pretrained /path/to/checkpoint."
-            ) from exc
         raise UserError(
-            f"could not build CLIP {clip_model!r} with weights {pretrained!r}: {exc}"
+            f"could not build CLIP {clip_model!r} with weights {pretrained!r}: {first_line(exc)}"
         ) from exc
     finally:
         logging.disable(logging.NOTSET)
@@ -142,9 +239,9 @@ def load_clip(
     model_id, pretrained_id = clip_identity(clip_model, clip_pretrained)
     return LoadedClip(
         model=model,
-        tokenizer=open_clip.get_tokenizer(name),
+        tokenizer=open_clip.get_tokenizer(source),
         preprocess=preprocess,
-        model_name=name,
+        model_name=source,
         model_id=model_id,
         pretrained_id=pretrained_id,
         embed_dim=int(_text_tower(model).text_projection.shape[-1]),

@@ -4,11 +4,13 @@ installed wheel find them the same way."""
 
 from __future__ import annotations
 
+import os
 from importlib.resources import files
 from pathlib import Path
 
 DATA_DIR = Path(str(files("subtext_gen") / "data"))
-SHIPPED_PREFIX = "data/"
+# How the docs write a shipped file: its path in a clone, or the older `data/...`.
+SHIPPED_PREFIXES = ("subtext_gen/data/", "data/")
 
 
 def data_path(*parts: str) -> Path:
@@ -16,11 +18,14 @@ def data_path(*parts: str) -> Path:
     return DATA_DIR.joinpath(*parts)
 
 
-def resolve_shipped(path: str) -> str:
-    """`data/...` as the docs write shipped files: the file in the working directory when
-    there is one, else the shipped copy (so the same flag works from any directory)."""
-    if path.startswith(SHIPPED_PREFIX) and not Path(path).exists():
-        shipped = DATA_DIR / path[len(SHIPPED_PREFIX) :]
-        if shipped.exists():
-            return str(shipped)
-    return path
+def resolve_shipped(path: str | os.PathLike) -> Path:
+    """A shipped file as the docs write it (`subtext_gen/data/...` or `data/...`): the file
+    in the working directory when there is one, else the installed copy, so the same flag
+    works from any directory. Any other path is returned as given."""
+    given = Path(path)
+    if not given.exists():
+        text = given.as_posix()
+        for prefix in SHIPPED_PREFIXES:
+            if text.startswith(prefix) and (DATA_DIR / text[len(prefix) :]).exists():
+                return DATA_DIR / text[len(prefix) :]
+    return given

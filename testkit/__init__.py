@@ -1,5 +1,6 @@
 """Helpers that write what the tests and the benchmarks run on: videos in any container
 (`videos`), a scored miniature dataset in the generic list layout (`list_dataset`), a
-loopback OpenAI-compatible server (`openai_server`), and `cache-features` under torchrun
-(`torchrun`). Neither `tests/` nor `bench/` owns
-them; both import them from here (run from the repository root)."""
+loopback OpenAI-compatible server (`openai_server`), `cache-features` under torchrun
+(`torchrun`), and a Hugging Face Hub out of reach with a local cache (`hub`). Neither
+`tests/` nor `bench/` owns them; both import them from here (run from the repository
+root)."""

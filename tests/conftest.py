@@ -31,6 +31,24 @@ def cli(*args, env=None):
 TINTS = [(1.0, 0.2, 0.2), (0.2, 1.0, 0.2), (0.2, 0.2, 1.0)]
 
 
+@pytest.fixture()
+def hub_env(monkeypatch, tmp_path):
+    """huggingface_hub as a process started with HF_ENDPOINT, HF_HUB_OFFLINE and an empty
+    HF_HUB_CACHE would see them (it reads them once, at import): -> `use(endpoint,
+    offline=False)`, which sets them for this test and returns the cache folder."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+
+    def use(endpoint: str, offline: bool = False):
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+        return cache
+
+    return use
+
+
 @pytest.fixture(scope="session")
 def tiny_clip():
     """A randomly initialised tiny open_clip model, built through the project's loader."""

@@ -73,8 +73,29 @@ def test_loader_errors_are_one_clear_sentence(tmp_path):
         load_clip(str(TINY_CLIP_CONFIG), str(tmp_path / "missing.pt"), "cpu")
     with pytest.raises(UserError, match="config file not found"):
         load_clip(str(tmp_path / "nope.json"), "none", "cpu")
-    with pytest.raises(UserError, match="not available here"):
-        load_clip(str(TINY_CLIP_CONFIG), "openai", "cpu")  # a tag with no weights for it
+    with pytest.raises(UserError, match="'openai' is neither a checkpoint file nor a pretrained"):
+        load_clip(str(TINY_CLIP_CONFIG), "openai", "cpu")  # a tag of other models only
+
+
+def test_a_shipped_config_by_name_or_path_is_one_clip(tiny_clip, tmp_path, monkeypatch):
+    """`TinyCLIP-test`, its path in a clone and the installed file build the same CLIP and
+    record the same identity, so artifacts scored either way agree."""
+    monkeypatch.chdir(tmp_path)  # not the clone: the clone's path resolves to the shipped file
+    names = ["TinyCLIP-test", "subtext_gen/data/clip/TinyCLIP-test.json", str(TINY_CLIP_CONFIG)]
+    for name in names:
+        assert clip_identity(name, "none") == ("TinyCLIP-test", "none")
+        loaded = load_clip(name, "none", "cpu")
+        assert (loaded.model_id, loaded.pretrained_id, loaded.embed_dim) == (
+            "TinyCLIP-test",
+            "none",
+            tiny_clip.embed_dim,
+        )
+        shapes = {k: v.shape for k, v in loaded.model.state_dict().items()}
+        assert shapes == {k: v.shape for k, v in tiny_clip.model.state_dict().items()}
+    with pytest.raises(
+        UserError, match="a shipped config \\(StoryboardWorld-CLIP, TinyCLIP-test\\)"
+    ):
+        load_clip("TinyCLIP-tset", "none", "cpu")
 
 
 def test_a_file_that_is_no_clip_checkpoint_is_one_sentence(tiny_clip, tmp_path):

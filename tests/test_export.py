@@ -1,6 +1,6 @@
 """Models that travel safely: an exported folder (no pickle in it) loads after the run, its
 CLIP checkpoint and its artifacts are gone, also as hf-hub:ORG/REPO from the Hugging Face
-cache offline; a checkpoint or CLIP file that holds code is refused and never run."""
+cache with no network call; a checkpoint or CLIP file that holds code is refused and never run."""
 
 import json
 import os
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from storyboard_common.errors import UserError
+from testkit.hub import Blackhole, cache_repo
 from trainer.checkpoints import load_checkpoint
 from trainer.config import RunConfig
 from trainer.evaluation import evaluate_checkpoint
@@ -110,12 +111,11 @@ def test_export_moves_and_loads_without_the_run_its_clip_or_artifacts(world, aut
             moved, "list", world["root"], device="cpu", show_progress=False, checkpoint="last"
         )
 
-    # The same folder as hf-hub:ORG/REPO, from the Hugging Face cache, offline.
-    snapshot = tmp_path / "hub" / "models--storyboard--tiny" / "snapshots" / ("a" * 40)
-    shutil.copytree(moved, snapshot)
-    (snapshot.parent.parent / "refs").mkdir()
-    (snapshot.parent.parent / "refs" / "main").write_text("a" * 40)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    # The same folder as hf-hub:ORG/REPO, from the Hugging Face cache, with a Hub that never
+    # answers: no network call for what is cached, one short try for what is not.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    env["HF_HOME"] = str(tmp_path / "hf-home")
+    cache_repo(tmp_path / "hf-home" / "hub", "storyboard/tiny", moved)
     args = [
         "eval",
         "--dataset",
@@ -129,24 +129,31 @@ def test_export_moves_and_loads_without_the_run_its_clip_or_artifacts(world, aut
         "--json",
         "--checkpoint",
     ]
-    hub = subprocess.run(
-        [sys.executable, "-m", "trainer", *args, "hf-hub:storyboard/tiny"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert hub.returncode == 0, hub.stderr
-    assert json.loads(hub.stdout) == pytest.approx(evaluated)
-    absent = subprocess.run(
-        [sys.executable, "-m", "trainer", *args, "hf-hub:storyboard/none"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    with Blackhole() as hole:
+        env["HF_ENDPOINT"] = hole.url
+        hub = subprocess.run(
+            [sys.executable, "-m", "trainer", *args, "hf-hub:storyboard/tiny"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert hub.returncode == 0, hub.stderr
+        assert json.loads(hub.stdout) == pytest.approx(evaluated)
+        assert hole.connections == 0
+        absent = subprocess.run(
+            [sys.executable, "-m", "trainer", *args, "hf-hub:storyboard/none"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert hole.connections == 1  # one try, no retries
     assert absent.returncode == 2 and absent.stderr.count("\n") == 1
-    assert absent.stderr.startswith("error: hf-hub:storyboard/none could not be fetched")
+    assert absent.stderr.startswith(
+        "error: hf-hub:storyboard/none is not in the Hugging Face cache"
+    )
+    assert "`hf download storyboard/none`" in absent.stderr
 
 
 class Payload:

@@ -201,6 +201,22 @@ def test_hub_model_missing_offline_is_a_user_error(monkeypatch):
     assert "\n" not in str(info.value)
 
 
+def test_a_hub_model_in_the_cache_loads_with_no_network_call(tiny_llava, hub_env):
+    """A hub id whose files are in the Hugging Face cache, with a Hub that never answers."""
+    from subtext_gen.llm.llava import LlavaBackend
+    from testkit.hub import Blackhole, cache_repo
+
+    with Blackhole() as hole:
+        cache_repo(hub_env(hole.url), "storyboard/tiny-llava", tiny_llava)
+        backend = LlavaBackend(model="storyboard/tiny-llava", device="cpu")
+        try:
+            assert backend.model.config.model_type == "llava_next"
+            assert backend.tokenizer.padding_side == "left"
+        finally:
+            backend.close()
+    assert hole.connections == 0
+
+
 def test_missing_or_incomplete_local_directory_is_a_user_error(tmp_path):
     from subtext_gen.llm.llava import LlavaBackend
 

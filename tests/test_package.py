@@ -1,12 +1,12 @@
 """The package as a user installs it: a wheel holds the shipped data, and a command run from
 another directory against the installed copy (not the clone) finds it."""
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -91,71 +91,60 @@ def test_wheel_holds_the_shipped_data(installed):
     }  # every module, none stale
 
 
-def test_a_command_runs_from_another_directory_on_the_installed_copy(installed, tmp_path):
+def test_the_documented_commands_run_from_another_directory_on_the_installed_copy(
+    installed, tmp_path
+):
+    """`make demo-subtexts`'s three commands as the Makefile and README print them (shipped
+    files as `subtext_gen/data/...`), and a shipped CLIP config by name, from a folder
+    outside the clone with the wheel's copy."""
     _, site = installed
     env = {**os.environ, "PYTHONPATH": str(site)}
-    where = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import subtext_gen, trainer; print(subtext_gen.__file__); print(trainer.__file__)",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+
+    where = run(
+        "-c",
+        "import subtext_gen, trainer; print(subtext_gen.__file__); print(trainer.__file__); "
+        "from subtext_gen.clip_text import load_clip; "
+        "print(load_clip('TinyCLIP-test', 'none', 'cpu').embed_dim)",
     )
-    assert all(line.startswith(str(site)) for line in where.stdout.split())  # not the clone
-    sets = {"brush_hair": [["grab a brush", "lift the arm", "comb the hair", "lower the arm"]]}
-    (tmp_path / "sets.json").write_text(json.dumps(sets))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "subtext_gen",
-            "generate",
-            "--llm",
-            "file",
-            "--dataset",
-            "hmdb51",
-            "--input",
-            "sets.json",
-            "--out",
-            "out",
-            "--no-progress",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
+    assert where.returncode == 0, where.stderr
+    *files, embed_dim = where.stdout.split()
+    assert all(name.startswith(str(site)) for name in files)  # not the clone
+    assert embed_dim == "32"  # the shipped config, by name
+    demo, out = "subtext_gen/data/demo", "artifacts/demo-subtexts"
+    generate = run(
+        *("-m", "subtext_gen", "generate", "--llm", "file", "--classes", f"{demo}/classes.csv"),
+        *("--input", f"{demo}/candidates.json", "--out", out, "--no-progress"),
     )
-    assert done.returncode == 0, done.stderr
-    frame = pd.read_parquet(tmp_path / "out" / "candidates.parquet")
-    assert set(frame["class_name"]) == {"brush_hair"} and frame["ok"].all()
-    # The shipped CLIP config loads by its documented path from here too.
-    clip = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from subtext_gen.clip_text import load_clip; "
-            "print(load_clip('data/clip/TinyCLIP-test.json', 'none', 'cpu')"
-            ".embed_dim)",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
+    assert generate.returncode == 0, generate.stderr
+    assert "18 ok, 0 failed" in generate.stdout
+    score = run(
+        *("-m", "subtext_gen", "score", "--tpp", "--artifacts", out, "--device", "cpu"),
+        *("--clip-model", "subtext_gen/data/clip/TinyCLIP-test.json", "--clip-pretrained", "none"),
     )
-    assert clip.returncode == 0 and clip.stdout.strip() == "32", clip.stderr
+    assert score.returncode == 0, score.stderr
+    frame = pd.read_parquet(tmp_path / out / "TinyCLIP-test__none" / "subtexts.parquet")
+    assert len(frame) == 6
+    # Scored by path, shown by name: one CLIP identity.
+    show = run(
+        *("-m", "subtext_gen", "show", "--artifacts", out),
+        *("--clip-model", "TinyCLIP-test", "--clip-pretrained", "none"),
+    )
+    assert show.returncode == 0 and "brush_hair" in show.stdout, show.stderr
 
 
 def test_shipped_paths_resolve_in_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert resolve_shipped("data/clip/TinyCLIP-test.json") == str(
-        data_path("clip", "TinyCLIP-test.json")
-    )
+    shipped = data_path("clip", "TinyCLIP-test.json")
+    for written in ("subtext_gen/data/clip/TinyCLIP-test.json", "data/clip/TinyCLIP-test.json"):
+        assert resolve_shipped(written) == shipped
+    # A file of that name in the working directory is the user's: it wins.
     (tmp_path / "data" / "clip").mkdir(parents=True)
     (tmp_path / "data" / "clip" / "TinyCLIP-test.json").write_text("{}")
-    assert resolve_shipped("data/clip/TinyCLIP-test.json") == "data/clip/TinyCLIP-test.json"
-    assert resolve_shipped("data/none.json") == "data/none.json"
+    assert resolve_shipped("data/clip/TinyCLIP-test.json") == Path("data/clip/TinyCLIP-test.json")
+    assert resolve_shipped("data/none.json") == Path("data/none.json")
+    assert resolve_shipped("other/demo/classes.csv") == Path("other/demo/classes.csv")

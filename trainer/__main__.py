@@ -401,7 +401,7 @@ def export(
     clip_pretrained: str = RUN_CLIP_PRETRAINED,
 ) -> None:
     """Write a run as a self-contained model folder (safetensors, config, class texts, model
-    card) that `eval` and `predict` load anywhere; publish it with `huggingface-cli upload`."""
+    card) that `eval` and `predict` load anywhere; publish it with `hf upload`."""
     from .runs import export_run
 
     folder = export_run(

@@ -18,7 +18,8 @@ conventions, with no pickle in it:
     README.md           the model card
 
 `read_export` loads such a folder; `hub_snapshot` fetches one from `hf-hub:ORG/REPO`
-through `huggingface_hub`, which honours `HF_HUB_OFFLINE` and its cache.
+through `huggingface_hub`, from its cache first (no network call), honouring
+`HF_HUB_OFFLINE`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from storyboard_common import hub
 from storyboard_common.errors import UserError, first_line, unsafe_load_reason
 from storyboard_common.files import atomic_write, atomic_write_json, atomic_write_text, json_paths
 from subtext_gen.artifacts import SUBTEXTS_FILE, TPP_FILE, ArtifactMeta, read_meta
@@ -150,18 +152,26 @@ def read_export(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def hub_snapshot(source: str) -> Path:
-    """The local folder of `hf-hub:ORG/REPO[@REVISION]`, fetched into (or, offline, found in)
-    the Hugging Face cache."""
+    """The local folder of `hf-hub:ORG/REPO[@REVISION]`: from the Hugging Face cache with no
+    network call, else downloaded once the Hub answers (`storyboard_common.hub`)."""
     from huggingface_hub import snapshot_download
 
     repo, _, revision = source[len(HUB_PREFIX) :].partition("@")
+
+    def fetch(cache_only: bool) -> str:
+        return snapshot_download(
+            repo, revision=revision or None, allow_patterns=HUB_FILES, local_files_only=cache_only
+        )
+
+    instead = "pass the model folder"
     try:
-        folder = snapshot_download(repo, revision=revision or None, allow_patterns=HUB_FILES)
-    except Exception as exc:  # offline and not cached, no such repo, no network, ...
+        folder = hub.cache_first(fetch, repo, source, instead, revision=revision or None)
+    except UserError:
+        raise
+    except Exception as exc:  # the Hub answered, but the download failed
         raise UserError(
-            f"{source} could not be fetched from the Hugging Face Hub or found in its cache "
-            f"({type(exc).__name__}: {first_line(exc, 120)}); download it once with network "
-            "(`huggingface-cli download ORG/REPO`) or pass the model folder."
+            f"{source} could not be fetched from the Hugging Face Hub ({type(exc).__name__}: "
+            f"{first_line(exc, 120)}); check that you may download it, or {instead}."
         ) from exc
     if not is_export(Path(folder)):
         raise UserError(

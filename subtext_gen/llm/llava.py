@@ -6,20 +6,27 @@ torch RNG is seeded once per backend, before its first batch, so a run is reprod
 a given model, device, batch size and job list. A batch that fails (CUDA out of memory,
 say) yields failed completions for its rows and the run goes on.
 
+A hub id loads from the Hugging Face cache with no network call; what the cache lacks is
+downloaded only once the Hub answers, and where it does not, the backend fails in seconds
+with the `hf download` command to run (`storyboard_common.hub`).
+
 torch and transformers are imported here only, so the other backends never pay for them.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from storyboard_common import hub
 from storyboard_common.errors import UserError
 
 from .base import Completion, Job
 
 DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
+_INSTEAD = "pass --model /path/to/a/local/copy"
 
 
 def _looks_local(model: str) -> bool:
@@ -38,6 +45,26 @@ def _first_line(exc: BaseException, limit: int = 200) -> str:
     line = text[0].strip() if text else ""
     line = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _from_pretrained(source: str, dtype) -> tuple:
+    """The processor and the model of a folder or a hub id."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    return (
+        AutoProcessor.from_pretrained(source),
+        AutoModelForImageTextToText.from_pretrained(source, dtype=dtype),
+    )
+
+
+def _cached_or_downloaded(model: str, dtype, cache_only: bool) -> tuple:
+    """Hub id `model` from its snapshot folder in the cache (`cache_only`: a folder, so that
+    transformers makes no network call, not even for its user agent), or downloaded."""
+    from huggingface_hub import snapshot_download
+
+    if not cache_only:
+        return _from_pretrained(model, dtype)
+    return _from_pretrained(snapshot_download(model, local_files_only=True), dtype)
 
 
 def _chat(messages: Sequence[dict[str, str]], merge_system: bool) -> list[dict]:
@@ -67,13 +94,23 @@ class LlavaBackend:
         device: str | None = None,
         seed: int = 0,
     ):
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
         if batch_size < 1:
             raise UserError("--batch-size must be at least 1.")
         if temperature < 0:
             raise UserError("--temperature must not be negative.")
+        local = _looks_local(model)
+        source = str(Path(model).expanduser()) if local else model
+        if local and not Path(source).is_dir():
+            raise UserError(
+                f"LLaVA model directory {model!r} does not exist: pass --model with a folder "
+                "written by save_pretrained or `hf download`, or a hub id such as "
+                f"{DEFAULT_MODEL!r}."
+            )
+        what = f"LLaVA model {model}"
+        if not local and hub.cached_file(model, ["config.json"]) is None:
+            hub.require_hub(model, what, _INSTEAD)  # before torch loads: an answer in seconds
+        import torch
+
         self.model_name = model
         self.llm = f"llava:{model}"
         self.batch_size = batch_size
@@ -85,19 +122,14 @@ class LlavaBackend:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
 
-        local = _looks_local(model)
-        source = str(Path(model).expanduser()) if local else model
-        if local and not Path(source).is_dir():
-            raise UserError(
-                f"LLaVA model directory {model!r} does not exist: pass --model with a folder "
-                "written by save_pretrained or `hf download`, or a hub id such as "
-                f"{DEFAULT_MODEL!r}."
-            )
         try:
-            self.processor = AutoProcessor.from_pretrained(source)
-            self.model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
+            if local:
+                self.processor, self.model = _from_pretrained(source, dtype)
+            else:  # from the cache alone, with no network call, unless it lacks files
+                load = functools.partial(_cached_or_downloaded, model, dtype)
+                self.processor, self.model = hub.cache_first(load, model, what, _INSTEAD)
         except (OSError, ValueError) as exc:
-            # Hub unreachable or files missing: OSError (EnvironmentError). A folder with no
+            # Files missing or not downloadable: OSError (EnvironmentError). A folder with no
             # processor files, an unknown model type or a malformed id: ValueError.
             if local:
                 raise UserError(
@@ -107,9 +139,8 @@ class LlavaBackend:
                 ) from exc
             if isinstance(exc, OSError):
                 raise UserError(
-                    f"LLaVA model {model!r} is not available offline: download it first "
-                    f"(`hf download {model}`) on a machine with network, or pass "
-                    "--model /path/to/a/local/copy."
+                    f"LLaVA model {model!r} could not be downloaded ({_first_line(exc)}): check "
+                    f"that you may download it (`hf download {model}`), or {_INSTEAD}."
                 ) from exc
             raise UserError(
                 f"LLaVA model {model!r} cannot be loaded ({_first_line(exc)}): pass a hub id of "
