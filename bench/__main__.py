@@ -12,7 +12,7 @@ from rich.table import Table
 
 from storyboard_common.files import atomic_write_json
 
-from .cache import bench_cache, bench_cache_ranks
+from .cache import bench_cache, bench_cache_ranks, bench_cache_views
 from .loader import bench_loader
 from .steps import bench_steps
 from .subtexts import bench_llm_concurrency, bench_tpp_scoring
@@ -26,6 +26,7 @@ TARGETS = {
     "loader_vs_decode": (0.80, True),
     "step_overhead_coarse_fine_vs_mean": (0.05, False),
     "cache_speedup": (20.0, True),
+    "cache_views_decode_speedup": (3.0, True),
 }
 
 
@@ -46,6 +47,7 @@ def main() -> None:
         ("training steps", bench_steps),
         ("feature cache", bench_cache),
         ("feature cache, 2 ranks vs 1", bench_cache_ranks),
+        ("feature cache, views per video", bench_cache_views),
     ):
         with console.status(f"benchmark: {name}"):
             results.update(bench())

@@ -1,5 +1,6 @@
-"""Frozen-feature cache: a frozen training epoch from the cache against one from videos, and
-the cache built by 2 torchrun ranks against 1."""
+"""Frozen-feature cache: a frozen training epoch from the cache against one from videos, the
+cache built by 2 torchrun ranks against 1, and the decoding of many training views per
+video from one open against one open per view."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import torch
 from subtext_gen.clip_text import load_clip
 from testkit.list_dataset import write_list_dataset
 from testkit.torchrun import torchrun_cache_features
+from testkit.videos import write_h264
 from trainer.cache.build import cache_features
 from trainer.config import RunConfig
+from trainer.data.dataset import ClipSpec, VideoClipDataset
+from trainer.data.items import VideoItem
 from trainer.loop import train
 from trainer.report import read_metrics
 from trainer.storyworld import WORLD_CLIP
@@ -119,4 +123,56 @@ def bench_cache_ranks(per_class: int = 24, views: int = 4, workers: int = 2) -> 
         f"views + test views, 320x240 mp4, StoryboardWorld CLIP, 8 frames, batch 8, on "
         f"{cores} cores ({device}): 2 gloo ranks x {max(1, workers // 2)} loader workers vs "
         f"1 rank x {workers}; encoding and merging timed, start-up not",
+    }
+
+
+def _decoded(clip: torch.Tensor) -> torch.Tensor:
+    """The decoded frames as they are: the bench times decoding, not the training crop."""
+    return clip
+
+
+def _views_seconds(dataset: VideoClipDataset, views: int, together: bool) -> float:
+    """Seconds to read every item's first `views` training clips: one `views` call per
+    video (one open, sorted batch reads), or one open and read per clip."""
+    start = time.perf_counter()
+    for index in range(len(dataset)):
+        if together:
+            dataset.views(index, range(views))
+        else:
+            for view in range(views):
+                dataset[(view, index)]
+    return time.perf_counter() - start
+
+
+def bench_cache_views(videos: int = 4, views: int = 8, frames: int = 8) -> dict:
+    """A cache build's decoding of `views` training views per video: one open per video
+    (`VideoClipDataset.views`, as `cache-features` reads) vs one open per view, decode time
+    only, on 10 s 30 fps H.264 clips as Kinetics ships them (640x360, a keyframe every 150
+    frames) and as `prepare-videos` writes them (456x256, every 16), where a view's own
+    read is already cheap."""
+    figures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (width, height, keyframes) in {
+            "raw": (640, 360, 150),
+            "prepared": (456, 256, 16),
+        }.items():
+            items = [
+                VideoItem(
+                    write_h264(Path(tmp) / f"{name}{i}.mp4", 10, 30, width, height, keyframes, i),
+                    f"{name}{i}",
+                    (0,),
+                )
+                for i in range(videos)
+            ]
+            dataset = VideoClipDataset(items, 1, False, ClipSpec(frames=frames))
+            dataset.transform = _decoded
+            per_view = _views_seconds(dataset, views, together=False)
+            per_video = _views_seconds(dataset, views, together=True)
+            figures[name] = per_view / per_video
+    return {
+        "cache_views_decode_speedup": figures["raw"],
+        "cache_views_decode_speedup_prepared": figures["prepared"],
+        "cache_views_setup": f"{videos} videos x {views} training views of {frames} frames, "
+        "10 s 30 fps H.264: 640x360 with a keyframe every 150 frames (raw), 456x256 every 16 "
+        "(prepared); one open and sorted batch read per video vs one per view, decoding only",
     }

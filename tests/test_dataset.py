@@ -102,3 +102,41 @@ def test_epoch_sampler_shards_ranks():
     s.set_epoch(1)
     assert [i for _, i in s] != [i for _, i in EpochSampler(10, True, seed=0)]
     assert np.array_equal(sorted(i for _, i in s), np.arange(10))
+
+
+def test_many_training_views_come_from_one_open_and_equal_one_read_each(videos, monkeypatch):
+    """The feature cache's training views: one open of the video, sorted batch reads of the
+    frames of all epochs (grouped under a memory budget), pixel for pixel each epoch's clip."""
+    from trainer.data import dataset as dataset_module
+
+    ds = VideoClipDataset(items(videos["good"]), 2, False, ClipSpec(frames=4, **SMALL), seed=1)
+    epochs = list(range(8))
+    each = [ds[(e, 1)] for e in epochs]
+    opened, reads = [], []
+    real_open, real_read = dataset_module.open_video, dataset_module.read_frames
+    monkeypatch.setattr(
+        dataset_module, "open_video", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k)
+    )
+    monkeypatch.setattr(
+        dataset_module, "read_frames", lambda r, i: reads.append(list(i)) or real_read(r, i)
+    )
+    frame_bytes = 64 * 48 * 3
+    for budget, groups in ((dataset_module.DECODE_BUDGET, 1), (6 * frame_bytes, 8)):
+        opened.clear(), reads.clear()
+        many = ds.views(1, epochs, max_bytes=budget)
+        assert torch.equal(many["frames"], torch.cat([s["frames"] for s in each]))
+        assert np.array_equal(
+            many["frame_indices"], np.concatenate([s["frame_indices"] for s in each])
+        )
+        assert len(opened) == 1 and len(reads) == groups  # 8 clips of 4 frames: 6 fit one
+        assert all(r == sorted(set(r)) for r in reads)  # sorted, each frame decoded once
+    assert many["label"].item() == 1 and many["video_id"] == "v1"
+
+
+def test_frame_groups_hold_at_most_the_budget_in_order():
+    from trainer.data.dataset import frame_groups
+
+    clips = [np.array([0, 4, 8]), np.array([1, 4, 9]), np.array([0, 4, 8]), np.array([2, 3, 5, 6])]
+    assert frame_groups(clips, 6) == [[0, 1, 2], [3]]  # {0,1,4,8,9} then 4 more would be 9
+    assert frame_groups(clips, 100) == [[0, 1, 2, 3]]
+    assert frame_groups(clips, 2) == [[0], [1], [2], [3]]  # a clip alone may exceed it

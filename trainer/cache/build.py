@@ -25,8 +25,9 @@ from ..run_data import clip_datasets, load_fold
 from .store import DTYPES, SHARD_ROWS, TEST, TRAIN, CacheWriter, cache_identity
 
 
-class _Keyed(torch.utils.data.Dataset):
-    """(key, sample) pairs, so that encoded rows can be matched to the (view, item) keys."""
+class _Pending(torch.utils.data.Dataset):
+    """(item, views, sample) for keys (item, views): the views of an item that the cache
+    lacks, decoded from one open of its video (`VideoClipDataset.views`)."""
 
     def __init__(self, dataset: VideoClipDataset):
         self.dataset = dataset
@@ -35,7 +36,9 @@ class _Keyed(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key):
-        return key, self.dataset[key]
+        p, views = key
+        epochs = views if self.dataset.spec.train else [0]  # training view v is epoch v's clip
+        return p, views, self.dataset.views(p, epochs)
 
 
 def _encode_split(
@@ -48,28 +51,33 @@ def _encode_split(
     dist_info: DistInfo,
     progress,
 ) -> tuple[int, dict[int, dict]]:
-    """Encode this rank's share of the views of one split that the cache lacks; -> (rows
-    encoded, unreadable items by position)."""
+    """Encode this rank's share of the views of one split that the cache lacks, `--batch-size`
+    clips a forward pass; -> (rows encoded, unreadable items by position)."""
     pending = writer.pending(split, len(dataset), views)
-    # A training key (v, p) is the clip of view v; a test key gives every view of item p.
-    keys = (
-        [(v, p) for p, left in pending.items() for v in left]
-        if split == TRAIN
-        else [(0, p) for p in pending]
+    # A training item gives its missing views (one clip each), a test item all its views.
+    keys = [(p, tuple(left)) for p, left in pending.items()][dist_info.rank :: dist_info.world]
+    loader = make_loader(
+        _Pending(dataset), max(1, cfg.batch_size // views), keys, cfg.workers, collate=list
     )
-    keys = keys[dist_info.rank :: dist_info.world]
-    batch_size = cfg.batch_size if split == TRAIN else max(1, cfg.batch_size // views)
-    loader = make_loader(_Keyed(dataset), batch_size, keys, cfg.workers, collate=list)
-    task = progress.add_task(f"encode {split}", total=len(keys), info="")
+    task = progress.add_task(f"encode {split}", total=sum(map(len, (k[1] for k in keys))), info="")
     encoded, skipped = 0, {}
-    for pairs in loader:
-        rows, clips = [], []
-        for (epoch, p), sample in pairs:
+    rows, clips = [], []
+
+    def encode(count: int) -> int:
+        with torch.inference_mode(), autocast(dist_info.device, cfg.amp):
+            features = encode_frames(visual, torch.stack(clips[:count]).to(dist_info.device))
+        writer.add(split, rows[:count], features.float().cpu().numpy())
+        del rows[:count], clips[:count]
+        return count
+
+    for samples in loader:
+        for p, wanted, sample in samples:
             if isinstance(sample, Skipped):
                 skipped[p] = {"item": p, "video_id": sample.video_id, "reason": sample.reason}
                 continue
-            for row, view in enumerate([epoch] if split == TRAIN else range(views)):
-                if view in pending[p]:
+            shown = wanted if split == TRAIN else range(views)  # the sample's views, in order
+            for row, view in enumerate(shown):
+                if view in wanted:
                     rows.append(
                         {
                             "item": p,
@@ -80,12 +88,13 @@ def _encode_split(
                         }
                     )
                     clips.append(sample["frames"][row])
-        if clips:
-            with torch.inference_mode(), autocast(dist_info.device, cfg.amp):
-                features = encode_frames(visual, torch.stack(clips).to(dist_info.device))
-            writer.add(split, rows, features.float().cpu().numpy())
-            encoded += len(rows)
-        progress.update(task, advance=len(pairs), info=f"{len(skipped)} unreadable")
+        while len(clips) >= cfg.batch_size:
+            encoded += encode(cfg.batch_size)
+        progress.update(
+            task, advance=sum(len(w) for _, w, _ in samples), info=f"{len(skipped)} unreadable"
+        )
+    if clips:
+        encoded += encode(len(clips))
     progress.remove_task(task)
     return encoded, skipped
 

@@ -27,6 +27,10 @@ from .sampling import clip_indices, interval_frames, segment_indices
 from .transforms import eval_transform, train_transform
 from .video import VideoError, open_video, read_frames
 
+# Decoded frames one `VideoClipDataset.views` call holds at once (uint8 RGB): 8 clips of 8
+# frames of 1280x720 are 170 MiB, of 340x256 13 MiB.
+DECODE_BUDGET = 256 * 2**20
+
 
 @dataclass(frozen=True)
 class ClipSpec:
@@ -121,28 +125,69 @@ class VideoClipDataset(Dataset):
 
     def __getitem__(self, key) -> dict | Skipped:
         epoch, index = key if isinstance(key, tuple) else (0, key)
+        return self.views(index, [epoch])
+
+    def views(
+        self, index: int, epochs: Sequence[int], max_bytes: int = DECODE_BUDGET
+    ) -> dict | Skipped:
+        """Item `index`'s sample at each of `epochs`, concatenated: for training, the clip
+        `self[(epoch, index)]` gives at each epoch (the feature cache's training views);
+        for evaluation (epochs [0]) every view of the video.
+
+        The video is opened once and its frames decoded in sorted `get_batch` reads, one
+        for all epochs while their distinct frames fit in `max_bytes` of decoded frames,
+        else in groups that do (a long clip list falls back to a read per clip); the
+        samples equal those of one read each, pixel for pixel.
+        """
         item = self.items[index]
-        rng = np.random.default_rng([self.seed, epoch, index])
+        rngs = [np.random.default_rng([self.seed, epoch, index]) for epoch in epochs]
         try:
             reader, info = open_video(item.path, None if self.spec.train else self.spec.short_side)
-            indices = self._indices(item, info.num_frames, info.fps, rng)
-            flat = np.unique(indices)
-            frames = read_frames(reader, flat.tolist())  # one decode for every view
+            indices = [self._indices(item, info.num_frames, info.fps, rng) for rng in rngs]
+            held = max(1, max_bytes // (info.height * info.width * 3))
+            clips = []
+            for group in frame_groups(indices, held):
+                flat = np.unique(np.concatenate([indices[e].ravel() for e in group]))
+                frames = read_frames(reader, flat.tolist())  # one decode for the group
+                clips.extend(
+                    (e, frames[torch.from_numpy(np.searchsorted(flat, indices[e]))]) for e in group
+                )
         except (VideoError, ValueError) as exc:
             return Skipped(item.video_id, str(exc))
-        clips = frames[torch.from_numpy(np.searchsorted(flat, indices))]  # [clips, T, H, W, 3]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(rng.integers(2**62)))
-            views = torch.stack([self.transform(clip) for clip in clips])
-        if not self.spec.train and self.spec.crops > 1:  # [clips, crops, T, ...] -> views
-            views = views.flatten(0, 1)
-            indices = np.repeat(indices, self.spec.crops, axis=0)
+        out, kept = [], []
+        for e, clip_views in sorted(clips, key=lambda pair: pair[0]):  # [clips, T, H, W, 3]
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(rngs[e].integers(2**62)))
+                views = torch.stack([self.transform(clip) for clip in clip_views])
+            view_indices = indices[e]
+            if not self.spec.train and self.spec.crops > 1:  # [clips, crops, T, ...] -> views
+                views = views.flatten(0, 1)
+                view_indices = np.repeat(view_indices, self.spec.crops, axis=0)
+            out.append(views)
+            kept.append(view_indices)
         return {
-            "frames": views,  # uint8 [V, T, 3, S, S]; normalise_clips on the device
-            "frame_indices": indices,  # int [V, T] (numpy: pickled, no shared memory)
+            "frames": torch.cat(out),  # uint8 [V, T, 3, S, S]; normalise_clips on the device
+            "frame_indices": np.concatenate(kept),  # int [V, T] (numpy: pickled, no shared memory)
             "label": clip_target(item, self.num_classes, self.multi_label),
             "video_id": item.video_id,
         }
+
+
+def frame_groups(indices: Sequence[np.ndarray], held: int) -> list[list[int]]:
+    """Positions of `indices` (each a clip list's frame indices) in groups, in order, whose
+    distinct frames number at most `held` (a clip list alone may exceed it): the reads one
+    open of a video makes while holding at most `held` decoded frames."""
+    groups: list[list[int]] = []
+    frames: set[int] = set()
+    for position, wanted in enumerate(indices):
+        merged = frames.union(wanted.ravel().tolist())
+        if groups and len(merged) <= held:
+            groups[-1].append(position)
+            frames = merged
+        else:
+            groups.append([position])
+            frames = set(wanted.ravel().tolist())
+    return groups
 
 
 def collate_clips(samples: Sequence[dict | Skipped], input_key: str = "frames") -> dict:
