@@ -38,7 +38,9 @@ def _artifacts_dir(dataset: str | None, artifacts: Path | None) -> Path:
 @app.command()
 def generate(
     llm: LLM = typer.Option(LLM.openai, help="Backend: openai (or compatible), llava, file."),
-    dataset: str = typer.Option(None, help="A shipped class list (data/<NAME>/classes.csv)."),
+    dataset: str = typer.Option(
+        None, help="A shipped class list (subtext_gen/data/<NAME>/classes.csv)."
+    ),
     classes: Path = typer.Option(None, help="A class list: csv `id,name` or a txt list."),
     model: str = typer.Option(
         None, help="LLM: default gpt-3.5-turbo (openai) or llava-hf/llava-v1.6-mistral-7b-hf."

@@ -191,6 +191,7 @@ def test_clear_errors(world, tmp_path):
     )
     assert wrong.returncode == 2
     assert "holds other classes than list (not in the artifact: 'a' (" in wrong.stderr
+    assert not (tmp_path / "y").exists()  # a refused run leaves no run folder behind
 
 
 @pytest.mark.parametrize("micro_batch", [1, 3])

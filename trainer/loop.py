@@ -51,7 +51,7 @@ from .distributed import (
 from .evaluation import model_inputs, predict, score_predictions, write_eval_outputs
 from .loss import storyboard_loss
 from .model.aggregation import ClassText
-from .paths import default_root, default_run_dir, default_subtexts, writable_dir
+from .paths import default_root, default_run_dir, default_subtexts, new_dir
 from .precision import autocast, grad_scaler
 from .progress import progress_bar
 from .report import write_report
@@ -248,13 +248,12 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
         recorded = check_resume(cfg, out, state)
     elif resume and dist_info.is_main:
         print(f"no checkpoint in {ckpt_dir}: starting fresh", file=sys.stderr)
-    if dist_info.is_main:
-        writable_dir(out)
-    data = prepare_data(cfg, root, fold)
-    if cfg.features is None and dist_info.is_main:
-        check_clip_lengths(cfg, data)
-    built = build(cfg, dist_info, subtexts)
-    check_classes(data.train, built.class_names, subtexts)
+    with new_dir(out) if dist_info.is_main else contextlib.nullcontext():
+        data = prepare_data(cfg, root, fold)
+        if cfg.features is None and dist_info.is_main:
+            check_clip_lengths(cfg, data)
+        built = build(cfg, dist_info, subtexts)
+        check_classes(data.train, built.class_names, subtexts)
     model, text = built.model, built.text
 
     if cfg.features is None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from storyboard_common.errors import UserError
@@ -63,3 +65,17 @@ def writable_dir(path: Path, flag: str = "--out") -> None:
         raise UserError(
             f"{flag} {path} cannot be written ({os_reason(exc)}): pass a folder you can write to."
         ) from exc
+
+
+@contextmanager
+def new_dir(path: Path, flag: str = "--out") -> Iterator[None]:
+    """`writable_dir(path)`, and when the block raises before anything is written in a
+    folder it created, the folder removed again: a refused run leaves nothing behind."""
+    created = not path.exists()
+    writable_dir(path, flag)
+    try:
+        yield
+    except BaseException:
+        if created and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        raise
