@@ -14,6 +14,7 @@ from storyboard_common.files import atomic_write_json
 
 from .cache import bench_cache, bench_cache_ranks, bench_cache_views
 from .loader import bench_loader
+from .prepare import bench_prepared_decode
 from .steps import bench_steps
 from .subtexts import bench_llm_concurrency, bench_tpp_scoring
 
@@ -27,6 +28,7 @@ TARGETS = {
     "step_overhead_coarse_fine_vs_mean": (0.05, False),
     "cache_speedup": (20.0, True),
     "cache_views_decode_speedup": (3.0, True),
+    "prepared_decode_speedup": (4.0, True),
 }
 
 
@@ -44,6 +46,7 @@ def main() -> None:
         ("TPP scoring", bench_tpp_scoring),
         ("LLM concurrency", bench_llm_concurrency),
         ("video loader", bench_loader),
+        ("prepared videos", bench_prepared_decode),
         ("training steps", bench_steps),
         ("feature cache", bench_cache),
         ("feature cache, 2 ranks vs 1", bench_cache_ranks),

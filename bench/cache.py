@@ -14,7 +14,6 @@ import torch
 from subtext_gen.clip_text import load_clip
 from testkit.list_dataset import write_list_dataset
 from testkit.torchrun import torchrun_cache_features
-from testkit.videos import write_h264
 from trainer.cache.build import cache_features
 from trainer.config import RunConfig
 from trainer.data.dataset import ClipSpec, VideoClipDataset
@@ -22,6 +21,8 @@ from trainer.data.items import VideoItem
 from trainer.loop import train
 from trainer.report import read_metrics
 from trainer.storyworld import WORLD_CLIP
+
+from .prepare import raw_and_prepared
 
 CLASSES = ["red rise", "green rise", "blue rise", "grey rise"]
 TINTS = [(1.0, 0.2, 0.2), (0.2, 1.0, 0.2), (0.2, 0.2, 1.0), (1.0, 1.0, 1.0)]
@@ -147,23 +148,14 @@ def _views_seconds(dataset: VideoClipDataset, views: int, together: bool) -> flo
 def bench_cache_views(videos: int = 4, views: int = 8, frames: int = 8) -> dict:
     """A cache build's decoding of `views` training views per video: one open per video
     (`VideoClipDataset.views`, as `cache-features` reads) vs one open per view, decode time
-    only, on 10 s 30 fps H.264 clips as Kinetics ships them (640x360, a keyframe every 150
-    frames) and as `prepare-videos` writes them (456x256, every 16), where a view's own
+    only, on Kinetics-like raw clips (640x360, a keyframe every 150 frames) and on their
+    copies by `prepare-videos` (short side 256, a keyframe every 16), where a view's own
     read is already cheap."""
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (width, height, keyframes) in {
-            "raw": (640, 360, 150),
-            "prepared": (456, 256, 16),
-        }.items():
-            items = [
-                VideoItem(
-                    write_h264(Path(tmp) / f"{name}{i}.mp4", 10, 30, width, height, keyframes, i),
-                    f"{name}{i}",
-                    (0,),
-                )
-                for i in range(videos)
-            ]
+        raw, prepared, _ = raw_and_prepared(Path(tmp), videos)
+        for name, paths in (("raw", raw), ("prepared", prepared)):
+            items = [VideoItem(path, f"{name}{i}", (0,)) for i, path in enumerate(paths)]
             dataset = VideoClipDataset(items, 1, False, ClipSpec(frames=frames))
             dataset.transform = _decoded
             per_view = _views_seconds(dataset, views, together=False)
@@ -172,7 +164,8 @@ def bench_cache_views(videos: int = 4, views: int = 8, frames: int = 8) -> dict:
     return {
         "cache_views_decode_speedup": figures["raw"],
         "cache_views_decode_speedup_prepared": figures["prepared"],
-        "cache_views_setup": f"{videos} videos x {views} training views of {frames} frames, "
-        "10 s 30 fps H.264: 640x360 with a keyframe every 150 frames (raw), 456x256 every 16 "
-        "(prepared); one open and sorted batch read per video vs one per view, decoding only",
+        "cache_views_setup": f"{videos} videos x {views} training views of {frames} frames: "
+        "Kinetics-like raw clips (10 s, 640x360, 30 fps, a keyframe every 150 frames) and "
+        "their prepared copies (456x256, every 16); one open and sorted batch reads per "
+        "video vs one open and read per view, decoding only",
     }

@@ -6,6 +6,7 @@ reader returned.
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -19,15 +20,18 @@ def write_video(
     height: int = 48,
     fps: int = 8,
     tint: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    audio: bool = False,
 ):
     """Write a video; `tint` scales the grey level per RGB channel (tinted frames are
-    for telling classes apart, not for `frame_level`)."""
+    for telling classes apart, not for `frame_level`); `audio` adds a silent AAC track."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("mpeg4", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"qscale": "1"}  # near-lossless, so grey levels survive
+        if audio:
+            _write_silence(container, seconds=frames / fps)
         for i in range(frames):
             level = min(8 * i + 16, 255)
             image = np.empty((height, width, 3), dtype=np.uint8)
@@ -37,6 +41,21 @@ def write_video(
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def _write_silence(container, seconds: float, rate: int = 8000) -> None:
+    sound = container.add_stream("aac", rate=rate)
+    sound.layout = "mono"
+    samples = 1024  # one AAC frame
+    for start in range(0, int(seconds * rate), samples):
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, samples), dtype=np.float32), format="fltp", layout="mono"
+        )
+        frame.sample_rate, frame.pts = rate, start
+        for packet in sound.encode(frame):
+            container.mux(packet)
+    for packet in sound.encode():
+        container.mux(packet)
 
 
 def frame_level(frame) -> int:
@@ -51,40 +70,43 @@ def write_corrupt(path: Path) -> Path:
     return path
 
 
-def write_h264(
-    path: Path,
-    seconds: float = 10.0,
-    fps: int = 30,
-    width: int = 640,
-    height: int = 360,
-    keyframe_every: int = 150,
-    seed: int = 0,
-) -> Path:
-    """An H.264 (libx264, yuv420p) clip shaped like a Kinetics download: a keyframe every
-    `keyframe_every` frames and moving content (a drifting gradient, a moving square and
-    grain), so inter frames cost what real ones do to decode."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+# A raw Kinetics download as the benchmarks imitate it.
+RAW_SIZE = (360, 640)  # height, width
+RAW_FPS = 30
+RAW_SECONDS = 10
+RAW_KEYFRAME_EVERY = 150
+
+
+def write_kinetics_like(path: Path, seed: int = 0) -> Path:
+    """A 10-second 640x360 30 fps H.264 clip with a keyframe every 150 frames, as raw
+    Kinetics downloads often are: a textured scene panning, a block moving across it and
+    sensor grain, encoded like a web video (x264 preset medium, crf 20: about 0.6 Mbit/s,
+    in the range of YouTube's 360p streams; a flat test pattern would decode for nothing)."""
     rng = np.random.default_rng(seed)
-    ramp = np.add.outer(np.arange(height), np.arange(width)).astype(np.float32)
-    grain = rng.normal(0, 6, size=(7, height, width, 1)).astype(np.float32)  # cycled
-    side = max(8, height // 4)
+    height, width = RAW_SIZE
+    frames = RAW_FPS * RAW_SECONDS
+    coarse = rng.uniform(0, 255, (height // 8 + 1, (width + frames) // 8 + 1, 3))
+    scene = np.kron(coarse, np.ones((8, 8, 1)))[:height, : width + frames]
+    for axis in (0, 1):  # soften the 8-px blocks into gradients
+        scene = (scene + np.roll(scene, 4, axis) + np.roll(scene, -4, axis)) / 3
+    fine = rng.normal(0, 12, (height // 2 + 1, (width + frames) // 2 + 1, 1))
+    scene = (scene + np.kron(fine, np.ones((2, 2, 1)))[:height, : width + frames]).astype(
+        np.float32
+    )
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
+        stream = container.add_stream("libx264", rate=Fraction(RAW_FPS))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {
-            "preset": "veryfast",
-            "crf": "23",
-            "g": str(keyframe_every),
-            "keyint_min": str(keyframe_every),
-            "sc_threshold": "0",
+            "crf": "20",
+            "preset": "medium",
+            "x264-params": f"keyint={RAW_KEYFRAME_EVERY}:min-keyint={RAW_KEYFRAME_EVERY}"
+            ":scenecut=0",
         }
-        for i in range(int(seconds * fps)):
-            level = (ramp * 0.25 + 3.0 * i) % 256
-            image = np.repeat(level[:, :, None], 3, axis=2)
-            top, left = (7 * i) % (height - side), (11 * i) % (width - side)
-            image[top : top + side, left : left + side] = (40, 200, 90)
-            image += grain[i % len(grain)]
+        for t in range(frames):
+            image = scene[:, t : t + width].copy()
+            y, x = 40 + int(100 * np.sin(t / 20)), int(40 + 1.5 * t)
+            image[y : y + 80, x : x + 80] = (230, 60, 40)
+            image += 3 * rng.standard_normal(image.shape, dtype=np.float32)
             frame = av.VideoFrame.from_ndarray(image.clip(0, 255).astype(np.uint8), "rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)

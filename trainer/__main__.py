@@ -79,6 +79,37 @@ def check_data(
         raise UserError(f"{dataset} at {root}: {problems}; see {lists}.")
 
 
+@app.command("prepare-videos")
+def prepare_videos_command(
+    dataset: str = typer.Option(..., help="hmdb51, ucf101, k400, k600, ssv2, charades or list."),
+    root: Path = ROOT,
+    videos: Path = VIDEOS,
+    out: Path = typer.Option(..., help="The prepared copy (new, empty, or a prepared one)."),
+    short_side: int = typer.Option(
+        256, min=96, help="Short side of the copies in px (never scaled up)."
+    ),
+    keyframe_every: int = typer.Option(16, min=1, help="A keyframe every N frames."),
+    workers: int = typer.Option(
+        None, min=1, help="Videos encoded in parallel (default: one per core)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
+) -> None:
+    """Re-encode a dataset for fast clip reads (H.264, short side --short-side, a keyframe
+    every --keyframe-every frames, no audio, frame rate and frames kept) and copy its
+    annotation files, so `--root OUT` works with every command. Resumable: rerun it."""
+    from .data.prepare import prepare_videos, print_summary
+    from .paths import default_root
+
+    root = root or default_root(dataset)
+    summary = prepare_videos(
+        dataset, root, out, videos, short_side, keyframe_every, workers, not as_json
+    )
+    if as_json:
+        sys.stdout.write(json.dumps(summary.to_json()) + "\n")
+    else:
+        print_summary(summary, lambda line: console.print(line, **_PLAIN))
+
+
 def _print_check_report(report, title: str) -> None:
     for name, what in report.missing_splits.items():
         console.print(f"{name}: {what} not found, skipped", **_PLAIN)

@@ -1,0 +1,540 @@
+"""`prepare-videos`: a dataset re-encoded once so that sampled frames decode fast.
+
+decord seeks to the keyframe before each sampled frame and decodes from there, so a clip
+read costs about (frames between keyframes) x (pixels per frame). Raw downloads are large
+(Kinetics: often 1280x720) with a keyframe every 5-10 seconds; a copy at a short side of
+256 with a keyframe every 16 frames reads several times faster (`make bench`,
+`prepared_decode_speedup`).
+
+Every output is H.264 (libx264, yuv420p, crf 23, preset veryfast, tune fastdecode) in an
+MP4 container: the short side scaled to `short_side` (never up; width and height even,
+aspect kept), a keyframe every `keyframe_every` frames exactly (keyint = min-keyint, no
+scene-cut keyframes, source keyframes not carried over), no audio, and every source frame
+kept at the rate the training reader gives the source (the n-th decoded frame gets
+timestamp n / rate), so frame i of the copy is frame i of the source and Charades'
+annotation seconds keep their frames.
+
+Names: an output lies under `out` at its source's path relative to `root`, with the same
+file name and extension, so the layouts, which find videos by name, find the copies and
+`--root OUT` works unchanged. Videos read from `--videos DIR` go where the layout looks
+for them under a root (Charades: `Charades_v1_480/`, SSv2:
+`20bn-something-something-v2/`; the others: the root itself), so no `--videos` is needed
+with the copy. The container is MP4 whatever the name says (`.avi`, `.mkv` and `.webm`
+included): FFmpeg's readers (decord, PyAV, OpenCV) identify a container by its content;
+WebM cannot hold H.264, and decord's `get_batch` returns wrong frames from H.264 in AVI
+(measured with decord 0.6.0: frames mixed from two pictures after a seek; MP4 is
+frame-exact).
+
+Resumable and atomic: each output is written as `.<name>.partial` beside its final name,
+opened with the training reader and its frame count compared with the source's (within
+one frame), then renamed; a rerun skips finished outputs and rewrites leftover partials.
+`MARKER` in `out` records the settings, so a rerun with others, or an `out` that holds
+something else, is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from fractions import Fraction
+from itertools import islice
+from pathlib import Path
+
+import av
+from av.video.frame import PictureType
+
+from storyboard_common.errors import UserError, first_line
+from storyboard_common.files import atomic_path, atomic_write_json, os_reason
+
+from ..progress import progress_bar
+from .check import load_dataset_splits
+from .items import SplitList
+from .layouts import charades, dataset_name, generic, hmdb51, kinetics, ssv2, ucf101
+from .layouts._common import absolute
+from .video import VideoError, open_video, short_side_size
+
+MARKER = "storyboard-prepared.json"
+VERSION = 1
+CRF = 23
+PRESET = "veryfast"
+# No CABAC, no deblocking: on the bench's clips 45% more clip reads/s for 12% more bytes.
+TUNE = "fastdecode"
+PARTIAL = ".partial"
+
+# Where a layout looks for its videos under a root (the root itself where not named):
+# videos read from --videos go there.
+_VIDEO_HOME = {"charades": charades.VIDEO_DIR, "ssv2": ssv2.VIDEO_DIRS[0]}
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """What a prepared folder was made with; a rerun must use the same."""
+
+    dataset: str
+    short_side: int = 256
+    keyframe_every: int = 16
+
+    def to_json(self) -> dict:
+        return {
+            "version": VERSION,
+            "dataset": self.dataset,
+            "short_side": self.short_side,
+            "keyframe_every": self.keyframe_every,
+            "codec": "libx264",
+            "crf": CRF,
+            "preset": PRESET,
+            "tune": TUNE,
+        }
+
+    def flags(self) -> str:
+        return (
+            f"--dataset {self.dataset} --short-side {self.short_side} "
+            f"--keyframe-every {self.keyframe_every}"
+        )
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    source: Path
+    target: Path
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """What became of one source: "prepared", "unreadable" or "mismatched" (the copy's
+    frame count differs; the copy is not kept), with the reason and the sizes."""
+
+    source: str
+    status: str
+    reason: str = ""
+    seconds: float = 0.0  # the video's duration
+    bytes_before: int = 0
+    bytes_after: int = 0
+
+
+@dataclass
+class PrepareSummary:
+    out: Path
+    videos: int  # distinct videos with a file in the chosen splits
+    already_prepared: int  # found finished (a rerun)
+    prepared: int = 0  # encoded by this run; hours and bytes count these
+    hours: float = 0.0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    unreadable: dict[str, str] = field(default_factory=dict)  # source -> reason
+    mismatched: dict[str, str] = field(default_factory=dict)  # source -> reason
+    missing: int = 0  # annotation entries without a file (nothing to prepare)
+    missing_splits: dict[str, str] = field(default_factory=dict)
+    annotation_files: list[str] = field(default_factory=list)  # copied, relative to out
+    seconds: float = 0.0
+
+    def add(self, result: VideoResult) -> None:
+        if result.status == "prepared":
+            self.prepared += 1
+            self.hours += result.seconds / 3600
+            self.bytes_before += result.bytes_before
+            self.bytes_after += result.bytes_after
+        elif result.status == "unreadable":
+            self.unreadable[result.source] = result.reason
+        else:
+            self.mismatched[result.source] = result.reason
+
+    def to_json(self) -> dict:
+        return {
+            "out": str(self.out),
+            "videos": self.videos,
+            "prepared": self.prepared,
+            "already_prepared": self.already_prepared,
+            "hours": self.hours,
+            "bytes_before": self.bytes_before,
+            "bytes_after": self.bytes_after,
+            "unreadable": sorted(self.unreadable),
+            "unreadable_reasons": self.unreadable,
+            "mismatched": sorted(self.mismatched),
+            "mismatched_reasons": self.mismatched,
+            "missing": self.missing,
+            "missing_splits": list(self.missing_splits),
+            "annotation_files": self.annotation_files,
+            "seconds": self.seconds,
+        }
+
+
+def prepare_videos(
+    dataset: str,
+    root: Path,
+    out: Path,
+    videos: Path | None = None,
+    short_side: int = 256,
+    keyframe_every: int = 16,
+    workers: int | None = None,
+    show_progress: bool = True,
+) -> PrepareSummary:
+    """Re-encode every video of every split of `dataset` under `root` (or `videos`) whose
+    annotation files are there into `out`, copy the annotation files, and summarise.
+
+    Refused before anything is written (UserError): `out` inside `root` or `videos`, an
+    `out` that holds files but is not a prepared folder, or one prepared with other
+    settings. Unreadable sources and copies whose frame count differs are listed in the
+    summary, never fatal."""
+    started = time.perf_counter()
+    settings = PrepareSettings(dataset_name(dataset), short_side, keyframe_every)
+    root = absolute(root)
+    videos = None if videos is None else absolute(videos)
+    out = absolute(out)
+    _check_out(out, root, videos, settings)
+    splits, absent = load_dataset_splits(settings.dataset, root, videos)
+    jobs = plan_jobs(settings.dataset, splits, root, videos, out)
+    folders = _layout_folders(settings.dataset, splits, root, videos)
+
+    _write_marker(out, settings, root)
+    for folder in folders:
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    copied = copy_annotations(settings.dataset, root, out)
+    todo = [job for job in jobs if not job.target.is_file()]
+    summary = PrepareSummary(
+        out=out,
+        videos=len(jobs),
+        already_prepared=len(jobs) - len(todo),
+        missing=len({m for s in splits for m in s.missing}),
+        missing_splits=absent,
+        annotation_files=copied,
+    )
+    with progress_bar(show_progress) as progress:
+        task = progress.add_task("preparing videos", total=len(todo), info="")
+        for result in _run(todo, settings, workers or default_workers()):
+            summary.add(result)
+            failed = len(summary.unreadable) + len(summary.mismatched)
+            progress.update(task, advance=1, info=f"{failed} failed" if failed else "")
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def default_workers() -> int:
+    """One encoder per core (each runs single-threaded)."""
+    if hasattr(os, "sched_getaffinity"):  # the cores this process may use (Linux)
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def _check_out(out: Path, root: Path, videos: Path | None, settings: PrepareSettings) -> None:
+    for flag, source in (("--root", root), ("--videos", videos)):
+        if source is not None and out.is_relative_to(source):
+            raise UserError(
+                f"--out {out} is inside {flag} {source}; choose a folder outside it, so the "
+                "prepared copy and the source stay apart."
+            )
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; choose a new or empty folder.")
+    marker = out / MARKER
+    if marker.is_file():
+        try:
+            made = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(
+                f"{marker} is not readable JSON ({exc}); choose another --out."
+            ) from exc
+        if {k: made.get(k) for k in settings.to_json()} != settings.to_json():
+            then = PrepareSettings(
+                made.get("dataset"), made.get("short_side"), made.get("keyframe_every")
+            )
+            same_flags = then.flags() == settings.flags()
+            raise UserError(
+                f"--out {out} was prepared with "
+                + (f"an older version ({marker})" if same_flags else then.flags())
+                + "; rerun with those settings to resume, or choose another --out."
+            )
+        return
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(
+            f"--out {out} holds files but is not a folder prepare-videos wrote (no {MARKER}); "
+            "choose a new or empty folder."
+        )
+
+
+def _write_marker(out: Path, settings: PrepareSettings, root: Path) -> None:
+    marker = out / MARKER
+    if not marker.is_file():
+        atomic_write_json(marker, {**settings.to_json(), "source": str(root)})
+
+
+def plan_jobs(
+    dataset: str, splits: Iterable[SplitList], root: Path, videos: Path | None, out: Path
+) -> list[VideoJob]:
+    """One job per distinct video file of the splits, in path order, with its output path."""
+    sources = sorted({item.path for split in splits for item in split.items})
+    return [VideoJob(path, output_path(dataset, path, root, videos, out)) for path in sources]
+
+
+def output_path(dataset: str, source: Path, root: Path, videos: Path | None, out: Path) -> Path:
+    """Where the copy of `source` goes: its path relative to `root` under `out`, or for
+    videos from `--videos`, relative to it under the layout's video folder of `out`."""
+    if videos is None:
+        base, home = root, out
+    else:
+        base, home = videos, out / _VIDEO_HOME.get(dataset, "")
+        if dataset == "ssv2":  # one flat folder, whether in DIR or its 20BN folder
+            return home / source.name
+    if not source.is_relative_to(base):
+        flag = "--root" if videos is None else "--videos"
+        raise UserError(
+            f"video {source} lies outside {flag} {base}; prepare-videos writes each video "
+            f"at its path relative to {flag}, so pass --videos with a folder holding them all."
+        )
+    return home / source.relative_to(base)
+
+
+def _layout_folders(
+    dataset: str, splits: list[SplitList], root: Path, videos: Path | None
+) -> list[str]:
+    """Folders a layout needs under a root even when none of their videos could be
+    prepared (relative to `out`): HMDB-51's class folders, Kinetics' split folders,
+    the Charades and SSv2 video folders."""
+    source = videos or root
+    if dataset == "hmdb51":
+        return list(splits[0].class_names) if splits else []
+    if dataset in ("k400", "k600"):
+        names = {d for s in splits for d in kinetics.SPLIT_DIRS[s.split]}
+        return sorted(d for d in names if (source / d).is_dir())
+    if dataset == "ssv2" and videos is None:
+        return [d for d in ssv2.VIDEO_DIRS if (root / d).is_dir()]
+    return [_VIDEO_HOME[dataset]] if dataset in _VIDEO_HOME else []
+
+
+def annotation_files(dataset: str, root: Path) -> list[str]:
+    """The files under `root` a layout reads besides videos (relative, those present)."""
+    if dataset == "hmdb51":
+        candidates = _folder_files(root, hmdb51.SPLITS_DIR)
+    elif dataset == "ucf101":
+        candidates = _folder_files(root, ucf101.LIST_DIR)
+    elif dataset in ("k400", "k600"):
+        candidates = [name for names in kinetics.CSV_FILES.values() for name in names]
+    elif dataset == "ssv2":
+        stems = ("labels", *ssv2.JSON_STEMS.values(), "test")
+        names = [n for stem in stems for n in (f"{stem}.json", f"{ssv2.PREFIX}{stem}.json")]
+        candidates = [
+            name if folder == "." else f"{folder}/{name}"
+            for folder in ssv2.LABEL_DIRS
+            for name in names
+        ]
+    elif dataset == "charades":
+        candidates = [charades.CLASSES_FILE, *charades.CSV_FILES.values()]
+    else:
+        candidates = ["classes.csv", *(f"{s}.txt" for s in generic.SPLITS)]
+    return [name for name in candidates if (root / name).is_file()]
+
+
+def _folder_files(root: Path, folder: str) -> list[str]:
+    path = root / folder
+    return (
+        sorted(f"{folder}/{p.name}" for p in path.iterdir() if p.is_file()) if path.is_dir() else []
+    )
+
+
+def copy_annotations(dataset: str, root: Path, out: Path) -> list[str]:
+    """Copy the layout's annotation files from `root` to `out` (each atomically)."""
+    names = annotation_files(dataset, root)
+    for name in names:
+        with atomic_path(out / name) as tmp:
+            shutil.copyfile(root / name, tmp)
+    return names
+
+
+def _run(jobs: list[VideoJob], settings: PrepareSettings, workers: int) -> Iterator[VideoResult]:
+    """Each job's result as it finishes: in this process with one worker, else in
+    `workers` processes, with at most 2 x workers jobs submitted at a time."""
+    prepare = _Prepare(settings.short_side, settings.keyframe_every)
+    if workers == 1 or len(jobs) <= 1:
+        yield from map(prepare, jobs)
+        return
+    pending_jobs = iter(jobs)
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        try:
+            running = {pool.submit(prepare, job) for job in islice(pending_jobs, 2 * workers)}
+            while running:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                running |= {pool.submit(prepare, job) for job in islice(pending_jobs, len(done))}
+                for future in done:
+                    yield future.result()
+        except BaseException:  # a full disk, Ctrl-C: stop without starting the queued jobs
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+@dataclass(frozen=True)
+class _Prepare:
+    """`prepare_video` with the settings bound (picklable for the worker processes)."""
+
+    short_side: int
+    keyframe_every: int
+
+    def __call__(self, job: VideoJob) -> VideoResult:
+        return prepare_video(job.source, job.target, self.short_side, self.keyframe_every)
+
+
+def partial_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}{PARTIAL}")
+
+
+def prepare_video(
+    source: Path, target: Path, short_side: int = 256, keyframe_every: int = 16
+) -> VideoResult:
+    """Re-encode one video to `target` through its partial file; verified, then renamed.
+
+    An unreadable source (or one the encoder refuses) or a copy whose frame count differs
+    from the source's by more than one frame is a result (the partial file removed); a copy
+    that cannot be written (a full disk) is a UserError."""
+    partial = partial_path(target)
+    partial.unlink(missing_ok=True)  # a killed job's leftover
+    try:
+        reader, info = open_video(source)
+        del reader
+    except VideoError as exc:
+        return VideoResult(str(source), "unreadable", exc.reason)
+    try:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        _encode(source, partial, info.fps, short_side, keyframe_every)
+        verdict = _verify(partial, info.num_frames)
+        if verdict is not None:
+            partial.unlink(missing_ok=True)
+            return VideoResult(str(source), "mismatched", verdict)
+        size = partial.stat().st_size
+        os.replace(partial, target)
+    except (VideoError, _EncodeError) as exc:
+        partial.unlink(missing_ok=True)
+        return VideoResult(str(source), "unreadable", exc.reason)
+    except OSError as exc:  # writing the copy (the source's errors are _EncodeErrors)
+        partial.unlink(missing_ok=True)
+        raise UserError(f"could not write {target} ({os_reason(exc)}); rerun to resume.") from exc
+    except av.error.FFmpegError as exc:  # the encoder refused this video
+        partial.unlink(missing_ok=True)
+        return VideoResult(str(source), "unreadable", f"cannot be re-encoded ({first_line(exc)})")
+    return VideoResult(
+        str(source),
+        "prepared",
+        seconds=info.num_frames / info.fps if info.fps > 0 else 0.0,
+        bytes_before=source.stat().st_size,
+        bytes_after=size,
+    )
+
+
+class _EncodeError(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def output_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(height, width) of a copy: the short side at most `short_side` (never scaled up),
+    aspect kept, both even (H.264's 4:2:0 needs it)."""
+    if min(height, width) > short_side:
+        height, width = short_side_size(height, width, short_side)
+    return max(2, height - height % 2), max(2, width - width % 2)
+
+
+def _encode(source: Path, target: Path, fps: float, short_side: int, keyframe_every: int) -> None:
+    """Write the copy of `source` to `target` (see the module's docstring).
+
+    `fps` is the rate the training reader gives the source (the stream's average rate), so
+    it gives the copy the same and seconds map to the same frames."""
+    try:
+        container = av.open(str(source))
+    except av.error.FFmpegError as exc:
+        raise _EncodeError(f"cannot be opened by PyAV ({first_line(exc)})") from exc
+    with container:
+        if not container.streams.video:
+            raise _EncodeError("has no video stream")
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1  # one process per core already
+        rate = Fraction(fps) if fps > 0 else stream.average_rate or stream.guessed_rate
+        if not rate:
+            raise _EncodeError("has no frame rate")
+        rate = Fraction(rate).limit_denominator(100_000)  # 29.97002997... -> 30000/1001
+        with av.open(str(target), mode="w", format="mp4") as copy:
+            encoder = copy.add_stream("libx264", rate=rate)
+            encoder.pix_fmt = "yuv420p"
+            encoder.codec_context.thread_count = 1
+            encoder.codec_context.gop_size = keyframe_every
+            encoder.options = {
+                "crf": str(CRF),
+                "preset": PRESET,
+                "tune": TUNE,
+                "x264-params": f"keyint={keyframe_every}:min-keyint={keyframe_every}:scenecut=0",
+            }
+            count = 0
+            for frame in _decoded(container, stream):
+                if count == 0:
+                    encoder.height, encoder.width = output_size(
+                        frame.height, frame.width, short_side
+                    )
+                image = frame.reformat(
+                    width=encoder.width,
+                    height=encoder.height,
+                    format="yuv420p",
+                    interpolation="AREA",
+                )
+                image.pts, image.time_base = count, 1 / rate  # frame n at n / rate seconds
+                # a source keyframe's type would force a keyframe here too (libx264 honours it)
+                image.pict_type = PictureType.NONE
+                for packet in encoder.encode(image):
+                    copy.mux(packet)
+                count += 1
+            if count == 0:
+                raise _EncodeError("has no frames PyAV can decode")
+            for packet in encoder.encode():
+                copy.mux(packet)
+
+
+def _decoded(container, stream) -> Iterator:
+    """The decoded frames of `stream`; a decoding failure as an _EncodeError."""
+    try:
+        yield from container.decode(stream)
+    except av.error.FFmpegError as exc:
+        raise _EncodeError(f"cannot be decoded by PyAV ({first_line(exc)})") from exc
+
+
+def _verify(copy: Path, source_frames: int) -> str | None:
+    """None when the training reader opens the copy and counts the source's frames (within
+    one), else what differs."""
+    try:
+        reader, info = open_video(copy)
+        del reader
+    except VideoError as exc:
+        return f"its copy cannot be read ({exc.reason})"
+    if abs(info.num_frames - source_frames) > 1:
+        return f"its copy has {info.num_frames} frames, the source {source_frames}"
+    return None
+
+
+def print_summary(summary: PrepareSummary, say: Callable[[str], None]) -> None:
+    """The summary as lines for `say` (the CLI's console)."""
+    for name, what in summary.missing_splits.items():
+        say(f"{name}: {what} not found, skipped")
+    say(
+        f"{summary.videos} videos: {summary.prepared} prepared now "
+        f"({summary.hours:.2f} h of video), {summary.already_prepared} already prepared, "
+        f"{len(summary.unreadable)} unreadable, {len(summary.mismatched)} mismatched; "
+        f"{summary.missing} listed without a file"
+    )
+    if summary.prepared:
+        ratio = summary.bytes_after / max(summary.bytes_before, 1)
+        say(
+            f"size of those prepared now: {summary.bytes_before / 2**20:.1f} MiB -> "
+            f"{summary.bytes_after / 2**20:.1f} MiB ({ratio:.2f}x)"
+        )
+    for kind in ("unreadable", "mismatched"):
+        reasons = getattr(summary, kind)
+        if reasons:
+            say(f"{kind} (not in the copy):")
+        for source in sorted(reasons)[:20]:
+            say(f"  {source}: {reasons[source]}")
+        if len(reasons) > 20:
+            say(f"  ... and {len(reasons) - 20} more (--json lists all)")
+    say(
+        f"annotation files copied: {len(summary.annotation_files)}; "
+        f"use --root {summary.out} (no --videos) ({summary.seconds:.0f} s)"
+    )
