@@ -40,6 +40,20 @@ def _new_file_mode(path: Path) -> int:
     return 0o666 & ~mask
 
 
+def make_folder(folder: Path, path: Path) -> None:
+    """`mkdir -p folder` for writing `path` in it; a file in the way (mkdir's reason: "File
+    exists") is a `UserError` naming it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        for blocker in (folder, *folder.parents):
+            if os.path.lexists(blocker) and not blocker.is_dir():
+                raise UserError(
+                    f"could not write {path}: {blocker} is not a folder; nothing was changed."
+                ) from exc
+        raise
+
+
 @contextmanager
 def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary file beside `path` (`<name>.<random><suffix>`) for the block to write;
@@ -54,7 +68,7 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     path = Path(path)
     tmp: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent, path)
         mode = _new_file_mode(path)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=suffix, dir=path.parent)
         os.fchmod(fd, mode)

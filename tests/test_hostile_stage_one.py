@@ -342,6 +342,28 @@ def test_full_disk_leaves_nothing_half_written(tmp_path, monkeypatch):
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.txt"]
 
 
+def test_a_plot_under_a_regular_file_names_the_file(tmp_path):
+    """`predict --plot` (and every writer) under a path whose folder is a file: mkdir's own
+    reason would be "File exists"."""
+    from storyboard_common.files import atomic_savefig
+
+    class Figure:  # refused before anything is drawn
+        def savefig(self, fh, **options):
+            raise AssertionError("drawn")
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for path in (notes / "plot.png", notes / "sub" / "plot.png"):
+        with pytest.raises(UserError) as err:
+            atomic_savefig(Figure(), path)
+        assert str(err.value) == (
+            f"could not write {path}: {notes} is not a folder; nothing was changed."
+        )
+    assert notes.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.txt"
+    ]
+
+
 def test_full_disk_during_generate_flush_keeps_the_journal(tmp_path, monkeypatch, inputs):
     classes, sets = inputs
     out = tmp_path / "art"

@@ -1,3 +1,4 @@
+import os
 import pickle
 
 import av
@@ -147,6 +148,16 @@ def test_empty_and_missing_files(tmp_path):
     with pytest.raises(VideoError) as error:
         open_video(missing)
     assert_names(error, missing, "does not exist")
+
+
+def test_fifo_and_folder_are_not_regular_files(tmp_path):
+    fifo, folder = tmp_path / "pipe.mp4", tmp_path / "folder.mp4"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    folder.mkdir()
+    for path in (fifo, folder):
+        with pytest.raises(VideoError) as error:
+            open_video(path)
+        assert_names(error, path, "is not a regular file")
 
 
 def test_container_without_frames(tmp_path):

@@ -247,3 +247,97 @@ def test_candidate_sets(tmp_path):
     assert text == json.dumps(sets, indent=1, sort_keys=True) + "\n"
     assert W.CANDIDATES_PATH.read_text() == text  # the shipped file is up to date
     assert read_description_sets(written) == sets
+
+
+TINY = dict(
+    videos_per_class_train=1, videos_per_class_test=1, unseen_videos_per_class_train=1, frames=9
+)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _killed_after(monkeypatch, videos: int) -> list[Path]:
+    """Make `write_mp4` die like a killed process after `videos` videos (leaving the
+    half-written temporary file a kill leaves); -> the paths it was asked to write."""
+    write_mp4, asked = W.write_mp4, []
+
+    def dying(path: Path, frames: np.ndarray, fps: int = W.FPS) -> None:
+        asked.append(path)
+        if len(asked) > videos:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            (path.parent / f"{path.name}.x1y2z3.tmp.mp4").write_bytes(b"half")
+            raise KeyboardInterrupt
+        write_mp4(path, frames, fps)
+
+    monkeypatch.setattr(W, "write_mp4", dying)
+    return asked
+
+
+def test_interrupted_world_is_never_read_and_resumed(tmp_path, monkeypatch):
+    reference = tmp_path / "reference"
+    W.write_world(reference, **TINY)
+    out = tmp_path / "world"
+    for seed, videos in ((1, 5), (0, 7)):  # the second meets a partial world of seed 1
+        _killed_after(monkeypatch, videos)
+        with pytest.raises(KeyboardInterrupt):
+            W.write_world(out, seed=seed, **TINY)
+        assert not out.exists()  # nothing but the hidden partial folder
+        assert (tmp_path / ".world.partial" / "seen" / "videos").is_dir()
+        monkeypatch.undo()
+    asked = _killed_after(monkeypatch, 10**6)
+    move_into_place = W._move_into_place
+
+    def killed(partial, out):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(W, "_move_into_place", killed)  # complete, killed before the rename
+    with pytest.raises(KeyboardInterrupt):
+        W.write_world(out, seed=0, **TINY)
+    assert len(asked) == 24 - 7  # resumed: only what the kill left unwritten
+    monkeypatch.setattr(W, "_move_into_place", move_into_place)
+    assert not out.exists() and W.write_world(out, seed=0, **TINY).written
+    assert len(asked) == 24 - 7  # the complete partial world is moved as it is
+    assert _files(out) == _files(reference)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reference", "world"]
+    assert W.world_folder(out) == out and len(asked) == 24 - 7  # pretrain-clip: used as is
+
+
+def test_world_refuses_a_folder_not_its_own_and_a_second_writer(tmp_path):
+    import fcntl
+    import os
+
+    from storyboard_common.errors import UserError
+
+    legacy = tmp_path / "legacy"  # what a writer killed before this fix left
+    (legacy / "seen").mkdir(parents=True)
+    (legacy / "atomic_actions.json").write_text("{}")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for folder in (legacy, notes):
+        with pytest.raises(UserError, match="is neither a storyboard world") as caught:
+            W.world_folder(folder)
+        assert str(caught.value).startswith(str(folder))
+    with pytest.raises(UserError, match=f"{notes} is not a folder"):
+        W.world_folder(notes / "world")
+    assert notes.read_text() == "mine" and sorted(p.name for p in legacy.iterdir()) == [
+        "atomic_actions.json",
+        "seen",
+    ]
+    own = tmp_path / "own"  # a user's own world: used as it is
+    (own / "seen").mkdir(parents=True)
+    (own / "atomic_actions.json").write_text("{}")
+    (own / "seen" / "train.txt").write_text("")
+    assert W.world_folder(own) == own and not (tmp_path / ".own.partial").exists()
+
+    out = tmp_path / "world"
+    (tmp_path / ".world.partial").mkdir()
+    fd = os.open(tmp_path / ".world.partial", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another process writing this world
+        with pytest.raises(UserError, match="another process is writing the world"):
+            W.write_world(out, **TINY)
+    finally:
+        os.close(fd)
+    assert not out.exists() and W.write_world(out, **TINY).written

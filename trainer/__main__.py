@@ -451,8 +451,9 @@ def export(
 def pretrain_clip_command(
     world: Path = typer.Option(
         Path("artifacts/demo/world"),
-        help="A world folder: one holding atomic_actions.json and seen/ is used as it is; "
-        "otherwise the built-in storyboard world is written there.",
+        help="A world folder: a complete world (world.json), or one holding "
+        "atomic_actions.json and seen/train.txt, is used as it is; a missing or empty one "
+        "gets the built-in storyboard world written there.",
     ),
     out: Path = typer.Option(Path("artifacts/demo/world-clip.pt"), help="Checkpoint to write."),
     clip_model: str = typer.Option(WORLD_CLIP, help="Model config (the world CLIP's)."),
@@ -469,10 +470,9 @@ def pretrain_clip_command(
     """Train a small CLIP on a world's frames and atomic-action captions (loads back with
     --clip-model CONFIG --clip-pretrained CHECKPOINT)."""
     from .storyworld.pretrain import log_path, pretrain_clip
-    from .storyworld.world import write_world
+    from .storyworld.world import world_folder
 
-    if not (world / "atomic_actions.json").is_file():
-        world = write_world(world, seed=seed).out_dir
+    world = world_folder(world, seed=seed)
     kept = out.is_file() and not force
     path = pretrain_clip(
         world / "seen",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import sys
 import tempfile
 import threading
@@ -37,6 +38,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from storyboard_common.errors import UserError, first_line
+from storyboard_common.files import os_reason
 
 
 class VideoError(UserError):
@@ -160,9 +162,15 @@ def open_video(
     shows a frame width decord cannot batch-decode (see `_BATCH_WIDTH`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise VideoError(path, "does not exist")
-    if path.stat().st_size == 0:
+    try:
+        status = path.stat()
+    except (FileNotFoundError, NotADirectoryError) as error:
+        raise VideoError(path, "does not exist") from error
+    except OSError as error:
+        raise VideoError(path, f"cannot be read ({os_reason(error)})") from error
+    if not stat.S_ISREG(status.st_mode):  # a FIFO would block the reader's open() forever
+        raise VideoError(path, "is not a regular file")
+    if status.st_size == 0:
         raise VideoError(path, "has no frames (the file is empty)")
     failure = None
     with _decord_log_caught() as logged:

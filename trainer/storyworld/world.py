@@ -14,6 +14,10 @@ reads:
     <out>/unseen/...                  the same for 4 zero-shot classes (their few training
                                       videos exist for the layout only; nothing trains on them)
 
+A world is written all or nothing: into the hidden sibling `.<out>.partial` (locked while
+written; a killed writer's is resumed), then renamed onto `<out>`. A folder holding
+`world.json` is a complete world; one that holds neither that nor nothing is refused.
+
 The design (format 3, fixed before any result of it was seen) meets the paper's premise that
 a CLIP recognises what each frame shows:
 
@@ -35,21 +39,30 @@ a CLIP recognises what each frame shows:
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import math
+import os
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 
-from storyboard_common.files import atomic_path, atomic_write_text
+from storyboard_common.errors import UserError
+from storyboard_common.files import atomic_path, atomic_write_text, make_folder, os_reason
 from subtext_gen.resources import data_path
 
 FORMAT_VERSION = 3
 FPS = 8
+WORLD_FILE = "world.json"  # in a world folder only once the world is complete
+PROGRESS_FILE = ".writing.json"  # in the partial folder: the settings being written there
 CANDIDATES_PATH = data_path("world", "candidates.json")
 SUBTEXTS_PER_SET = 4
 
@@ -467,14 +480,15 @@ def _write_dataset(
     world: World,
     settings: dict,
     per_class_train: int,
-) -> int:
+) -> set[Path]:
+    """Write (or finish) one dataset of the world under `root`; -> the files it consists of."""
     root.mkdir(parents=True, exist_ok=True)
     table = io.StringIO()  # csv quotes a name holding a comma or a quote
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(["id", "name"])
     writer.writerows([i, c.name] for i, c in enumerate(classes))
     atomic_write_text(root / "classes.csv", table.getvalue())
-    count = 0
+    files = {root / "classes.csv"}
     splits = (
         ("train", per_class_train),
         ("test", settings["videos_per_class_test"]),
@@ -487,6 +501,11 @@ def _write_dataset(
                 rng = np.random.default_rng([settings["seed"], group, ci, split_index, vi])
                 video_id = f"{c.slug}_{split}_{vi:03d}"
                 rel = f"videos/{c.slug}/{video_id}.mp4"
+                lines.append(f"{rel} {ci}\n")
+                truth_path = (root / rel).with_suffix(".json")
+                files.update((root / rel, truth_path))
+                if truth_path.is_file():  # resumed: written (after its video) before a kill
+                    continue
                 segments = plan_timeline(c.actions, settings["frames"], rng)
                 write_mp4(root / rel, render(segments, settings["size"], rng))
                 truth = {
@@ -501,11 +520,10 @@ def _write_dataset(
                     "unrelated_actions": list(UNRELATED_IDS),
                     "fps": FPS,
                 }
-                _write_json((root / rel).with_suffix(".json"), truth)
-                lines.append(f"{rel} {ci}\n")
-                count += 1
+                _write_json(truth_path, truth)
         atomic_write_text(root / f"{split}.txt", "".join(lines))
-    return count
+        files.add(root / f"{split}.txt")
+    return files
 
 
 def _video_count(world: World, settings: dict) -> int:
@@ -527,7 +545,11 @@ def write_world(
     """Write the seen and unseen datasets under `out_dir` (see the module docstring).
 
     Idempotent: when `<out>/world.json` already records the same settings nothing is
-    rewritten. `world.json` is written last, so an interrupted run is redone in full.
+    rewritten. All or nothing: the world is written into `.<out>.partial` beside `out`
+    and renamed onto it when complete (replacing an older world of other settings), so a
+    kill leaves `out` as it was; the next call resumes the partial world (every file in it
+    is complete: videos are deterministic and written atomically). A second writer, or an
+    `out` that is neither a world nor empty, is refused with a `UserError`.
     """
     world = default_world()
     if frames < 4 * 2 + 1:
@@ -545,27 +567,132 @@ def write_world(
         size,
     )
     info = WorldInfo(out, out / "seen", out / "unseen", world, settings, written=False)
-    world_file = out / "world.json"
-    if world_file.is_file():
-        try:
-            old = json.loads(world_file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if isinstance(old, dict) and old.get("settings") == settings:
-            info.videos = _video_count(world, settings)
+    info.videos = _video_count(world, settings)
+    if world_settings(out) == settings:
+        return info
+    _refuse_foreign(out)
+    with _partial_folder(out) as partial:
+        if world_settings(out) == settings:  # another writer completed it meanwhile
+            shutil.rmtree(partial)
             return info
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "atomic_actions.json", {str(a.id): a.caption for a in world.actions})
-    _write_json(out / "phrasings.json", {str(a.id): list(a.phrasings) for a in world.actions})
-    info.videos = _write_dataset(
-        info.seen_root, world.seen, 0, world, settings, videos_per_class_train
-    )
-    info.videos += _write_dataset(
-        info.unseen_root, world.unseen, 1, world, settings, unseen_videos_per_class_train
-    )
-    _write_json(world_file, _world_json(world, settings))
+        if world_settings(partial) != settings:  # else complete, killed before its rename
+            _fill(partial, world, settings)
+        (partial / PROGRESS_FILE).unlink(missing_ok=True)
+        _move_into_place(partial, out)
     info.written = True
     return info
+
+
+def _fill(partial: Path, world: World, settings: dict) -> None:
+    """Write (or finish) the world of `settings` in the locked `partial` folder."""
+    progress = partial / PROGRESS_FILE
+    if _read_json(progress) != settings:  # a killed writer's world of other settings
+        for child in partial.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        _write_json(progress, settings)
+    files = {progress, partial / "atomic_actions.json", partial / "phrasings.json"}
+    _write_json(partial / "atomic_actions.json", {str(a.id): a.caption for a in world.actions})
+    _write_json(partial / "phrasings.json", {str(a.id): list(a.phrasings) for a in world.actions})
+    per_train = settings["videos_per_class_train"], settings["unseen_videos_per_class_train"]
+    files |= _write_dataset(partial / "seen", world.seen, 0, world, settings, per_train[0])
+    files |= _write_dataset(partial / "unseen", world.unseen, 1, world, settings, per_train[1])
+    for path in [p for p in partial.rglob("*") if p.is_file() and p not in files]:
+        path.unlink()  # a killed writer's temporary file
+    _write_json(partial / WORLD_FILE, _world_json(world, settings))  # the completion mark
+
+
+def world_settings(folder: Path) -> dict | None:
+    """The settings a complete world in `folder` was written with (from its `world.json`),
+    else None."""
+    meta = _read_json(Path(folder) / WORLD_FILE)
+    settings = meta.get("settings") if isinstance(meta, dict) else None
+    return settings if isinstance(settings, dict) else None
+
+
+def world_folder(folder: Path, seed: int = 0) -> Path:
+    """A folder to pre-train on (`pretrain-clip --world`): one holding a complete world
+    (`world.json`) or a world of one's own (`atomic_actions.json` and `seen/train.txt`) as
+    it is; otherwise the built-in world of `seed` is written there (`write_world`)."""
+    folder = Path(folder)
+    if world_settings(folder) is not None or (
+        (folder / "atomic_actions.json").is_file() and (folder / "seen" / "train.txt").is_file()
+    ):
+        return folder
+    return write_world(folder, seed=seed).out_dir
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _refuse_foreign(out: Path) -> None:
+    """A `UserError` unless `out` is missing, an empty folder or a world (ours to replace)."""
+    if not os.path.lexists(out):
+        return
+    if out.is_dir() and (world_settings(out) is not None or not any(out.iterdir())):
+        return
+    raise UserError(
+        f"{out} is neither a storyboard world (it has no {WORLD_FILE}) nor an empty folder; "
+        "remove it or choose another folder for the world."
+    )
+
+
+@contextmanager
+def _partial_folder(out: Path) -> Iterator[Path]:
+    """`.<out>.partial` beside `out`, locked for the block (flock: the OS releases it when
+    its writer is killed, whose partial world is then resumed); a second writer is
+    refused."""
+    partial = out.parent / f".{out.name}.partial"
+    while True:
+        try:
+            make_folder(partial, out)
+            fd = os.open(partial, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise UserError(
+                f"could not create {partial} to write the world {out} ({os_reason(exc)})."
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(
+                f"another process is writing the world {out} (into {partial}); let it finish."
+            ) from None
+        try:
+            current = os.path.samestat(os.fstat(fd), os.stat(partial))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)  # the folder locked was renamed onto `out` meanwhile: take a new one
+    try:
+        yield partial
+    finally:
+        os.close(fd)
+
+
+def _move_into_place(partial: Path, out: Path) -> None:
+    """Rename the complete `partial` onto `out`; an older world there is moved aside first
+    and removed after (a kill in between leaves `out` missing, and the next call moves the
+    complete partial world)."""
+    try:
+        if out.is_dir() and any(out.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old)
+            os.replace(partial, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(partial, out)
+    except OSError as exc:
+        raise UserError(
+            f"could not move the world written in {partial} onto {out} ({os_reason(exc)})."
+        ) from exc
 
 
 # ----------------------------------------------------------------------------------------
