@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from storyboard_common.errors import UserError, check_ranges, run_cli
@@ -238,12 +239,13 @@ def show(
     table = Table(title=f"{scored}", show_lines=True)
     for col in ("class", "chosen sub-texts", "TPP", "runner-up", "TPP "):
         table.add_column(col)
-    for r in class_reports(directory, scored):
+    for r in class_reports(directory, scored):  # texts escaped: `[redacted]`, SSv2's `[...]`
         table.add_row(
-            f"{r.class_id} {r.class_name}",
-            ("[yellow](global fallback)[/] " if r.fallback else "") + "\n".join(r.sub_texts),
+            escape(f"{r.class_id} {r.class_name}"),
+            ("[yellow](global fallback)[/] " if r.fallback else "")
+            + escape("\n".join(r.sub_texts)),
             f"{r.tpp:.4f}",
-            "\n".join(r.runner_up) if r.runner_up else "-",
+            escape("\n".join(r.runner_up)) if r.runner_up else "-",
             f"{r.runner_up_tpp:.4f}" if r.runner_up_tpp is not None else "-",
         )
     console.print(table)

@@ -455,6 +455,9 @@ class ArtifactMeta:
     beta: str
     fallback_classes: tuple[int, ...] = ()
     version: str = VERSION
+    # One per `score` call, in both files it writes: a pair from two calls (a rescore
+    # killed between its two writes) is refused by the readers. Empty in older files.
+    scoring_id: str = ""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -467,6 +470,7 @@ class ArtifactMeta:
             "beta": self.beta,
             "fallback_classes": ",".join(str(c) for c in self.fallback_classes),
             "version": self.version,
+            "scoring_id": self.scoring_id,
         }
 
     @classmethod
@@ -483,6 +487,7 @@ class ArtifactMeta:
                 beta=meta["beta"],
                 fallback_classes=tuple(int(c) for c in fallback.split(",") if c),
                 version=meta["version"],
+                scoring_id=meta.get("scoring_id", ""),
             )
         except KeyError as exc:
             raise UserError(f"{path} lacks the metadata key storyboard.{exc.args[0]}.") from exc
@@ -519,7 +524,22 @@ def write_tpp(rows: Sequence[TppRow], path: Path, meta: ArtifactMeta) -> None:
 def read_tpp(path: Path) -> pa.Table:
     table = _read_table(path, "TPP scores")
     _check_columns(table, TPP_SCHEMA, Path(path))
+    _check_scored_pair(Path(path))
     return table
+
+
+def _check_scored_pair(path: Path) -> None:
+    """Refuse `tpp.parquet` or `subtexts.parquet` when the other file beside it was written
+    by another `score` call: a rescore stopped between its two writes leaves such a pair."""
+    other = path.with_name(SUBTEXTS_FILE if path.name == TPP_FILE else TPP_FILE)
+    if not other.is_file():  # a sub-text artifact copied on its own is whole
+        return
+    if read_meta(path).get("scoring_id", "") != read_meta(other).get("scoring_id", ""):
+        raise UserError(
+            f"{path.parent} holds {TPP_FILE} and {SUBTEXTS_FILE} from two different `score` "
+            "runs (one was stopped between writing them); rerun `python -m subtext_gen score` "
+            "on its artifact folder."
+        )
 
 
 @dataclass(frozen=True)
@@ -602,6 +622,7 @@ def read_subtexts(path: Path) -> SubtextArtifact:
     table = _read_table(path, "sub-text artifact")
     _check_columns(table, SUBTEXTS_SCHEMA, path)
     meta = ArtifactMeta.from_dict(read_meta(path), path)
+    _check_scored_pair(path)
     recs = sorted(table.to_pylist(), key=lambda r: r["class_id"])
     ids = [r["class_id"] for r in recs]
     if ids != list(range(len(recs))):
@@ -609,7 +630,17 @@ def read_subtexts(path: Path) -> SubtextArtifact:
     d, n = meta.embed_dim, meta.n_subtexts
 
     def arr(x, shape) -> np.ndarray:
-        return np.asarray(x, dtype=np.float32).reshape(shape)
+        try:  # ragged lists, another width or another count are all a ValueError here
+            a = np.asarray(x, dtype=np.float32)
+            if a.size and a.shape[-1] != d:
+                raise ValueError(a.shape)
+            return a.reshape(shape)
+        except ValueError as exc:
+            raise UserError(
+                f"{path} holds embeddings that do not fit its metadata (sets of {n} sub-texts, "
+                f"width {d}: storyboard.n_subtexts, storyboard.embed_dim); rescore it with "
+                "`python -m subtext_gen score`."
+            ) from exc
 
     global_tokens, global_mask = pad_tokens([arr(r["global_tokens"], (-1, d)) for r in recs], d)
     flat_sub = [arr(t, (-1, d)) for r in recs for t in r["sub_tokens"]]

@@ -50,8 +50,19 @@ def load_classes(
     path = resolve_shipped(classes_file)
     if not path.is_file():
         raise UserError(f"{flag} file not found: {path}.")
-    names = _read_csv(path) if path.suffix.lower() == ".csv" else _read_txt(path)
+    try:
+        names = _read_csv(path) if path.suffix.lower() == ".csv" else _read_txt(path)
+    except UnicodeDecodeError as exc:
+        raise not_utf8(path, flag, exc) from exc
     return ClassList(path.stem, names)
+
+
+def not_utf8(path: Path, flag: str, exc: UnicodeDecodeError) -> UserError:
+    """The one sentence for a text file given by `flag` that is not UTF-8."""
+    byte = exc.object[exc.start : exc.start + 1].hex()
+    return UserError(
+        f"{flag} file {path} is not UTF-8 text (it holds the byte 0x{byte}); save it as UTF-8."
+    )
 
 
 def _read_csv(path: Path) -> tuple[str, ...]:

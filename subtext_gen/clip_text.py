@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -105,8 +106,36 @@ def _register_config(clip_model: str) -> str:
     path = resolve_shipped(clip_model)
     if not path.is_file():
         raise UserError(f"--clip-model config file not found: {path}.")
+    # Checked before open_clip registers it: a file it cannot parse would break every later
+    # load of this process (open_clip rereads all registered files), one without these keys
+    # it skips silently.
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"the CLIP model config {path} is not JSON ({first_line(exc)}).") from exc
+    needed = ("embed_dim", "vision_cfg", "text_cfg")
+    missing = [key for key in needed if not isinstance(config, dict) or key not in config]
+    if missing:
+        raise UserError(
+            f"the CLIP model config {path} is not an open_clip model config: it lacks "
+            f"{', '.join(missing)}."
+        )
     open_clip.add_model_config(path)
     return path.stem
+
+
+def _check_local_dir(name: str) -> None:
+    """`local-dir:FOLDER` must hold what open_clip loads from it: without weights open_clip
+    would build a randomly initialised model and only log a warning."""
+    folder = Path(name[len(LOCAL_PREFIX) :])
+    if not folder.is_dir():
+        raise UserError(f"--clip-model {name}: the folder {folder} does not exist.")
+    weights = [p for pattern in ("*.safetensors", "*.bin", "*.pth") for p in folder.glob(pattern)]
+    if not (folder / _OPEN_CLIP_CONFIG).is_file() or not weights:
+        raise UserError(
+            f"--clip-model {name} holds no open_clip model (it needs {_OPEN_CLIP_CONFIG} and a "
+            f"weights file such as {_OPEN_CLIP_WEIGHTS[0]}); pass a folder open_clip saved."
+        )
 
 
 @contextlib.contextmanager
@@ -218,6 +247,12 @@ def load_clip(
             "JSON file."
         )
     source = _hub_clip(name) if name.startswith(HUB_PREFIX) else name
+    config_file = None  # the user's JSON the architecture comes from: named if it fails
+    if source.startswith(LOCAL_PREFIX):
+        _check_local_dir(source)
+        config_file = Path(source[len(LOCAL_PREFIX) :]) / _OPEN_CLIP_CONFIG
+    elif clip_model.endswith(".json"):
+        config_file = resolve_shipped(clip_model)
     tag = weights and not _looks_like_path(weights)
     logging.disable(logging.ERROR)  # open_clip logs what the UserError below says better
     try:
@@ -226,6 +261,12 @@ def load_clip(
                 source, pretrained=weights, device=torch_device
             )
     except Exception as exc:
+        if config_file and isinstance(exc, _BAD_CONFIG) and not isinstance(exc, UnicodeDecodeError):
+            raise UserError(
+                f"the CLIP model config {config_file} does not build a model "
+                f"({type(exc).__name__}: {first_line(exc)}); check its widths, heads and "
+                "head_width."
+            ) from exc
         if weights and _looks_like_path(weights):
             raise UserError(_checkpoint_problem(weights, clip_model, exc)) from exc
         if not isinstance(exc, RuntimeError):
@@ -249,6 +290,10 @@ def load_clip(
     )
 
 
+# What open_clip and torch raise building a model from settings that do not make one (a
+# missing `head_width` gives zero heads, an unknown key a TypeError); a checkpoint that does
+# not fit is a RuntimeError or an unpickling error instead.
+_BAD_CONFIG = (ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError)
 _NOT_A_CHECKPOINT = (
     "PytorchStreamReader",
     "zip archive",

@@ -8,6 +8,7 @@ texts again with their word tokens, which is a small fraction of pass 1.
 from __future__ import annotations
 
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,6 +139,7 @@ def score(
         alpha=alpha,
         beta=beta,
         fallback_classes=tuple(i for i in range(C) if i not in best),
+        scoring_id=uuid.uuid4().hex,
     )
     rows = []
     for c in range(C):
@@ -169,6 +171,7 @@ def score(
         for i, r in enumerate(valid)
     ]
     out_dir = Path(artifacts_dir) / clip_tag(clip.model_id, clip.pretrained_id)
+    # Two atomic writes with one scoring id: stopped between them, readers refuse the pair.
     write_tpp(tpp_rows, out_dir / TPP_FILE, meta)
     write_subtexts(rows, out_dir / SUBTEXTS_FILE, meta)
     return ScoreSummary(

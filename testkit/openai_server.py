@@ -1,7 +1,8 @@
 """A loopback OpenAI-compatible chat server for tests and benchmarks (127.0.0.1 only).
 
 The real `openai` client talks to it over HTTP. A `responder` decides each reply, so tests
-can script rate limits, server errors, malformed bodies and latency.
+can script rate limits, server errors, malformed bodies, latency and bodies trickled a
+byte at a time.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class Reply:
     body: object = None  # dict -> JSON; str -> sent as is
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    trickle: float = 0.0  # seconds between the body's bytes: a server that is slow to reply
 
 
 def action_of(request: dict) -> str:
@@ -103,7 +105,16 @@ class OpenAIServer:
                 for k, v in reply.headers.items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(data)
+                if not reply.trickle:
+                    self.wfile.write(data)
+                    return
+                try:
+                    for i in range(len(data)):
+                        self.wfile.write(data[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(reply.trickle)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting: what a slow server is there to test
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -34,7 +35,7 @@ from subtext_gen.llm.openai_chat import OpenAIBackend
 from subtext_gen.prompts import select_prompts
 from testkit.openai_server import OpenAIServer, Reply, chat_body, good_replies, numbered_list
 
-from .conftest import REPO, cli
+from .conftest import REPO, TINY_CLIP_CONFIG, cli, run_app
 
 NAMES = ["brush_hair", "cartwheel"]
 SETS = {"brush hair": ["lift brush", "comb", "stroke", "stop"], "cartwheel": ["a", "b", "c", "d"]}
@@ -417,3 +418,245 @@ def test_the_umask_is_read_without_changing_it():
         assert os.umask(0o027) == 0o027
     finally:
         os.umask(old)
+
+
+# ---------------------------------------------------------------- 6. issue 21: secrets, slow
+# servers, a rescore stopped half-way, bytes that are not UTF-8
+
+ECHOED_KEY = "sk-echoed-0123456789abcdef"
+
+
+def test_a_key_the_server_echoes_is_never_journaled_stored_or_printed(
+    tmp_path, class_csv, tiny_clip, monkeypatch
+):
+    from subtext_gen import __main__ as cli_main
+    from subtext_gen.score import score
+
+    def echo(request, call):
+        if "cartwheel" in request["messages"][-1]["content"]:  # a failed request echoes it too
+            return Reply(500, {"error": {"message": f"bad key {ECHOED_KEY}"}})
+        items = [f"lift {ECHOED_KEY}", request["_auth"], "comb the hair", "put it down"]
+        text = f"Sure, {ECHOED_KEY}:\n" + "\n".join(f"{i + 1}. {t}" for i, t in enumerate(items))
+        return Reply(body=chat_body(request, [text]))
+
+    journals = []
+    real_flush = CandidateStore.flush
+
+    def keep_journal(store):  # the journal is gone after the flush: look at it before
+        if store.journal_path.exists():
+            journals.append(store.journal_path.read_bytes())
+        real_flush(store)
+
+    monkeypatch.setattr(CandidateStore, "flush", keep_journal)
+    out = tmp_path / "art"
+    classes = load_classes(classes_file=class_csv(NAMES))
+    with OpenAIServer(echo) as server:
+        backend = OpenAIBackend(
+            "gpt-test", base_url=server.base_url, api_key=ECHOED_KEY, max_retries=0
+        )
+        summary = generate(
+            classes, backend, out, 4, select_prompts("steps"), 1, show_progress=False
+        )
+    assert server.requests[0]["_auth"] == f"Bearer {ECHOED_KEY}"  # the key was sent, and echoed
+    assert (summary.ok, summary.failed) == (1, 1) and "[redacted]" in summary.errors[0]
+    rows = {r.class_name: r for r in read_candidates(out).rows}
+    assert rows["brush_hair"].sub_texts == (
+        "lift [redacted]",
+        "Bearer [redacted]",
+        "comb the hair",
+        "put it down",
+    )
+    assert rows["brush_hair"].raw.startswith("Sure, [redacted]:")
+    score(out, tiny_clip, fallback="global")
+    monkeypatch.setattr(cli_main.console, "width", 400)  # no cell wrapped: the check can fail
+    code, shown, _ = run_app(cli_main.app, "show", "--artifacts", out)
+    assert code == 0 and "lift [redacted]" in shown and ECHOED_KEY not in shown
+    assert journals and all(b"[redacted]" in j and ECHOED_KEY.encode() not in j for j in journals)
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert {p.name for p in written} >= {CANDIDATES_FILE, "subtexts.parquet", "tpp.parquet"}
+    assert not [p for p in written if ECHOED_KEY.encode() in p.read_bytes()]
+
+
+def trickled_first(request, call):
+    """The first request's reply trickles a byte every 50 ms (about 20 s); the rest are good."""
+    reply = good_replies(request, call)
+    reply.trickle = 0.05 if call == 0 else 0.0
+    return reply
+
+
+@pytest.mark.parametrize("max_retries", [0, 1])
+def test_timeout_bounds_a_reply_trickled_a_byte_at_a_time(tmp_path, class_csv, max_retries):
+    classes = load_classes(classes_file=class_csv(NAMES))
+    with OpenAIServer(trickled_first) as server:
+        backend = OpenAIBackend(
+            "gpt-test",
+            base_url=server.base_url,
+            timeout=1.0,
+            max_retries=max_retries,
+            concurrency=1,
+        )
+        start = time.monotonic()
+        summary = generate(
+            classes, backend, tmp_path, 4, select_prompts("steps"), 1, show_progress=False
+        )
+        seconds = time.monotonic() - start
+    rows = {r.class_name: r for r in read_candidates(tmp_path).rows}
+    if max_retries == 0:  # the trickled request fails; the other class is not held up
+        assert seconds < 3.0, seconds
+        assert (summary.ok, summary.failed) == (1, 1) and len(server.requests) == 2
+        assert rows["brush_hair"].raw is None
+        assert rows["brush_hair"].error == "request failed: APITimeoutError: Request timed out."
+    else:  # retried like any timeout (the client's backoff is under a second)
+        assert seconds < 5.0, seconds
+        assert (summary.ok, summary.failed) == (2, 0) and len(server.requests) == 3
+    assert rows["cartwheel"].ok
+
+
+def test_a_rescore_stopped_between_its_two_files_is_refused_until_rescored(
+    tmp_path, inputs, tiny_clip, monkeypatch
+):
+    from subtext_gen import __main__ as cli_main
+    from subtext_gen import score as score_module
+    from subtext_gen.artifacts import SUBTEXTS_FILE, TPP_FILE, read_subtexts, read_tpp
+
+    classes, sets = inputs
+    out = tmp_path / "art"
+    backend = FileBackend(sets)
+    class_list = load_classes(classes_file=classes)
+    backend.plan(class_list, 4)
+    generate(class_list, backend, out, 4, show_progress=False)
+    scored = score_module.score(out, tiny_clip).out_dir
+    read_subtexts(scored / SUBTEXTS_FILE)  # a pair from one call is read
+
+    def killed(*args, **kw):
+        raise KeyboardInterrupt  # what a kill between the two writes leaves
+
+    monkeypatch.setattr(score_module, "write_subtexts", killed)
+    with pytest.raises(KeyboardInterrupt):
+        score_module.score(out, tiny_clip, template="a clip of {}.")
+    monkeypatch.undo()
+    mixed = f"{scored} holds {TPP_FILE} and {SUBTEXTS_FILE} from two different `score` runs"
+    with pytest.raises(UserError, match=mixed):
+        read_subtexts(scored / SUBTEXTS_FILE)  # what `run`, `eval` and `predict` read
+    with pytest.raises(UserError, match=mixed):
+        read_tpp(scored / TPP_FILE)
+    _, _, error = run_app(cli_main.app, "show", "--artifacts", out)  # the CLI's exit 2
+    assert error is not None and mixed in str(error)
+    score_module.score(out, tiny_clip, template="a clip of {}.")  # the way out it names
+    assert read_subtexts(scored / SUBTEXTS_FILE).global_texts[0] == "a clip of brush hair."
+
+
+def _subtexts_of_width(path, width, meta_width):
+    from subtext_gen.artifacts import ArtifactMeta, SubtextRow, write_subtexts
+
+    rows = [
+        SubtextRow(
+            0,
+            "a",
+            "g",
+            ["s"],
+            0.5,
+            "x",
+            np.zeros(width),
+            np.zeros((2, width)),
+            np.zeros((1, width)),
+            [np.zeros((1, width))],
+        )
+    ]
+    meta = ArtifactMeta("m", "none", meta_width, 1, "{}", "complement", "complement")
+    write_subtexts(rows, path, meta)
+
+
+def _clip_config(tmp_path, edit):
+    config = json.loads(TINY_CLIP_CONFIG.read_text())
+    edit(config)
+    path = tmp_path / "Edited.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+LATIN1 = "id,name\n0,brush_hair\n1,caf\xe9\n".encode("latin-1")
+ONE_SENTENCE_CASES = {
+    "class csv not UTF-8": (
+        lambda p: (p / "c.csv").write_bytes(LATIN1),
+        lambda p: load_classes(classes_file=p / "c.csv"),
+        "--classes file {p}/c.csv is not UTF-8 text (it holds the byte 0xe9); save it as UTF-8.",
+    ),
+    "class txt not UTF-8": (
+        lambda p: (p / "c.txt").write_bytes(b"brush_hair\ncaf\xe9\n"),
+        lambda p: load_classes(classes_file=p / "c.txt"),
+        "--classes file {p}/c.txt is not UTF-8 text (it holds the byte 0xe9)",
+    ),
+    "--input csv not UTF-8": (
+        lambda p: (p / "i.csv").write_bytes(b"class,sub_text\nbrush_hair,caf\xe9\n"),
+        lambda p: FileBackend(p / "i.csv"),
+        "--input file {p}/i.csv is not UTF-8 text (it holds the byte 0xe9)",
+    ),
+    "--input json not UTF-8": (
+        lambda p: (p / "i.json").write_bytes(b'{"brush_hair": ["caf\xe9"]}'),
+        lambda p: FileBackend(p / "i.json"),
+        "--input file {p}/i.json is not UTF-8 text (it holds the byte 0xe9)",
+    ),
+    "embeddings narrower than the metadata": (
+        lambda p: _subtexts_of_width(p / "s.parquet", 4, 8),
+        lambda p: read_subtexts_(p / "s.parquet"),
+        "{p}/s.parquet holds embeddings that do not fit its metadata (sets of 1 sub-texts, width 8",
+    ),
+    "embeddings wider than the metadata": (
+        lambda p: _subtexts_of_width(p / "s.parquet", 16, 8),
+        lambda p: read_subtexts_(p / "s.parquet"),
+        "{p}/s.parquet holds embeddings that do not fit its metadata",
+    ),
+    "local-dir: an empty folder": (
+        lambda p: (p / "empty").mkdir(),
+        lambda p: load_clip_(f"local-dir:{p}/empty"),
+        "--clip-model local-dir:{p}/empty holds no open_clip model (it needs "
+        "open_clip_config.json and a weights file",
+    ),
+    "a model config without head_width": (
+        lambda p: _clip_config(p, lambda c: c["vision_cfg"].pop("head_width")),
+        lambda p: load_clip_(str(p / "Edited.json")),
+        "the CLIP model config {p}/Edited.json does not build a model (ValueError: ",
+    ),
+    "a model config with an unknown key": (
+        lambda p: _clip_config(p, lambda c: c["text_cfg"].update(bogus=1)),
+        lambda p: load_clip_(str(p / "Edited.json")),
+        "the CLIP model config {p}/Edited.json does not build a model (TypeError: ",
+    ),
+    "a model config without embed_dim": (
+        lambda p: _clip_config(p, lambda c: c.pop("embed_dim")),
+        lambda p: load_clip_(str(p / "Edited.json")),
+        "the CLIP model config {p}/Edited.json is not an open_clip model config: it lacks "
+        "embed_dim.",
+    ),
+    "a model config that is not JSON": (
+        lambda p: (p / "Edited.json").write_text("embed_dim: 32"),
+        lambda p: load_clip_(str(p / "Edited.json")),
+        "the CLIP model config {p}/Edited.json is not JSON",
+    ),
+}
+
+
+def read_subtexts_(path):
+    from subtext_gen.artifacts import read_subtexts
+
+    return read_subtexts(path)
+
+
+def load_clip_(clip_model):
+    from subtext_gen.clip_text import load_clip
+
+    return load_clip(clip_model, "none", "cpu")
+
+
+@pytest.mark.parametrize("case", list(ONE_SENTENCE_CASES))
+def test_more_bad_inputs_are_one_sentence_naming_the_file(tmp_path, case):
+    make, use, message = ONE_SENTENCE_CASES[case]
+    make(tmp_path)
+    with pytest.raises(UserError) as err:
+        use(tmp_path)
+    text = str(err.value)
+    assert message.format(p=tmp_path) in text and "\n" not in text, text
+    if case == "a model config that is not JSON":  # refused before open_clip registers it,
+        # which would make every later load of this process fail
+        assert load_clip_(str(TINY_CLIP_CONFIG)).embed_dim == 32

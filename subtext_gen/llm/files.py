@@ -38,7 +38,7 @@ from pathlib import Path
 
 from storyboard_common.errors import UserError
 
-from ..classes import ClassList, match_names, unknown_names
+from ..classes import ClassList, match_names, not_utf8, unknown_names
 from ..parse import clean_item
 from .base import Completion, Job
 
@@ -67,6 +67,13 @@ def read_description_sets(path: Path) -> dict[str, list[list[str]]]:
 def _read_raw_sets(path: Path) -> dict[str, list[list[str]]]:
     if not path.is_file():
         raise UserError(f"--input file not found: {path}.")
+    try:
+        return _parse_raw_sets(path)
+    except UnicodeDecodeError as exc:
+        raise not_utf8(path, "--input", exc) from exc
+
+
+def _parse_raw_sets(path: Path) -> dict[str, list[list[str]]]:
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

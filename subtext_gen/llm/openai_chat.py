@@ -2,22 +2,44 @@
 
 Retries (429, 408, 409, 5xx, timeouts, connection errors) are the client's own: exponential
 backoff with jitter that honours `Retry-After` / `retry-after-ms` up to two minutes;
-`max_retries` sets how many. A request that still fails yields a failed completion and the
-run goes on; a refused key or an unknown model stops the run, since every request would fail.
+`max_retries` sets how many. `timeout` bounds each attempt as a whole, headers and body: the
+client's own timeout bounds each read, so a server that trickles a reply a byte at a time
+would hold a request for as long as it likes. A request that still fails yields a failed
+completion and the run goes on; a refused key or an unknown model stops the run, since every
+request would fail. Every completion leaves the backend with the API key redacted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 
 from storyboard_common.errors import UserError
 
-from .base import Completion, Job
+from .base import Completion, Job, redact
 
 DEFAULT_MODEL = "gpt-3.5-turbo"
 _MAX_TOP_UPS = 3  # servers that ignore `n` get asked again for the samples still missing
+
+
+def _deadline_http_client(openai, seconds: float):
+    """The openai client's HTTP client, with every send (headers and body) ended after
+    `seconds` by a timeout that the openai client retries like its own."""
+    import httpx2
+
+    class DeadlineClient(openai.DefaultAsyncHttpxClient):
+        async def send(self, request, **kwargs):
+            try:
+                return await asyncio.wait_for(super().send(request, **kwargs), seconds)
+            except asyncio.TimeoutError as exc:
+                raise httpx2.ReadTimeout(
+                    f"no whole reply within {seconds:g} s", request=request
+                ) from exc
+
+    return DeadlineClient(timeout=seconds)
 
 
 class OpenAIBackend:
@@ -43,24 +65,32 @@ class OpenAIBackend:
             )
         if concurrency < 1:
             raise UserError("--concurrency must be at least 1.")
-        self._secret = key
+        # The key, hence the `Authorization: Bearer <key>` value: never in a stored text.
+        self.secrets: tuple[str, ...] = (key,) if key else ()
         self.model = model
         self.llm = f"openai:{model}"
         self.concurrency = concurrency
         self.temperature = temperature
         self.max_tokens = max_tokens
         self._openai = openai
-        self.client = openai.OpenAI(
+        self.client = openai.AsyncOpenAI(
             api_key=key or "no-key",
             base_url=base_url,
             max_retries=max_retries,
             timeout=timeout,
+            http_client=_deadline_http_client(openai, timeout),
         )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        return redact(text, self.secrets)
 
-    def _ask(self, job: Job) -> Completion:
+    async def _ask(self, job: Job) -> Completion:
+        """A job's completion, as it leaves the backend: the key redacted from every text."""
+        return (await self._request(job)).redacted(self.secrets)
+
+    async def _request(self, job: Job) -> Completion:
         """All samples of a job: one request with n = missing, topped up if the server ignores n."""
         openai = self._openai
         replies: list[str | None] = [None] * len(job.samples)
@@ -68,7 +98,7 @@ class OpenAIBackend:
         malformed: str | None = None
         try:
             for _ in range(_MAX_TOP_UPS):
-                response = self.client.chat.completions.create(
+                response = await self.client.chat.completions.create(
                     model=self.model,
                     messages=list(job.messages),
                     n=len(missing),
@@ -106,14 +136,24 @@ class OpenAIBackend:
             malformed = f"server returned {got} of {len(job.samples)} samples"
         return Completion(job, tuple(replies), malformed)
 
+    def _start_loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the requests run on, in a thread of its own, so that requests go on
+        while `generate` stores what came back."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(
+                target=self._loop.run_forever, name="openai", daemon=True
+            )
+            self._thread.start()
+        return self._loop
+
     def complete(self, jobs: Sequence[Job]) -> Iterator[Completion]:
         """Run jobs with `concurrency` requests in flight; yield each as it finishes."""
-        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai")
-        pending = iter(jobs)
+        loop = self._start_loop()
         in_flight: set[Future] = set()
         try:
-            for job in pending:  # keep the queue short so Ctrl-C loses only what is in flight
-                in_flight.add(pool.submit(self._ask, job))
+            for job in jobs:  # keep the queue short so Ctrl-C loses only what is in flight
+                in_flight.add(asyncio.run_coroutine_threadsafe(self._ask(job), loop))
                 if len(in_flight) >= self.concurrency:
                     done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                     yield from (f.result() for f in done)
@@ -121,7 +161,14 @@ class OpenAIBackend:
                 done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                 yield from (f.result() for f in done)
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            for future in in_flight:
+                future.cancel()
 
     def close(self) -> None:
-        self.client.close()
+        if self._loop is None:
+            return
+        asyncio.run_coroutine_threadsafe(self.client.close(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+        self._loop = self._thread = None
