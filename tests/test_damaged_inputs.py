@@ -128,6 +128,22 @@ def write_bytes(name, data):
         (edit_json("config.json", lambda c: {**c, "version": "1"}), "has version '1', not a whole"),
         (write_bytes("model.safetensors", b"\0" * 20), "is not a readable safetensors file"),
         (
+            lambda folder: truncate(folder / "model.safetensors"),
+            "model.safetensors is not a readable safetensors file",
+        ),
+        (
+            edit_json("config.json", lambda c: {**c, "training": {}}),
+            "config.json names no dataset in its 'training' section",
+        ),
+        (
+            write_bytes("clip_config.json", b'{"embed_dim": 32, "vision_cfg": {}, "text_cfg": {}}'),
+            "class_embedding is [32] in the weights but [768]",
+        ),
+        (
+            write_bytes("clip_config.json", b"{}"),
+            "clip_config.json is not an open_clip model config (it needs embed_dim",
+        ),
+        (
             edit_json(
                 "config.json", lambda c: {**c, "training": {**c["training"], "temporal_layers": 1}}
             ),

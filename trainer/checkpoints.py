@@ -190,6 +190,7 @@ def _read_json_file(path: Path, what: str):
 
 # The sections of an export's config.json that loading reads, and their JSON types.
 _SECTIONS = {"training": dict, "clip": dict, "epoch": int, "classes": list}
+_CLIP_SECTIONS = ("embed_dim", "vision_cfg", "text_cfg")  # what open_clip registers a config by
 
 
 def read_export_config(directory: Path) -> dict:
@@ -215,11 +216,16 @@ def read_export_config(directory: Path) -> dict:
                 f"{path} has no {name!r} section ({kind.__name__}): it is damaged; download "
                 "or export the model again."
             )
-    for name in ("model_id", "pretrained_id"):
-        if not isinstance(config["clip"].get(name), str):
-            raise UserError(f"{path} names no CLIP {name} in its 'clip' section.")
-    if not isinstance(_read_json_file(directory / CLIP_CONFIG_FILE, "JSON"), dict):
-        raise UserError(f"{directory / CLIP_CONFIG_FILE} is not an open_clip model config.")
+    for section, name in (("clip", "model_id"), ("clip", "pretrained_id"), ("training", "dataset")):
+        if not isinstance(config[section].get(name), str):
+            raise UserError(f"{path} names no {name} in its {section!r} section: it is damaged.")
+    clip_config = _read_json_file(directory / CLIP_CONFIG_FILE, "JSON")
+    # open_clip ignores a config without these (and would build one registered earlier)
+    if not isinstance(clip_config, dict) or not set(_CLIP_SECTIONS) <= set(clip_config):
+        raise UserError(
+            f"{directory / CLIP_CONFIG_FILE} is not an open_clip model config (it needs "
+            f"{', '.join(_CLIP_SECTIONS)}); download or export the model again."
+        )
     return config
 
 
