@@ -296,6 +296,8 @@ def cache_features_command(
         console.print(f"{split}: {rows} views encoded, {len(summary['skipped'][split])} unreadable")
         for entry in summary["skipped"][split][:20]:
             console.print(f"  {entry['video_id']}: {entry['reason']}", **_PLAIN)
+    for path in summary["repaired"]:
+        console.print(f"repaired: {path} was damaged; its views were encoded again", **_PLAIN)
     console.print(
         f"cache: {summary['out']} ({summary['bytes'] / 2**20:.1f} MiB, {summary['seconds']:.0f} s)",
         **_PLAIN,
@@ -401,8 +403,10 @@ def predict(
     clip_pretrained: str = RUN_CLIP_PRETRAINED,
 ) -> None:
     """The top classes of one video, with probabilities; optionally its importance plot."""
-    from .predict import plot_prediction, predict_video
+    from .predict import check_plot_path, plot_prediction, predict_video
 
+    if plot is not None:
+        check_plot_path(plot)
     pred = predict_video(
         checkpoint,
         video,

@@ -17,7 +17,9 @@ conventions, with no pickle in it:
     subtexts.parquet    the class texts the head reads (the run's sub-text artifact)
     README.md           the model card
 
-`read_export` loads such a folder; `hub_snapshot` fetches one from `hf-hub:ORG/REPO`
+It is written all or nothing (`write_export`); `read_export_config`, `weight_shapes` and
+`read_weights` read it back, the config checked first and the weights' shapes read from the
+safetensors header before any tensor; `hub_snapshot` fetches one from `hf-hub:ORG/REPO`
 through `huggingface_hub`, from its cache first (no network call), honouring
 `HF_HUB_OFFLINE`.
 """
@@ -27,13 +29,21 @@ from __future__ import annotations
 import contextlib
 import json
 import pathlib
+import secrets
+import shutil
 from pathlib import Path
 
 import torch
 
 from storyboard_common import hub
 from storyboard_common.errors import UserError, first_line, unsafe_load_reason
-from storyboard_common.files import atomic_write, atomic_write_json, atomic_write_text, json_paths
+from storyboard_common.files import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    json_paths,
+    os_reason,
+)
 from subtext_gen.artifacts import SUBTEXTS_FILE, TPP_FILE, ArtifactMeta, read_meta
 
 EXPORT_FORMAT = "storyboard-video-model"
@@ -94,6 +104,31 @@ def is_export(path: Path) -> bool:
     return (Path(path) / WEIGHTS_FILE).is_file() and (Path(path) / CONFIG_FILE).is_file()
 
 
+def _staging_names(out: Path) -> tuple[str, str]:
+    """The prefixes of the hidden siblings an export of `out` writes (the new folder) and
+    sets aside (the export it replaces): `.NAME.export-*` and `.NAME.replaced-*`."""
+    return f".{out.name}.export-", f".{out.name}.replaced-"
+
+
+def settled_export(path: Path) -> Path:
+    """The export at `path`; where an export over it was killed between setting the old
+    one aside and renaming the new one in (no folder at `path`), the old one, still whole."""
+    path = Path(path)
+    if path.exists() or not path.parent.is_dir():
+        return path
+    aside = [p for p in path.parent.glob(_staging_names(path)[1] + "*") if is_export(p)]
+    return aside[0] if aside else path
+
+
+def check_export_out(out: Path) -> None:
+    """Refuse an `--out` that an export may not replace: a file, or a folder of other files."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: pass a new folder.")
+    if out.is_dir() and any(out.iterdir()) and not is_export(out):
+        raise UserError(f"--out {out} is not empty and not an exported model: pass a new folder.")
+
+
 def write_export(
     out: Path,
     weights: dict[str, torch.Tensor],
@@ -102,53 +137,128 @@ def write_export(
     subtexts: Path,
     card: str,
 ) -> Path:
-    """Write an exported model folder (see the module doc); -> `out`."""
+    """Write an exported model folder (see the module doc), all or nothing: into a hidden
+    sibling folder, renamed into place once whole; an existing export is set aside, the new
+    one renamed in, and the old one removed, so a kill at any point leaves the old export or
+    the new one (`settled_export` finds the old one in the instant between the renames),
+    never a mix. What killed exports left beside `out` is removed first. -> `out`."""
     from safetensors.torch import save as save_safetensors
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not is_export(out):
-        raise UserError(f"--out {out} is not empty and not an exported model: pass a new folder.")
+    check_export_out(out)
+    new, replaced = _staging_names(out)
+    previous = settled_export(out)
+    if previous != out:  # a kill between the renames: the old export comes back first
+        previous.rename(out)
+    for stale in [*out.parent.glob(new + "*"), *out.parent.glob(replaced + "*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = out.parent / f"{new}{secrets.token_hex(4)}"
     tensors = {name: t.detach().cpu().contiguous() for name, t in weights.items()}
-    atomic_write(
-        out / WEIGHTS_FILE, lambda fh: fh.write(save_safetensors(tensors, {"format": "pt"}))
-    )
-    atomic_write_json(out / config["clip"]["config_file"], clip_config)
-    atomic_write(out / SUBTEXTS_FILE, lambda fh: fh.write(Path(subtexts).read_bytes()))
-    atomic_write_json(out / CONFIG_FILE, config)
-    atomic_write_text(out / CARD_FILE, card)
+    try:
+        staging.mkdir(parents=True)
+        atomic_write(
+            staging / WEIGHTS_FILE,
+            lambda fh: fh.write(save_safetensors(tensors, {"format": "pt"})),
+        )
+        atomic_write_json(staging / config["clip"]["config_file"], clip_config)
+        atomic_write(staging / SUBTEXTS_FILE, lambda fh: fh.write(Path(subtexts).read_bytes()))
+        atomic_write_json(staging / CONFIG_FILE, config)
+        atomic_write_text(staging / CARD_FILE, card)
+        old = out.parent / f"{replaced}{secrets.token_hex(4)}"
+        if out.exists():
+            out.rename(old)
+        staging.rename(out)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(f"could not write {out} ({os_reason(exc)}); nothing was changed.") from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     return out
 
 
-def read_export(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """An exported folder's config.json and weights (safetensors: no code can run)."""
+def _read_json_file(path: Path, what: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"{path} cannot be read as {what} ({first_line(exc, 100)}); download or export "
+            "the model again."
+        ) from exc
+
+
+# The sections of an export's config.json that loading reads, and their JSON types.
+_SECTIONS = {"training": dict, "clip": dict, "epoch": int, "classes": list}
+_CLIP_SECTIONS = ("embed_dim", "vision_cfg", "text_cfg")  # what open_clip registers a config by
+
+
+def read_export_config(directory: Path) -> dict:
+    """An exported folder's config.json, checked: its format and version, the sections
+    loading reads, and that clip_config.json is a JSON object; one sentence naming the file
+    at fault otherwise."""
+    directory = Path(directory)
+    path = directory / CONFIG_FILE
+    config = _read_json_file(path, "JSON")
+    if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
+        raise UserError(f"{path} is not a Storyboard model config (format {EXPORT_FORMAT!r}).")
+    version = config.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise UserError(f"{path} has version {version!r}, not a whole number.")
+    if version > EXPORT_VERSION:
+        raise UserError(
+            f"{directory} was exported by a newer Storyboard (format version {version}); "
+            "update this one."
+        )
+    for name, kind in _SECTIONS.items():
+        if not isinstance(config.get(name), kind):
+            raise UserError(
+                f"{path} has no {name!r} section ({kind.__name__}): it is damaged; download "
+                "or export the model again."
+            )
+    for section, name in (("clip", "model_id"), ("clip", "pretrained_id"), ("training", "dataset")):
+        if not isinstance(config[section].get(name), str):
+            raise UserError(f"{path} names no {name} in its {section!r} section: it is damaged.")
+    clip_config = _read_json_file(directory / CLIP_CONFIG_FILE, "JSON")
+    # open_clip ignores a config without these (and would build one registered earlier)
+    if not isinstance(clip_config, dict) or not set(_CLIP_SECTIONS) <= set(clip_config):
+        raise UserError(
+            f"{directory / CLIP_CONFIG_FILE} is not an open_clip model config (it needs "
+            f"{', '.join(_CLIP_SECTIONS)}); download or export the model again."
+        )
+    return config
+
+
+def _unreadable(path: Path, exc: Exception) -> UserError:
+    return UserError(
+        f"{path} is not a readable safetensors file ({first_line(exc, 100)}); download or "
+        "export the model again."
+    )
+
+
+def weight_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every tensor in an export's model.safetensors, from its header
+    alone (no tensor is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(directory) / WEIGHTS_FILE
+    try:
+        with safe_open(path, "pt") as weights:
+            return {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
+    except (OSError, SafetensorError) as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """An exported folder's weights (safetensors: no code can run)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    directory = Path(directory)
+    path = Path(directory) / WEIGHTS_FILE
     try:
-        config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"{directory / CONFIG_FILE} cannot be read ({first_line(exc, 100)})."
-        ) from exc
-    if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
-        raise UserError(
-            f"{directory / CONFIG_FILE} is not a Storyboard model config "
-            f"(format {EXPORT_FORMAT!r})."
-        )
-    if config.get("version", 0) > EXPORT_VERSION:
-        raise UserError(
-            f"{directory} was exported by a newer Storyboard (format version "
-            f"{config['version']}); update this one."
-        )
-    try:
-        weights = load_file(directory / WEIGHTS_FILE)
+        return load_file(path)
     except (OSError, SafetensorError) as exc:
-        raise UserError(
-            f"{directory / WEIGHTS_FILE} is not a readable safetensors file "
-            f"({first_line(exc, 100)}); download or export the model again."
-        ) from exc
-    return config, weights
+        raise _unreadable(path, exc) from exc
 
 
 def hub_snapshot(source: str) -> Path:

@@ -88,9 +88,19 @@ def check_resume(cfg: RunConfig, out: Path, state: dict) -> dict:
     recorded at a path that no longer exists, given now where they are. -> config.json as
     the run now records it (the same, but for such moved inputs and for the relative paths
     and unset defaults of older runs, read from this folder)."""
-    saved = plain(_read_json(out / "config.json") or state["config"])
+    config_json = out / "config.json"
+    saved = plain(_read_json(config_json) if config_json.exists() else state["config"])
+    damaged = UserError(
+        f"--resume: {config_json} is damaged (not the run's settings as JSON); restore it, or "
+        "delete it to resume with the settings its checkpoint holds."
+    )
+    if not isinstance(saved, dict):
+        raise damaged
     current = plain(dataclasses.asdict(cfg))
-    recorded = plain(dataclasses.asdict(recorded_config(RunConfig.from_saved(saved))))
+    try:
+        recorded = plain(dataclasses.asdict(recorded_config(RunConfig.from_saved(saved))))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise damaged from exc
     recorded = {name: value for name, value in recorded.items() if name in saved}
     gone = {name: path for name, path in input_paths(recorded).items() if not Path(path).exists()}
     check_recorded_inputs({name: path for name, path in gone.items() if current[name] == path})

@@ -110,6 +110,22 @@ def prediction_figure(pred: Prediction):
     return fig
 
 
+def check_plot_path(path: Path) -> None:
+    """Refuse a `--plot` path the figure cannot be written to (a folder, or a suffix that is
+    no image format matplotlib writes), before any prediction runs."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--plot {path} is a folder: pass a file name such as {path / 'plot.png'}.")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in formats:
+        raise UserError(
+            f"--plot {path} has no image suffix matplotlib writes: use one of "
+            f"{', '.join('.' + name for name in sorted(formats))}."
+        )
+
+
 def plot_prediction(pred: Prediction, path: Path) -> Path:
     """`prediction_figure` saved as a PNG at `path`."""
     path = Path(path)

@@ -8,28 +8,34 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from storyboard_common.errors import UserError
+from storyboard_common.errors import UserError, first_line
 from subtext_gen.artifacts import SUBTEXTS_FILE, read_subtexts
 from subtext_gen.clip_text import LoadedClip, load_clip
 
 from .checkpoints import (
     CLIP_CONFIG_FILE,
+    CONFIG_FILE,
     EXPORT_FORMAT,
     EXPORT_VERSION,
     HUB_PREFIX,
+    WEIGHTS_FILE,
+    check_export_out,
     hub_snapshot,
     is_export,
     load_checkpoint,
     model_card,
     plain,
-    read_export,
+    read_export_config,
+    read_weights,
+    settled_export,
     subtext_source,
+    weight_shapes,
     write_export,
 )
 from .config import INPUTS, RunConfig, check_recorded_inputs, flag_name, input_paths
 from .distributed import DistInfo, init_distributed
 from .model.aggregation import ClassText
-from .model.video_clip import VideoCLIP, build_model
+from .model.video_clip import UNTRAINED_LOG_LOGIT_SCALE, VideoCLIP, build_model, video_model
 from .paths import default_subtexts
 
 
@@ -50,19 +56,7 @@ def build(
     `clip` is given) and the class texts of `subtexts`, on the run's device."""
     artifact = read_subtexts(subtexts)
     clip = clip or load_clip(cfg.clip_model, cfg.clip_pretrained, str(dist_info.device))
-    model, text = build_model(
-        clip,
-        artifact,
-        subtexts,
-        aggregation=cfg.aggregation,
-        temporal_layers=cfg.temporal_layers,
-        attention_heads=cfg.attention_heads,
-        tau_coarse=cfg.tau_coarse,
-        tau_fine=cfg.tau_fine,
-        frames=cfg.frames,
-        freeze_backbone=cfg.freeze_backbone,
-        grad_checkpointing=cfg.grad_checkpointing,
-    )
+    model, text = build_model(clip, artifact, subtexts, **_architecture(cfg))
     return Built(
         model.to(dist_info.device),
         text.to(dist_info.device),
@@ -71,6 +65,20 @@ def build(
         clip.model_name,
         artifact.class_names,
     )
+
+
+def _architecture(cfg: RunConfig) -> dict:
+    """The settings `video_model` builds the model of a run by."""
+    return {
+        "aggregation": cfg.aggregation,
+        "temporal_layers": cfg.temporal_layers,
+        "attention_heads": cfg.attention_heads,
+        "tau_coarse": cfg.tau_coarse,
+        "tau_fine": cfg.tau_fine,
+        "frames": cfg.frames,
+        "freeze_backbone": cfg.freeze_backbone,
+        "grad_checkpointing": cfg.grad_checkpointing,
+    }
 
 
 @dataclass
@@ -137,7 +145,7 @@ def load_run(
         return _load_export(
             hub_snapshot(str(source)), str(source), dataset, device, checkpoint, given
         )
-    source = Path(source)
+    source = settled_export(Path(source))
     if is_export(source):
         return _load_export(source, str(source), dataset, device, checkpoint, given)
     path, state = _run_checkpoint(source, checkpoint)
@@ -198,8 +206,9 @@ def _load_export(
             raise UserError(
                 f"{label} is an exported model, which holds its CLIP: drop {flag_name(name)}."
             )
-    config, weights = read_export(folder)
+    config = read_export_config(folder)
     saved = config["training"]
+    _check_export_shapes(folder, saved)
     subtexts = given["subtexts"]
     if subtexts is None:
         if (dataset or saved["dataset"]) != saved["dataset"]:
@@ -214,11 +223,48 @@ def _load_export(
     clip = dataclasses.replace(
         clip, model_id=config["clip"]["model_id"], pretrained_id=config["clip"]["pretrained_id"]
     )
-    which = {"source": label, "epoch": config["epoch"], "best": config["metrics"]}
+    which = {"source": label, "epoch": config["epoch"], "best": config.get("metrics")}
     # The author's data are not here: none of the recorded data paths is read.
     data = [name for name in INPUTS if name not in CLIP_INPUTS]
     settings = {**saved, **dict.fromkeys(data), **_given_values(given), "subtexts": subtexts}
-    return _assemble(settings, saved, weights, which, dataset, device, clip)
+    return _assemble(settings, saved, read_weights(folder), which, dataset, device, clip)
+
+
+def _check_export_shapes(folder: Path, saved: dict) -> None:
+    """Refuse an export whose clip_config.json and settings describe another model than its
+    model.safetensors holds, before any model is allocated: the model they describe is built
+    on the meta device (no memory, well under a second) and each tensor's shape compared
+    with the safetensors header."""
+    import torch
+
+    files = f"{folder / CLIP_CONFIG_FILE} and {folder / CONFIG_FILE}"
+    try:
+        with torch.device("meta"):
+            clip = load_clip(str(folder / CLIP_CONFIG_FILE), "none", "meta")
+            cfg = RunConfig.from_saved(saved)
+            model = video_model(
+                clip.model.visual, clip.embed_dim, UNTRAINED_LOG_LOGIT_SCALE, **_architecture(cfg)
+            )
+    except UserError as exc:
+        raise UserError(f"{files} do not describe a model: {exc}") from exc
+    except Exception as exc:  # a file edited by hand: any error of the build is its fault
+        raise UserError(
+            f"{files} do not describe a model ({type(exc).__name__}: {first_line(exc, 100)}); "
+            "download or export the model again."
+        ) from exc
+    described = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    stored = weight_shapes(folder)
+    for name in sorted(described.keys() | stored.keys()):
+        if described.get(name) != stored.get(name):
+            raise UserError(
+                f"{folder / WEIGHTS_FILE} does not fit {files}: tensor {name} is "
+                f"{_shape(stored.get(name))} in the weights but {_shape(described.get(name))} "
+                "in the model they describe; download or export the model again."
+            )
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "absent" if shape is None else "[" + ", ".join(map(str, shape)) + "]"
 
 
 def export_run(run_dir: Path, out: Path, checkpoint: str = "best", **given) -> Path:
@@ -228,6 +274,7 @@ def export_run(run_dir: Path, out: Path, checkpoint: str = "best", **given) -> P
     files), if not where it recorded them. -> `out`."""
     import open_clip
 
+    check_export_out(out)
     loaded = load_run(run_dir, device="cpu", checkpoint=checkpoint, **given)
     clip_config = open_clip.get_model_config(loaded.built.clip_name)
     if clip_config is None:

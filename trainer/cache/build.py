@@ -110,9 +110,11 @@ def cache_features(
     """Encode one fold with the frozen visual tower into a feature cache (`out`, default
     `artifacts/features/<dataset>[-split<fold>]-<clip tag>-f<frames>`): `views` training
     views of each video (default `cfg.epochs`) and every evaluation view. Resumes a cache
-    left unfinished; refuses one made with other settings. Under torchrun each rank encodes
-    its share (`trainer/cache/`). -> {out, encoded (rows per split, all ranks),
-    skipped (per split), bytes, seconds (encoding and merging, after set-up)}."""
+    left unfinished, and repairs a damaged one (its damaged shards and index files are
+    dropped and their views encoded again); refuses one made with other settings. Under
+    torchrun each rank encodes its share (`trainer/cache/`). -> {out, encoded (rows per
+    split, all ranks), skipped (per split), repaired (the damaged files found), bytes,
+    seconds (encoding and merging, after set-up)}."""
     if cfg.split == "all":
         raise UserError("cache-features caches one fold: pass --split 1, 2 or 3.")
     views = cfg.epochs if views is None else views
@@ -171,6 +173,7 @@ def cache_features(
         "out": out,
         "encoded": encoded,
         "skipped": skipped,
+        "repaired": [str(path) for path in writer.damaged],
         "bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
         "seconds": time.perf_counter() - started,
     }

@@ -13,13 +13,20 @@ A cache directory holds one dataset fold encoded by one CLIP with one set of cli
                               unreadable videos ("skipped", per split)
     index.parquet             one row per (split, item, view): split ("train"/"test"),
                               item (position in the split's item list), video_id, view,
-                              frame_indices list<int32>, labels list<int32>, shard, offset
+                              frame_indices list<int32>, labels list<int32>, shard, offset,
+                              and the shard file's size and CRC-32 as written
     shards/<split>-NNNNN.npy  [rows, T, D] arrays of `shard_rows` rows (the last may be short)
     index-parts/              while writing: each shard's index rows, merged at the end
 
 A shard is written, then its index rows, each to a temporary file renamed into place, so a
 killed job loses at most the shard in progress: rerun it and the (item, view) pairs already
 indexed are skipped.
+
+Damage is named, and repaired by a rerun: readers (`FeatureCache`, `read_split`) check that
+every shard they need has the size its index rows record, and refuse a missing or short
+shard, an unreadable index.parquet or meta.json in one sentence naming the file; a rerun of
+`cache-features` (`CacheWriter`) also checks every shard's CRC-32, drops the index rows of
+a damaged shard (or ignores an unreadable index.parquet) and so encodes those views again.
 
 Several processes (`torchrun ... -m trainer cache-features`) share the work: every rank
 reads the same index at the start, takes every `world`-th missing (item, view) pair, and
@@ -47,8 +54,10 @@ tower's output exactly.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,13 +67,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storyboard_common.errors import UserError
+from storyboard_common.errors import UserError, first_line
 from storyboard_common.files import atomic_write, atomic_write_json, atomic_write_table
 
 from ..data.dataset import VideoClipDataset
 from ..data.items import VideoItem
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the index records each shard's size and CRC-32
 
 
 META_FILE = "meta.json"
@@ -123,8 +132,12 @@ INDEX_SCHEMA = pa.schema(
         ("labels", pa.list_(pa.int32())),
         ("shard", pa.int32()),
         ("offset", pa.int32()),
+        ("shard_bytes", pa.int64()),
+        ("shard_crc32", pa.int64()),
     ]
 )
+
+REMEDY = "rerun `python -m trainer cache-features` with the same flags to repair the cache"
 
 
 def _items_digest(items: Sequence[VideoItem]) -> str:
@@ -189,28 +202,54 @@ def read_meta(directory: Path) -> dict:
             f"{directory} is not a feature cache (no {META_FILE}); make one with "
             "`python -m trainer cache-features`."
         )
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        meta = exc
+    if not isinstance(meta, dict):
+        raise UserError(
+            f"{path} is damaged (not a JSON object): the cache's identity is lost; remove "
+            f"{directory} and make it again with `python -m trainer cache-features`."
+        )
+    return meta
 
 
 def _shard_name(split: str, shard: int) -> str:
     return f"{split}-{shard:05d}"
 
 
-def _index_tables(directory: Path) -> list[pa.Table]:
-    """`index.parquet` and the index rows of the shards written since it was last merged."""
-    tables = []
+def _read_table(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path, schema=INDEX_SCHEMA)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise UserError(f"{path} is damaged ({first_line(exc, 80)}); {REMEDY}.") from exc
+
+
+def _index_tables(directory: Path, damaged: list[Path] | None = None) -> list[pa.Table]:
+    """`index.parquet` and the index rows of the shards written since it was last merged.
+    An index file that cannot be read is refused, or with a `damaged` list, added to it and
+    counted as absent (its views are encoded again)."""
+
+    def read(path: Path) -> list[pa.Table]:
+        try:
+            return [_read_table(path)]
+        except UserError:
+            if damaged is None:
+                raise
+            damaged.append(path)
+            return []
+
     merged = directory / INDEX_FILE
-    if merged.is_file():
-        tables.append(pq.read_table(merged, schema=INDEX_SCHEMA))
+    tables = read(merged) if merged.is_file() else []
     done = (
         set()
         if not tables
         else set(zip(tables[0]["split"].to_pylist(), tables[0]["shard"].to_pylist()))
     )
     for part in sorted((directory / PARTS_DIR).glob("*.parquet")):
-        table = pq.read_table(part, schema=INDEX_SCHEMA)
-        if len(table) and (table["split"][0].as_py(), table["shard"][0].as_py()) not in done:
-            tables.append(table)
+        for table in read(part):
+            if len(table) and (table["split"][0].as_py(), table["shard"][0].as_py()) not in done:
+                tables.append(table)
     return tables
 
 
@@ -221,6 +260,40 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
 def read_index(directory: Path) -> pd.DataFrame:
     """The whole index of a cache directory, one row per stored view."""
     return _concat(_index_tables(Path(directory))).to_pandas()
+
+
+def _shard_path(directory: Path, split: str, shard: int) -> Path:
+    return directory / SHARDS_DIR / f"{_shard_name(split, shard)}.npy"
+
+
+def _shards(index: pd.DataFrame) -> pd.DataFrame:
+    """One row per shard an index names: split, shard, and its recorded size and CRC-32."""
+    return index.drop_duplicates(["split", "shard"])[
+        ["split", "shard", "shard_bytes", "shard_crc32"]
+    ]
+
+
+def check_shard_sizes(directory: Path, index: pd.DataFrame) -> None:
+    """Refuse, in one sentence naming it, a shard of `index` that is missing or not the size
+    it was written with (a stat per shard: cheap enough for every reader)."""
+    for split, shard, size, _ in _shards(index).itertuples(index=False):
+        path = _shard_path(directory, split, shard)
+        found = path.stat().st_size if path.is_file() else None
+        if found != size:
+            state = "missing" if found is None else f"{found} bytes, not the {size} written"
+            raise UserError(f"{path} is damaged ({state}); {REMEDY}.")
+
+
+def _damaged_shards(directory: Path, index: pd.DataFrame) -> list[Path]:
+    """The shards of `index` that are missing, or whose size or CRC-32 differs from what
+    was recorded when they were written (reads every shard once)."""
+    damaged = []
+    for split, shard, size, crc in _shards(index).itertuples(index=False):
+        path = _shard_path(directory, split, shard)
+        data = path.read_bytes() if path.is_file() else None
+        if data is None or len(data) != size or zlib.crc32(data) != crc:
+            damaged.append(path)
+    return damaged
 
 
 class CacheWriter:
@@ -247,6 +320,7 @@ class CacheWriter:
         self.meta = meta
         self.shard_rows = shard_rows
         self.rank, self.world = rank, world
+        self.damaged: list[Path] = []  # shards found damaged, whose views are encoded again
         if (self.directory / META_FILE).exists():
             _check_fields(
                 self.directory,
@@ -255,6 +329,8 @@ class CacheWriter:
                 IDENTITY_FIELDS + STORAGE_FIELDS,
                 "pass another --out, or the same flags to resume it.",
             )
+            if rank == 0:  # the others open it after the main rank (`main_first`)
+                self._repair()
         elif self.directory.is_dir() and any(self.directory.iterdir()):
             raise UserError(
                 f"{self.directory} is not empty and not a feature cache (no {META_FILE}); "
@@ -272,6 +348,21 @@ class CacheWriter:
             self._first_shard[split] = int(rows["shard"].max()) + 1 if len(rows) else 0
         self._rows: dict[str, list[dict]] = {TRAIN: [], TEST: []}
         self._features: dict[str, list[np.ndarray]] = {TRAIN: [], TEST: []}
+
+    def _repair(self) -> None:
+        """Merge the index, leaving out the rows of damaged shards (missing, short, or not
+        the bytes written) and of unreadable index files, so their views count as missing."""
+        index = _concat(_index_tables(self.directory, self.damaged))
+        shards = _damaged_shards(self.directory, index.to_pandas())
+        keep = [
+            _shard_path(self.directory, split, shard) not in shards
+            for split, shard in zip(index["split"].to_pylist(), index["shard"].to_pylist())
+        ]
+        atomic_write_table(index.filter(pa.array(keep, pa.bool_())), self.directory / INDEX_FILE)
+        shutil.rmtree(self.directory / PARTS_DIR, ignore_errors=True)
+        for path in shards:
+            path.unlink(missing_ok=True)
+        self.damaged += shards
 
     def pending(self, split: str, items: int, views: int) -> dict[int, list[int]]:
         """item position -> the views of it not in the index yet (items with none left out)."""
@@ -292,12 +383,14 @@ class CacheWriter:
         self._features[split] = [stacked[count:]]
         shard = self._first_shard[split] + self._written[split] * self.world + self.rank
         name = _shard_name(split, shard)
-        atomic_write(
-            self.directory / SHARDS_DIR / f"{name}.npy", lambda fh: np.save(fh, stacked[:count])
-        )
+        buffer = io.BytesIO()
+        np.save(buffer, stacked[:count])
+        data = buffer.getvalue()
+        atomic_write(self.directory / SHARDS_DIR / f"{name}.npy", lambda fh: fh.write(data))
+        written = {"split": split, "shard": shard, "shard_bytes": len(data)}
+        written["shard_crc32"] = zlib.crc32(data)
         part = pa.Table.from_pylist(
-            [{**row, "split": split, "shard": shard, "offset": i} for i, row in enumerate(rows)],
-            schema=INDEX_SCHEMA,
+            [{**row, **written, "offset": i} for i, row in enumerate(rows)], schema=INDEX_SCHEMA
         )
         # The index rows commit the shard: a shard without them is removed by `finish`.
         atomic_write_table(part, self.directory / PARTS_DIR / f"{name}.parquet")
@@ -347,6 +440,8 @@ class FeatureCache:
             "cache-features`) or pass the one made with them.",
         )
         index = read_index(self.directory)
+        index = index[index["split"].isin(list(sizes))]
+        check_shard_sizes(self.directory, index)
         self.views = {
             TRAIN: self.meta["views"],
             TEST: self.meta["eval_clips"] * self.meta["eval_crops"],
@@ -378,8 +473,7 @@ class FeatureCache:
     def _shard(self, split: str, shard: int) -> np.ndarray:
         key = (split, shard)
         if key not in self._shards:
-            path = self.directory / SHARDS_DIR / f"{_shard_name(split, shard)}.npy"
-            self._shards[key] = np.load(path, mmap_mode="r")
+            self._shards[key] = np.load(_shard_path(self.directory, split, shard), mmap_mode="r")
         return self._shards[key]
 
     def read(self, split: str, item: int, views: Sequence[int]) -> np.ndarray:
@@ -415,12 +509,12 @@ def read_split(directory: Path, split: str, view: int | None = None) -> CachedRo
             f"{directory} holds no {split} rows{'' if view is None else f' of view {view}'}."
         )
     rows = rows.sort_values(["item", "view"])
+    check_shard_sizes(directory, rows)
     shards: dict[int, np.ndarray] = {}
     features = []
     for shard, offset in zip(rows["shard"].tolist(), rows["offset"].tolist()):
         if shard not in shards:
-            path = directory / SHARDS_DIR / f"{_shard_name(split, shard)}.npy"
-            shards[shard] = np.load(path, mmap_mode="r")
+            shards[shard] = np.load(_shard_path(directory, split, shard), mmap_mode="r")
         features.append(shards[shard][offset])
     return CachedRows(
         features=np.stack(features),

@@ -188,6 +188,34 @@ def build_model(
     clip: LoadedClip,
     artifact: SubtextArtifact,
     artifact_path: str | Path,
+    **architecture,
+) -> tuple[VideoCLIP, ClassText]:
+    """The video model over `clip`'s visual tower (`video_model`, with `architecture`), and
+    the artifact's class texts, both on `clip.device`.
+
+    Only `clip.model.visual` goes into the model: the text tower is never run by the trainer
+    (drop the `LoadedClip` afterwards to free it). The visual tower is shared, not copied;
+    the head's logit scale starts at the CLIP's own (`clip_log_logit_scale`), a copy.
+    """
+    text = artifact_class_text(
+        artifact, artifact_path, (clip.model_id, clip.pretrained_id), clip.embed_dim
+    )
+    heads = architecture.get("attention_heads", 1)
+    if clip.embed_dim % heads:
+        raise UserError(
+            f"--heads {heads} must divide the embedding width of CLIP "
+            f"{clip.model_id} ({clip.embed_dim})."
+        )
+    model = video_model(
+        clip.model.visual, clip.embed_dim, clip_log_logit_scale(clip.model), **architecture
+    )
+    return model.to(clip.device), text.to(clip.device)
+
+
+def video_model(
+    visual: nn.Module,
+    dim: int,
+    logit_scale: float,
     *,
     aggregation: str = "coarse+fine",
     temporal_layers: int = 0,
@@ -197,40 +225,25 @@ def build_model(
     frames: int = 8,
     freeze_backbone: bool = False,
     grad_checkpointing: bool = False,
-) -> tuple[VideoCLIP, ClassText]:
-    """The video model over `clip`'s visual tower, and the artifact's class texts, both on
-    `clip.device`.
-
-    Only `clip.model.visual` goes into the model: the text tower is never run by the trainer
-    (drop the `LoadedClip` afterwards to free it). The visual tower is shared, not copied;
-    the head's logit scale starts at the CLIP's own (`clip_log_logit_scale`), a copy.
-    """
-    text = artifact_class_text(
-        artifact, artifact_path, (clip.model_id, clip.pretrained_id), clip.embed_dim
-    )
-    dim = clip.embed_dim
-    if dim % attention_heads:
-        raise UserError(
-            f"--heads {attention_heads} must divide the embedding width of CLIP "
-            f"{clip.model_id} ({dim})."
-        )
+) -> VideoCLIP:
+    """The video model over a visual tower that embeds in `dim` dimensions, its head's log
+    logit scale starting at `logit_scale`."""
     head = StoryboardHead(
         dim,
         mode=aggregation,
         heads=attention_heads,
         tau_coarse=tau_coarse,
         tau_fine=tau_fine,
-        logit_scale=clip_log_logit_scale(clip.model),
+        logit_scale=logit_scale,
     )
     temporal = TemporalTransformer(dim, temporal_layers, heads=_temporal_heads(dim), frames=frames)
-    model = VideoCLIP(
-        clip.model.visual,
+    return VideoCLIP(
+        visual,
         head,
         temporal,
         freeze_backbone=freeze_backbone,
         grad_checkpointing=grad_checkpointing,
     )
-    return model.to(clip.device), text.to(clip.device)
 
 
 def artifact_class_text(
