@@ -41,7 +41,7 @@ from subtext_gen.artifacts import SubtextArtifact
 from subtext_gen.clip_text import LoadedClip, load_clip
 from trainer.config import PRESETS, RunConfig
 from trainer.distributed import DistInfo
-from trainer.loop import train_step
+from trainer.loop import NonFiniteLoss, train_step
 from trainer.model.video_clip import build_model
 from trainer.precision import grad_scaler
 from trainer.schedule import make_optimizer
@@ -177,9 +177,12 @@ def _train_steps(inputs: CheckInputs, config: StepConfig, record: dict) -> None:
                 _sync(device)
                 start = time.perf_counter()
             # The trainer's own optimiser step; its running loss synchronises, as in a run.
-            ((loss_sum, count),), _ = train_step(
-                model, text, [batch], optimizer, scaler, one_process, config.amp, recipe.lam
-            )
+            try:
+                ((loss_sum, count),), _ = train_step(
+                    model, text, [batch], optimizer, scaler, one_process, config.amp, recipe.lam
+                )
+            except NonFiniteLoss as exc:  # that step not taken; `failures` names the loss
+                loss_sum, count = exc.loss, 1
             losses.append(loss_sum / count)
         _sync(device)
         seconds = time.perf_counter() - start

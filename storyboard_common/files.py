@@ -19,8 +19,8 @@ ARTIFACTS_ENV = "STORYBOARD_ARTIFACTS"
 
 def artifacts_root() -> Path:
     """Where generated artifacts, caches and runs go by default: `$STORYBOARD_ARTIFACTS`,
-    else `artifacts/` in the working directory."""
-    return Path(os.environ.get(ARTIFACTS_ENV, "artifacts"))
+    else (unset or empty, as `$STORYBOARD_DATA`) `artifacts/` in the working directory."""
+    return Path(os.environ.get(ARTIFACTS_ENV) or "artifacts")
 
 
 def _new_file_mode(path: Path) -> int:

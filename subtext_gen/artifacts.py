@@ -12,8 +12,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write_table, os_reason
+from storyboard_common.locks import folder_lock
 
 VERSION = "1"
 META_PREFIX = "storyboard."
@@ -203,42 +203,10 @@ LOCK_FILE = ".generate.lock"
 JOURNAL_HEADER = "storyboard_journal"
 
 
-_HELD_LOCKS: set[str] = set()  # folders whose lock this process holds
-
-
-@contextmanager
-def writer_lock(directory: Path) -> Iterator[None]:
-    """Hold an exclusive `flock` on `<directory>/.generate.lock` for the block: one
-    `generate` writes an artifact folder at a time. The OS drops the lock when the holder
-    exits, however it dies, so a crashed run never leaves the folder stuck."""
-    import fcntl
-
-    directory = Path(directory)
-    key = str(directory.resolve())
-    if key in _HELD_LOCKS:  # this process holds it already (one CLI call, several inputs)
-        yield
-        return
-    lock_path = directory / LOCK_FILE
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise UserError(
-            f"cannot write to the artifact folder {directory} ({os_reason(exc)})."
-        ) from exc
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise UserError(
-                f"another `generate` is writing {directory}; wait for it to finish or use "
-                "another --out."
-            ) from exc
-        _HELD_LOCKS.add(key)
-        yield
-    finally:
-        _HELD_LOCKS.discard(key)
-        os.close(fd)  # releases the lock
+def writer_lock(directory: Path):
+    """One `generate` writes an artifact folder at a time: a `folder_lock` on
+    `<directory>/.generate.lock` for the block, dropped by the OS however the holder dies."""
+    return folder_lock(directory, LOCK_FILE, "`generate`", "the artifact folder")
 
 
 def _damaged(path: Path, journal: Path) -> UserError:
@@ -648,7 +616,7 @@ def read_subtexts(path: Path) -> SubtextArtifact:
         raise UserError(f"{path} does not hold {n} sub-texts for every class.")
     sub_tokens, sub_mask = pad_tokens(flat_sub, d)
     c, w = len(recs), sub_tokens.shape[1]
-    return SubtextArtifact(
+    artifact = SubtextArtifact(
         meta=meta,
         class_names=[r["class_name"] for r in recs],
         global_texts=[r["global_text"] for r in recs],
@@ -661,3 +629,10 @@ def read_subtexts(path: Path) -> SubtextArtifact:
         sub_tokens=sub_tokens.reshape(c, n, w, d),
         sub_mask=sub_mask.reshape(c, n, w),
     )
+    for column in ("global_emb", "global_tokens", "sub_emb", "sub_tokens"):
+        if not np.isfinite(getattr(artifact, column)).all():  # would end a run as NaN
+            raise UserError(
+                f"{path} holds values that are not finite (NaN or infinity) in {column}: score "
+                "it again (`python -m subtext_gen score`)."
+            )
+    return artifact

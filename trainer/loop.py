@@ -47,11 +47,12 @@ from .distributed import (
     all_reduce_sum,
     gather_with_grad,
     init_distributed,
+    main_first,
 )
 from .evaluation import model_inputs, predict, score_predictions, write_eval_outputs
 from .loss import storyboard_loss
 from .model.aggregation import ClassText
-from .paths import default_root, default_run_dir, default_subtexts, new_dir
+from .paths import default_root, default_run_dir, default_subtexts, run_folder
 from .precision import autocast, grad_scaler
 from .progress import progress_bar
 from .report import write_report
@@ -134,6 +135,14 @@ def keep_logged_epochs(path: Path, epochs: int) -> None:
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
+class NonFiniteLoss(ArithmeticError):
+    """A training step's loss was NaN or infinite (on some rank); the step was not taken."""
+
+    def __init__(self, loss: float):
+        super().__init__(f"the loss is {loss}")
+        self.loss = loss
+
+
 def train_step(
     model,
     text: ClassText,
@@ -147,7 +156,8 @@ def train_step(
     """One optimiser step over the micro-batches `group` (gradient accumulation): forward
     under autocast, the loss of Eq. 13-15 over every rank's clips, backward, step. ->
     (per micro-batch that ran, its loss summed over its clips and its clip count; videos
-    skipped)."""
+    skipped). A non-finite loss on any rank is `NonFiniteLoss` on every rank, the step not
+    taken: the weights stay those of the last good step."""
     device = dist_info.device
     # A micro-batch runs only where every rank has videos in it: the collectives below
     # must be entered by all ranks or none.
@@ -171,6 +181,12 @@ def train_step(
         loss = storyboard_loss(all_logits, all_labels, lam)
         scaler.scale(loss * dist_info.world / runs).backward()
         losses.append((loss.item() * len(batch["video_ids"]), len(batch["video_ids"])))
+    finite = int(all(math.isfinite(loss_sum) for loss_sum, _ in losses))
+    if dist_info.enabled:  # every rank steps, or none does
+        finite = int(all_reduce_min(torch.tensor(finite, device=device)).item())
+    if not finite:
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteLoss(next((x for x, _ in losses if not math.isfinite(x)), math.nan))
     if runs:
         scaler.step(optimizer)
         scaler.update()
@@ -194,14 +210,16 @@ def train_epoch(
     task,
 ) -> dict:
     """One epoch, continuing from `start` (batches done, loss sum, clip count, skipped);
-    returns the same counters at the end, with `stopped` set if Ctrl-C cut it short."""
+    returns the same counters at the end, with `stopped` set if Ctrl-C cut it short and
+    `diverged` (the optimiser step of the epoch, from 1, and its loss) if a loss was not
+    finite: the epoch stops there, that step not taken."""
     model.train()
     device = dist_info.device
     total, count = start["loss_sum"], start["clips"]
     skipped, step = start["skipped"], start["step"]
     optimizer.zero_grad(set_to_none=True)
     batches = iter(loader)
-    stopped = False
+    stopped, diverged = False, None
     while True:
         group = []
         for _ in range(accumulation):
@@ -211,9 +229,13 @@ def train_epoch(
             group.append(batch)
         if not group:
             break
-        losses, missed = train_step(
-            model, text, group, optimizer, scaler, dist_info, cfg.amp, cfg.lam
-        )
+        try:
+            losses, missed = train_step(
+                model, text, group, optimizer, scaler, dist_info, cfg.amp, cfg.lam
+            )
+        except NonFiniteLoss as exc:
+            diverged = {"step": step // accumulation + 1, "loss": exc.loss}
+            break
         for loss_sum, clips in losses:  # in order, as a running sum
             total, count = total + loss_sum, count + clips
         skipped += missed
@@ -227,13 +249,60 @@ def train_epoch(
         if stop:
             stopped = True
             break
-    return {"step": step, "loss_sum": total, "clips": count, "skipped": skipped, "stopped": stopped}
+    return {
+        "step": step,
+        "loss_sum": total,
+        "clips": count,
+        "skipped": skipped,
+        "stopped": stopped,
+        "diverged": diverged,
+    }
+
+
+def weights_finite(model, dist_info: DistInfo) -> bool:
+    """Whether every weight is finite on every rank (a finite loss can still step the
+    weights to infinity, which no checkpoint may keep)."""
+    finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all().int()
+    if dist_info.enabled:
+        finite = all_reduce_min(finite.to(dist_info.device))
+    return bool(finite.item())
+
+
+def divergence(cfg: RunConfig, epoch: int, diverged: dict, saved: bool) -> UserError:
+    """The one sentence for a run stopped at a non-finite loss (or weights)."""
+    what = (
+        "the weights stopped being finite"
+        if diverged["loss"] is None
+        else f"the loss became {diverged['loss']}"
+    )
+    kept = (
+        f"{cfg.out / 'checkpoints'} keeps the last good ones"
+        if saved
+        else "no checkpoint had been written"
+    )
+    return UserError(
+        f"training diverged at epoch {epoch}, step {diverged['step']} ({what}), so the run "
+        f"stopped without saving it ({kept}); lower --lr (now {cfg.lr:g}) and start again "
+        "with another --out."
+    )
 
 
 def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> dict:
-    """Train (and evaluate) one fold; returns the best evaluation metrics."""
+    """Train (and evaluate) one fold; returns the best evaluation metrics. The run's folder
+    is held by this run alone (`run_folder`) from before anything is written to its end."""
     cfg = recorded_config(cfg)
     dist_info = init_distributed(cfg.device)
+    with contextlib.ExitStack() as held:
+
+        def hold_folder() -> None:  # only the main rank writes; its refusal stops every rank
+            if dist_info.is_main:
+                held.enter_context(run_folder(cfg.out))
+
+        main_first(hold_folder, dist_info)
+        return _train(cfg, dist_info, resume, show_progress)
+
+
+def _train(cfg: RunConfig, dist_info: DistInfo, resume: bool, show_progress: bool) -> dict:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     root, out, subtexts = cfg.root, cfg.out, cfg.subtexts
@@ -258,12 +327,11 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
         recorded = check_resume(cfg, out, state)
     elif resume and dist_info.is_main:
         print(f"no checkpoint in {ckpt_dir}: starting fresh", file=sys.stderr)
-    with new_dir(out) if dist_info.is_main else contextlib.nullcontext():
-        data = prepare_data(cfg, root, fold)
-        if cfg.features is None and dist_info.is_main:
-            check_clip_lengths(cfg, data)
-        built = build(cfg, dist_info, subtexts)
-        check_classes(data.train, built.class_names, subtexts)
+    data = prepare_data(cfg, root, fold)
+    if cfg.features is None and dist_info.is_main:
+        check_clip_lengths(cfg, data)
+    built = build(cfg, dist_info, subtexts)
+    check_classes(data.train, built.class_names, subtexts)
     model, text = built.model, built.text
 
     if cfg.features is None:
@@ -390,6 +458,11 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
                     task,
                 )
                 progress.remove_task(task)
+                diverged = position.pop("diverged")
+                if diverged is None and not weights_finite(model, dist_info):
+                    diverged = {"step": -(-position["step"] // accumulation), "loss": None}
+                if diverged is not None:  # nothing of it saved: the checkpoints stay good
+                    raise divergence(cfg, epoch + 1, diverged, last_path.exists())
                 if position.pop("stopped"):
                     save("last")
                     raise KeyboardInterrupt

@@ -1,5 +1,6 @@
 """Default locations: datasets (`$STORYBOARD_DATA`), sub-text artifacts, feature caches
-and run directories, and the check that an output folder can be written.
+and run directories; the check that an output folder can be written, and the one writer of
+a run folder (`run_folder`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from storyboard_common.errors import UserError
 from storyboard_common.files import artifacts_root, os_reason
+from storyboard_common.locks import folder_lock
 from subtext_gen.artifacts import SUBTEXTS_FILE, clip_tag
 from subtext_gen.clip_text import clip_identity
 
@@ -68,14 +70,53 @@ def writable_dir(path: Path, flag: str = "--out") -> None:
 
 
 @contextmanager
-def new_dir(path: Path, flag: str = "--out") -> Iterator[None]:
+def new_dir(path: Path, flag: str = "--out", own: tuple[str, ...] = ()) -> Iterator[None]:
     """`writable_dir(path)`, and when the block raises before anything is written in a
-    folder it created, the folder removed again: a refused run leaves nothing behind."""
+    folder it created, the folder removed again: a refused run leaves nothing behind.
+    `own`: names of files the block's own set-up places there (a lock file), removed with it."""
     created = not path.exists()
     writable_dir(path, flag)
     try:
         yield
     except BaseException:
-        if created and path.is_dir() and not any(path.iterdir()):
+        if created and path.is_dir() and {entry.name for entry in path.iterdir()} <= set(own):
+            for name in own:
+                (path / name).unlink(missing_ok=True)
             path.rmdir()
         raise
+
+
+# A run folder holds this lock file from the moment a run takes it (older runs: checkpoints/).
+RUN_LOCK = ".run.lock"
+
+
+def check_run_folder(out: Path) -> None:
+    """Refuse an `out` that holds files but no run (neither the run lock file nor
+    checkpoints/): a run writes only into an empty folder or a run's own."""
+    try:
+        foreign = (
+            out.is_dir()
+            and any(out.iterdir())
+            and not ((out / RUN_LOCK).exists() or (out / "checkpoints").is_dir())
+        )
+    except OSError as exc:
+        raise UserError(f"--out {out} cannot be read ({os_reason(exc)}).") from exc
+    if foreign:
+        raise UserError(
+            f"--out {out} holds files but no run (neither {RUN_LOCK} nor checkpoints/): pass "
+            "an empty or new folder, or the folder of a run."
+        )
+
+
+@contextmanager
+def run_folder(out: Path) -> Iterator[None]:
+    """The run folder `out` held by this process alone for the block: refused when it holds
+    files but no run, or while another `trainer run` holds it (an OS lock, dropped however
+    the holder dies); created if needed and removed again when the block fails before
+    writing anything."""
+    check_run_folder(out)
+    with (
+        new_dir(out, own=(RUN_LOCK,)),
+        folder_lock(out, RUN_LOCK, "`trainer run`", "the run folder"),
+    ):
+        yield

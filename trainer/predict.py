@@ -56,6 +56,11 @@ def predict_video(
     clip = eval_transform(size, size, 1)(frames)  # uint8 [T, 3, S, S]
     out = model(clip[None].to(loaded.dist_info.device), text)
     probs = out["logits"][0].float().softmax(-1).cpu()
+    if not torch.isfinite(probs).all():  # never printed as a result
+        raise UserError(
+            f"{loaded.checkpoint['source']} gives probabilities that are not finite for {video}: "
+            "its weights are not (a diverged run); train it again with a lower --lr."
+        )
     best = probs.argsort(descending=True)[:top].tolist()
     c = best[0]
     similarity = subtext_frame_similarity(out["frames"], text.sub_tokens, text.sub_mask)

@@ -273,9 +273,18 @@ def export_run(run_dir: Path, out: Path, checkpoint: str = "best", **given) -> P
     texts and a model card. `given`: where the run's inputs are now (`subtexts`, the CLIP's
     files), if not where it recorded them. -> `out`."""
     import open_clip
+    import torch
 
     check_export_out(out)
     loaded = load_run(run_dir, device="cpu", checkpoint=checkpoint, **given)
+    weights = loaded.built.model.state_dict()
+    broken = [name for name, t in weights.items() if not torch.isfinite(t).all()]
+    if broken:
+        raise UserError(
+            f"{loaded.checkpoint['source']} holds weights that are not finite ({broken[0]} and "
+            f"{len(broken) - 1} more), the mark of a diverged run: nothing was exported; train "
+            "it again with a lower --lr."
+        )
     clip_config = open_clip.get_model_config(loaded.built.clip_name)
     if clip_config is None:
         raise UserError(
@@ -313,7 +322,7 @@ def export_run(run_dir: Path, out: Path, checkpoint: str = "best", **given) -> P
     }
     return write_export(
         out,
-        loaded.built.model.state_dict(),
+        weights,
         config,
         clip_config,
         loaded.subtexts,

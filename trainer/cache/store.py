@@ -477,10 +477,19 @@ class FeatureCache:
         return self._shards[key]
 
     def read(self, split: str, item: int, views: Sequence[int]) -> np.ndarray:
-        """The features [len(views), T, D] of views of the item at position `item`."""
-        return np.stack(
-            [self._shard(split, int(s))[o] for s, o in self.location[split][item, list(views)]]
-        )
+        """The features [len(views), T, D] of views of the item at position `item`; a
+        non-finite value is one sentence naming its shard (cheap beside the copy, and it
+        would otherwise end the run as a NaN loss)."""
+        where = self.location[split][item, list(views)]
+        features = np.stack([self._shard(split, int(s))[o] for s, o in where])
+        if not np.isfinite(features).all():
+            shard = next(int(s) for (s, _), f in zip(where, features) if not np.isfinite(f).all())
+            raise UserError(
+                f"{self.directory / SHARDS_DIR / _shard_name(split, shard)}.npy holds features "
+                "that are not finite (NaN or infinity): delete the cache and encode it again "
+                "(`python -m trainer cache-features`)."
+            )
+        return features
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,12 @@ def load_item_list(path: Path, split: SplitList) -> list[VideoItem]:
         raise UserError(f"--fewshot-list file not found: {path}.")
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    if rows and "video_id" not in rows[0]:
+    if not rows:
+        raise UserError(
+            f"--fewshot-list {path} lists no videos: pass a csv with a `video_id` column and "
+            "a row per video (a run's fewshot.csv)."
+        )
+    if "video_id" not in rows[0]:
         raise UserError(f"{path} must be a csv with a `video_id` column (as saved by a run).")
     by_id = {it.video_id: it for it in split.items}
     unknown = [r["video_id"] for r in rows if r["video_id"] not in by_id]
