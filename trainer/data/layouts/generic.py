@@ -31,13 +31,7 @@ def load(root: Path | str, split: str = "train", videos: Path | str | None = Non
     root = require_root(root, _EXPECT)
     split = normalize_split(split, SPLITS, LABEL)
     classes_csv = require_file(root / "classes.csv", "class list", f"--root must hold {_EXPECT}")
-    try:
-        names = load_classes(classes_file=classes_csv).names
-    except UnicodeDecodeError as exc:
-        raise UserError(
-            f"{classes_csv} is not UTF-8 text (it holds a byte 0x{exc.object[exc.start]:02x} "
-            "that UTF-8 does not use there); save it as UTF-8."
-        ) from exc
+    names = load_classes(classes_file=classes_csv, flag="the class list").names
     by_name = {name: i for i, name in enumerate(names)}
     list_file = require_file(
         root / f"{split}.txt",
