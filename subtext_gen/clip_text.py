@@ -41,6 +41,14 @@ class LoadedClip:
     device: torch.device
 
     @property
+    def random_weights(self) -> bool:
+        """Built with no weights at all (`--clip-pretrained none` of an architecture that
+        does not name its own): both towers are randomly initialised."""
+        return self.pretrained_id == "none" and not self.model_id.startswith(
+            (HUB_PREFIX, LOCAL_PREFIX)
+        )
+
+    @property
     def image_size(self) -> int:
         """The side of the square images the visual tower takes."""
         size = self.model.visual.image_size
@@ -72,6 +80,19 @@ def clip_identity(clip_model: str, clip_pretrained: str | None) -> tuple[str, st
     if _looks_like_path(pretrained) and Path(pretrained).is_file():
         return model_id, _file_fingerprint(Path(pretrained))
     return model_id, pretrained
+
+
+def hub_base_model(model_id: str, pretrained_id: str) -> str | None:
+    """The Hugging Face Hub repository a CLIP's weights come from (a model card's
+    `base_model`): `hf-hub:ORG/REPO` itself, or the repository open_clip fetches a pretrained
+    tag from (e.g. `timm/vit_base_patch16_clip_224.openai`); None for weights that are on no
+    Hub repository (a local checkpoint, `local-dir:`, a tag open_clip fetches by URL, none)."""
+    import open_clip
+
+    if model_id.startswith(HUB_PREFIX):
+        return model_id[len(HUB_PREFIX) :]
+    repo = open_clip.get_pretrained_cfg(model_id, pretrained_id).get("hf_hub") or ""
+    return repo.strip("/") or None
 
 
 def clip_files(clip_model: str, clip_pretrained: str | None) -> dict[str, str]:

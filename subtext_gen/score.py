@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,6 +98,13 @@ def score(
     globals_ = [global_text(template, name) for name in names]
     if callable(clip):
         clip = clip()
+    if clip.random_weights:  # a test or a demo may mean it; a user choosing sub-texts does not
+        warnings.warn(
+            f"--clip-pretrained none: CLIP {clip.model_id}'s text tower is randomly initialised, "
+            "so TPP ranks the sub-text sets by a random tower's geometry, not by their meaning; "
+            "score with pretrained weights (e.g. --clip-pretrained openai) to choose sub-texts.",
+            stacklevel=2,
+        )
 
     tower_seconds = 0.0
 

@@ -13,7 +13,7 @@ import torch
 
 from storyboard_common.errors import UserError
 from testkit.hub import Blackhole, cache_repo
-from trainer.checkpoints import load_checkpoint
+from trainer.checkpoints import load_checkpoint, model_card
 from trainer.config import RunConfig
 from trainer.evaluation import evaluate_checkpoint
 from trainer.loop import train
@@ -85,8 +85,8 @@ def test_export_moves_and_loads_without_the_run_its_clip_or_artifacts(world, aut
     assert config["clip"]["pretrained_id"].startswith("clip.pt@")
     assert config["metrics"]["top1"] == pytest.approx(evaluated["top1"])
     card = (export / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: storyboard\n")
     assert "| top-1 |" in card and "file:sets (3 classes)" in card
+    check_model_card(export, config)
 
     moved = tmp_path / "elsewhere" / "model"
     shutil.move(export, moved)
@@ -154,6 +154,40 @@ def test_export_moves_and_loads_without_the_run_its_clip_or_artifacts(world, aut
         "error: hf-hub:storyboard/none is not in the Hugging Face cache"
     )
     assert "`hf download storyboard/none`" in absent.stderr
+
+
+def check_model_card(export, config):
+    """The card's Hub metadata as the Hub reads it (`ModelCard.load`): license, the run's
+    metrics as `model-index`, the paper's BibTeX; `base_model` only where the CLIP's weights
+    are on the Hub (the tiny CLIP's checkpoint is not; ViT-B-16's `openai` tag is)."""
+    from huggingface_hub import ModelCard
+
+    from storyboard_common.about import PAPER
+
+    card = ModelCard.load(export / "README.md")
+    data = card.data
+    assert (data.license, data.library_name, data.pipeline_tag) == (
+        "mit",
+        "storyboard",
+        "video-classification",
+    )
+    assert data.datasets == ["list"] and "action-recognition" in data.tags
+    results = {r.metric_name: r for r in data.eval_results}
+    assert set(results) == {"top-1", "top-5", "mean class accuracy"}  # single-label: no mAP
+    assert results["top-1"].metric_value == config["metrics"]["top1"]
+    assert results["top-5"].metric_value == config["metrics"]["top5"]
+    assert {(r.task_type, r.dataset_name, r.metric_type) for r in results.values()} >= {
+        ("video-classification", "list", "accuracy")
+    }
+    assert data.base_model is None and "no `base_model` in the metadata" in card.text
+    assert f"eprint = {{{PAPER['arxiv']}}}" in card.text and PAPER["title"] in card.text
+    hub_clip = {**config, "clip": {**config["clip"], "model_id": "ViT-B-16"}}
+    hub_clip["clip"]["pretrained_id"] = "openai"
+    (export / "README.md").write_text(model_card(hub_clip))
+    assert ModelCard.load(export / "README.md").data.base_model == (
+        "timm/vit_base_patch16_clip_224.openai"
+    )
+    (export / "README.md").write_text(str(card))  # the exported card, as it was
 
 
 class Payload:

@@ -89,6 +89,13 @@ def test_wheel_holds_the_shipped_data(installed):
     assert modules == {
         str(p.relative_to(REPO)) for top in packages for p in (REPO / top).rglob("*.py")
     }  # every module, none stale
+    info = zipfile.ZipFile(wheel)
+    (licence,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+    assert info.read(licence).startswith(b"MIT License")
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    scripts = info.read(entry_points).decode()
+    assert "storyboard-subtexts = subtext_gen.__main__:main" in scripts
+    assert "storyboard-trainer = trainer.__main__:main" in scripts
 
 
 def test_the_documented_commands_run_from_another_directory_on_the_installed_copy(
@@ -97,7 +104,7 @@ def test_the_documented_commands_run_from_another_directory_on_the_installed_cop
     """`make demo-subtexts`'s three commands as the Makefile and README print them (shipped
     files as `subtext_gen/data/...`), and a shipped CLIP config by name, from a folder
     outside the clone with the wheel's copy."""
-    _, site = installed
+    wheel, site = installed
     env = {**os.environ, "PYTHONPATH": str(site)}
 
     def run(*args):
@@ -109,10 +116,12 @@ def test_the_documented_commands_run_from_another_directory_on_the_installed_cop
         "-c",
         "import subtext_gen, trainer; print(subtext_gen.__file__); print(trainer.__file__); "
         "from subtext_gen.clip_text import load_clip; "
-        "print(load_clip('TinyCLIP-test', 'none', 'cpu').embed_dim)",
+        "print(load_clip('TinyCLIP-test', 'none', 'cpu').embed_dim); "
+        "from storyboard_common.about import storyboard_version; print(storyboard_version())",
     )
     assert where.returncode == 0, where.stderr
-    *files, embed_dim = where.stdout.split()
+    *files, embed_dim, version = where.stdout.split()
+    assert version == wheel.name.split("-")[1]  # `--version` from the wheel's metadata
     assert all(name.startswith(str(site)) for name in files)  # not the clone
     assert embed_dim == "32"  # the shipped config, by name
     demo, out = "subtext_gen/data/demo", "artifacts/demo-subtexts"
@@ -127,6 +136,7 @@ def test_the_documented_commands_run_from_another_directory_on_the_installed_cop
         *("--clip-model", "subtext_gen/data/clip/TinyCLIP-test.json", "--clip-pretrained", "none"),
     )
     assert score.returncode == 0, score.stderr
+    assert "UserWarning: --clip-pretrained none: CLIP TinyCLIP-test's text tower" in score.stderr
     frame = pd.read_parquet(tmp_path / out / "TinyCLIP-test__none" / "subtexts.parquet")
     assert len(frame) == 6
     # Scored by path, shown by name: one CLIP identity.

@@ -11,12 +11,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from storyboard_common.about import print_version
 from storyboard_common.errors import UserError, run_cli
 
 from .storyworld import WORLD_CLIP
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Stage two of Storyboard: video data, training and evaluation.",
@@ -35,7 +35,11 @@ FRAMES = typer.Option(None, help="Frames per clip T (8).")
 
 
 @app.callback()
-def _commands() -> None:
+def _commands(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=print_version, help="Print the version."
+    ),
+) -> None:
     """Stage two of Storyboard: video data, training and evaluation."""
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from storyboard_common import hub
+from storyboard_common.about import paper_bibtex
 from storyboard_common.errors import UserError, first_line, unsafe_load_reason
 from storyboard_common.files import (
     atomic_write,
@@ -45,6 +46,7 @@ from storyboard_common.files import (
     os_reason,
 )
 from subtext_gen.artifacts import SUBTEXTS_FILE, TPP_FILE, ArtifactMeta, read_meta
+from subtext_gen.clip_text import hub_base_model
 
 EXPORT_FORMAT = "storyboard-video-model"
 EXPORT_VERSION = 1
@@ -313,27 +315,64 @@ def subtext_source(subtexts: Path) -> dict:
     return source
 
 
+# The run's metrics in the card: (key, name in the table, the Hub's metric type).
+_CARD_METRICS = (
+    ("top1", "top-1", "accuracy"),
+    ("top5", "top-5", "top-5-accuracy"),
+    ("mean_class_acc", "mean class accuracy", "mean-class-accuracy"),
+    ("map", "mAP", "map"),
+)
+
+
 def _metrics_rows(metrics: dict | None) -> list[str]:
-    names = {
-        "top1": "top-1",
-        "top5": "top-5",
-        "mean_class_acc": "mean class accuracy",
-        "map": "mAP",
-        "n": "test videos",
-    }
-    rows = []
-    for key, name in names.items():
-        value = (metrics or {}).get(key)
-        if value is not None:
-            rows.append(
-                f"| {name} | {value:.4f} |" if isinstance(value, float) else f"| {name} | {value} |"
-            )
+    values = [(name, (metrics or {}).get(key)) for key, name, _ in _CARD_METRICS]
+    values.append(("test videos", (metrics or {}).get("n")))
+    rows = [
+        f"| {name} | {value:.4f} |" if isinstance(value, float) else f"| {name} | {value} |"
+        for name, value in values
+        if value is not None
+    ]
     return rows or ["| (not evaluated) | |"]
 
 
+def _card_data(config: dict, base_model: str | None, model_name: str):
+    """The card's Hub metadata: license, base model, tags, dataset, and the run's metrics as
+    a `model-index` results block."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset, metrics = config["dataset"], config["metrics"] or {}
+    results = [
+        EvalResult(
+            task_type="video-classification",
+            dataset_type=dataset,
+            dataset_name=dataset,
+            dataset_split="test",
+            metric_type=metric_type,
+            metric_name=name,
+            metric_value=metrics[key],
+        )
+        for key, name, metric_type in _CARD_METRICS
+        if metrics.get(key) is not None
+    ]
+    return ModelCardData(
+        license="mit",
+        library_name="storyboard",
+        pipeline_tag="video-classification",
+        base_model=base_model,
+        tags=["video-classification", "action-recognition", "clip", "storyboard"],
+        datasets=[dataset],
+        metrics=[result.metric_type for result in results] or None,
+        model_name=model_name,
+        eval_results=results or None,
+    )
+
+
 def model_card(config: dict) -> str:
-    """The exported folder's README.md: Hub metadata, data and protocol, results, sub-text
-    source, model, and how to load it."""
+    """The exported folder's README.md, built as a `huggingface_hub.ModelCard`: Hub metadata
+    (license, base model, dataset, the results as `model-index`), data and protocol,
+    results, sub-text source, model, how to load it, citation."""
+    from huggingface_hub import ModelCard
+
     run, arch, clip, texts = (
         config["training"],
         config["architecture"],
@@ -346,16 +385,16 @@ def model_card(config: dict) -> str:
     llms = "not recorded (the candidates were not beside the artifact)"
     if texts["llms"]:
         llms = ", ".join(f"{name} ({count} classes)" for name, count in texts["llms"].items())
+    title = f"Storyboard {arch['aggregation']} model: {config['dataset']}, {protocol}"
+    base_model = hub_base_model(clip["model_id"], clip["pretrained_id"])
+    base_note = (
+        f"built on `{base_model}` (the card's `base_model`)"
+        if base_model
+        else "no `base_model` in the metadata: these CLIP weights are on no Hugging Face Hub "
+        "repository (a local checkpoint, a tag open_clip fetches by URL, or none)"
+    )
     lines = [
-        "---",
-        "library_name: storyboard",
-        "pipeline_tag: video-classification",
-        "tags: [video-classification, action-recognition, clip, storyboard]",
-        f"datasets: [{config['dataset']}]",
-        "metrics: [accuracy]",
-        "---",
-        "",
-        f"# Storyboard {arch['aggregation']} model: {config['dataset']}, {protocol}",
+        f"# {title}",
         "",
         "A storyboard-guided video action recognition model: CLIP frame features weighted by "
         "the class name and its sub-texts (atomic actions written by an LLM and chosen by "
@@ -388,7 +427,8 @@ def model_card(config: dict) -> str:
         "## Model",
         "",
         f"* CLIP: `{clip['model_id']}` with weights `{clip['pretrained_id']}` (architecture "
-        f"in `{CLIP_CONFIG_FILE}`; every weight the model uses is in `{WEIGHTS_FILE}`)",
+        f"in `{CLIP_CONFIG_FILE}`; every weight the model uses is in `{WEIGHTS_FILE}`); "
+        f"{base_note}",
         f"* aggregation `{arch['aggregation']}`, {arch['temporal_layers']} temporal layers, "
         f"{arch['attention_heads']} attention head(s), tau coarse {arch['tau_coarse']}, "
         f"tau fine {arch['tau_fine']}, input {arch['image_size']} px",
@@ -405,5 +445,14 @@ def model_card(config: dict) -> str:
         'same CLIP). In Python: `trainer.runs.load_run("hf-hub:ORG/REPO")` gives the model '
         "and its class texts. The folder holds no pickle: weights are safetensors.",
         "",
+        "## Citation",
+        "",
+        "The method this model implements:",
+        "",
+        "```bibtex",
+        paper_bibtex(),
+        "```",
+        "",
     ]
-    return "\n".join(lines)
+    metadata = _card_data(config, base_model, title).to_yaml()
+    return str(ModelCard(f"---\n{metadata}\n---\n\n" + "\n".join(lines)))

@@ -327,6 +327,14 @@ def _train(cfg: RunConfig, dist_info: DistInfo, resume: bool, show_progress: boo
         recorded = check_resume(cfg, out, state)
     elif resume and dist_info.is_main:
         print(f"no checkpoint in {ckpt_dir}: starting fresh", file=sys.stderr)
+    if dist_info.is_main and cfg.warmup_epochs > cfg.epochs:
+        warnings.warn(
+            f"--warmup-epochs {cfg.warmup_epochs:g} is more than --epochs {cfg.epochs}: the "
+            f"learning rate rises for the whole run and ends at about "
+            f"{cfg.epochs / cfg.warmup_epochs:.0%} of --lr {cfg.lr:g}, never reaching its peak; "
+            "set --warmup-epochs below --epochs (e.g. a quarter of it).",
+            stacklevel=2,
+        )
     data = prepare_data(cfg, root, fold)
     if cfg.features is None and dist_info.is_main:
         check_clip_lengths(cfg, data)

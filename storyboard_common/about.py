@@ -1,0 +1,69 @@
+"""What the project is: its version, which both CLIs print (`--version`), and the paper it
+implements, which exported model cards cite (CITATION.cff says the same; a test compares)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+DISTRIBUTION = "storyboard"
+_CLONE_PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+# The arXiv preprint (arXiv:2410.14238); its venue is not recorded here.
+PAPER = {
+    "title": "Storyboard guided Alignment for Fine-grained Video Action Recognition",
+    "authors": (
+        ("Enqi", "Liu"),
+        ("Liyuan", "Pan"),
+        ("Yan", "Yang"),
+        ("Yiran", "Zhong"),
+        ("Zhijing", "Wu"),
+        ("Xinxiao", "Wu"),
+        ("Liu", "Liu"),
+    ),
+    "year": 2024,
+    "arxiv": "2410.14238",
+}
+
+
+def paper_bibtex() -> str:
+    """The paper as a BibTeX entry (an arXiv preprint)."""
+    authors = " and ".join(f"{family}, {given}" for given, family in PAPER["authors"])
+    return "\n".join(
+        [
+            f"@misc{{liu{PAPER['year']}storyboard,",
+            f"  title = {{{PAPER['title']}}},",
+            f"  author = {{{authors}}},",
+            f"  year = {{{PAPER['year']}}},",
+            f"  eprint = {{{PAPER['arxiv']}}},",
+            "  archivePrefix = {arXiv},",
+            f"  doi = {{10.48550/arXiv.{PAPER['arxiv']}}},",
+            "}",
+        ]
+    )
+
+
+def storyboard_version() -> str:
+    """The version of the code that runs: a clone's pyproject.toml when this package sits in
+    one (an editable install's metadata keeps the version it was installed at), else the
+    installed distribution's metadata (a wheel)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    if _CLONE_PYPROJECT.is_file():
+        text = _CLONE_PYPROJECT.read_text(encoding="utf-8")
+        if re.search(rf'^name = "{DISTRIBUTION}"$', text, re.MULTILINE):
+            return re.search(r'^version = "([^"]+)"$', text, re.MULTILINE).group(1)
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # the modules copied without their metadata
+        return "unknown"
+
+
+def print_version(asked: bool) -> None:
+    """The eager `--version` option's callback: print the version and stop before any
+    command runs."""
+    import typer
+
+    if asked:
+        print(f"{DISTRIBUTION} {storyboard_version()}")
+        raise typer.Exit()
