@@ -39,7 +39,7 @@ from rich.table import Table
 from storyboard_common.files import atomic_write_json
 from subtext_gen.artifacts import SubtextArtifact
 from subtext_gen.clip_text import LoadedClip, load_clip
-from trainer.config import PRESETS, RunConfig
+from trainer.config import RunConfig, resolve_config
 from trainer.distributed import DistInfo
 from trainer.loop import NonFiniteLoss, train_step
 from trainer.model.video_clip import build_model
@@ -239,7 +239,7 @@ def run_check(
     steps: int = 6,
     warmup: int = 2,
     classes: int = 400,
-    temporal_layers: int = PRESETS["k400"]["temporal_layers"],
+    temporal_layers: int = resolve_config("k400", {}).temporal_layers,
     configs: Sequence[StepConfig] = GPU_CONFIGS,
     seed: int = 0,
 ) -> dict:

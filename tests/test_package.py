@@ -22,6 +22,11 @@ SHIPPED = (
     "subtext_gen/data/demo/candidates.json",
     "subtext_gen/data/clip/StoryboardWorld-CLIP.json",
     "subtext_gen/data/clip/TinyCLIP-test.json",
+    "trainer/configs/k400.yaml",
+    "trainer/configs/hmdb51-2shot.yaml",
+    "trainer/configs/ucf101-2shot.yaml",
+    "trainer/configs/k400-2shot.yaml",
+    "trainer/configs/charades.yaml",
 )
 
 

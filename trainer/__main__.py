@@ -143,8 +143,13 @@ def run(
     videos: Path = VIDEOS,
     preset: str = typer.Option(
         None,
-        help="Paper settings: k400, hmdb51-2shot, ucf101-2shot, "
-        "k400-2shot, charades; flags override them.",
+        help="A shipped config of the paper's settings by name (`python -m trainer presets` "
+        "lists them and their files); --config and flags override it.",
+    ),
+    config: Path = typer.Option(
+        None,
+        help="Settings from a YAML or JSON file (keys as in a run's config.json; a run's "
+        "config.json replays it, with a new --out); flags given here win.",
     ),
     shots: int = typer.Option(None, help="K videos per class (few-shot)."),
     fewshot_list: Path = typer.Option(None, help="Reuse a saved few-shot list (fewshot.csv)."),
@@ -226,7 +231,7 @@ def run(
         "device": device,
         "out": out,
     }
-    cfg = resolve_config(preset, overrides)
+    cfg = resolve_config(preset, overrides, config, resume)
     if cfg.split == "all" and cfg.dataset in ("hmdb51", "ucf101"):
         from dataclasses import replace
 
@@ -241,6 +246,16 @@ def run(
     else:
         result = train(cfg, resume, not as_json)
     _print_result(result, as_json)
+
+
+@app.command()
+def presets() -> None:
+    """The shipped presets, the paper's settings as config files: copy one to edit it and
+    pass it with `run --config FILE`, or name it with `run --preset NAME`."""
+    from .config import preset_files
+
+    for name, path in preset_files().items():
+        console.print(f"{name}: {path}", **_PLAIN)
 
 
 @app.command("cache-features")

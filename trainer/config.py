@@ -1,4 +1,5 @@
-"""Run configuration as dataclasses, and the paper's settings as named presets (data).
+"""Run configuration as dataclasses, config files (`--config`), and the paper's settings as
+named presets: shipped config files (`trainer/configs/<name>.yaml`).
 
 The paper builds on BIKE and keeps its recipe where it says nothing else; presets take the
 values of BIKE's public configs (ViT-B/16 where the paper's baseline uses it): AdamW,
@@ -10,10 +11,17 @@ gradient accumulation makes it up when a device cannot hold it.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
+import re
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
-from storyboard_common.errors import UserError, check_ranges
+import yaml
+
+from storyboard_common.errors import UserError, check_ranges, first_line
+from storyboard_common.files import os_reason
 from subtext_gen.clip_text import clip_files
 
 from .model.aggregation import AGGREGATIONS
@@ -94,8 +102,6 @@ class RunConfig:
                 f"--shots must be at least 1, not {self.shots}: leave it out to train on the "
                 "whole split (supervised)."
             )
-        if self.frames < 1 or self.epochs < 1 or self.batch_size < 1:
-            raise UserError("--frames, --epochs and --batch-size must be at least 1.")
         if self.eval_crops not in (1, 3):
             raise UserError("--crops must be 1 or 3.")
         if str(self.split) not in ("1", "2", "3", "all"):
@@ -113,6 +119,9 @@ class RunConfig:
         """Numbers outside their meaning are refused here, not found later as a NaN loss,
         an optimiser traceback or a flag silently read as its default."""
         at_least = {
+            "--frames": (self.frames, 1),
+            "--epochs": (self.epochs, 1),
+            "--batch-size": (self.batch_size, 1),
             "--micro-batch": (self.micro_batch, 1),
             "--clips": (self.eval_clips, 1),
             "--temporal-layers": (self.temporal_layers, 0),
@@ -231,78 +240,157 @@ def _shown(value) -> str:
     return str(value)
 
 
-PRESETS: dict[str, dict] = {
-    # Supervised Kinetics-400 (BIKE k400_train_rgb_vitb-16-f8: 32 per GPU x 8 GPUs).
-    "k400": dict(
-        dataset="k400",
-        frames=8,
-        epochs=30,
-        batch_size=256,
-        lr=5e-5,
-        warmup_epochs=5,
-        eval_clips=4,
-        eval_crops=3,
-        temporal_layers=6,
-    ),
-    # Few-shot, K = 2 (BIKE hmdb_few_shot / ucf_few_shot / k400_few_shot).
-    "hmdb51-2shot": dict(
-        dataset="hmdb51",
-        shots=2,
-        frames=8,
-        epochs=20,
-        batch_size=32,
-        lr=5e-5,
-        warmup_epochs=5,
-        eval_clips=1,
-        eval_crops=1,
-    ),
-    "ucf101-2shot": dict(
-        dataset="ucf101",
-        shots=2,
-        frames=8,
-        epochs=20,
-        batch_size=32,
-        lr=5e-5,
-        warmup_epochs=5,
-        eval_clips=1,
-        eval_crops=1,
-    ),
-    "k400-2shot": dict(
-        dataset="k400",
-        shots=2,
-        frames=8,
-        epochs=20,
-        batch_size=32,
-        lr=5e-5,
-        warmup_epochs=5,
-        eval_clips=1,
-        eval_crops=1,
-    ),
-    # Multi-label Charades (BIKE charades_k400_finetune: 16 frames, 20 epochs, mAP).
-    "charades": dict(
-        dataset="charades",
-        frames=16,
-        epochs=20,
-        batch_size=256,
-        lr=5e-5,
-        warmup_epochs=5,
-        eval_clips=1,
-        eval_crops=1,
-        charades_instances=True,
-    ),
+# The presets: shipped config files (package data, so a clone and a wheel hold the same),
+# one per name, read like any `--config` file; `python -m trainer presets` lists them.
+PRESETS_DIR = Path(str(files("trainer") / "configs"))
+
+CONFIG_FORMATS = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.1 reads `5e-5` (an exponent without a dot) as text; YAML 1.2 and JSON read a
+    number, as users writing a learning rate mean."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+# What each field type of RunConfig takes from a config file, and how a refusal says it.
+_FILE_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "str": ((str,), "text"),
+    "int": ((int,), "a whole number"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "Path": ((str,), "a path"),
+    "dict": ((dict,), "a mapping"),
 }
 
 
-def resolve_config(preset: str | None, overrides: dict) -> RunConfig:
-    """A preset's values, then every flag the user set explicitly (flags win)."""
-    values: dict = {}
-    if preset is not None:
-        if preset not in PRESETS:
-            raise UserError(f"unknown --preset {preset!r}; known: {', '.join(PRESETS)}.")
-        values.update(PRESETS[preset])
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = set(values) - names
+def preset_files() -> dict[str, Path]:
+    """Each shipped preset's name and file."""
+    return {path.stem: path for path in sorted(PRESETS_DIR.glob("*.yaml"), key=lambda p: p.stem)}
+
+
+def preset_file(name: str, config: Path | None = None) -> Path:
+    """The file of the preset `name`, given by --preset or by the `preset:` of `config`."""
+    shipped = preset_files()
+    if name not in shipped:
+        unknown = f"{config}: unknown preset" if config is not None else "unknown --preset"
+        raise UserError(
+            f"{unknown} {name!r}; known: {', '.join(shipped)} "
+            "(`python -m trainer presets` shows their files)."
+        )
+    return shipped[name]
+
+
+def read_config_file(path: Path) -> dict:
+    """The settings a config file holds (YAML or JSON by its suffix; keys are RunConfig's
+    fields, as a run's config.json names them), each checked against its field's type:
+    paths come back as paths, numbers for float fields as floats. An unreadable file, an
+    unknown key or a value of the wrong type is one UserError sentence naming the file
+    (and the key)."""
+    kind = CONFIG_FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise UserError(
+            f"--config {path} is neither YAML (.yaml, .yml) nor JSON (.json): name it by "
+            "what it holds."
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"--config {path} cannot be read ({os_reason(exc)}).") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"--config {path} is not UTF-8 text.") from exc
+    try:
+        values = json.loads(text) if kind == "JSON" else yaml.load(text, Loader=_YamlLoader)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise UserError(f"--config {path} is not valid {kind} ({first_line(exc)}).") from exc
+    if values is None:  # an empty YAML file: no settings
+        values = {}
+    if not isinstance(values, dict):
+        raise UserError(
+            f"--config {path} holds a {type(values).__name__}, not settings (key: value)."
+        )
+    types = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+    settings = {}
+    for key, value in values.items():
+        if key not in types:
+            raise UserError(f"{path}: unknown key {key!r}{_known_as(str(key), types)}.")
+        settings[key] = _file_value(path, key, value, types[key])
+    return settings
+
+
+def _known_as(key: str, names) -> str:
+    """A hint for an unknown key: the setting a flag's name stands for, or a near name."""
+    by_flag = {flag_name(name): name for name in names}
+    name = by_flag.get("--" + key.replace("_", "-"))
+    if name is None:
+        near = difflib.get_close_matches(key, names, n=1)
+        name = near[0] if near else None
+    return f" (did you mean {name!r}?)" if name else ""
+
+
+def _file_value(path: Path, key: str, value, annotation: str):
+    optional = annotation.endswith("| None")
+    if value is None and optional:
+        return None
+    kind = annotation.removesuffix(" | None")
+    if key == "split" and type(value) is int:  # YAML reads `split: 1` as a number
+        value = str(value)
+    accepted, what = _FILE_TYPES[kind]
+    if not isinstance(value, accepted) or (isinstance(value, bool) and kind != "bool"):
+        null = " or null" if optional else ""
+        raise UserError(f"{path}: {key} must be {what}{null}, not {value!r}.")
+    if kind == "Path":
+        return Path(value)
+    return float(value) if kind == "float" else value
+
+
+def resolve_config(
+    preset: str | None, overrides: dict, config: Path | None = None, resume: bool = False
+) -> RunConfig:
+    """A preset's values, then a config file's (`--config`), then every flag the user set
+    explicitly (`overrides` not None): flags win. A file may name a preset (`preset:`) to
+    start from, which --preset replaces. A run's own config.json (its `out` is the folder
+    holding it) replays that run elsewhere: it needs --out, or --resume to continue it."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(given) - {f.name for f in dataclasses.fields(RunConfig)}
     if unknown:
         raise UserError(f"unknown setting(s): {', '.join(sorted(unknown))}.")
-    return RunConfig(preset=preset, **{k: v for k, v in values.items() if k != "preset"})
+    from_file = read_config_file(config) if config is not None else {}
+    if from_file.get("preset") is not None and preset is None:
+        preset = from_file["preset"]
+        preset_file(preset, config)
+    values = read_config_file(preset_file(preset)) if preset is not None else {}
+    values.update(from_file)
+    values.update(given)
+    values["preset"] = preset
+    recorded_out = from_file.get("out")
+    if (
+        recorded_out is not None
+        and "out" not in given
+        and not resume
+        and absolute(recorded_out) == absolute(config).parent
+    ):
+        raise UserError(
+            f"{config} records the run in {recorded_out}: pass --out DIR to replay it into "
+            "a new folder, or --resume to continue that run."
+        )
+    try:
+        return RunConfig(**values)
+    except UserError as exc:
+        raise _blame_file(exc, config, set(from_file) - set(given)) from None
+
+
+def _blame_file(error: UserError, config: Path | None, keys: set[str]) -> UserError:
+    """`error` (a RunConfig check, naming flags) as the config file's: naming the file and,
+    for the flags it names whose values came from the file, the file's keys instead."""
+    message, blamed = str(error), False
+    for key in keys:
+        flag = re.compile(rf"(?<![\w-]){re.escape(flag_name(key))}(?![\w-])")
+        if flag.search(message) or ("_" in key and key in message):
+            message, blamed = flag.sub(key, message), True
+    return UserError(f"{config}: {message}") if blamed else error
