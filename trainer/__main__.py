@@ -188,12 +188,26 @@ def run(
     device: str = typer.Option(None, help="auto, cpu or cuda."),
     out: Path = typer.Option(None, help="Run directory (default runs/<name>)."),
     resume: bool = typer.Option(False, help="Continue the run in --out exactly."),
+    log_every: int = typer.Option(
+        50,
+        min=0,
+        help="Print a line every N optimiser steps (loss, lr, clips/s, data wait, memory) "
+        "and append it to steps.jsonl; 0: none.",
+    ),
+    report_to: str = typer.Option(
+        None,
+        help="Also log to tensorboard and/or wandb (comma-separated; optional extras "
+        "storyboard[tensorboard], storyboard[wandb]).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Train and evaluate (supervised, few-shot), writing a run directory."""
     from .config import resolve_config
     from .evaluation import summarise
     from .loop import train
+    from .run_log import LogSettings, parse_report_to
+
+    log_settings = LogSettings(log_every, parse_report_to(report_to))
 
     overrides = {
         "dataset": dataset,
@@ -239,12 +253,14 @@ def run(
 
         base = cfg.out or default_run_dir(cfg)
         results = [
-            train(replace(cfg, split=str(k), out=base / f"fold{k}"), resume, not as_json)
+            train(
+                replace(cfg, split=str(k), out=base / f"fold{k}"), resume, not as_json, log_settings
+            )
             for k in (1, 2, 3)
         ]
         result = summarise(results)
     else:
-        result = train(cfg, resume, not as_json)
+        result = train(cfg, resume, not as_json, log_settings)
     _print_result(result, as_json)
 
 

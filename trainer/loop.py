@@ -1,8 +1,10 @@
 """The training loop: AMP, gradient accumulation, DDP, checkpoints, exact resume.
 
-A run directory holds `config.json`, `fewshot.csv` (few-shot runs), `metrics.jsonl`,
-`checkpoints/last.pt` and `checkpoints/best.pt` (written atomically), and the evaluation
-outputs `per_class_accuracy.csv` and `predictions.parquet`. Data randomness is keyed by
+A run directory holds `config.json`, `environment.json` (one entry per start),
+`fewshot.csv` (few-shot runs), `metrics.jsonl`, `steps.jsonl` (`--log-every`),
+`tensorboard/` and `wandb/` (`--report-to`), `checkpoints/last.pt` and
+`checkpoints/best.pt` (written atomically), and the evaluation outputs
+`per_class_accuracy.csv` and `predictions.parquet`. Data randomness is keyed by
 (seed, epoch, item), and a checkpoint records the epoch and the step inside it, so
 `--resume` continues exactly where a run stopped; Ctrl-C finishes the current optimiser
 step, saves `last.pt` and exits. `train_step` is the one optimiser step, which the GPU
@@ -49,6 +51,7 @@ from .distributed import (
     init_distributed,
     main_first,
 )
+from .environment import record_environment
 from .evaluation import model_inputs, predict, score_predictions, write_eval_outputs
 from .loss import storyboard_loss
 from .model.aggregation import ClassText
@@ -57,6 +60,7 @@ from .precision import autocast, grad_scaler
 from .progress import progress_bar
 from .report import write_report
 from .run_data import check_classes, check_clip_lengths, clip_datasets, prepare_data
+from .run_log import STEPS_FILE, LogSettings, Reporters, StepLog, check_reporters
 from .runs import build
 from .schedule import make_optimizer, make_scheduler
 
@@ -116,20 +120,20 @@ def check_resume(cfg: RunConfig, out: Path, state: dict) -> dict:
     return {**saved, **{name: recorded[name] for name in paths if name in recorded}}
 
 
-def keep_logged_epochs(path: Path, epochs: int) -> None:
-    """Drop the lines of `metrics.jsonl` for epochs after the first `epochs` (those the
-    checkpoint being resumed had not completed, which the run now repeats), and lines cut
-    short by a kill."""
+def keep_logged(path: Path, key: str, last: int) -> None:
+    """Drop the lines of a JSON-lines log (`metrics.jsonl` by "epoch", `steps.jsonl` by
+    "global_step") whose `key` is after `last` (what the checkpoint being resumed had not
+    completed, which the run now repeats), and lines cut short by a kill."""
     if not path.exists():
         return
     lines = path.read_text(encoding="utf-8").splitlines()
     kept = []
     for line in lines:
         try:
-            epoch = json.loads(line).get("epoch")
+            value = json.loads(line).get(key)
         except (ValueError, AttributeError):
             continue
-        if isinstance(epoch, int) and epoch <= epochs:
+        if isinstance(value, int) and value <= last:
             kept.append(line)
     if len(kept) != len(lines):
         atomic_write_text(path, "".join(line + "\n" for line in kept))
@@ -208,11 +212,13 @@ def train_epoch(
     stop_flag: dict,
     progress,
     task,
+    step_log: StepLog,
 ) -> dict:
     """One epoch, continuing from `start` (batches done, loss sum, clip count, skipped);
     returns the same counters at the end, with `stopped` set if Ctrl-C cut it short and
     `diverged` (the optimiser step of the epoch, from 1, and its loss) if a loss was not
-    finite: the epoch stops there, that step not taken."""
+    finite: the epoch stops there, that step not taken. Each optimiser step is counted in
+    `step_log`."""
     model.train()
     device = dist_info.device
     total, count = start["loss_sum"], start["clips"]
@@ -221,6 +227,7 @@ def train_epoch(
     batches = iter(loader)
     stopped, diverged = False, None
     while True:
+        fetching = time.perf_counter()
         group = []
         for _ in range(accumulation):
             batch = next(batches, None)
@@ -229,6 +236,7 @@ def train_epoch(
             group.append(batch)
         if not group:
             break
+        waited = time.perf_counter() - fetching
         try:
             losses, missed = train_step(
                 model, text, group, optimizer, scaler, dist_info, cfg.amp, cfg.lam
@@ -239,8 +247,10 @@ def train_epoch(
         for loss_sum, clips in losses:  # in order, as a running sum
             total, count = total + loss_sum, count + clips
         skipped += missed
+        lr = head_lr(optimizer)  # this step's, before the schedule moves on
         scheduler.step()
         step += len(group)
+        step_log.step(-(-step // accumulation), losses, waited, lr)
         progress.update(task, advance=len(group), info=f"loss {total / max(count, 1):.4f}")
         # Ctrl-C on any rank stops every rank after the same optimiser step.
         stop = int(stop_flag["stop"])
@@ -257,6 +267,12 @@ def train_epoch(
         "stopped": stopped,
         "diverged": diverged,
     }
+
+
+def head_lr(optimizer) -> float:
+    """The learning rate of the new modules (`--lr`; the backbone's is scaled from it)."""
+    groups = optimizer.param_groups
+    return next((g["lr"] for g in groups if g.get("name", "").startswith("new")), groups[0]["lr"])
 
 
 def weights_finite(model, dist_info: DistInfo) -> bool:
@@ -287,9 +303,16 @@ def divergence(cfg: RunConfig, epoch: int, diverged: dict, saved: bool) -> UserE
     )
 
 
-def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> dict:
+def train(
+    cfg: RunConfig,
+    resume: bool = False,
+    show_progress: bool = True,
+    log_settings: LogSettings = LogSettings(),
+) -> dict:
     """Train (and evaluate) one fold; returns the best evaluation metrics. The run's folder
-    is held by this run alone (`run_folder`) from before anything is written to its end."""
+    is held by this run alone (`run_folder`) from before anything is written to its end.
+    `log_settings`: step lines and reporters (`run_log`)."""
+    check_reporters(log_settings.report_to)
     cfg = recorded_config(cfg)
     dist_info = init_distributed(cfg.device)
     with contextlib.ExitStack() as held:
@@ -299,10 +322,16 @@ def train(cfg: RunConfig, resume: bool = False, show_progress: bool = True) -> d
                 held.enter_context(run_folder(cfg.out))
 
         main_first(hold_folder, dist_info)
-        return _train(cfg, dist_info, resume, show_progress)
+        return _train(cfg, dist_info, resume, show_progress, log_settings)
 
 
-def _train(cfg: RunConfig, dist_info: DistInfo, resume: bool, show_progress: bool) -> dict:
+def _train(
+    cfg: RunConfig,
+    dist_info: DistInfo,
+    resume: bool,
+    show_progress: bool,
+    log_settings: LogSettings,
+) -> dict:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     root, out, subtexts = cfg.root, cfg.out, cfg.subtexts
@@ -404,18 +433,25 @@ def _train(cfg: RunConfig, dist_info: DistInfo, resume: bool, show_progress: boo
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), dist_info.device)
         epoch, position, best = state["epoch"], state["position"], state["best"]
+    done_steps = epoch * steps_per_epoch + -(-position["step"] // accumulation)
     if dist_info.is_main:
         # A resume (same settings, checked above) rewrites config.json only to record where
         # moved inputs are now, and older runs' relative paths as absolute ones.
         if _read_json(out / "config.json") != recorded:
             atomic_write_json(out / "config.json", recorded)
-        keep_logged_epochs(out / "metrics.jsonl", epoch)
+        record_environment(out, dist_info, resumed=state is not None)
+        keep_logged(out / "metrics.jsonl", "epoch", epoch)
+        keep_logged(out / STEPS_FILE, "global_step", done_steps)
         if data.fewshot is not None:
             save_item_list(data.fewshot, out / "fewshot.csv")
 
     stop = {"stop": False}
     previous = signal.signal(signal.SIGINT, lambda *_: stop.update(stop=True))
     log = open(out / "metrics.jsonl", "a", encoding="utf-8") if dist_info.is_main else None  # noqa: SIM115
+    steps_log = None
+    if dist_info.is_main and log_settings.every:
+        steps_log = open(out / STEPS_FILE, "a", encoding="utf-8")  # noqa: SIM115
+    reporters = None
 
     def save(name: str) -> None:
         if dist_info.is_main:
@@ -438,8 +474,20 @@ def _train(cfg: RunConfig, dist_info: DistInfo, resume: bool, show_progress: boo
                 ckpt_dir / f"{name}.pt",
             )
 
+    ok = False
     try:
+        if dist_info.is_main and log_settings.report_to:
+            reporters = Reporters(log_settings.report_to, out, recorded, done_steps)
         with progress_bar(show_progress and dist_info.is_main) as progress:
+            step_log = StepLog(
+                log_settings.every,
+                dist_info,
+                steps_per_epoch,
+                cfg.epochs,
+                steps_log,
+                reporters,
+                progress,
+            )
             while epoch < cfg.epochs:
                 done = position["step"]
                 sampler.set_epoch(epoch, start=done * micro)  # batches -> this rank's items
@@ -450,6 +498,7 @@ def _train(cfg: RunConfig, dist_info: DistInfo, resume: bool, show_progress: boo
                     info="",
                 )
                 started = time.perf_counter()
+                step_log.start_epoch(epoch)
                 position = train_epoch(
                     ddp_model,
                     text,
@@ -464,6 +513,7 @@ def _train(cfg: RunConfig, dist_info: DistInfo, resume: bool, show_progress: boo
                     stop,
                     progress,
                     task,
+                    step_log,
                 )
                 progress.remove_task(task)
                 diverged = position.pop("diverged")
@@ -496,6 +546,11 @@ def _train(cfg: RunConfig, dist_info: DistInfo, resume: bool, show_progress: boo
                 if log:
                     log.write(json.dumps(line) + "\n")
                     log.flush()
+                if reporters:
+                    reporters.scalars(
+                        {"epoch/train_loss": loss, "epoch/seconds": line["seconds"]},
+                        (epoch + 1) * steps_per_epoch,
+                    )
                 epoch, position = epoch + 1, dict(fresh)
                 if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
                     probs, labels, ids, _ = predict(
@@ -506,6 +561,10 @@ def _train(cfg: RunConfig, dist_info: DistInfo, resume: bool, show_progress: boo
                     if log:
                         log.write(json.dumps({"epoch": epoch, **result}) + "\n")
                         log.flush()
+                    if reporters:
+                        reporters.scalars(
+                            {f"eval/{k}": v for k, v in result.items()}, epoch * steps_per_epoch
+                        )
                     if best is None or result[key] > best[key]:
                         best = {"epoch": epoch, **result}
                         save("best")
@@ -519,10 +578,14 @@ def _train(cfg: RunConfig, dist_info: DistInfo, resume: bool, show_progress: boo
                                 data.test.multi_label,
                             )
                 save("last")
+        ok = True
     finally:
         signal.signal(signal.SIGINT, previous)
-        if log:
-            log.close()
+        for file in (log, steps_log):
+            if file:
+                file.close()
+        if reporters:
+            reporters.close(ok)
     if dist_info.is_main:
         write_report(out)
     return best or {}
