@@ -11,7 +11,7 @@ CLIP_MODEL      ?= ViT-B-16
 CLIP_PRETRAINED ?= openai
 # `make demo-subtexts` scores HMDB-51 candidate sets with a CLIP you name, e.g.
 # DEMO_CLIP_MODEL=ViT-B-16 DEMO_CLIP_PRETRAINED=openai (weights in the Hugging Face cache:
-# README, "Weights on an offline GPU machine"); by default a shipped config, random weights.
+# docs/usage.md, "Weights on an offline GPU machine"); by default a shipped config, random weights.
 DEMO_CLIP_MODEL      ?= subtext_gen/data/clip/TinyCLIP-test.json
 DEMO_CLIP_PRETRAINED ?= none
 
