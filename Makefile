@@ -17,7 +17,7 @@ DEMO_CLIP_PRETRAINED ?= none
 
 PY_DIRS := storyboard_common subtext_gen trainer testkit tests bench
 
-.PHONY: setup test demo study demo-subtexts subtexts score show bench gpu-check lint clean
+.PHONY: setup test test-all demo study demo-subtexts subtexts score show bench gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The suite less the end-to-end tests marked `slow` (torchrun ranks, the study, the wheel,
+# the README's quickstart); `make test-all` runs every test.
 test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)

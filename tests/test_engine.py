@@ -92,6 +92,7 @@ def test_tiny_run_lowers_the_loss_and_writes_the_run_directory(world, tmp_path):
     assert again.returncode == 2 and "--resume" in again.stderr
 
 
+@pytest.mark.slow
 def test_resume_after_ctrl_c_gives_the_same_metrics(world, tmp_path):
     straight = tmp_path / "straight"
     subprocess.run(run_args(world, straight), cwd=REPO, check=True, capture_output=True)
@@ -121,6 +122,7 @@ def test_resume_after_ctrl_c_gives_the_same_metrics(world, tmp_path):
     assert la[-1] == pytest.approx(lb[len(la)], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_eval_command_and_zero_shot_half(world, tmp_path):
     out = tmp_path / "run"
     subprocess.run(run_args(world, out, epochs=1), cwd=REPO, check=True, capture_output=True)
@@ -468,6 +470,7 @@ def test_a_moved_root_is_one_sentence_and_root_names_its_new_place(started_here,
         shutil.move(tmp_path / "moved", data)
 
 
+@pytest.mark.slow
 def test_predict_export_and_resume_from_another_folder(started_here, world, tmp_path):
     from trainer.evaluation import evaluate_checkpoint
     from trainer.predict import predict_video

@@ -82,6 +82,7 @@ def torchrun(world, out, ranks: int) -> dict:
     return torchrun_cache_features(ranks, flags, env={"OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 def test_two_torchrun_ranks_write_the_cache_one_process_writes(world, reference, tmp_path):
     out = tmp_path / "features"
     summary = torchrun(world, out, ranks=2)
@@ -114,6 +115,7 @@ def _killed_rank_worker(rank: int, port: int, world, out) -> None:
     make_cache(world, out, eval_clips=2, eval_crops=3)
 
 
+@pytest.mark.slow
 def test_a_killed_rank_loses_only_its_shard_in_flight(world, reference, tmp_path, monkeypatch):
     out = tmp_path / "features"
     with socket.socket() as s:
@@ -135,6 +137,7 @@ def test_a_killed_rank_loses_only_its_shard_in_flight(world, reference, tmp_path
     assert_same_cache(out, reference)
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_finish_what_one_process_started(world, reference, tmp_path, monkeypatch):
     out = tmp_path / "features"
     counting_encoder(monkeypatch, crash_after=3)
@@ -178,6 +181,7 @@ def test_eval_from_the_cache_gives_the_metrics_of_the_videos(
         assert videos["runs"] == 10
 
 
+@pytest.mark.slow
 def test_eval_features_on_the_command_line_and_what_it_refuses(
     world, reference, frozen_run, tmp_path
 ):

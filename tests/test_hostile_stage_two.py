@@ -223,6 +223,7 @@ def test_an_unwritable_out_is_refused_before_training(world, tmp_path):
     one_error(done, f"--out {out} cannot be written")
 
 
+@pytest.mark.slow
 def test_truncated_checkpoints_are_named(world, finished, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(finished, run)

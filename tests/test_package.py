@@ -103,6 +103,7 @@ def test_wheel_holds_the_shipped_data(installed):
     assert "storyboard-trainer = trainer.__main__:main" in scripts
 
 
+@pytest.mark.slow
 def test_the_documented_commands_run_from_another_directory_on_the_installed_copy(
     installed, tmp_path
 ):

@@ -456,6 +456,7 @@ def k600_run(k600_world):
     return out
 
 
+@pytest.mark.slow
 def test_eval_zero_shot_subsets_scores_each_subset_on_its_own_videos_and_classes(
     k600_world, k600_run, tmp_path, monkeypatch
 ):
