@@ -21,10 +21,7 @@ from .conftest import REPO, run_app
 README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
 
-# Flags and files that helpers of issue 23 add in parallel; the README documents them
-# already. A pending flag the CLI does not know yet is dropped (with its value) before
-# parsing, so the rest of its line is still checked; a pending file may be absent. The
-# coordinator removes both lists once those branches are merged.
+
 def shell_blocks(text: str) -> list[list[str]]:
     """The fenced blocks without a language or marked as shell -> their logical lines
     (backslash continuations joined)."""
