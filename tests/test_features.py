@@ -1,6 +1,7 @@
 """The frozen-feature cache: round trip, index, resume, refusal, and cached runs that match
 uncached ones (tiny CLIP, the tiny list dataset of `conftest.world`)."""
 
+import inspect
 import json
 import shutil
 import subprocess
@@ -230,10 +231,11 @@ def test_a_cached_frozen_run_matches_the_uncached_one_and_resumes(world, tmp_pat
 
     real_epoch, epochs_started = loop.train_epoch, []
 
-    def ctrl_c_in_epoch_two(*args):  # stop_flag, progress, task are the last three
+    def ctrl_c_in_epoch_two(*args, **kwargs):
         epochs_started.append(1)
-        args[-3]["stop"] = len(epochs_started) == 2  # after epoch 2's first step
-        return real_epoch(*args)
+        bound = inspect.signature(real_epoch).bind(*args, **kwargs)
+        bound.arguments["stop_flag"]["stop"] = len(epochs_started) == 2  # after its first step
+        return real_epoch(*args, **kwargs)
 
     monkeypatch.setattr(loop, "train_epoch", ctrl_c_in_epoch_two)
     cut = tmp_path / "cut"
