@@ -72,7 +72,7 @@ def test_cached_features_are_the_towers_frame_embeddings(world, cached):
     built = runs.build(cfg, init_distributed("cpu"), world["subtexts"])
     data = run_data.prepare_data(cfg, world["root"], None)
     train_set, test_set = run_data.clip_datasets(
-        cfg, data.train, list(data.train.items), data.test, built.spec_size
+        cfg, data.train, list(data.train.items), data.test, built.image_size
     )
     identity = cache_identity("list", None, built.clip_id, train_set, test_set)
     cache = FeatureCache(cached["out"], identity, {"train": TRAIN_VIDEOS, "test": TEST_VIDEOS})
@@ -230,10 +230,10 @@ def test_a_cached_frozen_run_matches_the_uncached_one_and_resumes(world, tmp_pat
 
     real_epoch, epochs_started = loop.train_epoch, []
 
-    def ctrl_c_in_epoch_two(*args):  # stop_flag, progress, task are the last three
+    def ctrl_c_in_epoch_two(setup, state, *args):
         epochs_started.append(1)
-        args[-3]["stop"] = len(epochs_started) == 2  # after epoch 2's first step
-        return real_epoch(*args)
+        state.stop_requested = len(epochs_started) == 2  # after epoch 2's first step
+        return real_epoch(setup, state, *args)
 
     monkeypatch.setattr(loop, "train_epoch", ctrl_c_in_epoch_two)
     cut = tmp_path / "cut"

@@ -94,7 +94,7 @@ def load_checkpoint(path: Path, map_location, hint: str) -> dict:
     return state
 
 
-def plain(value):
+def json_values(value):
     """`value` as JSON types (paths become strings): what a checkpoint stores as settings."""
     return json.loads(json.dumps(value, default=json_paths))
 

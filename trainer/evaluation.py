@@ -205,7 +205,7 @@ def evaluate_checkpoint(
             f"{cached_fold} or evaluate the folds from the videos."
         )
     root = cfg.root or default_root(dataset)
-    spec = eval_spec(cfg, built.spec_size)
+    spec = eval_spec(cfg, built.image_size)
     # the artifact each subset file's texts come from: its own, else the run's one
     artifacts = given if len(given) > 1 else [subtexts] * len(subsets)
     texts = SubsetTexts(loaded)
