@@ -15,7 +15,7 @@ from storyboard_common.errors import UserError
 from trainer.config import RESUME_MAY_CHANGE, RunConfig, resolve_config
 
 from .conftest import REPO, TINY_CLIP_CONFIG
-from .test_engine import lines, run_args
+from .test_training import lines, run_args
 
 
 def cli(*args):

@@ -24,7 +24,7 @@ from trainer.predict import predict_video
 from trainer.runs import export_run
 
 from .conftest import TINY_CLIP_CONFIG
-from .test_engine import lines
+from .test_training import lines
 from .test_features import make_cache
 
 

@@ -1,4 +1,5 @@
-"""A tiny end-to-end run on CPU: tiny CLIP checkpoint, miniature list dataset, real CLI."""
+"""Training end to end on CPU through the real CLI (`run`, `--resume`, `eval`, `predict`,
+`export`), also from another folder: tiny CLIP checkpoint, miniature list dataset."""
 
 import json
 import os
