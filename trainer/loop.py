@@ -55,7 +55,7 @@ from .distributed import (
     main_first,
 )
 from .environment import record_environment
-from .evaluation import model_inputs, predict, score_predictions, write_eval_outputs
+from .evaluation import model_inputs, predict, score_predictions, summarise, write_eval_outputs
 from .loss import storyboard_loss
 from .model.aggregation import ClassText
 from .model.video_clip import VideoCLIP
@@ -374,6 +374,29 @@ def train(
 
         main_first(hold_folder, dist_info)
         return _train(cfg, dist_info, resume, show_progress, log_settings)
+
+
+def train_folds(
+    cfg: RunConfig,
+    resume: bool = False,
+    show_progress: bool = True,
+    log_settings: LogSettings = LogSettings(),
+) -> dict:
+    """`train` on the fold `cfg.split`; with --split all on a dataset of three folds, each
+    fold in its own folder (`fold1`...) and the mean of their metrics (`summarise`)."""
+    if not (cfg.split == "all" and cfg.dataset in ("hmdb51", "ucf101")):
+        return train(cfg, resume, show_progress, log_settings)
+    base = cfg.out or default_run_dir(cfg)
+    results = [
+        train(
+            dataclasses.replace(cfg, split=str(k), out=base / f"fold{k}"),
+            resume,
+            show_progress,
+            log_settings,
+        )
+        for k in (1, 2, 3)
+    ]
+    return summarise(results)
 
 
 def _train(
