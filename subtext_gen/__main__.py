@@ -82,10 +82,12 @@ def generate(
     seed: int = typer.Option(0, help="Sampling seed (llava)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Ask an LLM for N atomic actions per class; resumable, one row per reply."""
+    """Ask an LLM for N atomic actions per class; resumable, one row per reply.
+    \f
+    Long only by its option list: it checks them and calls `_backends` and `generate`."""
     from .artifacts import writer_lock
     from .classes import load_classes
-    from .generate import GenerateSummary
+    from .generate import combined
     from .generate import generate as run
     from .prompts import select_prompts
 
@@ -105,40 +107,20 @@ def generate(
         raise UserError("--index-classes goes with --llm file and its --input files.")
     class_list = load_classes(dataset, classes)
     chosen = select_prompts(prompts)
-    if llm is LLM.openai:
-        from .llm.openai_chat import DEFAULT_MODEL, OpenAIBackend
-
-        backends = [
-            OpenAIBackend(
-                model or DEFAULT_MODEL,
-                base_url=base_url,
-                concurrency=concurrency,
-                max_retries=max_retries,
-                timeout=timeout,
-                temperature=temperature,
-            )
-        ]
-    elif llm is LLM.llava:
-        from .llm.llava import LlavaBackend
-
-        kwargs = {"model": model} if model else {}
-        backends = [
-            LlavaBackend(**kwargs, batch_size=batch_size, temperature=temperature, seed=seed)
-        ]
+    if llm is LLM.file:
+        backends = _file_backends(input, index_classes, class_list, n_subtexts)
     else:
-        from .llm.files import file_backends
-
-        if not input:
-            raise UserError("--llm file needs --input FILE (JSON or CSV description sets).")
-        labels = (
-            load_classes(classes_file=index_classes, flag="--index-classes")
-            if index_classes
-            else None
-        )
-        inputs = [resolve_shipped(p) for p in input]
-        backends = file_backends(inputs, index_classes=labels)  # one source per file
-        for backend in backends:  # every file checked against the classes before any write
-            backend.plan(class_list, n_subtexts)
+        backend_options = {
+            "model": model,
+            "base_url": base_url,
+            "concurrency": concurrency,
+            "max_retries": max_retries,
+            "timeout": timeout,
+            "temperature": temperature,
+            "batch_size": batch_size,
+            "seed": seed,
+        }
+        backends = [_llm_backend(llm, **backend_options)]
     out_dir = out or artifacts_root() / class_list.name
     with writer_lock(out_dir):  # held across every --input file: no other run in between
         summaries = [
@@ -154,16 +136,7 @@ def generate(
             )
             for backend in backends
         ]
-    summary = summaries[0]
-    if len(summaries) > 1:
-        summary = GenerateSummary(
-            requested=sum(s.requested for s in summaries),
-            ok=sum(s.ok for s in summaries),
-            failed=sum(s.failed for s in summaries),
-            skipped=sum(s.skipped for s in summaries),
-            path=summary.path,
-            errors=tuple(dict.fromkeys(e for s in summaries for e in s.errors))[:5],
-        )
+    summary = combined(summaries)
     console.print(
         f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already done -> "
         f"{summary.path}"
@@ -173,6 +146,52 @@ def generate(
     if llm is LLM.file:  # how each imported file's keys landed on the classes
         for backend in backends:
             console.print(backend.matched.summary(), markup=False, highlight=False)
+
+
+def _llm_backend(
+    llm: LLM,
+    model: str | None,
+    base_url: str | None,
+    concurrency: int,
+    max_retries: int,
+    timeout: float,
+    temperature: float,
+    batch_size: int,
+    seed: int,
+):
+    """The backend of an LLM that `generate` asks: an OpenAI-compatible server or LLaVA."""
+    if llm is LLM.openai:
+        from .llm.openai_chat import DEFAULT_MODEL, OpenAIBackend
+
+        return OpenAIBackend(
+            model or DEFAULT_MODEL,
+            base_url=base_url,
+            concurrency=concurrency,
+            max_retries=max_retries,
+            timeout=timeout,
+            temperature=temperature,
+        )
+    from .llm.llava import LlavaBackend
+
+    kwargs = {"model": model} if model else {}
+    return LlavaBackend(**kwargs, batch_size=batch_size, temperature=temperature, seed=seed)
+
+
+def _file_backends(inputs: list[Path] | None, index_classes: Path | None, class_list, n: int):
+    """One file backend per --input file, each checked against the classes (`n` sub-texts
+    a set) before anything is written."""
+    from .classes import load_classes
+    from .llm.files import file_backends
+
+    if not inputs:
+        raise UserError("--llm file needs --input FILE (JSON or CSV description sets).")
+    labels = (
+        load_classes(classes_file=index_classes, flag="--index-classes") if index_classes else None
+    )
+    backends = file_backends([resolve_shipped(p) for p in inputs], index_classes=labels)
+    for backend in backends:
+        backend.plan(class_list, n)
+    return backends
 
 
 @app.command()

@@ -170,3 +170,18 @@ def _generate(
         path=store.path,
         errors=tuple(errors),
     )
+
+
+def combined(summaries: list[GenerateSummary]) -> GenerateSummary:
+    """One summary of several sources' runs into the same artifact (their first five
+    distinct errors)."""
+    if len(summaries) == 1:
+        return summaries[0]
+    return GenerateSummary(
+        requested=sum(s.requested for s in summaries),
+        ok=sum(s.ok for s in summaries),
+        failed=sum(s.failed for s in summaries),
+        skipped=sum(s.skipped for s in summaries),
+        path=summaries[0].path,
+        errors=tuple(dict.fromkeys(e for s in summaries for e in s.errors))[:5],
+    )

@@ -37,7 +37,7 @@ from .artifacts import (
 )
 from .classes import class_text
 from .clip_text import LoadedClip, encode_texts
-from .tpp import tpp
+from .tpp import TPPResult, tpp
 
 DEFAULT_TEMPLATE = "a video of a person {}."
 
@@ -86,15 +86,7 @@ def score(
         raise UserError(f"--fallback {fallback!r} is not known; the only fallback is `global`.")
     candidates = read_candidates(artifacts_dir)
     names, n = candidates.class_names, candidates.n_subtexts
-    valid: list[CandidateRow] = [r for r in candidates.rows if r.ok and len(r.sub_texts) == n]
-    has_valid = {r.class_id for r in valid}
-    without = [name for i, name in enumerate(names) if i not in has_valid]
-    if without and fallback != "global":
-        raise UserError(
-            f"{len(without)} class(es) have no valid candidate in {artifacts_dir}: "
-            f"{', '.join(without[:20])}{' ...' if len(without) > 20 else ''}; generate more "
-            "or pass --fallback global."
-        )
+    valid = _valid_sets(candidates.rows, names, n, artifacts_dir, fallback)
     globals_ = [global_text(template, name) for name in names]
     if callable(clip):
         clip = clip()
@@ -105,39 +97,19 @@ def score(
             "score with pretrained weights (e.g. --clip-pretrained openai) to choose sub-texts.",
             stacklevel=2,
         )
-
-    tower_seconds = 0.0
-
-    def encode(texts: list[str], with_tokens: bool):
-        nonlocal tower_seconds
-        t0 = time.perf_counter()
-        feats = encode_texts(clip, texts, batch_size=batch_size, with_tokens=with_tokens)
-        tower_seconds += time.perf_counter() - t0
-        return feats
-
-    # Pass 1: pooled features, TPP of every valid set.
-    distinct = list(dict.fromkeys(t for r in valid for t in r.sub_texts))
-    pooled = encode(globals_ + distinct, with_tokens=False).pooled
-    index = {t: len(globals_) + i for i, t in enumerate(distinct)}
-    class_ids = np.asarray([r.class_id for r in valid], dtype=np.int64)
-    sub_idx = np.asarray([[index[t] for t in r.sub_texts] for r in valid], dtype=np.int64)
-    result = tpp(
-        torch.from_numpy(pooled[class_ids]) if len(valid) else torch.zeros(0, clip.embed_dim),
-        torch.from_numpy(pooled[sub_idx]) if len(valid) else torch.zeros(0, n, clip.embed_dim),
-        alpha=alpha,
-        beta=beta,
-    )
+    encode = TimedEncoder(clip, batch_size)
+    result = _score_sets(encode, globals_, valid, n, alpha, beta)
     scores = result.score.numpy()
+    class_ids = np.asarray([r.class_id for r in valid], dtype=np.int64)
     best = select_best(class_ids, scores)
 
     # Pass 2: word tokens of the global texts and the chosen sub-texts.
+    C = len(names)
     chosen = {
         c: (valid[i].sub_texts if c in best else (globals_[c],) * n)
-        for c, i in ((c, best.get(c, -1)) for c in range(len(names)))
+        for c, i in ((c, best.get(c, -1)) for c in range(C))
     }
-    token_texts = globals_ + [t for c in range(len(names)) for t in chosen[c]]
-    feats = encode(token_texts, with_tokens=True)
-    C = len(names)
+    feats = encode(globals_ + [t for c in range(C) for t in chosen[c]], with_tokens=True)
     meta = ArtifactMeta(
         clip_model=clip.model_id,
         clip_pretrained=clip.pretrained_id,
@@ -149,25 +121,99 @@ def score(
         fallback_classes=tuple(i for i in range(C) if i not in best),
         scoring_id=uuid.uuid4().hex,
     )
-    rows = []
-    for c in range(C):
-        lo = C + c * n
-        rows.append(
-            SubtextRow(
-                class_id=c,
-                class_name=names[c],
-                global_text=globals_[c],
-                sub_texts=chosen[c],
-                tpp=float(scores[best[c]]) if c in best else float("nan"),
-                candidate_id=valid[best[c]].candidate_id if c in best else FALLBACK_CANDIDATE_ID,
-                global_emb=feats.pooled[c],
-                global_tokens=feats.tokens[c],
-                sub_emb=feats.pooled[lo : lo + n],
-                sub_tokens=feats.tokens[lo : lo + n],
-            )
+    rows = [
+        SubtextRow(
+            class_id=c,
+            class_name=names[c],
+            global_text=globals_[c],
+            sub_texts=chosen[c],
+            tpp=float(scores[best[c]]) if c in best else float("nan"),
+            candidate_id=valid[best[c]].candidate_id if c in best else FALLBACK_CANDIDATE_ID,
+            global_emb=feats.pooled[c],
+            global_tokens=feats.tokens[c],
+            # the chosen set's sub-texts follow the C global texts, n per class
+            sub_emb=feats.pooled[C + c * n : C + (c + 1) * n],
+            sub_tokens=feats.tokens[C + c * n : C + (c + 1) * n],
         )
-    selected = set(best.values())
-    tpp_rows = [
+        for c in range(C)
+    ]
+    out_dir = Path(artifacts_dir) / clip_tag(clip.model_id, clip.pretrained_id)
+    # Two atomic writes with one scoring id: stopped between them, readers refuse the pair.
+    write_tpp(_tpp_rows(valid, result, set(best.values())), out_dir / TPP_FILE, meta)
+    write_subtexts(rows, out_dir / SUBTEXTS_FILE, meta)
+    return ScoreSummary(
+        out_dir=out_dir,
+        classes=C,
+        scored=len(valid),
+        fallback=tuple(names[i] for i in meta.fallback_classes),
+        seconds=time.perf_counter() - start,
+        text_tower_seconds=encode.seconds,
+    )
+
+
+def _valid_sets(
+    rows: list[CandidateRow],
+    names: list[str],
+    n: int,
+    artifacts_dir: Path,
+    fallback: str | None,
+) -> list[CandidateRow]:
+    """The candidate sets that parsed into `n` sub-texts; a class without one is refused
+    unless `fallback` gives it the global text."""
+    valid = [r for r in rows if r.ok and len(r.sub_texts) == n]
+    has_valid = {r.class_id for r in valid}
+    without = [name for i, name in enumerate(names) if i not in has_valid]
+    if without and fallback != "global":
+        raise UserError(
+            f"{len(without)} class(es) have no valid candidate in {artifacts_dir}: "
+            f"{', '.join(without[:20])}{' ...' if len(without) > 20 else ''}; generate more "
+            "or pass --fallback global."
+        )
+    return valid
+
+
+class TimedEncoder:
+    """`encode_texts` with `clip`, counting the seconds spent in the text tower."""
+
+    def __init__(self, clip: LoadedClip, batch_size: int):
+        self.clip, self.batch_size = clip, batch_size
+        self.seconds = 0.0
+
+    def __call__(self, texts: list[str], with_tokens: bool):
+        t0 = time.perf_counter()
+        feats = encode_texts(self.clip, texts, batch_size=self.batch_size, with_tokens=with_tokens)
+        self.seconds += time.perf_counter() - t0
+        return feats
+
+
+def _score_sets(
+    encode: TimedEncoder,
+    globals_: list[str],
+    valid: list[CandidateRow],
+    n: int,
+    alpha: str,
+    beta: str,
+) -> TPPResult:
+    """Pass 1: the TPP of every valid set, from the pooled features of the global texts and
+    of every distinct sub-text (each encoded once)."""
+    distinct = list(dict.fromkeys(t for r in valid for t in r.sub_texts))
+    pooled = encode(globals_ + distinct, with_tokens=False).pooled
+    index = {t: len(globals_) + i for i, t in enumerate(distinct)}
+    class_ids = np.asarray([r.class_id for r in valid], dtype=np.int64)
+    sub_idx = np.asarray([[index[t] for t in r.sub_texts] for r in valid], dtype=np.int64)
+    embed_dim = encode.clip.embed_dim
+    return tpp(
+        torch.from_numpy(pooled[class_ids]) if len(valid) else torch.zeros(0, embed_dim),
+        torch.from_numpy(pooled[sub_idx]) if len(valid) else torch.zeros(0, n, embed_dim),
+        alpha=alpha,
+        beta=beta,
+    )
+
+
+def _tpp_rows(valid: list[CandidateRow], result: TPPResult, selected: set[int]) -> list[TppRow]:
+    """tpp.parquet's rows: each valid set's TPP, its terms, and whether it was chosen."""
+    scores = result.score.numpy()
+    return [
         TppRow(
             candidate_id=r.candidate_id,
             class_id=r.class_id,
@@ -178,18 +224,6 @@ def score(
         )
         for i, r in enumerate(valid)
     ]
-    out_dir = Path(artifacts_dir) / clip_tag(clip.model_id, clip.pretrained_id)
-    # Two atomic writes with one scoring id: stopped between them, readers refuse the pair.
-    write_tpp(tpp_rows, out_dir / TPP_FILE, meta)
-    write_subtexts(rows, out_dir / SUBTEXTS_FILE, meta)
-    return ScoreSummary(
-        out_dir=out_dir,
-        classes=C,
-        scored=len(valid),
-        fallback=tuple(names[i] for i in meta.fallback_classes),
-        seconds=time.perf_counter() - start,
-        text_tower_seconds=tower_seconds,
-    )
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """`trainer run --config FILE`: settings from YAML or JSON under the flags, a run's own
 config.json replaying it, and the presets as shipped config files."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,8 +11,8 @@ from storyboard_common.errors import UserError
 from trainer.__main__ import app
 from trainer.config import RunConfig, preset_files, read_config_file, resolve_config
 
-from .conftest import run_app
-from .test_engine import lines, run_args
+from .conftest import TINY_CLIP_CONFIG, run_app
+from .test_training import lines, run_args
 
 # The presets as the Python dict PRESETS held them before they became files: what each
 # shipped file must still hold.
@@ -188,3 +189,35 @@ def test_a_run_s_config_json_replays_it_to_the_same_metrics(original, tmp_path):
     }
     loss = [x["train_loss"] for x in lines(varied / "metrics.jsonl") if "train_loss" in x]
     assert loss != [x["train_loss"] for x in lines(original / "metrics.jsonl") if "train_loss" in x]
+
+
+def test_an_older_run_s_config_json_with_retired_settings_still_reads(world, tmp_path):
+    """Older runs recorded `extra` and `fewshot_epoch_len`, settings no flag ever set: their
+    config.json still replays (`--config`), resumes and loads (`from_saved`) as the same
+    settings; another value of them is refused as an unknown key."""
+    from trainer.checkpoints import json_values
+    from trainer.loop import check_resume, recorded_config
+
+    cfg = recorded_config(
+        RunConfig(
+            dataset="list",
+            root=world["root"],
+            subtexts=world["subtexts"],
+            clip_model=str(TINY_CLIP_CONFIG),
+            clip_pretrained=str(world["ckpt"]),
+            epochs=3,
+            out=tmp_path / "run",
+        )
+    )
+    settings = json_values(dataclasses.asdict(cfg))
+    older = {**settings, "extra": {}, "fewshot_epoch_len": None}
+    cfg.out.mkdir()
+    recorded = cfg.out / "config.json"
+    recorded.write_text(json.dumps(older))
+    assert "extra" not in settings and "fewshot_epoch_len" not in settings
+    assert resolve_config(None, {}, recorded, resume=True) == cfg
+    assert RunConfig.from_saved(older) == cfg
+    assert check_resume(cfg, cfg.out, {}) == older  # config.json kept as the run recorded it
+    used = write(tmp_path / "a.yaml", "fewshot_epoch_len: 100\n")
+    with pytest.raises(UserError, match=f"^{used}: unknown key 'fewshot_epoch_len'"):
+        resolve_config(None, {}, used)

@@ -1,7 +1,6 @@
 """The frozen-feature cache: round trip, index, resume, refusal, and cached runs that match
 uncached ones (tiny CLIP, the tiny list dataset of `conftest.world`)."""
 
-import inspect
 import json
 import shutil
 import subprocess
@@ -73,7 +72,7 @@ def test_cached_features_are_the_towers_frame_embeddings(world, cached):
     built = runs.build(cfg, init_distributed("cpu"), world["subtexts"])
     data = run_data.prepare_data(cfg, world["root"], None)
     train_set, test_set = run_data.clip_datasets(
-        cfg, data.train, list(data.train.items), data.test, built.spec_size
+        cfg, data.train, list(data.train.items), data.test, built.image_size
     )
     identity = cache_identity("list", None, built.clip_id, train_set, test_set)
     cache = FeatureCache(cached["out"], identity, {"train": TRAIN_VIDEOS, "test": TEST_VIDEOS})
@@ -231,11 +230,10 @@ def test_a_cached_frozen_run_matches_the_uncached_one_and_resumes(world, tmp_pat
 
     real_epoch, epochs_started = loop.train_epoch, []
 
-    def ctrl_c_in_epoch_two(*args, **kwargs):
+    def ctrl_c_in_epoch_two(setup, state, *args):
         epochs_started.append(1)
-        bound = inspect.signature(real_epoch).bind(*args, **kwargs)
-        bound.arguments["stop_flag"]["stop"] = len(epochs_started) == 2  # after its first step
-        return real_epoch(*args, **kwargs)
+        state.stop_requested = len(epochs_started) == 2  # after epoch 2's first step
+        return real_epoch(setup, state, *args)
 
     monkeypatch.setattr(loop, "train_epoch", ctrl_c_in_epoch_two)
     cut = tmp_path / "cut"

@@ -15,7 +15,7 @@ from storyboard_common.errors import UserError
 from trainer.config import RESUME_MAY_CHANGE, RunConfig, resolve_config
 
 from .conftest import REPO, TINY_CLIP_CONFIG
-from .test_engine import lines, run_args
+from .test_training import lines, run_args
 
 
 def cli(*args):
@@ -286,7 +286,7 @@ def test_out_of_range_settings_are_refused_naming_the_flag(setting, value, flag)
 def test_resume_takes_a_moved_input_at_its_new_place_and_reads_older_relative_paths(
     world, tmp_path, monkeypatch
 ):
-    from trainer.checkpoints import plain
+    from trainer.checkpoints import json_values
     from trainer.loop import check_resume, recorded_config
 
     cfg = recorded_config(
@@ -299,7 +299,7 @@ def test_resume_takes_a_moved_input_at_its_new_place_and_reads_older_relative_pa
             out=tmp_path / "run",
         )
     )
-    settings = plain(dataclasses.asdict(cfg))
+    settings = json_values(dataclasses.asdict(cfg))
     gone = tmp_path / "gone"
     state = {"config": {**settings, "root": str(gone)}}
     with pytest.raises(UserError) as caught:

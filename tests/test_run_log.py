@@ -20,8 +20,8 @@ from trainer.__main__ import app
 from trainer.run_log import STEPS_FILE, LogSettings, check_reporters, parse_report_to
 
 from .conftest import REPO, run_app
-from .test_engine import lines
 from .test_run_safety import run_config
+from .test_training import lines
 
 REPORTERS = ("tensorboard", "wandb")
 

@@ -24,8 +24,8 @@ from trainer.predict import predict_video
 from trainer.runs import export_run
 
 from .conftest import TINY_CLIP_CONFIG
-from .test_engine import lines
 from .test_features import make_cache
+from .test_training import lines
 
 
 def run_config(world, out, **overrides) -> RunConfig:

@@ -201,10 +201,11 @@ def run(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
-    """Train and evaluate (supervised, few-shot), writing a run directory."""
+    """Train and evaluate (supervised, few-shot), writing a run directory.
+    \f
+    Long only by its option list, which `overrides` maps onto RunConfig's fields."""
     from .config import resolve_config
-    from .evaluation import summarise
-    from .loop import train
+    from .loop import train_folds
     from .run_log import LogSettings, parse_report_to
 
     log_settings = LogSettings(log_every, parse_report_to(report_to))
@@ -246,22 +247,7 @@ def run(
         "out": out,
     }
     cfg = resolve_config(preset, overrides, config, resume)
-    if cfg.split == "all" and cfg.dataset in ("hmdb51", "ucf101"):
-        from dataclasses import replace
-
-        from .paths import default_run_dir
-
-        base = cfg.out or default_run_dir(cfg)
-        results = [
-            train(
-                replace(cfg, split=str(k), out=base / f"fold{k}"), resume, not as_json, log_settings
-            )
-            for k in (1, 2, 3)
-        ]
-        result = summarise(results)
-    else:
-        result = train(cfg, resume, not as_json, log_settings)
-    _print_result(result, as_json)
+    _print_result(train_folds(cfg, resume, not as_json, log_settings), as_json)
 
 
 @app.command()

@@ -94,7 +94,7 @@ def load_checkpoint(path: Path, map_location, hint: str) -> dict:
     return state
 
 
-def plain(value):
+def json_values(value):
     """`value` as JSON types (paths become strings): what a checkpoint stores as settings."""
     return json.loads(json.dumps(value, default=json_paths))
 
@@ -370,7 +370,8 @@ def _card_data(config: dict, base_model: str | None, model_name: str):
 def model_card(config: dict) -> str:
     """The exported folder's README.md, built as a `huggingface_hub.ModelCard`: Hub metadata
     (license, base model, dataset, the results as `model-index`), data and protocol,
-    results, sub-text source, model, how to load it, citation."""
+    results, sub-text source, model, how to load it, citation. Long only by the card's
+    text, kept as one template in reading order."""
     from huggingface_hub import ModelCard
 
     run, arch, clip, texts = (

@@ -14,7 +14,7 @@ import dataclasses
 import difflib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
@@ -38,7 +38,6 @@ class RunConfig:
     split: str = "1"  # fold 1, 2, 3 or "all"
     shots: int | None = None
     fewshot_list: Path | None = None
-    fewshot_epoch_len: int | None = None  # items per few-shot epoch (default: the train list's)
     charades_instances: bool = True  # Charades: train on action instances, else whole videos
     frames: int = 8
     eval_clips: int = 1
@@ -74,7 +73,6 @@ class RunConfig:
     out: Path | None = None
     eval_every: int = 1
     preset: str | None = None
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_saved(cls, values: dict) -> RunConfig:
@@ -265,8 +263,11 @@ _FILE_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "float": ((int, float), "a number"),
     "bool": ((bool,), "true or false"),
     "Path": ((str,), "a path"),
-    "dict": ((dict,), "a mapping"),
 }
+
+# Settings older runs recorded in config.json that no run could set to anything but these
+# values (no flag set them): a config file may still hold them, and they are dropped.
+RETIRED_SETTINGS = {"extra": {}, "fewshot_epoch_len": None}
 
 
 def preset_files() -> dict[str, Path]:
@@ -317,6 +318,8 @@ def read_config_file(path: Path) -> dict:
     types = {f.name: f.type for f in dataclasses.fields(RunConfig)}
     settings = {}
     for key, value in values.items():
+        if key in RETIRED_SETTINGS and value == RETIRED_SETTINGS[key]:
+            continue
         if key not in types:
             raise UserError(f"{path}: unknown key {key!r}{_known_as(str(key), types)}.")
         settings[key] = _file_value(path, key, value, types[key])

@@ -6,6 +6,7 @@ protocols, from videos or from a feature cache).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,15 @@ from . import metrics
 from .cache.dataset import FeatureDataset
 from .cache.store import TEST, FeatureCache, cache_identity, read_meta
 from .data.dataset import EpochSampler, VideoClipDataset, make_loader
+from .data.items import SplitList
 from .data.layouts import folds, load_split, test_split
+from .data.protocols import (
+    class_positions,
+    half_class_splits,
+    read_subset_file,
+    restrict_classes,
+    subset_class_ids,
+)
 from .distributed import DistInfo, gather_objects
 from .model.aggregation import ClassText
 from .model.video_clip import artifact_class_text
@@ -151,29 +160,8 @@ def evaluate_checkpoint(
     one artifact per file (`subtexts` a list as long as `subsets`, as per-split description
     files are published); an artifact may hold any superset of its file's classes.
     """
-    from .data.protocols import (
-        class_positions,
-        half_class_splits,
-        read_subset_file,
-        restrict_classes,
-        subset_class_ids,
-    )
-
     subsets = [Path(p) for p in subsets or ()]
-    if zero_shot == "subsets" and not subsets:
-        raise UserError("--zero-shot subsets needs --subsets FILE (class names), once per subset.")
-    if subsets and zero_shot != "subsets":
-        raise UserError("--subsets FILE goes with --zero-shot subsets.")
-    given = (
-        [Path(subtexts)] if isinstance(subtexts, str | Path) else list(map(Path, subtexts or ()))
-    )
-    if len(given) > 1 and not subsets:
-        raise UserError("several --subtexts go with --zero-shot subsets, one per --subsets file.")
-    if len(given) > 1 and len(given) != len(subsets):
-        raise UserError(
-            f"{len(given)} --subtexts for {len(subsets)} --subsets files: give one artifact for "
-            "all of them, or one per --subsets file in the same order."
-        )
+    given = _check_zero_shot_inputs(zero_shot, subsets, subtexts)
     subset_names = [(path, read_subset_file(path)) for path in subsets]  # before the model
     loaded = load_run(
         run_dir,
@@ -188,99 +176,158 @@ def evaluate_checkpoint(
         clip_model=clip_model,
         clip_pretrained=clip_pretrained,
     )
-    cfg, built, dist_info, subtexts = loaded.cfg, loaded.built, loaded.dist_info, loaded.subtexts
-    dataset, videos = cfg.dataset, cfg.videos
-    if features is not None:
-        cached_fold = feature_cache_fold(features, run_dir, loaded.trained_on)
-        split = split or ("all" if cached_fold is None else str(cached_fold))
-    if split is None:  # on the training dataset, other folds' test lists hold train videos
-        split = (
-            loaded.trained_on["split"]
-            if dataset == loaded.trained_on["dataset"] and not (zero_shot)
-            else "all"
-        )
-    if features is not None and len(folds(dataset, split)) > 1:
-        raise UserError(
-            f"--features {features} holds one fold ({cached_fold}); pass --split "
-            f"{cached_fold} or evaluate the folds from the videos."
-        )
+    cfg, dist_info = loaded.cfg, loaded.dist_info
+    dataset = cfg.dataset
+    split = _evaluated_split(loaded, run_dir, split, zero_shot, features)
     root = cfg.root or default_root(dataset)
-    spec = eval_spec(cfg, built.spec_size)
     # the artifact each subset file's texts come from: its own, else the run's one
-    artifacts = given if len(given) > 1 else [subtexts] * len(subsets)
+    artifacts = given if len(given) > 1 else [loaded.subtexts] * len(subsets)
     texts = SubsetTexts(loaded)
     results, per_subset = [], []
     with progress_bar(show_progress and dist_info.is_main) as progress:
         for fold in folds(dataset, split):
-            test = load_split(dataset, root, test_split(dataset), fold, videos, False)
-            # (subset file, dataset class ids, their texts, artifact); None: every class
-            groups = [(None, None, built.text, subtexts)]
+            test = load_split(dataset, root, test_split(dataset), fold, cfg.videos, False)
             if zero_shot == "subsets":
                 groups = [
-                    (
-                        path,
+                    ClassGroup(
                         subset_class_ids(path, names, test.class_names, dataset),
                         texts.rows(artifact, path, names),
                         artifact,
+                        path,
                     )
                     for (path, names), artifact in zip(subset_names, artifacts)
                 ]
             else:
-                check_classes(test, loaded.class_names, subtexts)
-            if zero_shot == "half":
-                halves = half_class_splits(len(test.class_names), 10, cfg.seed)
-                groups = [
-                    (None, half, built.text.subset(torch.as_tensor(half)), subtexts)
-                    for half in halves
-                ]
+                check_classes(test, loaded.class_names, loaded.subtexts)
+                groups = _class_groups(loaded, len(test.class_names), zero_shot == "half")
             cache = None
             if features is not None:
+                spec = eval_spec(cfg, loaded.built.image_size)
                 whole = VideoClipDataset(test.items, len(test.class_names), test.multi_label, spec)
-                identity = cache_identity(dataset, fold, built.clip_id, None, whole)
+                identity = cache_identity(dataset, fold, loaded.built.clip_id, None, whole)
                 cache = FeatureCache(features, identity, {TEST: len(whole)})
-            for path, class_ids, text, artifact in groups:
-                if class_ids is None:
-                    split_list, positions = test, range(len(test.items))
-                else:
-                    split_list = restrict_classes(test, class_ids)
-                    positions = class_positions(test, class_ids)
-                if path is not None and not split_list.items:
-                    raise UserError(
-                        f"--subsets {path}: none of its classes has a video in {dataset} "
-                        f"{test.split} on disk."
-                    )
-                classes, multi = len(split_list.class_names), split_list.multi_label
-                if cache is None:
-                    data = VideoClipDataset(split_list.items, classes, multi, spec)
-                else:
-                    data = FeatureDataset(cache, TEST, split_list.items, positions, classes, multi)
-                loader = make_loader(
-                    data,
-                    4,
-                    EpochSampler(len(data), False, 0, dist_info.rank, dist_info.world),
-                    0 if cache else workers,
-                )
-                probs, labels, ids, _ = predict(
-                    built.model, text, loader, dist_info, cfg.amp, progress
-                )
-                results.append(
-                    score_predictions(
-                        probs, labels, len(split_list.class_names), split_list.multi_label
-                    )
-                )
-                if path is not None:
+            for group in groups:
+                results.append(_evaluate_group(loaded, test, group, cache, workers, progress))
+                if group.subset_file is not None:
                     where = {} if fold is None else {"fold": fold}
                     per_subset.append(
                         {
-                            "file": str(path),
+                            "file": str(group.subset_file),
                             **where,
-                            "classes": len(class_ids),
-                            "subtexts": str(artifact),
+                            "classes": len(group.class_ids),
+                            "subtexts": str(group.artifact),
                             **results[-1],
                         }
                     )
     summary = summarise(results)
     return {**summary, "subsets": per_subset} if zero_shot == "subsets" else summary
+
+
+def _check_zero_shot_inputs(
+    zero_shot: str | None, subsets: list[Path], subtexts: Path | Sequence[Path] | None
+) -> list[Path]:
+    """Refuse --subsets and several --subtexts where the protocol takes none; -> the
+    --subtexts given, as a list."""
+    if zero_shot == "subsets" and not subsets:
+        raise UserError("--zero-shot subsets needs --subsets FILE (class names), once per subset.")
+    if subsets and zero_shot != "subsets":
+        raise UserError("--subsets FILE goes with --zero-shot subsets.")
+    given = (
+        [Path(subtexts)] if isinstance(subtexts, str | Path) else list(map(Path, subtexts or ()))
+    )
+    if len(given) > 1 and not subsets:
+        raise UserError("several --subtexts go with --zero-shot subsets, one per --subsets file.")
+    if len(given) > 1 and len(given) != len(subsets):
+        raise UserError(
+            f"{len(given)} --subtexts for {len(subsets)} --subsets files: give one artifact for "
+            "all of them, or one per --subsets file in the same order."
+        )
+    return given
+
+
+def _evaluated_split(
+    loaded: LoadedRun,
+    run_dir: Path,
+    split: str | None,
+    zero_shot: str | None,
+    features: Path | None,
+) -> str:
+    """The folds to evaluate: `split` if given, else the feature cache's fold, else the
+    run's own split on its own dataset (other folds' test lists hold its train videos) and
+    every fold elsewhere or zero-shot. A feature cache holds one fold only."""
+    dataset, trained_on = loaded.cfg.dataset, loaded.trained_on
+    if features is not None:
+        cached_fold = feature_cache_fold(features, run_dir, trained_on)
+        split = split or ("all" if cached_fold is None else str(cached_fold))
+    if split is None:
+        own = dataset == trained_on["dataset"] and not zero_shot
+        split = trained_on["split"] if own else "all"
+    if features is not None and len(folds(dataset, split)) > 1:
+        raise UserError(
+            f"--features {features} holds one fold ({cached_fold}); pass --split "
+            f"{cached_fold} or evaluate the folds from the videos."
+        )
+    return split
+
+
+@dataclass
+class ClassGroup:
+    """Classes evaluated together, against their texts: every class of the test split
+    (`class_ids` None), a seeded half of them, or a subset file's."""
+
+    class_ids: list[int] | None  # the dataset's class ids; None: every class
+    text: ClassText
+    artifact: Path  # the sub-text artifact the texts come from
+    subset_file: Path | None = None
+
+
+def _class_groups(loaded: LoadedRun, num_classes: int, halves: bool) -> list[ClassGroup]:
+    """Every class at once, or (`halves`) 10 seeded halves of the label set."""
+    text, artifact = loaded.built.text, loaded.subtexts
+    if not halves:
+        return [ClassGroup(None, text, artifact)]
+    return [
+        ClassGroup(half, text.subset(torch.as_tensor(half)), artifact)
+        for half in half_class_splits(num_classes, 10, loaded.cfg.seed)
+    ]
+
+
+def _evaluate_group(
+    loaded: LoadedRun,
+    test: SplitList,
+    group: ClassGroup,
+    cache: FeatureCache | None,
+    workers: int,
+    progress,
+) -> dict:
+    """The metrics of the test videos of `group`'s classes against its texts, read from the
+    videos or from the feature cache's test views."""
+    cfg, dist_info = loaded.cfg, loaded.dist_info
+    if group.class_ids is None:
+        split_list, positions = test, range(len(test.items))
+    else:
+        split_list = restrict_classes(test, group.class_ids)
+        positions = class_positions(test, group.class_ids)
+    if group.subset_file is not None and not split_list.items:
+        raise UserError(
+            f"--subsets {group.subset_file}: none of its classes has a video in "
+            f"{cfg.dataset} {test.split} on disk."
+        )
+    classes, multi = len(split_list.class_names), split_list.multi_label
+    if cache is None:
+        spec = eval_spec(cfg, loaded.built.image_size)
+        data = VideoClipDataset(split_list.items, classes, multi, spec)
+    else:
+        data = FeatureDataset(cache, TEST, split_list.items, positions, classes, multi)
+    loader = make_loader(
+        data,
+        4,
+        EpochSampler(len(data), False, 0, dist_info.rank, dist_info.world),
+        0 if cache else workers,
+    )
+    model = loaded.built.model
+    probs, labels, _, _ = predict(model, group.text, loader, dist_info, cfg.amp, progress)
+    return score_predictions(probs, labels, classes, multi)
 
 
 class SubsetTexts:

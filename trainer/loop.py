@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import signal
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -30,7 +33,7 @@ from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write_json, atomic_write_text
 
 from .cache.dataset import cached_datasets
-from .checkpoints import atomic_save, load_checkpoint, plain
+from .checkpoints import atomic_save, json_values, load_checkpoint
 from .config import (
     INPUTS,
     RunConfig,
@@ -52,14 +55,15 @@ from .distributed import (
     main_first,
 )
 from .environment import record_environment
-from .evaluation import model_inputs, predict, score_predictions, write_eval_outputs
+from .evaluation import model_inputs, predict, score_predictions, summarise, write_eval_outputs
 from .loss import storyboard_loss
 from .model.aggregation import ClassText
+from .model.video_clip import VideoCLIP
 from .paths import default_root, default_run_dir, default_subtexts, run_folder
 from .precision import autocast, grad_scaler
 from .progress import progress_bar
 from .report import write_report
-from .run_data import check_classes, check_clip_lengths, clip_datasets, prepare_data
+from .run_data import RunData, check_classes, check_clip_lengths, clip_datasets, prepare_data
 from .run_log import STEPS_FILE, LogSettings, Reporters, StepLog, check_reporters
 from .runs import build
 from .schedule import make_optimizer, make_scheduler
@@ -94,16 +98,16 @@ def check_resume(cfg: RunConfig, out: Path, state: dict) -> dict:
     the run now records it (the same, but for such moved inputs and for the relative paths
     and unset defaults of older runs, read from this folder)."""
     config_json = out / "config.json"
-    saved = plain(_read_json(config_json) if config_json.exists() else state["config"])
+    saved = json_values(_read_json(config_json) if config_json.exists() else state["config"])
     damaged = UserError(
         f"--resume: {config_json} is damaged (not the run's settings as JSON); restore it, or "
         "delete it to resume with the settings its checkpoint holds."
     )
     if not isinstance(saved, dict):
         raise damaged
-    current = plain(dataclasses.asdict(cfg))
+    current = json_values(dataclasses.asdict(cfg))
     try:
-        recorded = plain(dataclasses.asdict(recorded_config(RunConfig.from_saved(saved))))
+        recorded = json_values(dataclasses.asdict(recorded_config(RunConfig.from_saved(saved))))
     except (TypeError, ValueError, AttributeError) as exc:
         raise damaged from exc
     recorded = {name: value for name, value in recorded.items() if name in saved}
@@ -168,7 +172,7 @@ def train_step(
     live = [int(len(b["video_ids"]) > 0) for b in group]
     if dist_info.enabled:  # one process needs no collective (nor its device round trip)
         live = all_reduce_min(torch.tensor(live, device=device)).tolist()
-    runs = sum(live)
+    live_batches = sum(live)
     losses, skipped = [], 0
     for batch, alive in zip(group, live):
         skipped += len(batch["skipped"])
@@ -183,7 +187,7 @@ def train_step(
         all_logits = gather_with_grad(logits.float())
         all_labels = gather_with_grad(labels)
         loss = storyboard_loss(all_logits, all_labels, lam)
-        scaler.scale(loss * dist_info.world / runs).backward()
+        scaler.scale(loss * dist_info.world / live_batches).backward()
         losses.append((loss.item() * len(batch["video_ids"]), len(batch["video_ids"])))
     finite = int(all(math.isfinite(loss_sum) for loss_sum, _ in losses))
     if dist_info.enabled:  # every rank steps, or none does
@@ -191,82 +195,129 @@ def train_step(
     if not finite:
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteLoss(next((x for x, _ in losses if not math.isfinite(x)), math.nan))
-    if runs:
+    if live_batches:
         scaler.step(optimizer)
         scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return losses, skipped
 
 
+@dataclass
+class EpochPosition:
+    """How far the current epoch has gone: what a checkpoint records to resume inside it."""
+
+    step: int = 0  # micro-batches done
+    loss_sum: float = 0.0  # the training loss summed over its clips
+    clips: int = 0
+    skipped: int = 0  # videos skipped (unreadable, or too short)
+
+
+@dataclass
+class Divergence:
+    """Where training stopped being finite: the optimiser step of the epoch (from 1) and
+    its loss (None: the loss was finite but the weights were not)."""
+
+    step: int
+    loss: float | None
+
+
+@dataclass
+class TrainingState:
+    """Where a run stands: the epochs done, the position inside the next one, the best
+    evaluation so far (with its epoch), and whether Ctrl-C asked it to stop."""
+
+    epoch: int = 0
+    position: EpochPosition = field(default_factory=EpochPosition)
+    best: dict | None = None
+    stop_requested: bool = False  # set by SIGINT: stop after the current optimiser step
+
+
+@dataclass
+class EpochEnd:
+    """How `train_epoch` ended: run through, stopped by Ctrl-C (on any rank), or at a
+    non-finite loss (that step not taken)."""
+
+    stopped: bool = False
+    diverged: Divergence | None = None
+
+
+@dataclass
+class TrainingSetup:
+    """What a run trains with, built once before its first epoch."""
+
+    data: RunData
+    model: VideoCLIP  # the weights (what checkpoints hold)
+    trained_model: torch.nn.Module  # what steps run: the model, under DDP and compiled as set
+    text: ClassText
+    sampler: EpochSampler
+    train_loader: torch.utils.data.DataLoader
+    test_loader: torch.utils.data.DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    micro: int  # clips per micro-batch on one rank
+    accumulation: int  # micro-batches per optimiser step
+    steps_per_epoch: int  # optimiser steps
+    layout: dict  # how the global batch is split, which a resumed run keeps (its data order)
+
+    def optimizer_steps(self, micro_batches: int) -> int:
+        """The optimiser steps that `micro_batches` micro-batches make (the last one may be
+        short)."""
+        return -(-micro_batches // self.accumulation)
+
+
 def train_epoch(
-    model,
-    text: ClassText,
-    loader,
-    optimizer,
-    scheduler,
-    scaler,
+    setup: TrainingSetup,
+    state: TrainingState,
     cfg: RunConfig,
     dist_info: DistInfo,
-    accumulation: int,
-    start: dict,
-    stop_flag: dict,
     progress,
     task,
     step_log: StepLog,
-) -> dict:
-    """One epoch, continuing from `start` (batches done, loss sum, clip count, skipped);
-    returns the same counters at the end, with `stopped` set if Ctrl-C cut it short and
-    `diverged` (the optimiser step of the epoch, from 1, and its loss) if a loss was not
-    finite: the epoch stops there, that step not taken. Each optimiser step is counted in
+) -> EpochEnd:
+    """One epoch, continuing from `state.position`, which it advances step by step. It
+    stops early after the optimiser step at which Ctrl-C reached any rank, or at a step
+    whose loss is not finite (that step not taken). Each optimiser step is counted in
     `step_log`."""
-    model.train()
-    device = dist_info.device
-    total, count = start["loss_sum"], start["clips"]
-    skipped, step = start["skipped"], start["step"]
+    setup.trained_model.train()
+    position = state.position
+    optimizer = setup.optimizer
     optimizer.zero_grad(set_to_none=True)
-    batches = iter(loader)
-    stopped, diverged = False, None
+    batches = iter(setup.train_loader)
     while True:
         fetching = time.perf_counter()
-        group = []
-        for _ in range(accumulation):
-            batch = next(batches, None)
-            if batch is None:
-                break
-            group.append(batch)
+        group = list(itertools.islice(batches, setup.accumulation))
         if not group:
-            break
+            return EpochEnd()
         waited = time.perf_counter() - fetching
         try:
             losses, missed = train_step(
-                model, text, group, optimizer, scaler, dist_info, cfg.amp, cfg.lam
+                setup.trained_model,
+                setup.text,
+                group,
+                optimizer,
+                setup.scaler,
+                dist_info,
+                cfg.amp,
+                cfg.lam,
             )
         except NonFiniteLoss as exc:
-            diverged = {"step": step // accumulation + 1, "loss": exc.loss}
-            break
+            return EpochEnd(diverged=Divergence(position.step // setup.accumulation + 1, exc.loss))
         for loss_sum, clips in losses:  # in order, as a running sum
-            total, count = total + loss_sum, count + clips
-        skipped += missed
+            position.loss_sum, position.clips = position.loss_sum + loss_sum, position.clips + clips
+        position.skipped += missed
         lr = head_lr(optimizer)  # this step's, before the schedule moves on
-        scheduler.step()
-        step += len(group)
-        step_log.step(-(-step // accumulation), losses, waited, lr)
-        progress.update(task, advance=len(group), info=f"loss {total / max(count, 1):.4f}")
+        setup.scheduler.step()
+        position.step += len(group)
+        step_log.step(setup.optimizer_steps(position.step), losses, waited, lr)
+        loss = position.loss_sum / max(position.clips, 1)
+        progress.update(task, advance=len(group), info=f"loss {loss:.4f}")
         # Ctrl-C on any rank stops every rank after the same optimiser step.
-        stop = int(stop_flag["stop"])
+        stop = int(state.stop_requested)
         if dist_info.enabled:
-            stop = int(all_reduce_max(torch.tensor(stop, device=device)).item())
+            stop = int(all_reduce_max(torch.tensor(stop, device=dist_info.device)).item())
         if stop:
-            stopped = True
-            break
-    return {
-        "step": step,
-        "loss_sum": total,
-        "clips": count,
-        "skipped": skipped,
-        "stopped": stopped,
-        "diverged": diverged,
-    }
+            return EpochEnd(stopped=True)
 
 
 def head_lr(optimizer) -> float:
@@ -284,12 +335,12 @@ def weights_finite(model, dist_info: DistInfo) -> bool:
     return bool(finite.item())
 
 
-def divergence(cfg: RunConfig, epoch: int, diverged: dict, saved: bool) -> UserError:
+def divergence(cfg: RunConfig, epoch: int, diverged: Divergence, saved: bool) -> UserError:
     """The one sentence for a run stopped at a non-finite loss (or weights)."""
     what = (
         "the weights stopped being finite"
-        if diverged["loss"] is None
-        else f"the loss became {diverged['loss']}"
+        if diverged.loss is None
+        else f"the loss became {diverged.loss}"
     )
     kept = (
         f"{cfg.out / 'checkpoints'} keeps the last good ones"
@@ -297,7 +348,7 @@ def divergence(cfg: RunConfig, epoch: int, diverged: dict, saved: bool) -> UserE
         else "no checkpoint had been written"
     )
     return UserError(
-        f"training diverged at epoch {epoch}, step {diverged['step']} ({what}), so the run "
+        f"training diverged at epoch {epoch}, step {diverged.step} ({what}), so the run "
         f"stopped without saving it ({kept}); lower --lr (now {cfg.lr:g}) and start again "
         "with another --out."
     )
@@ -325,6 +376,29 @@ def train(
         return _train(cfg, dist_info, resume, show_progress, log_settings)
 
 
+def train_folds(
+    cfg: RunConfig,
+    resume: bool = False,
+    show_progress: bool = True,
+    log_settings: LogSettings = LogSettings(),
+) -> dict:
+    """`train` on the fold `cfg.split`; with --split all on a dataset of three folds, each
+    fold in its own folder (`fold1`...) and the mean of their metrics (`summarise`)."""
+    if not (cfg.split == "all" and cfg.dataset in ("hmdb51", "ucf101")):
+        return train(cfg, resume, show_progress, log_settings)
+    base = cfg.out or default_run_dir(cfg)
+    results = [
+        train(
+            dataclasses.replace(cfg, split=str(k), out=base / f"fold{k}"),
+            resume,
+            show_progress,
+            log_settings,
+        )
+        for k in (1, 2, 3)
+    ]
+    return summarise(results)
+
+
 def _train(
     cfg: RunConfig,
     dist_info: DistInfo,
@@ -332,58 +406,128 @@ def _train(
     show_progress: bool,
     log_settings: LogSettings,
 ) -> dict:
+    """`train` in the held run folder: setup, resume, the epochs, the report."""
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    root, out, subtexts = cfg.root, cfg.out, cfg.subtexts
     fold = folds(cfg.dataset, cfg.split)[0]
-    ckpt_dir = out / "checkpoints"
+    checkpoint = _checkpoint_to_resume(cfg, dist_info, resume)
+    settings = json_values(dataclasses.asdict(cfg))  # as JSON values: config.json, checkpoints
+    # config.json: the run as it began
+    recorded = settings if checkpoint is None else check_resume(cfg, cfg.out, checkpoint)
+    _warn_of_settings(cfg, dist_info)
+    setup = _set_up(cfg, dist_info, fold)
+    state = TrainingState() if checkpoint is None else _resume(setup, checkpoint, cfg, dist_info)
+    done_steps = state.epoch * setup.steps_per_epoch + setup.optimizer_steps(state.position.step)
+    if dist_info.is_main:
+        _prepare_run_folder(
+            cfg.out, recorded, setup.data, state, done_steps, dist_info, checkpoint is not None
+        )
+    _run_epochs(
+        cfg, dist_info, setup, state, settings, recorded, done_steps, show_progress, log_settings
+    )
+    if dist_info.is_main:
+        write_report(cfg.out)
+    return state.best or {}
+
+
+def _checkpoint_to_resume(cfg: RunConfig, dist_info: DistInfo, resume: bool) -> dict | None:
+    """The state of the run's last.pt when `resume` continues it; None for a fresh start
+    (with --split all, later folds start fresh). A run folder that already holds a run is
+    refused without --resume."""
+    ckpt_dir = cfg.out / "checkpoints"
     last_path = ckpt_dir / "last.pt"
     if last_path.exists() and not resume:
         raise UserError(
-            f"{out} already holds a run: pass --resume to continue it or another --out."
+            f"{cfg.out} already holds a run: pass --resume to continue it or another --out."
         )
-    state = None
-    settings = plain(dataclasses.asdict(cfg))  # as JSON values: config.json and checkpoints
-    recorded = settings  # config.json: the run as it began
-    if resume and last_path.exists():  # (--split all: later folds start fresh)
-        other = ckpt_dir / "best.pt"
-        hint = (
-            f"copy {other} over it to resume from the best epoch, or start over with another --out"
-            if other.exists()
-            else "start over with another --out"
-        )
-        state = load_checkpoint(last_path, dist_info.device, hint)
-        recorded = check_resume(cfg, out, state)
-    elif resume and dist_info.is_main:
-        print(f"no checkpoint in {ckpt_dir}: starting fresh", file=sys.stderr)
+    if not resume:
+        return None
+    if not last_path.exists():
+        if dist_info.is_main:
+            print(f"no checkpoint in {ckpt_dir}: starting fresh", file=sys.stderr)
+        return None
+    other = ckpt_dir / "best.pt"
+    hint = (
+        f"copy {other} over it to resume from the best epoch, or start over with another --out"
+        if other.exists()
+        else "start over with another --out"
+    )
+    return load_checkpoint(last_path, dist_info.device, hint)
+
+
+def _warn_of_settings(cfg: RunConfig, dist_info: DistInfo) -> None:
+    """Warn (main rank) of a warm-up longer than the run."""
     if dist_info.is_main and cfg.warmup_epochs > cfg.epochs:
         warnings.warn(
             f"--warmup-epochs {cfg.warmup_epochs:g} is more than --epochs {cfg.epochs}: the "
             f"learning rate rises for the whole run and ends at about "
             f"{cfg.epochs / cfg.warmup_epochs:.0%} of --lr {cfg.lr:g}, never reaching its peak; "
             "set --warmup-epochs below --epochs (e.g. a quarter of it).",
-            stacklevel=2,
+            stacklevel=3,
         )
-    data = prepare_data(cfg, root, fold)
+
+
+def _set_up(cfg: RunConfig, dist_info: DistInfo, fold: int | None) -> TrainingSetup:
+    """The run's data, model, loaders, optimiser and schedule (in this order: the seeded
+    random state is drawn from in it)."""
+    data = prepare_data(cfg, cfg.root, fold)
     if cfg.features is None and dist_info.is_main:
         check_clip_lengths(cfg, data)
-    built = build(cfg, dist_info, subtexts)
-    check_classes(data.train, built.class_names, subtexts)
-    model, text = built.model, built.text
-
+    run_model = build(cfg, dist_info, cfg.subtexts)
+    check_classes(data.train, run_model.class_names, cfg.subtexts)
     if cfg.features is None:
         train_set, test_set = clip_datasets(
-            cfg, data.train, data.train_items, data.test, built.spec_size
+            cfg, data.train, data.train_items, data.test, run_model.image_size
         )
     else:
-        train_set, test_set = cached_datasets(cfg, data, fold, built)
-    num_classes = len(data.train.class_names)
+        train_set, test_set = cached_datasets(cfg, data, fold, run_model)
     test_views = cfg.eval_clips * cfg.eval_crops
     # A cached view is a copy out of the page cache: cheaper than handing the batch over
     # from a worker process (which doubled a cached epoch in `make bench`).
     workers = cfg.workers if cfg.features is None else 0
     micro = cfg.micro_batch or max(1, cfg.batch_size // dist_info.world)
     accumulation = max(1, math.ceil(cfg.batch_size / (micro * dist_info.world)))
+    _warn_of_accumulation(cfg, dist_info, micro, accumulation)
+    sampler = EpochSampler(len(train_set), True, cfg.seed, dist_info.rank, dist_info.world)
+    train_loader = make_loader(train_set, micro, sampler, workers)
+    test_sampler = EpochSampler(len(test_set), False, 0, dist_info.rank, dist_info.world)
+    test_loader = make_loader(test_set, max(1, micro // test_views), test_sampler, workers)
+
+    model = run_model.model
+    trained_model = model
+    if dist_info.enabled:
+        trained_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist_info.device.index] if dist_info.device.type == "cuda" else None
+        )
+    if cfg.compile:
+        trained_model = torch.compile(trained_model)
+    optimizer = make_optimizer(model, cfg.lr, cfg.backbone_lr_scale, cfg.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train_loader) / accumulation))  # optimiser steps
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    scheduler = make_scheduler(optimizer, steps_per_epoch * cfg.epochs, max(warmup, 1))
+    return TrainingSetup(
+        data,
+        model,
+        trained_model,
+        run_model.text,
+        sampler,
+        train_loader,
+        test_loader,
+        optimizer,
+        scheduler,
+        grad_scaler(dist_info.device, cfg.amp),
+        micro,
+        accumulation,
+        steps_per_epoch,
+        {"micro_batch": micro, "world": dist_info.world, "accumulation": accumulation},
+    )
+
+
+def _warn_of_accumulation(
+    cfg: RunConfig, dist_info: DistInfo, micro: int, accumulation: int
+) -> None:
+    """Warn (main rank) when the batch is accumulated over steps: the loss then contrasts
+    fewer clips than the batch size."""
     clips_per_step = micro * dist_info.world
     if dist_info.is_main and cfg.batch_size > clips_per_step:
         # Accumulation sums gradients, but each step's loss only contrasts the clips of that
@@ -395,197 +539,228 @@ def _train(
             f"of a step) sees {clips_per_step} clips per step, not the batch size "
             f"{cfg.batch_size}. Raise --micro-batch (or the number of processes) to contrast "
             "whole batches.",
-            stacklevel=2,
+            stacklevel=4,
         )
-    sampler = EpochSampler(len(train_set), True, cfg.seed, dist_info.rank, dist_info.world)
-    train_loader = make_loader(train_set, micro, sampler, workers)
-    test_sampler = EpochSampler(len(test_set), False, 0, dist_info.rank, dist_info.world)
-    test_loader = make_loader(test_set, max(1, micro // test_views), test_sampler, workers)
 
-    ddp_model = model
-    if dist_info.enabled:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dist_info.device.index] if dist_info.device.type == "cuda" else None
+
+def _resume(
+    setup: TrainingSetup, checkpoint: dict, cfg: RunConfig, dist_info: DistInfo
+) -> TrainingState:
+    """Load last.pt's weights, optimiser, schedule, scaler and random state into `setup`;
+    -> where the run stopped. A checkpoint of another batch layout is refused."""
+    if checkpoint["layout"] != setup.layout:
+        raise UserError(
+            f"{cfg.out / 'checkpoints' / 'last.pt'} was trained with {checkpoint['layout']}, "
+            f"not {setup.layout}: resume with the same --batch-size, --micro-batch and number "
+            "of processes."
         )
-    if cfg.compile:
-        ddp_model = torch.compile(ddp_model)
-    optimizer = make_optimizer(model, cfg.lr, cfg.backbone_lr_scale, cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train_loader) / accumulation))  # optimiser steps
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    scheduler = make_scheduler(optimizer, total_steps, max(warmup, 1))
-    scaler = grad_scaler(dist_info.device, cfg.amp)
+    setup.model.load_state_dict(checkpoint["model"])
+    setup.optimizer.load_state_dict(checkpoint["optimizer"])
+    setup.scheduler.load_state_dict(checkpoint["scheduler"])
+    setup.scaler.load_state_dict(checkpoint["scaler"])
+    torch.set_rng_state(checkpoint["torch_rng"].cpu())
+    if checkpoint.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(checkpoint["cuda_rng"].cpu(), dist_info.device)
+    return TrainingState(
+        checkpoint["epoch"], EpochPosition(**checkpoint["position"]), checkpoint["best"]
+    )
 
-    fresh = {"step": 0, "loss_sum": 0.0, "clips": 0, "skipped": 0}
-    epoch, position, best = 0, dict(fresh), None
-    layout = {"micro_batch": micro, "world": dist_info.world, "accumulation": accumulation}
-    if state is not None:
-        if state["layout"] != layout:
-            raise UserError(
-                f"{ckpt_dir / 'last.pt'} was trained with {state['layout']}, not {layout}: "
-                "resume with the same --batch-size, --micro-batch and number of processes."
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), dist_info.device)
-        epoch, position, best = state["epoch"], state["position"], state["best"]
-    done_steps = epoch * steps_per_epoch + -(-position["step"] // accumulation)
-    if dist_info.is_main:
-        # A resume (same settings, checked above) rewrites config.json only to record where
-        # moved inputs are now, and older runs' relative paths as absolute ones.
-        if _read_json(out / "config.json") != recorded:
-            atomic_write_json(out / "config.json", recorded)
-        record_environment(out, dist_info, resumed=state is not None)
-        keep_logged(out / "metrics.jsonl", "epoch", epoch)
-        keep_logged(out / STEPS_FILE, "global_step", done_steps)
-        if data.fewshot is not None:
-            save_item_list(data.fewshot, out / "fewshot.csv")
 
-    stop = {"stop": False}
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.update(stop=True))
-    log = open(out / "metrics.jsonl", "a", encoding="utf-8") if dist_info.is_main else None  # noqa: SIM115
-    steps_log = None
-    if dist_info.is_main and log_settings.every:
-        steps_log = open(out / STEPS_FILE, "a", encoding="utf-8")  # noqa: SIM115
+def _prepare_run_folder(
+    out: Path,
+    recorded: dict,
+    data: RunData,
+    state: TrainingState,
+    done_steps: int,
+    dist_info: DistInfo,
+    resumed: bool,
+) -> None:
+    """(Main rank) config.json, environment.json and the few-shot list; the logs cut back
+    to what the checkpoint being resumed had done."""
+    # A resume (same settings, checked above) rewrites config.json only to record where
+    # moved inputs are now, and older runs' relative paths as absolute ones.
+    if _read_json(out / "config.json") != recorded:
+        atomic_write_json(out / "config.json", recorded)
+    record_environment(out, dist_info, resumed=resumed)
+    keep_logged(out / "metrics.jsonl", "epoch", state.epoch)
+    keep_logged(out / STEPS_FILE, "global_step", done_steps)
+    if data.fewshot is not None:
+        save_item_list(data.fewshot, out / "fewshot.csv")
+
+
+@dataclass
+class EpochLogs:
+    """Where each epoch's lines go (main rank; None elsewhere): metrics.jsonl and the
+    reporters (`--report-to`)."""
+
+    metrics: TextIO | None
+    reporters: Reporters | None
+
+    def write(self, line: dict, scalars: dict, global_step: int) -> None:
+        if self.metrics:
+            self.metrics.write(json.dumps(line) + "\n")
+            self.metrics.flush()
+        if self.reporters:
+            self.reporters.scalars(scalars, global_step)
+
+
+def _run_epochs(
+    cfg: RunConfig,
+    dist_info: DistInfo,
+    setup: TrainingSetup,
+    state: TrainingState,
+    settings: dict,
+    recorded: dict,
+    done_steps: int,
+    show_progress: bool,
+    log_settings: LogSettings,
+) -> None:
+    """The epochs from where `state` stands, each trained, logged, evaluated every
+    --eval-every epochs (and the last) and saved as last.pt; Ctrl-C saves last.pt where the
+    epoch stopped and raises KeyboardInterrupt. `settings`: what checkpoints record;
+    `recorded`: config.json, which the reporters record."""
+    previous = signal.signal(signal.SIGINT, lambda *_: setattr(state, "stop_requested", True))
+    is_main = dist_info.is_main
+    metrics = open(cfg.out / "metrics.jsonl", "a", encoding="utf-8") if is_main else None  # noqa: SIM115
+    steps_file = None
+    if is_main and log_settings.every:
+        steps_file = open(cfg.out / STEPS_FILE, "a", encoding="utf-8")  # noqa: SIM115
     reporters = None
-
-    def save(name: str) -> None:
-        if dist_info.is_main:
-            atomic_save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "layout": layout,
-                    "cuda_rng": torch.cuda.get_rng_state(dist_info.device)
-                    if dist_info.device.type == "cuda"
-                    else None,
-                    "epoch": epoch,
-                    "position": position,
-                    "best": best,
-                    "config": settings,
-                },
-                ckpt_dir / f"{name}.pt",
-            )
-
     ok = False
     try:
-        if dist_info.is_main and log_settings.report_to:
-            reporters = Reporters(log_settings.report_to, out, recorded, done_steps)
-        with progress_bar(show_progress and dist_info.is_main) as progress:
+        if is_main and log_settings.report_to:
+            reporters = Reporters(log_settings.report_to, cfg.out, recorded, done_steps)
+        logs = EpochLogs(metrics, reporters)
+        with progress_bar(show_progress and is_main) as progress:
             step_log = StepLog(
                 log_settings.every,
                 dist_info,
-                steps_per_epoch,
+                setup.steps_per_epoch,
                 cfg.epochs,
-                steps_log,
+                steps_file,
                 reporters,
                 progress,
             )
-            while epoch < cfg.epochs:
-                done = position["step"]
-                sampler.set_epoch(epoch, start=done * micro)  # batches -> this rank's items
-                task = progress.add_task(
-                    f"epoch {epoch + 1}/{cfg.epochs}",
-                    total=done + len(train_loader),
-                    completed=done,
-                    info="",
+            while state.epoch < cfg.epochs:
+                _train_logged_epoch(
+                    cfg, dist_info, setup, state, settings, logs, progress, step_log
                 )
-                started = time.perf_counter()
-                step_log.start_epoch(epoch)
-                position = train_epoch(
-                    ddp_model,
-                    text,
-                    train_loader,
-                    optimizer,
-                    scheduler,
-                    scaler,
-                    cfg,
-                    dist_info,
-                    accumulation,
-                    position,
-                    stop,
-                    progress,
-                    task,
-                    step_log,
-                )
-                progress.remove_task(task)
-                diverged = position.pop("diverged")
-                if diverged is None and not weights_finite(model, dist_info):
-                    diverged = {"step": -(-position["step"] // accumulation), "loss": None}
-                if diverged is not None:  # nothing of it saved: the checkpoints stay good
-                    raise divergence(cfg, epoch + 1, diverged, last_path.exists())
-                if position.pop("stopped"):
-                    save("last")
-                    raise KeyboardInterrupt
-                skipped = int(
-                    all_reduce_sum(torch.tensor(position["skipped"], device=dist_info.device))
-                )
-                clips = int(
-                    all_reduce_sum(torch.tensor(position["clips"], device=dist_info.device))
-                )
-                if clips == 0:  # never a loss of 0.0 for an epoch that trained nothing
-                    raise UserError(
-                        f"epoch {epoch + 1} read no training clip: all {skipped} videos were "
-                        f"skipped (unreadable, or shorter than --frames {cfg.frames}); check "
-                        "them with `python -m trainer check-data`."
-                    )
-                loss = position["loss_sum"] / max(position["clips"], 1)
-                line = {
-                    "epoch": epoch + 1,
-                    "train_loss": loss,
-                    "skipped": skipped,
-                    "seconds": round(time.perf_counter() - started, 2),
-                }
-                if log:
-                    log.write(json.dumps(line) + "\n")
-                    log.flush()
-                if reporters:
-                    reporters.scalars(
-                        {"epoch/train_loss": loss, "epoch/seconds": line["seconds"]},
-                        (epoch + 1) * steps_per_epoch,
-                    )
-                epoch, position = epoch + 1, dict(fresh)
-                if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-                    probs, labels, ids, _ = predict(
-                        model, text, test_loader, dist_info, cfg.amp, progress
-                    )
-                    result = score_predictions(probs, labels, num_classes, data.test.multi_label)
-                    key = "map" if data.test.multi_label else "top1"
-                    if log:
-                        log.write(json.dumps({"epoch": epoch, **result}) + "\n")
-                        log.flush()
-                    if reporters:
-                        reporters.scalars(
-                            {f"eval/{k}": v for k, v in result.items()}, epoch * steps_per_epoch
-                        )
-                    if best is None or result[key] > best[key]:
-                        best = {"epoch": epoch, **result}
-                        save("best")
-                        if dist_info.is_main:
-                            write_eval_outputs(
-                                out,
-                                probs,
-                                labels,
-                                ids,
-                                data.test.class_names,
-                                data.test.multi_label,
-                            )
-                save("last")
+                if state.epoch % cfg.eval_every == 0 or state.epoch == cfg.epochs:
+                    _evaluate(cfg, dist_info, setup, state, settings, logs, progress)
+                _save(setup, state, settings, dist_info, cfg.out / "checkpoints" / "last.pt")
         ok = True
     finally:
         signal.signal(signal.SIGINT, previous)
-        for file in (log, steps_log):
+        for file in (metrics, steps_file):
             if file:
                 file.close()
         if reporters:
             reporters.close(ok)
-    if dist_info.is_main:
-        write_report(out)
-    return best or {}
+
+
+def _train_logged_epoch(
+    cfg: RunConfig,
+    dist_info: DistInfo,
+    setup: TrainingSetup,
+    state: TrainingState,
+    settings: dict,
+    logs: EpochLogs,
+    progress,
+    step_log: StepLog,
+) -> None:
+    """Train the epoch `state` is in (from its position) and log its line; `state` then
+    stands at the next epoch's start. An epoch that diverged, trained no clip or was
+    stopped by Ctrl-C (last.pt saved) raises instead."""
+    done = state.position.step
+    setup.sampler.set_epoch(state.epoch, start=done * setup.micro)  # batches -> rank's items
+    task = progress.add_task(
+        f"epoch {state.epoch + 1}/{cfg.epochs}",
+        total=done + len(setup.train_loader),
+        completed=done,
+        info="",
+    )
+    started = time.perf_counter()
+    step_log.start_epoch(state.epoch)
+    end = train_epoch(setup, state, cfg, dist_info, progress, task, step_log)
+    progress.remove_task(task)
+    position = state.position
+    diverged = end.diverged
+    if diverged is None and not weights_finite(setup.model, dist_info):
+        diverged = Divergence(setup.optimizer_steps(position.step), None)
+    if diverged is not None:  # nothing of it saved: the checkpoints stay good
+        last_saved = (cfg.out / "checkpoints" / "last.pt").exists()
+        raise divergence(cfg, state.epoch + 1, diverged, last_saved)
+    if end.stopped:
+        _save(setup, state, settings, dist_info, cfg.out / "checkpoints" / "last.pt")
+        raise KeyboardInterrupt
+    skipped = int(all_reduce_sum(torch.tensor(position.skipped, device=dist_info.device)))
+    clips = int(all_reduce_sum(torch.tensor(position.clips, device=dist_info.device)))
+    if clips == 0:  # never a loss of 0.0 for an epoch that trained nothing
+        raise UserError(
+            f"epoch {state.epoch + 1} read no training clip: all {skipped} videos were "
+            f"skipped (unreadable, or shorter than --frames {cfg.frames}); check "
+            "them with `python -m trainer check-data`."
+        )
+    loss = position.loss_sum / max(position.clips, 1)
+    seconds = round(time.perf_counter() - started, 2)
+    logs.write(
+        {"epoch": state.epoch + 1, "train_loss": loss, "skipped": skipped, "seconds": seconds},
+        {"epoch/train_loss": loss, "epoch/seconds": seconds},
+        (state.epoch + 1) * setup.steps_per_epoch,
+    )
+    state.epoch, state.position = state.epoch + 1, EpochPosition()
+
+
+def _evaluate(
+    cfg: RunConfig,
+    dist_info: DistInfo,
+    setup: TrainingSetup,
+    state: TrainingState,
+    settings: dict,
+    logs: EpochLogs,
+    progress,
+) -> None:
+    """Evaluate after `state.epoch` epochs and log it; a new best (top-1, or mAP where
+    multi-label) is saved as best.pt with its evaluation outputs."""
+    test = setup.data.test
+    probs, labels, ids, _ = predict(
+        setup.model, setup.text, setup.test_loader, dist_info, cfg.amp, progress
+    )
+    num_classes = len(setup.data.train.class_names)
+    result = score_predictions(probs, labels, num_classes, test.multi_label)
+    global_step = state.epoch * setup.steps_per_epoch
+    logs.write(
+        {"epoch": state.epoch, **result}, {f"eval/{k}": v for k, v in result.items()}, global_step
+    )
+    key = "map" if test.multi_label else "top1"
+    if state.best is None or result[key] > state.best[key]:
+        state.best = {"epoch": state.epoch, **result}
+        _save(setup, state, settings, dist_info, cfg.out / "checkpoints" / "best.pt")
+        if dist_info.is_main:
+            write_eval_outputs(cfg.out, probs, labels, ids, test.class_names, test.multi_label)
+
+
+def _save(
+    setup: TrainingSetup, state: TrainingState, settings: dict, dist_info: DistInfo, path: Path
+) -> None:
+    """(Main rank) the checkpoint `path`: weights, optimiser, schedule, scaler, random state
+    and `state`, with the run's `settings`; enough to resume exactly."""
+    if not dist_info.is_main:
+        return
+    cuda = dist_info.device.type == "cuda"
+    atomic_save(
+        {
+            "model": setup.model.state_dict(),
+            "optimizer": setup.optimizer.state_dict(),
+            "scheduler": setup.scheduler.state_dict(),
+            "scaler": setup.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "layout": setup.layout,
+            "cuda_rng": torch.cuda.get_rng_state(dist_info.device) if cuda else None,
+            "epoch": state.epoch,
+            "position": dataclasses.asdict(state.position),
+            "best": state.best,
+            "config": settings,
+        },
+        path,
+    )

@@ -46,7 +46,7 @@ def predict_video(
     """The top classes of `video` and what the model looked at. `given`: where the run's
     CLIP files are now (`clip_model`, `clip_pretrained`), if they moved."""
     loaded = load_run(run_dir, None, subtexts, device, **given)
-    model, text, size = loaded.built.model, loaded.built.text, loaded.built.spec_size
+    model, text, size = loaded.built.model, loaded.built.text, loaded.built.image_size
     try:
         reader, info = open_video(video, size)
         indices = clip_indices(info.num_frames, loaded.cfg.frames, 1)[0]

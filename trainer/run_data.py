@@ -54,8 +54,8 @@ def prepare_data(cfg: RunConfig, root: Path, fold: int | None) -> RunData:
     elif cfg.shots:
         chosen = fewshot_items(train, cfg.shots, cfg.seed)
     if chosen is not None:
-        target = cfg.fewshot_epoch_len or len(train.items)
-        items = chosen * repeat_factor(len(chosen), target)
+        # as many items per epoch as the whole train list
+        items = chosen * repeat_factor(len(chosen), len(train.items))
     if not items:
         raise UserError(f"the {cfg.dataset} train split under {root} has no videos on disk.")
     return RunData(train, test, items, chosen)

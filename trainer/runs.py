@@ -22,9 +22,9 @@ from .checkpoints import (
     check_export_out,
     hub_snapshot,
     is_export,
+    json_values,
     load_checkpoint,
     model_card,
-    plain,
     read_export_config,
     read_weights,
     settled_export,
@@ -40,10 +40,12 @@ from .paths import default_subtexts
 
 
 @dataclass
-class Built:
+class RunModel:
+    """A run's model and its class texts, on the run's device, and what it was built of."""
+
     model: VideoCLIP
     text: ClassText
-    spec_size: int
+    image_size: int  # the CLIP's input size (pixels)
     clip_id: tuple[str, str]  # what artifacts record for the CLIP (`clip_identity`)
     clip_name: str  # the name open_clip builds the architecture by
     class_names: list[str]  # the artifact's classes, in id order
@@ -51,13 +53,13 @@ class Built:
 
 def build(
     cfg: RunConfig, dist_info: DistInfo, subtexts: Path, clip: LoadedClip | None = None
-) -> Built:
+) -> RunModel:
     """The run's model over its CLIP (`cfg.clip_model` with `cfg.clip_pretrained`, unless
     `clip` is given) and the class texts of `subtexts`, on the run's device."""
     artifact = read_subtexts(subtexts)
     clip = clip or load_clip(cfg.clip_model, cfg.clip_pretrained, str(dist_info.device))
     model, text = build_model(clip, artifact, subtexts, **_architecture(cfg))
-    return Built(
+    return RunModel(
         model.to(dist_info.device),
         text.to(dist_info.device),
         clip.image_size,
@@ -85,10 +87,10 @@ def _architecture(cfg: RunConfig) -> dict:
 class LoadedRun:
     cfg: RunConfig  # the run's settings, with the target dataset
     trained_on: dict  # the run's own settings, as saved
-    built: Built
+    built: RunModel
     dist_info: DistInfo
     subtexts: Path
-    checkpoint: dict  # which checkpoint: {"source", "epoch", "best" (its metrics)}
+    checkpoint: dict  # the checkpoint's {"source", "epoch", "best" (its metrics)}
 
     @property
     def class_names(self) -> list[str]:
@@ -149,7 +151,7 @@ def load_run(
     if is_export(source):
         return _load_export(source, str(source), dataset, device, checkpoint, given)
     path, state = _run_checkpoint(source, checkpoint)
-    saved = plain(state["config"])
+    saved = json_values(state["config"])
     own = dataset in (None, saved["dataset"])
     data = DATA_INPUTS if reads_data else ("subtexts",)
     used = [*CLIP_INPUTS, *(data if own else ())]
@@ -158,8 +160,8 @@ def load_run(
         {name: recorded[name] for name in used if name in recorded and given.get(name) is None}
     )
     settings = {**saved, **({} if own else dict.fromkeys(DATA_INPUTS)), **_given_values(given)}
-    which = {"source": str(path), "epoch": state["epoch"], "best": state["best"]}
-    return _assemble(settings, saved, state["model"], which, dataset, device)
+    checkpoint_info = {"source": str(path), "epoch": state["epoch"], "best": state["best"]}
+    return _loaded_run(settings, saved, state["model"], checkpoint_info, dataset, device)
 
 
 def _given_values(given: dict) -> dict:
@@ -167,11 +169,11 @@ def _given_values(given: dict) -> dict:
     return {name: value for name, value in given.items() if value is not None}
 
 
-def _assemble(
+def _loaded_run(
     settings: dict,
     trained_on: dict,
     weights: dict,
-    which: dict,
+    checkpoint_info: dict,
     dataset: str | None,
     device: str,
     clip: LoadedClip | None = None,
@@ -183,14 +185,15 @@ def _assemble(
     cfg = RunConfig.from_saved({**settings, "dataset": dataset, "device": device})
     dist_info = init_distributed(device)
     subtexts = cfg.subtexts or default_subtexts(dataset, cfg.clip_model, cfg.clip_pretrained)
-    built = build(cfg, dist_info, subtexts, clip)
-    missing, unexpected = built.model.load_state_dict(weights, strict=False)
+    run_model = build(cfg, dist_info, subtexts, clip)
+    missing, unexpected = run_model.model.load_state_dict(weights, strict=False)
     if unexpected or missing:
         raise UserError(
-            f"{which['source']} does not fit the model built for it ({(missing + unexpected)[:3]})."
+            f"{checkpoint_info['source']} does not fit the model built for it "
+            f"({(missing + unexpected)[:3]})."
         )
-    built.model.eval()
-    return LoadedRun(cfg, trained_on, built, dist_info, subtexts, which)
+    run_model.model.eval()
+    return LoadedRun(cfg, trained_on, run_model, dist_info, subtexts, checkpoint_info)
 
 
 def _load_export(
@@ -223,11 +226,12 @@ def _load_export(
     clip = dataclasses.replace(
         clip, model_id=config["clip"]["model_id"], pretrained_id=config["clip"]["pretrained_id"]
     )
-    which = {"source": label, "epoch": config["epoch"], "best": config.get("metrics")}
+    checkpoint_info = {"source": label, "epoch": config["epoch"], "best": config.get("metrics")}
     # The author's data are not here: none of the recorded data paths is read.
     data = [name for name in INPUTS if name not in CLIP_INPUTS]
     settings = {**saved, **dict.fromkeys(data), **_given_values(given), "subtexts": subtexts}
-    return _assemble(settings, saved, read_weights(folder), which, dataset, device, clip)
+    weights = read_weights(folder)
+    return _loaded_run(settings, saved, weights, checkpoint_info, dataset, device, clip)
 
 
 def _check_export_shapes(folder: Path, saved: dict) -> None:
@@ -303,7 +307,7 @@ def export_run(run_dir: Path, out: Path, checkpoint: str = "best", **given) -> P
             "tau_coarse": cfg.tau_coarse,
             "tau_fine": cfg.tau_fine,
             "frames": cfg.frames,
-            "image_size": loaded.built.spec_size,
+            "image_size": loaded.built.image_size,
             "freeze_backbone": cfg.freeze_backbone,
         },
         "clip": {

@@ -14,7 +14,7 @@ from ..config import RunConfig
 from ..data.dataset import Skipped, clip_target
 from ..data.items import VideoItem
 from ..run_data import RunData, clip_datasets
-from ..runs import Built
+from ..runs import RunModel
 from .store import TEST, TRAIN, FeatureCache, cache_identity
 
 
@@ -80,14 +80,14 @@ class FeatureDataset(Dataset):
 
 
 def cached_datasets(
-    cfg: RunConfig, data: RunData, fold: int | None, built: Built
+    cfg: RunConfig, data: RunData, fold: int | None, run_model: RunModel
 ) -> tuple[FeatureDataset, FeatureDataset]:
     """A run's training and test sets read from the feature cache `cfg.features`, which
     must have been made for this fold, CLIP and clip settings."""
     train_set, test_set = clip_datasets(
-        cfg, data.train, list(data.train.items), data.test, built.spec_size
+        cfg, data.train, list(data.train.items), data.test, run_model.image_size
     )
-    identity = cache_identity(cfg.dataset, fold, built.clip_id, train_set, test_set)
+    identity = cache_identity(cfg.dataset, fold, run_model.clip_id, train_set, test_set)
     cache = FeatureCache(cfg.features, identity, {TRAIN: len(train_set), TEST: len(test_set)})
     position = {item: p for p, item in enumerate(data.train.items)}
     num_classes = len(data.train.class_names)

@@ -1,4 +1,5 @@
-"""A tiny end-to-end run on CPU: tiny CLIP checkpoint, miniature list dataset, real CLI."""
+"""Training end to end on CPU through the real CLI (`run`, `--resume`, `eval`, `predict`,
+`export`), also from another folder: tiny CLIP checkpoint, miniature list dataset."""
 
 import json
 import os
@@ -520,3 +521,24 @@ def test_only_clip_settings_that_name_local_files_are_made_absolute(tmp_path, mo
     for (model, pretrained), expected in cases.items():
         cfg = absolute_paths(RunConfig(clip_model=model, clip_pretrained=pretrained))
         assert (cfg.clip_model, cfg.clip_pretrained) == expected
+
+
+def test_split_all_trains_each_fold_in_its_folder_and_reports_their_mean(tmp_path, monkeypatch):
+    from trainer import loop
+    from trainer.config import RunConfig
+
+    folds = []
+
+    def one_fold(cfg, resume, show_progress, log_settings):
+        folds.append((cfg.split, cfg.out))
+        top1 = int(cfg.split) / 10
+        return {"n": 10, "top1": top1, "top5": 1.0, "mean_class_acc": top1, "map": None}
+
+    monkeypatch.setattr(loop, "train", one_fold)
+    result = loop.train_folds(RunConfig(dataset="hmdb51", split="all", out=tmp_path))
+    assert folds == [(str(k), tmp_path / f"fold{k}") for k in (1, 2, 3)]
+    assert result["n"] == 30 and result["runs"] == 3 and result["map"] is None
+    assert result["top1"] == pytest.approx(0.2) and result["top1_std"] == pytest.approx(
+        0.0816, abs=1e-4
+    )
+    assert loop.train_folds(RunConfig(dataset="hmdb51", split="2", out=tmp_path))["top1"] == 0.2
