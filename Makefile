@@ -12,7 +12,7 @@ CLIP_PRETRAINED ?= openai
 # `make demo-subtexts` scores HMDB-51 candidate sets with a CLIP you name, e.g.
 # DEMO_CLIP_MODEL=ViT-B-16 DEMO_CLIP_PRETRAINED=openai (weights in the Hugging Face cache:
 # docs/usage.md, "Weights on an offline GPU machine"); by default a shipped config, random weights.
-DEMO_CLIP_MODEL      ?= subtext_gen/data/clip/TinyCLIP-test.json
+DEMO_CLIP_MODEL      ?= storyboard_common/data/clip/TinyCLIP-test.json
 DEMO_CLIP_PRETRAINED ?= none
 
 PY_DIRS := storyboard_common subtext_gen trainer testkit tests bench
@@ -43,8 +43,8 @@ study: $(STAMP)
 	$(BIN)/python -m trainer study --work artifacts/study --out docs/study
 
 demo-subtexts: $(STAMP)
-	$(BIN)/python -m subtext_gen generate --llm file --classes subtext_gen/data/demo/classes.csv \
-		--input subtext_gen/data/demo/candidates.json --out artifacts/demo-subtexts
+	$(BIN)/python -m subtext_gen generate --llm file --classes storyboard_common/data/demo/classes.csv \
+		--input storyboard_common/data/demo/candidates.json --out artifacts/demo-subtexts
 	$(BIN)/python -m subtext_gen score --tpp --artifacts artifacts/demo-subtexts \
 		--clip-model $(DEMO_CLIP_MODEL) --clip-pretrained $(DEMO_CLIP_PRETRAINED)
 	$(BIN)/python -m subtext_gen show --artifacts artifacts/demo-subtexts

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from subtext_gen.clip_text import load_clip
+from storyboard_common.clip import load_clip
 from testkit.list_dataset import write_list_dataset
 from testkit.torchrun import torchrun_cache_features
 from trainer.cache.build import cache_features

@@ -36,9 +36,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from storyboard_common.clip import LoadedClip, load_clip
 from storyboard_common.files import atomic_write_json
-from subtext_gen.artifacts import SubtextArtifact
-from subtext_gen.clip_text import LoadedClip, load_clip
+from storyboard_common.subtexts import SubtextArtifact
 from trainer.config import RunConfig, resolve_config
 from trainer.distributed import DistInfo
 from trainer.loop import NonFiniteLoss, train_step

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from subtext_gen.clip_text import load_clip
+from storyboard_common.clip import load_clip
 from trainer.distributed import DistInfo
 from trainer.loop import train_step
 from trainer.loss import storyboard_loss

@@ -7,9 +7,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from storyboard_common.classes import ClassList
+from storyboard_common.clip import load_clip
 from storyboard_common.files import atomic_write_json
-from subtext_gen.classes import ClassList
-from subtext_gen.clip_text import load_clip
 from subtext_gen.generate import generate
 from subtext_gen.llm.files import FileBackend
 from subtext_gen.llm.openai_chat import OpenAIBackend

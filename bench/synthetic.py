@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from subtext_gen.artifacts import ArtifactMeta, SubtextArtifact
-from subtext_gen.clip_text import LoadedClip
+from storyboard_common.clip import LoadedClip
+from storyboard_common.subtexts import ArtifactMeta, SubtextArtifact
 
 
 def synthetic_artifact(

@@ -13,8 +13,7 @@ from rich.table import Table
 from storyboard_common.about import print_version
 from storyboard_common.errors import UserError, check_ranges, run_cli
 from storyboard_common.files import artifacts_root
-
-from .resources import resolve_shipped
+from storyboard_common.resources import resolve_shipped
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -49,7 +48,7 @@ def _artifacts_dir(dataset: str | None, artifacts: Path | None) -> Path:
 def generate(
     llm: LLM = typer.Option(LLM.openai, help="Backend: openai (or compatible), llava, file."),
     dataset: str = typer.Option(
-        None, help="A shipped class list (subtext_gen/data/<NAME>/classes.csv)."
+        None, help="A shipped class list (storyboard_common/data/<NAME>/classes.csv)."
     ),
     classes: Path = typer.Option(None, help="A class list: csv `id,name` or a txt list."),
     model: str = typer.Option(
@@ -85,8 +84,9 @@ def generate(
     """Ask an LLM for N atomic actions per class; resumable, one row per reply.
     \f
     Long only by its option list: it checks them and calls `_backends` and `generate`."""
+    from storyboard_common.classes import load_classes
+
     from .artifacts import writer_lock
-    from .classes import load_classes
     from .generate import combined
     from .generate import generate as run
     from .prompts import select_prompts
@@ -180,7 +180,8 @@ def _llm_backend(
 def _file_backends(inputs: list[Path] | None, index_classes: Path | None, class_list, n: int):
     """One file backend per --input file, each checked against the classes (`n` sub-texts
     a set) before anything is written."""
-    from .classes import load_classes
+    from storyboard_common.classes import load_classes
+
     from .llm.files import file_backends
 
     if not inputs:
@@ -213,7 +214,8 @@ def score(
     """Score candidate sets with TPP, keep the best per class, write the artifacts."""
     if not tpp:
         raise UserError("TPP is the only scoring metric; drop --no-tpp.")
-    from .clip_text import load_clip
+    from storyboard_common.clip import load_clip
+
     from .score import score as run
     from .tpp import scaling
 
@@ -244,8 +246,9 @@ def show(
     clip_pretrained: str = typer.Option(None, help="Which scored folder (with --clip-model)."),
 ) -> None:
     """Print per class the chosen sub-texts, their TPP and the runner-up."""
-    from .artifacts import SUBTEXTS_FILE, clip_tag
-    from .clip_text import clip_identity
+    from storyboard_common.clip import clip_identity
+    from storyboard_common.subtexts import SUBTEXTS_FILE, clip_tag
+
     from .score import class_reports
 
     directory = _artifacts_dir(dataset, artifacts)

@@ -1,17 +1,14 @@
-"""Parquet artifacts shared by both stages: schemas, metadata, writing (through
-`storyboard_common.files`), reading back.
-
-This is the only module that knows the on-disk format (see docs/design.md, "Artifacts").
-`subtext_gen` writes `candidates.parquet`, `tpp.parquet` and `subtexts.parquet`;
-`trainer` reads `subtexts.parquet` through `read_subtexts`.
+"""Stage one's side of the Parquet artifacts: the candidate store (`candidates.parquet`
+and its journal), and writing `tpp.parquet` and `subtexts.parquet` (through
+`storyboard_common.files`). The file names, `subtexts.parquet`'s schema, the metadata and
+the read side of the sub-text artifact are in `storyboard_common.subtexts`, which both
+stages use (see docs/design.md, "Artifacts").
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,19 +16,23 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write_table, os_reason
 from storyboard_common.locks import folder_lock
-
-VERSION = "1"
-META_PREFIX = "storyboard."
+from storyboard_common.subtexts import (
+    META_PREFIX,
+    SUBTEXTS_SCHEMA,
+    VERSION,
+    ArtifactMeta,
+    check_columns,
+    check_scored_pair,
+    read_meta,
+    read_table,
+)
 
 CANDIDATES_FILE = "candidates.parquet"
 JOURNAL_FILE = "candidates.journal.jsonl"
-TPP_FILE = "tpp.parquet"
-SUBTEXTS_FILE = "subtexts.parquet"
 FALLBACK_CANDIDATE_ID = "fallback:global"
 
 _f32 = pa.float32()
@@ -63,39 +64,7 @@ TPP_SCHEMA = pa.schema(
     ]
 )
 
-SUBTEXTS_SCHEMA = pa.schema(
-    [
-        ("class_id", pa.int32()),
-        ("class_name", pa.string()),
-        ("global_text", pa.string()),
-        ("sub_texts", pa.list_(pa.string())),
-        ("tpp", _f32),
-        ("candidate_id", pa.string()),
-        ("global_emb", pa.list_(_f32)),
-        ("global_tokens", pa.list_(pa.list_(_f32))),
-        ("sub_emb", pa.list_(pa.list_(_f32))),
-        ("sub_tokens", pa.list_(pa.list_(pa.list_(_f32)))),
-    ]
-)
-
-
 # ---------------------------------------------------------------- paths and keys
-
-
-def clip_tag(clip_model: str, clip_pretrained: str | None) -> str:
-    """`<model>__<pretrained>` made filename-safe (a path keeps only its file name, a
-    checkpoint identity `name@hash` only its name)."""
-
-    def safe(text: str) -> str:
-        text = text.rstrip("/\\")
-        if os.sep in text or "/" in text:
-            prefix, _, rest = text.partition(":")
-            text = (prefix + "-" if rest and prefix in ("hf-hub", "local-dir") else "") + Path(
-                rest or text
-            ).name
-        return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "none"
-
-    return f"{safe(clip_model)}__{safe((clip_pretrained or 'none').split('@')[0])}"
 
 
 def candidate_id(class_name: str, llm: str, prompt_id: str, sample: int) -> str:
@@ -106,36 +75,6 @@ def candidate_id(class_name: str, llm: str, prompt_id: str, sample: int) -> str:
 
 def _encode_meta(meta: dict[str, object]) -> dict[bytes, bytes]:
     return {(META_PREFIX + k).encode("utf-8"): str(v).encode("utf-8") for k, v in meta.items()}
-
-
-def read_meta(path: Path) -> dict[str, str]:
-    """The `storyboard.*` schema metadata of a Parquet file, prefix removed."""
-    try:
-        raw = pq.read_schema(path).metadata or {}
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise UserError(f"{path} is not a readable Parquet file ({exc}).") from exc
-    out = {}
-    for k, v in raw.items():
-        key = k.decode("utf-8")
-        if key.startswith(META_PREFIX):
-            out[key[len(META_PREFIX) :]] = v.decode("utf-8")
-    return out
-
-
-def _read_table(path: Path, what: str) -> pa.Table:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}.")
-    try:
-        return pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise UserError(f"{path} is not a readable Parquet file ({exc}).") from exc
-
-
-def _check_columns(table: pa.Table, schema: pa.Schema, path: Path) -> None:
-    missing = [name for name in schema.names if name not in table.column_names]
-    if missing:
-        raise UserError(f"{path} lacks the column(s) {', '.join(missing)}: not a {path.name}.")
 
 
 # ---------------------------------------------------------------- candidates
@@ -367,8 +306,8 @@ def _read_journal(path: Path) -> Iterable[CandidateRow]:
 
 
 def read_candidate_rows(path: Path) -> list[CandidateRow]:
-    table = _read_table(path, "candidates file")
-    _check_columns(table, CANDIDATES_SCHEMA, Path(path))
+    table = read_table(path, "candidates file")
+    check_columns(table, CANDIDATES_SCHEMA, Path(path))
     return [CandidateRow.from_record(rec) for rec in table.to_pylist()]
 
 
@@ -411,57 +350,6 @@ def read_candidates(directory: Path) -> Candidates:
 
 
 @dataclass(frozen=True)
-class ArtifactMeta:
-    """The schema metadata of `tpp.parquet` and `subtexts.parquet`."""
-
-    clip_model: str
-    clip_pretrained: str
-    embed_dim: int
-    n_subtexts: int
-    template: str
-    alpha: str
-    beta: str
-    fallback_classes: tuple[int, ...] = ()
-    version: str = VERSION
-    # One per `score` call, in both files it writes: a pair from two calls (a rescore
-    # killed between its two writes) is refused by the readers. Empty in older files.
-    scoring_id: str = ""
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "clip_model": self.clip_model,
-            "clip_pretrained": self.clip_pretrained,
-            "embed_dim": self.embed_dim,
-            "n_subtexts": self.n_subtexts,
-            "template": self.template,
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "fallback_classes": ",".join(str(c) for c in self.fallback_classes),
-            "version": self.version,
-            "scoring_id": self.scoring_id,
-        }
-
-    @classmethod
-    def from_dict(cls, meta: dict[str, str], path: Path) -> ArtifactMeta:
-        try:
-            fallback = meta.get("fallback_classes", "")
-            return cls(
-                clip_model=meta["clip_model"],
-                clip_pretrained=meta["clip_pretrained"],
-                embed_dim=int(meta["embed_dim"]),
-                n_subtexts=int(meta["n_subtexts"]),
-                template=meta["template"],
-                alpha=meta["alpha"],
-                beta=meta["beta"],
-                fallback_classes=tuple(int(c) for c in fallback.split(",") if c),
-                version=meta["version"],
-                scoring_id=meta.get("scoring_id", ""),
-            )
-        except KeyError as exc:
-            raise UserError(f"{path} lacks the metadata key storyboard.{exc.args[0]}.") from exc
-
-
-@dataclass(frozen=True)
 class TppRow:
     candidate_id: str
     class_id: int
@@ -490,24 +378,10 @@ def write_tpp(rows: Sequence[TppRow], path: Path, meta: ArtifactMeta) -> None:
 
 
 def read_tpp(path: Path) -> pa.Table:
-    table = _read_table(path, "TPP scores")
-    _check_columns(table, TPP_SCHEMA, Path(path))
-    _check_scored_pair(Path(path))
+    table = read_table(path, "TPP scores")
+    check_columns(table, TPP_SCHEMA, Path(path))
+    check_scored_pair(Path(path))
     return table
-
-
-def _check_scored_pair(path: Path) -> None:
-    """Refuse `tpp.parquet` or `subtexts.parquet` when the other file beside it was written
-    by another `score` call: a rescore stopped between its two writes leaves such a pair."""
-    other = path.with_name(SUBTEXTS_FILE if path.name == TPP_FILE else TPP_FILE)
-    if not other.is_file():  # a sub-text artifact copied on its own is whole
-        return
-    if read_meta(path).get("scoring_id", "") != read_meta(other).get("scoring_id", ""):
-        raise UserError(
-            f"{path.parent} holds {TPP_FILE} and {SUBTEXTS_FILE} from two different `score` "
-            "runs (one was stopped between writing them); rerun `python -m subtext_gen score` "
-            "on its artifact folder."
-        )
 
 
 @dataclass(frozen=True)
@@ -552,87 +426,3 @@ def write_subtexts(rows: Sequence[SubtextRow], path: Path, meta: ArtifactMeta) -
         schema=SUBTEXTS_SCHEMA,
     ).replace_schema_metadata(_encode_meta(meta.to_dict()))
     atomic_write_table(table, path)
-
-
-@dataclass(frozen=True)
-class SubtextArtifact:
-    """`subtexts.parquet` as padded arrays, ready for the trainer (masks True on real tokens).
-
-    Shapes: C classes, N sub-texts, W word tokens (padded), D embedding width.
-    """
-
-    meta: ArtifactMeta
-    class_names: list[str]
-    global_texts: list[str]
-    sub_texts: list[list[str]]
-    tpp: np.ndarray  # [C]
-    global_emb: np.ndarray  # [C, D]
-    global_tokens: np.ndarray  # [C, W, D]
-    global_mask: np.ndarray  # [C, W]
-    sub_emb: np.ndarray  # [C, N, D]
-    sub_tokens: np.ndarray  # [C, N, W, D]
-    sub_mask: np.ndarray  # [C, N, W]
-
-
-def pad_tokens(seqs: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
-    width = max((len(s) for s in seqs), default=0)
-    out = np.zeros((len(seqs), max(width, 1), dim), dtype=np.float32)
-    mask = np.zeros((len(seqs), max(width, 1)), dtype=bool)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = s
-        mask[i, : len(s)] = True
-    return out, mask
-
-
-def read_subtexts(path: Path) -> SubtextArtifact:
-    """Read and check `subtexts.parquet`; classes in id order 0..C-1."""
-    path = Path(path)
-    table = _read_table(path, "sub-text artifact")
-    _check_columns(table, SUBTEXTS_SCHEMA, path)
-    meta = ArtifactMeta.from_dict(read_meta(path), path)
-    _check_scored_pair(path)
-    recs = sorted(table.to_pylist(), key=lambda r: r["class_id"])
-    ids = [r["class_id"] for r in recs]
-    if ids != list(range(len(recs))):
-        raise UserError(f"{path} has class ids {ids[:5]}...; expected 0..{len(recs) - 1}.")
-    d, n = meta.embed_dim, meta.n_subtexts
-
-    def arr(x, shape) -> np.ndarray:
-        try:  # ragged lists, another width or another count are all a ValueError here
-            a = np.asarray(x, dtype=np.float32)
-            if a.size and a.shape[-1] != d:
-                raise ValueError(a.shape)
-            return a.reshape(shape)
-        except ValueError as exc:
-            raise UserError(
-                f"{path} holds embeddings that do not fit its metadata (sets of {n} sub-texts, "
-                f"width {d}: storyboard.n_subtexts, storyboard.embed_dim); rescore it with "
-                "`python -m subtext_gen score`."
-            ) from exc
-
-    global_tokens, global_mask = pad_tokens([arr(r["global_tokens"], (-1, d)) for r in recs], d)
-    flat_sub = [arr(t, (-1, d)) for r in recs for t in r["sub_tokens"]]
-    if len(flat_sub) != len(recs) * n:
-        raise UserError(f"{path} does not hold {n} sub-texts for every class.")
-    sub_tokens, sub_mask = pad_tokens(flat_sub, d)
-    c, w = len(recs), sub_tokens.shape[1]
-    artifact = SubtextArtifact(
-        meta=meta,
-        class_names=[r["class_name"] for r in recs],
-        global_texts=[r["global_text"] for r in recs],
-        sub_texts=[list(r["sub_texts"]) for r in recs],
-        tpp=np.asarray([r["tpp"] for r in recs], dtype=np.float32),
-        global_emb=arr([r["global_emb"] for r in recs], (c, d)),
-        global_tokens=global_tokens,
-        global_mask=global_mask,
-        sub_emb=arr([r["sub_emb"] for r in recs], (c, n, d)),
-        sub_tokens=sub_tokens.reshape(c, n, w, d),
-        sub_mask=sub_mask.reshape(c, n, w),
-    )
-    for column in ("global_emb", "global_tokens", "sub_emb", "sub_tokens"):
-        if not np.isfinite(getattr(artifact, column)).all():  # would end a run as NaN
-            raise UserError(
-                f"{path} holds values that are not finite (NaN or infinity) in {column}: score "
-                "it again (`python -m subtext_gen score`)."
-            )
-    return artifact

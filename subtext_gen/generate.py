@@ -13,8 +13,9 @@ from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from storyboard_common.classes import ClassList, class_text
+
 from .artifacts import CandidateRow, CandidateStore, candidate_id, writer_lock
-from .classes import ClassList, class_text
 from .llm.base import Backend, Completion, Job
 from .parse import parse_subtexts
 from .prompts import Prompt

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,25 +18,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from storyboard_common.classes import class_text
+from storyboard_common.clip import LoadedClip, encode_texts
 from storyboard_common.errors import UserError
-
-from .artifacts import (
-    FALLBACK_CANDIDATE_ID,
+from storyboard_common.subtexts import (
     SUBTEXTS_FILE,
     TPP_FILE,
     ArtifactMeta,
+    clip_tag,
+    read_subtexts,
+)
+
+from .artifacts import (
+    FALLBACK_CANDIDATE_ID,
     CandidateRow,
     SubtextRow,
     TppRow,
-    clip_tag,
     read_candidates,
-    read_subtexts,
     read_tpp,
     write_subtexts,
     write_tpp,
 )
-from .classes import class_text
-from .clip_text import LoadedClip, encode_texts
 from .tpp import TPPResult, tpp
 
 DEFAULT_TEMPLATE = "a video of a person {}."
@@ -120,6 +122,7 @@ def score(
         beta=beta,
         fallback_classes=tuple(i for i in range(C) if i not in best),
         scoring_id=uuid.uuid4().hex,
+        llms=dict(sorted(Counter(valid[i].llm for i in best.values()).items())),
     )
     rows = [
         SubtextRow(
@@ -261,15 +264,3 @@ def class_reports(artifacts_dir: Path, scored_dir: Path) -> list[ClassReport]:
             )
         )
     return reports
-
-
-def selected_llms(artifacts_dir: Path, scored_dir: Path) -> dict[str, int]:
-    """How many classes' chosen sets each LLM (source label) wrote: {llm: classes}."""
-    chosen = [
-        r["candidate_id"] for r in read_tpp(scored_dir / TPP_FILE).to_pylist() if r["selected"]
-    ]
-    llm = {r.candidate_id: r.llm for r in read_candidates(artifacts_dir).rows}
-    counts: dict[str, int] = defaultdict(int)
-    for candidate in chosen:
-        counts[llm.get(candidate, "unknown")] += 1
-    return dict(counts)

@@ -24,8 +24,8 @@ def write_list_dataset(
     with them -> {root, ckpt, subtexts, base}."""
     import torch
 
-    from subtext_gen.classes import load_classes
-    from subtext_gen.clip_text import load_clip
+    from storyboard_common.classes import load_classes
+    from storyboard_common.clip import load_clip
     from subtext_gen.generate import generate
     from subtext_gen.llm.files import FileBackend
     from subtext_gen.score import score

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from subtext_gen.resources import data_path
+from storyboard_common.resources import data_path
 
 # No hub, no network: libraries must not try (and wait for) downloads.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,7 +54,7 @@ def tiny_clip():
     """A randomly initialised tiny open_clip model, built through the project's loader."""
     import torch
 
-    from subtext_gen.clip_text import load_clip
+    from storyboard_common.clip import load_clip
 
     torch.manual_seed(0)
     return load_clip(str(TINY_CLIP_CONFIG), "none", "cpu")

@@ -2,6 +2,8 @@
 
 import json
 import math
+import shutil
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -10,25 +12,24 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from storyboard_common.classes import load_classes
+from storyboard_common.clip import encode_texts
 from storyboard_common.errors import UserError
+from storyboard_common.subtexts import SUBTEXTS_SCHEMA, clip_tag, read_subtexts
 from subtext_gen.artifacts import (
     CANDIDATES_SCHEMA,
     JOURNAL_FILE,
-    SUBTEXTS_SCHEMA,
     TPP_SCHEMA,
     CandidateRow,
     CandidateStore,
     candidate_id,
-    clip_tag,
     read_candidates,
-    read_subtexts,
 )
-from subtext_gen.classes import load_classes
-from subtext_gen.clip_text import encode_texts
 from subtext_gen.generate import generate
 from subtext_gen.llm.files import FileBackend
 from subtext_gen.score import score
 from subtext_gen.tpp import tpp
+from trainer.checkpoints import subtext_source
 
 SETS = {
     "brush_hair": [
@@ -158,6 +159,40 @@ def test_read_subtexts_gives_padded_arrays_and_masks(candidates_dir, tiny_clip):
         len(tiny_clip.tokenizer.encode(t)) for t in art.global_texts
     ]
     assert art.meta.fallback_classes == (2,)
+
+
+def test_artifact_records_which_llms_wrote_the_chosen_sets(
+    candidates_dir, tiny_clip, class_csv, tmp_path
+):
+    """`score` records {llm: classes} of the chosen sets in the artifact's metadata, so an
+    artifact moved away from its candidates still names them; older artifacts read as
+    unknown, a damaged record is one error."""
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"catch": [["watch", "open the hands", "catch", "hold"]]}))
+    classes = load_classes(classes_file=class_csv(list(SETS)))
+    generate(classes, FileBackend(other), candidates_dir, 4, show_progress=False)
+    out = score(candidates_dir, tiny_clip, fallback="global").out_dir
+    wrote = {r.candidate_id: r.llm for r in read_candidates(candidates_dir).rows}
+    chosen = pd.read_parquet(out / "subtexts.parquet").candidate_id
+    expected = dict(Counter(wrote[c] for c in chosen if c != "fallback:global"))
+    assert expected == {"file:sets": 2, "file:other": 1}  # catch has a valid set now
+
+    alone = tmp_path / "moved" / "subtexts.parquet"
+    alone.parent.mkdir()
+    shutil.copy(out / "subtexts.parquet", alone)
+    assert read_subtexts(alone).meta.llms == expected
+    assert subtext_source(alone)["llms"] == expected
+
+    table = pq.read_table(alone)
+    meta = dict(table.schema.metadata)
+    del meta[b"storyboard.llms"]
+    pq.write_table(table.replace_schema_metadata(meta), alone)
+    assert read_subtexts(alone).meta.llms is None and subtext_source(alone)["llms"] is None
+
+    meta[b"storyboard.llms"] = b"[1, 2]"
+    pq.write_table(table.replace_schema_metadata(meta), alone)
+    with pytest.raises(UserError, match="damaged storyboard.llms"):
+        read_subtexts(alone)
 
 
 def test_class_without_candidates_is_one_error_listing_them(candidates_dir, tiny_clip):

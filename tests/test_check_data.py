@@ -11,8 +11,8 @@ import sys
 import decord
 import pytest
 
+from storyboard_common.classes import load_classes
 from storyboard_common.errors import UserError
-from subtext_gen.classes import load_classes
 from testkit.videos import write_corrupt, write_video
 from trainer.data import layouts
 from trainer.data.check import check_splits
@@ -353,7 +353,7 @@ def test_the_repository_data_folder_documents_every_layout():
     readme = (REPO / "data" / "README.md").read_text()
     for dataset in layouts.DATASETS:
         assert f"\n  {dataset}/ " in readme
-    for place in ("subtext_gen/data/<dataset>/classes.csv", "STORYBOARD_DATA", "artifacts/"):
+    for place in ("storyboard_common/data/<dataset>/classes.csv", "STORYBOARD_DATA", "artifacts/"):
         assert place in readme
     assert "STORYBOARD_ARTIFACTS" in readme and "runs/" in readme and "--out" in readme
 

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
+from storyboard_common.classes import class_key, load_classes, match_names, nearest_names
 from subtext_gen.__main__ import app
-from subtext_gen.classes import class_key, load_classes, match_names, nearest_names
 
 from .conftest import run_app
 

@@ -1,7 +1,7 @@
 import pytest
 
+from storyboard_common.classes import class_text, load_classes, shipped_datasets
 from storyboard_common.errors import UserError
-from subtext_gen.classes import class_text, load_classes, shipped_datasets
 
 
 def test_shipped_lists_are_the_official_ones():

@@ -14,7 +14,7 @@ TINY_SCORE += ("--device", "cpu")
 
 def test_generate_score_show_with_the_file_backend(tmp_path):
     out = tmp_path / "demo"
-    demo = "subtext_gen/data/demo"
+    demo = "storyboard_common/data/demo"
     generate = ("generate", "--llm", "file", "--classes", f"{demo}/classes.csv", "--input")
     generate += (f"{demo}/candidates.json", "--out", str(out), "--no-progress")
     done = cli(*generate)

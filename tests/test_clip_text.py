@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from storyboard_common.clip import clip_identity, encode_texts, load_clip
 from storyboard_common.errors import UserError
-from subtext_gen.clip_text import clip_identity, encode_texts, load_clip
 from trainer.storyworld import WORLD_CLIP
 
 from .conftest import TINY_CLIP_CONFIG
@@ -81,7 +81,11 @@ def test_a_shipped_config_by_name_or_path_is_one_clip(tiny_clip, tmp_path, monke
     """`TinyCLIP-test`, its path in a clone and the installed file build the same CLIP and
     record the same identity, so artifacts scored either way agree."""
     monkeypatch.chdir(tmp_path)  # not the clone: the clone's path resolves to the shipped file
-    names = ["TinyCLIP-test", "subtext_gen/data/clip/TinyCLIP-test.json", str(TINY_CLIP_CONFIG)]
+    names = [
+        "TinyCLIP-test",
+        "storyboard_common/data/clip/TinyCLIP-test.json",
+        str(TINY_CLIP_CONFIG),
+    ]
     for name in names:
         assert clip_identity(name, "none") == ("TinyCLIP-test", "none")
         loaded = load_clip(name, "none", "cpu")

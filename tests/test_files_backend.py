@@ -5,9 +5,9 @@ import json
 import pandas as pd
 import pytest
 
+from storyboard_common.classes import ClassList
 from storyboard_common.errors import UserError
 from subtext_gen.artifacts import candidate_id
-from subtext_gen.classes import ClassList
 from subtext_gen.generate import generate
 from subtext_gen.llm.files import FileBackend, file_backends, read_description_sets, source_labels
 

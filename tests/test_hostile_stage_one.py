@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from storyboard_common import files
+from storyboard_common.classes import load_classes
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write, atomic_write_text
 from subtext_gen.artifacts import (
@@ -28,7 +29,6 @@ from subtext_gen.artifacts import (
     read_candidates,
     writer_lock,
 )
-from subtext_gen.classes import load_classes
 from subtext_gen.generate import generate
 from subtext_gen.llm.files import FileBackend
 from subtext_gen.llm.openai_chat import OpenAIBackend
@@ -515,9 +515,10 @@ def test_timeout_bounds_a_reply_trickled_a_byte_at_a_time(tmp_path, class_csv, m
 def test_a_rescore_stopped_between_its_two_files_is_refused_until_rescored(
     tmp_path, inputs, tiny_clip, monkeypatch
 ):
+    from storyboard_common.subtexts import SUBTEXTS_FILE, TPP_FILE, read_subtexts
     from subtext_gen import __main__ as cli_main
     from subtext_gen import score as score_module
-    from subtext_gen.artifacts import SUBTEXTS_FILE, TPP_FILE, read_subtexts, read_tpp
+    from subtext_gen.artifacts import read_tpp
 
     classes, sets = inputs
     out = tmp_path / "art"
@@ -547,7 +548,8 @@ def test_a_rescore_stopped_between_its_two_files_is_refused_until_rescored(
 
 
 def _subtexts_of_width(path, width, meta_width):
-    from subtext_gen.artifacts import ArtifactMeta, SubtextRow, write_subtexts
+    from storyboard_common.subtexts import ArtifactMeta
+    from subtext_gen.artifacts import SubtextRow, write_subtexts
 
     rows = [
         SubtextRow(
@@ -638,13 +640,13 @@ ONE_SENTENCE_CASES = {
 
 
 def read_subtexts_(path):
-    from subtext_gen.artifacts import read_subtexts
+    from storyboard_common.subtexts import read_subtexts
 
     return read_subtexts(path)
 
 
 def load_clip_(clip_model):
-    from subtext_gen.clip_text import load_clip
+    from storyboard_common.clip import load_clip
 
     return load_clip(clip_model, "none", "cpu")
 

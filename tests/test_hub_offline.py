@@ -18,9 +18,9 @@ import open_clip  # noqa: F401  (imported up front: the timings are the hub's, n
 import pytest
 
 from storyboard_common import hub
+from storyboard_common.clip import clip_identity, encode_texts, load_clip
 from storyboard_common.errors import UserError
-from subtext_gen.clip_text import clip_identity, encode_texts, load_clip
-from subtext_gen.resources import data_path
+from storyboard_common.resources import data_path
 from testkit.hub import Blackhole, cache_repo, refused_endpoint
 
 from .conftest import REPO
@@ -205,7 +205,7 @@ TIMED_CLI = (
     "command, how", [("score", "blackhole"), ("llava", "refused"), ("llava", "offline")]
 )
 def test_the_cli_fails_in_seconds_with_one_sentence_and_writes_nothing(tmp_path, command, how):
-    from subtext_gen.classes import load_classes
+    from storyboard_common.classes import load_classes
     from subtext_gen.generate import generate
     from subtext_gen.llm.files import FileBackend
 

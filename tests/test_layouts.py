@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from storyboard_common.classes import load_classes
 from storyboard_common.errors import UserError
-from subtext_gen.classes import load_classes
 from testkit.videos import write_video
 from trainer.data.items import Segment
 from trainer.data.layouts import (

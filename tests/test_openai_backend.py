@@ -9,9 +9,9 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
+from storyboard_common.classes import load_classes
 from storyboard_common.errors import UserError
 from subtext_gen.artifacts import JOURNAL_FILE, read_candidates
-from subtext_gen.classes import load_classes
 from subtext_gen.generate import generate
 from subtext_gen.llm.openai_chat import OpenAIBackend
 from subtext_gen.prompts import select_prompts

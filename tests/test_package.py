@@ -11,17 +11,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from subtext_gen.resources import data_path, resolve_shipped
+from storyboard_common.resources import data_path, resolve_shipped
 
 from .conftest import REPO
 
 SHIPPED = (
-    "subtext_gen/data/hmdb51/classes.csv",
-    "subtext_gen/data/ucf101/classes.csv",
-    "subtext_gen/data/world/candidates.json",
-    "subtext_gen/data/demo/candidates.json",
-    "subtext_gen/data/clip/StoryboardWorld-CLIP.json",
-    "subtext_gen/data/clip/TinyCLIP-test.json",
+    "storyboard_common/data/hmdb51/classes.csv",
+    "storyboard_common/data/ucf101/classes.csv",
+    "storyboard_common/data/world/candidates.json",
+    "storyboard_common/data/demo/candidates.json",
+    "storyboard_common/data/clip/StoryboardWorld-CLIP.json",
+    "storyboard_common/data/clip/TinyCLIP-test.json",
     "trainer/configs/k400.yaml",
     "trainer/configs/hmdb51-2shot.yaml",
     "trainer/configs/ucf101-2shot.yaml",
@@ -108,7 +108,7 @@ def test_the_documented_commands_run_from_another_directory_on_the_installed_cop
     installed, tmp_path
 ):
     """`make demo-subtexts`'s three commands as the Makefile and README print them (shipped
-    files as `subtext_gen/data/...`), and a shipped CLIP config by name, from a folder
+    files as `storyboard_common/data/...`), and a shipped CLIP config by name, from a folder
     outside the clone with the wheel's copy."""
     wheel, site = installed
     env = {**os.environ, "PYTHONPATH": str(site)}
@@ -121,7 +121,7 @@ def test_the_documented_commands_run_from_another_directory_on_the_installed_cop
     where = run(
         "-c",
         "import subtext_gen, trainer; print(subtext_gen.__file__); print(trainer.__file__); "
-        "from subtext_gen.clip_text import load_clip; "
+        "from storyboard_common.clip import load_clip; "
         "print(load_clip('TinyCLIP-test', 'none', 'cpu').embed_dim); "
         "from storyboard_common.about import storyboard_version; print(storyboard_version())",
     )
@@ -130,7 +130,7 @@ def test_the_documented_commands_run_from_another_directory_on_the_installed_cop
     assert version == wheel.name.split("-")[1]  # `--version` from the wheel's metadata
     assert all(name.startswith(str(site)) for name in files)  # not the clone
     assert embed_dim == "32"  # the shipped config, by name
-    demo, out = "subtext_gen/data/demo", "artifacts/demo-subtexts"
+    demo, out = "storyboard_common/data/demo", "artifacts/demo-subtexts"
     generate = run(
         *("-m", "subtext_gen", "generate", "--llm", "file", "--classes", f"{demo}/classes.csv"),
         *("--input", f"{demo}/candidates.json", "--out", out, "--no-progress"),
@@ -139,7 +139,12 @@ def test_the_documented_commands_run_from_another_directory_on_the_installed_cop
     assert "18 ok, 0 failed" in generate.stdout
     score = run(
         *("-m", "subtext_gen", "score", "--tpp", "--artifacts", out, "--device", "cpu"),
-        *("--clip-model", "subtext_gen/data/clip/TinyCLIP-test.json", "--clip-pretrained", "none"),
+        *(
+            "--clip-model",
+            "storyboard_common/data/clip/TinyCLIP-test.json",
+            "--clip-pretrained",
+            "none",
+        ),
     )
     assert score.returncode == 0, score.stderr
     assert "UserWarning: --clip-pretrained none: CLIP TinyCLIP-test's text tower" in score.stderr
@@ -156,7 +161,12 @@ def test_the_documented_commands_run_from_another_directory_on_the_installed_cop
 def test_shipped_paths_resolve_in_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shipped = data_path("clip", "TinyCLIP-test.json")
-    for written in ("subtext_gen/data/clip/TinyCLIP-test.json", "data/clip/TinyCLIP-test.json"):
+    # The clone's path, and the older ones that commands written before the move still use.
+    for written in (
+        "storyboard_common/data/clip/TinyCLIP-test.json",
+        "subtext_gen/data/clip/TinyCLIP-test.json",
+        "data/clip/TinyCLIP-test.json",
+    ):
         assert resolve_shipped(written) == shipped
     # A file of that name in the working directory is the user's: it wins.
     (tmp_path / "data" / "clip").mkdir(parents=True)

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from storyboard_common.classes import ClassList
 from storyboard_common.errors import UserError
-from subtext_gen.classes import ClassList
 from subtext_gen.llm.files import FileBackend, read_description_sets
 from subtext_gen.parse import clean_item, parse_subtexts, unquote
 

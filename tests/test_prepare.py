@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from subtext_gen.classes import load_classes
+from storyboard_common.classes import load_classes
 from testkit.videos import frame_level, write_corrupt, write_video
 from trainer.__main__ import app
 from trainer.data import prepare

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from storyboard_common.clip import encode_texts, load_clip
 from storyboard_common.errors import UserError
-from subtext_gen.clip_text import encode_texts, load_clip
 from trainer.data.transforms import normalise_clips
 from trainer.storyworld import WORLD_CLIP
 from trainer.storyworld.pretrain import (

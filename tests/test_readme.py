@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from subtext_gen.classes import load_classes
+from storyboard_common.classes import load_classes
 from testkit.videos import write_video
 
 from .conftest import REPO, run_app

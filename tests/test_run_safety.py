@@ -13,7 +13,7 @@ import torch
 
 from storyboard_common.errors import UserError
 from storyboard_common.files import ARTIFACTS_ENV, artifacts_root
-from subtext_gen.artifacts import read_subtexts
+from storyboard_common.subtexts import read_subtexts
 from trainer import loop
 from trainer.cache.store import SHARDS_DIR, FeatureCache, read_meta
 from trainer.config import RunConfig

@@ -14,8 +14,8 @@ import av
 import numpy as np
 import pytest
 
+from storyboard_common.classes import load_classes, shipped_datasets
 from storyboard_common.errors import UserError
-from subtext_gen.classes import load_classes, shipped_datasets
 from testkit.videos import write_video
 from trainer.data.layouts import DATASETS, available_splits, folds, kinetics, load_split, ssv2
 from trainer.data.layouts import test_split as evaluation_split  # not a test
@@ -93,8 +93,8 @@ def scored_subtexts(base: Path, names, clip) -> tuple[Path, Path]:
 def scored_with(ckpt: Path, base: Path, names) -> Path:
     """Sub-texts "<class> start/middle/end" for `names` (in id order), scored with the tiny
     CLIP's checkpoint `ckpt` -> subtexts.parquet."""
-    from subtext_gen.classes import ClassList
-    from subtext_gen.clip_text import load_clip
+    from storyboard_common.classes import ClassList
+    from storyboard_common.clip import load_clip
     from subtext_gen.generate import generate
     from subtext_gen.llm.files import FileBackend
     from subtext_gen.score import score

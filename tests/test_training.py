@@ -382,7 +382,7 @@ def started_here(world, tmp_path_factory):
     """A run started in its own folder with relative --root, --subtexts, --clip-pretrained
     and --out, over an artifact scored there with the relative checkpoint path `clip.pt`.
     -> {folder, run, subtexts (relative), result (the run's own evaluation)}."""
-    from subtext_gen.clip_text import load_clip
+    from storyboard_common.clip import load_clip
     from subtext_gen.score import score
 
     folder = tmp_path_factory.mktemp("started-here")
@@ -415,8 +415,8 @@ def own_metrics(started_here) -> dict:
 
 
 def test_a_run_records_absolute_paths_and_evaluates_from_any_folder(started_here, tmp_path):
-    from subtext_gen.artifacts import read_subtexts
-    from subtext_gen.clip_text import clip_identity
+    from storyboard_common.clip import clip_identity
+    from storyboard_common.subtexts import read_subtexts
 
     folder, run = started_here["folder"], started_here["run"]
     config = json.loads((run / "config.json").read_text())

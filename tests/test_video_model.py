@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from storyboard_common.errors import UserError
-from subtext_gen.artifacts import ArtifactMeta, SubtextArtifact
+from storyboard_common.subtexts import ArtifactMeta, SubtextArtifact
 from trainer.data.transforms import normalise_clips
 from trainer.model.aggregation import AGGREGATIONS, ClassText
 from trainer.model.temporal import TemporalTransformer

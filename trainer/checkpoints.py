@@ -26,7 +26,6 @@ through `huggingface_hub`, from its cache first (no network call), honouring
 
 from __future__ import annotations
 
-import contextlib
 import json
 import pathlib
 import secrets
@@ -37,6 +36,7 @@ import torch
 
 from storyboard_common import hub
 from storyboard_common.about import paper_bibtex
+from storyboard_common.clip import hub_base_model
 from storyboard_common.errors import UserError, first_line, unsafe_load_reason
 from storyboard_common.files import (
     atomic_write,
@@ -45,8 +45,7 @@ from storyboard_common.files import (
     json_paths,
     os_reason,
 )
-from subtext_gen.artifacts import SUBTEXTS_FILE, TPP_FILE, ArtifactMeta, read_meta
-from subtext_gen.clip_text import hub_base_model
+from storyboard_common.subtexts import SUBTEXTS_FILE, ArtifactMeta, read_meta
 
 EXPORT_FORMAT = "storyboard-video-model"
 EXPORT_VERSION = 1
@@ -294,25 +293,19 @@ def hub_snapshot(source: str) -> Path:
 
 
 def subtext_source(subtexts: Path) -> dict:
-    """Where a sub-text artifact's texts came from: its metadata, and which LLMs wrote the
-    chosen sets when the scoring folder and the candidates are still beside it."""
-    from subtext_gen.score import selected_llms
-
+    """Where a sub-text artifact's texts came from, as its metadata records it: the
+    settings of its scoring and which LLMs wrote the chosen sets (None for an artifact
+    scored before `score` recorded them)."""
     subtexts = Path(subtexts)
     meta = ArtifactMeta.from_dict(read_meta(subtexts), subtexts)  # the schema only
-    source = {
+    return {
         "n_subtexts": meta.n_subtexts,
         "template": meta.template,
         "alpha": meta.alpha,
         "beta": meta.beta,
         "fallback_classes": list(meta.fallback_classes),
-        "llms": None,
+        "llms": meta.llms,
     }
-    candidates = subtexts.parent.parent  # artifacts/<dataset>/<clip-tag>/subtexts.parquet
-    if (subtexts.parent / TPP_FILE).is_file() and (candidates / "candidates.parquet").is_file():
-        with contextlib.suppress(UserError):  # the card says "not recorded" instead
-            source["llms"] = selected_llms(candidates, subtexts.parent)
-    return source
 
 
 # The run's metrics in the card: (key, name in the table, the Hub's metric type).
@@ -383,9 +376,10 @@ def model_card(config: dict) -> str:
     protocol = (f"{run['shots']}-shot" if run.get("shots") else "supervised") + (
         f", split {run['split']}" if config["dataset"] in ("hmdb51", "ucf101") else ""
     )
-    llms = "not recorded (the candidates were not beside the artifact)"
-    if texts["llms"]:
-        llms = ", ".join(f"{name} ({count} classes)" for name, count in texts["llms"].items())
+    llms = "not recorded (the artifact was scored before `score` recorded them)"
+    if texts["llms"] is not None:
+        written = (f"{name} ({count} classes)" for name, count in texts["llms"].items())
+        llms = ", ".join(written) or "none (every class has its global text only)"
     title = f"Storyboard {arch['aggregation']} model: {config['dataset']}, {protocol}"
     base_model = hub_base_model(clip["model_id"], clip["pretrained_id"])
     base_note = (

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import yaml
 
+from storyboard_common.clip import clip_files
 from storyboard_common.errors import UserError, check_ranges, first_line
 from storyboard_common.files import os_reason
-from subtext_gen.clip_text import clip_files
 
 from .model.aggregation import AGGREGATIONS
 

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from storyboard_common.classes import match_names, unknown_names
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write, atomic_write_text
-from subtext_gen.artifacts import read_subtexts
-from subtext_gen.classes import match_names, unknown_names
+from storyboard_common.subtexts import read_subtexts
 
 from . import metrics
 from .cache.dataset import FeatureDataset

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from storyboard_common.clip import clip_identity
 from storyboard_common.errors import UserError
 from storyboard_common.files import artifacts_root, os_reason
 from storyboard_common.locks import folder_lock
-from subtext_gen.artifacts import SUBTEXTS_FILE, clip_tag
-from subtext_gen.clip_text import clip_identity
+from storyboard_common.subtexts import SUBTEXTS_FILE, clip_tag
 
 from .config import RunConfig
 

@@ -8,8 +8,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from storyboard_common.classes import class_key, match_names, unknown_names
 from storyboard_common.errors import UserError
-from subtext_gen.classes import class_key, match_names, unknown_names
 
 from .config import RunConfig
 from .data.dataset import ClipSpec, VideoClipDataset, short_videos

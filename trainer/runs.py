@@ -8,9 +8,9 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from storyboard_common.clip import LoadedClip, load_clip
 from storyboard_common.errors import UserError, first_line
-from subtext_gen.artifacts import SUBTEXTS_FILE, read_subtexts
-from subtext_gen.clip_text import LoadedClip, load_clip
+from storyboard_common.subtexts import SUBTEXTS_FILE, read_subtexts
 
 from .checkpoints import (
     CLIP_CONFIG_FILE,

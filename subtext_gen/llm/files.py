@@ -36,9 +36,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from storyboard_common.classes import ClassList, match_names, not_utf8, unknown_names
 from storyboard_common.errors import UserError
 
-from ..classes import ClassList, match_names, not_utf8, unknown_names
 from ..parse import clean_item
 from .base import Completion, Job
 

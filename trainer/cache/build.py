@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
+from storyboard_common.clip import clip_identity, load_clip
 from storyboard_common.errors import UserError
-from subtext_gen.clip_text import clip_identity, load_clip
 
 from ..config import RunConfig
 from ..data.dataset import Skipped, VideoClipDataset, make_loader

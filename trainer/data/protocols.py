@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from storyboard_common.classes import match_names, unknown_names
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write_text
-from subtext_gen.classes import match_names, unknown_names
 
 from .items import SplitList, VideoItem
 

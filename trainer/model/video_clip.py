@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from storyboard_common.clip import LoadedClip
 from storyboard_common.errors import UserError
-from subtext_gen.artifacts import ArtifactMeta, SubtextArtifact
-from subtext_gen.clip_text import LoadedClip
+from storyboard_common.subtexts import ArtifactMeta, SubtextArtifact
 
 from ..data.transforms import normalise_clips
 from .aggregation import UNTRAINED_LOG_LOGIT_SCALE, ClassText, StoryboardHead

@@ -3,7 +3,7 @@
 aggregation mode over seeds (`study`, with its statistics and probes in `analysis`) and its
 one-seed digest (`demo`). The library in `trainer/` knows nothing of it."""
 
-from subtext_gen.resources import data_path
+from storyboard_common.resources import data_path
 
 # The world CLIP's architecture (64 px, 3 layers, width 128): the one place that names it.
 WORLD_CLIP = str(data_path("clip", "StoryboardWorld-CLIP.json"))

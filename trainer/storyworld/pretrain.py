@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
+from storyboard_common.clip import LoadedClip, encode_texts, load_clip, token_states
 from storyboard_common.device import resolve_device
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write_json
-from subtext_gen.artifacts import pad_tokens
-from subtext_gen.clip_text import LoadedClip, encode_texts, load_clip, token_states
+from storyboard_common.subtexts import pad_tokens
 
 from ..checkpoints import atomic_save
 from ..data.transforms import normalise_clips

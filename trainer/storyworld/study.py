@@ -38,11 +38,11 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from storyboard_common.classes import load_classes
+from storyboard_common.clip import load_clip
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_savefig, atomic_write_json, atomic_write_text
-from subtext_gen.artifacts import SubtextArtifact, read_subtexts
-from subtext_gen.classes import load_classes
-from subtext_gen.clip_text import load_clip
+from storyboard_common.subtexts import SubtextArtifact, read_subtexts
 from subtext_gen.generate import generate
 from subtext_gen.llm.files import FileBackend
 from subtext_gen.score import class_reports, score

@@ -57,7 +57,7 @@ import numpy as np
 
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_path, atomic_write_text, make_folder, os_reason
-from subtext_gen.resources import data_path
+from storyboard_common.resources import data_path
 
 FORMAT_VERSION = 3
 FPS = 8

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+from storyboard_common.classes import load_classes
 from storyboard_common.errors import UserError
-from subtext_gen.classes import load_classes
 
 from ..items import SplitList, VideoItem
 from ._common import DirIndex, normalize_split, read_lines, require_file, require_root, video_root

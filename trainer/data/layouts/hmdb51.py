@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from storyboard_common.classes import load_classes
 from storyboard_common.errors import UserError
-from subtext_gen.classes import load_classes
 
 from ..items import SplitList, VideoItem
 from ._common import DirIndex, check_fold, normalize_split, read_lines, require_root, video_root

@@ -17,9 +17,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from storyboard_common.classes import load_classes
 from storyboard_common.errors import UserError
-from subtext_gen.classes import load_classes
-from subtext_gen.resources import data_path
+from storyboard_common.resources import data_path
 
 from ..items import SplitList, VideoItem
 from ._common import VIDEO_EXTS, normalize_split, require_file, require_root, video_root

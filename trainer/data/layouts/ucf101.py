@@ -12,8 +12,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from storyboard_common.classes import load_classes
 from storyboard_common.errors import UserError
-from subtext_gen.classes import load_classes
 
 from ..items import SplitList, VideoItem
 from ._common import (

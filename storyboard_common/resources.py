@@ -1,5 +1,5 @@
 """Files that ship inside the package: class lists, the storyboard world's candidate sets,
-CLIP model configs. They are package data (`subtext_gen/data/`), so a clone and an
+CLIP model configs. They are package data (`storyboard_common/data/`), so a clone and an
 installed wheel find them the same way."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ import os
 from importlib.resources import files
 from pathlib import Path
 
-DATA_DIR = Path(str(files("subtext_gen") / "data"))
-# How the docs write a shipped file: its path in a clone, or the older `data/...`.
-SHIPPED_PREFIXES = ("subtext_gen/data/", "data/")
+DATA_DIR = Path(str(files("storyboard_common") / "data"))
+# How the docs write a shipped file: its path in a clone, or an older one (the files lived
+# in `subtext_gen/data/`, before that in `data/`), so existing commands keep working.
+SHIPPED_PREFIXES = ("storyboard_common/data/", "subtext_gen/data/", "data/")
 
 
 def data_path(*parts: str) -> Path:
@@ -19,7 +20,7 @@ def data_path(*parts: str) -> Path:
 
 
 def resolve_shipped(path: str | os.PathLike) -> Path:
-    """A shipped file as the docs write it (`subtext_gen/data/...` or `data/...`): the file
+    """A shipped file as the docs write it (`storyboard_common/data/...` or an older path): the file
     in the working directory when there is one, else the installed copy, so the same flag
     works from any directory. Any other path is returned as given."""
     given = Path(path)

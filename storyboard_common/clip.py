@@ -97,7 +97,7 @@ def hub_base_model(model_id: str, pretrained_id: str) -> str | None:
 
 def clip_files(clip_model: str, clip_pretrained: str | None) -> dict[str, str]:
     """The settings of a CLIP that name local files, as given: `clip_model` when it is a
-    model-config JSON (not a shipped `subtext_gen/data/...` one, found from any folder),
+    model-config JSON (not a shipped `storyboard_common/data/...` one, found from any folder),
     `clip_pretrained` when it is a checkpoint. open_clip names, tags and `hf-hub:` or
     `local-dir:` schemas are not files. `clip_identity` does not depend on the folder a file
     is named from (a config by its stem, a checkpoint by its name and content)."""
