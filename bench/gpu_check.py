@@ -45,6 +45,7 @@ from trainer.loop import NonFiniteLoss, train_step
 from trainer.model.video_clip import build_model
 from trainer.precision import grad_scaler
 from trainer.schedule import make_optimizer
+from trainer.subtexts import artifact_class_text
 
 from .synthetic import synthetic_artifact
 
@@ -147,10 +148,10 @@ def _train_steps(inputs: CheckInputs, config: StepConfig, record: dict) -> None:
     # build_model shares the CLIP's visual tower: a copy per configuration keeps every one
     # starting from the same weights. The copy's text tower stays on the CPU and is dropped.
     own_clip = dataclasses.replace(inputs.clip, model=copy.deepcopy(inputs.clip.model))
-    model, text = build_model(
+    clip_id = (own_clip.model_id, own_clip.pretrained_id)
+    text = artifact_class_text(inputs.artifact, SYNTHETIC_ARTIFACT, clip_id, own_clip.embed_dim)
+    model = build_model(
         own_clip,
-        inputs.artifact,
-        SYNTHETIC_ARTIFACT,
         aggregation="coarse+fine",
         temporal_layers=inputs.temporal_layers,
         frames=inputs.clips.shape[1],

@@ -12,10 +12,11 @@ from storyboard_common.clip import load_clip
 from trainer.distributed import DistInfo
 from trainer.loop import train_step
 from trainer.loss import storyboard_loss
-from trainer.model.aggregation import AGGREGATIONS, ClassText, StoryboardHead
+from trainer.model.aggregation import AGGREGATIONS, StoryboardHead
 from trainer.model.video_clip import VideoCLIP
 from trainer.precision import grad_scaler
 from trainer.schedule import make_optimizer
+from trainer.subtexts import artifact_class_text
 
 from .synthetic import synthetic_artifact
 
@@ -37,7 +38,9 @@ def bench_steps(batch: int = 2, frames: int = 8, classes: int = 51, repeats: int
     every mode, and the head's forward-backward alone."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     clip = load_clip("ViT-B-16", "none", str(device))
-    text = ClassText.from_artifact(synthetic_artifact(clip, classes)).to(device)
+    artifact = synthetic_artifact(clip, classes)
+    clip_id = (clip.model_id, clip.pretrained_id)
+    text = artifact_class_text(artifact, "synthetic sub-texts", clip_id, clip.embed_dim).to(device)
     clips = torch.randint(0, 256, (batch, frames, 3, 224, 224), dtype=torch.uint8, device=device)
     labels = torch.arange(batch, device=device) % classes
     scaler, one_process = grad_scaler(device, "none"), DistInfo(0, 1, 0, device)

@@ -11,7 +11,7 @@ from storyboard_common.subtexts import ArtifactMeta, SubtextArtifact
 def synthetic_artifact(
     clip: LoadedClip, classes: int, subtexts: int = 4, words: int = 12, seed: int = 0
 ) -> SubtextArtifact:
-    """A sub-text artifact made for `clip` with random embeddings: what `build_model` reads,
+    """A sub-text artifact made for `clip` with random embeddings: what `artifact_class_text` reads,
     with 2..`words` real word tokens per text (padding is zero, as in real artifacts)."""
     rng = np.random.default_rng(seed)
     dim = clip.embed_dim

@@ -15,13 +15,8 @@ from storyboard_common.subtexts import ArtifactMeta, SubtextArtifact
 from trainer.data.transforms import normalise_clips
 from trainer.model.aggregation import AGGREGATIONS, ClassText
 from trainer.model.temporal import TemporalTransformer
-from trainer.model.video_clip import (
-    VideoCLIP,
-    build_model,
-    check_artifact_matches_clip,
-    clip_log_logit_scale,
-    param_groups,
-)
+from trainer.model.video_clip import VideoCLIP, build_model, clip_log_logit_scale, param_groups
+from trainer.subtexts import artifact_class_text, check_artifact_matches_clip
 
 B, T, C, N, W, D = 2, 4, 3, 2, 4, 32
 ARTIFACT_PATH = "artifacts/tiny/TinyCLIP-test__none/subtexts.parquet"
@@ -70,8 +65,15 @@ def clips():
     return torch.randint(0, 256, (B, T, 3, 32, 32), dtype=torch.uint8, generator=g)
 
 
+def class_text_for(clip, artifact: SubtextArtifact) -> ClassText:
+    """The artifact's class texts, checked against `clip` as a run checks them."""
+    return artifact_class_text(
+        artifact, ARTIFACT_PATH, (clip.model_id, clip.pretrained_id), clip.embed_dim
+    )
+
+
 def build(clip, **kwargs):
-    return build_model(clip, make_artifact(), ARTIFACT_PATH, **kwargs)
+    return build_model(clip, **kwargs), class_text_for(clip, make_artifact())
 
 
 def loss_of(out):
@@ -247,7 +249,7 @@ def test_text_tower_is_not_kept(clip):
 )
 def test_artifact_of_another_clip_is_refused(clip, change, named):
     with pytest.raises(UserError) as info:
-        build_model(clip, make_artifact(**change), ARTIFACT_PATH)
+        class_text_for(clip, make_artifact(**change))
     message = str(info.value)
     assert ARTIFACT_PATH in message
     assert named in message and "TinyCLIP-test/none" in message
@@ -260,7 +262,7 @@ def test_check_artifact_matches_clip_accepts_same_clip():
 
 def test_embed_dim_mismatch_is_refused(clip):
     with pytest.raises(UserError, match=r"16-d .* 32 dimensions") as info:
-        build_model(clip, make_artifact(embed_dim=16), ARTIFACT_PATH)
+        class_text_for(clip, make_artifact(embed_dim=16))
     assert ARTIFACT_PATH in str(info.value)
 
 
@@ -274,7 +276,7 @@ def test_artifact_with_inconsistent_width_is_refused(clip):
     artifact = make_artifact()
     artifact = dataclasses.replace(artifact, global_emb=artifact.global_emb[:, :16])
     with pytest.raises(UserError, match="storyboard.embed_dim=32 but holds 16-d"):
-        build_model(clip, artifact, ARTIFACT_PATH)
+        class_text_for(clip, artifact)
 
 
 def test_autocast_bf16(clip, clips):

@@ -33,12 +33,12 @@ from .data.protocols import (
 )
 from .distributed import DistInfo, gather_objects
 from .model.aggregation import ClassText
-from .model.video_clip import artifact_class_text
 from .paths import default_root
 from .precision import autocast
 from .progress import progress_bar
 from .run_data import check_classes, eval_spec
 from .runs import LoadedRun, load_run
+from .subtexts import artifact_class_text
 
 
 def model_inputs(batch: dict, device: torch.device) -> torch.Tensor:

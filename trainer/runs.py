@@ -37,6 +37,7 @@ from .distributed import DistInfo, init_distributed
 from .model.aggregation import ClassText
 from .model.video_clip import UNTRAINED_LOG_LOGIT_SCALE, VideoCLIP, build_model, video_model
 from .paths import default_subtexts
+from .subtexts import artifact_class_text
 
 
 @dataclass
@@ -58,7 +59,10 @@ def build(
     `clip` is given) and the class texts of `subtexts`, on the run's device."""
     artifact = read_subtexts(subtexts)
     clip = clip or load_clip(cfg.clip_model, cfg.clip_pretrained, str(dist_info.device))
-    model, text = build_model(clip, artifact, subtexts, **_architecture(cfg))
+    text = artifact_class_text(
+        artifact, subtexts, (clip.model_id, clip.pretrained_id), clip.embed_dim
+    )
+    model = build_model(clip, **_architecture(cfg))
     return RunModel(
         model.to(dist_info.device),
         text.to(dist_info.device),

@@ -1,22 +1,19 @@
 """The assembled video model: CLIP visual tower -> temporal transformer -> storyboard head.
 
-`build_model` is the one way the trainer makes it: it checks that the sub-text artifact was
-made with the CLIP whose visual tower it loads (model and weights, and the embedding width),
-keeps only the visual tower (the trainer never runs the text tower; the class texts come
-from the artifact as `ClassText`), and puts everything on the CLIP's device.
+`build_model` is the one way the trainer makes it: it keeps only the CLIP's visual tower (the
+trainer never runs the text tower) and puts the model on the CLIP's device. The model takes
+the class texts as `ClassText`, which `trainer.subtexts` builds from a sub-text artifact.
 """
 
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from storyboard_common.clip import LoadedClip
 from storyboard_common.errors import UserError
-from storyboard_common.subtexts import ArtifactMeta, SubtextArtifact
 
 from ..data.transforms import normalise_clips
 from .aggregation import UNTRAINED_LOG_LOGIT_SCALE, ClassText, StoryboardHead
@@ -153,20 +150,6 @@ def param_groups(
     return out
 
 
-def check_artifact_matches_clip(
-    meta: ArtifactMeta, model_id: str, pretrained_id: str, artifact_path: str | Path
-) -> None:
-    """Refuse an artifact made with another CLIP (model or weights) than the one loaded."""
-    if meta.clip_model == model_id and meta.clip_pretrained == pretrained_id:
-        return
-    raise UserError(
-        f"{artifact_path} was made with CLIP {meta.clip_model}/{meta.clip_pretrained}, but "
-        f"--clip-model/--clip-pretrained give {model_id}/{pretrained_id}; rescore it with "
-        "`python -m subtext_gen score --tpp --clip-model ... --clip-pretrained ...` for this "
-        "CLIP or pass the matching CLIP."
-    )
-
-
 def _temporal_heads(dim: int) -> int:
     """CLIP's convention (and BIKE's): 64-wide heads; the largest count <= dim // 64 that
     divides dim, at least 1."""
@@ -184,22 +167,15 @@ def clip_log_logit_scale(clip_model: nn.Module) -> float:
     return UNTRAINED_LOG_LOGIT_SCALE if log_scale is None else float(log_scale.detach())
 
 
-def build_model(
-    clip: LoadedClip,
-    artifact: SubtextArtifact,
-    artifact_path: str | Path,
-    **architecture,
-) -> tuple[VideoCLIP, ClassText]:
-    """The video model over `clip`'s visual tower (`video_model`, with `architecture`), and
-    the artifact's class texts, both on `clip.device`.
+def build_model(clip: LoadedClip, **architecture) -> VideoCLIP:
+    """The video model over `clip`'s visual tower (`video_model`, with `architecture`), on
+    `clip.device`; it classifies against the `ClassText` given to `forward` (built from a
+    sub-text artifact by `trainer.subtexts.artifact_class_text`).
 
     Only `clip.model.visual` goes into the model: the text tower is never run by the trainer
     (drop the `LoadedClip` afterwards to free it). The visual tower is shared, not copied;
     the head's logit scale starts at the CLIP's own (`clip_log_logit_scale`), a copy.
     """
-    text = artifact_class_text(
-        artifact, artifact_path, (clip.model_id, clip.pretrained_id), clip.embed_dim
-    )
     heads = architecture.get("attention_heads", 1)
     if clip.embed_dim % heads:
         raise UserError(
@@ -209,7 +185,7 @@ def build_model(
     model = video_model(
         clip.model.visual, clip.embed_dim, clip_log_logit_scale(clip.model), **architecture
     )
-    return model.to(clip.device), text.to(clip.device)
+    return model.to(clip.device)
 
 
 def video_model(
@@ -244,24 +220,3 @@ def video_model(
         freeze_backbone=freeze_backbone,
         grad_checkpointing=grad_checkpointing,
     )
-
-
-def artifact_class_text(
-    artifact: SubtextArtifact, artifact_path: str | Path, clip_id: tuple[str, str], embed_dim: int
-) -> ClassText:
-    """The class texts of a sub-text artifact, after checking that it was scored with the
-    CLIP `clip_id` (model, pretrained) whose joint space is `embed_dim` wide."""
-    check_artifact_matches_clip(artifact.meta, *clip_id, artifact_path)
-    width = int(artifact.global_emb.shape[-1])
-    if artifact.meta.embed_dim != embed_dim:
-        raise UserError(
-            f"{artifact_path} holds {artifact.meta.embed_dim}-d text embeddings, but CLIP "
-            f"{clip_id[0]} embeds in {embed_dim} dimensions; rescore it with "
-            "`python -m subtext_gen score --tpp` for this CLIP."
-        )
-    if width != embed_dim:
-        raise UserError(
-            f"{artifact_path} says storyboard.embed_dim={artifact.meta.embed_dim} but holds "
-            f"{width}-d embeddings; rescore it with `python -m subtext_gen score --tpp`."
-        )
-    return ClassText.from_artifact(artifact)

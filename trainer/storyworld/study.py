@@ -52,9 +52,10 @@ from ..cache.store import TEST, TRAIN, read_split
 from ..config import RunConfig
 from ..loop import train
 from ..model.aggregation import AGGREGATIONS, ClassText
-from ..model.video_clip import check_artifact_matches_clip, clip_log_logit_scale
+from ..model.video_clip import clip_log_logit_scale
 from ..report import read_metrics
 from ..runs import load_run
+from ..subtexts import check_artifact_matches_clip
 from . import WORLD_CLIP, analysis
 from .pretrain import OBJECTIVES, frame_accuracies, log_path, pretrain_clip
 from .world import CANDIDATES_PATH, WorldInfo, write_world

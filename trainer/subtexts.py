@@ -1,0 +1,47 @@
+"""The trainer's one door from a sub-text artifact to the model: the check that the artifact
+was scored with the CLIP the model is built on (model, weights and embedding width), and
+the `ClassText` the model classifies against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from storyboard_common.errors import UserError
+from storyboard_common.subtexts import ArtifactMeta, SubtextArtifact
+
+from .model.aggregation import ClassText
+
+
+def check_artifact_matches_clip(
+    meta: ArtifactMeta, model_id: str, pretrained_id: str, artifact_path: str | Path
+) -> None:
+    """Refuse an artifact made with another CLIP (model or weights) than the one loaded."""
+    if meta.clip_model == model_id and meta.clip_pretrained == pretrained_id:
+        return
+    raise UserError(
+        f"{artifact_path} was made with CLIP {meta.clip_model}/{meta.clip_pretrained}, but "
+        f"--clip-model/--clip-pretrained give {model_id}/{pretrained_id}; rescore it with "
+        "`python -m subtext_gen score --tpp --clip-model ... --clip-pretrained ...` for this "
+        "CLIP or pass the matching CLIP."
+    )
+
+
+def artifact_class_text(
+    artifact: SubtextArtifact, artifact_path: str | Path, clip_id: tuple[str, str], embed_dim: int
+) -> ClassText:
+    """The class texts of a sub-text artifact, after checking that it was scored with the
+    CLIP `clip_id` (model, pretrained) whose joint space is `embed_dim` wide."""
+    check_artifact_matches_clip(artifact.meta, *clip_id, artifact_path)
+    width = int(artifact.global_emb.shape[-1])
+    if artifact.meta.embed_dim != embed_dim:
+        raise UserError(
+            f"{artifact_path} holds {artifact.meta.embed_dim}-d text embeddings, but CLIP "
+            f"{clip_id[0]} embeds in {embed_dim} dimensions; rescore it with "
+            "`python -m subtext_gen score --tpp` for this CLIP."
+        )
+    if width != embed_dim:
+        raise UserError(
+            f"{artifact_path} says storyboard.embed_dim={artifact.meta.embed_dim} but holds "
+            f"{width}-d embeddings; rescore it with `python -m subtext_gen score --tpp`."
+        )
+    return ClassText.from_artifact(artifact)
