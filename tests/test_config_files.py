@@ -11,8 +11,7 @@ from storyboard_common.errors import UserError
 from trainer.__main__ import app
 from trainer.config import RunConfig, preset_files, read_config_file, resolve_config
 
-from .conftest import TINY_CLIP_CONFIG, run_app
-from .test_training import lines, run_args
+from .conftest import TINY_CLIP_CONFIG, lines, run_app, run_args
 
 # The presets as the Python dict PRESETS held them before they became files: what each
 # shipped file must still hold.

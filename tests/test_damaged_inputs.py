@@ -19,8 +19,7 @@ from trainer.data.layouts import generic
 from trainer.loop import train
 from trainer.runs import export_run, load_run
 
-from .conftest import run_app
-from .test_features import TEST_VIDEOS, TRAIN_VIDEOS, config, make_cache
+from .conftest import TEST_VIDEOS, TRAIN_VIDEOS, frozen_config, make_cache, run_app
 
 SIZES = {"train": TRAIN_VIDEOS, "test": TEST_VIDEOS}
 
@@ -29,7 +28,7 @@ SIZES = {"train": TRAIN_VIDEOS, "test": TEST_VIDEOS}
 def exported(world, tmp_path_factory):
     """A 1-epoch run and its export."""
     base = tmp_path_factory.mktemp("exported")
-    cfg = config(world, epochs=1, out=base / "run")
+    cfg = frozen_config(world, epochs=1, out=base / "run")
     train(cfg, show_progress=False)
     return {"cfg": cfg, "run": cfg.out, "export": export_run(cfg.out, base / "export")}
 
@@ -180,7 +179,7 @@ def test_file_inputs_of_the_cli_are_one_sentence(world, exported, tmp_path):
     # run --resume with a damaged config.json
     run = shutil.copytree(exported["run"], tmp_path / "run")
     (run / "config.json").write_text('{"dataset": "li')
-    cfg = config(world, epochs=1, out=run)
+    cfg = frozen_config(world, epochs=1, out=run)
     with pytest.raises(UserError, match=rf"^--resume: {run / 'config.json'} is damaged"):
         train(cfg, resume=True, show_progress=False)
     (run / "config.json").write_text(json.dumps({"frames": "four"}))
@@ -238,7 +237,7 @@ def test_a_run_and_eval_from_a_damaged_cache_name_the_shard(world, exported, fea
     shard = cache / "shards" / "test-00000.npy"
     truncate(shard)
     with pytest.raises(UserError, match=f"^{shard} is damaged .*rerun `python -m trainer cache"):
-        train(config(world, features=cache, out=tmp_path / "run"), show_progress=False)
+        train(frozen_config(world, features=cache, out=tmp_path / "run"), show_progress=False)
     with pytest.raises(UserError, match=f"^{shard} is damaged"):
         evaluate_checkpoint(exported["run"], features=cache, workers=0, show_progress=False)
 

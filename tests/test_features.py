@@ -14,49 +14,20 @@ import torch
 from storyboard_common.errors import UserError
 from testkit.videos import write_corrupt
 from trainer import loop, run_data, runs
-from trainer.cache import build as cache_build
-from trainer.cache.build import cache_features
 from trainer.cache.dataset import train_view
 from trainer.cache.store import INDEX_SCHEMA, FeatureCache, cache_identity, read_index, read_split
-from trainer.config import RunConfig
 from trainer.distributed import init_distributed
 from trainer.loop import train
-from trainer.model.video_clip import encode_frames
 
-from .conftest import REPO, TINY_CLIP_CONFIG
-
-TRAIN_VIDEOS, TEST_VIDEOS = 9, 3
-
-
-def config(world, **overrides) -> RunConfig:
-    settings = dict(
-        dataset="list",
-        root=world["root"],
-        subtexts=world["subtexts"],
-        clip_model=str(TINY_CLIP_CONFIG),
-        clip_pretrained=str(world["ckpt"]),
-        frames=4,
-        epochs=2,
-        batch_size=3,
-        lr=2e-3,
-        warmup_epochs=1,
-        workers=0,
-        device="cpu",
-        seed=1,
-        freeze_backbone=True,
-    )
-    return RunConfig(**{**settings, **overrides})
-
-
-def make_cache(world, out, views=2, dtype="float32", shard_rows=4, **overrides) -> dict:
-    return cache_features(
-        config(world, **overrides),
-        out,
-        views=views,
-        dtype=dtype,
-        shard_rows=shard_rows,
-        show_progress=False,
-    )
+from .conftest import (
+    REPO,
+    TEST_VIDEOS,
+    TINY_CLIP_CONFIG,
+    TRAIN_VIDEOS,
+    counting_encoder,
+    frozen_config,
+    make_cache,
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +39,7 @@ def cached(world, tmp_path_factory):
 
 
 def test_cached_features_are_the_towers_frame_embeddings(world, cached):
-    cfg = config(world, eval_clips=2, eval_crops=3)
+    cfg = frozen_config(world, eval_clips=2, eval_crops=3)
     built = runs.build(cfg, init_distributed("cpu"), world["subtexts"])
     data = run_data.prepare_data(cfg, world["root"], None)
     train_set, test_set = run_data.clip_datasets(
@@ -135,20 +106,6 @@ def test_index_has_a_row_per_view_and_shards_of_fixed_rows(world, cached):
     assert not (out / "index-parts").exists()
 
 
-def counting_encoder(monkeypatch, crash_after: int | None = None) -> list[int]:
-    """Count the clips each encoder call gets; raise ("killed") on call `crash_after + 1`."""
-    clips_encoded = []
-
-    def counted(visual, clips):
-        if len(clips_encoded) == crash_after:
-            raise RuntimeError("killed")
-        clips_encoded.append(len(clips))
-        return encode_frames(visual, clips)
-
-    monkeypatch.setattr(cache_build, "encode_frames", counted)
-    return clips_encoded
-
-
 def test_resume_after_a_crash_encodes_only_what_is_missing(world, cached, tmp_path, monkeypatch):
     out = tmp_path / "features"
     counting_encoder(monkeypatch, crash_after=3)  # batches of 3 training views
@@ -193,12 +150,15 @@ def test_refuses_a_cache_made_with_other_frames_or_another_clip(world, cached, t
     with pytest.raises(UserError, match=r"was cached with views=2, not 3"):
         make_cache(world, out, views=3, eval_clips=2, eval_crops=3)
     with pytest.raises(UserError, match=rf"{out} was cached with eval_crops=3, not 1; "):
-        train(config(world, features=out, out=tmp_path / "run", eval_clips=2), show_progress=False)
+        train(
+            frozen_config(world, features=out, out=tmp_path / "run", eval_clips=2),
+            show_progress=False,
+        )
     (tmp_path / "notes.txt").write_text("not a cache")
     with pytest.raises(UserError, match=rf"{tmp_path} is not empty and not a feature cache"):
         make_cache(world, tmp_path)
     with pytest.raises(UserError, match="is not a feature cache"):
-        train(config(world, features=tmp_path, out=tmp_path / "run2"), show_progress=False)
+        train(frozen_config(world, features=tmp_path, out=tmp_path / "run2"), show_progress=False)
 
 
 def test_an_unfinished_cache_is_refused_by_a_run(world, tmp_path, monkeypatch):
@@ -208,7 +168,7 @@ def test_an_unfinished_cache_is_refused_by_a_run(world, tmp_path, monkeypatch):
         make_cache(world, out)
     # 4 training videos have both views (two shards of 4 rows); 5 + 3 test videos lack some
     with pytest.raises(UserError, match=r"is incomplete \(8 videos not encoded yet\); rerun"):
-        train(config(world, features=out, out=tmp_path / "run"), show_progress=False)
+        train(frozen_config(world, features=out, out=tmp_path / "run"), show_progress=False)
 
 
 def metrics(run_dir):
@@ -218,8 +178,10 @@ def metrics(run_dir):
 def test_a_cached_frozen_run_matches_the_uncached_one_and_resumes(world, tmp_path, monkeypatch):
     cache = tmp_path / "features"
     make_cache(world, cache, views=3)
-    straight = train(config(world, out=tmp_path / "videos"), show_progress=False)
-    from_cache = train(config(world, out=tmp_path / "cached", features=cache), show_progress=False)
+    straight = train(frozen_config(world, out=tmp_path / "videos"), show_progress=False)
+    from_cache = train(
+        frozen_config(world, out=tmp_path / "cached", features=cache), show_progress=False
+    )
     assert from_cache["top1"] == straight["top1"] and from_cache["top5"] == straight["top5"]
     a, b = metrics(tmp_path / "videos"), metrics(tmp_path / "cached")
     assert [set(x) for x in a] == [set(x) for x in b]
@@ -238,9 +200,9 @@ def test_a_cached_frozen_run_matches_the_uncached_one_and_resumes(world, tmp_pat
     monkeypatch.setattr(loop, "train_epoch", ctrl_c_in_epoch_two)
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
-        train(config(world, out=cut, features=cache), show_progress=False)
+        train(frozen_config(world, out=cut, features=cache), show_progress=False)
     monkeypatch.setattr(loop, "train_epoch", real_epoch)
-    resumed = train(config(world, out=cut, features=cache), resume=True, show_progress=False)
+    resumed = train(frozen_config(world, out=cut, features=cache), resume=True, show_progress=False)
     assert resumed["top1"] == from_cache["top1"]
     last = [x for x in metrics(cut) if "train_loss" in x][-1]
     assert last["train_loss"] == pytest.approx(b[-2]["train_loss"], rel=1e-5)
@@ -327,7 +289,7 @@ def test_cli_writes_the_cache_and_lists_unreadable_videos(world, tmp_path):
 def test_forward_takes_clips_or_their_frame_features(world):
     """One head path: `forward(clips)` is `forward_features(encode_frames(clips))`, with a
     temporal module that is not the identity (it trains, so the cache stores its input)."""
-    cfg = config(world, temporal_layers=1)
+    cfg = frozen_config(world, temporal_layers=1)
     built = runs.build(cfg, init_distributed("cpu"), world["subtexts"])
     model, text = built.model, built.text
     torch.nn.init.normal_(model.temporal.proj.weight)

@@ -21,8 +21,15 @@ from trainer.checkpoints import atomic_save, load_checkpoint
 from trainer.evaluation import evaluate_checkpoint
 from trainer.loop import train
 
-from .conftest import REPO, TINY_CLIP_CONFIG
-from .test_features import TEST_VIDEOS, TRAIN_VIDEOS, config, counting_encoder, make_cache
+from .conftest import (
+    REPO,
+    TEST_VIDEOS,
+    TINY_CLIP_CONFIG,
+    TRAIN_VIDEOS,
+    counting_encoder,
+    frozen_config,
+    make_cache,
+)
 
 ROWS = {"train": TRAIN_VIDEOS * 2, "test": TEST_VIDEOS * 6}  # 2 views; 2 clips x 3 crops
 KEY = ["split", "item", "view"]
@@ -154,7 +161,7 @@ def test_torchrun_ranks_finish_what_one_process_started(world, reference, tmp_pa
 def frozen_run(world, tmp_path_factory):
     """A frozen run trained from the videos, evaluated with 2 clips x 3 crops."""
     out = tmp_path_factory.mktemp("frozen") / "run"
-    train(config(world, out=out, eval_clips=2, eval_crops=3), show_progress=False)
+    train(frozen_config(world, out=out, eval_clips=2, eval_crops=3), show_progress=False)
     return out
 
 

@@ -14,8 +14,7 @@ import pytest
 from storyboard_common.errors import UserError
 from trainer.config import RESUME_MAY_CHANGE, RunConfig, resolve_config
 
-from .conftest import REPO, TINY_CLIP_CONFIG
-from .test_training import lines, run_args
+from .conftest import REPO, TINY_CLIP_CONFIG, lines, run_args
 
 
 def cli(*args):

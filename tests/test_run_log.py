@@ -19,9 +19,7 @@ from trainer import environment, loop
 from trainer.__main__ import app
 from trainer.run_log import STEPS_FILE, LogSettings, check_reporters, parse_report_to
 
-from .conftest import REPO, run_app
-from .test_run_safety import run_config
-from .test_training import lines
+from .conftest import REPO, lines, run_app, run_config
 
 REPORTERS = ("tensorboard", "wandb")
 

@@ -16,36 +16,13 @@ from storyboard_common.files import ARTIFACTS_ENV, artifacts_root
 from storyboard_common.subtexts import read_subtexts
 from trainer import loop
 from trainer.cache.store import SHARDS_DIR, FeatureCache, read_meta
-from trainer.config import RunConfig
 from trainer.data.items import SplitList
 from trainer.data.protocols import load_item_list
 from trainer.paths import RUN_LOCK
 from trainer.predict import predict_video
 from trainer.runs import export_run
 
-from .conftest import TINY_CLIP_CONFIG
-from .test_features import make_cache
-from .test_training import lines
-
-
-def run_config(world, out, **overrides) -> RunConfig:
-    settings = dict(
-        dataset="list",
-        root=world["root"],
-        subtexts=world["subtexts"],
-        clip_model=str(TINY_CLIP_CONFIG),
-        clip_pretrained=str(world["ckpt"]),
-        frames=4,
-        epochs=1,
-        batch_size=3,
-        lr=2e-3,
-        warmup_epochs=1,
-        workers=0,
-        device="cpu",
-        seed=1,
-        out=out,
-    )
-    return RunConfig(**{**settings, **overrides})
+from .conftest import lines, make_cache, run_config
 
 
 class HeldLock:

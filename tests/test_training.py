@@ -17,50 +17,7 @@ import torch
 from storyboard_common.errors import UserError
 from trainer.config import resolve_config
 
-from .conftest import CLASSES, REPO, TINY_CLIP_CONFIG
-
-
-def run_args(world, out, epochs=4, aggregation="coarse+fine"):
-    return [
-        sys.executable,
-        "-m",
-        "trainer",
-        "run",
-        "--dataset",
-        "list",
-        "--root",
-        str(world["root"]),
-        "--subtexts",
-        str(world["subtexts"]),
-        "--clip-model",
-        str(TINY_CLIP_CONFIG),
-        "--clip-pretrained",
-        str(world["ckpt"]),
-        "--frames",
-        "4",
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        "3",
-        "--lr",
-        "2e-3",
-        "--warmup-epochs",
-        "1",
-        "--aggregation",
-        aggregation,
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-        "--seed",
-        "1",
-    ]
-
-
-def lines(path):
-    return [json.loads(x) for x in path.read_text().splitlines()]
+from .conftest import CLASSES, REPO, TINY_CLIP_CONFIG, lines, run_args
 
 
 def test_tiny_run_lowers_the_loss_and_writes_the_run_directory(world, tmp_path):
