@@ -254,6 +254,12 @@ def test_rerun_resumes_without_training_and_report_is_written(study, tmp_path):
     text = readme.read_text()
     assert "| aggregation | 2-shot (seen) |" in text and text.rstrip().endswith("hand-written")
     assert (tmp_path / "docs" / "top1.png").is_file() and (tmp_path / "docs" / "tau.png").is_file()
+    assert (tmp_path / "docs" / "tpp.png").is_file()
+    cal = results["calibrated_tau"]["pooled"]
+    assert f"tau_coarse = {cal['coarse']:g}" in text and f"tau_fine = {cal['fine']:g}" in text
+    assert "| difference | tau 0.01 | calibrated |" in text
+    assert "| coarse+fine - mean |" in text and "### TPP against accuracy" in text
+    assert len([line for line in text.splitlines() if line.startswith("| 2-of-4-faithful |")]) == 1
     stored = json.loads((tmp_path / "docs" / "results.json").read_text())
     assert stored["top1"] == results["top1"]
     assert np.isfinite(stored["top1"]["pooled"]["mean"]["supervised"]["mean"])
