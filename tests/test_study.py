@@ -16,6 +16,7 @@ from trainer.evaluation import evaluate_checkpoint
 from trainer.model.aggregation import AGGREGATIONS, ClassText
 from trainer.storyworld import analysis
 from trainer.storyworld.study import (
+    DEMO_DESIGN,
     CalibrationFrames,
     RunSpec,
     StudyDesign,
@@ -369,3 +370,10 @@ def test_sequential_episode_rule():
     assert next_episode_count(10, [None], 0.03, 5, 25) == 15
     assert next_episode_count(23, [0.2], 0.03, 5, 25) == 25
     assert next_episode_count(25, [0.2], 0.03, 5, 25) == 25
+
+
+def test_demo_runs_every_mode_at_the_calibrated_pair_only():
+    specs = list(run_specs(DEMO_DESIGN, "pooled+tokens"))
+    assert len(specs) == len(AGGREGATIONS) * 2  # 2-shot and supervised, one seed
+    assert {(s.tau, s.tau_fine, s.seed, s.group) for s in specs} == {(0.133352, 0.421697, 0, None)}
+    assert DEMO_DESIGN.calibration_frames is None and not DEMO_DESIGN.tpp_groups
