@@ -38,7 +38,8 @@ test-all: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m trainer demo --out artifacts/demo
 
-# The full study (about an hour on 2 cores; resumable): docs/study/results.json and README.md.
+# The full study (39 minutes on 2 shared cores, measured; resumable): docs/study/results.json
+# and README.md.
 study: $(STAMP)
 	$(BIN)/python -m trainer study --work artifacts/study --out docs/study
 

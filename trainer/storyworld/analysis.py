@@ -198,3 +198,47 @@ def importance_share(importance: np.ndarray, on_action: np.ndarray) -> np.ndarra
     the fraction of the sampled frames that show the video's actions, the reference.
     """
     return (np.asarray(importance, dtype=np.float64) * np.asarray(on_action)).sum(axis=1)
+
+
+def mean_largest_weight(importance: np.ndarray) -> float:
+    """The mean over videos of the largest frame weight: importance [B, L] (rows sum to 1).
+    1/L is uniform weights, 1 one-hot; the paper's Table 6 rows give 0.43 (coarse) and 0.30
+    (fine) over 4 frames."""
+    return float(np.asarray(importance, dtype=np.float64).max(axis=1).mean())
+
+
+def closest_tau(taus: Sequence[float], largest: Sequence[float], target: float) -> float:
+    """The tau whose mean largest weight is closest to `target` (the smaller tau on a tie)."""
+    if len(taus) != len(largest) or not len(taus):
+        raise ValueError("closest_tau needs one mean largest weight per tau")
+    gaps = [(abs(w - target), t) for t, w in zip(taus, largest)]
+    return float(min(gaps)[1])
+
+
+def linear_fit(x: Sequence[float], y: Sequence[float]) -> dict:
+    """Least-squares line y = slope * x + intercept, and its r^2 (the squared Pearson
+    correlation; None when x or y does not vary)."""
+    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if xs.size != ys.size or xs.size < 2:
+        raise ValueError("a line needs at least two (x, y) pairs")
+    dx, dy = xs - xs.mean(), ys - ys.mean()
+    sxx, syy = float(dx @ dx), float(dy @ dy)
+    if sxx == 0:
+        return {"slope": None, "intercept": None, "r2": None, "n": int(xs.size)}
+    slope = float(dx @ dy) / sxx
+    r2 = None if syy == 0 else float(dx @ dy) ** 2 / (sxx * syy)
+    return {
+        "slope": slope,
+        "intercept": float(ys.mean() - slope * xs.mean()),
+        "r2": r2,
+        "n": int(xs.size),
+    }
+
+
+def paired_difference(first: dict, second: dict) -> dict:
+    """`spread` of first[k] - second[k] over the keys (seeds, episodes) both hold: a paired
+    comparison, whose interval is narrower than the two means' when episodes agree."""
+    common = sorted(set(first) & set(second))
+    if not common:
+        raise ValueError("a paired difference needs at least one common episode")
+    return spread(first[k] - second[k] for k in common)

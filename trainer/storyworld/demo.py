@@ -43,7 +43,7 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> dict:
     atomic_write_json(out / "results.json", results, indent=1)
 
     objective = settings.objective
-    spec = RunSpec(objective, "supervised", "coarse+fine", settings.seed, design.default_tau)
+    spec = RunSpec(objective, "supervised", "coarse+fine", settings.seed, **design.default_fields())
     run_dir = out / "runs" / objective.replace("+", "_") / spec.name
     test_video = sorted((out / "world" / "seen" / "videos").rglob("*_test_*.mp4"))[-1]
     prediction = predict_video(run_dir, test_video, device="cpu")
@@ -54,7 +54,8 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> dict:
     unseen = len(results["classes"]["unseen"]) * results["test_videos_per_class"]
     table = Table(
         title=f"top-1 after the last epoch on the storyboard world (seed "
-        f"{settings.seed}; [95% interval over the test videos])"
+        f"{settings.seed}; tau_coarse {spec.tau:g}, tau_fine {spec.tau_fine or spec.tau:g}; "
+        "[95% interval over the test videos])"
     )
     for col in ("aggregation", "2-shot (seen)", "supervised (seen)", "zero-shot (unseen)"):
         table.add_column(col, justify="right")

@@ -424,6 +424,17 @@ def predict_captions(
 
 
 @torch.inference_mode()
+def encode_frames(clip: LoadedClip, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Unit image embeddings [N, D] (float32, on the CLIP's device) of uint8 frames
+    [N, 3, S, S] at the CLIP's image size."""
+    parts = []
+    for start in range(0, len(images), batch_size):
+        batch = normalise_clips(images[start : start + batch_size].to(clip.device))
+        parts.append(F.normalize(clip.model.encode_image(batch).float(), dim=-1))
+    return torch.cat(parts)
+
+
+@torch.inference_mode()
 def nearest_captions(
     clip: LoadedClip, pairs: FramePairs, by: Sequence[str], batch_size: int = 256
 ) -> dict[str, torch.Tensor]:
@@ -441,8 +452,7 @@ def nearest_captions(
         mask = torch.from_numpy(mask)[None].to(clip.device)
     predicted: dict[str, list[torch.Tensor]] = {b: [] for b in by}
     for start in range(0, len(pairs), batch_size):
-        images = normalise_clips(pairs.images[start : start + batch_size].to(clip.device))
-        image = F.normalize(clip.model.encode_image(images).float(), dim=-1)
+        image = encode_frames(clip, pairs.images[start : start + batch_size])
         for b in by:
             if b == "pooled":
                 similarity = image @ pooled.t()  # [n, K]
@@ -455,6 +465,7 @@ def nearest_captions(
 __all__: Sequence[str] = (
     "FramePairs",
     "caption_loss",
+    "encode_frames",
     "evaluate_frame_accuracy",
     "frame_accuracies",
     "load_atomic_captions",

@@ -1,0 +1,77 @@
+"""The sub-text groups of the study's TPP test (the paper's Fig. 2(b) in the world).
+
+Each group is a rule fixed in advance that picks, for every class, one set of sub-texts
+from a pool built from the world's actions: the shipped faithful, unrelated and
+near-duplicate sets (`data/world/candidates.json`), TPP's choice among them under each
+reading of alpha/beta, and mixtures of the faithful and unrelated sets (a share of the
+classes faithful; sets with k of N items faithful). Pure: names and texts in, sets out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+SET_KINDS = ("faithful", "unrelated", "near-duplicate")  # the order of the shipped sets
+TPP_SCALINGS = ("complement", "identity")
+MAIN_GROUP = "tpp-complement"  # the main runs' sub-texts: TPP's choice, default reading
+
+
+def group_names(shares: Sequence[float], items: int) -> list[str]:
+    """Every group, in the order of the report."""
+    return [
+        *SET_KINDS,
+        *(f"tpp-{s}" for s in TPP_SCALINGS),
+        *(f"faithful-{round(100 * share)}%" for share in shares),
+        *(f"{k}-of-{items}-faithful" for k in range(1, items)),
+    ]
+
+
+def faithful_classes(classes: Sequence[str], share: float, seed: int) -> set[str]:
+    """The round(share * C) classes that keep their faithful set: the first of one seeded
+    permutation of the classes, so a larger share keeps every class of a smaller one."""
+    order = np.random.default_rng(seed).permutation(len(classes))
+    return {classes[i] for i in order[: round(share * len(classes))]}
+
+
+def k_faithful(faithful: list[str], unrelated: list[str], k: int, rng_key: list[int]) -> list[str]:
+    """k items of the faithful set (chosen by one seeded permutation per class, so the
+    k items are among the k + 1 items) and the first N - k of the unrelated set."""
+    order = np.random.default_rng(rng_key).permutation(len(faithful))
+    return [faithful[i] for i in sorted(order[:k])] + unrelated[: len(faithful) - k]
+
+
+def group_sets(
+    classes: Sequence[str],
+    shipped: dict[str, list[list[str]]],
+    kept: dict[str, dict[str, str]],
+    shares: Sequence[float],
+    seed: int,
+) -> dict[str, dict[str, list[str]]]:
+    """{group: {class: its sub-texts}} for the `classes`, from the shipped sets ({class:
+    [faithful, unrelated, near-duplicate]}) and the kind TPP keeps per reading ({reading:
+    {class: kind}})."""
+    if not classes:
+        raise ValueError("TPP groups need at least one class")
+    items = len(shipped[classes[0]][0])
+
+    def kind(name: str, c: str) -> list[str]:
+        return list(shipped[c][SET_KINDS.index(name)])
+
+    groups: dict[str, dict[str, list[str]]] = {
+        k: {c: kind(k, c) for c in classes} for k in SET_KINDS
+    }
+    for scaling in TPP_SCALINGS:
+        groups[f"tpp-{scaling}"] = {c: kind(kept[scaling][c], c) for c in classes}
+    for share in shares:
+        chosen = faithful_classes(classes, share, seed)
+        groups[f"faithful-{round(100 * share)}%"] = {
+            c: kind("faithful" if c in chosen else "unrelated", c) for c in classes
+        }
+    for k in range(1, items):
+        groups[f"{k}-of-{items}-faithful"] = {
+            c: k_faithful(kind("faithful", c), kind("unrelated", c), k, [seed, i])
+            for i, c in enumerate(classes)
+        }
+    return {name: groups[name] for name in group_names(shares, items)}
