@@ -180,23 +180,7 @@ def run_config(world, out, **overrides) -> RunConfig:
 
 def frozen_config(world, **overrides) -> RunConfig:
     """A frozen-tower run of the tiny list world (2 epochs, no folder): what caches encode."""
-    settings = dict(
-        dataset="list",
-        root=world["root"],
-        subtexts=world["subtexts"],
-        clip_model=str(TINY_CLIP_CONFIG),
-        clip_pretrained=str(world["ckpt"]),
-        frames=4,
-        epochs=2,
-        batch_size=3,
-        lr=2e-3,
-        warmup_epochs=1,
-        workers=0,
-        device="cpu",
-        seed=1,
-        freeze_backbone=True,
-    )
-    return RunConfig(**{**settings, **overrides})
+    return run_config(world, None, **{"epochs": 2, "freeze_backbone": True, **overrides})
 
 
 def make_cache(world, out, views=2, dtype="float32", shard_rows=4, **overrides) -> dict:
