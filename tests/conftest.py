@@ -180,7 +180,7 @@ def run_config(world, out, **overrides) -> RunConfig:
 
 def frozen_config(world, **overrides) -> RunConfig:
     """A frozen-tower run of the tiny list world (2 epochs, no folder): what caches encode."""
-    return run_config(world, None, **{"epochs": 2, "freeze_backbone": True, **overrides})
+    return run_config(world, **{"out": None, "epochs": 2, "freeze_backbone": True, **overrides})
 
 
 def make_cache(world, out, views=2, dtype="float32", shard_rows=4, **overrides) -> dict:

@@ -506,3 +506,28 @@ def test_charades_and_lists_offer_only_their_files(charades_root, list_root):
     for name in ("train.txt", "test.txt"):
         (list_root / name).unlink()
     assert available_splits("list", list_root) == available_splits("list")
+
+
+def test_the_registry_is_the_one_place_that_knows_splits_folds_and_the_test_split():
+    from trainer.data.layouts import REGISTRY, available_splits, folds, has_folds, test_split
+
+    assert sorted(REGISTRY) == sorted(
+        ["hmdb51", "ucf101", "k400", "k600", "ssv2", "charades", "list"]
+    )
+    assert [n for n in REGISTRY if has_folds(n)] == ["hmdb51", "ucf101"]
+    assert {n: test_split(n) for n in REGISTRY} == {
+        "hmdb51": "test",
+        "ucf101": "test",
+        "k400": "val",
+        "k600": "val",
+        "ssv2": "val",
+        "charades": "test",
+        "list": "test",
+    }
+    for name, entry in REGISTRY.items():
+        assert entry.test_split in entry.splits, name
+    assert available_splits("HMDB51") == [
+        (s, f) for f in (1, 2, 3) for s in REGISTRY["hmdb51"].splits
+    ]
+    assert folds("ucf101", "all") == [1, 2, 3] and folds("ucf101", "2") == [2]
+    assert folds("k600", "all") == [None]

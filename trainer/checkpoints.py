@@ -47,6 +47,8 @@ from storyboard_common.files import (
 )
 from storyboard_common.subtexts import SUBTEXTS_FILE, ArtifactMeta, read_meta
 
+from .data.layouts import has_folds
+
 EXPORT_FORMAT = "storyboard-video-model"
 EXPORT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -374,7 +376,7 @@ def model_card(config: dict) -> str:
         config["subtexts"],
     )
     protocol = (f"{run['shots']}-shot" if run.get("shots") else "supervised") + (
-        f", split {run['split']}" if config["dataset"] in ("hmdb51", "ucf101") else ""
+        f", split {run['split']}" if has_folds(config["dataset"]) else ""
     )
     llms = "not recorded (the artifact was scored before `score` recorded them)"
     if texts["llms"] is not None:

@@ -43,7 +43,7 @@ from .config import (
     resume_differences,
 )
 from .data.dataset import EpochSampler, make_loader
-from .data.layouts import folds
+from .data.layouts import folds, has_folds
 from .data.protocols import save_item_list
 from .distributed import (
     DistInfo,
@@ -384,7 +384,7 @@ def train_folds(
 ) -> dict:
     """`train` on the fold `cfg.split`; with --split all on a dataset of three folds, each
     fold in its own folder (`fold1`...) and the mean of their metrics (`summarise`)."""
-    if not (cfg.split == "all" and cfg.dataset in ("hmdb51", "ucf101")):
+    if not (cfg.split == "all" and has_folds(cfg.dataset)):
         return train(cfg, resume, show_progress, log_settings)
     base = cfg.out or default_run_dir(cfg)
     results = [

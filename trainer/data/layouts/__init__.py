@@ -6,6 +6,8 @@ has a `load` with dataset-specific options (e.g. a class list for miniature copi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from storyboard_common.errors import UserError
@@ -13,17 +15,74 @@ from storyboard_common.errors import UserError
 from ..items import SplitList
 from . import charades, generic, hmdb51, kinetics, ssv2, ucf101
 
-DATASETS = ("hmdb51", "ucf101", "k400", "k600", "ssv2", "charades", "list")
 
-_SPLITS: dict[str, list[tuple[str, int | None]]] = {
-    "hmdb51": [(s, f) for f in (1, 2, 3) for s in hmdb51.SPLITS],
-    "ucf101": [(s, f) for f in (1, 2, 3) for s in ucf101.SPLITS],
-    "k400": [(s, None) for s in kinetics.SPLITS],
-    "k600": [(s, None) for s in kinetics.SPLITS],
-    "ssv2": [(s, None) for s in ssv2.SPLITS],
-    "charades": [(s, None) for s in charades.SPLITS],
-    "list": [(s, None) for s in generic.SPLITS],
+@dataclass(frozen=True)
+class Layout:
+    """What the code needs to know of one dataset: how its splits load, whether they come
+    in folds, which split it is evaluated on, and which files a split needs."""
+
+    load: Callable[..., SplitList]  # (root, split, fold, videos, charades_instances)
+    absent: Callable[..., str | None]  # (root, split, fold, videos) -> what is missing
+    splits: tuple[str, ...]
+    folds: tuple[int, ...] = ()  # () for a dataset of one split
+    test_split: str = "test"
+
+
+def _kinetics(name: str) -> Layout:
+    return Layout(
+        load=lambda root, split, fold, videos, _: kinetics.load(root, split, videos, dataset=name),
+        absent=lambda root, split, fold, videos: (
+            kinetics.absent(root, split, fold) or kinetics.absent_videos(root, split, videos)
+        ),
+        splits=kinetics.SPLITS,
+        test_split="val",
+    )
+
+
+def _folded(module) -> Layout:
+    return Layout(
+        load=lambda root, split, fold, videos, _: module.load(root, split, fold, videos),
+        absent=lambda root, split, fold, videos: module.absent(root, split, fold),
+        splits=module.SPLITS,
+        folds=(1, 2, 3),
+    )
+
+
+REGISTRY: dict[str, Layout] = {
+    "hmdb51": _folded(hmdb51),
+    "ucf101": _folded(ucf101),
+    "k400": _kinetics("k400"),
+    "k600": _kinetics("k600"),
+    "ssv2": Layout(
+        load=lambda root, split, fold, videos, _: ssv2.load(root, split, videos),
+        absent=lambda root, split, fold, videos: ssv2.absent(root, split, fold),
+        splits=ssv2.SPLITS,
+        test_split="val",
+    ),
+    "charades": Layout(
+        load=lambda root, split, fold, videos, instances: charades.load(
+            root, split, videos, instances=instances
+        ),
+        absent=lambda root, split, fold, videos: charades.absent(root, split, fold),
+        splits=charades.SPLITS,
+    ),
+    "list": Layout(
+        load=lambda root, split, fold, videos, _: generic.load(root, split, videos),
+        absent=lambda root, split, fold, videos: generic.absent(root, split, fold),
+        splits=generic.SPLITS,
+    ),
 }
+DATASETS = tuple(REGISTRY)
+
+
+def layout(dataset: str) -> Layout:
+    """The registry's entry for `--dataset` (any case), or a UserError naming the choices."""
+    return REGISTRY[dataset_name(dataset)]
+
+
+def has_folds(dataset: str) -> bool:
+    """Whether the dataset's splits come in folds (`--split 1|2|3|all`)."""
+    return bool(layout(dataset).folds)
 
 
 def dataset_name(dataset: str) -> str:
@@ -44,7 +103,8 @@ def available_splits(
     every pair, so loading says what is missing.
     """
     name = dataset_name(dataset)
-    pairs = list(_SPLITS[name])
+    entry = REGISTRY[name]
+    pairs = [(s, f) for f in entry.folds or (None,) for s in entry.splits]
     if root is None:
         return pairs
     found = [(s, f) for s, f in pairs if absent_files(name, root, s, f, videos) is None]
@@ -58,33 +118,23 @@ def absent_files(
     `root` (e.g. "test.csv") or to the video folder (Kinetics' per-split folders, e.g.
     "video folder train/"). Files every split needs (class lists) are not looked at here:
     without them loading any split names them."""
-    name = dataset_name(dataset)
-    root = Path(root).expanduser()
-    if name in ("k400", "k600"):
-        return kinetics.absent(root, split, fold) or kinetics.absent_videos(root, split, videos)
-    module = {
-        "hmdb51": hmdb51,
-        "ucf101": ucf101,
-        "ssv2": ssv2,
-        "charades": charades,
-        "list": generic,
-    }[name]
-    return module.absent(root, split, fold)
+    return layout(dataset).absent(Path(root).expanduser(), split, fold, videos)
 
 
 def test_split(dataset: str) -> str:
     """The split a dataset is evaluated on: Kinetics' and SSv2's validation set, else its test
     set."""
-    return "val" if dataset_name(dataset) in ("k400", "k600", "ssv2") else "test"
+    return layout(dataset).test_split
 
 
 def folds(dataset: str, split: str | None) -> list[int | None]:
     """`--split 1|2|3|all` -> the folds to use: [None] for one-split datasets."""
     if split not in (None, "all", "1", "2", "3"):
         raise UserError(f"--split must be 1, 2, 3 or all, not {split!r}.")
-    if dataset_name(dataset) not in ("hmdb51", "ucf101"):
+    all_folds = layout(dataset).folds
+    if not all_folds:
         return [None]
-    return [1, 2, 3] if split in (None, "all") else [int(split)]
+    return list(all_folds) if split in (None, "all") else [int(split)]
 
 
 def load_split(
@@ -96,22 +146,15 @@ def load_split(
     charades_instances: bool = False,
 ) -> SplitList:
     """One split of a dataset; `fold` counts for hmdb51/ucf101 only (None means fold 1)."""
-    name = dataset_name(dataset)
-    if name == "hmdb51":
-        return hmdb51.load(root, split, fold, videos)
-    if name == "ucf101":
-        return ucf101.load(root, split, fold, videos)
-    if name in ("k400", "k600"):
-        return kinetics.load(root, split, videos, dataset=name)
-    if name == "ssv2":
-        return ssv2.load(root, split, videos)
-    if name == "charades":
-        return charades.load(root, split, videos, instances=charades_instances)
-    return generic.load(root, split, videos)
+    return layout(dataset).load(root, split, fold, videos, charades_instances)
 
 
 __all__ = [
     "DATASETS",
+    "REGISTRY",
+    "Layout",
+    "has_folds",
+    "layout",
     "absent_files",
     "available_splits",
     "dataset_name",
