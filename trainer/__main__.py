@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
 import sys
+import typing
 from pathlib import Path
 
 import typer
@@ -14,6 +17,7 @@ from rich.table import Table
 from storyboard_common.about import print_version
 from storyboard_common.errors import UserError, run_cli
 
+from .settings import RunConfig, declared, flag_name
 from .storyworld import WORLD_CLIP
 
 app = typer.Typer(
@@ -24,14 +28,55 @@ app = typer.Typer(
 console = Console()
 
 
-# Flags that mean the same in every command that takes them (None: the preset's or
-# RunConfig's value).
-DATASET = typer.Option(None, help="hmdb51, ucf101, k400, k600, ssv2, charades or list.")
-ROOT = typer.Option(None, help="Dataset root (default: data/<name>, or $STORYBOARD_DATA/<name>).")
-VIDEOS = typer.Option(None, help="Where the videos are, if not under --root.")
-CLIP_MODEL = typer.Option(None, help="open_clip name or model-config JSON (ViT-B-16).")
-CLIP_PRETRAINED = typer.Option(None, help="Tag, checkpoint path or none (openai).")
-FRAMES = typer.Option(None, help="Frames per clip T (8).")
+def setting_option(name: str, **changes):
+    """The option of RunConfig's field `name` as its declaration (`trainer.config.Setting`)
+    states it: flag and help, default None (the preset's, the file's or RunConfig's value).
+    `changes` (`default`, `help`): where a command takes the setting a little differently."""
+    f = _SETTINGS[name]
+    flag = flag_name(name)
+    if _cli_type(f) is bool:
+        flag += "/" + (declared(f).off_flag or "--no-" + name.replace("_", "-"))
+    return typer.Option(changes.get("default"), flag, help=changes.get("help", declared(f).help))
+
+
+def _cli_type(f: dataclasses.Field) -> type:
+    """The type a setting's option parses (config.py's annotations are text)."""
+    return _TYPES[str(f.type).removesuffix(" | None")]
+
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "Path": Path}
+_SETTINGS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def with_settings(*names: str, **helps: str):
+    """A command taking RunConfig settings as options: one per field named (default: every
+    field with a flag), from its declaration (`setting_option`, with `helps` by name), ahead
+    of the command's own parameters; typer reads the signature built here, and the command
+    gets the settings in its `**settings`, by field name, None where not given."""
+
+    def decorate(command):
+        chosen = names or [f.name for f in _SETTINGS.values() if declared(f).cli]
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        settings = [
+            inspect.Parameter(
+                name,
+                keyword,
+                default=setting_option(name, **({"help": helps[name]} if name in helps else {})),
+                annotation=_cli_type(_SETTINGS[name]),
+            )
+            for name in chosen
+        ]
+        hints = typing.get_type_hints(command)
+        own = [
+            p.replace(annotation=hints[p.name])
+            for p in inspect.signature(command).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        command.__signature__ = inspect.Signature([*settings, *own])
+        command.__annotations__ = {p.name: p.annotation for p in [*settings, *own]}
+        return command
+
+    return decorate
 
 
 @app.callback()
@@ -48,9 +93,9 @@ _PLAIN = {"markup": False, "highlight": False, "soft_wrap": True}  # file names,
 
 @app.command("check-data")
 def check_data(
-    dataset: str = typer.Option(..., help="hmdb51, ucf101, k400, k600, ssv2, charades or list."),
-    root: Path = ROOT,
-    videos: Path = VIDEOS,
+    dataset: str = setting_option("dataset", default=...),
+    root: Path = setting_option("root"),
+    videos: Path = setting_option("videos"),
     split: str = typer.Option(None, help="Fold 1, 2, 3 or all (default: every split)."),
     frames: int = typer.Option(8, min=1, help="Frames a clip needs; fewer is 'short'."),
     workers: int = typer.Option(4, min=1, help="Videos probed in parallel."),
@@ -85,9 +130,9 @@ def check_data(
 
 @app.command("prepare-videos")
 def prepare_videos_command(
-    dataset: str = typer.Option(..., help="hmdb51, ucf101, k400, k600, ssv2, charades or list."),
-    root: Path = ROOT,
-    videos: Path = VIDEOS,
+    dataset: str = setting_option("dataset", default=...),
+    root: Path = setting_option("root"),
+    videos: Path = setting_option("videos"),
     out: Path = typer.Option(..., help="The prepared copy (new, empty, or a prepared one)."),
     short_side: int = typer.Option(
         256, min=96, help="Short side of the copies in px (never scaled up)."
@@ -137,56 +182,14 @@ def _print_check_report(report, title: str) -> None:
 
 
 @app.command()
+@with_settings()
 def run(
-    dataset: str = DATASET,
-    root: Path = ROOT,
-    videos: Path = VIDEOS,
-    preset: str = typer.Option(
-        None,
-        help="A shipped config of the paper's settings by name (`python -m trainer presets` "
-        "lists them and their files); --config and flags override it.",
-    ),
+    *,
     config: Path = typer.Option(
         None,
         help="Settings from a YAML or JSON file (keys as in a run's config.json; a run's "
         "config.json replays it, with a new --out); flags given here win.",
     ),
-    shots: int = typer.Option(None, help="K videos per class (few-shot)."),
-    fewshot_list: Path = typer.Option(None, help="Reuse a saved few-shot list (fewshot.csv)."),
-    split: str = typer.Option(None, help="Fold 1, 2, 3, or all (runs the three, reports mean)."),
-    subtexts: Path = typer.Option(
-        None, help="subtexts.parquet (default: artifacts/<dataset>/<clip-tag>/)."
-    ),
-    clip_model: str = CLIP_MODEL,
-    clip_pretrained: str = CLIP_PRETRAINED,
-    frames: int = FRAMES,
-    epochs: int = typer.Option(None, help="Epochs (20)."),
-    batch_size: int = typer.Option(None, help="Global batch; accumulation makes it up (32)."),
-    micro_batch: int = typer.Option(None, help="Clips per step on one device."),
-    lr: float = typer.Option(None, help="Head learning rate (5e-5); backbone x0.1."),
-    weight_decay: float = typer.Option(None, help="AdamW weight decay (0.2)."),
-    warmup_epochs: float = typer.Option(None, help="Linear warm-up epochs (5)."),
-    aggregation: str = typer.Option(None, help="mean, global, coarse, fine or coarse+fine."),
-    temporal_layers: int = typer.Option(None, help="Temporal transformer layers (0; paper 6)."),
-    heads: int = typer.Option(None, help="Cross-attention heads of Eq. 5-7 (1)."),
-    tau_coarse: float = typer.Option(None, help="Temperature of Eq. 8 (0.01)."),
-    tau_fine: float = typer.Option(None, help="Temperature of Eq. 10 (0.01)."),
-    lam: float = typer.Option(None, "--lambda", help="Weight of the video-to-text loss (1)."),
-    freeze_backbone: bool = typer.Option(None, "--freeze-backbone/--train-backbone"),
-    grad_checkpointing: bool = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing"),
-    amp: str = typer.Option(None, help="bf16, fp16 or none (CUDA; CPU is fp32)."),
-    compile: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile."),
-    clips: int = typer.Option(None, help="Temporal views at evaluation."),
-    crops: int = typer.Option(None, help="Spatial views at evaluation (1 or 3)."),
-    workers: int = typer.Option(None, help="DataLoader workers (4; none with --features)."),
-    features: Path = typer.Option(
-        None,
-        help="Train and evaluate from a feature cache (cache-features); needs --freeze-backbone.",
-    ),
-    eval_every: int = typer.Option(None, help="Evaluate every N epochs (1)."),
-    seed: int = typer.Option(None, help="Seed of sampling, few-shot lists, init (0)."),
-    device: str = typer.Option(None, help="auto, cpu or cuda."),
-    out: Path = typer.Option(None, help="Run directory (default runs/<name>)."),
     resume: bool = typer.Option(False, help="Continue the run in --out exactly."),
     log_every: int = typer.Option(
         50,
@@ -200,53 +203,15 @@ def run(
         "storyboard[tensorboard], storyboard[wandb]).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+    **settings,
 ) -> None:
-    """Train and evaluate (supervised, few-shot), writing a run directory.
-    \f
-    Long only by its option list, which `overrides` maps onto RunConfig's fields."""
+    """Train and evaluate (supervised, few-shot), writing a run directory."""
     from .config import resolve_config
     from .loop import train_folds
     from .run_log import LogSettings, parse_report_to
 
     log_settings = LogSettings(log_every, parse_report_to(report_to))
-
-    overrides = {
-        "dataset": dataset,
-        "root": root,
-        "videos": videos,
-        "shots": shots,
-        "fewshot_list": fewshot_list,
-        "split": split,
-        "subtexts": subtexts,
-        "clip_model": clip_model,
-        "clip_pretrained": clip_pretrained,
-        "frames": frames,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "micro_batch": micro_batch,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "warmup_epochs": warmup_epochs,
-        "aggregation": aggregation,
-        "temporal_layers": temporal_layers,
-        "attention_heads": heads,
-        "tau_coarse": tau_coarse,
-        "tau_fine": tau_fine,
-        "lam": lam,
-        "freeze_backbone": freeze_backbone,
-        "grad_checkpointing": grad_checkpointing,
-        "amp": amp,
-        "compile": compile,
-        "eval_clips": clips,
-        "eval_crops": crops,
-        "workers": workers,
-        "features": features,
-        "eval_every": eval_every,
-        "seed": seed,
-        "device": device,
-        "out": out,
-    }
-    cfg = resolve_config(preset, overrides, config, resume)
+    cfg = resolve_config(settings.pop("preset"), settings, config, resume)
     _print_result(train_folds(cfg, resume, not as_json, log_settings), as_json)
 
 
@@ -261,29 +226,40 @@ def presets() -> None:
 
 
 @app.command("cache-features")
+@with_settings(
+    "dataset",
+    "root",
+    "videos",
+    "preset",
+    "split",
+    "clip_model",
+    "clip_pretrained",
+    "frames",
+    "eval_clips",
+    "eval_crops",
+    "seed",
+    "device",
+    "batch_size",
+    "workers",
+    preset="A run preset, for its data and clip settings.",
+    split="Fold 1, 2 or 3 (one cache per fold).",
+    eval_clips="Temporal views at evaluation (1).",
+    eval_crops="Spatial views at evaluation, 1 or 3 (1).",
+    seed="Seed of the training views, as a run's --seed (0).",
+    batch_size="Clips per forward pass (32).",
+    workers="DataLoader workers (4).",
+)
 def cache_features_command(
-    dataset: str = DATASET,
-    root: Path = ROOT,
-    videos: Path = VIDEOS,
-    preset: str = typer.Option(None, help="A run preset, for its data and clip settings."),
-    split: str = typer.Option(None, help="Fold 1, 2 or 3 (one cache per fold)."),
-    clip_model: str = CLIP_MODEL,
-    clip_pretrained: str = CLIP_PRETRAINED,
-    frames: int = FRAMES,
-    clips: int = typer.Option(None, help="Temporal views at evaluation (1)."),
-    crops: int = typer.Option(None, help="Spatial views at evaluation, 1 or 3 (1)."),
+    *,
     views: int = typer.Option(
         None, help="Training views per video (default: the run's --epochs, 20); runs cycle them."
     ),
-    seed: int = typer.Option(None, help="Seed of the training views, as a run's --seed (0)."),
-    device: str = typer.Option(None, help="auto, cpu or cuda."),
-    batch_size: int = typer.Option(None, help="Clips per forward pass (32)."),
-    workers: int = typer.Option(None, help="DataLoader workers (4)."),
     dtype: str = typer.Option("float16", help="float16 (half the disk) or float32 (exact)."),
     out: Path = typer.Option(
         None, help="Cache folder (default artifacts/features/<dataset>[-split<k>]-<clip>-f<T>)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
+    **settings,
 ) -> None:
     """Encode a fold once with the frozen CLIP visual tower (resumable), for `run
     --freeze-backbone --features DIR` and `eval --features DIR`. Under `torchrun
@@ -291,22 +267,7 @@ def cache_features_command(
     from .cache.build import cache_features
     from .config import resolve_config
 
-    overrides = {
-        "dataset": dataset,
-        "root": root,
-        "videos": videos,
-        "split": split,
-        "clip_model": clip_model,
-        "clip_pretrained": clip_pretrained,
-        "frames": frames,
-        "eval_clips": clips,
-        "eval_crops": crops,
-        "seed": seed,
-        "device": device,
-        "batch_size": batch_size,
-        "workers": workers,
-    }
-    cfg = resolve_config(preset, overrides)
+    cfg = resolve_config(settings.pop("preset"), settings)
     summary = cache_features(cfg, out, views, dtype, show_progress=not as_json)
     if not _speaks():
         return
@@ -370,8 +331,8 @@ def evaluate(
     split: str = typer.Option(
         None, help="Fold 1, 2, 3 or all (default: the run's fold on its own dataset, else all)."
     ),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    workers: int = typer.Option(4, help="DataLoader workers."),
+    device: str = setting_option("device", default="auto"),
+    workers: int = setting_option("workers", default=4, help="DataLoader workers."),
     last: bool = typer.Option(False, "--last", help="Evaluate the last checkpoint, not the best."),
     features: Path = typer.Option(
         None,
@@ -419,7 +380,7 @@ def predict(
     subtexts: Path = RUN_SUBTEXTS,
     top: int = typer.Option(5, min=1, help="How many classes to print."),
     plot: Path = typer.Option(None, help="Write a filmstrip with frame importances (PNG)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = setting_option("device", default="auto"),
     clip_model: str = RUN_CLIP_MODEL,
     clip_pretrained: str = RUN_CLIP_PRETRAINED,
 ) -> None:

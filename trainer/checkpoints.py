@@ -192,7 +192,7 @@ def _read_json_file(path: Path, what: str):
 
 
 # The sections of an export's config.json that loading reads, and their JSON types.
-_SECTIONS = {"training": dict, "clip": dict, "epoch": int, "classes": list}
+_SECTIONS = {"training": dict, "architecture": dict, "clip": dict, "epoch": int, "classes": list}
 _CLIP_SECTIONS = ("embed_dim", "vision_cfg", "text_cfg")  # what open_clip registers a config by
 
 

@@ -14,127 +14,16 @@ import dataclasses
 import difflib
 import json
 import re
-from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
 import yaml
 
 from storyboard_common.clip import clip_files
-from storyboard_common.errors import UserError, check_ranges, first_line
+from storyboard_common.errors import UserError, first_line
 from storyboard_common.files import os_reason
 
-from .model.aggregation import AGGREGATIONS
-
-AMP_MODES = ("bf16", "fp16", "none")
-
-
-@dataclass
-class RunConfig:
-    # data
-    dataset: str = "hmdb51"
-    root: Path | None = None
-    videos: Path | None = None
-    split: str = "1"  # fold 1, 2, 3 or "all"
-    shots: int | None = None
-    fewshot_list: Path | None = None
-    charades_instances: bool = True  # Charades: train on action instances, else whole videos
-    frames: int = 8
-    eval_clips: int = 1
-    eval_crops: int = 1
-    workers: int = 4
-    features: Path | None = None  # a feature cache (`cache-features`): needs freeze_backbone
-    # text side
-    subtexts: Path | None = None
-    clip_model: str = "ViT-B-16"
-    clip_pretrained: str = "openai"
-    # model
-    aggregation: str = "coarse+fine"
-    temporal_layers: int = 0
-    attention_heads: int = 1
-    tau_coarse: float = 0.01
-    tau_fine: float = 0.01
-    freeze_backbone: bool = False
-    grad_checkpointing: bool = False
-    # optimisation
-    epochs: int = 20
-    batch_size: int = 32
-    micro_batch: int | None = None  # per-step batch on one device; accumulation fills the rest
-    lr: float = 5e-5
-    backbone_lr_scale: float = 0.1
-    weight_decay: float = 0.2
-    warmup_epochs: float = 5.0
-    lam: float = 1.0
-    amp: str = "bf16"  # bf16, fp16 or none (CUDA only; CPU runs fp32)
-    compile: bool = False
-    # run
-    seed: int = 0
-    device: str = "auto"
-    out: Path | None = None
-    eval_every: int = 1
-    preset: str | None = None
-
-    @classmethod
-    def from_saved(cls, values: dict) -> RunConfig:
-        """A config from its JSON form (config.json, a checkpoint): paths come back as paths;
-        keys that are not settings (from other versions) are ignored."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        return cls(
-            **{
-                name: Path(value)
-                if value is not None and "Path" in str(fields[name].type)
-                else value
-                for name, value in values.items()
-                if name in fields
-            }
-        )
-
-    def __post_init__(self) -> None:
-        if self.aggregation not in AGGREGATIONS:
-            raise UserError(
-                f"unknown --aggregation {self.aggregation!r}; choose one of "
-                f"{', '.join(AGGREGATIONS)}."
-            )
-        if self.shots is not None and self.shots < 1:
-            raise UserError(
-                f"--shots must be at least 1, not {self.shots}: leave it out to train on the "
-                "whole split (supervised)."
-            )
-        if self.eval_crops not in (1, 3):
-            raise UserError("--crops must be 1 or 3.")
-        if str(self.split) not in ("1", "2", "3", "all"):
-            raise UserError(f"--split must be 1, 2, 3 or all, not {self.split!r}.")
-        if self.eval_every < 1:
-            raise UserError("--eval-every must be at least 1.")
-        if self.features is not None and not self.freeze_backbone:
-            raise UserError(
-                f"--features {self.features} holds frozen-backbone features: add "
-                "--freeze-backbone, or drop --features to train the backbone."
-            )
-        self._check_ranges()
-
-    def _check_ranges(self) -> None:
-        """Numbers outside their meaning are refused here, not found later as a NaN loss,
-        an optimiser traceback or a flag silently read as its default."""
-        at_least = {
-            "--frames": (self.frames, 1),
-            "--epochs": (self.epochs, 1),
-            "--batch-size": (self.batch_size, 1),
-            "--micro-batch": (self.micro_batch, 1),
-            "--clips": (self.eval_clips, 1),
-            "--temporal-layers": (self.temporal_layers, 0),
-            "--heads": (self.attention_heads, 1),
-            "--workers": (self.workers, 0),
-            "--weight-decay": (self.weight_decay, 0),
-            "--warmup-epochs": (self.warmup_epochs, 0),
-            "--lambda": (self.lam, 0),
-            "backbone_lr_scale": (self.backbone_lr_scale, 0),
-        }
-        positive = {"--lr": self.lr, "--tau-coarse": self.tau_coarse, "--tau-fine": self.tau_fine}
-        check_ranges(at_least, positive)
-        if self.amp not in AMP_MODES:
-            raise UserError(f"--amp must be {', '.join(AMP_MODES)}, not {self.amp!r}.")
-
+from .settings import RunConfig, flag_name
 
 # Settings that `run --resume` lets differ from the run's config.json: they change how fast
 # or where the run goes, never its data, model, schedule or evaluation. Everything else is
@@ -150,19 +39,6 @@ RESUME_MAY_CHANGE: dict[str, str] = {
     "compile": "torch.compile: the same model, compiled or not",
     "preset": "a name for values that are compared one by one",
 }
-
-# CLI flag of each RunConfig field whose flag is not `--` + the name with dashes.
-FLAGS = {
-    "attention_heads": "--heads",
-    "lam": "--lambda",
-    "eval_clips": "--clips",
-    "eval_crops": "--crops",
-}
-
-
-def flag_name(field_name: str) -> str:
-    return FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
-
 
 # Settings that name a file or folder a run reads, with what their flag takes. A run records
 # them as absolute paths (`absolute_paths`); one that has moved since is named anew with its

@@ -259,6 +259,7 @@ class TrainingSetup:
     accumulation: int  # micro-batches per optimiser step
     steps_per_epoch: int  # optimiser steps
     layout: dict  # how the global batch is split, which a resumed run keeps (its data order)
+    model_args: dict  # the model's record (`runs.model_record`), which checkpoints store
 
     def optimizer_steps(self, micro_batches: int) -> int:
         """The optimiser steps that `micro_batches` micro-batches make (the last one may be
@@ -520,6 +521,7 @@ def _set_up(cfg: RunConfig, dist_info: DistInfo, fold: int | None) -> TrainingSe
         accumulation,
         steps_per_epoch,
         {"micro_batch": micro, "world": dist_info.world, "accumulation": accumulation},
+        run_model.model_args,
     )
 
 
@@ -761,6 +763,7 @@ def _save(
             "position": dataclasses.asdict(state.position),
             "best": state.best,
             "config": settings,
+            "model_args": setup.model_args,
         },
         path,
     )

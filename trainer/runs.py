@@ -37,6 +37,7 @@ from .distributed import DistInfo, init_distributed
 from .model.aggregation import ClassText
 from .model.video_clip import UNTRAINED_LOG_LOGIT_SCALE, VideoCLIP, build_model, video_model
 from .paths import default_subtexts
+from .settings import ModelConfig
 from .subtexts import artifact_class_text
 
 
@@ -50,19 +51,56 @@ class RunModel:
     clip_id: tuple[str, str]  # what artifacts record for the CLIP (`clip_identity`)
     clip_name: str  # the name open_clip builds the architecture by
     class_names: list[str]  # the artifact's classes, in id order
+    model_args: dict  # what the model was built from (`model_record`)
+
+
+# A run's inputs that belong to its dataset (read from where it recorded them on its own
+# dataset only), and those of its CLIP (read on any dataset).
+DATA_INPUTS = ("root", "videos", "subtexts")
+CLIP_INPUTS = ("clip_model", "clip_pretrained")
+
+# What `video_model` builds a model by: the model's settings but where its CLIP's files are
+# (recorded by the CLIP's identity instead), and the frames its temporal module embeds.
+ARCHITECTURE = (
+    *(f.name for f in dataclasses.fields(ModelConfig) if f.name not in CLIP_INPUTS),
+    "frames",
+)
+
+
+def model_record(cfg: RunConfig, clip: LoadedClip) -> dict:
+    """The model's record, as nanoGPT stores `model_args`: its settings (`ARCHITECTURE`), the
+    CLIP's input size and identity. Checkpoints store it as `model_args` and exports as
+    `architecture`; loading builds the model from it alone (`architecture`)."""
+    return {
+        **{name: getattr(cfg, name) for name in ARCHITECTURE},
+        "image_size": clip.image_size,
+        "clip": {"model_id": clip.model_id, "pretrained_id": clip.pretrained_id},
+    }
+
+
+def architecture(record: dict) -> dict:
+    """`video_model`'s settings from a model record, or from a run's settings (the record of
+    checkpoints written before records were, which hold the same keys); a setting an older
+    export's record lacks (grad_checkpointing) takes its default."""
+    return {name: record.get(name, _DEFAULTS[name]) for name in ARCHITECTURE}
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 
 
 def build(
     cfg: RunConfig, dist_info: DistInfo, subtexts: Path, clip: LoadedClip | None = None
 ) -> RunModel:
     """The run's model over its CLIP (`cfg.clip_model` with `cfg.clip_pretrained`, unless
-    `clip` is given) and the class texts of `subtexts`, on the run's device."""
+    `clip` is given) and the class texts of `subtexts`, on the run's device, with its
+    record (`model_record`)."""
     artifact = read_subtexts(subtexts)
     clip = clip or load_clip(cfg.clip_model, cfg.clip_pretrained, str(dist_info.device))
     text = artifact_class_text(
         artifact, subtexts, (clip.model_id, clip.pretrained_id), clip.embed_dim
     )
-    model = build_model(clip, **_architecture(cfg))
+    record = model_record(cfg, clip)
+    model = build_model(clip, **architecture(record))
     return RunModel(
         model.to(dist_info.device),
         text.to(dist_info.device),
@@ -70,21 +108,8 @@ def build(
         (clip.model_id, clip.pretrained_id),
         clip.model_name,
         artifact.class_names,
+        record,
     )
-
-
-def _architecture(cfg: RunConfig) -> dict:
-    """The settings `video_model` builds the model of a run by."""
-    return {
-        "aggregation": cfg.aggregation,
-        "temporal_layers": cfg.temporal_layers,
-        "attention_heads": cfg.attention_heads,
-        "tau_coarse": cfg.tau_coarse,
-        "tau_fine": cfg.tau_fine,
-        "frames": cfg.frames,
-        "freeze_backbone": cfg.freeze_backbone,
-        "grad_checkpointing": cfg.grad_checkpointing,
-    }
 
 
 @dataclass
@@ -120,12 +145,6 @@ def _run_checkpoint(run_dir: Path, checkpoint: str) -> tuple[Path, dict]:
     else:
         hint = "resume the run (`run --resume`) or train it again"
     return path, load_checkpoint(path, "cpu", hint)
-
-
-# A run's inputs that belong to its dataset (read from where it recorded them on its own
-# dataset only), and those of its CLIP (read on any dataset).
-DATA_INPUTS = ("root", "videos", "subtexts")
-CLIP_INPUTS = ("clip_model", "clip_pretrained")
 
 
 def load_run(
@@ -165,7 +184,11 @@ def load_run(
     )
     settings = {**saved, **({} if own else dict.fromkeys(DATA_INPUTS)), **_given_values(given)}
     checkpoint_info = {"source": str(path), "epoch": state["epoch"], "best": state["best"]}
-    return _loaded_run(settings, saved, state["model"], checkpoint_info, dataset, device)
+    # A checkpoint written before model records were: its settings hold the same keys.
+    model_args = json_values(state.get("model_args")) or saved
+    return _loaded_run(
+        settings, saved, model_args, state["model"], checkpoint_info, dataset, device
+    )
 
 
 def _given_values(given: dict) -> dict:
@@ -176,17 +199,20 @@ def _given_values(given: dict) -> dict:
 def _loaded_run(
     settings: dict,
     trained_on: dict,
+    model_args: dict,
     weights: dict,
     checkpoint_info: dict,
     dataset: str | None,
     device: str,
     clip: LoadedClip | None = None,
 ) -> LoadedRun:
-    """The model of `settings` on `dataset` (else the settings' own), with `weights`, over
-    `clip` (else the CLIP the settings name) and the class texts of their `subtexts` (else
-    the dataset's default artifact)."""
+    """The model of the record `model_args` with `weights`, over `clip` (else the CLIP
+    `settings` name), on `dataset` (else the settings' own) with the class texts of their
+    `subtexts` (else the dataset's default artifact). The record's values win over the
+    settings' (the clips evaluated have the frames the model embeds)."""
     dataset = dataset or settings["dataset"]
-    cfg = RunConfig.from_saved({**settings, "dataset": dataset, "device": device})
+    values = {**settings, **architecture(model_args), "dataset": dataset, "device": device}
+    cfg = RunConfig.from_saved(values)
     dist_info = init_distributed(device)
     subtexts = cfg.subtexts or default_subtexts(dataset, cfg.clip_model, cfg.clip_pretrained)
     run_model = build(cfg, dist_info, subtexts, clip)
@@ -215,7 +241,7 @@ def _load_export(
             )
     config = read_export_config(folder)
     saved = config["training"]
-    _check_export_shapes(folder, saved)
+    _check_export_shapes(folder, [config["architecture"], saved])
     subtexts = given["subtexts"]
     if subtexts is None:
         if (dataset or saved["dataset"]) != saved["dataset"]:
@@ -235,23 +261,33 @@ def _load_export(
     data = [name for name in INPUTS if name not in CLIP_INPUTS]
     settings = {**saved, **dict.fromkeys(data), **_given_values(given), "subtexts": subtexts}
     weights = read_weights(folder)
-    return _loaded_run(settings, saved, weights, checkpoint_info, dataset, device, clip)
+    return _loaded_run(
+        settings, saved, config["architecture"], weights, checkpoint_info, dataset, device, clip
+    )
 
 
-def _check_export_shapes(folder: Path, saved: dict) -> None:
-    """Refuse an export whose clip_config.json and settings describe another model than its
-    model.safetensors holds, before any model is allocated: the model they describe is built
-    on the meta device (no memory, well under a second) and each tensor's shape compared
-    with the safetensors header."""
+def _check_export_shapes(folder: Path, descriptions: list[dict]) -> None:
+    """Refuse an export whose clip_config.json and config.json describe another model than
+    its model.safetensors holds, before any model is allocated: config.json describes it
+    twice (its model record, `architecture`, and the run's settings, `training`), and each
+    model described is built on the meta device (no memory, well under a second) and each
+    tensor's shape compared with the safetensors header."""
+    files = f"{folder / CLIP_CONFIG_FILE} and {folder / CONFIG_FILE}"
+    stored = weight_shapes(folder)
+    described = {repr(sorted(architecture(d).items())): architecture(d) for d in descriptions}
+    for settings in described.values():
+        _check_shapes(folder, files, settings, stored)
+
+
+def _check_shapes(folder: Path, files: str, settings: dict, stored: dict) -> None:
     import torch
 
-    files = f"{folder / CLIP_CONFIG_FILE} and {folder / CONFIG_FILE}"
     try:
         with torch.device("meta"):
             clip = load_clip(str(folder / CLIP_CONFIG_FILE), "none", "meta")
-            cfg = RunConfig.from_saved(saved)
+            RunConfig(**settings)  # its ranges
             model = video_model(
-                clip.model.visual, clip.embed_dim, UNTRAINED_LOG_LOGIT_SCALE, **_architecture(cfg)
+                clip.model.visual, clip.embed_dim, UNTRAINED_LOG_LOGIT_SCALE, **settings
             )
     except UserError as exc:
         raise UserError(f"{files} do not describe a model: {exc}") from exc
@@ -261,7 +297,6 @@ def _check_export_shapes(folder: Path, saved: dict) -> None:
             "download or export the model again."
         ) from exc
     described = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    stored = weight_shapes(folder)
     for name in sorted(described.keys() | stored.keys()):
         if described.get(name) != stored.get(name):
             raise UserError(
@@ -304,16 +339,7 @@ def export_run(run_dir: Path, out: Path, checkpoint: str = "best", **given) -> P
     config = {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
-        "architecture": {
-            "aggregation": cfg.aggregation,
-            "temporal_layers": cfg.temporal_layers,
-            "attention_heads": cfg.attention_heads,
-            "tau_coarse": cfg.tau_coarse,
-            "tau_fine": cfg.tau_fine,
-            "frames": cfg.frames,
-            "image_size": loaded.built.image_size,
-            "freeze_backbone": cfg.freeze_backbone,
-        },
+        "architecture": loaded.built.model_args,
         "clip": {
             "model_id": model_id,
             "pretrained_id": pretrained_id,

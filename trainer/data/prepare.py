@@ -54,7 +54,7 @@ from storyboard_common.files import atomic_path, atomic_write_json, os_reason
 from ..progress import progress_bar
 from .check import load_dataset_splits
 from .items import SplitList
-from .layouts import charades, dataset_name, generic, hmdb51, kinetics, ssv2, ucf101
+from .layouts import charades, dataset_name, hmdb51, layout, ssv2, ucf101
 from .layouts._common import absolute
 from .video import VideoError, open_video, short_side_size
 
@@ -295,10 +295,11 @@ def _layout_folders(
     prepared (relative to `out`): HMDB-51's class folders, Kinetics' split folders,
     the Charades and SSv2 video folders."""
     source = videos or root
+    split_folders = layout(dataset).split_folders
     if dataset == "hmdb51":
         return list(splits[0].class_names) if splits else []
-    if dataset in ("k400", "k600"):
-        names = {d for s in splits for d in kinetics.SPLIT_DIRS[s.split]}
+    if split_folders:
+        names = {d for s in splits for d in split_folders[s.split]}
         return sorted(d for d in names if (source / d).is_dir())
     if dataset == "ssv2" and videos is None:
         return [d for d in ssv2.VIDEO_DIRS if (root / d).is_dir()]
@@ -311,8 +312,6 @@ def annotation_files(dataset: str, root: Path) -> list[str]:
         candidates = _folder_files(root, hmdb51.SPLITS_DIR)
     elif dataset == "ucf101":
         candidates = _folder_files(root, ucf101.LIST_DIR)
-    elif dataset in ("k400", "k600"):
-        candidates = [name for names in kinetics.CSV_FILES.values() for name in names]
     elif dataset == "ssv2":
         stems = ("labels", *ssv2.JSON_STEMS.values(), "test")
         names = [n for stem in stems for n in (f"{stem}.json", f"{ssv2.PREFIX}{stem}.json")]
@@ -321,10 +320,8 @@ def annotation_files(dataset: str, root: Path) -> list[str]:
             for folder in ssv2.LABEL_DIRS
             for name in names
         ]
-    elif dataset == "charades":
-        candidates = [charades.CLASSES_FILE, *charades.CSV_FILES.values()]
     else:
-        candidates = ["classes.csv", *(f"{s}.txt" for s in generic.SPLITS)]
+        candidates = list(layout(dataset).annotations)
     return [name for name in candidates if (root / name).is_file()]
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-AGGREGATIONS = ("mean", "global", "coarse", "fine", "coarse+fine")
+from .modes import AGGREGATIONS
 
 # CLIP's log logit scale before pre-training (log(1/0.07)); a trained CLIP's is larger
 # (OpenAI's is log(100)), and the head starts from the loaded CLIP's own where it has one.

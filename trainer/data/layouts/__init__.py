@@ -6,8 +6,8 @@ has a `load` with dataset-specific options (e.g. a class list for miniature copi
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from storyboard_common.errors import UserError
@@ -19,13 +19,17 @@ from . import charades, generic, hmdb51, kinetics, ssv2, ucf101
 @dataclass(frozen=True)
 class Layout:
     """What the code needs to know of one dataset: how its splits load, whether they come
-    in folds, which split it is evaluated on, and which files a split needs."""
+    in folds, which split it is evaluated on, which files a split needs, and what a copy of
+    it (`prepare-videos`) must keep: its annotation files of fixed names and, where each
+    split's videos have folders of their own, those folders' names."""
 
     load: Callable[..., SplitList]  # (root, split, fold, videos, charades_instances)
     absent: Callable[..., str | None]  # (root, split, fold, videos) -> what is missing
     splits: tuple[str, ...]
     folds: tuple[int, ...] = ()  # () for a dataset of one split
     test_split: str = "test"
+    annotations: tuple[str, ...] = ()  # under the root, by fixed name (if present)
+    split_folders: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # split -> dirs
 
 
 def _kinetics(name: str) -> Layout:
@@ -36,6 +40,8 @@ def _kinetics(name: str) -> Layout:
         ),
         splits=kinetics.SPLITS,
         test_split="val",
+        annotations=tuple(name for names in kinetics.CSV_FILES.values() for name in names),
+        split_folders=kinetics.SPLIT_DIRS,
     )
 
 
@@ -65,11 +71,13 @@ REGISTRY: dict[str, Layout] = {
         ),
         absent=lambda root, split, fold, videos: charades.absent(root, split, fold),
         splits=charades.SPLITS,
+        annotations=(charades.CLASSES_FILE, *charades.CSV_FILES.values()),
     ),
     "list": Layout(
         load=lambda root, split, fold, videos, _: generic.load(root, split, videos),
         absent=lambda root, split, fold, videos: generic.absent(root, split, fold),
         splits=generic.SPLITS,
+        annotations=("classes.csv", *(f"{s}.txt" for s in generic.SPLITS)),
     ),
 }
 DATASETS = tuple(REGISTRY)

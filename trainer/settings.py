@@ -1,0 +1,215 @@
+"""Every setting of a run, declared once: config dataclasses by concern (`DataConfig`,
+`ModelConfig`, `OptimConfig`, `RunSettings`), each field with its `Setting` (flag, help,
+range), composed flat into `RunConfig`. The `run` command's options (`trainer.__main__`),
+the range checks (`range_refusal`), the flag names (`flag_name`) and the config-file keys
+(`trainer.config.read_config_file`) are all read from these fields.
+
+`RunConfig` inherits the four concerns rather than holding them: config files, presets and
+a run's config.json name settings by flat keys (`lr: 5e-5`), and every module reads
+`cfg.lr`; `RunConfig.concern` gives one concern back as its own dataclass (the model's
+settings, which checkpoints record). Light on purpose (no torch): the CLI imports it to
+build its options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from storyboard_common.errors import UserError
+
+from .model.modes import AGGREGATIONS
+
+AMP_MODES = ("bf16", "fp16", "none")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What one setting's field declares beyond its type and default: its CLI flag (None:
+    `--` + the name with dashes; `off_flag` the negative of a boolean), its help, and the
+    range its values must lie in (`at_least`, `positive`: finite and above zero, `choices`),
+    with the refusal's wording where a range says more than its bounds. `cli=False`: a
+    setting only config files set."""
+
+    help: str | None = None
+    flag: str | None = None
+    off_flag: str | None = None
+    at_least: float | None = None
+    positive: bool = False
+    choices: tuple | None = None
+    refusal: str | None = None  # a choice refused: "{flag}", "{value}", "{choices}"
+    hint: str | None = None  # appended to a bound's refusal
+    cli: bool = True
+
+
+def setting(default, help: str | None = None, **declared):
+    """A config field with its `Setting` (the one place a setting is declared)."""
+    return field(default=default, metadata={"setting": Setting(help, **declared)})
+
+
+def declared(f: dataclasses.Field) -> Setting:
+    return f.metadata.get("setting", Setting())
+
+
+@dataclass
+class DataConfig:
+    """What a run reads: the dataset, its fold and few-shot list, how clips are sampled."""
+
+    dataset: str = setting("hmdb51", "hmdb51, ucf101, k400, k600, ssv2, charades or list.")
+    root: Path | None = setting(
+        None, "Dataset root (default: data/<name>, or $STORYBOARD_DATA/<name>)."
+    )
+    videos: Path | None = setting(None, "Where the videos are, if not under --root.")
+    split: str = setting(
+        "1",
+        "Fold 1, 2, 3, or all (runs the three, reports mean).",
+        choices=("1", "2", "3", "all"),
+    )
+    shots: int | None = setting(
+        None,
+        "K videos per class (few-shot).",
+        at_least=1,
+        hint="leave it out to train on the whole split (supervised)",
+    )
+    fewshot_list: Path | None = setting(None, "Reuse a saved few-shot list (fewshot.csv).")
+    # Charades: train on action instances, else whole videos
+    charades_instances: bool = setting(True, cli=False)
+    frames: int = setting(8, "Frames per clip T (8).", at_least=1)
+    eval_clips: int = setting(1, "Temporal views at evaluation.", flag="--clips", at_least=1)
+    eval_crops: int = setting(
+        1, "Spatial views at evaluation (1 or 3).", flag="--crops", choices=(1, 3)
+    )
+    features: Path | None = setting(
+        None,
+        "Train and evaluate from a feature cache (cache-features); needs --freeze-backbone.",
+    )
+    subtexts: Path | None = setting(
+        None, "subtexts.parquet (default: artifacts/<dataset>/<clip-tag>/)."
+    )
+
+
+@dataclass
+class ModelConfig:
+    """The model: its CLIP and the head and temporal module over it."""
+
+    clip_model: str = setting("ViT-B-16", "open_clip name or model-config JSON (ViT-B-16).")
+    clip_pretrained: str = setting("openai", "Tag, checkpoint path or none (openai).")
+    aggregation: str = setting(
+        "coarse+fine",
+        "mean, global, coarse, fine or coarse+fine.",
+        choices=AGGREGATIONS,
+        refusal="unknown {flag} {value!r}; choose one of {choices}.",
+    )
+    temporal_layers: int = setting(0, "Temporal transformer layers (0; paper 6).", at_least=0)
+    attention_heads: int = setting(
+        1, "Cross-attention heads of Eq. 5-7 (1).", flag="--heads", at_least=1
+    )
+    tau_coarse: float = setting(0.01, "Temperature of Eq. 8 (0.01).", positive=True)
+    tau_fine: float = setting(0.01, "Temperature of Eq. 10 (0.01).", positive=True)
+    freeze_backbone: bool = setting(False, off_flag="--train-backbone")
+    grad_checkpointing: bool = setting(False)
+
+
+@dataclass
+class OptimConfig:
+    """How a run optimises: epochs, batch, learning rates, loss weight, precision."""
+
+    epochs: int = setting(20, "Epochs (20).", at_least=1)
+    batch_size: int = setting(32, "Global batch; accumulation makes it up (32).", at_least=1)
+    # per-step batch on one device; accumulation fills the rest
+    micro_batch: int | None = setting(None, "Clips per step on one device.", at_least=1)
+    lr: float = setting(5e-5, "Head learning rate (5e-5); backbone x0.1.", positive=True)
+    backbone_lr_scale: float = setting(0.1, at_least=0, cli=False)
+    weight_decay: float = setting(0.2, "AdamW weight decay (0.2).", at_least=0)
+    warmup_epochs: float = setting(5.0, "Linear warm-up epochs (5).", at_least=0)
+    lam: float = setting(1.0, "Weight of the video-to-text loss (1).", flag="--lambda", at_least=0)
+    amp: str = setting("bf16", "bf16, fp16 or none (CUDA; CPU is fp32).", choices=AMP_MODES)
+    compile: bool = setting(False, "torch.compile.")
+
+
+@dataclass
+class RunSettings:
+    """Where and how a run goes: seed, device, folder, evaluation cadence, workers."""
+
+    seed: int = setting(0, "Seed of sampling, few-shot lists, init (0).")
+    device: str = setting("auto", "auto, cpu or cuda.")
+    out: Path | None = setting(None, "Run directory (default runs/<name>).")
+    eval_every: int = setting(1, "Evaluate every N epochs (1).", at_least=1)
+    workers: int = setting(4, "DataLoader workers (4; none with --features).", at_least=0)
+    preset: str | None = setting(
+        None,
+        "A shipped config of the paper's settings by name (`python -m trainer presets` "
+        "lists them and their files); --config and flags override it.",
+    )
+
+
+CONCERNS = (DataConfig, ModelConfig, OptimConfig, RunSettings)
+
+
+@dataclass
+class RunConfig(RunSettings, OptimConfig, ModelConfig, DataConfig):
+    """A run's settings: the four concerns' fields, flat (`cfg.lr`), as config files, presets
+    and config.json name them; each concern back as its own dataclass by `concern`."""
+
+    @classmethod
+    def from_saved(cls, values: dict) -> RunConfig:
+        """A config from its JSON form (config.json, a checkpoint): paths come back as paths;
+        keys that are not settings (from other versions) are ignored."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        return cls(
+            **{
+                name: Path(value)
+                if value is not None and "Path" in str(fields[name].type)
+                else value
+                for name, value in values.items()
+                if name in fields
+            }
+        )
+
+    def concern(self, kind: type):
+        """This config's values of one concern (`DataConfig`, `ModelConfig`, ...)."""
+        return kind(**{f.name: getattr(self, f.name) for f in dataclasses.fields(kind)})
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            refused = range_refusal(f, getattr(self, f.name))
+            if refused:
+                raise UserError(refused)
+        if self.features is not None and not self.freeze_backbone:
+            raise UserError(
+                f"--features {self.features} holds frozen-backbone features: add "
+                "--freeze-backbone, or drop --features to train the backbone."
+            )
+
+
+def range_refusal(f: dataclasses.Field, value) -> str | None:
+    """Why `value` lies outside the range field `f` declares (one sentence naming its flag, or
+    its name where it has none), else None. Numbers outside their meaning are refused here,
+    not found later as a NaN loss, an optimiser traceback or a flag silently read as its
+    default."""
+    meta = declared(f)
+    if value is None:
+        return None
+    label = flag_name(f.name) if meta.cli else f.name
+    if meta.choices is not None and str(value) not in map(str, meta.choices):
+        shown = [str(c) for c in meta.choices]
+        if meta.refusal:
+            return meta.refusal.format(flag=label, value=value, choices=", ".join(shown))
+        listed = ", ".join(shown[:-1]) + " or " + shown[-1]
+        return f"{label} must be {listed}, not {value!r}."
+    if meta.at_least is not None and not value >= meta.at_least:
+        hint = f": {meta.hint}" if meta.hint else ""
+        return f"{label} must be at least {meta.at_least}, not {value}{hint}."
+    if meta.positive and not (value > 0 and math.isfinite(value)):
+        return f"{label} must be a positive number, not {value}."
+    return None
+
+
+def flag_name(field_name: str) -> str:
+    """The CLI flag of a RunConfig field: its declared one, else `--` + its name with dashes."""
+    return _FLAGS.get(field_name) or "--" + field_name.replace("_", "-")
+
+
+_FLAGS = {f.name: declared(f).flag for f in dataclasses.fields(RunConfig)}
