@@ -6,9 +6,8 @@ the range checks (`range_refusal`), the flag names (`flag_name`) and the config-
 
 `RunConfig` inherits the four concerns rather than holding them: config files, presets and
 a run's config.json name settings by flat keys (`lr: 5e-5`), and every module reads
-`cfg.lr`; `RunConfig.concern` gives one concern back as its own dataclass (the model's
-settings, which checkpoints record). Light on purpose (no torch): the CLI imports it to
-build its options.
+`cfg.lr`; the model's record in checkpoints holds `ModelConfig`'s settings
+(`runs.ARCHITECTURE`). Light on purpose (no torch): the CLI imports it to build its options.
 """
 
 from __future__ import annotations
@@ -151,7 +150,7 @@ CONCERNS = (DataConfig, ModelConfig, OptimConfig, RunSettings)
 @dataclass
 class RunConfig(RunSettings, OptimConfig, ModelConfig, DataConfig):
     """A run's settings: the four concerns' fields, flat (`cfg.lr`), as config files, presets
-    and config.json name them; each concern back as its own dataclass by `concern`."""
+    and config.json name them."""
 
     @classmethod
     def from_saved(cls, values: dict) -> RunConfig:
@@ -167,10 +166,6 @@ class RunConfig(RunSettings, OptimConfig, ModelConfig, DataConfig):
                 if name in fields
             }
         )
-
-    def concern(self, kind: type):
-        """This config's values of one concern (`DataConfig`, `ModelConfig`, ...)."""
-        return kind(**{f.name: getattr(self, f.name) for f in dataclasses.fields(kind)})
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
