@@ -45,13 +45,13 @@ from storyboard_common.device import resolve_device
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write_json
 from storyboard_common.subtexts import pad_tokens
+from trainer.checkpoints import atomic_save
+from trainer.data.transforms import normalise_clips
+from trainer.data.video import open_video, read_frames
+from trainer.model.aggregation import subtext_frame_similarity
+from trainer.progress import progress_bar
+from trainer.schedule import make_optimizer, make_scheduler
 
-from ..checkpoints import atomic_save
-from ..data.transforms import normalise_clips
-from ..data.video import open_video, read_frames
-from ..model.aggregation import subtext_frame_similarity
-from ..progress import progress_bar
-from ..schedule import make_optimizer, make_scheduler
 from . import WORLD_CLIP
 
 MAX_TEXT_PER_STEP = 256  # more captions than this: each step encodes only the batch's own
