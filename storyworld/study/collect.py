@@ -33,7 +33,10 @@ def select_runs(runs: list[dict], **fields) -> list[dict]:
 def collect(
     design: StudyDesign, world: WorldInfo, clips: dict, runs: list[dict], seconds: float
 ) -> dict:
-    """The study's results: per world CLIP, every figure with its spread over seeds."""
+    """The study's results: per world CLIP, every figure with its spread over seeds.
+
+    Long because it is the one flat list of what `results.json` holds, read top to bottom;
+    each figure is one `select_runs` and one `analysis.spread`."""
     main = main_fields(design.default_fields())
     top1, order_only, importance, tau_sweep, temporal, finetune, plateau, posthoc = (
         {} for _ in range(8)
@@ -194,7 +197,6 @@ def issue22_figures(design: StudyDesign, clips: dict, runs: list[dict]) -> dict:
     }
     if design.calibration_frames is None:
         return out
-    tau = design.default_tau
     main = main_fields(design.default_fields())
     for objective in design.objectives:
         calibration = clips[objective]["calibration"]
@@ -205,84 +207,113 @@ def issue22_figures(design: StudyDesign, clips: dict, runs: list[dict]) -> dict:
         out["importance_on_action_frames_calibrated"][objective] = importance_shares(
             runs, objective, calibrated
         )
-        before = clips[objective]["largest_weight_before"]
-        spreads = {}
-        for label, fields, taus in (
-            (f"{tau:g}", main, (tau, main["tau_fine"] or tau)),
-            ("calibrated", calibrated, pair),
-        ):
-            after = {}
-            for mode in IMPORTANCE_MODES:
-                chosen = select_runs(
-                    runs, objective=objective, mode=mode, setting="supervised", **fields
-                )
-                after[mode] = {
-                    b: analysis.spread(r[f"largest_weight_{b}"] for r in chosen)
-                    for b in BRANCHES
-                    if chosen and f"largest_weight_{b}" in chosen[0]
-                }
-            spreads[label] = {
-                "tau_coarse": taus[0],
-                "tau_fine": taus[1],
-                "before": {b: before[f"{t:g}"][b] for b, t in zip(BRANCHES, taus)},
-                "after": after,
-            }
-        out["importance_spread"][objective] = spreads
-        grids = {f"{tau:g}": {m: main for m in AGGREGATIONS}}
-        grids["calibrated"] = {m: main if m == "mean" else calibrated for m in AGGREGATIONS}
-        paired = {}
-        for label, cells in grids.items():
-            paired[label] = {
-                "episodes": len(
-                    _by_seed(
-                        runs,
-                        objective=objective,
-                        setting="2shot",
-                        mode="coarse+fine",
-                        **cells["coarse+fine"],
-                    )
-                ),
-                "differences": mode_differences(runs, objective, "2shot", cells),
-            }
-        paired["calibrated - default tau"] = {
-            setting: {
-                m: analysis.paired_difference(
-                    _by_seed(runs, objective=objective, setting=setting, mode=m, **calibrated),
-                    _by_seed(runs, objective=objective, setting=setting, mode=m, **main),
-                )
-                for m in IMPORTANCE_MODES
-            }
-            for setting in SETTINGS
-        }
-        out["fewshot_paired_differences"][objective] = paired
-        if not design.tpp_groups:
-            continue
-        groups = {}
-        for name, figures in clips[objective]["tpp_groups"].items():
-            seeds = _by_seed(
-                runs,
-                objective=objective,
-                setting="supervised",
-                mode="coarse+fine",
-                **{**calibrated, "group": None if name == MAIN_GROUP else name},
-            )
-            groups[name] = {
-                **figures,
-                "top1": analysis.spread(seeds.values()),
-                "top1_by_seed": seeds,
-            }
-        out["tpp_groups"][objective] = groups
-        accuracy = [g["top1"]["mean"] for g in groups.values()]
-        out["tpp_accuracy_r2"][objective] = {
-            reading: analysis.linear_fit(
-                [g["mean_tpp"][reading] for g in groups.values()], accuracy
-            )
-            for reading in TPP_SCALINGS
-        }
-        out["tpp_choice_minus_faithful"][objective] = {
-            reading: analysis.paired_difference(
-                groups[f"tpp-{reading}"]["top1_by_seed"], groups["faithful"]["top1_by_seed"]
-            )
-            for reading in TPP_SCALINGS
-        }
+        out["importance_spread"][objective] = _importance_spread(
+            runs, objective, clips[objective]["largest_weight_before"], main, calibrated, pair
+        )
+        out["fewshot_paired_differences"][objective] = _fewshot_paired(
+            runs, objective, main, calibrated
+        )
+        if design.tpp_groups:
+            (
+                out["tpp_groups"][objective],
+                out["tpp_accuracy_r2"][objective],
+                out["tpp_choice_minus_faithful"][objective],
+            ) = _tpp_group_figures(runs, objective, clips[objective]["tpp_groups"], calibrated)
     return out
+
+
+def _importance_spread(
+    runs: list[dict], objective: str, before: dict, main: dict, calibrated: dict, pair: tuple
+) -> dict:
+    """The mean largest frame weight per branch before training (the frozen CLIP's, `before`)
+    and after (each learned mode's supervised runs), at the default tau and the calibrated
+    `pair`."""
+    tau = main["tau"]
+    spreads = {}
+    for label, fields, taus in (
+        (f"{tau:g}", main, (tau, main["tau_fine"] or tau)),
+        ("calibrated", calibrated, pair),
+    ):
+        after = {}
+        for mode in IMPORTANCE_MODES:
+            chosen = select_runs(
+                runs, objective=objective, mode=mode, setting="supervised", **fields
+            )
+            after[mode] = {
+                b: analysis.spread(r[f"largest_weight_{b}"] for r in chosen)
+                for b in BRANCHES
+                if chosen and f"largest_weight_{b}" in chosen[0]
+            }
+        spreads[label] = {
+            "tau_coarse": taus[0],
+            "tau_fine": taus[1],
+            "before": {b: before[f"{t:g}"][b] for b, t in zip(BRANCHES, taus)},
+            "after": after,
+        }
+    return spreads
+
+
+def _fewshot_paired(runs: list[dict], objective: str, main: dict, calibrated: dict) -> dict:
+    """Paired 2-shot differences between modes at the default tau and at the calibrated pair,
+    and calibrated minus default per learned mode and setting."""
+    tau = main["tau"]
+    grids = {f"{tau:g}": {m: main for m in AGGREGATIONS}}
+    grids["calibrated"] = {m: main if m == "mean" else calibrated for m in AGGREGATIONS}
+    paired = {}
+    for label, cells in grids.items():
+        paired[label] = {
+            "episodes": len(
+                _by_seed(
+                    runs,
+                    objective=objective,
+                    setting="2shot",
+                    mode="coarse+fine",
+                    **cells["coarse+fine"],
+                )
+            ),
+            "differences": mode_differences(runs, objective, "2shot", cells),
+        }
+    paired["calibrated - default tau"] = {
+        setting: {
+            m: analysis.paired_difference(
+                _by_seed(runs, objective=objective, setting=setting, mode=m, **calibrated),
+                _by_seed(runs, objective=objective, setting=setting, mode=m, **main),
+            )
+            for m in IMPORTANCE_MODES
+        }
+        for setting in SETTINGS
+    }
+    return paired
+
+
+def _tpp_group_figures(
+    runs: list[dict], objective: str, figures: dict, calibrated: dict
+) -> tuple[dict, dict, dict]:
+    """TPP against accuracy for one CLIP: each group's `figures` with its top-1 over seeds,
+    the fit of top-1 on mean TPP per reading, and TPP's choice minus all-faithful."""
+    groups = {}
+    for name, group_figures in figures.items():
+        seeds = _by_seed(
+            runs,
+            objective=objective,
+            setting="supervised",
+            mode="coarse+fine",
+            **{**calibrated, "group": None if name == MAIN_GROUP else name},
+        )
+        groups[name] = {
+            **group_figures,
+            "top1": analysis.spread(seeds.values()),
+            "top1_by_seed": seeds,
+        }
+    accuracy = [g["top1"]["mean"] for g in groups.values()]
+    fits = {
+        reading: analysis.linear_fit([g["mean_tpp"][reading] for g in groups.values()], accuracy)
+        for reading in TPP_SCALINGS
+    }
+    cost = {
+        reading: analysis.paired_difference(
+            groups[f"tpp-{reading}"]["top1_by_seed"], groups["faithful"]["top1_by_seed"]
+        )
+        for reading in TPP_SCALINGS
+    }
+    return groups, fits, cost

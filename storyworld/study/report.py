@@ -56,11 +56,21 @@ def top1_table(results: dict, objective: str, key: str = "top1") -> list[str]:
 def plot_results(results: dict, out: Path) -> list[Path]:
     """Bar charts of top-1 per mode (error bars: 95% intervals over seeds) and the
     temperature sweep; -> the PNG files written."""
-    from ..report import _pyplot
+    from trainer.report import _pyplot
 
     plt = _pyplot()
     objectives = list(results["top1"])
-    written = []
+    written = [_plot_top1(plt, results, objectives, out)]
+    if len(results["design"]["taus"]) > 1:
+        written.append(_plot_tau(plt, results, objectives, out))
+    grouped = {o: g for o, g in results.get("tpp_groups", {}).items() if g}
+    if grouped:
+        written.append(_plot_tpp(plt, results, grouped, out))
+    return written
+
+
+def _plot_top1(plt, results: dict, objectives: list[str], out: Path) -> Path:
+    """top1.png: top-1 per mode and setting, one panel per world CLIP."""
     fig, axes = plt.subplots(
         1, len(objectives), figsize=(5.5 * len(objectives), 3.6), squeeze=False
     )
@@ -89,63 +99,63 @@ def plot_results(results: dict, out: Path) -> list[Path]:
         ax.set(ylim=(0, 1), ylabel="top-1", title=f"world CLIP: {objective}")
         ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    written.append(out / "top1.png")
-    atomic_savefig(fig, written[-1], dpi=110)
+    atomic_savefig(fig, out / "top1.png", dpi=110)
     plt.close(fig)
+    return out / "top1.png"
 
-    if len(results["design"]["taus"]) > 1:
-        fig, axes = plt.subplots(
-            1, len(objectives), figsize=(5.5 * len(objectives), 3.4), squeeze=False
+
+def _plot_tau(plt, results: dict, objectives: list[str], out: Path) -> Path:
+    """tau.png: supervised top-1 of the learned modes across the temperature sweep."""
+    fig, axes = plt.subplots(
+        1, len(objectives), figsize=(5.5 * len(objectives), 3.4), squeeze=False
+    )
+    for ax, objective in zip(axes[0], objectives):
+        sweep = results["tau_sweep"][objective]
+        taus = [float(t) for t in sweep]
+        for mode in IMPORTANCE_MODES:
+            means = [sweep[t][mode]["mean"] for t in sweep]
+            errors = [sweep[t][mode]["ci95"] or 0.0 for t in sweep]
+            ax.errorbar(taus, means, yerr=errors, marker="o", capsize=3, label=mode)
+        ax.set(
+            xscale="log",
+            ylim=(0, 1),
+            xlabel="tau (coarse = fine)",
+            ylabel="top-1 (supervised)",
+            title=f"world CLIP: {objective}",
         )
-        for ax, objective in zip(axes[0], objectives):
-            sweep = results["tau_sweep"][objective]
-            taus = [float(t) for t in sweep]
-            for mode in IMPORTANCE_MODES:
-                means = [sweep[t][mode]["mean"] for t in sweep]
-                errors = [sweep[t][mode]["ci95"] or 0.0 for t in sweep]
-                ax.errorbar(taus, means, yerr=errors, marker="o", capsize=3, label=mode)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_savefig(fig, out / "tau.png", dpi=110)
+    plt.close(fig)
+    return out / "tau.png"
+
+
+def _plot_tpp(plt, results: dict, grouped: dict, out: Path) -> Path:
+    """tpp.png: top-1 against mean TPP over the sub-text groups, per CLIP and reading."""
+    fig, axes = plt.subplots(
+        len(grouped), len(TPP_SCALINGS), figsize=(11, 4.2 * len(grouped)), squeeze=False
+    )
+    for row, (objective, groups) in zip(axes, grouped.items()):
+        for ax, reading in zip(row, TPP_SCALINGS):
+            x = [g["mean_tpp"][reading] for g in groups.values()]
+            y = [g["top1"]["mean"] for g in groups.values()]
+            errors = [g["top1"]["ci95"] or 0.0 for g in groups.values()]
+            ax.errorbar(x, y, yerr=errors, fmt="o", capsize=3)
+            for name, xi, yi in zip(groups, x, y):
+                ax.annotate(name, (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            fit = results["tpp_accuracy_r2"][objective][reading]
+            if fit["slope"] is not None:
+                line = np.linspace(min(x), max(x), 2)
+                ax.plot(line, fit["slope"] * line + fit["intercept"], "k--", lw=1)
             ax.set(
-                xscale="log",
-                ylim=(0, 1),
-                xlabel="tau (coarse = fine)",
-                ylabel="top-1 (supervised)",
-                title=f"world CLIP: {objective}",
+                xlabel=f"mean TPP ({reading})",
+                ylabel="top-1 (coarse+fine, supervised)",
+                title=f"world CLIP {objective}: r^2 {_maybe(fit['r2'])}",
             )
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        written.append(out / "tau.png")
-        atomic_savefig(fig, written[-1], dpi=110)
-        plt.close(fig)
-
-    grouped = {o: g for o, g in results.get("tpp_groups", {}).items() if g}
-    if grouped:
-        fig, axes = plt.subplots(
-            len(grouped), len(TPP_SCALINGS), figsize=(11, 4.2 * len(grouped)), squeeze=False
-        )
-        for row, (objective, groups) in zip(axes, grouped.items()):
-            for ax, reading in zip(row, TPP_SCALINGS):
-                x = [g["mean_tpp"][reading] for g in groups.values()]
-                y = [g["top1"]["mean"] for g in groups.values()]
-                errors = [g["top1"]["ci95"] or 0.0 for g in groups.values()]
-                ax.errorbar(x, y, yerr=errors, fmt="o", capsize=3)
-                for name, xi, yi in zip(groups, x, y):
-                    ax.annotate(
-                        name, (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points"
-                    )
-                fit = results["tpp_accuracy_r2"][objective][reading]
-                if fit["slope"] is not None:
-                    line = np.linspace(min(x), max(x), 2)
-                    ax.plot(line, fit["slope"] * line + fit["intercept"], "k--", lw=1)
-                ax.set(
-                    xlabel=f"mean TPP ({reading})",
-                    ylabel="top-1 (coarse+fine, supervised)",
-                    title=f"world CLIP {objective}: r^2 {_maybe(fit['r2'])}",
-                )
-        fig.tight_layout()
-        written.append(out / "tpp.png")
-        atomic_savefig(fig, written[-1], dpi=110)
-        plt.close(fig)
-    return written
+    fig.tight_layout()
+    atomic_savefig(fig, out / "tpp.png", dpi=110)
+    plt.close(fig)
+    return out / "tpp.png"
 
 
 def _signed(s: dict) -> str:
@@ -236,34 +246,41 @@ def issue22_report(results: dict, o: str) -> list[str]:
         )
         + ".",
     ]
-    groups = results["tpp_groups"].get(o)
-    if groups:
-        lines += [
-            "",
-            f"### TPP against accuracy, world CLIP `{o}`",
-            "",
-            "| sub-text group | mean TPP, complement | mean TPP, identity | top-1 "
-            "(coarse+fine, supervised, calibrated) |",
-            "|---|---|---|---|",
-        ]
-        for name, g in groups.items():
-            lines.append(
-                f"| {name} | {g['mean_tpp']['complement']:.3f} | "
-                f"{g['mean_tpp']['identity']:.3f} | {_cell(g['top1'])} |"
-            )
-        fits = results["tpp_accuracy_r2"][o]
-        cost = results["tpp_choice_minus_faithful"][o]
-        lines += [
-            "",
-            "Mean TPP against top-1 over the groups: "
-            + "; ".join(
-                f"{reading}: r^2 {_maybe(f['r2'])}, slope {_maybe(f['slope'], '+.3f')}"
-                for reading, f in fits.items()
-            )
-            + ". TPP's choice minus all-faithful (paired over seeds): "
-            + ", ".join(f"{reading} {_signed(c)}" for reading, c in cost.items())
-            + ".",
-        ]
+    if results["tpp_groups"].get(o):
+        lines += _tpp_groups_report(results, o)
+    return lines
+
+
+def _tpp_groups_report(results: dict, o: str) -> list[str]:
+    """Markdown for one world CLIP's TPP test: each sub-text group's mean TPP and top-1, the
+    fit of top-1 on mean TPP, and what TPP's choice costs against all-faithful sets."""
+    groups = results["tpp_groups"][o]
+    lines = [
+        "",
+        f"### TPP against accuracy, world CLIP `{o}`",
+        "",
+        "| sub-text group | mean TPP, complement | mean TPP, identity | top-1 "
+        "(coarse+fine, supervised, calibrated) |",
+        "|---|---|---|---|",
+    ]
+    for name, g in groups.items():
+        lines.append(
+            f"| {name} | {g['mean_tpp']['complement']:.3f} | "
+            f"{g['mean_tpp']['identity']:.3f} | {_cell(g['top1'])} |"
+        )
+    fits = results["tpp_accuracy_r2"][o]
+    cost = results["tpp_choice_minus_faithful"][o]
+    lines += [
+        "",
+        "Mean TPP against top-1 over the groups: "
+        + "; ".join(
+            f"{reading}: r^2 {_maybe(f['r2'])}, slope {_maybe(f['slope'], '+.3f')}"
+            for reading, f in fits.items()
+        )
+        + ". TPP's choice minus all-faithful (paired over seeds): "
+        + ", ".join(f"{reading} {_signed(c)}" for reading, c in cost.items())
+        + ".",
+    ]
     return lines
 
 
@@ -278,12 +295,8 @@ def read_results(out: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def write_report(results: dict, out: Path, notes: Path | None = None) -> Path:
-    """`results.json`, the plots and `README.md` (tables generated from the results, then
-    the hand-written `notes` file verbatim: design changes and findings)."""
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "results.json", results, indent=1)
-    plots = plot_results(results, out)
+def _summary(results: dict) -> list[str]:
+    """The report's title and what its numbers are: seeds, videos, intervals, chance."""
     seeds = results["seeds"]
     one_seed = len(seeds) == 1
     interval = (
@@ -292,7 +305,7 @@ def write_report(results: dict, out: Path, notes: Path | None = None) -> Path:
         else f"mean ± half-width of the 95% t-interval over seeds {seeds} (2-shot: over "
         "its episodes, see the design)"
     )
-    lines = [
+    return [
         "# The storyboard study",
         "",
         "Generated by `python -m storyworld study` from `results.json`; the design and the "
@@ -306,7 +319,11 @@ def write_report(results: dict, out: Path, notes: Path | None = None) -> Path:
         f"{results['seconds'] / 60:.0f} min (a rerun skips the runs already done).",
         "",
     ]
-    lines += [
+
+
+def _clips_table(results: dict) -> list[str]:
+    """One row per world CLIP: frame-caption accuracy, the probes, frozen zero-shot."""
+    lines = [
         "## The world's CLIPs",
         "",
         "| world CLIP | frames find their caption: pooled | word tokens | "
@@ -326,77 +343,94 @@ def write_report(results: dict, out: Path, notes: Path | None = None) -> Path:
             f"{zero['seen']:.3f} / {zero['unseen']:.3f} | {nearest:.2f} |"
         )
     lines.append(f"\nChance for a frame's caption: {results['chance']['frame_caption']:.3f}.")
-    for o in results["top1"]:
-        lines += ["", f"## Top-1, world CLIP `{o}`", "", *top1_table(results, o)]
-        order = results["order_only_top1"][o]
+    return lines
+
+
+def _clip_section(results: dict, o: str) -> list[str]:
+    """One world CLIP's section: its top-1 table, order-only pairs, temporal layers, frame
+    importance, the temperature sweep, the fine-tuned and longer runs, TPP's kinds kept
+    and the training's plateau."""
+    lines = ["", f"## Top-1, world CLIP `{o}`", "", *top1_table(results, o)]
+    order = results["order_only_top1"][o]
+    lines += [
+        "",
+        "Top-1 on the classes of order-only pairs (supervised): "
+        + ", ".join(f"{m} {_cell(s)}" for m, s in order.items())
+        + ".",
+    ]
+    for mode, cell in results["temporal"][o].items():
+        lines.append(
+            f"With {results['design']['temporal_layers']} temporal layers, {mode}: "
+            f"top-1 {_cell(cell['top1'])}, order-only pairs "
+            f"{_cell(cell['order_only_top1'])}."
+        )
+    shares = results["importance_on_action_frames"][o]
+    lines += [
+        "",
+        "Share of frame importance on frames of the video's own actions "
+        "(supervised, mean over seeds): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in shares.items())
+        + ".",
+    ]
+    if len(results["design"]["taus"]) > 1:
         lines += [
             "",
-            "Top-1 on the classes of order-only pairs (supervised): "
-            + ", ".join(f"{m} {_cell(s)}" for m, s in order.items())
-            + ".",
+            "| tau | " + " | ".join(IMPORTANCE_MODES) + " |",
+            "|---|" + "---|" * len(IMPORTANCE_MODES),
         ]
-        for mode, cell in results["temporal"][o].items():
+        for tau, cells in results["tau_sweep"][o].items():
             lines.append(
-                f"With {results['design']['temporal_layers']} temporal layers, {mode}: "
-                f"top-1 {_cell(cell['top1'])}, order-only pairs "
-                f"{_cell(cell['order_only_top1'])}."
+                f"| {tau} | " + " | ".join(_cell(cells[m]) for m in IMPORTANCE_MODES) + " |"
             )
-        shares = results["importance_on_action_frames"][o]
+    if results["finetune_top1"][o]:
         lines += [
             "",
-            "Share of frame importance on frames of the video's own actions "
-            "(supervised, mean over seeds): "
-            + ", ".join(f"{k} {v:.3f}" for k, v in shares.items())
+            "Fine-tuned backbone, supervised, seed 0: "
+            + ", ".join(f"{m} {v:.3f}" for m, v in results["finetune_top1"][o].items())
             + ".",
         ]
-        if len(results["design"]["taus"]) > 1:
-            lines += [
-                "",
-                "| tau | " + " | ".join(IMPORTANCE_MODES) + " |",
-                "|---|" + "---|" * len(IMPORTANCE_MODES),
-            ]
-            for tau, cells in results["tau_sweep"][o].items():
-                lines.append(
-                    f"| {tau} | " + " | ".join(_cell(cells[m]) for m in IMPORTANCE_MODES) + " |"
-                )
-        if results["finetune_top1"][o]:
-            lines += [
-                "",
-                "Fine-tuned backbone, supervised, seed 0: "
-                + ", ".join(f"{m} {v:.3f}" for m, v in results["finetune_top1"][o].items())
-                + ".",
-            ]
-        longer = results["posthoc_longer_training"].get(o)
-        if longer:
-            epochs = results["design"]["posthoc_epochs"]
-            lines += [
-                "",
-                f"Post hoc (added after the first results): supervised, {epochs} "
-                f"epochs instead of {results['design']['epochs']}: "
-                + ", ".join(
-                    f"{m} {_cell(c['top1'])} (loss {c['final_loss']['mean']:.2f})"
-                    for m, c in longer.items()
-                )
-                + ".",
-            ]
-        kept = results["tpp_kept"][o]
+    longer = results["posthoc_longer_training"].get(o)
+    if longer:
+        epochs = results["design"]["posthoc_epochs"]
         lines += [
             "",
-            "Kinds of candidate set TPP keeps (all 12 classes): "
-            + "; ".join(
-                f"{scaling}: "
-                + ", ".join(f"{kind} {Counter(k.values())[kind]}" for kind in SET_KINDS)
-                for scaling, k in kept.items()
+            f"Post hoc (added after the first results): supervised, {epochs} "
+            f"epochs instead of {results['design']['epochs']}: "
+            + ", ".join(
+                f"{m} {_cell(c['top1'])} (loss {c['final_loss']['mean']:.2f})"
+                for m, c in longer.items()
             )
             + ".",
         ]
-        losses = [r["loss_change_last_fifth"] for r in results["training"][o].values()]
-        steps = sorted({r["steps"] for r in results["training"][o].values()})
-        lines += [
-            "",
-            f"Training: {steps} optimiser steps per run; the loss changed by "
-            f"{min(losses):+.1%} to {max(losses):+.1%} over the last fifth of training.",
-        ]
+    kept = results["tpp_kept"][o]
+    lines += [
+        "",
+        "Kinds of candidate set TPP keeps (all 12 classes): "
+        + "; ".join(
+            f"{scaling}: " + ", ".join(f"{kind} {Counter(k.values())[kind]}" for kind in SET_KINDS)
+            for scaling, k in kept.items()
+        )
+        + ".",
+    ]
+    losses = [r["loss_change_last_fifth"] for r in results["training"][o].values()]
+    steps = sorted({r["steps"] for r in results["training"][o].values()})
+    lines += [
+        "",
+        f"Training: {steps} optimiser steps per run; the loss changed by "
+        f"{min(losses):+.1%} to {max(losses):+.1%} over the last fifth of training.",
+    ]
+    return lines
+
+
+def write_report(results: dict, out: Path, notes: Path | None = None) -> Path:
+    """`results.json`, the plots and `README.md` (tables generated from the results, then
+    the hand-written `notes` file verbatim: design changes and findings)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "results.json", results, indent=1)
+    plots = plot_results(results, out)
+    lines = [*_summary(results), *_clips_table(results)]
+    for o in results["top1"]:
+        lines += _clip_section(results, o)
     for o in results.get("calibrated_tau", {}):
         lines += issue22_report(results, o)
     lines += ["", *(f"![{p.stem}]({p.name})" for p in plots)]

@@ -177,6 +177,8 @@ def run_study(design: StudyDesign, work: Path, console: Console | None = None) -
 
 
 def _run_study(design: StudyDesign, work: Path, console: Console) -> dict:
+    """`run_study`'s body. Long because its phases share one record of the runs done
+    (`execute`, a closure), which the sequential 2-shot rule reads between phases."""
     started = time.perf_counter()
 
     def say(text: str) -> None:
