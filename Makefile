@@ -15,7 +15,7 @@ CLIP_PRETRAINED ?= openai
 DEMO_CLIP_MODEL      ?= storyboard_common/data/clip/TinyCLIP-test.json
 DEMO_CLIP_PRETRAINED ?= none
 
-PY_DIRS := storyboard_common subtext_gen trainer testkit tests bench
+PY_DIRS := storyboard_common subtext_gen trainer storyworld testkit tests bench
 
 .PHONY: setup test test-all demo study demo-subtexts subtexts score show bench gpu-check lint clean
 
@@ -36,12 +36,12 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/python -m trainer demo --out artifacts/demo
+	$(BIN)/python -m storyworld demo --out artifacts/demo
 
 # The full study (39 minutes on 2 shared cores, measured; resumable): docs/study/results.json
 # and README.md.
 study: $(STAMP)
-	$(BIN)/python -m trainer study --work artifacts/study --out docs/study
+	$(BIN)/python -m storyworld study --work artifacts/study --out docs/study
 
 demo-subtexts: $(STAMP)
 	$(BIN)/python -m subtext_gen generate --llm file --classes storyboard_common/data/demo/classes.csv \

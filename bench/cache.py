@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from storyboard_common.clip import load_clip
+from storyworld import WORLD_CLIP
 from testkit.list_dataset import write_list_dataset
 from testkit.torchrun import torchrun_cache_features
 from trainer.cache.build import cache_features
@@ -20,7 +21,6 @@ from trainer.data.dataset import ClipSpec, VideoClipDataset
 from trainer.data.items import VideoItem
 from trainer.loop import train
 from trainer.report import read_metrics
-from trainer.storyworld import WORLD_CLIP
 
 from .prepare import raw_and_prepared
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from trainer.storyworld import analysis
+from storyworld.study import analysis
 
 
 def test_spread_is_mean_sample_std_and_t_interval():

@@ -4,7 +4,7 @@ import torch
 
 from storyboard_common.clip import clip_identity, encode_texts, load_clip
 from storyboard_common.errors import UserError
-from trainer.storyworld import WORLD_CLIP
+from storyworld import WORLD_CLIP
 
 from .conftest import TINY_CLIP_CONFIG
 

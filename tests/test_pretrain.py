@@ -15,9 +15,8 @@ import torch
 
 from storyboard_common.clip import encode_texts, load_clip
 from storyboard_common.errors import UserError
-from trainer.data.transforms import normalise_clips
-from trainer.storyworld import WORLD_CLIP
-from trainer.storyworld.pretrain import (
+from storyworld import WORLD_CLIP
+from storyworld.pretrain import (
     caption_loss,
     caption_similarities,
     draw_phrasings,
@@ -27,6 +26,7 @@ from trainer.storyworld.pretrain import (
     predict_captions,
     pretrain_clip,
 )
+from trainer.data.transforms import normalise_clips
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = WORLD_CLIP
@@ -144,7 +144,7 @@ def test_pretrain_clip_command_trains_once_and_keeps_the_checkpoint(world, tmp_p
     args = [
         sys.executable,
         "-m",
-        "trainer",
+        "storyworld",
         "pretrain-clip",
         "--world",
         str(root),

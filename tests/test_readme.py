@@ -1,7 +1,7 @@
-"""The README's commands against the code: every `python -m trainer|subtext_gen` line of the
-README and of docs/ parses with the real CLI, every `make` target exists, every relative link
-resolves, the demo table is the study's, and the quickstart runs on a miniature HMDB-51 (a
-doc that drifts fails)."""
+"""The README's commands against the code: every `python -m trainer|subtext_gen|storyworld`
+line of the README and of docs/ parses with the real CLI, every `make` target exists, every
+relative link resolves, the demo table is the study's, and the quickstart runs on a miniature
+HMDB-51 (a doc that drifts fails)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def shell_blocks(text: str) -> list[list[str]]:
     return blocks
 
 
-COMMAND = re.compile(r"^\s*(make|export|python|torchrun)\s|\s-m (trainer|subtext_gen)\s")
+COMMAND = re.compile(r"^\s*(make|export|python|torchrun)\s|\s-m (trainer|subtext_gen|storyworld)\s")
 
 
 def commands(page: Path) -> list[list[str]]:
@@ -59,9 +59,10 @@ def commands(page: Path) -> list[list[str]]:
 
 
 def module_call(tokens: list[str]) -> tuple[str, list[str]] | None:
-    """`python -m M ARGS` or `torchrun ... -m M ARGS` for M trainer or subtext_gen -> (M, ARGS)."""
+    """`python -m M ARGS` or `torchrun ... -m M ARGS` for M trainer, subtext_gen or storyworld
+    -> (M, ARGS)."""
     for i, token in enumerate(tokens[:-1]):
-        if token == "-m" and tokens[i + 1] in ("trainer", "subtext_gen"):
+        if token == "-m" and tokens[i + 1] in ("trainer", "subtext_gen", "storyworld"):
             return tokens[i + 1], tokens[i + 2 :]
     return None
 
@@ -74,6 +75,8 @@ def app_of(module: str):
     """The CLI as a click group (typer's own copy of click: its Context and errors)."""
     if module == "trainer":
         from trainer.__main__ import app
+    elif module == "storyworld":
+        from storyworld.__main__ import app
     else:
         from subtext_gen.__main__ import app
     return typer.main.get_command(app)
@@ -165,7 +168,7 @@ def test_the_demo_table_is_the_studys_results():
     """The README's table is what `top1_table` makes of docs/study/results.json (the
     demo's CLIP objective, at the calibrated pair the demo runs at): after a new study,
     paste the table this prints."""
-    from trainer.storyworld.study import read_results, top1_table
+    from storyworld.study.report import read_results, top1_table
 
     expected = top1_table(
         read_results(REPO / "docs" / "study"), "pooled+tokens", key="top1_calibrated"

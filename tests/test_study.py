@@ -12,23 +12,16 @@ import pytest
 import torch
 
 from storyboard_common.subtexts import read_subtexts
+from storyworld.study import analysis
+from storyworld.study.clips import CalibrationFrames, calibrate
+from storyworld.study.design import DEMO_DESIGN, RunSpec, StudyDesign, next_episode_count, run_specs
+from storyworld.study.report import write_report
+from storyworld.study.runner import run_study
+from storyworld.study.tpp_groups import faithful_classes, group_names, group_sets
 from trainer.evaluation import evaluate_checkpoint
 from trainer.model.aggregation import AGGREGATIONS, ClassText
-from trainer.storyworld import analysis
-from trainer.storyworld.study import (
-    DEMO_DESIGN,
-    CalibrationFrames,
-    RunSpec,
-    StudyDesign,
-    calibrate,
-    next_episode_count,
-    run_specs,
-    run_study,
-    write_report,
-)
-from trainer.storyworld.tpp_groups import faithful_classes, group_names, group_sets
 
-from .conftest import REPO
+from .conftest import REPO, run_app
 
 TINY = StudyDesign(
     seeds=(0, 1),
@@ -198,7 +191,7 @@ def test_cached_assessment_agrees_with_the_engines_evaluation(study):
     the same checkpoint during training. Both must give the same top-1."""
     _, results = study
     cached = [r for r in results["runs"] if not r["finetune"]]
-    assert cached and all(r["top1"] == pytest.approx(r["engine_top1"]) for r in cached)
+    assert cached and all(r["top1"] == pytest.approx(r["logged_top1"]) for r in cached)
     assert all(r["n"] == 8 and r["steps"] >= 1 for r in cached)
 
 
@@ -275,12 +268,26 @@ def test_rerun_resumes_without_training_and_report_is_written(study, tmp_path):
 
 def test_cli_refuses_bad_seeds():
     done = subprocess.run(
-        [sys.executable, "-m", "trainer", "study", "--seeds", "a,b"],
+        [sys.executable, "-m", "storyworld", "study", "--seeds", "a,b"],
         cwd=REPO,
         capture_output=True,
         text=True,
     )
     assert done.returncode != 0 and "--seeds must be comma-separated integers" in done.stderr
+
+
+def test_storyworld_cli_prints_its_version_and_a_user_error_in_one_line(monkeypatch, capsys):
+    """`python -m storyworld` runs through the shared CLI runner, in this process: `--version`
+    like the other CLIs, a UserError as one `error:` line and exit status 2."""
+    from storyboard_common.about import storyboard_version
+    from storyworld.__main__ import app, main
+
+    assert run_app(app, "--version") == (0, f"storyboard {storyboard_version()}\n", None)
+    monkeypatch.setattr(sys, "argv", ["storyworld", "study", "--seeds", ","])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == "error: --seeds names no seed.\n"
 
 
 # ---------------------------------------------------------------- issue 22's pure pieces

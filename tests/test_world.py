@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from storyworld import world as W
 from subtext_gen.llm.files import read_description_sets
 from trainer.data.layouts import load_split
 from trainer.data.video import open_video, read_frames
-from trainer.storyworld import world as W
 
 SMALL = dict(videos_per_class_train=2, videos_per_class_test=2, unseen_videos_per_class_train=1)
 

@@ -6,6 +6,6 @@ precision from `precision`, and evaluates with `evaluation`. The model is `model
 visual tower, temporal module and storyboard head, Eq. 5-12) and the loss `loss` (Eq.
 13-15); videos and dataset layouts are `data/`. `runs` also loads trained models back (run
 directories, exported folders, `hf-hub:`) and exports them through `checkpoints`. `cache/`
-is the frozen-feature cache. `storyworld/` is built on all this (the synthetic world, the
-study, the demo); nothing here imports it but the CLI (`__main__`).
+is the frozen-feature cache. The top-level `storyworld` package is built on all this (the
+synthetic world, the study, the demo); nothing here imports it.
 """

@@ -18,7 +18,6 @@ from storyboard_common.about import print_version
 from storyboard_common.errors import UserError, run_cli
 
 from .settings import RunConfig, declared, flag_name
-from .storyworld import WORLD_CLIP
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -431,96 +430,6 @@ def export(
     )
     for path in sorted(folder.iterdir()):
         console.print(f"{path} ({path.stat().st_size / 2**20:.1f} MiB)", **_PLAIN)
-
-
-@app.command("pretrain-clip")
-def pretrain_clip_command(
-    world: Path = typer.Option(
-        Path("artifacts/demo/world"),
-        help="A world folder: a complete world (world.json), or one holding "
-        "atomic_actions.json and seen/train.txt, is used as it is; a missing or empty one "
-        "gets the built-in storyboard world written there.",
-    ),
-    out: Path = typer.Option(Path("artifacts/demo/world-clip.pt"), help="Checkpoint to write."),
-    clip_model: str = typer.Option(WORLD_CLIP, help="Model config (the world CLIP's)."),
-    epochs: int = typer.Option(20, min=1, help="Epochs over the (frame, caption) pairs."),
-    batch_size: int = typer.Option(128, min=1, help="Frames per step."),
-    seed: int = typer.Option(0, help="Seed of the world (when written) and of training."),
-    device: str = typer.Option("auto", help="cpu, cuda or auto."),
-    force: bool = typer.Option(False, help="Retrain even if the checkpoint exists."),
-    objective: str = typer.Option(
-        "pooled",
-        help="pooled (CLIP's own loss) or pooled+tokens (also Eq. 10's word-token scores).",
-    ),
-) -> None:
-    """Train a small CLIP on a world's frames and atomic-action captions (loads back with
-    --clip-model CONFIG --clip-pretrained CHECKPOINT)."""
-    from .storyworld.pretrain import log_path, pretrain_clip
-    from .storyworld.world import world_folder
-
-    world = world_folder(world, seed=seed)
-    kept = out.is_file() and not force
-    path = pretrain_clip(
-        world / "seen",
-        world,
-        out,
-        clip_model,
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
-        force=force,
-        objective=objective,
-    )
-    note = " (already there: kept; --force retrains)" if kept else f", log {log_path(path)}"
-    console.print(f"checkpoint: {path}{note}")
-
-
-@app.command()
-def demo(
-    out: Path = typer.Option(Path("artifacts/demo"), help="Where the demo writes."),
-    seed: int = typer.Option(0, help="Seed of the world, the CLIP and every run."),
-) -> None:
-    """A one-seed digest of the study on the built-in storyboard world (`make demo`)."""
-    from .storyworld.demo import DemoSettings, run_demo
-
-    run_demo(DemoSettings(out=out, seed=seed))
-
-
-@app.command()
-def study(
-    work: Path = typer.Option(Path("artifacts/study"), help="Working folder (resumable)."),
-    out: Path = typer.Option(
-        Path("docs/study"), help="Where results.json, README.md and the plots go."
-    ),
-    seeds: str = typer.Option("0,1,2", help="Comma-separated seeds of the runs."),
-    notes: Path = typer.Option(
-        Path("docs/study/notes.md"),
-        help="Hand-written design changes and findings, appended to README.md.",
-    ),
-    report_only: bool = typer.Option(
-        False,
-        "--report-only",
-        help="Rewrite README.md and the plots from OUT/results.json; train nothing.",
-    ),
-) -> None:
-    """Every aggregation mode on the storyboard world over seeds, with references (`make
-    study`); rerun to resume."""
-    from dataclasses import replace
-
-    from .storyworld.study import StudyDesign, read_results, run_study, write_report
-
-    if report_only:
-        console.print(f"report: {write_report(read_results(out), out, notes)}")
-        return
-    try:
-        chosen = tuple(int(s) for s in seeds.split(",") if s.strip())
-    except ValueError:
-        raise UserError(f"--seeds must be comma-separated integers, not {seeds!r}.") from None
-    if not chosen:
-        raise UserError("--seeds names no seed.")
-    results = run_study(replace(StudyDesign(), seeds=chosen), work, console)
-    console.print(f"report: {write_report(results, out, notes)}")
 
 
 def _print_subsets(rows: list[dict]) -> None:

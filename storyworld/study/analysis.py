@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..model.aggregation import class_logits
+from trainer.model.aggregation import class_logits
 
 # Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom (then ~1.96).
 _T975 = (

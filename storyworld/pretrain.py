@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,13 +45,13 @@ from storyboard_common.device import resolve_device
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write_json
 from storyboard_common.subtexts import pad_tokens
+from trainer.checkpoints import atomic_save
+from trainer.data.transforms import normalise_clips
+from trainer.data.video import open_video, read_frames
+from trainer.model.aggregation import subtext_frame_similarity
+from trainer.progress import progress_bar
+from trainer.schedule import make_optimizer, make_scheduler
 
-from ..checkpoints import atomic_save
-from ..data.transforms import normalise_clips
-from ..data.video import open_video, read_frames
-from ..model.aggregation import subtext_frame_similarity
-from ..progress import progress_bar
-from ..schedule import make_optimizer, make_scheduler
 from . import WORLD_CLIP
 
 MAX_TEXT_PER_STEP = 256  # more captions than this: each step encodes only the batch's own
@@ -270,82 +270,41 @@ def pretrain_clip(
     torch_device = resolve_device(device)
     clip = load_clip(clip_model, "none", str(torch_device))
     model = clip.model.train().requires_grad_(True)
-    size = clip.image_size
     started = time.perf_counter()
-    pairs = load_frame_pairs(world_dataset, world_root, size, split, frame_stride)
+    pairs = load_frame_pairs(world_dataset, world_root, clip.image_size, split, frame_stride)
     load_seconds = time.perf_counter() - started
-    phrasing_tokens = [clip.tokenizer(texts).to(torch_device) for texts in pairs.phrasings]
-    num_captions = len(pairs.captions)
-
-    steps_per_epoch = max(1, math.ceil(len(pairs) / batch_size))
-    total = steps_per_epoch * epochs
-    if max_steps is not None:
-        total = min(total, max_steps)
-    # CLIP's own AdamW settings; no decay on biases, norms, embeddings and the logit scale.
-    optimizer = make_optimizer(model, lr, weight_decay=weight_decay, betas=(0.9, 0.98), eps=1e-6)
-    scheduler = make_scheduler(optimizer, total, min(warmup_steps, max(1, total // 5)))
-    generator = torch.Generator().manual_seed(seed)
-    step_losses: list[float] = []
-    epoch_losses: list[float] = []
-    step = 0
     train_started = time.perf_counter()
-    with progress_bar(show_progress) as progress:
-        task = progress.add_task("pretrain CLIP", total=total, info="")
-        for epoch in range(epochs):
-            if step >= total:
-                break
-            order = torch.randperm(len(pairs), generator=generator)
-            losses = []
-            for start in range(0, len(pairs), batch_size):
-                if step >= total:
-                    break
-                rows = order[start : start + batch_size]
-                images = normalise_clips(pairs.images[rows].to(torch_device))
-                if augment:
-                    images = random_shift_scale(images, generator)
-                targets = pairs.caption_ids[rows].to(torch_device)
-                if num_captions <= MAX_TEXT_PER_STEP:
-                    text_rows = torch.arange(num_captions, device=torch_device)
-                else:  # only the batch's own captions, renumbered
-                    text_rows, targets = torch.unique(targets, return_inverse=True)
-                tokens = draw_phrasings(phrasing_tokens, text_rows.tolist(), generator)
-                image_features = F.normalize(model.encode_image(images), dim=-1)
-                scale = model.logit_scale.exp()
-                similarities = caption_similarities(model, tokens, image_features, objective)
-                loss = torch.stack(
-                    [caption_loss(sim, targets, scale) for sim in similarities]
-                ).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                with torch.no_grad():
-                    model.logit_scale.clamp_(0, math.log(100))
-                losses.append(float(loss.detach()))
-                step_losses.append(losses[-1])
-                step += 1
-                progress.update(
-                    task, advance=1, info=f"epoch {epoch + 1}/{epochs} loss {losses[-1]:.3f}"
-                )
-            if losses:
-                epoch_losses.append(sum(losses) / len(losses))
+    step_losses, epoch_losses = _train_clip(
+        clip,
+        pairs,
+        torch_device,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        augment=augment,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        max_steps=max_steps,
+        objective=objective,
+        show_progress=show_progress,
+    )
     train_seconds = time.perf_counter() - train_started
 
     model.eval().requires_grad_(False)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_save(state, out)
+    atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out)
     record = {
         "clip_model": clip.model_id,
         "world_dataset": str(world_dataset),
         "split": split,
         "frames": len(pairs),
-        "captions": num_captions,
+        "captions": len(pairs.captions),
         "phrasings": sum(len(texts) for texts in pairs.phrasings),
         "frame_stride": frame_stride,
         "augment": augment,
         "objective": objective,
         "epochs": epochs,
-        "steps": step,
+        "steps": len(step_losses),
         "batch_size": batch_size,
         "lr": lr,
         "seed": seed,
@@ -357,6 +316,112 @@ def pretrain_clip(
     }
     atomic_write_json(log_path(out), record)
     return out
+
+
+def _train_clip(
+    clip: LoadedClip,
+    pairs: FramePairs,
+    torch_device: torch.device,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    augment: bool,
+    weight_decay: float,
+    warmup_steps: int,
+    max_steps: int | None,
+    objective: str,
+    show_progress: bool,
+) -> tuple[list[float], list[float]]:
+    """Train `clip`'s model in place on the (frame, caption) `pairs` -> (every step's loss,
+    each epoch's mean loss)."""
+    model = clip.model
+    phrasing_tokens = [clip.tokenizer(texts).to(torch_device) for texts in pairs.phrasings]
+
+    total = max(1, math.ceil(len(pairs) / batch_size)) * epochs
+    if max_steps is not None:
+        total = min(total, max_steps)
+    # CLIP's own AdamW settings; no decay on biases, norms, embeddings and the logit scale.
+    optimizer = make_optimizer(model, lr, weight_decay=weight_decay, betas=(0.9, 0.98), eps=1e-6)
+    scheduler = make_scheduler(optimizer, total, min(warmup_steps, max(1, total // 5)))
+    generator = torch.Generator().manual_seed(seed)
+
+    def step(rows: torch.Tensor) -> float:
+        """One optimiser step on the frames `rows` -> its loss."""
+        loss = _caption_batch_loss(
+            model, pairs, phrasing_tokens, rows, generator, torch_device, augment, objective
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        return float(loss.detach())
+
+    return _train_epochs(step, len(pairs), epochs, total, batch_size, generator, show_progress)
+
+
+def _train_epochs(
+    step: Callable[[torch.Tensor], float],
+    frames: int,
+    epochs: int,
+    total: int,
+    batch_size: int,
+    generator: torch.Generator,
+    show_progress: bool,
+) -> tuple[list[float], list[float]]:
+    """`step` over shuffled batches of the `frames` rows, epoch after epoch, for at most
+    `total` steps -> (every step's loss, each epoch's mean loss)."""
+    step_losses: list[float] = []
+    epoch_losses: list[float] = []
+    with progress_bar(show_progress) as progress:
+        task = progress.add_task("pretrain CLIP", total=total, info="")
+        for epoch in range(epochs):
+            if len(step_losses) >= total:
+                break
+            order = torch.randperm(frames, generator=generator)
+            losses = []
+            for start in range(0, frames, batch_size):
+                if len(step_losses) >= total:
+                    break
+                losses.append(step(order[start : start + batch_size]))
+                step_losses.append(losses[-1])
+                progress.update(
+                    task, advance=1, info=f"epoch {epoch + 1}/{epochs} loss {losses[-1]:.3f}"
+                )
+            if losses:
+                epoch_losses.append(sum(losses) / len(losses))
+    return step_losses, epoch_losses
+
+
+def _caption_batch_loss(
+    model: torch.nn.Module,
+    pairs: FramePairs,
+    phrasing_tokens: list[torch.Tensor],
+    rows: torch.Tensor,
+    generator: torch.Generator,
+    device: torch.device,
+    augment: bool,
+    objective: str,
+) -> torch.Tensor:
+    """The loss of the frames `rows` against the captions (each under a phrasing drawn at
+    random): every caption, or only the batch's own when there are more than
+    `MAX_TEXT_PER_STEP`; averaged over the objective's similarities."""
+    images = normalise_clips(pairs.images[rows].to(device))
+    if augment:
+        images = random_shift_scale(images, generator)
+    targets = pairs.caption_ids[rows].to(device)
+    if len(pairs.captions) <= MAX_TEXT_PER_STEP:
+        text_rows = torch.arange(len(pairs.captions), device=device)
+    else:  # only the batch's own captions, renumbered
+        text_rows, targets = torch.unique(targets, return_inverse=True)
+    tokens = draw_phrasings(phrasing_tokens, text_rows.tolist(), generator)
+    image_features = F.normalize(model.encode_image(images), dim=-1)
+    scale = model.logit_scale.exp()
+    similarities = caption_similarities(model, tokens, image_features, objective)
+    return torch.stack([caption_loss(sim, targets, scale) for sim in similarities]).mean()
 
 
 # What frames are matched against: the pooled (EOT) caption embedding CLIP is trained on,

@@ -49,7 +49,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from itertools import combinations
 from pathlib import Path
 
@@ -268,7 +268,6 @@ class WorldInfo:
     settings: dict
     written: bool  # False when an identical world was already on disk
     videos: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------

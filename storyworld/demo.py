@@ -1,4 +1,4 @@
-"""`make demo`: a one-seed digest of the study (`trainer/storyworld/study.py`) on the
+"""`make demo`: a one-seed digest of the study (`storyworld/study/`) on the
 storyboard world, on a CPU, with no dataset and no pretrained weights.
 
 Steps: write the world's videos, pre-train its CLIP with the token-level objective, keep
@@ -17,10 +17,11 @@ from rich.console import Console
 from rich.table import Table
 
 from storyboard_common.files import atomic_write_json
+from trainer.predict import plot_prediction, predict_video
 
-from ..predict import plot_prediction, predict_video
-from . import analysis
-from .study import DEMO_DESIGN, RunSpec, run_study
+from .study import analysis
+from .study.design import DEMO_DESIGN, RunSpec
+from .study.runner import run_study
 
 
 @dataclass(frozen=True)

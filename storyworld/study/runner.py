@@ -1,0 +1,265 @@
+"""Running the study (`run_study`): every run of the design on the prepared world CLIPs,
+trained on their feature caches and assessed on their last checkpoint. Resumable: a run
+whose directory holds all its epochs is read back, a cut one resumes."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from storyboard_common.subtexts import SubtextArtifact
+from trainer.config import RunConfig
+from trainer.loop import train
+from trainer.model.aggregation import ClassText
+from trainer.report import read_metrics
+from trainer.runs import load_run
+from trainer.subtexts import artifact_class_text
+
+from .. import WORLD_CLIP
+from ..world import WorldInfo, write_world
+from . import analysis
+from .clips import CachedSplit, CalibrationFrames, ClipAssets, own_class_weights, prepare
+from .collect import collect, main_fields, select_runs
+from .design import (
+    BRANCHES,
+    IMPORTANCE_MODES,
+    RunSpec,
+    StudyDesign,
+    core_specs,
+    fewshot_cells,
+    fewshot_specs,
+    next_episode_count,
+    reference_specs,
+)
+
+
+def run_config(
+    design: StudyDesign, world: WorldInfo, assets: ClipAssets, spec: RunSpec, out: Path
+) -> RunConfig:
+    """The same settings for every mode; only the spec's fields differ between runs."""
+    return RunConfig(
+        dataset="list",
+        root=world.seen_root,
+        subtexts=assets.subtexts(spec.group),
+        clip_model=WORLD_CLIP,
+        clip_pretrained=str(assets.checkpoint),
+        frames=design.frames,
+        epochs=spec.epochs or (design.finetune_epochs if spec.finetune else design.epochs),
+        batch_size=design.batch_size,
+        lr=design.lr,
+        warmup_epochs=design.warmup_epochs,
+        aggregation=spec.mode,
+        shots=2 if spec.setting == "2shot" else None,
+        seed=spec.seed,
+        tau_coarse=spec.tau,
+        tau_fine=spec.tau if spec.tau_fine is None else spec.tau_fine,
+        temporal_layers=spec.temporal_layers,
+        freeze_backbone=not spec.finetune,
+        features=None if spec.finetune else assets.seen_cache,
+        workers=design.workers,
+        device="cpu",
+        out=out,
+        eval_every=5,
+    )
+
+
+def train_run(cfg: RunConfig) -> list[dict]:
+    """Train a run unless its directory already holds all its epochs; resume a cut one."""
+    log = read_metrics(cfg.out)
+    if any(x.get("epoch") == cfg.epochs and "top1" in x for x in log):
+        return log
+    resume = (cfg.out / "checkpoints" / "last.pt").is_file()
+    if not resume:
+        shutil.rmtree(cfg.out, ignore_errors=True)
+    train(cfg, resume=resume, show_progress=False)
+    return read_metrics(cfg.out)
+
+
+@torch.inference_mode()
+def _forward(
+    model: torch.nn.Module, text: ClassText, features: torch.Tensor
+) -> dict[str, np.ndarray | None]:
+    outs = [
+        model.forward_features(features[i : i + 256], text) for i in range(0, len(features), 256)
+    ]
+    joined = {}
+    for key in ("logits", "coarse", "fine"):
+        parts = [o[key] for o in outs]
+        joined[key] = None if parts[0] is None else torch.cat(parts).float().numpy()
+    return joined
+
+
+def assess_run(
+    run_dir: Path,
+    subtexts: Path,
+    assets: ClipAssets,
+    seen: CachedSplit,
+    unseen: CachedSplit,
+    unseen_artifact: SubtextArtifact,
+    order_only_classes: list[int],
+    calibration: CalibrationFrames | None = None,
+) -> dict:
+    """The last checkpoint on the cached test views: top-1 (seen), top-1 on the classes of
+    order-only pairs, zero-shot top-1 (unseen), importance share on own-action frames, and
+    (with `calibration` frames) each branch's mean largest frame weight after training.
+    The run is loaded once (with its seen `subtexts`); the unseen classes' texts
+    (`unseen_artifact`, read once per world CLIP) replace the seen ones for zero-shot."""
+    loaded = load_run(run_dir, "list", subtexts, "cpu", "last")
+    model = loaded.built.model
+    # the unseen texts must come from the run's CLIP, in the width its model embeds in
+    unseen_text = artifact_class_text(
+        unseen_artifact,
+        assets.unseen_subtexts,
+        loaded.built.clip_id,
+        int(loaded.built.text.global_emb.shape[-1]),
+    )
+    out = _forward(model, loaded.built.text, seen.features)
+    correct = out["logits"].argmax(1) == seen.labels
+    order_rows = np.isin(seen.labels, order_only_classes)
+    result = {
+        "top1": float(correct.mean()),
+        "hits": int(correct.sum()),
+        "n": int(correct.size),
+        "order_only_top1": float(correct[order_rows].mean()),
+    }
+    for branch in BRANCHES:
+        if out[branch] is not None:
+            own = own_class_weights(out[branch], seen.labels)
+            result[f"importance_{branch}"] = float(
+                analysis.importance_share(own, seen.on_action).mean()
+            )
+    zero = _forward(model, unseen_text, unseen.features)
+    result["zero_shot_top1"] = float((zero["logits"].argmax(1) == unseen.labels).mean())
+    if calibration is not None:
+        trained = _forward(model, loaded.built.text, calibration.features)
+        for branch in BRANCHES:
+            if trained[branch] is not None:
+                own = own_class_weights(trained[branch], calibration.labels)
+                result[f"largest_weight_{branch}"] = analysis.mean_largest_weight(own)
+    return result
+
+
+def summarise_log(log: list[dict], steps_per_epoch: int) -> dict:
+    """Steps, the last epoch's training loss, the relative change of the loss over the last
+    fifth of training (a plateau is near 0), and the trainer's own last top-1."""
+    losses = [x["train_loss"] for x in log if "train_loss" in x]
+    tail = max(1, len(losses) // 5)
+    before = losses[-tail - 1] if len(losses) > tail else losses[0]
+    evals = [x for x in log if "top1" in x]
+    return {
+        "steps": len(losses) * steps_per_epoch,
+        "final_loss": losses[-1],
+        "loss_change_last_fifth": (losses[-1] - before) / abs(before),
+        "logged_top1": evals[-1]["top1"],
+        "losses": losses,
+    }
+
+
+def run_study(design: StudyDesign, work: Path, console: Console | None = None) -> dict:
+    """Run (or resume) the whole study under `work`; -> the results (see `collect`).
+
+    Phases, each over both CLIPs, so that a cut study has the most important runs: the
+    CLIPs; the pre-registered grid (`core_specs`); the sequential 2-shot episodes; the
+    earlier study's references."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(design.torch_threads)
+    try:
+        return _run_study(design, work, console or Console())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_study(design: StudyDesign, work: Path, console: Console) -> dict:
+    """`run_study`'s body. Long because its phases share one record of the runs done
+    (`execute`, a closure), which the sequential 2-shot rule reads between phases."""
+    started = time.perf_counter()
+
+    def say(text: str) -> None:
+        console.print(f"[{time.perf_counter() - started:6.0f}s] {text}")
+
+    world = write_world(
+        work / "world",
+        seed=design.world_seed,
+        videos_per_class_train=design.videos_per_class_train,
+        videos_per_class_test=design.videos_per_class_test,
+    )
+    say(f"world: {world.videos} videos under {world.out_dir}")
+    order_pairs = world.world.order_only_pairs
+    names = [c.name for c in world.world.seen]
+    order_classes = sorted({names.index(n) for pair in order_pairs for n in pair})
+    steps_per_epoch = math.ceil(len(names) * design.videos_per_class_train / design.batch_size)
+    prepared = {o: prepare(design, world, o, work, say) for o in design.objectives}
+    runs: list[dict] = []
+    done: set[tuple[str, str]] = set()
+
+    def execute(specs: list[RunSpec], label: str) -> None:
+        specs = [s for s in dict.fromkeys(specs) if (s.objective, s.name) not in done]
+        for i, spec in enumerate(specs, 1):
+            ready = prepared[spec.objective]
+            run_dir = work / "runs" / spec.objective.replace("+", "_") / spec.name
+            cfg = run_config(design, world, ready.assets, spec, run_dir)
+            log = train_run(cfg)
+            record = {**asdict(spec), **summarise_log(log, steps_per_epoch)}
+            if not spec.finetune:
+                record.update(
+                    assess_run(
+                        run_dir,
+                        ready.assets.subtexts(spec.group),
+                        ready.assets,
+                        ready.seen,
+                        ready.unseen,
+                        ready.unseen_texts,
+                        order_classes,
+                        ready.calibration if spec.setting == "supervised" else None,
+                    )
+                )
+            runs.append(record)
+            done.add((spec.objective, spec.name))
+            top1 = record.get("top1", record["logged_top1"])
+            say(
+                f"  {label} {i}/{len(specs)} {spec.objective} {spec.name}: top-1 {top1:.3f}, "
+                f"loss {record['final_loss']:.3f} after {record['steps']} steps"
+            )
+
+    execute([s for o, p in prepared.items() for s in core_specs(design, o, p.pair)], "grid")
+    if design.fewshot_episodes is not None:
+        for objective, ready in prepared.items():
+            cells = fewshot_cells(design, ready.pair)
+            episodes = design.fewshot_episodes
+            while True:
+                widths = [
+                    analysis.spread(
+                        r["top1"]
+                        for r in select_runs(
+                            runs,
+                            objective=objective,
+                            setting="2shot",
+                            mode=m,
+                            **main_fields(fields),
+                        )
+                    )["ci95"]
+                    for fields, _ in cells
+                    for m in IMPORTANCE_MODES
+                ]
+                more = next_episode_count(
+                    episodes,
+                    widths,
+                    design.target_half_width,
+                    design.episode_step,
+                    design.episode_cap,
+                )
+                if more == episodes:
+                    break
+                extra = range(episodes, more)
+                execute([s for c in cells for s in fewshot_specs(objective, c, extra)], "episodes")
+                episodes = more
+    execute([s for o in prepared for s in reference_specs(design, o)], "references")
+    clips = {o: p.figures for o, p in prepared.items()}
+    return collect(design, world, clips, runs, time.perf_counter() - started)
