@@ -6,9 +6,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from testkit.cli import REPO
 
 
 def torchrun_cache_features(ranks: int, flags: dict[str, object], env: dict | None = None) -> dict:

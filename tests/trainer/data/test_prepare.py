@@ -1,0 +1,351 @@
+"""`prepare-videos`: every layout copied so that `--root OUT` reads the same items, the copies'
+frames, rate, size and keyframes, unreadable sources, resume and the refusals."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from storyboard_common.classes import load_classes
+from testkit.cli import run_app
+from testkit.videos import frame_level, write_corrupt, write_video
+from trainer.__main__ import app
+from trainer.data import prepare
+from trainer.data.layouts import available_splits, load_split
+from trainer.data.prepare import MARKER, output_size, partial_path, prepare_videos
+from trainer.data.video import open_video, read_frames
+
+
+def tiny(path: Path, frames: int = 8) -> Path:
+    return write_video(path, frames=frames, width=64, height=48)
+
+
+def tiny_webm(path: Path) -> Path:
+    """SSv2's `<id>.webm`: mpeg4 in Matroska (WebM's container) under the .webm name; the
+    readers go by content, and no VP9 encoder opens once decord is loaded."""
+    tiny(path.with_suffix(".mkv")).rename(path)
+    return path
+
+
+def write_hmdb51(root: Path) -> None:
+    splits = root / "testTrainMulti_7030_splits"
+    splits.mkdir(parents=True)
+    for name in load_classes("hmdb51").names:  # the layout needs all 51 classes' files
+        (root / name).mkdir()
+        lines = f"{name}_a.avi 1 \n{name}_b.avi 2 \n"
+        for fold in (1, 2):
+            (splits / f"{name}_test_split{fold}.txt").write_text(lines)
+    for tag in ("a", "b"):
+        tiny(root / "brush_hair" / f"brush_hair_{tag}.avi")
+    tiny(root / "cartwheel" / "cartwheel_a.avi")
+
+
+def write_ucf101(root: Path) -> None:
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir(parents=True)
+    (lists / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 YoYo\n")
+    (lists / "trainlist01.txt").write_text(
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\nYoYo/v_YoYo_g08_c01.avi 2\n"
+    )
+    (lists / "testlist01.txt").write_text("YoYo/v_YoYo_g01_c01.avi\n")
+    for rel in (
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01",
+        "YoYo/v_YoYo_g08_c01",
+        "YoYo/v_YoYo_g01_c01",
+    ):
+        tiny(root / f"{rel}.avi")
+
+
+K_HEADER = "label,youtube_id,time_start,time_end,split\n"
+
+
+def write_kinetics(root: Path) -> None:
+    root.mkdir(parents=True)
+    (root / "train.csv").write_text(
+        K_HEADER + "abseiling,aaa,0,10,train\nzumba,bbb,5,15,train\nzumba,gone,0,10,train\n"
+    )
+    (root / "validate.csv").write_text(K_HEADER + "abseiling,ccc,1,11,val\n")
+    (root / "test.csv").write_text("youtube_id,time_start,time_end,split\nddd,0,10,test\n")
+    tiny(root / "train" / "abseiling" / "aaa_000000_000010.mp4")
+    tiny(root / "train" / "bbb_000005_000015.mkv")  # flat, another container
+    tiny(root / "validate" / "abseiling" / "ccc_000001_000011.mp4")
+
+
+def write_ssv2(root: Path) -> None:
+    labels = root / "labels"
+    labels.mkdir(parents=True)
+    (labels / "labels.json").write_text(json.dumps({"Closing something": "0", "Opening it": "1"}))
+    closing = {"id": "7", "label": "closing a box", "template": "Closing [something]"}
+    opening = {"id": "8", "label": "opening it", "template": "Opening it"}
+    (labels / "train.json").write_text(json.dumps([closing, opening]))
+    (labels / "validation.json").write_text(json.dumps([{**opening, "id": "9"}]))
+    (labels / "test.json").write_text(json.dumps([{"id": "10"}]))
+    for vid in ("7", "8", "9"):
+        tiny_webm(root / "20bn-something-something-v2" / f"{vid}.webm")
+
+
+CH_HEADER = (
+    "id,subject,scene,quality,relevance,verified,script,objects,descriptions,actions,length\n"
+)
+
+
+def write_charades(root: Path, videos: Path | None = None) -> None:
+    root.mkdir(parents=True)
+    (root / "Charades_v1_classes.txt").write_text(
+        "c000 Holding some clothes\nc001 Taking a picture\n"
+    )
+    row = '{},HR43,Kitchen,6,7,Yes,walks in,clothes,a,"{}",30.00\n'
+    (root / "Charades_v1_train.csv").write_text(
+        CH_HEADER + row.format("AAA", "c000 0.00 0.50;c001 0.25 0.75") + row.format("BBB", "")
+    )
+    (root / "Charades_v1_test.csv").write_text(CH_HEADER + row.format("CCC", "c001 0.1 0.6"))
+    for vid in ("AAA", "BBB", "CCC"):
+        tiny((videos or root / "Charades_v1_480") / f"{vid}.mp4")
+
+
+def write_list(root: Path) -> None:
+    root.mkdir(parents=True)
+    (root / "classes.csv").write_text("id,name\n0,cat\n1,dog\n")
+    (root / "train.txt").write_text("# path label\nclips/a.mp4 cat\nclips/sub/b.avi dog\n")
+    (root / "test.txt").write_text("clips/a.mp4 dog,cat\nclips/c.mov 1\n")
+    for rel in ("clips/a.mp4", "clips/sub/b.avi", "clips/c.mov"):
+        tiny(root / rel)
+
+
+WRITERS = {
+    "hmdb51": write_hmdb51,
+    "ucf101": write_ucf101,
+    "k400": write_kinetics,
+    "k600": write_kinetics,
+    "ssv2": write_ssv2,
+    "charades": write_charades,
+    "list": write_list,
+}
+
+
+def described(split, root: Path) -> list[tuple]:
+    """A split's items with paths relative to `root`, to compare a copy with its source."""
+    return [
+        (it.path.relative_to(root), it.video_id, it.labels, it.segments, it.interval)
+        for it in split.items
+    ]
+
+
+def assert_same_splits(
+    dataset: str, root: Path, out: Path, videos: Path | None = None, home: str = ""
+) -> None:
+    """The copy `out` reads as `root` (with `videos`) does; its videos lie in `out/home`."""
+    pairs = available_splits(dataset, root, videos)
+    assert pairs == available_splits(dataset, out)
+    for split, fold in pairs:
+        source = load_split(dataset, root, split, fold, videos)
+        copy = load_split(dataset, out, split, fold)
+        assert copy.class_names == source.class_names
+        assert copy.missing == source.missing
+        assert described(copy, out.resolve() / home) == described(
+            source, (videos or root).resolve()
+        )
+
+
+@pytest.mark.parametrize("dataset", sorted(WRITERS))
+def test_every_layout_reads_the_same_items_from_its_prepared_copy(dataset, tmp_path):
+    root, out = tmp_path / "raw", tmp_path / "fast"
+    WRITERS[dataset](root)
+    summary = prepare_videos(dataset, root, out, workers=1, show_progress=False)
+    assert summary.prepared == summary.videos > 0, summary.to_json()
+    assert summary.unreadable == summary.mismatched == {}
+    assert_same_splits(dataset, root, out)
+    for name in summary.annotation_files:
+        assert (out / name).read_bytes() == (root / name).read_bytes()
+    copied = {p.relative_to(out) for p in out.rglob("*") if p.is_file()}
+    videos = {p.relative_to(root) for p in root.rglob("*") if p.is_file()}
+    assert copied == videos | {Path(MARKER)}  # every video and annotation file, nothing else
+    for video in videos - {Path(n) for n in summary.annotation_files}:
+        with av.open(str(out / video)) as copy:  # H.264 in MP4 whatever the extension
+            assert copy.format.name.startswith("mov,mp4")
+            assert copy.streams.video[0].codec_context.name == "h264"
+    assert json.loads((out / MARKER).read_text())["dataset"] == dataset
+
+
+@pytest.mark.parametrize("dataset", ["charades", "ssv2", "k400"])
+def test_videos_from_elsewhere_go_where_the_layout_looks_under_the_copy(dataset, tmp_path):
+    root, elsewhere, out = tmp_path / "raw", tmp_path / "disk2", tmp_path / "fast"
+    WRITERS[dataset](root)
+    home = {"charades": "Charades_v1_480", "ssv2": "20bn-something-something-v2"}.get(dataset, "")
+    moved = root / home
+    for path in [p for p in moved.rglob("*") if p.is_file() and p.suffix != ".csv"]:
+        target = elsewhere / path.relative_to(moved)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(target)
+    summary = prepare_videos(dataset, root, out, elsewhere, workers=1, show_progress=False)
+    assert summary.prepared == summary.videos == 3
+    assert_same_splits(dataset, root, out, elsewhere, home)  # the copy needs no --videos
+
+
+def write_cuts(path: Path, frames: int) -> Path:
+    """A video of unrelated noise images: a scene cut at every frame."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(frames):
+            image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def keyframes(path: Path) -> list[int]:
+    with av.open(str(path)) as container:
+        return [i for i, f in enumerate(container.decode(video=0)) if f.key_frame]
+
+
+def test_a_copy_keeps_every_frame_at_its_rate_with_a_keyframe_every_k(tmp_path):
+    root = tmp_path / "raw"
+    write_list(root)
+    write_cuts(root / "clips" / "c.mov", frames=20)  # no keyframe at its cuts in the copy
+    rate = Fraction(30000, 1001)  # a rate that is no integer: Charades' seconds must hold
+    source = write_video(
+        root / "clips" / "a.mp4", frames=28, width=200, height=150, fps=rate, audio=True
+    )
+    summary = prepare_videos(
+        "list", root, tmp_path / "fast", short_side=96, keyframe_every=8, show_progress=False
+    )
+    assert summary.prepared == 3 and summary.unreadable == {}
+    copy = tmp_path / "fast" / "clips" / "a.mp4"
+    _, before = open_video(source)
+    reader, after = open_video(copy)
+    assert (after.num_frames, after.height, after.width) == (28, 96, 128)
+    assert after.fps == pytest.approx(before.fps, abs=1e-6) and before.fps == pytest.approx(
+        29.97, abs=0.01
+    )
+    indices = [27, 3, 8, 15, 16, 0, 21]  # frame i of the copy is frame i of the source
+    assert [frame_level(f) for f in read_frames(reader, indices)] == indices
+    with av.open(str(source)) as container:
+        assert len(container.streams.audio) == 1
+    with av.open(str(copy)) as container:
+        frames = list(container.decode(video=0))
+        assert len(container.streams.audio) == 0
+    assert [i for i, f in enumerate(frames) if f.key_frame] == [0, 8, 16, 24]
+    assert keyframes(root / "clips" / "c.mov") == list(range(20))
+    assert keyframes(tmp_path / "fast" / "clips" / "c.mov") == [0, 8, 16]
+    assert [float(f.time) for f in frames[:3]] == pytest.approx([0, 1001 / 30000, 2002 / 30000])
+    assert summary.bytes_before == sum(p.stat().st_size for p in (root / "clips").rglob("*.*"))
+
+
+def test_output_sizes():
+    assert output_size(720, 1280, 256) == (256, 454)  # torchvision's truncation, then even
+    assert output_size(1280, 720, 320) == (568, 320)
+    assert output_size(101, 151, 256) == (100, 150)  # never scaled up; only made even
+    assert output_size(48, 64, 256) == (48, 64)
+
+
+def test_unreadable_sources_are_listed_and_the_job_goes_on(tmp_path):
+    root, out = tmp_path / "raw", tmp_path / "fast"
+    write_list(root)
+    write_corrupt(root / "clips" / "a.mp4")
+    code, output, error = run_app(
+        app, "prepare-videos", "--dataset", "list", "--root", root, "--out", out,
+        "--workers", "2", "--json",
+    )  # fmt: skip
+    assert code == 0 and error is None, output
+    report = json.loads(output)
+    bad = str((root / "clips" / "a.mp4").resolve())
+    assert report["unreadable"] == [bad] and "cannot be opened" in report["unreadable_reasons"][bad]
+    assert report["prepared"] == 2 and report["videos"] == 3 and report["mismatched"] == []
+    assert report["missing_splits"] == ["val"]
+    assert (
+        not (out / "clips" / "a.mp4").exists()
+        and not partial_path(out / "clips" / "a.mp4").exists()
+    )
+    assert (out / "clips" / "c.mov").is_file() and (out / "clips" / "sub" / "b.avi").is_file()
+
+
+def test_a_killed_job_redoes_only_the_files_in_flight(tmp_path, monkeypatch):
+    root, out = tmp_path / "raw", tmp_path / "fast"
+    write_list(root)
+    prepare_videos("list", root, out, workers=1, show_progress=False)
+    done = out / "clips" / "a.mp4"
+    kept = done.stat().st_mtime_ns, done.stat().st_ino
+    # killed while two copies were in flight: one partial file left, one not started
+    in_flight = [out / "clips" / "sub" / "b.avi", out / "clips" / "c.mov"]
+    for target in in_flight:
+        target.unlink()
+    partial_path(in_flight[0]).write_bytes(b"half a video")
+    encoded = []
+    real = prepare.prepare_video
+    monkeypatch.setattr(
+        prepare, "prepare_video", lambda src, dst, *a: encoded.append(dst) or real(src, dst, *a)
+    )
+    summary = prepare_videos("list", root, out, workers=1, show_progress=False)
+    assert sorted(encoded) == sorted(in_flight)
+    assert (summary.prepared, summary.already_prepared) == (2, 1)
+    assert (done.stat().st_mtime_ns, done.stat().st_ino) == kept
+    assert not list(out.rglob("*.partial"))
+    assert_same_splits("list", root, out)
+
+
+def test_a_copy_with_other_frame_count_is_reported_and_not_kept(tmp_path, monkeypatch):
+    root, out = tmp_path / "raw", tmp_path / "fast"
+    write_list(root)
+    real = prepare._decoded
+    monkeypatch.setattr(prepare, "_decoded", lambda *a: list(real(*a))[:-2])  # 2 frames lost
+    summary = prepare_videos("list", root, out, workers=1, show_progress=False)
+    assert summary.prepared == 0 and len(summary.mismatched) == 3
+    assert set(summary.mismatched.values()) == {"its copy has 6 frames, the source 8"}
+    assert not [p for p in out.rglob("*") if p.suffix in (".mp4", ".avi", ".mov", ".partial")]
+    monkeypatch.setattr(prepare, "_decoded", lambda *a: list(real(*a))[:-1])  # within one
+    assert prepare_videos("list", root, out, workers=1, show_progress=False).prepared == 3
+
+
+def one_sentence(error, text: str) -> None:
+    assert error is not None and "\n" not in str(error) and text in str(error), error
+
+
+def test_refusals_are_one_sentence_and_write_nothing(tmp_path):
+    root = tmp_path / "raw"
+    write_list(root)
+    before = sorted(root.rglob("*"))
+
+    def prepare_into(out, *flags):
+        code, _, error = run_app(
+            app, "prepare-videos", "--dataset", "list", "--root", root, "--out", out, *flags
+        )
+        assert code != 0  # a UserError: `run_cli` prints it and exits 2
+        return error
+
+    inside = root / "fast"
+    one_sentence(
+        prepare_into(inside), f"--out {inside.resolve()} is inside --root {root.resolve()};"
+    )
+    assert sorted(root.rglob("*")) == before
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    error = prepare_into(other)
+    one_sentence(error, f"--out {other} holds files but is not a folder prepare-videos wrote")
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+    out = tmp_path / "fast"
+    prepare_videos("list", root, out, workers=1, show_progress=False)
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    error = prepare_into(out, "--keyframe-every", "8")
+    one_sentence(
+        error,
+        f"--out {out} was prepared with --dataset list --short-side 256 --keyframe-every 16; "
+        "rerun with those settings to resume, or choose another --out.",
+    )
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == written
+    _, output, error = run_app(
+        app, "prepare-videos", "--dataset", "list", "--root", root, "--out", out
+    )
+    assert error is None and "0 prepared now" in output and "3 already prepared" in output
+    assert f"use --root {out}" in output
