@@ -1,5 +1,6 @@
-"""What the project is: its version, which both CLIs print (`--version`), and the paper it
-implements, which exported model cards cite (CITATION.cff says the same; a test compares)."""
+"""What the project is: its version, which every CLI prints (`--version`, `command_app`),
+and the paper it implements, which exported model cards cite (CITATION.cff says the same;
+a test compares)."""
 
 from __future__ import annotations
 
@@ -59,11 +60,25 @@ def storyboard_version() -> str:
         return "unknown"
 
 
-def print_version(asked: bool) -> None:
-    """The eager `--version` option's callback: print the version and stop before any
-    command runs."""
+def command_app(summary: str):
+    """A project CLI's typer app (`python -m subtext_gen|trainer|storyworld`): `summary` as
+    its help, no command -> help, tracebacks left to `errors.run_cli`, and an eager
+    `--version` that prints the version and stops before any command runs."""
     import typer
 
-    if asked:
-        print(f"{DISTRIBUTION} {storyboard_version()}")
-        raise typer.Exit()
+    app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=summary)
+
+    def print_version(asked: bool) -> None:
+        if asked:
+            print(f"{DISTRIBUTION} {storyboard_version()}")
+            raise typer.Exit()
+
+    @app.callback(help=summary)
+    def _commands(
+        version: bool = typer.Option(
+            False, "--version", is_eager=True, callback=print_version, help="Print the version."
+        ),
+    ) -> None:
+        pass
+
+    return app

@@ -8,26 +8,13 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from storyboard_common.about import print_version
+from storyboard_common.about import command_app
 from storyboard_common.errors import UserError, run_cli
 
 from . import WORLD_CLIP
 
-app = typer.Typer(
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="The storyboard world: the demo, the study and the world CLIP's pre-training.",
-)
+app = command_app("The storyboard world: the demo, the study and the world CLIP's pre-training.")
 console = Console()
-
-
-@app.callback()
-def _commands(
-    version: bool = typer.Option(
-        False, "--version", is_eager=True, callback=print_version, help="Print the version."
-    ),
-) -> None:
-    """The storyboard world: the demo, the study and the world CLIP's pre-training."""
 
 
 @app.command("pretrain-clip")

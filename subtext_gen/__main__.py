@@ -10,26 +10,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from storyboard_common.about import print_version
+from storyboard_common.about import command_app
 from storyboard_common.errors import UserError, check_ranges, run_cli
 from storyboard_common.files import artifacts_root
 from storyboard_common.resources import resolve_shipped
 
-app = typer.Typer(
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Stage one of Storyboard: LLM sub-texts for action classes, TPP selection, artifacts.",
+app = command_app(
+    "Stage one of Storyboard: LLM sub-texts for action classes, TPP selection, artifacts."
 )
 console = Console()
-
-
-@app.callback()
-def _commands(
-    version: bool = typer.Option(
-        False, "--version", is_eager=True, callback=print_version, help="Print the version."
-    ),
-) -> None:
-    """Stage one of Storyboard: LLM sub-texts for action classes, TPP selection, artifacts."""
 
 
 class LLM(str, Enum):

@@ -14,16 +14,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from storyboard_common.about import print_version
+from storyboard_common.about import command_app
 from storyboard_common.errors import UserError, run_cli
 
 from .settings import RunConfig, declared, flag_name
 
-app = typer.Typer(
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Stage two of Storyboard: video data, training and evaluation.",
-)
+app = command_app("Stage two of Storyboard: video data, training and evaluation.")
 console = Console()
 
 
@@ -76,15 +72,6 @@ def with_settings(*names: str, **helps: str):
         return command
 
     return decorate
-
-
-@app.callback()
-def _commands(
-    version: bool = typer.Option(
-        False, "--version", is_eager=True, callback=print_version, help="Print the version."
-    ),
-) -> None:
-    """Stage two of Storyboard: video data, training and evaluation."""
 
 
 _PLAIN = {"markup": False, "highlight": False, "soft_wrap": True}  # file names, verbatim

@@ -98,8 +98,8 @@ def short_side_size(height: int, width: int, short_side: int) -> tuple[int, int]
 # frame comes out [H, W, stride / W], and `get_batch` fails ("Check failed: from_size ==
 # to_size"). Its FFmpeg (4.1) pads rows to 3 * (width rounded up to 32) bytes, so exactly the
 # widths 1, 2, 3, 4, 6, 8, 12, 16, 24, 48 and 72 px fail, whatever the height (measured with
-# decord 0.6.0 on every width 1..399; tests/trainer/data/test_video.py keeps the list honest). The first
-# frame's shape shows it, so `open_video` refuses such a video with this reason.
+# decord 0.6.0 on every width 1..399; tests/trainer/data/test_video.py keeps the list
+# honest). The first frame's shape shows it, so `open_video` refuses such a video with this reason.
 _BATCH_WIDTH = (
     "is {width} px wide, a width decord cannot batch-decode (widths 1-4, 6, 8, 12, 16, 24, 48 "
     "and 72 px fail); re-encode it wider"
