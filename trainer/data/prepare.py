@@ -54,7 +54,7 @@ from storyboard_common.files import atomic_path, atomic_write_json, os_reason
 from ..progress import progress_bar
 from .check import load_dataset_splits
 from .items import SplitList
-from .layouts import charades, dataset_name, hmdb51, layout, ssv2, ucf101
+from .layouts import dataset_name, layout
 from .layouts._common import absolute
 from .video import VideoError, open_video, short_side_size
 
@@ -65,10 +65,6 @@ PRESET = "veryfast"
 # No CABAC, no deblocking: on the bench's clips 45% more clip reads/s for 12% more bytes.
 TUNE = "fastdecode"
 PARTIAL = ".partial"
-
-# Where a layout looks for its videos under a root (the root itself where not named):
-# videos read from --videos go there.
-_VIDEO_HOME = {"charades": charades.VIDEO_DIR, "ssv2": ssv2.VIDEO_DIRS[0]}
 
 
 @dataclass(frozen=True)
@@ -273,11 +269,12 @@ def plan_jobs(
 def output_path(dataset: str, source: Path, root: Path, videos: Path | None, out: Path) -> Path:
     """Where the copy of `source` goes: its path relative to `root` under `out`, or for
     videos from `--videos`, relative to it under the layout's video folder of `out`."""
+    entry = layout(dataset)
     if videos is None:
         base, home = root, out
     else:
-        base, home = videos, out / _VIDEO_HOME.get(dataset, "")
-        if dataset == "ssv2":  # one flat folder, whether in DIR or its 20BN folder
+        base, home = videos, out / (entry.video_dirs[0] if entry.video_dirs else "")
+        if entry.flat_videos:
             return home / source.name
     if not source.is_relative_to(base):
         flag = "--root" if videos is None else "--videos"
@@ -294,34 +291,24 @@ def _layout_folders(
     """Folders a layout needs under a root even when none of their videos could be
     prepared (relative to `out`): HMDB-51's class folders, Kinetics' split folders,
     the Charades and SSv2 video folders."""
-    source = videos or root
-    split_folders = layout(dataset).split_folders
-    if dataset == "hmdb51":
+    entry = layout(dataset)
+    if entry.class_folders_needed:
         return list(splits[0].class_names) if splits else []
-    if split_folders:
-        names = {d for s in splits for d in split_folders[s.split]}
-        return sorted(d for d in names if (source / d).is_dir())
-    if dataset == "ssv2" and videos is None:
-        return [d for d in ssv2.VIDEO_DIRS if (root / d).is_dir()]
-    return [_VIDEO_HOME[dataset]] if dataset in _VIDEO_HOME else []
+    if entry.split_folders:
+        names = {d for s in splits for d in entry.split_folders[s.split]}
+        return sorted(d for d in names if ((videos or root) / d).is_dir())
+    if videos is not None:
+        return list(entry.video_dirs[:1])
+    return [d for d in entry.video_dirs if (root / d).is_dir()]
 
 
 def annotation_files(dataset: str, root: Path) -> list[str]:
     """The files under `root` a layout reads besides videos (relative, those present)."""
-    if dataset == "hmdb51":
-        candidates = _folder_files(root, hmdb51.SPLITS_DIR)
-    elif dataset == "ucf101":
-        candidates = _folder_files(root, ucf101.LIST_DIR)
-    elif dataset == "ssv2":
-        stems = ("labels", *ssv2.JSON_STEMS.values(), "test")
-        names = [n for stem in stems for n in (f"{stem}.json", f"{ssv2.PREFIX}{stem}.json")]
-        candidates = [
-            name if folder == "." else f"{folder}/{name}"
-            for folder in ssv2.LABEL_DIRS
-            for name in names
-        ]
-    else:
-        candidates = list(layout(dataset).annotations)
+    entry = layout(dataset)
+    candidates = [
+        *entry.annotations,
+        *(f for d in entry.annotation_dirs for f in _folder_files(root, d)),
+    ]
     return [name for name in candidates if (root / name).is_file()]
 
 

@@ -20,8 +20,10 @@ from . import charades, generic, hmdb51, kinetics, ssv2, ucf101
 class Layout:
     """What the code needs to know of one dataset: how its splits load, whether they come
     in folds, which split it is evaluated on, which files a split needs, and what a copy of
-    it (`prepare-videos`) must keep: its annotation files of fixed names and, where each
-    split's videos have folders of their own, those folders' names."""
+    it (`prepare-videos`) must keep: its annotation files (by fixed name, or every file of
+    a folder), and its video folders (each split's own, the class folders, or the folders
+    under a root where videos are looked for, the first of which takes `--videos` videos;
+    `flat_videos`: one flat folder whatever the source's subfolders)."""
 
     load: Callable[..., SplitList]  # (root, split, fold, videos, charades_instances)
     absent: Callable[..., str | None]  # (root, split, fold, videos) -> what is missing
@@ -29,7 +31,11 @@ class Layout:
     folds: tuple[int, ...] = ()  # () for a dataset of one split
     test_split: str = "test"
     annotations: tuple[str, ...] = ()  # under the root, by fixed name (if present)
+    annotation_dirs: tuple[str, ...] = ()  # under the root, every file of each
     split_folders: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # split -> dirs
+    class_folders_needed: bool = False  # its loader reads every class's folder, even empty
+    video_dirs: tuple[str, ...] = ()
+    flat_videos: bool = False
 
 
 def _kinetics(name: str) -> Layout:
@@ -45,18 +51,20 @@ def _kinetics(name: str) -> Layout:
     )
 
 
-def _folded(module) -> Layout:
+def _folded(module, annotation_dir: str, class_folders_needed: bool) -> Layout:
     return Layout(
         load=lambda root, split, fold, videos, _: module.load(root, split, fold, videos),
         absent=lambda root, split, fold, videos: module.absent(root, split, fold),
         splits=module.SPLITS,
         folds=(1, 2, 3),
+        annotation_dirs=(annotation_dir,),
+        class_folders_needed=class_folders_needed,
     )
 
 
 REGISTRY: dict[str, Layout] = {
-    "hmdb51": _folded(hmdb51),
-    "ucf101": _folded(ucf101),
+    "hmdb51": _folded(hmdb51, hmdb51.SPLITS_DIR, class_folders_needed=True),
+    "ucf101": _folded(ucf101, ucf101.LIST_DIR, class_folders_needed=False),
     "k400": _kinetics("k400"),
     "k600": _kinetics("k600"),
     "ssv2": Layout(
@@ -64,6 +72,9 @@ REGISTRY: dict[str, Layout] = {
         absent=lambda root, split, fold, videos: ssv2.absent(root, split, fold),
         splits=ssv2.SPLITS,
         test_split="val",
+        annotations=ssv2.ANNOTATION_FILES,
+        video_dirs=ssv2.VIDEO_DIRS,
+        flat_videos=True,
     ),
     "charades": Layout(
         load=lambda root, split, fold, videos, instances: charades.load(
@@ -72,6 +83,7 @@ REGISTRY: dict[str, Layout] = {
         absent=lambda root, split, fold, videos: charades.absent(root, split, fold),
         splits=charades.SPLITS,
         annotations=(charades.CLASSES_FILE, *charades.CSV_FILES.values()),
+        video_dirs=(charades.VIDEO_DIR,),
     ),
     "list": Layout(
         load=lambda root, split, fold, videos, _: generic.load(root, split, videos),

@@ -36,6 +36,13 @@ JSON_STEMS = {"train": "train", "val": "validation"}
 LABEL_DIRS = ("labels", ".")
 PREFIX = "something-something-v2-"
 VIDEO_DIRS = ("20bn-something-something-v2", "videos")
+# Every name the label files may have, in either folder (what a copy of a root keeps).
+ANNOTATION_FILES = tuple(
+    name if folder == "." else f"{folder}/{name}"
+    for folder in LABEL_DIRS
+    for stem in ("labels", *JSON_STEMS.values(), "test")
+    for name in (f"{stem}.json", f"{PREFIX}{stem}.json")
+)
 SHIPPED_CLASSES = data_path("ssv2", "classes.csv")
 _EXPECT = "the official labels/ folder (labels.json, train.json, validation.json)"
 _FOLDERS = "the folder 20bn-something-something-v2 (or videos) of <id>.webm files"
