@@ -19,8 +19,8 @@ from trainer.cache.build import cache_features
 from trainer.config import RunConfig
 from trainer.data.dataset import ClipSpec, VideoClipDataset
 from trainer.data.items import VideoItem
-from trainer.loop import train
 from trainer.report import read_metrics
+from trainer.training import train
 
 from .prepare import raw_and_prepared
 

@@ -4,7 +4,7 @@ The setting is BIKE's for ViT-B/16: 8 frames, batch 32 on one device. The model 
 the trainer's own `build_model` from an open_clip ViT-B-16 with random weights (nothing is
 downloaded) and a synthetic sub-text artifact (400 classes x 4 sub-texts), with the
 `coarse+fine` head, the `k400` preset's 6 temporal layers and a trainable backbone; each
-step is the trainer's own `trainer.loop.train_step` (autocast, `storyboard_loss`, AdamW
+step is the trainer's own `trainer.training.train_step` (autocast, `storyboard_loss`, AdamW
 over `param_groups`), so a change to the trainer's step reaches this check. Every
 configuration (bf16 autocast or fp32, gradient checkpointing on or off) starts from the
 same weights and trains on the same random clips, and reports clips/s, peak memory, its
@@ -41,11 +41,11 @@ from storyboard_common.files import atomic_write_json
 from storyboard_common.subtexts import SubtextArtifact
 from trainer.config import RunConfig, resolve_config
 from trainer.distributed import DistInfo
-from trainer.loop import NonFiniteLoss, train_step
 from trainer.model.video_clip import build_model
 from trainer.precision import grad_scaler
 from trainer.schedule import make_optimizer
 from trainer.subtexts import artifact_class_text
+from trainer.training import NonFiniteLoss, train_step
 
 from .synthetic import synthetic_artifact
 

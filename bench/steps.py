@@ -10,13 +10,13 @@ import torch
 
 from storyboard_common.clip import load_clip
 from trainer.distributed import DistInfo
-from trainer.loop import train_step
 from trainer.loss import storyboard_loss
 from trainer.model.aggregation import AGGREGATIONS, StoryboardHead
 from trainer.model.video_clip import VideoCLIP
 from trainer.precision import grad_scaler
 from trainer.schedule import make_optimizer
 from trainer.subtexts import artifact_class_text
+from trainer.training import train_step
 
 from .synthetic import synthetic_artifact
 

@@ -193,8 +193,8 @@ def run(
 ) -> None:
     """Train and evaluate (supervised, few-shot), writing a run directory."""
     from .config import resolve_config
-    from .loop import train_folds
     from .run_log import LogSettings, parse_report_to
+    from .training import train_folds
 
     log_settings = LogSettings(log_every, parse_report_to(report_to))
     cfg = resolve_config(settings.pop("preset"), settings, config, resume)
@@ -405,7 +405,7 @@ def export(
 ) -> None:
     """Write a run as a self-contained model folder (safetensors, config, class texts, model
     card) that `eval` and `predict` load anywhere; publish it with `hf upload`."""
-    from .runs import export_run
+    from .run_models import export_run
 
     folder = export_run(
         run_dir,

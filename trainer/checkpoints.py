@@ -439,7 +439,7 @@ def model_card(config: dict) -> str:
         "```",
         "",
         "Another dataset's classes take `--subtexts` (its `subtexts.parquet`, scored with the "
-        'same CLIP). In Python: `trainer.runs.load_run("hf-hub:ORG/REPO")` gives the model '
+        'same CLIP). In Python: `trainer.run_models.load_run("hf-hub:ORG/REPO")` gives the model '
         "and its class texts. The folder holds no pickle: weights are safetensors.",
         "",
         "## Citation",

@@ -37,7 +37,7 @@ from .paths import default_root
 from .precision import autocast
 from .progress import progress_bar
 from .run_data import check_classes, eval_spec
-from .runs import LoadedRun, load_run
+from .run_models import LoadedRun, load_run
 from .subtexts import artifact_class_text
 
 

@@ -20,7 +20,7 @@ from .data.sampling import clip_indices
 from .data.transforms import eval_transform
 from .data.video import VideoError, open_video, read_frames
 from .model.aggregation import subtext_frame_similarity
-from .runs import load_run
+from .run_models import load_run
 
 
 @dataclass(frozen=True)

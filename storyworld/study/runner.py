@@ -16,11 +16,11 @@ from rich.console import Console
 
 from storyboard_common.subtexts import SubtextArtifact
 from trainer.config import RunConfig
-from trainer.loop import train
 from trainer.model.aggregation import ClassText
 from trainer.report import read_metrics
-from trainer.runs import load_run
+from trainer.run_models import load_run
 from trainer.subtexts import artifact_class_text
+from trainer.training import train
 
 from .. import WORLD_CLIP
 from ..world import WorldInfo, write_world

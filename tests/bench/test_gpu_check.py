@@ -16,7 +16,7 @@ import torch
 from bench import gpu_check
 from bench.gpu_check import StepConfig, failures, memory_target, run_check
 from testkit.cli import REPO, TINY_CLIP_CONFIG
-from trainer import loop
+from trainer import training
 
 FP32_CONFIGS = (StepConfig("none", True), StepConfig("none", False))
 BATCH, FRAMES, STEPS, WARMUP, CLASSES, TEMPORAL_LAYERS = 2, 2, 2, 1, 5, 1
@@ -100,7 +100,7 @@ def test_bf16_refused_on_cpu():
 
 def test_out_of_memory_is_reported_and_the_next_configuration_runs(monkeypatch):
     calls = {"n": 0}
-    real_loss = loop.storyboard_loss  # the trainer's step, which the check runs
+    real_loss = training.storyboard_loss  # the trainer's step, which the check runs
 
     def loss_that_runs_out(*args, **kwargs):
         calls["n"] += 1
@@ -108,7 +108,7 @@ def test_out_of_memory_is_reported_and_the_next_configuration_runs(monkeypatch):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "storyboard_loss", loss_that_runs_out)
+    monkeypatch.setattr(training, "storyboard_loss", loss_that_runs_out)
     first, second = tiny_check()["results"]
     assert first["status"] == "OOM"
     assert first["error"] == "CUDA out of memory. Tried to allocate 2.00 GiB."

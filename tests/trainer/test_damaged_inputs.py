@@ -18,8 +18,8 @@ from trainer import checkpoints
 from trainer.cache.store import FeatureCache, read_meta
 from trainer.checkpoints import read_export_config, read_weights, write_export
 from trainer.data.layouts import generic
-from trainer.loop import train
-from trainer.runs import export_run, load_run
+from trainer.run_models import export_run, load_run
+from trainer.training import train
 
 SIZES = {"train": TRAIN_VIDEOS, "test": TEST_VIDEOS}
 

@@ -18,9 +18,9 @@ from testkit.list_runs import CLASSES
 from trainer.checkpoints import load_checkpoint, model_card
 from trainer.config import RunConfig
 from trainer.evaluation import evaluate_checkpoint
-from trainer.loop import train
 from trainer.predict import predict_video
-from trainer.runs import export_run
+from trainer.run_models import export_run
+from trainer.training import train
 
 EXPORTED = {"model.safetensors", "config.json", "clip_config.json", "subtexts.parquet", "README.md"}
 

@@ -102,7 +102,7 @@ def test_resume_allows_workers_and_keeps_config_json(world, finished):
 
 
 def test_kill_during_evaluation_then_resume_logs_each_epoch_once(world, tmp_path, monkeypatch):
-    from trainer import loop
+    from trainer import training
 
     cfg = resolve_config(
         None,
@@ -123,7 +123,7 @@ def test_kill_during_evaluation_then_resume_logs_each_epoch_once(world, tmp_path
             "out": tmp_path / "run",
         },
     )
-    real, calls = loop.predict, []
+    real, calls = training.predict, []
 
     def dies_in_epoch_two(*args, **kwargs):
         calls.append(1)
@@ -131,13 +131,13 @@ def test_kill_during_evaluation_then_resume_logs_each_epoch_once(world, tmp_path
             raise KeyboardInterrupt  # killed during epoch 2's evaluation
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "predict", dies_in_epoch_two)
+    monkeypatch.setattr(training, "predict", dies_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
-        loop.train(cfg, show_progress=False)
+        training.train(cfg, show_progress=False)
     log = lines(tmp_path / "run" / "metrics.jsonl")
     assert [(x["epoch"], "train_loss" in x) for x in log] == [(1, True), (1, False), (2, True)]
-    monkeypatch.setattr(loop, "predict", real)
-    loop.train(cfg, resume=True, show_progress=False)
+    monkeypatch.setattr(training, "predict", real)
+    training.train(cfg, resume=True, show_progress=False)
     log = lines(tmp_path / "run" / "metrics.jsonl")
     assert [x["epoch"] for x in log if "train_loss" in x] == [1, 2, 3]
     assert [x["epoch"] for x in log if "top1" in x] == [1, 2, 3]
@@ -164,7 +164,7 @@ def test_frames_longer_than_the_videos_is_refused_before_training(world, tmp_pat
 
 
 def test_an_epoch_of_zero_clips_is_an_error_not_a_loss_of_zero(world, tmp_path, monkeypatch):
-    from trainer import loop, run_data
+    from trainer import run_data, training
 
     monkeypatch.setattr(run_data, "short_videos", lambda *a, **k: ([], 0))  # the probe misses
     cfg = resolve_config(
@@ -184,7 +184,7 @@ def test_an_epoch_of_zero_clips_is_an_error_not_a_loss_of_zero(world, tmp_path, 
         },
     )
     with pytest.raises(UserError, match="epoch 1 read no training clip: all 9 videos"):
-        loop.train(cfg, show_progress=False)
+        training.train(cfg, show_progress=False)
     assert not [x for x in lines(tmp_path / "run" / "metrics.jsonl") if "train_loss" in x]
 
 
@@ -286,7 +286,7 @@ def test_resume_takes_a_moved_input_at_its_new_place_and_reads_older_relative_pa
     world, tmp_path, monkeypatch
 ):
     from trainer.checkpoints import json_values
-    from trainer.loop import check_resume, recorded_config
+    from trainer.training import check_resume, recorded_config
 
     cfg = recorded_config(
         RunConfig(
@@ -316,7 +316,7 @@ def test_resume_takes_a_moved_input_at_its_new_place_and_reads_older_relative_pa
     # Older runs recorded the paths given, relative to a folder: read from this one.
     monkeypatch.chdir(cfg.root.parent)
     older = {**settings, "root": cfg.root.name, "out": "run", "subtexts": None}
-    monkeypatch.setattr("trainer.loop.default_subtexts", lambda *_: world["subtexts"])
+    monkeypatch.setattr("trainer.training.default_subtexts", lambda *_: world["subtexts"])
     expected = {**settings, "out": str(cfg.root.parent / "run")}
     assert check_resume(cfg, cfg.out, {"config": older}) == expected
 
@@ -338,7 +338,7 @@ def test_a_moved_input_of_a_run_is_one_sentence_naming_its_flag(
 ):
     from trainer.evaluation import evaluate_checkpoint
     from trainer.predict import predict_video
-    from trainer.runs import export_run
+    from trainer.run_models import export_run
 
     video, gone = world["root"] / "clips" / "c2_3.mp4", tmp_path / "gone"
     monkeypatch.chdir(tmp_path)

@@ -17,7 +17,7 @@ import pytest
 from storyboard_common.errors import UserError
 from testkit.cli import REPO, lines, run_app
 from testkit.list_runs import run_config
-from trainer import environment, loop
+from trainer import environment, training
 from trainer.__main__ import app
 from trainer.run_log import STEPS_FILE, LogSettings, check_reporters, parse_report_to
 
@@ -34,7 +34,7 @@ def logged_run(world, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("logged")
     out = tmp / "run"
     settings = LogSettings(every=1, report_to=REPORTERS)
-    real_step, calls = loop.train_step, []
+    real_step, calls = training.train_step, []
 
     def step_then_ctrl_c(*args, **kwargs):
         calls.append(1)
@@ -49,14 +49,14 @@ def logged_run(world, tmp_path_factory):
         patch.setenv("WANDB_SILENT", "true")
         for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
             patch.setenv(name, str(tmp / "wandb-home"))
-        patch.setattr(loop, "train_step", step_then_ctrl_c)
+        patch.setattr(training, "train_step", step_then_ctrl_c)
         with pytest.raises(KeyboardInterrupt):
-            loop.train(run_config(world, out), show_progress=False, log_settings=settings)
-        patch.setattr(loop, "train_step", real_step)
+            training.train(run_config(world, out), show_progress=False, log_settings=settings)
+        patch.setattr(training, "train_step", real_step)
         with open(out / STEPS_FILE, "a") as steps:  # what a kill after step 2 leaves
             steps.write(json.dumps({"epoch": 1, "step": 2, "global_step": 2, "loss": 99.0}))
             steps.write('\n{"epoch": 1, "st')
-        loop.train(run_config(world, out), True, show_progress=False, log_settings=settings)
+        training.train(run_config(world, out), True, show_progress=False, log_settings=settings)
     return out, console.getvalue().splitlines()
 
 
@@ -240,5 +240,5 @@ def test_report_to_refuses_unknown_names_and_names_the_extra_of_a_missing_packag
     )
     out = tmp_path / "run"
     with pytest.raises(UserError):
-        loop.train(run_config(world, out), log_settings=LogSettings(report_to=("wandb",)))
+        training.train(run_config(world, out), log_settings=LogSettings(report_to=("wandb",)))
     assert not out.exists()  # refused before anything was written

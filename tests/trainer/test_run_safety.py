@@ -16,13 +16,13 @@ from storyboard_common.files import ARTIFACTS_ENV, artifacts_root
 from storyboard_common.subtexts import read_subtexts
 from testkit.cli import lines
 from testkit.list_runs import make_cache, run_config
-from trainer import loop
+from trainer import training
 from trainer.cache.store import SHARDS_DIR, FeatureCache, read_meta
 from trainer.data.items import SplitList
 from trainer.data.protocols import load_item_list
 from trainer.paths import RUN_LOCK
 from trainer.predict import predict_video
-from trainer.runs import export_run
+from trainer.run_models import export_run
 
 
 class HeldLock:
@@ -53,7 +53,7 @@ def test_a_run_holds_its_folder_alone_from_start_to_end(world, tmp_path, monkeyp
     assert other.taken()  # ... and another run holds it now
     for seed, resume in ((1, False), (5, False), (1, True)):
         with pytest.raises(UserError) as refused:
-            loop.train(run_config(world, out, seed=seed), resume, show_progress=False)
+            training.train(run_config(world, out, seed=seed), resume, show_progress=False)
         assert str(refused.value) == (
             f"another `trainer run` is writing {out}; wait for it to finish or use another --out."
         )
@@ -61,14 +61,14 @@ def test_a_run_holds_its_folder_alone_from_start_to_end(world, tmp_path, monkeyp
     other.release()
 
     held_during = []
-    real_predict = loop.predict
+    real_predict = training.predict
 
     def evaluate(*args, **kwargs):
         held_during.append(not other.taken())
         return real_predict(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "predict", evaluate)
-    loop.train(run_config(world, out), show_progress=False)
+    monkeypatch.setattr(training, "predict", evaluate)
+    training.train(run_config(world, out), show_progress=False)
     assert held_during == [True]
     assert other.taken()  # released at the end
     other.close()
@@ -81,7 +81,7 @@ def test_run_refuses_a_folder_that_holds_files_but_no_run(world, tmp_path):
     (out / "report.md").write_text("# my notes\n")
     for resume in (False, True):
         with pytest.raises(UserError) as refused:
-            loop.train(run_config(world, out), resume, show_progress=False)
+            training.train(run_config(world, out), resume, show_progress=False)
         assert str(refused.value).startswith(f"--out {out} holds files but no run")
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "report.md"]
     assert (out / "config.json").read_text() == '{"mine": true}\n'
@@ -90,7 +90,9 @@ def test_run_refuses_a_folder_that_holds_files_but_no_run(world, tmp_path):
 def test_a_run_refused_during_set_up_leaves_no_folder_nor_lock(world, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(UserError, match="sub-text artifact not found"):
-        loop.train(run_config(world, out, subtexts=tmp_path / "none.parquet"), show_progress=False)
+        training.train(
+            run_config(world, out, subtexts=tmp_path / "none.parquet"), show_progress=False
+        )
     assert not out.exists()
 
 
@@ -99,16 +101,16 @@ def test_a_non_finite_loss_stops_the_run_keeping_the_last_good_checkpoints(
 ):
     """Epochs of 3 steps; the loss turns NaN at the second step of epoch 2."""
     out = tmp_path / "run"
-    real_loss, calls = loop.storyboard_loss, []
+    real_loss, calls = training.storyboard_loss, []
 
     def diverging(*args, **kwargs):
         calls.append(1)
         loss = real_loss(*args, **kwargs)
         return loss * math.nan if len(calls) == 5 else loss
 
-    monkeypatch.setattr(loop, "storyboard_loss", diverging)
+    monkeypatch.setattr(training, "storyboard_loss", diverging)
     with pytest.raises(UserError) as stopped:
-        loop.train(run_config(world, out, epochs=3), show_progress=False)
+        training.train(run_config(world, out, epochs=3), show_progress=False)
     assert str(stopped.value) == (
         "training diverged at epoch 2, step 2 (the loss became nan), so the run stopped "
         f"without saving it ({out / 'checkpoints'} keeps the last good ones); lower --lr "
@@ -126,7 +128,7 @@ def test_weights_stepped_to_infinity_are_never_saved(world, tmp_path, monkeypatc
     """The epoch's last step (of 3) has a finite loss but an infinite update: caught at the
     epoch's end, before anything is logged or saved."""
     out = tmp_path / "run"
-    real_step, steps = loop.train_step, []
+    real_step, steps = training.train_step, []
 
     def poisoning(model, *args, **kwargs):
         result = real_step(model, *args, **kwargs)
@@ -136,12 +138,12 @@ def test_weights_stepped_to_infinity_are_never_saved(world, tmp_path, monkeypatc
                 next(p for p in model.parameters() if p.requires_grad).fill_(math.inf)
         return result
 
-    monkeypatch.setattr(loop, "train_step", poisoning)
+    monkeypatch.setattr(training, "train_step", poisoning)
     with pytest.raises(
         UserError,
         match=r"training diverged at epoch 1, step 3 \(the weights stopped being finite\)",
     ):
-        loop.train(run_config(world, out), show_progress=False)
+        training.train(run_config(world, out), show_progress=False)
     assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").read_text()
 
 
@@ -149,7 +151,7 @@ def test_weights_stepped_to_infinity_are_never_saved(world, tmp_path, monkeypatc
 def nan_run(world, tmp_path_factory):
     """A trained run whose best.pt (and last.pt) hold a NaN weight."""
     out = tmp_path_factory.mktemp("nan") / "run"
-    loop.train(run_config(world, out), show_progress=False)
+    training.train(run_config(world, out), show_progress=False)
     for name in ("best", "last"):
         path = out / "checkpoints" / f"{name}.pt"
         state = torch.load(path, weights_only=False)

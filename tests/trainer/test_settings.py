@@ -15,9 +15,9 @@ from testkit.list_runs import run_config
 from trainer.__main__ import app
 from trainer.checkpoints import atomic_save, load_checkpoint
 from trainer.config import read_config_file
-from trainer.loop import train
-from trainer.runs import ARCHITECTURE, export_run, load_run
+from trainer.run_models import ARCHITECTURE, export_run, load_run
 from trainer.settings import RunConfig, declared, flag_name
+from trainer.training import train
 
 FIELDS = dataclasses.fields(RunConfig)
 

@@ -114,7 +114,7 @@ def test_eval_command_and_zero_shot_half(world, tmp_path):
     assert json.loads(half.stdout)["runs"] == 10
 
     # --last loads last.pt, the default best.pt: mark last.pt's logit scale to tell them apart.
-    from trainer.runs import load_run
+    from trainer.run_models import load_run
 
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
     state["model"]["head.logit_scale"] += 1.0
@@ -158,7 +158,7 @@ def test_clear_errors(world, tmp_path):
 def test_micro_batch_below_the_batch_warns_once_that_the_contrast_is_smaller(
     world, tmp_path, micro_batch
 ):
-    from trainer.loop import train
+    from trainer.training import train
 
     cfg = resolve_config(
         None,
@@ -252,7 +252,7 @@ def test_prediction_plot_shows_the_model_s_importance_and_best_sub_texts(world, 
     import numpy as np
 
     from trainer.predict import predict_video, prediction_figure
-    from trainer.runs import load_run
+    from trainer.run_models import load_run
 
     out = tmp_path / "run"
     subprocess.run(run_args(world, out, epochs=1), cwd=REPO, check=True, capture_output=True)
@@ -481,7 +481,7 @@ def test_only_clip_settings_that_name_local_files_are_made_absolute(tmp_path, mo
 
 
 def test_split_all_trains_each_fold_in_its_folder_and_reports_their_mean(tmp_path, monkeypatch):
-    from trainer import loop
+    from trainer import training
     from trainer.config import RunConfig
 
     folds = []
@@ -491,11 +491,11 @@ def test_split_all_trains_each_fold_in_its_folder_and_reports_their_mean(tmp_pat
         top1 = int(cfg.split) / 10
         return {"n": 10, "top1": top1, "top5": 1.0, "mean_class_acc": top1, "map": None}
 
-    monkeypatch.setattr(loop, "train", one_fold)
-    result = loop.train_folds(RunConfig(dataset="hmdb51", split="all", out=tmp_path))
+    monkeypatch.setattr(training, "train", one_fold)
+    result = training.train_folds(RunConfig(dataset="hmdb51", split="all", out=tmp_path))
     assert folds == [(str(k), tmp_path / f"fold{k}") for k in (1, 2, 3)]
     assert result["n"] == 30 and result["runs"] == 3 and result["map"] is None
     assert result["top1"] == pytest.approx(0.2) and result["top1_std"] == pytest.approx(
         0.0816, abs=1e-4
     )
-    assert loop.train_folds(RunConfig(dataset="hmdb51", split="2", out=tmp_path))["top1"] == 0.2
+    assert training.train_folds(RunConfig(dataset="hmdb51", split="2", out=tmp_path))["top1"] == 0.2

@@ -14,7 +14,7 @@ from ..config import RunConfig
 from ..data.dataset import Skipped, clip_target
 from ..data.items import VideoItem
 from ..run_data import RunData, clip_datasets
-from ..runs import RunModel
+from ..run_models import RunModel
 from .store import TEST, TRAIN, FeatureCache, cache_identity
 
 

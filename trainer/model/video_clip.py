@@ -82,7 +82,7 @@ class VideoCLIP(nn.Module):
     def forward(self, inputs: torch.Tensor, text: ClassText) -> dict[str, torch.Tensor | None]:
         """Clips [B, T, 3, H, W], or their frame embeddings [B, T, D] from a feature cache
         -> `forward_features`. One entry point for both, so that DDP (which hooks `forward`)
-        and the one training loop (`trainer/loop.py`) serve cached runs too."""
+        and the one training loop (`trainer/training.py`) serve cached runs too."""
         if inputs.ndim == 3:
             return self.forward_features(inputs, text)
         return self.forward_features(self.encode_frames(inputs), text)

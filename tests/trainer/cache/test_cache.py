@@ -15,11 +15,11 @@ from storyboard_common.errors import UserError
 from testkit.cli import REPO, TINY_CLIP_CONFIG
 from testkit.list_runs import TEST_VIDEOS, TRAIN_VIDEOS, counting_encoder, frozen_config, make_cache
 from testkit.videos import write_corrupt
-from trainer import loop, run_data, runs
+from trainer import run_data, run_models, training
 from trainer.cache.dataset import train_view
 from trainer.cache.store import INDEX_SCHEMA, FeatureCache, cache_identity, read_index, read_split
 from trainer.distributed import init_distributed
-from trainer.loop import train
+from trainer.training import train
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def cached(world, tmp_path_factory):
 
 def test_cached_features_are_the_towers_frame_embeddings(world, cached):
     cfg = frozen_config(world, eval_clips=2, eval_crops=3)
-    built = runs.build(cfg, init_distributed("cpu"), world["subtexts"])
+    built = run_models.build(cfg, init_distributed("cpu"), world["subtexts"])
     data = run_data.prepare_data(cfg, world["root"], None)
     train_set, test_set = run_data.clip_datasets(
         cfg, data.train, list(data.train.items), data.test, built.image_size
@@ -182,18 +182,18 @@ def test_a_cached_frozen_run_matches_the_uncached_one_and_resumes(world, tmp_pat
             if k in x:
                 assert y[k] == pytest.approx(x[k], abs=1e-4), k
 
-    real_epoch, epochs_started = loop.train_epoch, []
+    real_epoch, epochs_started = training.train_epoch, []
 
     def ctrl_c_in_epoch_two(setup, state, *args):
         epochs_started.append(1)
         state.stop_requested = len(epochs_started) == 2  # after epoch 2's first step
         return real_epoch(setup, state, *args)
 
-    monkeypatch.setattr(loop, "train_epoch", ctrl_c_in_epoch_two)
+    monkeypatch.setattr(training, "train_epoch", ctrl_c_in_epoch_two)
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
         train(frozen_config(world, out=cut, features=cache), show_progress=False)
-    monkeypatch.setattr(loop, "train_epoch", real_epoch)
+    monkeypatch.setattr(training, "train_epoch", real_epoch)
     resumed = train(frozen_config(world, out=cut, features=cache), resume=True, show_progress=False)
     assert resumed["top1"] == from_cache["top1"]
     last = [x for x in metrics(cut) if "train_loss" in x][-1]
@@ -282,7 +282,7 @@ def test_forward_takes_clips_or_their_frame_features(world):
     """One head path: `forward(clips)` is `forward_features(encode_frames(clips))`, with a
     temporal module that is not the identity (it trains, so the cache stores its input)."""
     cfg = frozen_config(world, temporal_layers=1)
-    built = runs.build(cfg, init_distributed("cpu"), world["subtexts"])
+    built = run_models.build(cfg, init_distributed("cpu"), world["subtexts"])
     model, text = built.model, built.text
     torch.nn.init.normal_(model.temporal.proj.weight)
     clips = torch.randint(0, 256, (2, 4, 3, 32, 32), dtype=torch.uint8)

@@ -21,7 +21,7 @@ from trainer.cache import build as cache_build
 from trainer.cache.store import read_index
 from trainer.checkpoints import atomic_save, load_checkpoint
 from trainer.evaluation import evaluate_checkpoint
-from trainer.loop import train
+from trainer.training import train
 
 ROWS = {"train": TRAIN_VIDEOS * 2, "test": TEST_VIDEOS * 6}  # 2 views; 2 clips x 3 crops
 KEY = ["split", "item", "view"]

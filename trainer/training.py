@@ -65,7 +65,7 @@ from .progress import progress_bar
 from .report import write_report
 from .run_data import RunData, check_classes, check_clip_lengths, clip_datasets, prepare_data
 from .run_log import STEPS_FILE, LogSettings, Reporters, StepLog, check_reporters
-from .runs import build
+from .run_models import build
 from .schedule import make_optimizer, make_scheduler
 
 
@@ -259,7 +259,7 @@ class TrainingSetup:
     accumulation: int  # micro-batches per optimiser step
     steps_per_epoch: int  # optimiser steps
     layout: dict  # how the global batch is split, which a resumed run keeps (its data order)
-    model_args: dict  # the model's record (`runs.model_record`), which checkpoints store
+    model_args: dict  # the model's record (`run_models.model_record`), which checkpoints store
 
     def optimizer_steps(self, micro_batches: int) -> int:
         """The optimiser steps that `micro_batches` micro-batches make (the last one may be
