@@ -16,10 +16,10 @@ from storyworld import WORLD_CLIP
 from testkit.list_dataset import write_list_dataset
 from testkit.torchrun import torchrun_cache_features
 from trainer.cache.build import cache_features
-from trainer.config import RunConfig
 from trainer.data.dataset import ClipSpec, VideoClipDataset
 from trainer.data.items import VideoItem
 from trainer.report import read_metrics
+from trainer.settings import RunConfig
 from trainer.training import train
 
 from .prepare import raw_and_prepared

@@ -39,11 +39,12 @@ from rich.table import Table
 from storyboard_common.clip import LoadedClip, load_clip
 from storyboard_common.files import atomic_write_json
 from storyboard_common.subtexts import SubtextArtifact
-from trainer.config import RunConfig, resolve_config
+from trainer.config import resolve_config
 from trainer.distributed import DistInfo
 from trainer.model.video_clip import build_model
 from trainer.precision import grad_scaler
 from trainer.schedule import make_optimizer
+from trainer.settings import RunConfig
 from trainer.subtexts import artifact_class_text
 from trainer.training import NonFiniteLoss, train_step
 

@@ -1,6 +1,6 @@
-"""The two CLIs as the tests run them: in a subprocess from the repository root (`cli`), or
-in this process (`run_app`); the files the tests name (`REPO`, `TINY_CLIP_CONFIG`) and
-JSON-lines outputs read back (`lines`)."""
+"""The CLIs as the tests run them: in a subprocess (`run_module`, `subtext_cli`,
+`trainer_cli`) or in this process (`run_app`); the files the tests name (`REPO`,
+`TINY_CLIP_CONFIG`) and the JSON-lines files runs write, read back (`lines`)."""
 
 from __future__ import annotations
 
@@ -16,16 +16,28 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_CLIP_CONFIG = data_path("clip", "TinyCLIP-test.json")
 
 
-def cli(*args, env=None):
-    """`python -m subtext_gen ARGS` in a subprocess, from the repository root."""
+def run_module(module: str, *args, cwd: Path = REPO, env: dict | None = None, timeout=600):
+    """`python -m MODULE ARGS` in a subprocess started in `cwd` (the repository root unless
+    given), importing this checkout whatever the folder; `env` adds to the environment."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     return subprocess.run(
-        [sys.executable, "-m", "subtext_gen", *args],
-        cwd=REPO,
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=cwd,
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
-        timeout=300,
+        env={**os.environ, "PYTHONPATH": path, **(env or {})},
+        timeout=timeout,
     )
+
+
+def subtext_cli(*args, env: dict | None = None):
+    """`python -m subtext_gen ARGS` in a subprocess, from the repository root."""
+    return run_module("subtext_gen", *args, env=env, timeout=300)
+
+
+def trainer_cli(*args, cwd: Path = REPO, timeout=600):
+    """`python -m trainer ARGS` in a subprocess, from `cwd` (the repository root)."""
+    return run_module("trainer", *args, cwd=cwd, timeout=timeout)
 
 
 def run_app(app, *args):
@@ -44,4 +56,5 @@ def run_app(app, *args):
 
 
 def lines(path):
+    """The records of a JSON-lines file (metrics.jsonl, steps.jsonl, a journal)."""
     return [json.loads(x) for x in path.read_text().splitlines()]

@@ -9,8 +9,8 @@ import sys
 from testkit.cli import TINY_CLIP_CONFIG
 from trainer.cache import build as cache_build
 from trainer.cache.build import cache_features
-from trainer.config import RunConfig
 from trainer.model.video_clip import encode_frames
+from trainer.settings import RunConfig
 
 CLASSES = ["red rise", "green rise", "blue rise"]
 TINTS = [(1.0, 0.2, 0.2), (0.2, 1.0, 0.2), (0.2, 0.2, 1.0)]

@@ -17,29 +17,23 @@ from rich.table import Table
 from storyboard_common.about import command_app
 from storyboard_common.errors import UserError, run_cli
 
-from .settings import RunConfig, declared, flag_name
+from .settings import RunConfig, declared, field_type, flag_name
 
 app = command_app("Stage two of Storyboard: video data, training and evaluation.")
 console = Console()
 
 
 def setting_option(name: str, **changes):
-    """The option of RunConfig's field `name` as its declaration (`trainer.config.Setting`)
+    """The option of RunConfig's field `name` as its declaration (`trainer.settings.Setting`)
     states it: flag and help, default None (the preset's, the file's or RunConfig's value).
     `changes` (`default`, `help`): where a command takes the setting a little differently."""
     f = _SETTINGS[name]
     flag = flag_name(name)
-    if _cli_type(f) is bool:
+    if field_type(f)[0] is bool:
         flag += "/" + (declared(f).off_flag or "--no-" + name.replace("_", "-"))
     return typer.Option(changes.get("default"), flag, help=changes.get("help", declared(f).help))
 
 
-def _cli_type(f: dataclasses.Field) -> type:
-    """The type a setting's option parses (config.py's annotations are text)."""
-    return _TYPES[str(f.type).removesuffix(" | None")]
-
-
-_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "Path": Path}
 _SETTINGS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
 
@@ -57,7 +51,7 @@ def with_settings(*names: str, **helps: str):
                 name,
                 keyword,
                 default=setting_option(name, **({"help": helps[name]} if name in helps else {})),
-                annotation=_cli_type(_SETTINGS[name]),
+                annotation=field_type(_SETTINGS[name])[0],
             )
             for name in chosen
         ]
@@ -459,9 +453,22 @@ def _print_result(result: dict, as_json: bool) -> None:
     console.print(table)
 
 
+# Commands that moved to the storyboard world's own CLI (`python -m storyworld`): an older
+# script that calls them here is told where they went.
+MOVED_TO_STORYWORLD = ("demo", "study", "pretrain-clip")
+
+
 def main() -> None:
     from .distributed import shutdown
 
+    command = sys.argv[1] if len(sys.argv) > 1 else None
+    if command in MOVED_TO_STORYWORLD:
+        print(
+            f"error: `{command}` moved to the storyboard world's CLI: run `python -m storyworld "
+            f"{command}` with the same options, from a clone.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     try:
         run_cli(app)
     finally:  # under torchrun: leave the process group cleanly, whatever happened

@@ -1,5 +1,6 @@
-"""Run configuration as dataclasses, config files (`--config`), and the paper's settings as
-named presets: shipped config files (`trainer/configs/<name>.yaml`).
+"""What surrounds the settings (`trainer.settings.RunConfig`): config files (`--config`),
+the paper's settings as named presets (shipped config files, `trainer/configs/<name>.yaml`),
+what `--resume` may change, and the input paths a run records.
 
 The paper builds on BIKE and keeps its recipe where it says nothing else; presets take the
 values of BIKE's public configs (ViT-B/16 where the paper's baseline uses it): AdamW,
@@ -23,7 +24,7 @@ from storyboard_common.clip import clip_files
 from storyboard_common.errors import UserError, first_line
 from storyboard_common.files import os_reason
 
-from .settings import RunConfig, flag_name
+from .settings import RunConfig, declared, field_type, flag_name
 
 # Settings that `run --resume` lets differ from the run's config.json: they change how fast
 # or where the run goes, never its data, model, schedule or evaluation. Everything else is
@@ -33,24 +34,19 @@ from .settings import RunConfig, flag_name
 # The number of processes is not a setting: the checkpoint's layout check keeps the
 # global batch (--batch-size, --micro-batch x processes) the run began with.
 RESUME_MAY_CHANGE: dict[str, str] = {
-    "workers": "DataLoader workers: data are keyed by (seed, epoch, item), not by worker",
-    "device": "where the run computes (the checkpoint is loaded onto it)",
-    "out": "the run directory itself",
-    "compile": "torch.compile: the same model, compiled or not",
-    "preset": "a name for values that are compared one by one",
+    f.name: declared(f).resume_may_change
+    for f in dataclasses.fields(RunConfig)
+    if declared(f).resume_may_change
 }
 
-# Settings that name a file or folder a run reads, with what their flag takes. A run records
+# Settings that name a file or folder a run reads (`Setting.moved_input`), with what their
+# flag takes. A run records
 # them as absolute paths (`absolute_paths`); one that has moved since is named anew with its
 # flag (`check_recorded_inputs`).
 INPUTS: dict[str, str] = {
-    "root": "DIR (where the dataset is now)",
-    "videos": "DIR (where the videos are now)",
-    "subtexts": "FILE (where the run's subtexts.parquet is now)",
-    "fewshot_list": "FILE (where the few-shot list is now)",
-    "features": "DIR (where the feature cache is now)",
-    "clip_model": "FILE (where the CLIP's model-config JSON is now)",
-    "clip_pretrained": "FILE (where the CLIP checkpoint is now)",
+    f.name: declared(f).moved_input
+    for f in dataclasses.fields(RunConfig)
+    if declared(f).moved_input
 }
 
 
@@ -133,12 +129,12 @@ _YamlLoader.add_implicit_resolver(
 )
 
 # What each field type of RunConfig takes from a config file, and how a refusal says it.
-_FILE_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "str": ((str,), "text"),
-    "int": ((int,), "a whole number"),
-    "float": ((int, float), "a number"),
-    "bool": ((bool,), "true or false"),
-    "Path": ((str,), "a path"),
+_FILE_TYPES: dict[type, tuple[tuple[type, ...], str]] = {
+    str: ((str,), "text"),
+    int: ((int,), "a whole number"),
+    float: ((int, float), "a number"),
+    bool: ((bool,), "true or false"),
+    Path: ((str,), "a path"),
 }
 
 # Settings older runs recorded in config.json that no run could set to anything but these
@@ -191,7 +187,7 @@ def read_config_file(path: Path) -> dict:
         raise UserError(
             f"--config {path} holds a {type(values).__name__}, not settings (key: value)."
         )
-    types = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+    types = {f.name: f for f in dataclasses.fields(RunConfig)}
     settings = {}
     for key, value in values.items():
         if key in RETIRED_SETTINGS and value == RETIRED_SETTINGS[key]:
@@ -212,20 +208,19 @@ def _known_as(key: str, names) -> str:
     return f" (did you mean {name!r}?)" if name else ""
 
 
-def _file_value(path: Path, key: str, value, annotation: str):
-    optional = annotation.endswith("| None")
+def _file_value(path: Path, key: str, value, f: dataclasses.Field):
+    kind, optional = field_type(f)
     if value is None and optional:
         return None
-    kind = annotation.removesuffix(" | None")
     if key == "split" and type(value) is int:  # YAML reads `split: 1` as a number
         value = str(value)
     accepted, what = _FILE_TYPES[kind]
-    if not isinstance(value, accepted) or (isinstance(value, bool) and kind != "bool"):
+    if not isinstance(value, accepted) or (isinstance(value, bool) and kind is not bool):
         null = " or null" if optional else ""
         raise UserError(f"{path}: {key} must be {what}{null}, not {value!r}.")
-    if kind == "Path":
+    if kind is Path:
         return Path(value)
-    return float(value) if kind == "float" else value
+    return float(value) if kind is float else value
 
 
 def resolve_config(

@@ -17,7 +17,7 @@ from storyboard_common.files import artifacts_root, os_reason
 from storyboard_common.locks import folder_lock
 from storyboard_common.subtexts import SUBTEXTS_FILE, clip_tag
 
-from .config import RunConfig
+from .settings import RunConfig
 
 DATA_ENV = "STORYBOARD_DATA"
 

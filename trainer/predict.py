@@ -15,6 +15,7 @@ import torch
 
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_savefig
+from storyboard_common.subtexts import read_subtexts
 
 from .data.sampling import clip_indices
 from .data.transforms import eval_transform
@@ -64,7 +65,7 @@ def predict_video(
     best = probs.argsort(descending=True)[:top].tolist()
     c = best[0]
     similarity = subtext_frame_similarity(out["frames"], text.sub_tokens, text.sub_mask)
-    artifact_texts = _sub_texts(loaded.subtexts)
+    artifact_texts = read_subtexts(loaded.subtexts).sub_texts
     return Prediction(
         video=Path(video),
         top=[(loaded.class_names[i], float(probs[i])) for i in best],
@@ -74,12 +75,6 @@ def predict_video(
         sub_texts=artifact_texts[c],
         best_sub_text=similarity[0, c].argmax(0).cpu().numpy(),
     )
-
-
-def _sub_texts(path: Path) -> list[list[str]]:
-    import pyarrow.parquet as pq
-
-    return [list(t) for t in pq.read_table(path, columns=["sub_texts"]).column(0).to_pylist()]
 
 
 def prediction_figure(pred: Prediction):

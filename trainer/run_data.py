@@ -11,11 +11,11 @@ from pathlib import Path
 from storyboard_common.classes import class_key, match_names, unknown_names
 from storyboard_common.errors import UserError
 
-from .config import RunConfig
 from .data.dataset import ClipSpec, VideoClipDataset, short_videos
 from .data.items import SplitList
 from .data.layouts import load_split, test_split
 from .data.protocols import fewshot_items, load_item_list, repeat_factor
+from .settings import RunConfig
 
 
 @dataclass

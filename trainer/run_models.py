@@ -32,12 +32,12 @@ from .checkpoints import (
     weight_shapes,
     write_export,
 )
-from .config import INPUTS, RunConfig, check_recorded_inputs, flag_name, input_paths
+from .config import INPUTS, check_recorded_inputs, input_paths
 from .distributed import DistInfo, init_distributed
 from .model.aggregation import ClassText
 from .model.video_clip import UNTRAINED_LOG_LOGIT_SCALE, VideoCLIP, build_model, video_model
 from .paths import default_subtexts
-from .settings import ModelConfig
+from .settings import ModelConfig, RunConfig, flag_name
 from .subtexts import artifact_class_text
 
 
@@ -70,12 +70,29 @@ ARCHITECTURE = (
 def model_record(cfg: RunConfig, clip: LoadedClip) -> dict:
     """The model's record, as nanoGPT stores `model_args`: its settings (`ARCHITECTURE`), the
     CLIP's input size and identity. Checkpoints store it as `model_args` and exports as
-    `architecture`; loading builds the model from it alone (`architecture`)."""
+    `architecture`; loading builds the model from it alone (`architecture`) over the CLIP
+    the record names (`check_record_clip`)."""
     return {
         **{name: getattr(cfg, name) for name in ARCHITECTURE},
         "image_size": clip.image_size,
         "clip": {"model_id": clip.model_id, "pretrained_id": clip.pretrained_id},
     }
+
+
+def check_record_clip(record: dict, built: RunModel, source: str) -> None:
+    """The CLIP a model was built over is the one its record names (identity and input
+    size), so that weights trained over one CLIP are never evaluated over another that
+    happens to fit them. Records written before identities were recorded are not checked."""
+    if "clip" not in record:
+        return
+    recorded = (record["clip"]["model_id"], record["clip"]["pretrained_id"], record["image_size"])
+    loaded = (*built.clip_id, built.image_size)
+    if recorded != loaded:
+        raise UserError(
+            f"{source} was trained over CLIP {recorded[0]} with weights {recorded[1]} "
+            f"({recorded[2]} px), but --clip-model/--clip-pretrained load {loaded[0]} with "
+            f"weights {loaded[1]} ({loaded[2]} px); pass the CLIP files the run was trained with."
+        )
 
 
 def architecture(record: dict) -> dict:
@@ -216,6 +233,7 @@ def _loaded_run(
     dist_info = init_distributed(device)
     subtexts = cfg.subtexts or default_subtexts(dataset, cfg.clip_model, cfg.clip_pretrained)
     run_model = build(cfg, dist_info, subtexts, clip)
+    check_record_clip(model_args, run_model, checkpoint_info["source"])
     missing, unexpected = run_model.model.load_state_dict(weights, strict=False)
     if unexpected or missing:
         raise UserError(

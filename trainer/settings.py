@@ -19,6 +19,7 @@ from pathlib import Path
 
 from storyboard_common.errors import UserError
 
+from .data.layouts import DATASETS
 from .model.modes import AGGREGATIONS
 
 AMP_MODES = ("bf16", "fp16", "none")
@@ -30,7 +31,9 @@ class Setting:
     `--` + the name with dashes; `off_flag` the negative of a boolean), its help, and the
     range its values must lie in (`at_least`, `positive`: finite and above zero, `choices`),
     with the refusal's wording where a range says more than its bounds. `cli=False`: a
-    setting only config files set."""
+    setting only config files set. `resume_may_change`: why `run --resume` may change it
+    (every other setting must stay as the run began). `moved_input`: the setting names a
+    file or folder a run reads, and this says what its flag takes once it has moved."""
 
     help: str | None = None
     flag: str | None = None
@@ -41,6 +44,8 @@ class Setting:
     refusal: str | None = None  # a choice refused: "{flag}", "{value}", "{choices}"
     hint: str | None = None  # appended to a bound's refusal
     cli: bool = True
+    resume_may_change: str | None = None
+    moved_input: str | None = None
 
 
 def setting(default, help: str | None = None, **declared):
@@ -52,15 +57,31 @@ def declared(f: dataclasses.Field) -> Setting:
     return f.metadata.get("setting", Setting())
 
 
+def field_type(f: dataclasses.Field) -> tuple[type, bool]:
+    """A setting's value type (str, int, float, bool or Path) and whether it may be None;
+    the annotations are text here (`from __future__ import annotations`)."""
+    text = str(f.type)
+    return _TYPES[text.removesuffix(" | None")], text.endswith(" | None")
+
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "Path": Path}
+
+
 @dataclass
 class DataConfig:
     """What a run reads: the dataset, its fold and few-shot list, how clips are sampled."""
 
-    dataset: str = setting("hmdb51", "hmdb51, ucf101, k400, k600, ssv2, charades or list.")
+    dataset: str = setting("hmdb51", f"{', '.join(DATASETS[:-1])} or {DATASETS[-1]}.")
     root: Path | None = setting(
-        None, "Dataset root (default: data/<name>, or $STORYBOARD_DATA/<name>)."
+        None,
+        "Dataset root (default: data/<name>, or $STORYBOARD_DATA/<name>).",
+        moved_input="DIR (where the dataset is now)",
     )
-    videos: Path | None = setting(None, "Where the videos are, if not under --root.")
+    videos: Path | None = setting(
+        None,
+        "Where the videos are, if not under --root.",
+        moved_input="DIR (where the videos are now)",
+    )
     split: str = setting(
         "1",
         "Fold 1, 2, 3, or all (runs the three, reports mean).",
@@ -72,7 +93,11 @@ class DataConfig:
         at_least=1,
         hint="leave it out to train on the whole split (supervised)",
     )
-    fewshot_list: Path | None = setting(None, "Reuse a saved few-shot list (fewshot.csv).")
+    fewshot_list: Path | None = setting(
+        None,
+        "Reuse a saved few-shot list (fewshot.csv).",
+        moved_input="FILE (where the few-shot list is now)",
+    )
     # Charades: train on action instances, else whole videos
     charades_instances: bool = setting(True, cli=False)
     frames: int = setting(8, "Frames per clip T (8).", at_least=1)
@@ -83,9 +108,12 @@ class DataConfig:
     features: Path | None = setting(
         None,
         "Train and evaluate from a feature cache (cache-features); needs --freeze-backbone.",
+        moved_input="DIR (where the feature cache is now)",
     )
     subtexts: Path | None = setting(
-        None, "subtexts.parquet (default: artifacts/<dataset>/<clip-tag>/)."
+        None,
+        "subtexts.parquet (default: artifacts/<dataset>/<clip-tag>/).",
+        moved_input="FILE (where the run's subtexts.parquet is now)",
     )
 
 
@@ -93,8 +121,16 @@ class DataConfig:
 class ModelConfig:
     """The model: its CLIP and the head and temporal module over it."""
 
-    clip_model: str = setting("ViT-B-16", "open_clip name or model-config JSON (ViT-B-16).")
-    clip_pretrained: str = setting("openai", "Tag, checkpoint path or none (openai).")
+    clip_model: str = setting(
+        "ViT-B-16",
+        "open_clip name or model-config JSON (ViT-B-16).",
+        moved_input="FILE (where the CLIP's model-config JSON is now)",
+    )
+    clip_pretrained: str = setting(
+        "openai",
+        "Tag, checkpoint path or none (openai).",
+        moved_input="FILE (where the CLIP checkpoint is now)",
+    )
     aggregation: str = setting(
         "coarse+fine",
         "mean, global, coarse, fine or coarse+fine.",
@@ -125,7 +161,11 @@ class OptimConfig:
     warmup_epochs: float = setting(5.0, "Linear warm-up epochs (5).", at_least=0)
     lam: float = setting(1.0, "Weight of the video-to-text loss (1).", flag="--lambda", at_least=0)
     amp: str = setting("bf16", "bf16, fp16 or none (CUDA; CPU is fp32).", choices=AMP_MODES)
-    compile: bool = setting(False, "torch.compile.")
+    compile: bool = setting(
+        False,
+        "torch.compile.",
+        resume_may_change="torch.compile: the same model, compiled or not",
+    )
 
 
 @dataclass
@@ -133,18 +173,28 @@ class RunSettings:
     """Where and how a run goes: seed, device, folder, evaluation cadence, workers."""
 
     seed: int = setting(0, "Seed of sampling, few-shot lists, init (0).")
-    device: str = setting("auto", "auto, cpu or cuda.")
-    out: Path | None = setting(None, "Run directory (default runs/<name>).")
+    device: str = setting(
+        "auto",
+        "auto, cpu or cuda.",
+        resume_may_change="where the run computes (the checkpoint is loaded onto it)",
+    )
+    out: Path | None = setting(
+        None, "Run directory (default runs/<name>).", resume_may_change="the run directory itself"
+    )
     eval_every: int = setting(1, "Evaluate every N epochs (1).", at_least=1)
-    workers: int = setting(4, "DataLoader workers (4; none with --features).", at_least=0)
+    workers: int = setting(
+        4,
+        "DataLoader workers (4; none with --features).",
+        at_least=0,
+        resume_may_change="DataLoader workers: data are keyed by (seed, epoch, item), "
+        "not by worker",
+    )
     preset: str | None = setting(
         None,
         "A shipped config of the paper's settings by name (`python -m trainer presets` "
         "lists them and their files); --config and flags override it.",
+        resume_may_change="a name for values that are compared one by one",
     )
-
-
-CONCERNS = (DataConfig, ModelConfig, OptimConfig, RunSettings)
 
 
 @dataclass
@@ -160,7 +210,7 @@ class RunConfig(RunSettings, OptimConfig, ModelConfig, DataConfig):
         return cls(
             **{
                 name: Path(value)
-                if value is not None and "Path" in str(fields[name].type)
+                if value is not None and field_type(fields[name])[0] is Path
                 else value
                 for name, value in values.items()
                 if name in fields

@@ -5,8 +5,9 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
-from testkit.cli import REPO, TINY_CLIP_CONFIG, cli
+from testkit.cli import REPO, TINY_CLIP_CONFIG, subtext_cli
 
 TINY_SCORE = ("score", "--tpp", "--clip-model", str(TINY_CLIP_CONFIG), "--clip-pretrained", "none")
 TINY_SCORE += ("--device", "cpu")
@@ -17,12 +18,12 @@ def test_generate_score_show_with_the_file_backend(tmp_path):
     demo = "storyboard_common/data/demo"
     generate = ("generate", "--llm", "file", "--classes", f"{demo}/classes.csv", "--input")
     generate += (f"{demo}/candidates.json", "--out", str(out), "--no-progress")
-    done = cli(*generate)
+    done = subtext_cli(*generate)
     assert done.returncode == 0, done.stderr
     assert "18 ok, 0 failed, 0 already done" in done.stdout
-    again = cli(*generate)
+    again = subtext_cli(*generate)
     assert "0 ok, 0 failed, 18 already done" in again.stdout  # resumable: nothing redone
-    scored = cli(*TINY_SCORE, "--artifacts", str(out))
+    scored = subtext_cli(*TINY_SCORE, "--artifacts", str(out))
     assert scored.returncode == 0, scored.stderr
     df = pd.read_parquet(out / "TinyCLIP-test__none" / "subtexts.parquet")
     assert df.class_name.tolist() == [
@@ -33,7 +34,7 @@ def test_generate_score_show_with_the_file_backend(tmp_path):
         "pour",
         "pullup",
     ]
-    shown = cli("show", "--artifacts", str(out))
+    shown = subtext_cli("show", "--artifacts", str(out))
     assert shown.returncode == 0 and "brush_hair" in shown.stdout and "runner-up" in shown.stdout
 
 
@@ -68,12 +69,16 @@ def test_two_json_sources_one_set_chosen_per_class(tmp_path):
     )
     out = tmp_path / "art"
     generate = ("generate", "--llm", "file", "--classes", str(classes), "--out", str(out))
-    done = cli(*generate, "--input", str(by_name), "--input", str(by_index), "--no-progress")
+    done = subtext_cli(
+        *generate, "--input", str(by_name), "--input", str(by_index), "--no-progress"
+    )
     assert done.returncode == 0, done.stderr
     assert "6 ok, 0 failed, 0 already done" in done.stdout
     notices = [line for line in done.stderr.splitlines() if "keyed by class index" in line]
     assert len(notices) == 1 and str(by_index) in notices[0], done.stderr
-    again = cli(*generate, "--input", str(by_index), "--input", str(by_name), "--no-progress")
+    again = subtext_cli(
+        *generate, "--input", str(by_index), "--input", str(by_name), "--no-progress"
+    )
     assert "0 ok, 0 failed, 6 already done" in again.stdout, again.stdout  # same keys: resumed
 
     cands = pd.read_parquet(out / "candidates.parquet")
@@ -83,7 +88,7 @@ def test_two_json_sources_one_set_chosen_per_class(tmp_path):
     assert list(from_index.loc["brush_hair"].sub_texts) == ["grab", "comb", "stroke", "stop"]
     assert list(from_index.loc["pour"].sub_texts) == ["lift", "tip", 'say "when"', "rest"]
 
-    scored = cli(*TINY_SCORE, "--artifacts", str(out))
+    scored = subtext_cli(*TINY_SCORE, "--artifacts", str(out))
     assert scored.returncode == 0, scored.stderr
     tpp = pd.read_parquet(out / "TinyCLIP-test__none" / "tpp.parquet")
     assert len(tpp) == 6 and set(tpp.candidate_id) == set(cands.candidate_id)  # both sources
@@ -148,7 +153,7 @@ def test_user_errors_exit_2_with_one_sentence(tmp_path):
         ),
     ]
     for args, message in cases:
-        done = cli(*args, env={"OPENAI_API_KEY": ""})
+        done = subtext_cli(*args, env={"OPENAI_API_KEY": ""})
         assert done.returncode == 2, (args, done.stderr)
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (args, done.stderr)
@@ -177,3 +182,16 @@ def test_flags_the_parser_refuses_are_one_line_too(tmp_path):
         [sys.executable, "-m", "trainer", "--help"], cwd=REPO, capture_output=True, text=True
     )
     assert helped.returncode == 0 and "Usage" in helped.stdout
+
+
+@pytest.mark.parametrize("command", ["demo", "study", "pretrain-clip"])
+def test_a_world_command_called_on_the_trainer_says_where_it_moved(command, monkeypatch, capsys):
+    """`python -m trainer demo` (older scripts): one sentence naming the new command."""
+    from trainer.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", ["trainer", command, "--out", "x"])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    said = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and len(said) == 1
+    assert f"run `python -m storyworld {command}` with the same options" in said[0]

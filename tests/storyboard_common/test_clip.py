@@ -4,7 +4,7 @@ import torch
 
 from storyboard_common.clip import clip_identity, encode_texts, load_clip
 from storyboard_common.errors import UserError
-from storyworld import WORLD_CLIP
+from storyboard_common.resources import data_path
 from testkit.cli import TINY_CLIP_CONFIG
 
 TEXTS = ["a video of a person brush hair.", "raise the brush", "jump", "pick up a heavy box slowly"]
@@ -111,7 +111,7 @@ def test_a_file_that_is_no_clip_checkpoint_is_one_sentence(tiny_clip, tmp_path):
     cut = tmp_path / "cut.pt"
     cut.write_bytes(good.read_bytes()[:2000])
     other = tmp_path / "other.pt"
-    world_clip = load_clip(WORLD_CLIP, "none", "cpu")
+    world_clip = load_clip(str(data_path("clip", "StoryboardWorld-CLIP.json")), "none", "cpu")
     torch.save(world_clip.model.state_dict(), other)
     for path in (csv, cut):
         with pytest.raises(UserError, match="is not a PyTorch checkpoint") as caught:

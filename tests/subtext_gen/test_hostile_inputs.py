@@ -33,7 +33,7 @@ from subtext_gen.generate import generate
 from subtext_gen.llm.files import FileBackend
 from subtext_gen.llm.openai_chat import OpenAIBackend
 from subtext_gen.prompts import select_prompts
-from testkit.cli import REPO, TINY_CLIP_CONFIG, cli, run_app
+from testkit.cli import REPO, TINY_CLIP_CONFIG, run_app, subtext_cli
 from testkit.openai_server import OpenAIServer, Reply, chat_body, good_replies, numbered_list
 
 NAMES = ["brush_hair", "cartwheel"]
@@ -47,7 +47,7 @@ def one_line_error(done, message):
 
 
 def file_generate(classes, sets_json, out, *extra):
-    return cli(
+    return subtext_cli(
         "generate",
         "--llm",
         "file",
@@ -253,7 +253,9 @@ def test_bad_inputs_and_flags_are_one_sentence_naming_the_file_or_flag(tmp_path,
     ]
     for (source, *extra), message in cases:
         one_line_error(file_generate(classes, source, out, *extra), message)
-    timeout = cli("generate", "--dataset", "hmdb51", "--timeout", "0", "--base-url", "http://x")
+    timeout = subtext_cli(
+        "generate", "--dataset", "hmdb51", "--timeout", "0", "--base-url", "http://x"
+    )
     one_line_error(timeout, "--timeout must be a positive number of seconds, not 0.0.")
     assert not out.exists()  # nothing written, no path printed for a file never written
 
@@ -290,7 +292,7 @@ def test_damaged_candidates_file_is_one_sentence_with_the_way_out(tmp_path, inpu
     done = file_generate(classes, sets, out)
     damaged = f"{path} is damaged (not a readable Parquet file); delete the folder {out}"
     one_line_error(done, damaged)
-    scored = cli("score", "--artifacts", str(out))
+    scored = subtext_cli("score", "--artifacts", str(out))
     one_line_error(scored, f"{path} is damaged")
     _journal_only(tmp_path / "j")  # with a journal beside it, the journal keeps its rows
     (tmp_path / "j" / CANDIDATES_FILE).write_bytes(b"")

@@ -11,7 +11,8 @@ from storyboard_common.errors import UserError
 from testkit.cli import TINY_CLIP_CONFIG, lines, run_app
 from testkit.list_runs import run_args
 from trainer.__main__ import app
-from trainer.config import RunConfig, preset_files, read_config_file, resolve_config
+from trainer.config import preset_files, read_config_file, resolve_config
+from trainer.settings import RunConfig
 
 # The presets as the Python dict PRESETS held them before they became files: what each
 # shipped file must still hold.

@@ -16,10 +16,10 @@ from testkit.cli import REPO, TINY_CLIP_CONFIG
 from testkit.hub import Blackhole, cache_repo
 from testkit.list_runs import CLASSES
 from trainer.checkpoints import load_checkpoint, model_card
-from trainer.config import RunConfig
 from trainer.evaluation import evaluate_checkpoint
 from trainer.predict import predict_video
 from trainer.run_models import export_run
+from trainer.settings import RunConfig
 from trainer.training import train
 
 EXPORTED = {"model.safetensors", "config.json", "clip_config.json", "subtexts.parquet", "README.md"}

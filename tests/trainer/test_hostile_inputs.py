@@ -7,24 +7,14 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
 
 from storyboard_common.errors import UserError
-from testkit.cli import REPO, TINY_CLIP_CONFIG, lines
+from testkit.cli import REPO, TINY_CLIP_CONFIG, lines, trainer_cli
 from testkit.list_runs import run_args
-from trainer.config import RESUME_MAY_CHANGE, RunConfig, resolve_config
-
-
-def cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "trainer", *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+from trainer.config import RESUME_MAY_CHANGE, resolve_config
+from trainer.settings import RunConfig
 
 
 def run_cli(args, *extra):
@@ -200,7 +190,7 @@ def test_an_unwritable_out_is_refused_before_training(world, tmp_path):
     blocker.write_text("not a folder")
     out = blocker / "run"
     one_error(run_cli(run_args(world, out)), f"--out {out} cannot be written")
-    done = cli(
+    done = trainer_cli(
         "cache-features",
         "--dataset",
         "list",
@@ -236,7 +226,7 @@ def test_truncated_checkpoints_are_named(world, finished, tmp_path):
         "best.pt",
         "another --out",
     )
-    evaluated = cli(
+    evaluated = trainer_cli(
         "eval",
         "--checkpoint",
         run,
@@ -252,7 +242,7 @@ def test_truncated_checkpoints_are_named(world, finished, tmp_path):
         0,
     )
     one_error(evaluated, f"{run / 'checkpoints' / 'best.pt'} is not a readable checkpoint")
-    predicted = cli(
+    predicted = trainer_cli(
         "predict", world["root"] / "clips" / "c2_3.mp4", "--checkpoint", run, "--device", "cpu"
     )
     one_error(predicted, f"{run / 'checkpoints' / 'best.pt'} is not a readable checkpoint")
@@ -375,5 +365,5 @@ def test_a_moved_input_of_a_run_is_one_sentence_naming_its_flag(
     # On another dataset, the run's CLIP is still its own; its root and sub-texts are not.
     with pytest.raises(UserError, match=refusal("--clip-pretrained", gone / "clip.pt", "FILE")):
         evaluate_checkpoint(moved, "hmdb51", tmp_path, show_progress=False)
-    done = cli("eval", "--checkpoint", moved, "--clip-pretrained", world["ckpt"], "--json")
+    done = trainer_cli("eval", "--checkpoint", moved, "--clip-pretrained", world["ckpt"], "--json")
     assert json.loads(done.stdout)["n"] == 3, done.stderr

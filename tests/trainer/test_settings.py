@@ -152,6 +152,19 @@ def test_a_run_is_rebuilt_from_its_stored_record_and_an_older_one_from_its_setti
     assert torch.allclose(logits(older, clips), expected, atol=1e-6)
 
 
+def test_a_record_is_loaded_only_over_the_clip_it_names(trained, tmp_path):
+    """The record's CLIP identity is read back: weights over other CLIP weights are refused."""
+    run = tmp_path / "run"
+    shutil.copytree(trained.out, run)
+    other = {"model_id": "TinyCLIP-test", "pretrained_id": "other.pt@0123456789ab"}
+    rewrite_checkpoint(run, lambda s: {**s, "model_args": {**s["model_args"], "clip": other}})
+    with pytest.raises(UserError) as caught:
+        load_run(run, device="cpu")
+    message = str(caught.value)
+    assert "was trained over CLIP TinyCLIP-test with weights other.pt@0123456789ab" in message
+    assert "pass the CLIP files the run was trained with" in message and "\n" not in message
+
+
 def test_an_export_records_the_model_and_an_older_export_still_loads(trained, tmp_path):
     folder = export_run(trained.out, tmp_path / "model")
     config = json.loads((folder / "config.json").read_text())

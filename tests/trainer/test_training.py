@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from storyboard_common.errors import UserError
-from testkit.cli import REPO, TINY_CLIP_CONFIG, lines
+from testkit.cli import REPO, TINY_CLIP_CONFIG, lines, trainer_cli
 from testkit.list_runs import CLASSES, run_args
 from trainer.config import resolve_config
 
@@ -289,18 +289,6 @@ def test_prediction_plot_shows_the_model_s_importance_and_best_sub_texts(world, 
     assert all(f"S{i + 1}: {s}" in text for i, s in enumerate(pred.sub_texts))
 
 
-def trainer_in(folder, *args):
-    """`python -m trainer ARGS` started in `folder`, importing this checkout."""
-    return subprocess.run(
-        [sys.executable, "-m", "trainer", *map(str, args)],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-
-
 def relative_run_args(subtexts):
     """The flags of a 1-epoch run, every path relative to the folder it starts in."""
     return [
@@ -351,7 +339,7 @@ def started_here(world, tmp_path_factory):
         here.chdir(folder)
         scored = score(Path("art"), load_clip(str(TINY_CLIP_CONFIG), "clip.pt", "cpu")).out_dir
     subtexts = scored / "subtexts.parquet"
-    done = trainer_in(folder, *relative_run_args(subtexts), "--json")
+    done = trainer_cli(*relative_run_args(subtexts), "--json", cwd=folder)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     return {
@@ -398,7 +386,7 @@ def test_a_run_records_absolute_paths_and_evaluates_from_any_folder(started_here
         config["clip_model"], config["clip_pretrained"]
     )
 
-    elsewhere = evaluated(trainer_in(tmp_path, "eval", "--checkpoint", run, "--json"))
+    elsewhere = evaluated(trainer_cli("eval", "--checkpoint", run, "--json", cwd=tmp_path))
     assert elsewhere == pytest.approx(own_metrics(started_here))
     assert elsewhere["n"] == 3
 
@@ -410,7 +398,7 @@ def test_a_moved_root_is_one_sentence_and_root_names_its_new_place(started_here,
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     shutil.move(data, tmp_path / "moved")
     try:
-        done = trainer_in(tmp_path, "eval", "--checkpoint", run, "--json")
+        done = trainer_cli("eval", "--checkpoint", run, "--json", cwd=tmp_path)
         assert done.returncode == 2 and done.stdout == "", done.stderr
         assert done.stderr == (
             f"error: the run's recorded --root {data.resolve()} no longer exists; pass --root "
@@ -435,12 +423,12 @@ def test_predict_export_and_resume_from_another_folder(started_here, world, tmp_
 
     folder, run = started_here["folder"], started_here["run"]
     shutil.copy(folder / "data" / "clips" / "c2_3.mp4", tmp_path / "video.mp4")
-    predicted = trainer_in(tmp_path, "predict", "video.mp4", "--checkpoint", run, "--top", "1")
+    predicted = trainer_cli("predict", "video.mp4", "--checkpoint", run, "--top", "1", cwd=tmp_path)
     assert predicted.returncode == 0, predicted.stderr
     top = predict_video(run, tmp_path / "video.mp4", device="cpu", top=1).top[0][0]
     assert top in predicted.stdout
 
-    exported = trainer_in(tmp_path, "export", run, "--out", "model")
+    exported = trainer_cli("export", run, "--out", "model", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["training"]["root"] == str((folder / "data").resolve())
@@ -457,13 +445,14 @@ def test_predict_export_and_resume_from_another_folder(started_here, world, tmp_
     args = relative_run_args(os.path.relpath(folder / started_here["subtexts"], tmp_path))
     args = [os.path.relpath(folder / a, tmp_path) if a in ("data", "clip.pt") else a for a in args]
     args[args.index("--out") + 1] = str(run)
-    resumed = trainer_in(tmp_path, *args, "--resume", "--json")
+    resumed = trainer_cli(*args, "--resume", "--json", cwd=tmp_path)
     assert evaluated(resumed) == pytest.approx(own_metrics(started_here))
     assert (run / "config.json").read_text() == config_json
 
 
 def test_only_clip_settings_that_name_local_files_are_made_absolute(tmp_path, monkeypatch):
-    from trainer.config import RunConfig, absolute_paths
+    from trainer.config import absolute_paths
+    from trainer.settings import RunConfig
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine.json").write_text("{}")
@@ -482,7 +471,7 @@ def test_only_clip_settings_that_name_local_files_are_made_absolute(tmp_path, mo
 
 def test_split_all_trains_each_fold_in_its_folder_and_reports_their_mean(tmp_path, monkeypatch):
     from trainer import training
-    from trainer.config import RunConfig
+    from trainer.settings import RunConfig
 
     folds = []
 

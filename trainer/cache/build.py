@@ -13,7 +13,6 @@ import torch
 from storyboard_common.clip import clip_identity, load_clip
 from storyboard_common.errors import UserError
 
-from ..config import RunConfig
 from ..data.dataset import Skipped, VideoClipDataset, make_loader
 from ..data.layouts import folds
 from ..distributed import DistInfo, barrier, gather_objects, init_distributed, main_first
@@ -22,6 +21,7 @@ from ..paths import default_features_dir, default_root, writable_dir
 from ..precision import autocast
 from ..progress import progress_bar
 from ..run_data import clip_datasets, load_fold
+from ..settings import RunConfig
 from .store import DTYPES, SHARD_ROWS, TEST, TRAIN, CacheWriter, cache_identity
 
 

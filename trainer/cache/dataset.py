@@ -10,11 +10,11 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..config import RunConfig
 from ..data.dataset import Skipped, clip_target
 from ..data.items import VideoItem
 from ..run_data import RunData, clip_datasets
 from ..run_models import RunModel
+from ..settings import RunConfig
 from .store import TEST, TRAIN, FeatureCache, cache_identity
 
 

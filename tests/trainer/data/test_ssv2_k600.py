@@ -16,7 +16,7 @@ import pytest
 
 from storyboard_common.classes import load_classes, shipped_datasets
 from storyboard_common.errors import UserError
-from testkit.cli import REPO, TINY_CLIP_CONFIG
+from testkit.cli import TINY_CLIP_CONFIG, trainer_cli
 from testkit.videos import write_video
 from trainer.data.layouts import DATASETS, available_splits, folds, kinetics, load_split, ssv2
 from trainer.data.layouts import test_split as evaluation_split  # not a test
@@ -110,16 +110,6 @@ def scored_with(ckpt: Path, base: Path, names) -> Path:
     )
     out = score(base / "art", load_clip(str(TINY_CLIP_CONFIG), str(ckpt), "cpu")).out_dir
     return out / "subtexts.parquet"
-
-
-def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "trainer", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 # --- Something-Something v2 ----------------------------------------------------------------
@@ -274,7 +264,7 @@ def test_the_shipped_ssv2_class_list():
 
 
 def test_ssv2_check_data_json(ssv2_root):
-    done = cli(
+    done = trainer_cli(
         "check-data",
         "--dataset",
         "ssv2",
@@ -480,7 +470,9 @@ def test_eval_zero_shot_subsets_scores_each_subset_on_its_own_videos_and_classes
         "--workers",
         "0",
     ]
-    done = cli(*cmd, "--zero-shot", "subsets", "--subsets", str(a), "--subsets", str(b), "--json")
+    done = trainer_cli(
+        *cmd, "--zero-shot", "subsets", "--subsets", str(a), "--subsets", str(b), "--json"
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["runs"] == 2 and result["n"] == 8
@@ -537,7 +529,7 @@ def test_eval_zero_shot_subsets_scores_each_subset_on_its_own_videos_and_classes
     # One clear error: the file and the name; flags that do not go together.
     c = tmp_path / "c.txt"
     c.write_text("red rise\npurple fall\n")
-    bad = cli(*cmd, "--zero-shot", "subsets", "--subsets", str(a), "--subsets", str(c))
+    bad = trainer_cli(*cmd, "--zero-shot", "subsets", "--subsets", str(a), "--subsets", str(c))
     assert bad.returncode == 2
     assert (
         bad.stderr.startswith(
@@ -608,7 +600,7 @@ def test_cache_features_and_check_data_on_k600(k600_world, tmp_path):
     assert done.exit_code == 0, done.output
     assert "train: 6 views encoded, 0 unreadable" in done.output
     assert json.loads((out / "meta.json").read_text())["dataset"] == "k600"
-    report = cli(
+    report = trainer_cli(
         "check-data",
         "--dataset",
         "k600",
