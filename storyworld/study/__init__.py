@@ -25,7 +25,7 @@ what is done):
 6. `results.json`, plots with error bars and `README.md` in the docs folder.
 
 Issue 22 adds, fixed before its results: temperatures calibrated on the frozen CLIP to
-the paper's Table 6 (`clips.calibrate`) and the mode grid at that pair beside tau = 0.01; 2-shot
+the paper's Table 6 (`analysis.calibrate`) and the mode grid at that pair beside tau = 0.01; 2-shot
 over 10-25 episodes by a sequential rule (`next_episode_count`) with paired differences;
 and the paper's TPP-accuracy test, supervised `coarse+fine` per sub-text group
 (`tpp_groups.py`, `clips.prepare_groups`). The runs go in phases over both CLIPs

@@ -13,6 +13,8 @@
   the class texts (no training at all).
 * `importance_share`: how much of a frame weighting lands on frames that show one of the
   video's own actions.
+* `calibrate`: the temperatures whose frame weights on the frozen CLIP are as spread as the
+  paper's Table 6 (`frozen_largest_weights`: the mean largest weight at one tau).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.model.aggregation import class_logits
+from trainer.model.aggregation import ClassText, class_logits, coarse_importance, fine_importance
 
 # Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom (then ~1.96).
 _T975 = (
@@ -213,6 +215,45 @@ def closest_tau(taus: Sequence[float], largest: Sequence[float], target: float) 
         raise ValueError("closest_tau needs one mean largest weight per tau")
     gaps = [(abs(w - target), t) for t, w in zip(taus, largest)]
     return float(min(gaps)[1])
+
+
+def own_class_weights(importance, labels: np.ndarray) -> np.ndarray:
+    """[B, C, L] frame weights -> [B, L], the weights for each video's own class."""
+    return np.asarray(importance)[np.arange(len(labels)), np.asarray(labels)]
+
+
+@torch.inference_mode()
+def frozen_largest_weights(
+    features: torch.Tensor, labels: np.ndarray, text: ClassText, tau: float
+) -> dict:
+    """The mean largest frame weight of each branch on the frozen CLIP at `tau`, for frame
+    embeddings [V, F, D] of videos of classes `labels` [V]: coarse with the plain global
+    word tokens (a head's cross-attention starts as the identity), fine with the sub-texts."""
+    weights = {
+        "coarse": coarse_importance(features, text.global_tokens, text.global_mask, tau),
+        "fine": fine_importance(features, text.sub_tokens, text.sub_mask, tau),
+    }
+    return {b: mean_largest_weight(own_class_weights(w, labels)) for b, w in weights.items()}
+
+
+def calibrate(
+    taus: Sequence[float],
+    targets: dict[str, float],
+    features: torch.Tensor,
+    labels: np.ndarray,
+    text: ClassText,
+) -> dict:
+    """The mean largest weight per branch at every tau of the grid (`frozen_largest_weights`
+    of frames [V, F, D]), and the calibrated pair: per branch the tau closest to its target
+    ({branch: target})."""
+    grid = [frozen_largest_weights(features, labels, text, tau) for tau in taus]
+    out = {"taus": list(taus), "frames": features.shape[1]}
+    for branch, target in targets.items():
+        largest = [g[branch] for g in grid]
+        out[f"largest_{branch}"] = largest
+        out[f"target_{branch}"] = target
+        out[branch] = closest_tau(taus, largest, target)
+    return out
 
 
 def linear_fit(x: Sequence[float], y: Sequence[float]) -> dict:

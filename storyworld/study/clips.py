@@ -25,9 +25,8 @@ from subtext_gen.llm.files import FileBackend
 from subtext_gen.score import class_reports, score
 from trainer.cache.build import cache_features
 from trainer.cache.store import TEST, TRAIN, read_split
-from trainer.config import RunConfig
-from trainer.model.aggregation import ClassText, coarse_importance, fine_importance
 from trainer.model.video_clip import clip_log_logit_scale
+from trainer.settings import RunConfig
 from trainer.subtexts import artifact_class_text
 
 from .. import WORLD_CLIP
@@ -276,39 +275,6 @@ def calibration_frames(
     return CalibrationFrames(features.reshape(videos, count, -1), labels)
 
 
-def own_class_weights(importance, labels: np.ndarray) -> np.ndarray:
-    """[B, C, L] frame weights -> [B, L], the weights for each video's own class."""
-    return np.asarray(importance)[np.arange(len(labels)), np.asarray(labels)]
-
-
-@torch.inference_mode()
-def frozen_largest_weights(frames: CalibrationFrames, text: ClassText, tau: float) -> dict:
-    """The mean largest frame weight of each branch on the frozen CLIP at `tau`: coarse with
-    the plain global word tokens (a head's cross-attention starts as the identity), fine
-    with the sub-texts."""
-    weights = {
-        "coarse": coarse_importance(frames.features, text.global_tokens, text.global_mask, tau),
-        "fine": fine_importance(frames.features, text.sub_tokens, text.sub_mask, tau),
-    }
-    return {
-        b: analysis.mean_largest_weight(own_class_weights(w, frames.labels))
-        for b, w in weights.items()
-    }
-
-
-def calibrate(design: StudyDesign, frames: CalibrationFrames, text: ClassText) -> dict:
-    """The mean largest weight per branch at every tau of the grid, and the calibrated pair:
-    per branch the tau closest to the design's target."""
-    grid = [frozen_largest_weights(frames, text, tau) for tau in design.calibration_taus]
-    out = {"taus": list(design.calibration_taus), "frames": design.calibration_frames}
-    for branch, target in zip(BRANCHES, design.target_largest_weight):
-        largest = [g[branch] for g in grid]
-        out[f"largest_{branch}"] = largest
-        out[f"target_{branch}"] = target
-        out[branch] = analysis.closest_tau(design.calibration_taus, largest, target)
-    return out
-
-
 def references(
     assets: ClipAssets, world: WorldInfo, seen: CachedSplit, unseen: CachedSplit
 ) -> dict:
@@ -380,10 +346,16 @@ def prepare(
             (clip.model_id, clip.pretrained_id),
             clip.embed_dim,
         )
-        figures["calibration"] = calibrate(design, frames, text)
+        figures["calibration"] = analysis.calibrate(
+            design.calibration_taus,
+            dict(zip(BRANCHES, design.target_largest_weight)),
+            frames.features,
+            frames.labels,
+            text,
+        )
         pair = (figures["calibration"]["coarse"], figures["calibration"]["fine"])
         figures["largest_weight_before"] = {
-            f"{tau:g}": frozen_largest_weights(frames, text, tau)
+            f"{tau:g}": analysis.frozen_largest_weights(frames.features, frames.labels, text, tau)
             for tau in sorted({*design.taus, *pair})
         }
         say(f"  {objective}: calibrated tau_coarse {pair[0]:g}, tau_fine {pair[1]:g}")

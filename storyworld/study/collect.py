@@ -1,6 +1,7 @@
-"""The study's results (`collect`): the runs' records gathered into `results.json`'s
-figures, each with its spread over seeds (or episodes) and the paired differences. Pure:
-records in, a dict out."""
+"""The study's results: each run's training log summarised into its record
+(`summarise_log`), and the runs' records gathered into `results.json`'s figures (`collect`),
+each with its spread over seeds (or episodes) and the paired differences. Pure: records in,
+a dict out."""
 
 from __future__ import annotations
 
@@ -28,6 +29,22 @@ def main_fields(temperatures: dict) -> dict:
 
 def select_runs(runs: list[dict], **fields) -> list[dict]:
     return [r for r in runs if all(r[k] == v for k, v in fields.items())]
+
+
+def summarise_log(log: list[dict], steps_per_epoch: int) -> dict:
+    """Steps, the last epoch's training loss, the relative change of the loss over the last
+    fifth of training (a plateau is near 0), and the trainer's own last top-1."""
+    losses = [x["train_loss"] for x in log if "train_loss" in x]
+    tail = max(1, len(losses) // 5)
+    before = losses[-tail - 1] if len(losses) > tail else losses[0]
+    evals = [x for x in log if "top1" in x]
+    return {
+        "steps": len(losses) * steps_per_epoch,
+        "final_loss": losses[-1],
+        "loss_change_last_fifth": (losses[-1] - before) / abs(before),
+        "logged_top1": evals[-1]["top1"],
+        "losses": losses,
+    }
 
 
 def collect(
@@ -123,7 +140,7 @@ def collect(
         "training": plateau,
         "posthoc_longer_training": posthoc,
         "seconds": round(seconds, 1),
-        **issue22_figures(design, clips, runs),
+        **calibration_and_tpp_figures(design, clips, runs),
         "runs": [{k: v for k, v in r.items() if k != "losses"} for r in runs],
     }
 
@@ -179,7 +196,7 @@ def mode_differences(runs: list[dict], objective: str, setting: str, cells: dict
     }
 
 
-def issue22_figures(design: StudyDesign, clips: dict, runs: list[dict]) -> dict:
+def calibration_and_tpp_figures(design: StudyDesign, clips: dict, runs: list[dict]) -> dict:
     """Calibrated temperatures, the mode grid at the calibrated pair, the weights' spread
     before and after training, paired 2-shot differences, and TPP against accuracy."""
     out: dict[str, dict] = {

@@ -171,7 +171,7 @@ def _largest(cell: dict) -> str:
     )
 
 
-def issue22_report(results: dict, o: str) -> list[str]:
+def calibration_and_tpp_report(results: dict, o: str) -> list[str]:
     """Markdown for one world CLIP: the calibrated pair, the mode grid at 0.01 and at the
     calibrated pair side by side, the weights' spread before and after training, paired
     2-shot differences, and TPP against accuracy."""
@@ -432,7 +432,7 @@ def write_report(results: dict, out: Path, notes: Path | None = None) -> Path:
     for o in results["top1"]:
         lines += _clip_section(results, o)
     for o in results.get("calibrated_tau", {}):
-        lines += issue22_report(results, o)
+        lines += calibration_and_tpp_report(results, o)
     lines += ["", *(f"![{p.stem}]({p.name})" for p in plots)]
     if notes is not None and notes.is_file():
         lines += ["", notes.read_text().rstrip()]

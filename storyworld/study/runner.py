@@ -15,18 +15,18 @@ import torch
 from rich.console import Console
 
 from storyboard_common.subtexts import SubtextArtifact
-from trainer.config import RunConfig
 from trainer.model.aggregation import ClassText
 from trainer.report import read_metrics
 from trainer.run_models import load_run
+from trainer.settings import RunConfig
 from trainer.subtexts import artifact_class_text
 from trainer.training import train
 
 from .. import WORLD_CLIP
 from ..world import WorldInfo, write_world
 from . import analysis
-from .clips import CachedSplit, CalibrationFrames, ClipAssets, own_class_weights, prepare
-from .collect import collect, main_fields, select_runs
+from .clips import CachedSplit, CalibrationFrames, ClipAssets, prepare
+from .collect import collect, main_fields, select_runs, summarise_log
 from .design import (
     BRANCHES,
     IMPORTANCE_MODES,
@@ -131,7 +131,7 @@ def assess_run(
     }
     for branch in BRANCHES:
         if out[branch] is not None:
-            own = own_class_weights(out[branch], seen.labels)
+            own = analysis.own_class_weights(out[branch], seen.labels)
             result[f"importance_{branch}"] = float(
                 analysis.importance_share(own, seen.on_action).mean()
             )
@@ -141,25 +141,9 @@ def assess_run(
         trained = _forward(model, loaded.built.text, calibration.features)
         for branch in BRANCHES:
             if trained[branch] is not None:
-                own = own_class_weights(trained[branch], calibration.labels)
+                own = analysis.own_class_weights(trained[branch], calibration.labels)
                 result[f"largest_weight_{branch}"] = analysis.mean_largest_weight(own)
     return result
-
-
-def summarise_log(log: list[dict], steps_per_epoch: int) -> dict:
-    """Steps, the last epoch's training loss, the relative change of the loss over the last
-    fifth of training (a plateau is near 0), and the trainer's own last top-1."""
-    losses = [x["train_loss"] for x in log if "train_loss" in x]
-    tail = max(1, len(losses) // 5)
-    before = losses[-tail - 1] if len(losses) > tail else losses[0]
-    evals = [x for x in log if "top1" in x]
-    return {
-        "steps": len(losses) * steps_per_epoch,
-        "final_loss": losses[-1],
-        "loss_change_last_fifth": (losses[-1] - before) / abs(before),
-        "logged_top1": evals[-1]["top1"],
-        "losses": losses,
-    }
 
 
 def run_study(design: StudyDesign, work: Path, console: Console | None = None) -> dict:

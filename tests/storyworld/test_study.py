@@ -13,8 +13,14 @@ import torch
 
 from storyboard_common.subtexts import read_subtexts
 from storyworld.study import analysis
-from storyworld.study.clips import CalibrationFrames, calibrate
-from storyworld.study.design import DEMO_DESIGN, RunSpec, StudyDesign, next_episode_count, run_specs
+from storyworld.study.design import (
+    BRANCHES,
+    DEMO_DESIGN,
+    RunSpec,
+    StudyDesign,
+    next_episode_count,
+    run_specs,
+)
 from storyworld.study.report import write_report
 from storyworld.study.runner import run_study
 from storyworld.study.tpp_groups import faithful_classes, group_names, group_sets
@@ -185,7 +191,7 @@ def test_tpp_groups_are_scored_and_trained_with_their_own_sub_texts(study):
 
 
 @pytest.mark.slow  # the miniature study fixture (about 2 minutes on 2 cores)
-def test_cached_assessment_agrees_with_the_engines_evaluation(study):
+def test_cached_assessment_agrees_with_the_trainers_logged_top1(study):
     """The study re-scores each last checkpoint on the cached test views; the trainer scored
     the same checkpoint during training. Both must give the same top-1."""
     _, results = study
@@ -340,7 +346,7 @@ def test_tpp_groups_follow_their_rules():
 
 def test_calibration_picks_the_tau_nearest_the_target_on_real_weights():
     gen = torch.Generator().manual_seed(0)
-    frames = CalibrationFrames(torch.randn(12, 4, 16, generator=gen), np.arange(12) % 3)
+    features, labels = torch.randn(12, 4, 16, generator=gen), np.arange(12) % 3
     text = ClassText(
         global_emb=torch.randn(3, 16, generator=gen),
         global_tokens=torch.randn(3, 5, 16, generator=gen),
@@ -350,7 +356,8 @@ def test_calibration_picks_the_tau_nearest_the_target_on_real_weights():
         sub_mask=torch.ones(3, 2, 4, dtype=torch.bool),
     )
     design = StudyDesign(calibration_taus=(0.01, 0.03, 0.1, 0.3, 1.0, 3.0))
-    result = calibrate(design, frames, text)
+    targets = dict(zip(BRANCHES, design.target_largest_weight))
+    result = analysis.calibrate(design.calibration_taus, targets, features, labels, text)
     for branch, target in zip(("coarse", "fine"), (0.43, 0.30)):
         largest = result[f"largest_{branch}"]
         assert all(a > b for a, b in zip(largest, largest[1:]))  # softer with tau
