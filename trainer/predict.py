@@ -15,7 +15,6 @@ import torch
 
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_savefig
-from storyboard_common.subtexts import read_subtexts
 
 from .data.sampling import clip_indices
 from .data.transforms import eval_transform
@@ -65,14 +64,13 @@ def predict_video(
     best = probs.argsort(descending=True)[:top].tolist()
     c = best[0]
     similarity = subtext_frame_similarity(out["frames"], text.sub_tokens, text.sub_mask)
-    artifact_texts = read_subtexts(loaded.subtexts).sub_texts
     return Prediction(
         video=Path(video),
         top=[(loaded.class_names[i], float(probs[i])) for i in best],
         frames=clip.permute(0, 2, 3, 1).numpy(),
         coarse=None if out["coarse"] is None else out["coarse"][0, c].float().cpu().numpy(),
         fine=None if out["fine"] is None else out["fine"][0, c].float().cpu().numpy(),
-        sub_texts=artifact_texts[c],
+        sub_texts=loaded.built.sub_texts[c],
         best_sub_text=similarity[0, c].argmax(0).cpu().numpy(),
     )
 

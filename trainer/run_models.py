@@ -51,6 +51,7 @@ class RunModel:
     clip_id: tuple[str, str]  # what artifacts record for the CLIP (`clip_identity`)
     clip_name: str  # the name open_clip builds the architecture by
     class_names: list[str]  # the artifact's classes, in id order
+    sub_texts: list[list[str]]  # each class's sub-texts, as the artifact holds them
     model_args: dict  # what the model was built from (`model_record`)
 
 
@@ -125,6 +126,7 @@ def build(
         (clip.model_id, clip.pretrained_id),
         clip.model_name,
         artifact.class_names,
+        artifact.sub_texts,
         record,
     )
 
