@@ -454,21 +454,29 @@ def _print_result(result: dict, as_json: bool) -> None:
 
 
 # Commands that moved to the storyboard world's own CLI (`python -m storyworld`): an older
-# script that calls them here is told where they went.
+# script that calls them here is told where they went, whatever options it passes.
 MOVED_TO_STORYWORLD = ("demo", "study", "pretrain-clip")
+
+
+def _moved_to_storyworld(ctx: typer.Context) -> None:
+    raise UserError(
+        f"`{ctx.info_name}` moved to the storyboard world's CLI: run `python -m storyworld "
+        f"{ctx.info_name}` with the same options, from a clone."
+    )
+
+
+for _name in MOVED_TO_STORYWORLD:
+    app.command(
+        _name,
+        hidden=True,
+        add_help_option=False,
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )(_moved_to_storyworld)
 
 
 def main() -> None:
     from .distributed import shutdown
 
-    command = sys.argv[1] if len(sys.argv) > 1 else None
-    if command in MOVED_TO_STORYWORLD:
-        print(
-            f"error: `{command}` moved to the storyboard world's CLI: run `python -m storyworld "
-            f"{command}` with the same options, from a clone.",
-            file=sys.stderr,
-        )
-        sys.exit(2)
     try:
         run_cli(app)
     finally:  # under torchrun: leave the process group cleanly, whatever happened
