@@ -44,20 +44,38 @@ def run_cli(app) -> None:
     sys.exit(result if isinstance(result, int) else 0)
 
 
+def bound_refusal(
+    flag: str,
+    value: float | None,
+    at_least: float | None = None,
+    positive: bool = False,
+    unit: str = "number",
+) -> str | None:
+    """Why a numeric flag's value lies out of its range, in one sentence naming it, else
+    None: below `at_least`, or, where `positive`, not finite and above zero (NaN and
+    infinity are refused); None is an unset flag."""
+    if value is None:
+        return None
+    if at_least is not None and not value >= at_least:
+        return f"{flag} must be at least {at_least}, not {value}."
+    if positive and not (value > 0 and math.isfinite(value)):
+        return f"{flag} must be a positive {unit}, not {value}."
+    return None
+
+
 def check_ranges(
     at_least: dict[str, tuple[float | None, float]],
     positive: dict[str, float] | None = None,
     unit: str = "number",
 ) -> None:
-    """Refuse a numeric flag out of range in one sentence naming it: `at_least` maps a flag
-    to (value, least value), None meaning unset; `positive` flags must be finite and above
-    zero (NaN and infinity are refused). Click's own range check prints a multi-line box."""
-    for flag, (value, least) in at_least.items():
-        if value is not None and not value >= least:
-            raise UserError(f"{flag} must be at least {least}, not {value}.")
-    for flag, value in (positive or {}).items():
-        if not (value > 0 and math.isfinite(value)):
-            raise UserError(f"{flag} must be a positive {unit}, not {value}.")
+    """Refuse a numeric flag out of range (`bound_refusal`): `at_least` maps a flag to
+    (value, least value), None meaning unset; `positive` flags must be finite and above
+    zero. Click's own range check prints a multi-line box."""
+    refusals = [bound_refusal(flag, v, at_least=least) for flag, (v, least) in at_least.items()]
+    refusals += [bound_refusal(f, v, positive=True, unit=unit) for f, v in (positive or {}).items()]
+    for refused in refusals:
+        if refused:
+            raise UserError(refused)
 
 
 def unsafe_load_reason(exc: BaseException) -> str | None:

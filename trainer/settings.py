@@ -13,11 +13,10 @@ a run's config.json name settings by flat keys (`lr: 5e-5`), and every module re
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from storyboard_common.errors import UserError
+from storyboard_common.errors import UserError, bound_refusal
 
 from .data.layouts import DATASETS
 from .model.modes import AGGREGATIONS
@@ -244,12 +243,10 @@ def range_refusal(f: dataclasses.Field, value) -> str | None:
             return meta.refusal.format(flag=label, value=value, choices=", ".join(shown))
         listed = ", ".join(shown[:-1]) + " or " + shown[-1]
         return f"{label} must be {listed}, not {value!r}."
-    if meta.at_least is not None and not value >= meta.at_least:
-        hint = f": {meta.hint}" if meta.hint else ""
-        return f"{label} must be at least {meta.at_least}, not {value}{hint}."
-    if meta.positive and not (value > 0 and math.isfinite(value)):
-        return f"{label} must be a positive number, not {value}."
-    return None
+    refused = bound_refusal(label, value, meta.at_least, meta.positive)
+    if refused and meta.hint:
+        return refused.removesuffix(".") + f": {meta.hint}."
+    return refused
 
 
 def flag_name(field_name: str) -> str:
