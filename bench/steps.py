@@ -16,7 +16,7 @@ from trainer.model.video_clip import VideoCLIP
 from trainer.precision import grad_scaler
 from trainer.schedule import make_optimizer
 from trainer.subtexts import artifact_class_text
-from trainer.training import train_step
+from trainer.training import LossTally, train_step
 
 from .synthetic import synthetic_artifact
 
@@ -58,8 +58,10 @@ def bench_steps(batch: int = 2, frames: int = 8, classes: int = 51, repeats: int
             "skipped": [],
         }
 
-        def step(model=model, optimizer=optimizer, inputs=inputs):  # the trainer's own step
-            train_step(model, text, [inputs], optimizer, scaler, one_process, "none", 1.0)
+        tally = LossTally(device, 0.0, 0.0, skip_non_finite=False)
+
+        def step(model=model, optimizer=optimizer, inputs=inputs, tally=tally):  # the trainer's step
+            train_step(model, text, [inputs], optimizer, scaler, one_process, "none", 1.0, tally, 1)
 
         step_seconds[mode] = _time(step, repeats)
         features = torch.randn(batch, frames, clip.embed_dim, device=device, requires_grad=True)

@@ -50,23 +50,33 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local_rank, torch_device)
 
 
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """All ranks' rows in rank order (sizes may differ); gradient flows to the local rows.
+def exchange_counts(counts: list[int], dist_info: DistInfo) -> list[list[int]]:
+    """Every rank's `counts` (one number per micro-batch of a step), in rank order: one
+    all-gather, read back once (an optimiser step's one host-device synchronisation). One
+    process: `[counts]`, nothing exchanged."""
+    if not dist_info.enabled:
+        return [list(counts)]
+    mine = torch.tensor(counts, dtype=torch.long, device=dist_info.device)
+    parts = [torch.empty_like(mine) for _ in range(dist_info.world)]
+    dist.all_gather(parts, mine)
+    return torch.stack(parts).tolist()
+
+
+def gather_with_grad(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """All ranks' rows in rank order; gradient flows to the local rows. `sizes`: every
+    rank's row count, in rank order (`exchange_counts`), so nothing is read back here.
 
     The loss needs the logits of the global batch (Eq. 13-15 sum over it), but each rank
     only back-propagates through its own slice, as in CLIP's distributed loss.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    world, rank = dist.get_world_size(), dist.get_rank()
-    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
-    longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros((longest, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    rank = dist.get_rank()
+    padded = torch.zeros((max(sizes), *x.shape[1:]), dtype=x.dtype, device=x.device)
     padded[: x.shape[0]] = x.detach()
-    parts = [torch.empty_like(padded) for _ in range(world)]
+    parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
-    parts = [p[: int(s.item())] for p, s in zip(parts, sizes)]
+    parts = [p[:size] for p, size in zip(parts, sizes)]
     parts[rank] = x
     return torch.cat(parts)
 

@@ -122,12 +122,18 @@ def peak_memory(device: torch.device) -> tuple[float, str]:
     return peak / (2**20 if sys.platform == "darwin" else 2**10), "max rss"
 
 
+# Optimiser steps between reads of the loss (a host-device synchronisation: the finite
+# check, and the Ctrl-C check across ranks) when no step lines are asked for.
+CHECK_EVERY = 50
+
+
 class StepLog:
     """Counts the optimiser steps of a run on every rank and, every `every` global steps,
     logs one line of the steps since the last line (or the epoch's start): loss, the head's
     learning rate, clips/s over all ranks, the share of that time spent waiting for the
-    loader, and peak memory. The clip count is summed over ranks, so every rank calls
-    `step` at the same steps."""
+    loader, and peak memory. The loss is read from the device only at check steps (`checks`:
+    the line steps, or every CHECK_EVERY steps without lines). The clip count is summed over
+    ranks, so every rank calls `step` and `line` at the same steps."""
 
     def __init__(
         self,
@@ -143,27 +149,36 @@ class StepLog:
         self.steps_per_epoch, self.epochs = steps_per_epoch, epochs
         self.log, self.reporters, self.progress = log, reporters, progress
         self.epoch = 0
-        self._reset()
+        self._reset(0.0, 0.0)
 
-    def _reset(self) -> None:
+    def _reset(self, loss_sum: float, loss_clips: float) -> None:
         self.started = time.perf_counter()
-        self.waited = self.loss_sum = 0.0
+        self.waited = 0.0
         self.clips = 0
+        self.since = (loss_sum, loss_clips)  # the loss sums at the last line
 
-    def start_epoch(self, epoch: int) -> None:
-        """Epoch `epoch` (from 0) starts or resumes: evaluation time is no step's."""
+    def start_epoch(self, epoch: int, loss_sum: float, loss_clips: float) -> None:
+        """Epoch `epoch` (from 0) starts or resumes with the loss sums of its steps done:
+        evaluation time is no step's."""
         self.epoch = epoch
-        self._reset()
+        self._reset(loss_sum, loss_clips)
 
     def global_step(self, step: int) -> int:
         return self.epoch * self.steps_per_epoch + step
 
-    def step(self, step: int, losses: list[tuple[float, int]], waited: float, lr: float) -> None:
-        """Optimiser step `step` of the epoch (from 1) is done: `losses` as `train_step`
-        returns them, `waited` seconds spent fetching its batches."""
+    def checks(self, step: int) -> bool:
+        """Whether optimiser step `step` of the epoch (from 1) reads the loss back."""
+        return self.global_step(step) % (self.every or CHECK_EVERY) == 0
+
+    def step(self, clips: int, waited: float) -> None:
+        """An optimiser step is done: `clips` trained on this rank, `waited` seconds spent
+        fetching its batches."""
         self.waited += waited
-        for loss_sum, clips in losses:
-            self.loss_sum, self.clips = self.loss_sum + loss_sum, self.clips + clips
+        self.clips += clips
+
+    def line(self, step: int, loss_sum: float, loss_clips: float, lr: float) -> None:
+        """At a check step, with the epoch's loss sums read back: the step line, when one is
+        due (every `every` global steps)."""
         if not self.every or self.global_step(step) % self.every:
             return
         seconds = max(time.perf_counter() - self.started, 1e-9)
@@ -171,17 +186,18 @@ class StepLog:
         if self.dist_info.enabled:
             clips = int(all_reduce_sum(torch.tensor(clips, device=self.dist_info.device)))
         memory, kind = peak_memory(self.dist_info.device)
+        summed, counted = loss_sum - self.since[0], loss_clips - self.since[1]
         line = {
             "epoch": self.epoch + 1,
             "step": step,
             "global_step": self.global_step(step),
-            "loss": self.loss_sum / self.clips if self.clips else math.nan,
+            "loss": summed / counted if counted else math.nan,
             "lr": lr,
             "clips_per_s": clips / seconds,
             "data_wait": min(self.waited / seconds, 1.0),
             "memory_mib": memory,
         }
-        self._reset()
+        self._reset(loss_sum, loss_clips)
         if not self.dist_info.is_main:
             return
         print_line(

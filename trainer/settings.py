@@ -151,9 +151,14 @@ class OptimConfig:
     """How a run optimises: epochs, batch, learning rates, loss weight, precision."""
 
     epochs: int = setting(20, "Epochs (20).", at_least=1)
-    batch_size: int = setting(32, "Global batch; accumulation makes it up (32).", at_least=1)
-    # per-step batch on one device; accumulation fills the rest
-    micro_batch: int | None = setting(None, "Clips per step on one device.", at_least=1)
+    batch_size: int = setting(
+        32,
+        "Global batch: micro-batch x processes x accumulation steps, exactly (32).",
+        at_least=1,
+    )
+    micro_batch: int | None = setting(
+        None, "Clips per forward pass on one device (default: batch / processes).", at_least=1
+    )
     lr: float = setting(5e-5, "Head learning rate (5e-5); backbone x0.1.", positive=True)
     backbone_lr_scale: float = setting(0.1, at_least=0, cli=False)
     weight_decay: float = setting(0.2, "AdamW weight decay (0.2).", at_least=0)
@@ -164,6 +169,11 @@ class OptimConfig:
         False,
         "torch.compile.",
         resume_may_change="torch.compile: the same model, compiled or not",
+    )
+    tf32: bool = setting(
+        True,
+        "TF32 matmuls and convolutions under --amp none on GPUs that have them (Ampere on).",
+        resume_may_change="the precision of fp32 matmuls on the GPU",
     )
 
 

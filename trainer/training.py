@@ -50,6 +50,7 @@ from .distributed import (
     all_reduce_max,
     all_reduce_min,
     all_reduce_sum,
+    exchange_counts,
     gather_with_grad,
     init_distributed,
     main_first,
@@ -60,7 +61,7 @@ from .loss import storyboard_loss
 from .model.aggregation import ClassText
 from .model.video_clip import VideoCLIP
 from .paths import default_root, default_run_dir, default_subtexts, run_folder
-from .precision import autocast, grad_scaler
+from .precision import autocast, grad_scaler, set_tf32, tf32_applies
 from .progress import progress_bar
 from .report import write_report
 from .run_data import RunData, check_classes, check_clip_lengths, clip_datasets, prepare_data
@@ -143,12 +144,58 @@ def keep_logged(path: Path, key: str, last: int) -> None:
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-class NonFiniteLoss(ArithmeticError):
-    """A training step's loss was NaN or infinite (on some rank); the step was not taken."""
+class LossTally:
+    """The training loss summed over clips, kept on the device: a step adds to it without
+    reading anything back (a read is a host-device synchronisation, made at check steps),
+    and the first non-finite loss is kept with its step. float64, so that when it is read
+    never changes the sum (a resumed run adds exactly as an uninterrupted one).
 
-    def __init__(self, loss: float):
-        super().__init__(f"the loss is {loss}")
-        self.loss = loss
+    With fp16's loss scaler (`skip_non_finite`) a non-finite loss is an overflow whose
+    step the scaler skips: it is left out of the sums and is no divergence."""
+
+    def __init__(self, device: torch.device, loss_sum: float, clips: float, skip_non_finite: bool):
+        self.sums = torch.tensor([loss_sum, clips], dtype=torch.float64, device=device)
+        self.first_bad_step = torch.zeros((), dtype=torch.long, device=device)
+        self.first_bad_loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.skip_non_finite = skip_non_finite
+
+    def add(self, loss: torch.Tensor, clips: int, step: int) -> None:
+        """Optimiser step `step` (of the epoch, from 1) computed `loss` over `clips` clips."""
+        loss = loss.detach().double()
+        finite = torch.isfinite(loss)
+        if self.skip_non_finite:
+            counted = finite.double() * clips
+            self.sums += torch.stack([torch.where(finite, loss, 0.0) * clips, counted])
+            return
+        self.sums += torch.stack([loss * clips, torch.full_like(loss, clips)])
+        first = ~finite & (self.first_bad_step == 0)
+        self.first_bad_step = torch.where(first, step, self.first_bad_step)
+        self.first_bad_loss = torch.where(first, loss, self.first_bad_loss)
+
+    def read(self) -> tuple[float, float, Divergence | None]:
+        """(loss sum, clips it sums over, the first non-finite loss) read back at once."""
+        loss_sum, clips, step, loss = torch.cat(
+            [self.sums, torch.stack([self.first_bad_step.double(), self.first_bad_loss])]
+        ).tolist()
+        return loss_sum, clips, Divergence(int(step), loss) if step else None
+
+
+def accumulating(model: torch.nn.Module, last: bool):
+    """DDP's `no_sync` around every micro-batch of a step but its last: gradients add up
+    locally and are all-reduced once per optimiser step."""
+    ddp = getattr(model, "_orig_mod", model)  # under torch.compile
+    if last or not isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return ddp.no_sync()
+
+
+@dataclass(frozen=True)
+class StepDone:
+    """What one optimiser step did on this rank, counted on the host."""
+
+    clips: int  # clips trained on
+    skipped: int  # videos skipped (unreadable, or too short)
+    micro_batches: int  # micro-batches that ran
 
 
 def train_step(
@@ -160,46 +207,40 @@ def train_step(
     dist_info: DistInfo,
     amp: str,
     lam: float,
-) -> tuple[list[tuple[float, int]], int]:
-    """One optimiser step over the micro-batches `group` (gradient accumulation): forward
-    under autocast, the loss of Eq. 13-15 over every rank's clips, backward, step. ->
-    (per micro-batch that ran, its loss summed over its clips and its clip count; videos
-    skipped). A non-finite loss on any rank is `NonFiniteLoss` on every rank, the step not
-    taken: the weights stay those of the last good step."""
+    tally: LossTally,
+    step: int,
+) -> StepDone:
+    """Optimiser step `step` over the micro-batches `group` (gradient accumulation): forward
+    under autocast, the loss of Eq. 13-15 over every rank's clips, backward, step; the loss
+    goes into `tally`. Nothing is read back from the device but every rank's clip counts,
+    once (none with one process); the gradient is all-reduced once. A non-finite loss is
+    found when `tally` is read."""
     device = dist_info.device
+    counts = exchange_counts([len(b["video_ids"]) for b in group], dist_info)  # [rank][micro]
     # A micro-batch runs only where every rank has videos in it: the collectives below
     # must be entered by all ranks or none.
-    live = [int(len(b["video_ids"]) > 0) for b in group]
-    if dist_info.enabled:  # one process needs no collective (nor its device round trip)
-        live = all_reduce_min(torch.tensor(live, device=device)).tolist()
-    live_batches = sum(live)
-    losses, skipped = [], 0
-    for batch, alive in zip(group, live):
-        skipped += len(batch["skipped"])
-        if not alive:
-            continue
-        inputs = model_inputs(batch, device)
-        labels = batch["labels"].to(device, non_blocking=True)
-        with autocast(device, amp):
-            logits = model(inputs, text)["logits"]
-        # The loss sees the global batch; each rank back-propagates its own rows, so
-        # scaling by world size gives the single-process gradient after DDP's mean.
-        all_logits = gather_with_grad(logits.float())
-        all_labels = gather_with_grad(labels)
-        loss = storyboard_loss(all_logits, all_labels, lam)
-        scaler.scale(loss * dist_info.world / live_batches).backward()
-        losses.append((loss.item() * len(batch["video_ids"]), len(batch["video_ids"])))
-    finite = int(all(math.isfinite(loss_sum) for loss_sum, _ in losses))
-    if dist_info.enabled:  # every rank steps, or none does
-        finite = int(all_reduce_min(torch.tensor(finite, device=device)).item())
-    if not finite:
-        optimizer.zero_grad(set_to_none=True)
-        raise NonFiniteLoss(next((x for x, _ in losses if not math.isfinite(x)), math.nan))
-    if live_batches:
+    live = [j for j in range(len(group)) if min(rank[j] for rank in counts) > 0]
+    clips = 0
+    for position, j in enumerate(live):
+        batch, sizes = group[j], [rank[j] for rank in counts]
+        with accumulating(model, last=position == len(live) - 1):
+            inputs = model_inputs(batch, device)
+            labels = batch["labels"].to(device, non_blocking=True)
+            with autocast(device, amp):
+                logits = model(inputs, text)["logits"]
+            # The loss sees the global batch; each rank back-propagates its own rows, so
+            # scaling by world size gives the single-process gradient after DDP's mean.
+            all_logits = gather_with_grad(logits.float(), sizes)
+            all_labels = gather_with_grad(labels, sizes)
+            loss = storyboard_loss(all_logits, all_labels, lam)
+            scaler.scale(loss * dist_info.world / len(live)).backward()
+        tally.add(loss, sizes[dist_info.rank], step)
+        clips += sizes[dist_info.rank]
+    if live:
         scaler.step(optimizer)
         scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return losses, skipped
+    return StepDone(clips, sum(len(b["skipped"]) for b in group), len(live))
 
 
 @dataclass
@@ -208,8 +249,18 @@ class EpochPosition:
 
     step: int = 0  # micro-batches done
     loss_sum: float = 0.0  # the training loss summed over its clips
-    clips: int = 0
+    clips: int = 0  # clips trained on
     skipped: int = 0  # videos skipped (unreadable, or too short)
+    loss_clips: float | None = None  # clips `loss_sum` sums over (fp16 leaves overflows out)
+
+    def __post_init__(self) -> None:
+        if self.loss_clips is None:  # checkpoints before fp16 skipped overflowed steps
+            self.loss_clips = float(self.clips)
+
+    @property
+    def loss(self) -> float:
+        """The mean training loss so far (NaN before any finite one)."""
+        return self.loss_sum / self.loss_clips if self.loss_clips else math.nan
 
 
 @dataclass
@@ -276,49 +327,76 @@ def train_epoch(
     task,
     step_log: StepLog,
 ) -> EpochEnd:
-    """One epoch, continuing from `state.position`, which it advances step by step. It
-    stops early after the optimiser step at which Ctrl-C reached any rank, or at a step
-    whose loss is not finite (that step not taken). Each optimiser step is counted in
-    `step_log`."""
+    """One epoch, continuing from `state.position`, which it advances step by step. The
+    loss is read back from the device only at check steps (`StepLog.checks`) and at the
+    epoch's end, and there the epoch stops at a non-finite loss (naming the step it
+    appeared at; the steps since were taken, and nothing of this epoch is saved) or after
+    Ctrl-C reached any rank (one process stops at the step it came in). Each optimiser step
+    is counted in `step_log`."""
     setup.trained_model.train()
     position = state.position
+    tally = LossTally(
+        dist_info.device, position.loss_sum, position.loss_clips, setup.scaler.is_enabled()
+    )
     optimizer = setup.optimizer
     optimizer.zero_grad(set_to_none=True)
     batches = iter(setup.train_loader)
     while True:
         fetching = time.perf_counter()
         group = list(itertools.islice(batches, setup.accumulation))
-        if not group:
-            return EpochEnd()
         waited = time.perf_counter() - fetching
-        try:
-            losses, missed = train_step(
-                setup.trained_model,
-                setup.text,
-                group,
-                optimizer,
-                setup.scaler,
-                dist_info,
-                cfg.amp,
-                cfg.lam,
-            )
-        except NonFiniteLoss as exc:
-            return EpochEnd(diverged=Divergence(position.step // setup.accumulation + 1, exc.loss))
-        for loss_sum, clips in losses:  # in order, as a running sum
-            position.loss_sum, position.clips = position.loss_sum + loss_sum, position.clips + clips
-        position.skipped += missed
+        step = setup.optimizer_steps(position.step) + (1 if group else 0)
+        if not group:
+            # the last step was a check step, or its line is not due: no line here
+            return _read_back(tally, state, dist_info, step_log, step, None)
+        done = train_step(
+            setup.trained_model,
+            setup.text,
+            group,
+            optimizer,
+            setup.scaler,
+            dist_info,
+            cfg.amp,
+            cfg.lam,
+            tally,
+            step,
+        )
+        position.clips += done.clips
+        position.skipped += done.skipped
         lr = head_lr(optimizer)  # this step's, before the schedule moves on
         setup.scheduler.step()
         position.step += len(group)
-        step_log.step(setup.optimizer_steps(position.step), losses, waited, lr)
-        loss = position.loss_sum / max(position.clips, 1)
-        progress.update(task, advance=len(group), info=f"loss {loss:.4f}")
-        # Ctrl-C on any rank stops every rank after the same optimiser step.
-        stop = int(state.stop_requested)
-        if dist_info.enabled:
-            stop = int(all_reduce_max(torch.tensor(stop, device=dist_info.device)).item())
-        if stop:
-            return EpochEnd(stopped=True)
+        step_log.step(done.clips, waited)
+        progress.update(task, advance=len(group))
+        if step_log.checks(step) or (state.stop_requested and not dist_info.enabled):
+            end = _read_back(tally, state, dist_info, step_log, step, lr)
+            progress.update(task, info=f"loss {position.loss:.4f}")
+            if end.stopped or end.diverged:
+                return end
+
+
+def _read_back(
+    tally: LossTally,
+    state: TrainingState,
+    dist_info: DistInfo,
+    step_log: StepLog,
+    step: int,
+    lr: float | None,
+) -> EpochEnd:
+    """A check step: the loss sums into `state.position`, the step line (with the step's
+    `lr`; None: none), and whether any rank saw a non-finite loss or Ctrl-C (one
+    collective)."""
+    position = state.position
+    position.loss_sum, position.loss_clips, diverged = tally.read()
+    if lr is not None:
+        step_log.line(step, position.loss_sum, position.loss_clips, lr)
+    bad, stop = int(diverged is not None), int(state.stop_requested)
+    if dist_info.enabled:
+        flags = all_reduce_max(torch.tensor([bad, stop], device=dist_info.device))
+        bad, stop = flags.tolist()
+    if bad:  # a rank that saw none names this check's step
+        return EpochEnd(diverged=diverged or Divergence(step, math.nan))
+    return EpochEnd(stopped=bool(stop))
 
 
 def head_lr(optimizer) -> float:
@@ -367,6 +445,9 @@ def train(
     check_reporters(log_settings.report_to)
     cfg = recorded_config(cfg)
     dist_info = init_distributed(cfg.device)
+    batch_layout(cfg.batch_size, cfg.micro_batch, dist_info.world)  # before anything is written
+    if dist_info.device.type == "cuda":  # a process-wide switch: set either way
+        set_tf32(tf32_applies(dist_info.device, cfg.amp, cfg.tf32))
     with contextlib.ExitStack() as held:
 
         def hold_folder() -> None:  # only the main rank writes; its refusal stops every rank
@@ -486,8 +567,7 @@ def _set_up(cfg: RunConfig, dist_info: DistInfo, fold: int | None) -> TrainingSe
     # A cached view is a copy out of the page cache: cheaper than handing the batch over
     # from a worker process (which doubled a cached epoch in `make bench`).
     workers = cfg.workers if cfg.features is None else 0
-    micro = cfg.micro_batch or max(1, cfg.batch_size // dist_info.world)
-    accumulation = max(1, math.ceil(cfg.batch_size / (micro * dist_info.world)))
+    micro, accumulation = batch_layout(cfg.batch_size, cfg.micro_batch, dist_info.world)
     _warn_of_accumulation(cfg, dist_info, micro, accumulation)
     sampler = EpochSampler(len(train_set), True, cfg.seed, dist_info.rank, dist_info.world)
     train_loader = make_loader(train_set, micro, sampler, workers)
@@ -522,6 +602,29 @@ def _set_up(cfg: RunConfig, dist_info: DistInfo, fold: int | None) -> TrainingSe
         steps_per_epoch,
         {"micro_batch": micro, "world": dist_info.world, "accumulation": accumulation},
         run_model.model_args,
+    )
+
+
+def batch_layout(batch_size: int, micro_batch: int | None, world: int) -> tuple[int, int]:
+    """(clips per micro-batch on one process, micro-batches per optimiser step) that make
+    exactly `batch_size` clips an optimiser step over `world` processes; a batch they cannot
+    make is refused in one sentence naming the sizes that work."""
+    micro = micro_batch or batch_size // world
+    per_round = micro * world  # clips of one micro-batch on every process
+    if micro and batch_size % per_round == 0:
+        return micro, batch_size // per_round
+    below, above = batch_size // per_round * per_round, (batch_size // per_round + 1) * per_round
+    sizes = f"{below} or {above}" if below else f"{above}"
+    if micro_batch is None:
+        raise UserError(
+            f"--batch-size {batch_size} does not split evenly over {world} processes: use "
+            f"--batch-size {sizes} (a multiple of {world})."
+        )
+    divisors = [d for d in range(micro_batch, 0, -1) if batch_size % (d * world) == 0]
+    other_micro = f", or --micro-batch {divisors[0]}" if divisors else ""
+    raise UserError(
+        f"--batch-size {batch_size} is not a whole number of --micro-batch {micro_batch} x "
+        f"{world} processes ({per_round} clips): use --batch-size {sizes}{other_micro}."
     )
 
 
@@ -682,7 +785,7 @@ def _train_logged_epoch(
         info="",
     )
     started = time.perf_counter()
-    step_log.start_epoch(state.epoch)
+    step_log.start_epoch(state.epoch, state.position.loss_sum, state.position.loss_clips)
     end = train_epoch(setup, state, cfg, dist_info, progress, task, step_log)
     progress.remove_task(task)
     position = state.position
@@ -703,7 +806,7 @@ def _train_logged_epoch(
             f"skipped (unreadable, or shorter than --frames {cfg.frames}); check "
             "them with `python -m trainer check-data`."
         )
-    loss = position.loss_sum / max(position.clips, 1)
+    loss = position.loss
     seconds = round(time.perf_counter() - started, 2)
     logs.write(
         {"epoch": state.epoch + 1, "train_loss": loss, "skipped": skipped, "seconds": seconds},

@@ -27,8 +27,8 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
     rows = slice(0, 4) if rank == 0 else slice(4, 6)
     w = weight.clone().requires_grad_(True)
     logits = features[rows] @ w.T
-    all_logits = gather_with_grad(logits)
-    all_labels = gather_with_grad(labels[rows])
+    all_logits = gather_with_grad(logits, [4, 2])
+    all_labels = gather_with_grad(labels[rows], [4, 2])
     loss = storyboard_loss(all_logits, all_labels)
     (loss * world).backward()  # what train_step does before DDP averages gradients
     grad = w.grad.clone()
