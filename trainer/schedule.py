@@ -19,12 +19,12 @@ def make_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
 ) -> torch.optim.AdamW:
-    """AdamW over `param_groups(model, lr, backbone_lr_scale, weight_decay)`; the fused
-    kernel on CUDA, which also takes fp16's GradScaler decision on the device (the
-    for-each kernel has the scaler read its overflow flag back every step)."""
+    """AdamW over `param_groups(model, lr, backbone_lr_scale, weight_decay)`, fused: its
+    step counts stay on the parameters' device, and it takes fp16's GradScaler decision
+    there (the for-each kernel has the scaler read its overflow flag back every step). The
+    same kernel on CPU and CUDA."""
     groups = param_groups(model, lr, backbone_lr_scale, weight_decay)
-    on_cuda = all(p.is_cuda for group in groups for p in group["params"])
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=on_cuda or None)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
 
 
 def lr_lambda(total_steps: int, warmup_steps: int):

@@ -613,7 +613,8 @@ def batch_layout(batch_size: int, micro_batch: int | None, world: int) -> tuple[
     per_round = micro * world  # clips of one micro-batch on every process
     if micro and batch_size % per_round == 0:
         return micro, batch_size // per_round
-    below, above = batch_size // per_round * per_round, (batch_size // per_round + 1) * per_round
+    unit = world if micro_batch is None else per_round  # what a batch must be a multiple of
+    below, above = batch_size // unit * unit, (batch_size // unit + 1) * unit
     sizes = f"{below} or {above}" if below else f"{above}"
     if micro_batch is None:
         raise UserError(

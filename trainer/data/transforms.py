@@ -21,10 +21,19 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def normalise_clips(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 [..., 3, H, W] -> float32 [..., 3, H, W]: x / 255, then CLIP's mean and std."""
-    mean = torch.tensor(CLIP_MEAN, device=frames.device).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=frames.device).view(3, 1, 1)
+def clip_pixel_stats(device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP's pixel mean and std, each float32 [3, 1, 1] on `device`."""
+    mean = torch.tensor(CLIP_MEAN, device=device).view(3, 1, 1)
+    return mean, torch.tensor(CLIP_STD, device=device).view(3, 1, 1)
+
+
+def normalise_clips(
+    frames: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """uint8 [..., 3, H, W] -> float32 [..., 3, H, W]: x / 255, then CLIP's mean and std.
+    `stats`: (mean, std) already on the frames' device (a model's buffers); without them
+    they are made here, a host-to-device copy on a GPU."""
+    mean, std = stats if stats is not None else clip_pixel_stats(frames.device)
     return (frames.float() / 255 - mean) / std
 
 

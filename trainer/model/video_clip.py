@@ -15,7 +15,7 @@ from torch import nn
 from storyboard_common.clip import LoadedClip
 from storyboard_common.errors import UserError
 
-from ..data.transforms import normalise_clips
+from ..data.transforms import clip_pixel_stats, normalise_clips
 from .aggregation import UNTRAINED_LOG_LOGIT_SCALE, ClassText, StoryboardHead
 from .temporal import TemporalTransformer
 
@@ -47,6 +47,11 @@ class VideoCLIP(nn.Module):
         self.temporal = temporal if temporal is not None else TemporalTransformer(1, 0)
         self.head = head
         self.freeze_backbone = freeze_backbone
+        # On the model's device, so that a step copies nothing from the host; not in
+        # state_dict (constants, not weights).
+        mean, std = clip_pixel_stats()
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
         self.visual.requires_grad_(not freeze_backbone)
         if hasattr(self.visual, "set_grad_checkpointing"):
             # Pointless without gradients; set either way so a shared tower is never left on.
@@ -63,7 +68,7 @@ class VideoCLIP(nn.Module):
         """[B, T, 3, H, W] -> the visual tower's frame embeddings [B, T, D] (before the
         temporal module, which trains)."""
         with torch.no_grad() if self.freeze_backbone else contextlib.nullcontext():
-            return encode_frames(self.visual, clips)
+            return encode_frames(self.visual, clips, (self.pixel_mean, self.pixel_std))
 
     def forward_features(
         self, features: torch.Tensor, text: ClassText
@@ -88,15 +93,20 @@ class VideoCLIP(nn.Module):
         return self.forward_features(self.encode_frames(inputs), text)
 
 
-def encode_frames(visual: nn.Module, clips: torch.Tensor) -> torch.Tensor:
+def encode_frames(
+    visual: nn.Module,
+    clips: torch.Tensor,
+    pixel_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """[B, T, 3, H, W] (uint8, or float CLIP-normalised) -> frame embeddings [B, T, D] of an
-    open_clip visual tower: the frozen computation a feature cache runs once per clip."""
+    open_clip visual tower: the frozen computation a feature cache runs once per clip.
+    `pixel_stats`: CLIP's (mean, std) on the clips' device (`normalise_clips`)."""
     if clips.ndim != 5:
         raise ValueError(f"expected clips [B, T, 3, H, W], got {tuple(clips.shape)}")
     b, t = clips.shape[:2]
     images = clips.flatten(0, 1)
     if images.dtype == torch.uint8:
-        images = normalise_clips(images)
+        images = normalise_clips(images, pixel_stats)
     param = next(visual.parameters(), None)
     images = images.to(param.dtype if param is not None else torch.float32)
     return visual(images).reshape(b, t, -1)
