@@ -462,6 +462,7 @@ def steps_part(args: argparse.Namespace, device: torch.device) -> tuple[dict, di
             configs=GPU_CONFIGS if device.type == "cuda" else FP32_CONFIGS,
             seed=args.seed,
         )
+    _release(device)  # the runs that follow are other processes on the same card
     result["target"] = memory_target(result)
     problems = failures(result)
     record = {

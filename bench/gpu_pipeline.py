@@ -318,8 +318,7 @@ def part_resume(p: Pipeline) -> dict:
         module_command("trainer", *args),
         env=module_env(),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=subprocess.DEVNULL,  # the resumed run's exit and output are the ones checked
     )
     metrics = out / "metrics.jsonl"
     while process.poll() is None and time.monotonic() - started < p.timeout:
