@@ -15,12 +15,13 @@ TRAINING_PASSES = 4  # forward, recomputation, backward at twice the forward
 SUSTAINED_TFLOPS = {"A100": 0.4 * 312, "H100": 0.4 * 989}
 # 8-frame training clips a second on one core, by what the loader reads (low, high):
 # raw 360p video and `prepare-videos` copies as `make bench` measured them
-# (docs/benchmarks.md, `prepared_decode_speedup`); frame folders from the issue's ~0.55 ms
-# per 256x340 JPEG, TO BE FILLED from `make bench`'s `frames_vs_prepared_speedup`.
+# (docs/benchmarks.md, `prepared_decode_speedup`); frame folders between a decode with the
+# training crop measured here under load (~50) and the issue's decode alone (~0.55 ms per
+# 256x340 JPEG: ~230), TO BE FILLED from `make bench`'s `frames_vs_prepared_speedup`.
 CLIPS_PER_CORE = {
     "raw video": (2.9, 4.4),
     "prepared video": (14.0, 18.0),
-    "frames (estimate)": (230.0, 230.0),
+    "frames (estimate)": (50.0, 230.0),
 }
 
 
