@@ -1,20 +1,30 @@
-"""`make gpu-check`: a few real training steps of the full video model on a CUDA device.
+"""`make gpu-check`: one prepared script for a GPU machine (under 8 minutes, no network,
+no weights), one JSON report, one sentence per failure.
 
-The setting is BIKE's for ViT-B/16: 8 frames, batch 32 on one device. The model is built by
-the trainer's own `build_model` from an open_clip ViT-B-16 with random weights (nothing is
-downloaded) and a synthetic sub-text artifact (400 classes x 4 sub-texts), with the
-`coarse+fine` head, the `k400` preset's 6 temporal layers and a trainable backbone; each
-step is the trainer's own `trainer.training.train_step` (autocast, `storyboard_loss`, AdamW
-over `param_groups`), so a change to the trainer's step reaches this check. Every
-configuration (bf16 autocast or fp32, gradient checkpointing on or off) starts from the
-same weights and trains on the same random clips, and reports clips/s, peak memory, its
-losses, and how often the visual tower's blocks ran per step (twice where checkpointing
-recomputes them in backward, once where it is off): the check that checkpointing is on.
+Part "steps": a few real training steps of the full video model. The setting is BIKE's
+for ViT-B/16: 8 frames, batch 32 on one device. The model is built by the trainer's own
+`build_model` from an open_clip ViT-B-16 with random weights (nothing is downloaded) and a
+synthetic sub-text artifact (400 classes x 4 sub-texts), with the `coarse+fine` head, the
+`k400` preset's 6 temporal layers and a trainable backbone; each step is the trainer's own
+`trainer.training.train_step` (autocast, `storyboard_loss`, AdamW over `param_groups`), so
+a change to the trainer's step reaches this check. Every configuration (bf16 autocast or
+fp32, gradient checkpointing on or off) starts from the same weights and trains on the
+same random clips, and reports clips/s, peak memory, its losses, and how often the visual
+tower's blocks ran per step (twice where checkpointing recomputes them in backward, once
+where it is off): the check that checkpointing is on.
+
+The other parts (`bench.gpu_pipeline`) run the real CLI end to end on a synthetic dataset:
+the loader from video copies and frame folders at the default workers (clips/s, data-wait
+share), bf16 and fp16, `--compile`, evaluation, Ctrl-C and `--resume`, `cache-features`
+and a run from it, `--decode-device`, and with two GPUs or more `torchrun` runs of `run`
+and `cache-features`.
 
 `python -m bench.gpu_check` writes `bench/gpu-check-<card>.json` and exits 0 when every
-loss is finite, checkpointing is active exactly where asked, it leaves the first loss
-unchanged, and bf16 with checkpointing peaks at most 9 GiB (BIKE's figure for this
-setting); 1 otherwise, naming what failed; 2 without CUDA.
+part that ran passed (the steps' part: every loss finite, checkpointing active exactly
+where asked and leaving the first loss unchanged, bf16 with checkpointing peaking at most
+9 GiB, BIKE's figure for this setting); 1 otherwise, one sentence per failure; 2 without
+CUDA. `--device cpu --tiny` runs every part on the CPU with the tiny CLIP, in seconds: the
+tests' way in.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import math
 import platform
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +50,7 @@ from rich.table import Table
 from storyboard_common.clip import LoadedClip, load_clip
 from storyboard_common.files import atomic_write_json
 from storyboard_common.subtexts import SubtextArtifact
+from testkit.cli import TINY_CLIP_CONFIG
 from trainer.config import resolve_config
 from trainer.distributed import DistInfo
 from trainer.model.video_clip import build_model
@@ -48,6 +60,16 @@ from trainer.settings import RunConfig
 from trainer.subtexts import artifact_class_text
 from trainer.training import NonFiniteLoss, train_step
 
+from .gpu_pipeline import (
+    GPU,
+    PARTS,
+    TINY,
+    TOTAL_BUDGET_S,
+    Pipeline,
+    cores,
+    default_ranks,
+    run_parts,
+)
 from .synthetic import synthetic_artifact
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -77,12 +99,10 @@ class StepConfig:
 
 
 TARGET_CONFIG = StepConfig("bf16", True)
-GPU_CONFIGS = (
-    TARGET_CONFIG,
-    StepConfig("bf16", False),
-    StepConfig("none", True),
-    StepConfig("none", False),
-)
+FP32_CONFIGS = (StepConfig("none", True), StepConfig("none", False))
+GPU_CONFIGS = (TARGET_CONFIG, StepConfig("bf16", False), *FP32_CONFIGS)
+# The step check on the CPU's tiny setting (--device cpu --tiny): the tiny CLIP in fp32.
+TINY_STEPS = dict(batch=2, frames=2, steps=2, warmup=1, classes=5, temporal_layers=1)
 
 
 def device_name(device: torch.device) -> str:
@@ -406,11 +426,63 @@ def print_report(result: dict, console: Console) -> None:
         )
 
 
+def print_parts(parts: list[dict], console: Console) -> None:
+    table = Table()
+    for column in ("part", "status", "s", "clips/s", "data wait", "workers", "why"):
+        table.add_column(column, no_wrap=column != "why")
+    for r in parts:
+        figures = r["figures"]
+        rate, wait = figures.get("clips_per_s"), figures.get("data_wait")
+        table.add_row(
+            r["part"],
+            r["status"],
+            f"{r['seconds']:.0f}",
+            "" if rate is None else f"{rate:.1f}",
+            "" if wait is None else f"{wait:.0%}",
+            str(figures.get("workers", "")),
+            "; ".join(r["failures"]) or r["skipped_because"] or "",
+        )
+    console.print(table)
+
+
+def steps_part(args: argparse.Namespace, device: torch.device) -> tuple[dict, dict]:
+    """The step check as a part -> (its result, its record as `run_parts` writes them)."""
+    started = time.perf_counter()
+    if args.tiny:
+        result = run_check(str(TINY_CLIP_CONFIG), device, configs=FP32_CONFIGS, **TINY_STEPS)
+    else:
+        result = run_check(
+            args.model,
+            device,
+            batch=args.batch,
+            frames=args.frames,
+            steps=args.steps,
+            warmup=args.warmup,
+            classes=args.classes,
+            configs=GPU_CONFIGS if device.type == "cuda" else FP32_CONFIGS,
+            seed=args.seed,
+        )
+    _release(device)  # the runs that follow are other processes on the same card
+    result["target"] = memory_target(result)
+    problems = failures(result)
+    record = {
+        "part": "steps",
+        "covers": "train_step of the full model: bf16 and fp32, checkpointing on and off, memory",
+        "status": "fail" if problems else "pass",
+        "seconds": time.perf_counter() - started,
+        "figures": {"configurations": len(result["results"])},
+        "failures": problems,
+        "skipped_because": None,
+    }
+    return result, record
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.gpu_check",
-        description="A few training steps of the video model on CUDA: clips/s, peak memory, "
-        "finite losses, bf16 and fp32, gradient checkpointing on and off.",
+        description="make gpu-check: training steps of the video model (clips/s, peak memory, "
+        "bf16 and fp32, gradient checkpointing on and off) and the trainer's CLI end to end "
+        f"on a synthetic dataset, within {TOTAL_BUDGET_S} s on one GPU machine.",
     )
     parser.add_argument("--model", default="ViT-B-16", help="open_clip name or JSON config")
     parser.add_argument("--batch", type=int, default=32)
@@ -419,33 +491,71 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of timing")
     parser.add_argument("--classes", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    parser.add_argument(
+        "--tiny", action="store_true", help="the tiny CLIP and a handful of tiny clips (tests)"
+    )
+    parser.add_argument(
+        "--only",
+        help="comma-separated parts to run (and the parts they need): steps, "
+        + ", ".join(part.name for part in PARTS),
+    )
+    parser.add_argument(
+        "--ranks", type=int, help="torchrun processes (default: 2 with two GPUs or more, else none)"
+    )
+    parser.add_argument(
+        "--work", type=Path, help="folder for the dataset and runs (default: temporary)"
+    )
     parser.add_argument("--out", type=Path, help="JSON file (default bench/gpu-check-<card>.json)")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
         print(NO_CUDA, file=sys.stderr)
         return 2
     if not 0 <= args.warmup < args.steps:
         print(f"--warmup ({args.warmup}) must be below --steps ({args.steps}).", file=sys.stderr)
         return 2
+    names = {"steps", *(part.name for part in PARTS)}
+    only = None if args.only is None else [n.strip() for n in args.only.split(",")]
+    if only is not None and not set(only) <= names:
+        unknown = ", ".join(sorted(set(only) - names))
+        print(
+            f"--only: no part {unknown}; the parts are {', '.join(sorted(names))}.", file=sys.stderr
+        )
+        return 2
     # Wide enough for the table's one-line rows when the output is piped (rich assumes 80).
     console = Console(width=max(Console().width, 110))
-    with console.status("gpu-check: training steps"):
-        result = run_check(
-            args.model,
-            "cuda",
-            batch=args.batch,
-            frames=args.frames,
-            steps=args.steps,
-            warmup=args.warmup,
-            classes=args.classes,
-            seed=args.seed,
-        )
-    result["target"] = memory_target(result)
-    result["failures"] = failures(result)
+    started = time.perf_counter()
+    if only is None or "steps" in only:
+        with console.status("gpu-check: training steps"):
+            result, steps_record = steps_part(args, device)
+    else:
+        result = {"device": device_name(device), "results": [], "target": None}
+        steps_record = {"part": "steps", "status": "skipped", "seconds": 0.0, "figures": {}}
+        steps_record.update(failures=[], skipped_because="not asked for (--only)")
+    ranks = args.ranks if args.ranks is not None else default_ranks(device.type)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        pipeline = Pipeline(device.type, TINY if args.tiny else GPU, work, ranks)
+        with console.status("gpu-check: the trainer end to end"):
+            parts = run_parts(pipeline, PARTS, time.perf_counter() - started, only)
+    result["parts"] = [steps_record, *parts]
+    result.update(
+        device_count=torch.cuda.device_count() if device.type == "cuda" else 0,
+        cores=cores(),
+        setting="tiny" if args.tiny else "gpu",
+        budget_s=TOTAL_BUDGET_S,
+        seconds=time.perf_counter() - started,
+    )
+    result["failures"] = [
+        f"{r['part']}: {problem}" for r in result["parts"] for problem in r["failures"]
+    ]
     out = args.out or default_output(result)
     atomic_write_json(out, result)
-    print_report(result, console)
-    console.print(f"written: {out}")
+    if result["results"]:
+        print_report(result, console)
+    print_parts(result["parts"], console)
+    console.print(f"written: {out} ({result['seconds']:.0f} s)")
     for problem in result["failures"]:
         print(f"gpu-check failed: {problem}", file=sys.stderr)
     return 1 if result["failures"] else 0

@@ -16,16 +16,34 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_CLIP_CONFIG = data_path("clip", "TinyCLIP-test.json")
 
 
+def module_command(module: str, *args) -> list[str]:
+    """The command line of `python -m MODULE ARGS` with this interpreter."""
+    return [sys.executable, "-m", module, *map(str, args)]
+
+
+def flag_args(flags: dict) -> list:
+    """Options from a dict: {"batch_size": 32, "json": True} -> ["--batch-size", 32, "--json"]."""
+    args = []
+    for name, value in flags.items():
+        args += [f"--{name.replace('_', '-')}"] + ([] if value is True else [value])
+    return args
+
+
+def module_env(env: dict | None = None) -> dict:
+    """This environment, importing this checkout whatever the folder; `env` adds to it."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **(env or {})}
+
+
 def run_module(module: str, *args, cwd: Path = REPO, env: dict | None = None, timeout=600):
     """`python -m MODULE ARGS` in a subprocess started in `cwd` (the repository root unless
     given), importing this checkout whatever the folder; `env` adds to the environment."""
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     return subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)],
+        module_command(module, *args),
         cwd=cwd,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": path, **(env or {})},
+        env=module_env(env),
         timeout=timeout,
     )
 

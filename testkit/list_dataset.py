@@ -4,7 +4,7 @@ videos (one tint per class), a CLIP checkpoint and the sub-text artifact scored 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from testkit.videos import write_video
@@ -17,11 +17,14 @@ def write_list_dataset(
     classes: Sequence[str],
     tints: Sequence[tuple[float, float, float]],
     train_per_class: int,
+    test_per_class: int = 1,
+    write: Callable[[Path, int, int], object] | None = None,
     **video,
 ) -> dict:
-    """`train_per_class` training and one test video per class (`write_video(**video)`),
-    `clip`'s weights saved as `clip.pt` and sub-texts "<class> start/middle/end" scored
-    with them -> {root, ckpt, subtexts, base}."""
+    """`train_per_class` training and `test_per_class` test videos per class (by default
+    `write_video(**video)` tinted by class; `write(path, class, i)` writes video i of a
+    class otherwise), `clip`'s weights saved as `clip.pt` and sub-texts "<class>
+    start/middle/end" scored with them -> {root, ckpt, subtexts, base}."""
     import torch
 
     from storyboard_common.classes import load_classes
@@ -37,9 +40,12 @@ def write_list_dataset(
     )
     lines = {"train": [], "test": []}
     for c, tint in enumerate(tints):
-        for i in range(train_per_class + 1):
+        for i in range(train_per_class + test_per_class):
             name = f"clips/c{c}_{i}.mp4"
-            write_video(root / name, tint=tint, **video)
+            if write is None:
+                write_video(root / name, tint=tint, **video)
+            else:
+                write(root / name, c, i)
             lines["train" if i < train_per_class else "test"].append(f"{name} {c}")
     for split, rows in lines.items():
         (root / f"{split}.txt").write_text("\n".join(rows) + "\n")

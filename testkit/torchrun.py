@@ -1,46 +1,46 @@
-"""`torchrun ... -m trainer cache-features` as the tests and the benchmark run it."""
+"""`torchrun ... -m trainer COMMAND` as the tests, the benchmark and the GPU check run it."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
-from testkit.cli import REPO
+from testkit.cli import REPO, flag_args, module_command, module_env
 
 
-def torchrun_cache_features(ranks: int, flags: dict[str, object], env: dict | None = None) -> dict:
-    """Run `torchrun --standalone --nproc_per_node RANKS -m trainer cache-features --device
-    cpu --json` with `flags` (`{"root": path, "frames": 4}` gives `--root path --frames 4`)
-    from the repository root; -> the summary rank 0 prints, the one JSON line of stdout.
-    A failure raises RuntimeError with the end of stderr."""
-    args = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={ranks}",
-        "-m",
-        "trainer",
-        "cache-features",
-        "--device",
-        "cpu",
-        "--json",
-    ]
-    for name, value in flags.items():
-        args += [f"--{name.replace('_', '-')}", str(value)]
-    done = subprocess.run(
-        args,
+def torchrun_trainer(
+    ranks: int, command: str, flags: dict[str, object], env: dict | None = None, timeout=600
+) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node RANKS -m trainer COMMAND` with `flags`
+    (`{"root": path, "frames": 4}` gives `--root path --frames 4`; True gives the bare flag)
+    from the repository root, its output captured."""
+    args = ["--standalone", f"--nproc_per_node={ranks}", "-m", "trainer", command]
+    return subprocess.run(
+        module_command("torch.distributed.run", *args, *flag_args(flags)),
         cwd=REPO,
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
-        timeout=600,
+        env=module_env(env),
+        timeout=timeout,
     )
+
+
+def json_summary(done: subprocess.CompletedProcess, what: str) -> dict:
+    """The one JSON line rank 0 prints on stdout (`--json`); a failure raises RuntimeError
+    with the end of stderr."""
     if done.returncode != 0:
-        raise RuntimeError(f"torchrun cache-features failed: {done.stderr[-3000:]}")
+        raise RuntimeError(f"torchrun {what} failed: {done.stderr[-3000:]}")
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if len(lines) != 1:
         raise RuntimeError(f"expected one JSON summary (rank 0's), got: {done.stdout[-2000:]}")
     return json.loads(lines[0])
+
+
+def torchrun_cache_features(
+    ranks: int, flags: dict[str, object], env: dict | None = None, device: str = "cpu"
+) -> dict:
+    """Run `torchrun --standalone --nproc_per_node RANKS -m trainer cache-features --device
+    DEVICE --json` with `flags` from the repository root; -> the summary rank 0 prints, the
+    one JSON line of stdout. A failure raises RuntimeError with the end of stderr."""
+    flags = {"device": device, "json": True, **flags}
+    return json_summary(torchrun_trainer(ranks, "cache-features", flags, env), "cache-features")

@@ -77,14 +77,17 @@ RAW_SECONDS = 10
 RAW_KEYFRAME_EVERY = 150
 
 
-def write_kinetics_like(path: Path, seed: int = 0) -> Path:
+def write_kinetics_like(
+    path: Path, seed: int = 0, size: tuple[int, int] = RAW_SIZE, seconds: int = RAW_SECONDS
+) -> Path:
     """A 10-second 640x360 30 fps H.264 clip with a keyframe every 150 frames, as raw
     Kinetics downloads often are: a textured scene panning, a block moving across it and
     sensor grain, encoded like a web video (x264 preset medium, crf 20: about 0.6 Mbit/s,
-    in the range of YouTube's 360p streams; a flat test pattern would decode for nothing)."""
+    in the range of YouTube's 360p streams; a flat test pattern would decode for nothing).
+    `size` (height, width) and `seconds` make smaller clips of the same kind."""
     rng = np.random.default_rng(seed)
-    height, width = RAW_SIZE
-    frames = RAW_FPS * RAW_SECONDS
+    height, width = size
+    frames = RAW_FPS * seconds
     coarse = rng.uniform(0, 255, (height // 8 + 1, (width + frames) // 8 + 1, 3))
     scene = np.kron(coarse, np.ones((8, 8, 1)))[:height, : width + frames]
     for axis in (0, 1):  # soften the 8-px blocks into gradients

@@ -1,7 +1,8 @@
-"""`make gpu-check` (bench/gpu_check.py) on the CPU: the training steps on the tiny CLIP in
-fp32, checkpointing on and off (it must be active, and must not change the losses), the
-out-of-memory path, the pass/fail checks, the report and JSON file, and the exit status
-without CUDA."""
+"""`make gpu-check` (bench/gpu_check.py, bench/gpu_pipeline.py) on the CPU: the training
+steps on the tiny CLIP in fp32, checkpointing on and off (it must be active, and must not
+change the losses), the out-of-memory path, the pass/fail checks, the report and JSON file,
+the exit status without CUDA; the pipeline's runner (failures, needs, budget, ranks) and
+rates by hand, and every pipeline part end to end with `--device cpu --tiny`."""
 
 import copy
 import json
@@ -13,12 +14,12 @@ import sys
 import pytest
 import torch
 
-from bench import gpu_check
-from bench.gpu_check import StepConfig, failures, memory_target, run_check
-from testkit.cli import REPO, TINY_CLIP_CONFIG
+from bench import gpu_check, gpu_pipeline
+from bench.gpu_check import FP32_CONFIGS, StepConfig, failures, memory_target, run_check
+from bench.gpu_pipeline import GPU, PARTS, TINY, TOTAL_BUDGET_S, Part, PartFailed, Pipeline
+from testkit.cli import REPO, TINY_CLIP_CONFIG, run_module
 from trainer import training
 
-FP32_CONFIGS = (StepConfig("none", True), StepConfig("none", False))
 BATCH, FRAMES, STEPS, WARMUP, CLASSES, TEMPORAL_LAYERS = 2, 2, 2, 1, 5, 1
 
 
@@ -159,22 +160,34 @@ def test_failures_name_each_broken_check(tiny_result):
 
 
 def test_main_writes_json_and_exit_status(tiny_result, monkeypatch, tmp_path, capsys):
-    """The CUDA path of main, with the CPU result standing in for the card's."""
+    """The CUDA path of main (the steps part alone), with the CPU result standing in for the
+    card's."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(gpu_check, "run_check", lambda *a, **k: copy.deepcopy(tiny_result))
     out = tmp_path / "check.json"
-    assert gpu_check.main(["--out", str(out)]) == 0
+    assert gpu_check.main(["--only", "steps", "--out", str(out)]) == 0
     written = json.loads(out.read_text())
     assert written["results"] == tiny_result["results"]
     assert written["failures"] == [] and written["target"] is None
+    steps, *others = written["parts"]
+    assert steps["part"] == "steps" and steps["status"] == "pass"
+    assert {r["status"] for r in others} == {"skipped"}
+    assert {r["skipped_because"] for r in others} == {"not asked for (--only)"}
     printed = capsys.readouterr().out
     assert "fp32" in printed and f"written: {out}" in printed
 
     broken = copy.deepcopy(tiny_result)
     broken["results"][0]["block_forwards_per_step"] = 1.0
     monkeypatch.setattr(gpu_check, "run_check", lambda *a, **k: copy.deepcopy(broken))
-    assert gpu_check.main(["--out", str(out)]) == 1
-    assert "gpu-check failed: fp32, checkpointing on" in capsys.readouterr().err
+    assert gpu_check.main(["--only", "steps", "--out", str(out)]) == 1
+    assert "gpu-check failed: steps: fp32, checkpointing on" in capsys.readouterr().err
+    assert json.loads(out.read_text())["parts"][0]["status"] == "fail"
+
+
+def test_unknown_part_is_refused_in_one_sentence(capsys):
+    assert gpu_check.main(["--device", "cpu", "--only", "steps,loaders"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("--only: no part loaders; the parts are ") and "\n" not in err
 
 
 def test_default_output_names_the_card(tiny_result):
@@ -202,3 +215,177 @@ def test_cli_without_cuda_exits_2_with_one_sentence():
     assert proc.returncode == 2
     assert proc.stderr.strip() == gpu_check.NO_CUDA
     assert proc.stdout == ""
+
+
+def test_steady_rates_by_hand():
+    """Each epoch's first step is left out; a step's time is the batch over its clips/s."""
+    steps = [
+        {"epoch": 1, "step": 1, "clips_per_s": 1.0, "data_wait": 0.9},
+        {"epoch": 1, "step": 2, "clips_per_s": 10.0, "data_wait": 0.5},  # 0.1 s a clip
+        {"epoch": 1, "step": 3, "clips_per_s": 40.0, "data_wait": 0.0},  # 0.025 s a clip
+        {"epoch": 2, "step": 1, "clips_per_s": 2.0, "data_wait": 0.8},
+        {"epoch": 2, "step": 2, "clips_per_s": 40.0, "data_wait": 0.1},  # 0.025 s a clip
+    ]
+    rates = gpu_pipeline.steady_rates(steps)
+    assert rates["steps"] == 3
+    assert rates["clips_per_s"] == pytest.approx(3 / 0.15)
+    assert rates["data_wait"] == pytest.approx((0.5 * 0.1 + 0.1 * 0.025) / 0.15)
+    assert gpu_pipeline.steady_rates(steps[:1]) == {
+        "clips_per_s": None,
+        "data_wait": None,
+        "steps": 0,
+    }
+
+
+def test_runner_records_failures_needs_budget_and_ranks(tmp_path):
+    """A failing or crashing part does not stop the others; a part whose needs did not pass,
+    a torchrun part without two ranks, and a part the budget has no room for are skipped,
+    each saying why; seconds are spent only by parts that ran."""
+    ran = []
+
+    def passes(p):
+        ran.append("a")
+        return {"clips_per_s": 3.0}
+
+    def fails(p):
+        ran.append("b")
+        raise PartFailed("b did not hold.")
+
+    def crashes(p):
+        ran.append("d")
+        raise KeyError("x")
+
+    parts = (
+        Part("a", "passes", passes, 10),
+        Part("b", "fails", fails, 10),
+        Part("c", "needs b", passes, 10, ("b",)),
+        Part("d", "crashes", crashes, 10, ("a",)),
+        Part("e", "two ranks", passes, 10, ("a",), ranks=True),
+        Part("f", "too big", passes, TOTAL_BUDGET_S),
+        Part("g", "after the others", passes, 10),
+    )
+    records = gpu_pipeline.run_parts(Pipeline("cuda", GPU, tmp_path, 1), parts, spent_s=5)
+    by_name = {r["part"]: r for r in records}
+    assert [r["status"] for r in records] == [
+        "pass",
+        "fail",
+        "skipped",
+        "fail",
+        "skipped",
+        "skipped",
+        "pass",
+    ]
+    assert ran == ["a", "b", "d", "a"]
+    assert by_name["a"]["figures"] == {"clips_per_s": 3.0} and by_name["a"]["failures"] == []
+    assert by_name["b"]["failures"] == ["b did not hold."]
+    assert by_name["c"]["skipped_because"] == "needs b, which did not pass"
+    assert by_name["d"]["failures"] == ["KeyError: 'x'"]
+    assert by_name["e"]["skipped_because"] == "needs 2 or more GPUs; 1 here"
+    assert by_name["f"]["skipped_because"].endswith(f"it needs {TOTAL_BUDGET_S}")
+    assert all(r["seconds"] == 0.0 for r in records if r["status"] == "skipped")
+    only = gpu_pipeline.run_parts(Pipeline("cpu", TINY, tmp_path, 2), parts, only=["e"])
+    assert [r["status"] for r in only] == ["pass", *["skipped"] * 3, "pass", *["skipped"] * 2]
+    assert only[1]["skipped_because"] == "not asked for (--only)"
+
+
+def test_gpu_budget_fits_eight_minutes():
+    """The step check and the parts of one GPU fit the total budget, within 8 minutes."""
+    one_gpu = sum(part.budget_s for part in PARTS if not part.ranks)
+    assert gpu_pipeline.STEPS_BUDGET_S + one_gpu <= TOTAL_BUDGET_S < 8 * 60
+
+
+# Parts that need flags other branches of issue 28 add: expected to fail (or be skipped as
+# needing one that fails) until they are merged.
+AFTER_MERGE = {
+    "prepare_frames": "--to frames",
+    "loader_frames": "--to frames",
+    "decode_device": "--decode-device",
+}
+# `compile` (inductor, ~160 s on 2 CPU cores) is left to the GPU run and item 6's own test.
+TESTED_PARTS = [part.name for part in PARTS if part.name != "compile"]
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    """`python -m bench.gpu_check --device cpu --tiny --ranks 2` (gloo), every part but
+    compile -> (the process, its JSON report)."""
+    base = tmp_path_factory.mktemp("gpu-check")
+    out = base / "report.json"
+    done = run_module(
+        "bench.gpu_check",
+        "--device",
+        "cpu",
+        "--tiny",
+        "--ranks",
+        2,
+        "--only",
+        ",".join(["steps", *TESTED_PARTS]),
+        "--work",
+        base / "work",
+        "--out",
+        out,
+        env={"OMP_NUM_THREADS": "1"},
+        timeout=1200,
+    )
+    return done, json.loads(out.read_text())
+
+
+def _part(report, name):
+    return next(r for r in report["parts"] if r["part"] == name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            name,
+            # enable after merge: --to frames, --decode-device (drop this xfail)
+            marks=pytest.mark.xfail(reason=f"needs {AFTER_MERGE[name]}", strict=True),
+        )
+        if name in AFTER_MERGE
+        else name
+        for name in ["steps", *TESTED_PARTS]
+    ],
+)
+def test_tiny_pipeline_part_passes(tiny_pipeline, name):
+    _, report = tiny_pipeline
+    record = _part(report, name)
+    assert record["status"] == "pass", record["failures"] or record["skipped_because"]
+    assert record["failures"] == [] and record["seconds"] > 0
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_figures(tiny_pipeline):
+    """The figures read back from the runs: 12 training clips at batch 2 are 6 steps an
+    epoch, 5 of them past the workers' start; the 4 test videos are evaluated; the same
+    seed and clips give the same first loss (fp16 is fp32 on a CPU; 2 gloo ranks share the
+    global batch); a resumed run repeats the straight run's epoch losses."""
+    _, report = tiny_pipeline
+    videos = _part(report, "loader_videos")["figures"]
+    assert videos["steps"] == 2 * 5 and videos["evaluated"] == 4
+    assert videos["clips_per_s"] > 0 and 0 <= videos["data_wait"] <= 1
+    assert videos["workers"] >= 1  # the loader's default, not the tests' 0
+    fp16 = _part(report, "fp16")["figures"]
+    assert fp16["steps"] == 5 and fp16["first_loss"] == pytest.approx(videos["first_loss"])
+    resume = _part(report, "resume")["figures"]
+    assert len(resume["straight_epoch_losses"]) == 2
+    assert resume["resumed_epoch_losses"] == pytest.approx(resume["straight_epoch_losses"])
+    cache = _part(report, "cache_features")["figures"]
+    assert cache["views_encoded"] == {"train": 12 * 2, "test": 4}
+    assert cache["run_from_features"]["evaluated"] == 4
+    ranks = _part(report, "torchrun_run")["figures"]
+    assert ranks["ranks"] == 2
+    assert ranks["first_loss"] == pytest.approx(videos["first_loss"], rel=1e-5)
+    assert _part(report, "torchrun_cache")["figures"]["views_encoded"] == cache["views_encoded"]
+    assert _part(report, "compile")["skipped_because"] == "not asked for (--only)"
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_exit_status_and_one_sentence_per_failure(tiny_pipeline):
+    done, report = tiny_pipeline
+    assert done.returncode == (1 if report["failures"] else 0)
+    printed = [x for x in done.stderr.splitlines() if x.startswith("gpu-check failed: ")]
+    assert printed == [f"gpu-check failed: {problem}" for problem in report["failures"]]
+    # enable after merge: --to frames, --decode-device (then no part may fail: assert not failures)
+    assert all(problem.split(":")[0] in AFTER_MERGE for problem in report["failures"])
