@@ -58,7 +58,7 @@ from trainer.precision import grad_scaler
 from trainer.schedule import make_optimizer
 from trainer.settings import RunConfig
 from trainer.subtexts import artifact_class_text
-from trainer.training import NonFiniteLoss, train_step
+from trainer.training import LossTally, train_step
 
 from .gpu_pipeline import (
     GPU,
@@ -192,24 +192,26 @@ def _train_steps(inputs: CheckInputs, config: StepConfig, record: dict) -> None:
     }
     one_process = DistInfo(rank=0, world=1, local_rank=0, device=device)
     block_calls = BlockCalls(model.visual)
-    losses = record["losses"]
+    # A tally per step, read after the timed steps: the trainer reads none back between them.
+    tallies = [LossTally(device, 0.0, 0.0, scaler.is_enabled()) for _ in range(steps)]
     try:
-        for step in range(steps):
+        for step, tally in enumerate(tallies):
             if step == warmup:
                 _sync(device)
                 start = time.perf_counter()
-            # The trainer's own optimiser step; its running loss synchronises, as in a run.
-            try:
-                ((loss_sum, count),), _ = train_step(
-                    model, text, [batch], optimizer, scaler, one_process, config.amp, recipe.lam
-                )
-            except NonFiniteLoss as exc:  # that step not taken; `failures` names the loss
-                loss_sum, count = exc.loss, 1
-            losses.append(loss_sum / count)
+            train_step(
+                model, text, [batch], optimizer, scaler, one_process, config.amp, recipe.lam,
+                tally, step + 1,
+            )  # fmt: skip
         _sync(device)
         seconds = time.perf_counter() - start
     finally:
         block_calls.remove()
+    for tally in tallies:  # a step fp16 skipped has no loss: NaN, which `failures` names
+        loss_sum, clips, diverged = tally.read()
+        record["losses"].append(
+            diverged.loss if diverged else loss_sum / clips if clips else math.nan
+        )
     timed = steps - warmup
     record.update(
         status="ok",

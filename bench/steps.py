@@ -60,8 +60,10 @@ def bench_steps(batch: int = 2, frames: int = 8, classes: int = 51, repeats: int
 
         tally = LossTally(device, 0.0, 0.0, skip_non_finite=False)
 
-        def step(model=model, optimizer=optimizer, inputs=inputs, tally=tally):  # the trainer's step
-            train_step(model, text, [inputs], optimizer, scaler, one_process, "none", 1.0, tally, 1)
+        def step(model=model, optimizer=optimizer, inputs=inputs, tally=tally):
+            train_step(  # the trainer's own step
+                model, text, [inputs], optimizer, scaler, one_process, "none", 1.0, tally, 1
+            )
 
         step_seconds[mode] = _time(step, repeats)
         features = torch.randn(batch, frames, clip.embed_dim, device=device, requires_grad=True)
