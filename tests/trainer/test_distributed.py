@@ -1,12 +1,9 @@
 """DDP with two CPU processes (gloo) gives the loss and gradients of one process."""
 
-import os
-import socket
-
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from testkit.torchrun import spawn_gloo
 from trainer.distributed import gather_with_grad
 from trainer.loss import storyboard_loss
 
@@ -19,8 +16,7 @@ def _batch():
     return features, labels, weight
 
 
-def _worker(rank: int, world: int, port: int, out: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank: int, world: int, out: dict) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     features, labels, weight = _batch()
     # Uneven shards (4 + 2 rows), as when a rank skipped unreadable videos.
@@ -42,12 +38,7 @@ def test_two_gloo_processes_match_one():
     w = weight.clone().requires_grad_(True)
     single = storyboard_loss(features @ w.T, labels)
     single.backward()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    manager = mp.Manager()
-    out = manager.dict()
-    mp.spawn(_worker, args=(2, port, out), nprocs=2, join=True)
+    out = spawn_gloo(_worker, 2)
     for rank in (0, 1):
         loss, grad = out[rank]
         assert abs(loss - float(single)) < 1e-6
