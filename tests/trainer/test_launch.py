@@ -152,6 +152,22 @@ def test_a_checkpoint_loads_to_cpu_and_nothing_keeps_it_once_restored(tmp_path):
     torch.testing.assert_close(setup.model.weight.detach(), saved_weight)
 
 
+def test_ranks_resumed_at_different_points_are_refused_naming_the_shared_folder(monkeypatch):
+    ranks = DistInfo(1, 3, 1, torch.device("cpu"))
+    positions = [(3, 5), (3, 5), (0, 0)]  # rank 2 found no last.pt: it started fresh
+    monkeypatch.setattr(training, "gather_objects", lambda here, _: positions)
+    state = training.TrainingState(epoch=3, position=training.EpochPosition(step=5))
+    with pytest.raises(UserError) as refused:
+        training.check_same_position(state, ranks, Path("/runs/k400"))
+    assert str(refused.value) == (
+        "the processes resumed at different points (rank 0: epoch 3 step 5, rank 1: epoch 3 "
+        "step 5, rank 2: epoch 0 step 0): they read different /runs/k400/checkpoints/last.pt "
+        "files, so --out must be one folder on a filesystem every machine shares."
+    )
+    positions[2] = (3, 5)
+    training.check_same_position(state, ranks, Path("/runs/k400"))  # one position: no refusal
+
+
 # ------------------------------------------------------------------ several ranks
 
 
