@@ -52,6 +52,11 @@ class DistInfo:
         return self.world > 1
 
 
+def local_processes() -> int:
+    """The processes of this run on this machine (torchrun's LOCAL_WORLD_SIZE; 1 without)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 @functools.cache
 def _wait_group():
     """The gloo group whose collectives wait up to `SET_UP_WAIT` (one per process group:
@@ -68,9 +73,8 @@ def init_distributed(
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    torch_device = choose_device(device, count, local_rank, local_world)
+    torch_device = choose_device(device, count, local_rank, local_processes())
     if torch_device.type == "cuda":
         torch.cuda.set_device(torch_device)
     wait_group = None

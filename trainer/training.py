@@ -18,7 +18,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import shutil
 import signal
 import sys
@@ -55,6 +54,7 @@ from .distributed import (
     gather_objects,
     gather_with_grad,
     init_distributed,
+    local_processes,
     main_first,
     on_main,
     wait_for_all,
@@ -506,7 +506,9 @@ def _set_up(cfg: RunConfig, dist_info: DistInfo, fold: int | None) -> TrainingSe
 
     model = run_model.model
     trained_model = model
-    wait_for_all(dist_info)  # set-up takes each rank its own time; DDP's broadcast must not
+    # Each rank's set-up takes its own time: all are done before DDP's first broadcast,
+    # which would count the wait against --dist-timeout.
+    wait_for_all(dist_info)
     if dist_info.enabled:
         trained_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dist_info.device.index] if dist_info.device.type == "cuda" else None
@@ -562,7 +564,7 @@ def _warn_of_shm(cfg: RunConfig, dist_info: DistInfo, workers: int, clips: int, 
     shm = Path("/dev/shm")
     if not (dist_info.is_main and dist_info.device.type == "cuda" and workers and shm.is_dir()):
         return
-    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    processes = local_processes()
     needed = loader_shm_bytes(workers, cfg.prefetch, clips, cfg.frames, size, processes)
     warning = shm_shortfall(needed, shutil.disk_usage(shm).total)
     if warning:

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from storyboard_common.device import available_cores
 
+from ..distributed import local_processes
 from .items import VideoItem
 from .sampling import clip_indices, interval_frames, segment_indices
 from .transforms import eval_transform, train_transform
@@ -288,8 +289,8 @@ def loader_workers(workers: int | None) -> int:
     torchrun's LOCAL_WORLD_SIZE processes (one process without torchrun)."""
     if workers is not None:
         return workers
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return default_workers(available_cores(), local, int(os.environ.get("LOCAL_RANK", "0")))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return default_workers(available_cores(), local_processes(), local_rank)
 
 
 def loader_shm_bytes(
