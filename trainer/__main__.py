@@ -221,13 +221,14 @@ def presets() -> None:
     "device",
     "batch_size",
     "workers",
+    "prefetch",
+    "dist_timeout",
     preset="A run preset, for its data and clip settings.",
     split="Fold 1, 2 or 3 (one cache per fold).",
     eval_clips="Temporal views at evaluation (1).",
     eval_crops="Spatial views at evaluation, 1 or 3 (1).",
     seed="Seed of the training views, as a run's --seed (0).",
     batch_size="Clips per forward pass (32).",
-    workers="DataLoader workers (4).",
 )
 def cache_features_command(
     *,
@@ -312,7 +313,7 @@ def evaluate(
         None, help="Fold 1, 2, 3 or all (default: the run's fold on its own dataset, else all)."
     ),
     device: str = setting_option("device", default="auto"),
-    workers: int = setting_option("workers", default=4, help="DataLoader workers."),
+    workers: int = setting_option("workers"),
     last: bool = typer.Option(False, "--last", help="Evaluate the last checkpoint, not the best."),
     features: Path = typer.Option(
         None,

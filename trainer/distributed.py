@@ -2,22 +2,36 @@
 
 `torchrun --nproc_per_node G -m trainer run ...` sets RANK / WORLD_SIZE / LOCAL_RANK;
 without them the run is a single process. NCCL on CUDA, gloo on CPU.
+
+Two kinds of waiting: collectives in lock-step (training steps, evaluation) stop the run
+after `--dist-timeout` minutes, the sign of a dead or stuck peer; a rank waiting for the main
+rank's set-up (probing videos, checking or repairing a cache) or for the others' shares of
+independent work waits on a gloo group of its own (`DistInfo.wait_group`), up to
+`SET_UP_WAIT`: that time grows with the dataset, not with a fault.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from datetime import timedelta
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from storyboard_common.device import resolve_device
+from storyboard_common.device import choose_device
 from storyboard_common.errors import UserError
 
+from .settings import DIST_TIMEOUT_MINUTES
+
 T = TypeVar("T")
+
+# How long a rank waits for another's set-up or share of work (a week: unbounded in practice;
+# a rank that dies ends the others through torchrun, not through this timeout).
+SET_UP_WAIT = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -26,6 +40,7 @@ class DistInfo:
     world: int
     local_rank: int
     device: torch.device
+    wait_group: Any = None  # the long-waiting gloo group (`SET_UP_WAIT`); None: one process
 
     @property
     def is_main(self) -> bool:
@@ -37,17 +52,42 @@ class DistInfo:
         return self.world > 1
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+def local_processes() -> int:
+    """The processes of this run on this machine (torchrun's LOCAL_WORLD_SIZE; 1 without)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+@functools.cache
+def _wait_group():
+    """The gloo group whose collectives wait up to `SET_UP_WAIT` (one per process group:
+    creating it is itself a collective, which every rank reaches in `init_distributed`)."""
+    return dist.new_group(backend="gloo", timeout=SET_UP_WAIT)
+
+
+def init_distributed(
+    device: str = "auto", timeout_minutes: float = DIST_TIMEOUT_MINUTES
+) -> DistInfo:
+    """This process's place in the run (torchrun's environment, else one process) and its
+    device (`choose_device`); under torchrun the process group, bound to that device, with
+    collectives that give up after `timeout_minutes`, and the long-waiting group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    torch_device = resolve_device(device)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    torch_device = choose_device(device, count, local_rank, local_processes())
     if torch_device.type == "cuda":
-        torch_device = torch.device("cuda", local_rank)
         torch.cuda.set_device(torch_device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch_device.type == "cuda" else "gloo")
-    return DistInfo(rank, world, local_rank, torch_device)
+    wait_group = None
+    if world > 1:
+        if not dist.is_initialized():
+            cuda = torch_device.type == "cuda"
+            dist.init_process_group(
+                "nccl" if cuda else "gloo",
+                timeout=timedelta(minutes=timeout_minutes),
+                device_id=torch_device if cuda else None,
+            )
+        wait_group = _wait_group()
+    return DistInfo(rank, world, local_rank, torch_device, wait_group)
 
 
 def exchange_counts(counts: list[int], dist_info: DistInfo) -> list[list[int]]:
@@ -99,43 +139,77 @@ def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
     return _all_reduce(x, dist.ReduceOp.MAX)
 
 
-def main_first(make: Callable[[], T], dist_info: DistInfo) -> T:
-    """`make()` on the main rank, then on the others; returns once every rank has made it.
-
-    For what the main rank creates and the others open (a cache's meta.json). A UserError
-    on the main rank is raised on every rank, so none waits for a rank that has stopped.
-    """
+def on_main(work: Callable[[], T], dist_info: DistInfo) -> T | None:
+    """`work()` on the main rank while the others wait for it without a collective's timeout
+    (`wait_group`): for the main rank's long set-up (probing videos, checking a cache). A
+    UserError there is raised on every rank, so none waits for a rank that has stopped.
+    -> its result on the main rank, None on the others."""
     if not dist_info.enabled:
-        return make()
+        return work()
     result, error = None, [None]
     if dist_info.is_main:
         try:
-            result = make()
+            result = work()
         except UserError as exc:
             error = [str(exc)]
-    dist.broadcast_object_list(error, src=0)
+    dist.broadcast_object_list(error, src=0, group=dist_info.wait_group)
     if error[0] is not None:
         raise UserError(error[0])
+    return result
+
+
+def main_first(make: Callable[[], T], dist_info: DistInfo) -> T:
+    """`make()` on the main rank, then on the others; returns once every rank has made it.
+
+    For what the main rank creates and the others open (a cache's meta.json). The waits are
+    `on_main`'s (no collective timeout), and so is its UserError on every rank.
+    """
+    result = on_main(make, dist_info)
+    if not dist_info.enabled:
+        return result
     if not dist_info.is_main:
         result = make()
-    dist.barrier()
+    wait_for_all(dist_info)
     return result
 
 
 def gather_objects(value: T, dist_info: DistInfo) -> list[T]:
-    """Every rank's `value`, in rank order (one process: `[value]`)."""
+    """Every rank's `value`, in rank order (one process: `[value]`), once every rank has
+    done its share of independent work: the wait is `wait_group`'s, not a collective's."""
     if not dist_info.enabled:
         return [value]
     gathered: list = [None] * dist_info.world
-    dist.all_gather_object(gathered, value)
+    dist.all_gather_object(gathered, value, group=dist_info.wait_group)
     return gathered
 
 
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+def gather_to_main(value: T, dist_info: DistInfo) -> list[T] | None:
+    """Every rank's `value`, in rank order, on the main rank alone (one process: `[value]`);
+    None on the others, which hold only their own."""
+    if not dist_info.enabled:
+        return [value]
+    gathered: list | None = [None] * dist_info.world if dist_info.is_main else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered
+
+
+def from_main(value: T, dist_info: DistInfo) -> T:
+    """The main rank's `value` on every rank (small things: a few metrics)."""
+    if not dist_info.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def wait_for_all(dist_info: DistInfo) -> None:
+    """Return once every rank is here, however long the others take to come (`wait_group`):
+    after set-up, before the first collective of lock-step work."""
+    if dist_info.enabled:
+        dist.barrier(group=dist_info.wait_group)
 
 
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        _wait_group.cache_clear()  # destroyed with the process group

@@ -21,7 +21,7 @@ from storyboard_common.subtexts import read_subtexts
 from . import metrics
 from .cache.dataset import FeatureDataset
 from .cache.store import TEST, FeatureCache, cache_identity, read_meta
-from .data.dataset import EpochSampler, VideoClipDataset, make_loader
+from .data.dataset import EpochSampler, VideoClipDataset, loader_workers, make_loader
 from .data.items import SplitList
 from .data.layouts import folds, load_split, test_split
 from .data.protocols import (
@@ -31,7 +31,7 @@ from .data.protocols import (
     restrict_classes,
     subset_class_ids,
 )
-from .distributed import DistInfo, gather_objects
+from .distributed import DistInfo, all_reduce_sum, from_main, gather_to_main
 from .model.aggregation import ClassText
 from .paths import default_root
 from .precision import autocast
@@ -47,40 +47,89 @@ def model_inputs(batch: dict, device: torch.device) -> torch.Tensor:
     return inputs.to(device, non_blocking=True)
 
 
+@dataclass
+class VideoScores:
+    """Videos' views' softmax probabilities summed per video, with their view counts,
+    labels (each video's first view's) and ids: what a rank holds of an evaluation."""
+
+    sums: np.ndarray  # [N, C] float64
+    counts: np.ndarray  # [N]
+    labels: np.ndarray  # [N], or [N, C] multi-hot
+    ids: list
+
+    @classmethod
+    def of_views(cls, logits, labels: np.ndarray, ids: list) -> VideoScores:
+        """One batch's views (logits [V, C], labels and ids per view) per video."""
+        sums, counts, video_ids = metrics.view_sums(logits, ids)
+        return cls(sums, counts, _first_rows(labels, ids, video_ids), video_ids)
+
+    @classmethod
+    def added(cls, parts: list[VideoScores]) -> VideoScores:
+        """`parts` (batches, or ranks in rank order) added up per video, videos in the order
+        of their first appearance (a padded sampler gives some video to two ranks)."""
+        ids = [i for part in parts for i in part.ids]
+        sums, counts, video_ids = metrics.add_view_sums(
+            np.concatenate([part.sums for part in parts]),
+            np.concatenate([part.counts for part in parts]),
+            ids,
+        )
+        labels = np.concatenate([part.labels for part in parts])
+        return cls(sums, counts, _first_rows(labels, ids, video_ids), video_ids)
+
+
+def _first_rows(rows: np.ndarray, row_ids: list, ids: list) -> np.ndarray:
+    """The first row of each of `ids` in `rows`, whose rows are those of `row_ids`."""
+    first: dict = {}
+    for row, vid in enumerate(row_ids):
+        first.setdefault(vid, row)
+    return rows[[first[v] for v in ids]]
+
+
 @torch.inference_mode()
 def predict(model, text: ClassText, loader, dist_info: DistInfo, amp: str, progress=None):
-    """Per-video probabilities (views averaged), labels and ids, gathered from all ranks."""
+    """Per-video probabilities (views averaged), labels, ids and the count of unreadable
+    videos, on the main rank; None on the others. Each rank sums its videos' view
+    probabilities batch by batch (a video's views are one sample, so on one rank) and only
+    the main rank gathers them: memory grows with videos x classes, not x views."""
     model.eval()
-    scores, labels, ids, skipped = [], [], [], 0
+    parts, skipped = [], 0
     task = progress.add_task("evaluate", total=len(loader), info="") if progress else None
     for batch in loader:
         skipped += len(batch["skipped"])
         if len(batch["video_ids"]):
             with autocast(dist_info.device, amp):
                 logits = model(model_inputs(batch, dist_info.device), text)["logits"]
-            scores.append(logits.float().cpu())
-            labels.append(batch["labels"])
-            ids.extend(batch["video_ids"])
+            parts.append(
+                VideoScores.of_views(logits.float(), batch["labels"].numpy(), batch["video_ids"])
+            )
         if progress:
             progress.advance(task)
     if progress:
         progress.remove_task(task)
-    if dist_info.enabled:
-        gathered = gather_objects((scores, labels, ids, skipped), dist_info)
-        scores = [s for part in gathered for s in part[0]]
-        labels = [lab for part in gathered for lab in part[1]]
-        ids = [i for part in gathered for i in part[2]]
-        skipped = sum(part[3] for part in gathered)
-    if not ids:
+    mine = VideoScores.added(parts) if parts else None
+    read = all_reduce_sum(torch.tensor(len(parts), device=dist_info.device))
+    if not int(read):  # on every rank, so none waits at the gather below
         raise UserError("no test video could be read: check the data with `trainer check-data`.")
-    logits = torch.cat(scores).numpy()
-    label_rows = torch.cat(labels).numpy()
-    first = {}
-    for row, vid in enumerate(ids):  # one label row per video (views share it)
-        first.setdefault(vid, row)
-    video_probs, video_ids = metrics.average_views(logits, ids)  # softmax, then view mean
-    video_labels = label_rows[[first[v] for v in video_ids]]
-    return video_probs, video_labels, video_ids, skipped
+    gathered = gather_to_main((mine, skipped), dist_info)
+    if gathered is None:
+        return None
+    scores = VideoScores.added([part for part, _ in gathered if part is not None])
+    return (
+        scores.sums / scores.counts[:, None],
+        scores.labels,
+        scores.ids,
+        sum(n for _, n in gathered),
+    )
+
+
+def main_scores(predictions, num_classes: int, multi_label: bool, dist_info: DistInfo) -> dict:
+    """The metrics of `predict`'s `predictions`, scored on the main rank and handed to every
+    rank, so that all take the same decisions (a new best checkpoint)."""
+    result = None
+    if predictions is not None:
+        probs, labels, _, _ = predictions
+        result = score_predictions(probs, labels, num_classes, multi_label)
+    return from_main(result, dist_info)
 
 
 def score_predictions(probs, labels, num_classes: int, multi_label: bool) -> dict:
@@ -134,7 +183,7 @@ def evaluate_checkpoint(
     split: str | None = None,
     videos: Path | None = None,
     device: str = "auto",
-    workers: int = 4,
+    workers: int | None = None,
     show_progress: bool = True,
     checkpoint: str = "best",
     subsets: Sequence[Path] | None = None,
@@ -297,7 +346,7 @@ def _evaluate_group(
     test: SplitList,
     group: ClassGroup,
     cache: FeatureCache | None,
-    workers: int,
+    workers: int | None,
     progress,
 ) -> dict:
     """The metrics of the test videos of `group`'s classes against its texts, read from the
@@ -323,11 +372,11 @@ def _evaluate_group(
         data,
         4,
         EpochSampler(len(data), False, 0, dist_info.rank, dist_info.world),
-        0 if cache else workers,
+        0 if cache else loader_workers(workers),
     )
     model = loaded.built.model
-    probs, labels, _, _ = predict(model, group.text, loader, dist_info, cfg.amp, progress)
-    return score_predictions(probs, labels, classes, multi)
+    predictions = predict(model, group.text, loader, dist_info, cfg.amp, progress)
+    return main_scores(predictions, classes, multi, dist_info)
 
 
 class SubsetTexts:

@@ -75,15 +75,33 @@ def average_views(scores, video_ids: Sequence[Hashable]) -> tuple[np.ndarray, li
     view with large logits cannot outvote the others. Videos come out in the order of their
     first view; views may come in any order and in any number per video.
     """
+    sums, counts, ids = view_sums(scores, video_ids)
+    return sums / counts[:, None], ids
+
+
+def view_sums(scores, video_ids: Sequence[Hashable]) -> tuple[np.ndarray, np.ndarray, list]:
+    """Per video, its views' softmax probabilities summed and its view count: [N*V, C] ->
+    ([N, C] float64, [N], ids in the order of their first view). What `average_views`
+    divides; sums of several parts add up with `add_view_sums`."""
     scores = _numpy(scores).astype(np.float64)
     shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-    probs = shifted / shifted.sum(axis=1, keepdims=True)
+    return add_view_sums(
+        shifted / shifted.sum(axis=1, keepdims=True), np.ones(len(scores)), video_ids
+    )
+
+
+def add_view_sums(
+    sums, counts, video_ids: Sequence[Hashable]
+) -> tuple[np.ndarray, np.ndarray, list]:
+    """Rows of per-video sums and view counts (from several batches or ranks, a video in any
+    number of them) added up per video -> (sums [N, C], counts [N], ids in the order of
+    their first row)."""
+    sums = np.asarray(sums, dtype=np.float64)
     position: dict = {}  # video id -> its row in the output, in order of first appearance
     group = np.asarray([position.setdefault(v, len(position)) for v in video_ids], dtype=np.int64)
-    sums = np.zeros((len(position), scores.shape[1]))
-    np.add.at(sums, group, probs)
-    counts = np.bincount(group, minlength=len(position))[:, None]
-    return sums / counts, list(position)
+    total = np.zeros((len(position), sums.shape[1]))
+    np.add.at(total, group, sums)
+    return total, np.bincount(group, weights=counts, minlength=len(position)), list(position)
 
 
 def confusion_matrix(pred, labels, num_classes: int) -> np.ndarray:

@@ -11,7 +11,7 @@ from pathlib import Path
 from storyboard_common.classes import class_key, match_names, unknown_names
 from storyboard_common.errors import UserError
 
-from .data.dataset import ClipSpec, VideoClipDataset, short_videos
+from .data.dataset import ClipSpec, VideoClipDataset, loader_workers, short_videos
 from .data.items import SplitList
 from .data.layouts import load_split, test_split
 from .data.protocols import fewshot_items, load_item_list, repeat_factor
@@ -99,7 +99,7 @@ def check_clip_lengths(cfg: RunConfig, data: RunData) -> None:
     `--frames` (an epoch would read no clip); warn when some are."""
     train_items = data.fewshot if data.fewshot is not None else data.train.items
     for what, items in (("training", train_items), ("test", data.test.items)):
-        short, opened = short_videos(items, cfg.frames, workers=max(1, cfg.workers))
+        short, opened = short_videos(items, cfg.frames, workers=max(1, loader_workers(cfg.workers)))
         if not short:
             continue
         item, length = short[0]

@@ -232,7 +232,7 @@ def _loaded_run(
     dataset = dataset or settings["dataset"]
     values = {**settings, **architecture(model_args), "dataset": dataset, "device": device}
     cfg = RunConfig.from_saved(values)
-    dist_info = init_distributed(device)
+    dist_info = init_distributed(device, cfg.dist_timeout)
     subtexts = cfg.subtexts or default_subtexts(dataset, cfg.clip_model, cfg.clip_pretrained)
     run_model = build(cfg, dist_info, subtexts, clip)
     check_record_clip(model_args, run_model, checkpoint_info["source"])

@@ -22,6 +22,9 @@ from .data.layouts import DATASETS
 from .model.modes import AGGREGATIONS
 
 AMP_MODES = ("bf16", "fp16", "none")
+# How long a process waits at a collective (`--dist-timeout`): well above a checkpoint save
+# or an evaluation's end on one rank, well below a night lost to a dead peer.
+DIST_TIMEOUT_MINUTES = 30.0
 
 
 @dataclass(frozen=True)
@@ -184,19 +187,34 @@ class RunSettings:
     seed: int = setting(0, "Seed of sampling, few-shot lists, init (0).")
     device: str = setting(
         "auto",
-        "auto, cpu or cuda.",
+        "auto, cpu, cuda (under torchrun process k takes GPU k) or cuda:N (one process).",
         resume_may_change="where the run computes (the checkpoint is loaded onto it)",
+    )
+    dist_timeout: float = setting(
+        DIST_TIMEOUT_MINUTES,
+        f"Minutes a torchrun process waits for the others at a collective before the run "
+        f"stops ({DIST_TIMEOUT_MINUTES:g}); waits for the main rank's set-up are not bounded "
+        "by it.",
+        positive=True,
+        resume_may_change="how long processes wait for each other, not what they compute",
     )
     out: Path | None = setting(
         None, "Run directory (default runs/<name>).", resume_may_change="the run directory itself"
     )
     eval_every: int = setting(1, "Evaluate every N epochs (1).", at_least=1)
-    workers: int = setting(
-        4,
-        "DataLoader workers (4; none with --features).",
+    workers: int | None = setting(
+        None,
+        "DataLoader workers per process (default: the cores this process may use, shared "
+        "among the processes on its machine; none with --features).",
         at_least=0,
         resume_may_change="DataLoader workers: data are keyed by (seed, epoch, item), "
         "not by worker",
+    )
+    prefetch: int = setting(
+        4,
+        "Batches each DataLoader worker prepares ahead (4).",
+        at_least=1,
+        resume_may_change="how far ahead workers read, not what they read",
     )
     preset: str | None = setting(
         None,

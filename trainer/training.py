@@ -18,6 +18,7 @@ import dataclasses
 import itertools
 import json
 import math
+import shutil
 import signal
 import sys
 import time
@@ -42,7 +43,7 @@ from .config import (
     input_paths,
     resume_differences,
 )
-from .data.dataset import EpochSampler, make_loader
+from .data.dataset import EpochSampler, loader_shm_bytes, loader_workers, make_loader, shm_shortfall
 from .data.layouts import folds, has_folds
 from .data.protocols import save_item_list
 from .distributed import (
@@ -51,12 +52,16 @@ from .distributed import (
     all_reduce_min,
     all_reduce_sum,
     exchange_counts,
+    gather_objects,
     gather_with_grad,
     init_distributed,
+    local_processes,
     main_first,
+    on_main,
+    wait_for_all,
 )
 from .environment import record_environment
-from .evaluation import model_inputs, predict, score_predictions, summarise, write_eval_outputs
+from .evaluation import main_scores, model_inputs, predict, summarise, write_eval_outputs
 from .loss import storyboard_loss
 from .model.aggregation import ClassText
 from .model.video_clip import VideoCLIP
@@ -444,7 +449,7 @@ def train(
     `log_settings`: step lines and reporters (`run_log`)."""
     check_reporters(log_settings.report_to)
     cfg = recorded_config(cfg)
-    dist_info = init_distributed(cfg.device)
+    dist_info = init_distributed(cfg.device, cfg.dist_timeout)
     batch_layout(cfg.batch_size, cfg.micro_batch, dist_info.world)  # before anything is written
     if dist_info.device.type == "cuda":  # a process-wide switch: set either way
         set_tf32(tf32_applies(dist_info.device, cfg.amp, cfg.tf32))
@@ -493,17 +498,18 @@ def _train(
     np.random.seed(cfg.seed)
     fold = folds(cfg.dataset, cfg.split)[0]
     checkpoint = _checkpoint_to_resume(cfg, dist_info, resume)
+    resumed = checkpoint is not None
     settings = json_values(dataclasses.asdict(cfg))  # as JSON values: config.json, checkpoints
     # config.json: the run as it began
     recorded = settings if checkpoint is None else check_resume(cfg, cfg.out, checkpoint)
     _warn_of_settings(cfg, dist_info)
     setup = _set_up(cfg, dist_info, fold)
     state = TrainingState() if checkpoint is None else _resume(setup, checkpoint, cfg, dist_info)
+    del checkpoint  # restored: its tensors (the optimiser's are twice the weights) are freed
+    check_same_position(state, dist_info, cfg.out)
     done_steps = state.epoch * setup.steps_per_epoch + setup.optimizer_steps(state.position.step)
     if dist_info.is_main:
-        _prepare_run_folder(
-            cfg.out, recorded, setup.data, state, done_steps, dist_info, checkpoint is not None
-        )
+        _prepare_run_folder(cfg.out, recorded, setup.data, state, done_steps, dist_info, resumed)
     _run_epochs(
         cfg, dist_info, setup, state, settings, recorded, done_steps, show_progress, log_settings
     )
@@ -513,9 +519,10 @@ def _train(
 
 
 def _checkpoint_to_resume(cfg: RunConfig, dist_info: DistInfo, resume: bool) -> dict | None:
-    """The state of the run's last.pt when `resume` continues it; None for a fresh start
-    (with --split all, later folds start fresh). A run folder that already holds a run is
-    refused without --resume."""
+    """The state of the run's last.pt when `resume` continues it, in CPU memory (`_resume`
+    copies it to the device, and the caller drops it); None for a fresh start (with --split
+    all, later folds start fresh). A run folder that already holds a run is refused without
+    --resume."""
     ckpt_dir = cfg.out / "checkpoints"
     last_path = ckpt_dir / "last.pt"
     if last_path.exists() and not resume:
@@ -534,7 +541,7 @@ def _checkpoint_to_resume(cfg: RunConfig, dist_info: DistInfo, resume: bool) -> 
         if other.exists()
         else "start over with another --out"
     )
-    return load_checkpoint(last_path, dist_info.device, hint)
+    return load_checkpoint(last_path, "cpu", hint)
 
 
 def _warn_of_settings(cfg: RunConfig, dist_info: DistInfo) -> None:
@@ -553,8 +560,8 @@ def _set_up(cfg: RunConfig, dist_info: DistInfo, fold: int | None) -> TrainingSe
     """The run's data, model, loaders, optimiser and schedule (in this order: the seeded
     random state is drawn from in it)."""
     data = prepare_data(cfg, cfg.root, fold)
-    if cfg.features is None and dist_info.is_main:
-        check_clip_lengths(cfg, data)
+    if cfg.features is None:  # the others wait without a collective's timeout
+        on_main(lambda: check_clip_lengths(cfg, data), dist_info)
     run_model = build(cfg, dist_info, cfg.subtexts)
     check_classes(data.train, run_model.class_names, cfg.subtexts)
     if cfg.features is None:
@@ -566,16 +573,22 @@ def _set_up(cfg: RunConfig, dist_info: DistInfo, fold: int | None) -> TrainingSe
     test_views = cfg.eval_clips * cfg.eval_crops
     # A cached view is a copy out of the page cache: cheaper than handing the batch over
     # from a worker process (which doubled a cached epoch in `make bench`).
-    workers = cfg.workers if cfg.features is None else 0
+    workers = loader_workers(cfg.workers) if cfg.features is None else 0
     micro, accumulation = batch_layout(cfg.batch_size, cfg.micro_batch, dist_info.world)
     _warn_of_accumulation(cfg, dist_info, micro, accumulation)
     sampler = EpochSampler(len(train_set), True, cfg.seed, dist_info.rank, dist_info.world)
-    train_loader = make_loader(train_set, micro, sampler, workers)
+    train_loader = make_loader(train_set, micro, sampler, workers, cfg.prefetch)
     test_sampler = EpochSampler(len(test_set), False, 0, dist_info.rank, dist_info.world)
-    test_loader = make_loader(test_set, max(1, micro // test_views), test_sampler, workers)
+    test_batch = max(1, micro // test_views)
+    test_loader = make_loader(test_set, test_batch, test_sampler, workers, cfg.prefetch)
+    clips = max(micro, test_batch * test_views)
+    _warn_of_shm(cfg, dist_info, workers, clips, run_model.image_size)
 
     model = run_model.model
     trained_model = model
+    # Each rank's set-up takes its own time: all are done before DDP's first broadcast,
+    # which would count the wait against --dist-timeout.
+    wait_for_all(dist_info)
     if dist_info.enabled:
         trained_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dist_info.device.index] if dist_info.device.type == "cuda" else None
@@ -649,6 +662,19 @@ def _warn_of_accumulation(
         )
 
 
+def _warn_of_shm(cfg: RunConfig, dist_info: DistInfo, workers: int, clips: int, size: int) -> None:
+    """Warn (main rank of a CUDA run) when /dev/shm is smaller than what this machine's
+    loader workers may hold in it (`loader_shm_bytes`): Docker gives 64 MB."""
+    shm = Path("/dev/shm")
+    if not (dist_info.is_main and dist_info.device.type == "cuda" and workers and shm.is_dir()):
+        return
+    processes = local_processes()
+    needed = loader_shm_bytes(workers, cfg.prefetch, clips, cfg.frames, size, processes)
+    warning = shm_shortfall(needed, shutil.disk_usage(shm).total)
+    if warning:
+        warnings.warn(warning, stacklevel=3)
+
+
 def _resume(
     setup: TrainingSetup, checkpoint: dict, cfg: RunConfig, dist_info: DistInfo
 ) -> TrainingState:
@@ -670,6 +696,21 @@ def _resume(
     return TrainingState(
         checkpoint["epoch"], EpochPosition(**checkpoint["position"]), checkpoint["best"]
     )
+
+
+def check_same_position(state: TrainingState, dist_info: DistInfo, out: Path) -> None:
+    """Refuse, on every rank, a run whose ranks stand at different epochs or steps: each
+    rank reads its own `out`/checkpoints/last.pt, so they differ when `out` is not one
+    shared folder (a fresh start counts as epoch 0, step 0)."""
+    here = (state.epoch, state.position.step)
+    positions = gather_objects(here, dist_info)
+    if len(set(positions)) > 1:
+        shown = ", ".join(f"rank {r}: epoch {e} step {s}" for r, (e, s) in enumerate(positions))
+        raise UserError(
+            f"the processes resumed at different points ({shown}): they read different "
+            f"{out / 'checkpoints' / 'last.pt'} files, so --out must be one folder on a "
+            "filesystem every machine shares."
+        )
 
 
 def _prepare_run_folder(
@@ -829,11 +870,9 @@ def _evaluate(
     """Evaluate after `state.epoch` epochs and log it; a new best (top-1, or mAP where
     multi-label) is saved as best.pt with its evaluation outputs."""
     test = setup.data.test
-    probs, labels, ids, _ = predict(
-        setup.model, setup.text, setup.test_loader, dist_info, cfg.amp, progress
-    )
+    predictions = predict(setup.model, setup.text, setup.test_loader, dist_info, cfg.amp, progress)
     num_classes = len(setup.data.train.class_names)
-    result = score_predictions(probs, labels, num_classes, test.multi_label)
+    result = main_scores(predictions, num_classes, test.multi_label, dist_info)
     global_step = state.epoch * setup.steps_per_epoch
     logs.write(
         {"epoch": state.epoch, **result}, {f"eval/{k}": v for k, v in result.items()}, global_step
@@ -842,7 +881,8 @@ def _evaluate(
     if state.best is None or result[key] > state.best[key]:
         state.best = {"epoch": state.epoch, **result}
         _save(setup, state, settings, dist_info, cfg.out / "checkpoints" / "best.pt")
-        if dist_info.is_main:
+        if predictions is not None:  # the main rank's
+            probs, labels, ids, _ = predictions
             write_eval_outputs(cfg.out, probs, labels, ids, test.class_names, test.multi_label)
 
 

@@ -13,9 +13,9 @@ import torch
 from storyboard_common.clip import clip_identity, load_clip
 from storyboard_common.errors import UserError
 
-from ..data.dataset import Skipped, VideoClipDataset, make_loader
+from ..data.dataset import Skipped, VideoClipDataset, loader_workers, make_loader
 from ..data.layouts import folds
-from ..distributed import DistInfo, barrier, gather_objects, init_distributed, main_first
+from ..distributed import DistInfo, gather_objects, init_distributed, main_first, wait_for_all
 from ..model.video_clip import encode_frames
 from ..paths import default_features_dir, default_root, writable_dir
 from ..precision import autocast
@@ -57,7 +57,12 @@ def _encode_split(
     # A training item gives its missing views (one clip each), a test item all its views.
     keys = [(p, tuple(left)) for p, left in pending.items()][dist_info.rank :: dist_info.world]
     loader = make_loader(
-        _Pending(dataset), max(1, cfg.batch_size // views), keys, cfg.workers, collate=list
+        _Pending(dataset),
+        max(1, cfg.batch_size // views),
+        keys,
+        loader_workers(cfg.workers),
+        cfg.prefetch,
+        collate=list,
     )
     task = progress.add_task(f"encode {split}", total=sum(map(len, (k[1] for k in keys))), info="")
     encoded, skipped = 0, {}
@@ -122,7 +127,7 @@ def cache_features(
         raise UserError("--views must be at least 1.")
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be {' or '.join(DTYPES)}, not {dtype!r}.")
-    dist_info = init_distributed(cfg.device)
+    dist_info = init_distributed(cfg.device, cfg.dist_timeout)
     root = cfg.root or default_root(cfg.dataset)
     fold = folds(cfg.dataset, cfg.split)[0]
     out = Path(
@@ -168,7 +173,7 @@ def cache_features(
     }
     if dist_info.is_main:
         writer.finish(skipped)
-    barrier()
+    wait_for_all(dist_info)
     return {
         "out": out,
         "encoded": encoded,

@@ -14,6 +14,7 @@ worker decodes it: runs repeat and `--resume` continues exactly.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -22,6 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from storyboard_common.device import available_cores
+
+from ..distributed import local_processes
 from .items import VideoItem
 from .sampling import clip_indices, interval_frames, segment_indices
 from .transforms import eval_transform, train_transform
@@ -252,11 +256,13 @@ def make_loader(
     batch_size: int,
     sampler: EpochSampler | Iterable,
     workers: int = 4,
+    prefetch: int = 4,
     pin_memory: bool | None = None,
     collate: Callable | None = None,
 ) -> DataLoader:
-    """Workers, pinned memory (on CUDA) and persistent workers by default; batches are
-    `collate_clips` of the dataset's `input_key` unless `collate` says otherwise."""
+    """Workers (each `prefetch` batches ahead), pinned memory (on CUDA) and persistent
+    workers by default; batches are `collate_clips` of the dataset's `input_key` unless
+    `collate` says otherwise."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -265,6 +271,46 @@ def make_loader(
         collate_fn=collate or partial(collate_clips, input_key=dataset.input_key),
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=prefetch if workers > 0 else None,
         drop_last=False,
+    )
+
+
+def default_workers(cores: int, local_processes: int, local_rank: int = 0) -> int:
+    """Loader workers of process `local_rank` of the `local_processes` on a machine with
+    `cores` cores for them: the cores shared out, the remainder to the first processes so
+    that none idles, and at least one."""
+    share, left = divmod(cores, max(1, local_processes))
+    return max(1, share + int(local_rank < left))
+
+
+def loader_workers(workers: int | None) -> int:
+    """`--workers` as given, else `default_workers` of the cores this process may use among
+    torchrun's LOCAL_WORLD_SIZE processes (one process without torchrun)."""
+    if workers is not None:
+        return workers
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return default_workers(available_cores(), local_processes(), local_rank)
+
+
+def loader_shm_bytes(
+    workers: int, prefetch: int, clips: int, frames: int, size: int, processes: int = 1
+) -> int:
+    """Shared memory the loaders of `processes` processes may hold at once: each worker's
+    `prefetch` batches of `clips` uint8 clips [frames, 3, size, size] (batches travel from
+    workers through /dev/shm)."""
+    return processes * workers * prefetch * clips * frames * 3 * size * size
+
+
+def shm_shortfall(needed: int, available: int) -> str | None:
+    """The one-line warning when /dev/shm (`available` bytes) is smaller than the `needed`
+    bytes of `loader_shm_bytes`; None when it fits."""
+    if needed <= available:
+        return None
+    mib = 2**20
+    return (
+        f"/dev/shm holds {available / mib:.0f} MiB but the DataLoader workers may hold "
+        f"{needed / mib:.0f} MiB in it, and a worker then dies with a bus error: give the "
+        f"container more (docker run --shm-size {math.ceil(needed * 1.25 / 2**30)}g), or lower "
+        "--workers or --prefetch."
     )

@@ -48,6 +48,7 @@ from pathlib import Path
 import av
 from av.video.frame import PictureType
 
+from storyboard_common.device import available_cores
 from storyboard_common.errors import UserError, first_line
 from storyboard_common.files import atomic_path, atomic_write_json, os_reason
 
@@ -212,9 +213,7 @@ def prepare_videos(
 
 def default_workers() -> int:
     """One encoder per core (each runs single-threaded)."""
-    if hasattr(os, "sched_getaffinity"):  # the cores this process may use (Linux)
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
+    return available_cores()
 
 
 def _check_out(out: Path, root: Path, videos: Path | None, settings: PrepareSettings) -> None:
