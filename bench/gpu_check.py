@@ -194,6 +194,7 @@ def _train_steps(inputs: CheckInputs, config: StepConfig, record: dict) -> None:
     block_calls = BlockCalls(model.visual)
     # A tally per step, read after the timed steps: the trainer reads none back between them.
     tallies = [LossTally(device, 0.0, 0.0, scaler.is_enabled()) for _ in range(steps)]
+    done = 0  # steps that ran: an out-of-memory step leaves the losses before it
     try:
         for step, tally in enumerate(tallies):
             if step == warmup:
@@ -203,15 +204,16 @@ def _train_steps(inputs: CheckInputs, config: StepConfig, record: dict) -> None:
                 model, text, [batch], optimizer, scaler, one_process, config.amp, recipe.lam,
                 tally, step + 1,
             )  # fmt: skip
+            done += 1
         _sync(device)
         seconds = time.perf_counter() - start
     finally:
         block_calls.remove()
-    for tally in tallies:  # a step fp16 skipped has no loss: NaN, which `failures` names
-        loss_sum, clips, diverged = tally.read()
-        record["losses"].append(
-            diverged.loss if diverged else loss_sum / clips if clips else math.nan
-        )
+        for tally in tallies[:done]:  # a step fp16 skipped has no loss: NaN, which `failures` names
+            loss_sum, counted, diverged = tally.read()
+            record["losses"].append(
+                diverged.loss if diverged else loss_sum / counted if counted else math.nan
+            )
     timed = steps - warmup
     record.update(
         status="ok",
