@@ -302,7 +302,7 @@ def _decode_folder_frames(reader: FrameFolderReader, indices: list[int]) -> torc
         except RuntimeError as error:
             raise VideoError(
                 reader.path,
-                f"has a frame that cannot be decoded ({name}: {first_line(error)})",
+                f"has a frame that cannot be decoded ({name}: {_torchvision_reason(error)})",
                 FOLDER,
             ) from error
         first = decoded.get(distinct[0], image)
@@ -316,6 +316,14 @@ def _decode_folder_frames(reader: FrameFolderReader, indices: list[int]) -> torc
         decoded[index] = image
     # [3, H, W] each -> [T, H, W, 3] contiguous: the layout the video reader returns
     return torch.stack([decoded[i] for i in indices]).permute(0, 2, 3, 1).contiguous()
+
+
+def _torchvision_reason(error: Exception) -> str:
+    """torchvision's message without its source location (`decode_jpeg, <file>:171, ...`)."""
+    return _SOURCE_LOCATION.sub("", first_line(error))
+
+
+_SOURCE_LOCATION = re.compile(r"^\w+, \S+:\d+, ")
 
 
 def _wxh(image: torch.Tensor) -> str:  # [3, H, W]
