@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from testkit.videos import RAW_FPS, RAW_KEYFRAME_EVERY, RAW_SECONDS, RAW_SIZE, write_kinetics_like
 from trainer.data.prepare import JPEG_QUALITY, output_size, prepare_videos
@@ -87,7 +88,12 @@ def bench_frames_decode(videos: int = 4, reads: int = 48, workers: int = 2) -> d
         )  # fmt: skip
         assert summary.prepared == videos, summary.to_json()
         folders = [Path(tmp) / "frames" / "clips" / path.stem for path in raw]
-        fast_rate, frames_rate = clip_reads_per_second([fast, folders], reads)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # per core, as in a loader worker (DataLoader sets 1 there)
+        try:
+            fast_rate, frames_rate = clip_reads_per_second([fast, folders], reads)
+        finally:
+            torch.set_num_threads(threads)
         _, frame_info = open_video(folders[0])
     return {
         "prepared_clip_reads_per_second_vs_frames": fast_rate,
@@ -100,7 +106,7 @@ def bench_frames_decode(videos: int = 4, reads: int = 48, workers: int = 2) -> d
         f"quality {JPEG_QUALITY}, {summary.bytes_after / videos / RAW_SECONDS / 2**20:.2f} MiB "
         f"per second of video; {summary.seconds:.0f} s to write with {workers} workers) vs "
         f"their prepared copies (`prepared_decode_setup`); {reads} 8-frame training clips "
-        "each, open_video + read_frames at the native size, one thread, alternating",
+        "each, open_video + read_frames at the native size, one thread (torch too), alternating",
     }
 
 
