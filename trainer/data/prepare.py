@@ -73,7 +73,7 @@ from .frames import FPS_FILE, folder_name, fps_text, frame_file
 from .items import SplitList
 from .layouts import dataset_name, layout
 from .layouts._common import absolute
-from .video import VideoError, open_video, read_frames, short_side_size
+from .video import VideoError, VideoInfo, open_video, read_frames, short_side_size
 
 MARKER = "storyboard-prepared.json"
 LOCK = ".prepare.lock"
@@ -445,13 +445,7 @@ def prepare_video(
     except av.error.FFmpegError as exc:  # the encoder refused this video
         partial.unlink(missing_ok=True)
         return VideoResult(str(source), "unreadable", f"cannot be re-encoded ({first_line(exc)})")
-    return VideoResult(
-        str(source),
-        "prepared",
-        seconds=info.num_frames / info.fps if info.fps > 0 else 0.0,
-        bytes_before=source.stat().st_size,
-        bytes_after=size,
-    )
+    return _prepared(source, info, size)
 
 
 def prepare_frames(source: Path, target: Path, short_side: int = 256) -> VideoResult:
@@ -483,6 +477,11 @@ def prepare_frames(source: Path, target: Path, short_side: int = 256) -> VideoRe
         _remove(partial)
         reason = os_reason(exc) if isinstance(exc, OSError) else first_line(exc)
         raise UserError(f"could not write {target} ({reason}); rerun to resume.") from exc
+    return _prepared(source, info, size)
+
+
+def _prepared(source: Path, info: VideoInfo, size: int) -> VideoResult:
+    """The result of a source prepared into `size` bytes (`info`: the source's VideoInfo)."""
     return VideoResult(
         str(source),
         "prepared",
