@@ -4,6 +4,7 @@ loader and the feature cache's views reading them where videos would be."""
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -172,3 +173,34 @@ def test_views_and_charades_intervals_read_frame_folders_as_videos(clips, tmp_pa
         if path == video:
             from_video = got
     assert got == from_video
+
+
+def test_a_bike_style_frame_folder_list_trains_and_evaluates(world, tmp_path):
+    """The world's list dataset as frame folders with BIKE's list lines (`folder
+    total_frames label`): a run reads every clip of it (none skipped)."""
+    from testkit.cli import TINY_CLIP_CONFIG
+    from trainer.data.prepare import prepare_videos
+    from trainer.settings import RunConfig
+    from trainer.training import train
+
+    frames = tmp_path / "frames"
+    summary = prepare_videos("list", world["root"], frames, show_progress=False, to="frames")
+    assert summary.prepared == summary.videos == 12
+    for split in ("train", "test"):
+        lines = (world["root"] / f"{split}.txt").read_text().split("\n")
+        bike = [
+            f"{Path(p).with_suffix('')} 12 {label}"
+            for p, label in map(str.split, filter(None, lines))
+        ]
+        (frames / f"{split}.txt").write_text("\n".join(bike) + "\n")
+    run = tmp_path / "run"
+    cfg = RunConfig(
+        dataset="list", root=frames, subtexts=world["subtexts"],
+        clip_model=str(TINY_CLIP_CONFIG), clip_pretrained=str(world["ckpt"]),
+        frames=4, epochs=1, batch_size=3, warmup_epochs=0, workers=0, device="cpu", out=run,
+    )  # fmt: skip
+    metrics = train(cfg, show_progress=False)
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (epoch,) = [line for line in logged if "train_loss" in line]
+    assert epoch["skipped"] == 0 and np.isfinite(epoch["train_loss"])
+    assert metrics  # evaluated on the test folders
