@@ -391,6 +391,9 @@ def test_refusals_are_one_sentence_and_write_nothing(tmp_path):
     )
     assert sorted(root.rglob("*")) == before
 
+    one_sentence(prepare_into(tmp_path / "gifs", "--to", "gifs"), "--to must be videos or frames")
+    assert not (tmp_path / "gifs").exists()
+
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
