@@ -60,6 +60,7 @@ from itertools import islice
 from pathlib import Path
 
 import av
+import torch
 from av.video.frame import PictureType
 from torchvision.io import encode_jpeg, write_file
 
@@ -381,7 +382,10 @@ def _run(jobs: list[VideoJob], settings: PrepareSettings, workers: int) -> Itera
         yield from map(prepare, jobs)
         return
     pending_jobs = iter(jobs)
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+    # one process per core already: torch's resize and JPEG encode stay on one thread each
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)), initializer=torch.set_num_threads, initargs=(1,)
+    ) as pool:
         try:
             running = {pool.submit(prepare, job) for job in islice(pending_jobs, 2 * workers)}
             while running:
