@@ -14,7 +14,7 @@ from storyboard_common.files import atomic_write_json
 
 from .cache import bench_cache, bench_cache_ranks, bench_cache_views
 from .loader import bench_loader
-from .prepare import bench_prepared_decode
+from .prepare import bench_frames_decode, bench_prepared_decode
 from .steps import bench_steps
 from .subtexts import bench_llm_concurrency, bench_tpp_scoring
 
@@ -29,6 +29,7 @@ TARGETS = {
     "cache_speedup": (20.0, True),
     "cache_views_decode_speedup": (3.0, True),
     "prepared_decode_speedup": (4.0, True),
+    "frames_vs_prepared_speedup": (5.0, True),
 }
 
 
@@ -47,6 +48,7 @@ def main() -> None:
         ("LLM concurrency", bench_llm_concurrency),
         ("video loader", bench_loader),
         ("prepared videos", bench_prepared_decode),
+        ("frame folders", bench_frames_decode),
         ("training steps", bench_steps),
         ("feature cache", bench_cache),
         ("feature cache, 2 ranks vs 1", bench_cache_ranks),

@@ -116,3 +116,24 @@ def write_kinetics_like(
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def write_frame_folder(
+    folder: Path, frames: int = 16, width: int = 64, height: int = 48, fps: float | None = 8.0
+) -> Path:
+    """A frame folder (`trainer/data/frames.py`) of flat grey JPEGs, frame i at level
+    8*i + 16 as `write_video` writes them (`frame_level` reads them back), with `fps` in
+    its fps file (None: none, as BIKE and mmaction2 write folders)."""
+    import torch
+    from torchvision.io import encode_jpeg
+
+    from trainer.data.frames import FPS_FILE, fps_text, frame_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(frames):
+        image = torch.full((3, height, width), min(8 * i + 16, 255), dtype=torch.uint8)
+        frame_file(folder, i).write_bytes(encode_jpeg(image, quality=95).numpy().tobytes())
+    if fps is not None:
+        (folder / FPS_FILE).write_text(fps_text(fps))
+    return folder

@@ -114,24 +114,32 @@ def prepare_videos_command(
     root: Path = setting_option("root"),
     videos: Path = setting_option("videos"),
     out: Path = typer.Option(..., help="The prepared copy (new, empty, or a prepared one)."),
+    to: str = typer.Option(
+        "videos",
+        help="videos: H.264 copies; frames: a folder of JPEG frames (img_00001.jpg, ...) per "
+        "video, its path without the extension.",
+    ),
     short_side: int = typer.Option(
         256, min=96, help="Short side of the copies in px (never scaled up)."
     ),
-    keyframe_every: int = typer.Option(16, min=1, help="A keyframe every N frames."),
+    keyframe_every: int = typer.Option(
+        16, min=1, help="A keyframe every N frames (video copies only)."
+    ),
     workers: int = typer.Option(
         None, min=1, help="Videos encoded in parallel (default: one per core)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
     """Re-encode a dataset for fast clip reads (H.264, short side --short-side, a keyframe
-    every --keyframe-every frames, no audio, frame rate and frames kept) and copy its
-    annotation files, so `--root OUT` works with every command. Resumable: rerun it."""
+    every --keyframe-every frames, no audio, frame rate and frames kept; or with --to frames
+    a folder of JPEG frames per video, every frame) and copy its annotation files, so
+    `--root OUT` works with every command. Resumable: rerun it."""
     from .data.prepare import prepare_videos, print_summary
     from .paths import default_root
 
     root = root or default_root(dataset)
     summary = prepare_videos(
-        dataset, root, out, videos, short_side, keyframe_every, workers, not as_json
+        dataset, root, out, videos, short_side, keyframe_every, workers, not as_json, to
     )
     if as_json:
         sys.stdout.write(json.dumps(summary.to_json()) + "\n")

@@ -3,7 +3,9 @@
 A video is probed the way evaluation reads it: opened with the reader training uses and
 the evaluation clip's frames (`--frames` segment centres) decoded with one `get_batch`, by
 the same functions `VideoClipDataset` calls. So a video called readable here is one the
-data loader reads, and an unreadable one comes with decord's reason.
+data loader reads, and an unreadable one comes with decord's reason. A frame folder
+(`trainer/data/frames.py`) is probed the same way: missing, a gap in its frames, an
+undecodable JPEG among the clip's frames, or too few frames.
 
 The check is a gate: `CheckReport.problems` names what fails it (any unreadable or short
 video, more missing ones than the caller accepts), and the CLI exits 2 on it.

@@ -14,10 +14,11 @@ import pytest
 from storyboard_common.classes import load_classes
 from storyboard_common.errors import UserError
 from testkit.cli import REPO
-from testkit.videos import write_corrupt, write_video
+from testkit.videos import write_corrupt, write_frame_folder, write_video
 from trainer.data import layouts
 from trainer.data.check import check_splits
 from trainer.data.dataset import ClipSpec, Skipped, VideoClipDataset
+from trainer.data.frames import frame_file
 from trainer.data.layouts import load_split
 from trainer.data.video import open_video, read_frames
 
@@ -307,18 +308,37 @@ def test_partial_ucf101_ssv2_and_charades_are_checked_with_a_note(tmp_path):
     assert report["missing_splits"] == ["test"]
 
 
-def test_a_frame_folder_list_is_refused_before_any_video_is_read(tmp_path):
+def test_check_data_checks_frame_folders(tmp_path):
     root = tmp_path / "bike"
     root.mkdir()
     (root / "classes.csv").write_text("id,name\n0,abseiling\n1,air drumming\n")
-    (root / "train.txt").write_text("abseiling/-3B32lodo2M_000059_000069 300 0\n")
+    good = write_frame_folder(root / "abseiling" / "a", frames=12, fps=None)
+    write_frame_folder(root / "abseiling" / "short", frames=3, fps=None)
+    gap = write_frame_folder(root / "abseiling" / "gap", frames=12, fps=None)
+    frame_file(gap, 2).unlink()
+    broken = write_frame_folder(root / "abseiling" / "broken", frames=12, fps=None)
+    frame_file(broken, 7).write_bytes(b"\xff\xd8 not a picture")  # in the 4-frame clip
+    (root / "train.txt").write_text(
+        "abseiling/a 12 0\nabseiling/short 3 1\nabseiling/gone 12 1\nabseiling/gap.mp4 1\n"
+        "abseiling/broken 12 0\n"
+    )
+    code, report, error = check_json("--dataset", "list", "--root", root)
+    assert code != 0 and report["ok"] is False
+    one_sentence_error(error, "1 missing (--allow-missing 0), 2 unreadable and 1 short videos")
+    assert report["missing"] == ["abseiling/gone"] and report["splits"] == {"train": 4}
+    assert report["short"] == [str(root / "abseiling" / "short")]
+    reasons = report["unreadable_reasons"]
+    assert reasons == {
+        str(gap): "has a gap: img_00003.jpg is missing before img_00012.jpg",
+        str(broken): "has a frame that cannot be decoded (img_00008.jpg: Image is incomplete "
+        "or truncated)",
+    }
+    assert str(good) not in report["unreadable"] + report["short"]
+    # a list line whose count disagrees with its folder: one sentence before any probe
+    (root / "train.txt").write_text("abseiling/a 13 0\n")
     code, out, error = trainer_cli("check-data", "--dataset", "list", "--root", root)
     assert code != 0 and out == ""
-    one_sentence_error(
-        error,
-        f"{root.resolve() / 'train.txt'} line 1 looks like a frame-folder list "
-        "(`path num_frames label`), which the list layout does not read: it needs video files",
-    )
+    one_sentence_error(error, f"line 1 gives 13 frames, but frame folder {good} holds 12;")
 
 
 def test_the_default_data_root(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 
 from storyboard_common.classes import load_classes
 from storyboard_common.errors import UserError
-from testkit.videos import write_video
+from testkit.videos import write_frame_folder, write_video
 from trainer.data.items import Segment
 from trainer.data.layouts import (
     DATASETS,
@@ -398,16 +398,28 @@ def test_generic_lists(list_root):
         load_split("list", list_root, "val")
 
 
-def test_a_frame_folder_list_is_refused_in_one_sentence(list_root):
-    # TSN / BIKE lists of extracted-frame folders: `path num_frames label`
-    (list_root / "train.txt").write_text("# BIKE\nabseiling/xyz 408 0\nabseiling/uvw 300 1\n")
-    with pytest.raises(UserError) as refused:
+def test_a_frame_folder_list_reads_bike_and_mmaction2_lines(list_root):
+    # TSN / BIKE / mmaction2 lists of extracted-frame folders: `folder total_frames label`
+    write_frame_folder(list_root / "abseiling" / "xyz", frames=5, fps=None)
+    write_frame_folder(list_root / "abseiling" / "uvw", frames=3, fps=None)
+    (list_root / "train.txt").write_text(
+        "# BIKE\nabseiling/xyz 5 0\nabseiling/uvw 3 dog\nabseiling/gone 300 1\n"
+    )
+    train = load_split("list", list_root)
+    root = list_root.resolve()
+    assert [(it.path, it.video_id, it.labels) for it in train.items] == [
+        (root / "abseiling" / "xyz", "abseiling/xyz", (0,)),
+        (root / "abseiling" / "uvw", "abseiling/uvw", (1,)),
+    ]
+    assert train.missing == ("abseiling/gone",)
+    (list_root / "train.txt").write_text("abseiling/xyz 5 0\nabseiling/uvw 300 1\n")
+    with pytest.raises(UserError) as refused:  # a list from another extraction
         load_split("list", list_root)
     assert str(refused.value) == (
-        f"{list_root.resolve() / 'train.txt'} line 2 looks like a frame-folder list "
-        "(`path num_frames label`), which the list layout does not read: it needs video "
-        "files `relative/path label[,label...]`."
+        f"{root / 'train.txt'} line 2 gives 300 frames, but frame folder "
+        f"{root / 'abseiling' / 'uvw'} holds 3; regenerate the list for these frames."
     )
+
     # a video whose name has a space and ends in a number is read when it is on disk
     touch(list_root / "clips" / "take 408")
     (list_root / "train.txt").write_text("clips/take 408 0\nclips/my clip.mp4 1\nclips/b.mp4 2\n")

@@ -1,9 +1,11 @@
-"""`prepare-videos`: every layout copied so that `--root OUT` reads the same items, the copies'
-frames, rate, size and keyframes, unreadable sources, resume and the refusals."""
+"""`prepare-videos`: every layout copied (as videos and as frame folders) so that `--root OUT`
+reads the same items, the copies' frames, rate, size and keyframes, unreadable sources,
+resume and the refusals."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from fractions import Fraction
 from pathlib import Path
 
@@ -13,11 +15,12 @@ import pytest
 
 from storyboard_common.classes import load_classes
 from testkit.cli import run_app
-from testkit.videos import frame_level, write_corrupt, write_video
+from testkit.videos import frame_level, write_corrupt, write_frame_folder, write_video
 from trainer.__main__ import app
 from trainer.data import prepare
+from trainer.data.frames import FPS_FILE, folder_name, frame_file
 from trainer.data.layouts import available_splits, load_split
-from trainer.data.prepare import MARKER, output_size, partial_path, prepare_videos
+from trainer.data.prepare import LOCK, MARKER, output_size, partial_path, prepare_videos
 from trainer.data.video import open_video, read_frames
 
 
@@ -128,16 +131,26 @@ WRITERS = {
 }
 
 
-def described(split, root: Path) -> list[tuple]:
-    """A split's items with paths relative to `root`, to compare a copy with its source."""
+def described(split, root: Path, to: str = "videos") -> list[tuple]:
+    """A split's items with paths relative to `root`, to compare a copy with its source
+    (`to` frames: the source's paths as frame folders, without their extensions)."""
     return [
-        (it.path.relative_to(root), it.video_id, it.labels, it.segments, it.interval)
+        (as_copy(it.path.relative_to(root), to), it.video_id, it.labels, it.segments, it.interval)
         for it in split.items
     ]
 
 
+def as_copy(path: Path, to: str) -> Path:
+    return path.with_name(folder_name(path.name)) if to == "frames" else path
+
+
 def assert_same_splits(
-    dataset: str, root: Path, out: Path, videos: Path | None = None, home: str = ""
+    dataset: str,
+    root: Path,
+    out: Path,
+    videos: Path | None = None,
+    home: str = "",
+    to: str = "videos",
 ) -> None:
     """The copy `out` reads as `root` (with `videos`) does; its videos lie in `out/home`."""
     pairs = available_splits(dataset, root, videos)
@@ -148,28 +161,45 @@ def assert_same_splits(
         assert copy.class_names == source.class_names
         assert copy.missing == source.missing
         assert described(copy, out.resolve() / home) == described(
-            source, (videos or root).resolve()
+            source, (videos or root).resolve(), to
         )
 
 
+def frame_files(folder: Path, frames: int) -> set[Path]:
+    return {frame_file(folder, i) for i in range(frames)} | {folder / FPS_FILE}
+
+
+@pytest.mark.parametrize("to", ["videos", "frames"])
 @pytest.mark.parametrize("dataset", sorted(WRITERS))
-def test_every_layout_reads_the_same_items_from_its_prepared_copy(dataset, tmp_path):
+def test_every_layout_reads_the_same_items_from_its_prepared_copy(dataset, to, tmp_path):
     root, out = tmp_path / "raw", tmp_path / "fast"
     WRITERS[dataset](root)
-    summary = prepare_videos(dataset, root, out, workers=1, show_progress=False)
+    summary = prepare_videos(dataset, root, out, workers=1, show_progress=False, to=to)
     assert summary.prepared == summary.videos > 0, summary.to_json()
     assert summary.unreadable == summary.mismatched == {}
-    assert_same_splits(dataset, root, out)
+    assert_same_splits(dataset, root, out, to=to)
     for name in summary.annotation_files:
         assert (out / name).read_bytes() == (root / name).read_bytes()
     copied = {p.relative_to(out) for p in out.rglob("*") if p.is_file()}
-    videos = {p.relative_to(root) for p in root.rglob("*") if p.is_file()}
-    assert copied == videos | {Path(MARKER)}  # every video and annotation file, nothing else
-    for video in videos - {Path(n) for n in summary.annotation_files}:
-        with av.open(str(out / video)) as copy:  # H.264 in MP4 whatever the extension
-            assert copy.format.name.startswith("mov,mp4")
-            assert copy.streams.video[0].codec_context.name == "h264"
-    assert json.loads((out / MARKER).read_text())["dataset"] == dataset
+    annotations = {Path(n) for n in summary.annotation_files}
+    videos = {p.relative_to(root) for p in root.rglob("*") if p.is_file()} - annotations
+    if to == "videos":  # every video and annotation file, nothing else
+        assert copied == videos | annotations | {Path(MARKER), Path(LOCK)}
+        for video in videos:
+            with av.open(str(out / video)) as copy:  # H.264 in MP4 whatever the extension
+                assert copy.format.name.startswith("mov,mp4")
+                assert copy.streams.video[0].codec_context.name == "h264"
+    else:  # a folder of the 8 frames and their rate per video, the annotation files
+        folders = [as_copy(video, to) for video in videos]
+        assert copied == annotations | {Path(MARKER), Path(LOCK)} | {
+            f for folder in folders for f in frame_files(folder, 8)
+        }
+        for folder in folders:
+            reader, info = open_video(out / folder)
+            assert (info.num_frames, info.fps, info.height, info.width) == (8, 8.0, 48, 64)
+            assert [frame_level(f) for f in read_frames(reader, [7, 0, 3])] == [7, 0, 3]
+    made = json.loads((out / MARKER).read_text())
+    assert (made["dataset"], made["to"]) == (dataset, to)
 
 
 @pytest.mark.parametrize("dataset", ["charades", "ssv2", "k400"])
@@ -240,6 +270,31 @@ def test_a_copy_keeps_every_frame_at_its_rate_with_a_keyframe_every_k(tmp_path):
     assert summary.bytes_before == sum(p.stat().st_size for p in (root / "clips").rglob("*.*"))
 
 
+def test_frame_folders_keep_every_frame_and_the_rate_at_the_short_side(tmp_path):
+    root, out = tmp_path / "raw", tmp_path / "frames"
+    write_list(root)
+    rate = Fraction(30000, 1001)  # Charades' seconds must map to the same frames
+    source = write_video(root / "clips" / "a.mp4", frames=28, width=200, height=150, fps=rate)
+    summary = prepare_videos(
+        "list", root, out, short_side=96, keyframe_every=8, show_progress=False, to="frames"
+    )
+    assert summary.prepared == 3 and summary.unreadable == summary.mismatched == {}
+    frame_bytes = sum(p.stat().st_size for p in out.rglob("img_*.jpg"))
+    assert summary.bytes_after == frame_bytes
+    assert summary.bytes_before == sum(p.stat().st_size for p in (root / "clips").rglob("*.*"))
+    video, before = open_video(source, short_side=96)
+    folder, after = open_video(out / "clips" / "a")
+    assert (after.num_frames, after.height, after.width) == (28, 96, 128)  # 150x200 -> 96
+    assert after.fps == before.fps == pytest.approx(29.97, abs=0.01)  # exactly the reader's
+    indices = [27, 3, 8, 15, 16, 0, 21]  # frame i of the folder is frame i of the source
+    frames = read_frames(folder, indices)
+    assert [frame_level(f) for f in frames] == indices
+    # the reader's own resize of the source, within JPEG's rounding at quality 90
+    assert (frames.float() - read_frames(video, indices).float()).abs().mean() < 2
+    _, small = open_video(out / "clips" / "c")  # 64x48 under the short side: never scaled up
+    assert (small.height, small.width) == (48, 64)
+
+
 def test_output_sizes():
     assert output_size(720, 1280, 256) == (256, 454)  # torchvision's truncation, then even
     assert output_size(1280, 720, 320) == (568, 320)
@@ -268,28 +323,37 @@ def test_unreadable_sources_are_listed_and_the_job_goes_on(tmp_path):
     assert (out / "clips" / "c.mov").is_file() and (out / "clips" / "sub" / "b.avi").is_file()
 
 
-def test_a_killed_job_redoes_only_the_files_in_flight(tmp_path, monkeypatch):
+@pytest.mark.parametrize("to, writer", [("videos", "prepare_video"), ("frames", "prepare_frames")])
+def test_a_killed_job_redoes_only_the_files_in_flight(tmp_path, monkeypatch, to, writer):
     root, out = tmp_path / "raw", tmp_path / "fast"
     write_list(root)
-    prepare_videos("list", root, out, workers=1, show_progress=False)
-    done = out / "clips" / "a.mp4"
+    prepare_videos("list", root, out, workers=1, show_progress=False, to=to)
+    done = as_copy(out / "clips" / "a.mp4", to)
     kept = done.stat().st_mtime_ns, done.stat().st_ino
-    # killed while two copies were in flight: one partial file left, one not started
-    in_flight = [out / "clips" / "sub" / "b.avi", out / "clips" / "c.mov"]
+    # killed while two copies were in flight: one partial output left, one not started
+    in_flight = [as_copy(out / "clips" / "sub" / "b.avi", to), as_copy(out / "clips" / "c.mov", to)]
     for target in in_flight:
-        target.unlink()
-    partial_path(in_flight[0]).write_bytes(b"half a video")
+        shutil.rmtree(target) if to == "frames" else target.unlink()
+    if to == "frames":  # half the frames, one of them cut short
+        write_frame_folder(partial_path(in_flight[0]), frames=4, fps=None)
+        frame_file(partial_path(in_flight[0]), 3).write_bytes(b"\xff\xd8half")
+    else:
+        partial_path(in_flight[0]).write_bytes(b"half a video")
     encoded = []
-    real = prepare.prepare_video
+    real = getattr(prepare, writer)
     monkeypatch.setattr(
-        prepare, "prepare_video", lambda src, dst, *a: encoded.append(dst) or real(src, dst, *a)
+        prepare, writer, lambda src, dst, *a: encoded.append(dst) or real(src, dst, *a)
     )
-    summary = prepare_videos("list", root, out, workers=1, show_progress=False)
+    summary = prepare_videos("list", root, out, workers=1, show_progress=False, to=to)
     assert sorted(encoded) == sorted(in_flight)
     assert (summary.prepared, summary.already_prepared) == (2, 1)
     assert (done.stat().st_mtime_ns, done.stat().st_ino) == kept
     assert not list(out.rglob("*.partial"))
-    assert_same_splits("list", root, out)
+    assert_same_splits("list", root, out, to=to)
+    if to == "frames":
+        assert {p.name for p in in_flight[0].iterdir()} == {
+            p.name for p in frame_files(in_flight[0], 8)
+        }
 
 
 def test_a_copy_with_other_frame_count_is_reported_and_not_kept(tmp_path, monkeypatch):
@@ -327,6 +391,9 @@ def test_refusals_are_one_sentence_and_write_nothing(tmp_path):
     )
     assert sorted(root.rglob("*")) == before
 
+    one_sentence(prepare_into(tmp_path / "gifs", "--to", "gifs"), "--to must be videos or frames")
+    assert not (tmp_path / "gifs").exists()
+
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
@@ -349,3 +416,43 @@ def test_refusals_are_one_sentence_and_write_nothing(tmp_path):
     )
     assert error is None and "0 prepared now" in output and "3 already prepared" in output
     assert f"use --root {out}" in output
+
+    error = prepare_into(out, "--to", "frames")
+    one_sentence(
+        error,
+        f"--out {out} was prepared with --dataset list --short-side 256 --keyframe-every 16;",
+    )
+    frames = tmp_path / "frames"
+    prepare_videos("list", root, frames, workers=1, show_progress=False, to="frames")
+    one_sentence(
+        prepare_into(frames),
+        f"--out {frames} was prepared with --dataset list --to frames --short-side 256; rerun",
+    )
+
+
+def test_a_marker_from_before_frames_reads_as_video_copies(tmp_path):
+    root, out = tmp_path / "raw", tmp_path / "fast"
+    write_list(root)
+    prepare_videos("list", root, out, workers=1, show_progress=False)
+    made = json.loads((out / MARKER).read_text())
+    del made["to"]
+    (out / MARKER).write_text(json.dumps(made))
+    assert prepare_videos("list", root, out, show_progress=False).already_prepared == 3
+
+
+def test_one_writer_at_a_time(tmp_path):
+    import fcntl
+
+    root, out = tmp_path / "raw", tmp_path / "fast"
+    write_list(root)
+    prepare_videos("list", root, out, workers=1, show_progress=False, to="frames")
+    shutil.rmtree(out / "clips" / "a")
+    with open(out / LOCK, "w") as other:  # another prepare-videos writing this folder
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, _, error = run_app(
+            app, "prepare-videos", "--dataset", "list", "--root", root, "--out", out,
+            "--to", "frames",
+        )  # fmt: skip
+        assert code != 0  # a UserError: `run_cli` prints it and exits 2
+        one_sentence(error, f"another `prepare-videos` is writing {out}; wait for it")
+    assert not (out / "clips" / "a").exists()

@@ -150,14 +150,17 @@ def test_empty_and_missing_files(tmp_path):
     assert_names(error, missing, "does not exist")
 
 
-def test_fifo_and_folder_are_not_regular_files(tmp_path):
+def test_a_fifo_is_not_a_regular_file_and_a_folder_is_read_as_frames(tmp_path):
     fifo, folder = tmp_path / "pipe.mp4", tmp_path / "folder.mp4"
     os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
     folder.mkdir()
-    for path in (fifo, folder):
-        with pytest.raises(VideoError) as error:
-            open_video(path)
-        assert_names(error, path, "is not a regular file")
+    with pytest.raises(VideoError) as error:
+        open_video(fifo)
+    assert_names(error, fifo, "is not a regular file")
+    with pytest.raises(VideoError) as error:  # tests/trainer/data/test_frames.py reads them
+        open_video(folder)
+    assert_names(error, folder, "has no frames (no img_00001.jpg)")
+    assert str(error.value).startswith("frame folder ")
 
 
 def test_container_without_frames(tmp_path):

@@ -7,6 +7,8 @@ from pathlib import Path, PurePosixPath
 
 from storyboard_common.errors import UserError
 
+from ..frames import folder_name
+
 _SPLIT_ALIASES = {
     "train": "train",
     "training": "train",
@@ -85,7 +87,8 @@ class DirIndex:
     """Names inside folders, read with one os.scandir per folder (no per-file stat calls).
 
     `find` resolves a relative path part by part, exactly or (with `ignore_case`) through
-    a lower-case index of each folder built once.
+    a lower-case index of each folder built once; a video's path finds its frame folder
+    (the path without its extension) where the file is not there.
     """
 
     def __init__(self) -> None:
@@ -118,8 +121,19 @@ class DirIndex:
             self._lower[folder] = index
         return index
 
+    def _entry(self, folder: Path, name: str, ignore_case: bool, is_dir: bool) -> str | None:
+        """The name in `folder` that `name` stands for, if it is a folder (`is_dir`) or a
+        file as wanted."""
+        names = self.names(folder)
+        actual = (
+            name
+            if name in names or not ignore_case
+            else self._lower_index(folder).get(name.lower())
+        )
+        return actual if actual in names and names[actual] == is_dir else None
+
     def find(self, base: Path, rel: str, ignore_case: bool = False) -> Path | None:
-        """The existing file `base/rel`, or None."""
+        """The existing file `base/rel`, else its frame folder (`folder_name`), or None."""
         parts = rel_parts(rel)
         if not parts:
             return None
@@ -132,16 +146,13 @@ class DirIndex:
             if part == "..":
                 current = current.parent
                 continue
-            names = self.names(current)
-            if part not in names:
-                if not ignore_case:
-                    return None
-                actual = self._lower_index(current).get(part.lower())
-                if actual is None:
-                    return None
-                part = actual
-            is_last = i == len(parts) - 1
-            if names[part] != (not is_last):  # folders on the way, a file at the end
+            if i < len(parts) - 1:  # folders on the way
+                actual = self._entry(current, part, ignore_case, is_dir=True)
+            else:  # a file at the end, or the frame folder standing for it
+                actual = self._entry(current, part, ignore_case, is_dir=False) or self._entry(
+                    current, folder_name(part), ignore_case, is_dir=True
+                )
+            if actual is None:
                 return None
-            current = current / part
+            current = current / actual
         return current

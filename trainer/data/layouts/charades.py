@@ -105,11 +105,12 @@ def read_classes(path: Path) -> tuple[str, ...]:
 
 
 def _find(vdir: Path, present: dict[str, bool], video_id: str) -> Path | None:
+    """The video file `<id>.<ext>`, else the frame folder `<id>/`."""
     for ext in VIDEO_EXTS:
         name = video_id + ext
         if present.get(name) is False:
             return vdir / name
-    return None
+    return vdir / video_id if present.get(video_id) is True else None
 
 
 def _read_videos(path: Path, num_classes: int) -> list[tuple[str, list[Segment]]]:

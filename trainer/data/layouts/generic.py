@@ -3,8 +3,13 @@
 List lines are `relative/path label[,label...]`: the last whitespace-separated field holds the
 labels (class names or ids), everything before it the path, relative to the video folder
 (default: the root). Blank lines and `#` comments are skipped. A line with several labels
-makes the split multi-label. A frame-folder list (`path num_frames label`, as TSN and BIKE
-write them for folders of extracted frames) is refused: this layout reads video files.
+makes the split multi-label. A path may name a video's frame folder
+(`trainer/data/frames.py`), with or without the video's extension.
+
+Frame-folder lists as TSN, mmaction2 and BIKE write them are read too: a line
+`folder total_frames label` (three fields, the middle one a number) whose first two fields
+do not name a video is a frame folder with its frame count, which must equal the frames in
+the folder (a list from another extraction would sample frames that are not there).
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from pathlib import Path, PurePosixPath
 
 from storyboard_common.classes import load_classes
 from storyboard_common.errors import UserError
+from storyboard_common.files import os_reason
 
+from ..frames import list_frames
 from ..items import SplitList, VideoItem
 from ._common import DirIndex, normalize_split, read_lines, require_file, require_root, video_root
 
@@ -50,13 +57,10 @@ def load(root: Path | str, split: str = "train", videos: Path | str | None = Non
             continue
         fields = line.rsplit(None, 1)
         words = line.split()
+        frame_count = None
         if len(words) == 3 and words[1].isdigit() and index.find(vdir, fields[0]) is None:
-            # else `abseiling/xyz 408 0` reads as a missing video "abseiling/xyz 408"
-            raise UserError(
-                f"{list_file} line {lineno} looks like a frame-folder list (`path num_frames "
-                f"label`), which the list layout does not read: it needs video files "
-                f"`relative/path label[,label...]`."
-            )
+            # `abseiling/xyz 408 0`: a frame folder and its count, not a video "abseiling/xyz 408"
+            fields, frame_count = [words[0], words[2]], int(words[1])
         if len(fields) != 2:
             raise UserError(
                 f"{list_file} line {lineno} has no label; lines are "
@@ -85,6 +89,25 @@ def load(root: Path | str, split: str = "train", videos: Path | str | None = Non
         if path is None:
             missing.append(rel)
         else:
+            if frame_count is not None:
+                _check_frame_count(path, frame_count, f"{list_file} line {lineno}")
             video_id = str(PurePosixPath(rel.replace("\\", "/")).with_suffix(""))
             items.append(VideoItem(path, video_id, unique))
     return SplitList("list", split, None, names, tuple(items), multi_label, tuple(missing))
+
+
+def _check_frame_count(folder: Path, listed: int, line: str) -> None:
+    """A frame-folder line's count against the frames in its folder (one scandir)."""
+    try:
+        have = len(list_frames(folder)) if folder.is_dir() else None
+    except OSError as exc:
+        raise UserError(
+            f"{line}: frame folder {folder} cannot be read ({os_reason(exc)})."
+        ) from exc
+    if have is None:
+        raise UserError(f"{line} gives a frame count, but {folder} is a file, not a frame folder.")
+    if have != listed:
+        raise UserError(
+            f"{line} gives {listed} frames, but frame folder {folder} holds {have}; regenerate "
+            "the list for these frames."
+        )

@@ -79,7 +79,6 @@ def load(
                 f"HMDB-51 class folder not found: {class_dir}; the video folder must hold one "
                 f"folder of .avi files per class."
             )
-        present = index.names(class_dir)
         for lineno, line in enumerate(read_lines(split_file), 1):
             fields = line.rsplit(None, 1)
             if not fields:
@@ -91,8 +90,9 @@ def load(
             if fields[1] != tag:
                 continue
             file_name = fields[0].strip()
-            if present.get(file_name) is False:
-                items.append(VideoItem(class_dir / file_name, Path(file_name).stem, (class_id,)))
+            found = index.find(class_dir, file_name)  # the .avi, or its frame folder
+            if found is not None and found.parent == class_dir:
+                items.append(VideoItem(found, Path(file_name).stem, (class_id,)))
             else:
                 missing.append(f"{name}/{file_name}")
     return SplitList("hmdb51", split, fold, names, tuple(items), False, tuple(missing))

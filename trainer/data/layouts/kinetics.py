@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +33,10 @@ SPLIT_DIRS = {"train": ("train",), "val": ("val", "validate"), "test": ("test",)
 SHIPPED_CLASSES = data_path("k400", "classes.csv")
 _EXPECT = "the official train.csv, validate.csv and test.csv"
 _FOLDERS = "the split folders train, val (or validate) and test"
+
+
+# what `clip_id` ends with: tells a clip's frame folder from a label folder
+_CLIP_ID = re.compile(r"_\d{6}_\d{6}$")
 
 
 def clip_id(youtube_id: str, start: int, end: int) -> str:
@@ -177,8 +182,12 @@ def _read_rows(path: Path) -> list[tuple[str, str, int, int, int]]:
 
 
 def _index_clips(folders: list[Path]) -> dict[str, list[tuple[str, int, Path]]]:
-    """clip id -> [(normalized label folder or "", extension rank, path)], by one scandir walk."""
+    """clip id -> [(normalized label folder or "", extension rank, path)], by one scandir walk.
+
+    A folder inside a label folder, or one named like a clip id in the split folder, is a
+    clip's frame folder (ranked after its video files); other folders there are labels."""
     ext_rank = {ext: i for i, ext in enumerate(VIDEO_EXTS)}
+    frames_rank = len(VIDEO_EXTS)
     clips: dict[str, list[tuple[str, int, Path]]] = {}
 
     def add(folder: Path, label: str) -> None:
@@ -187,9 +196,15 @@ def _index_clips(folders: list[Path]) -> dict[str, list[tuple[str, int, Path]]]:
                 for entry in entries:
                     stem, ext = os.path.splitext(entry.name)
                     rank = ext_rank.get(ext.lower())
-                    if rank is not None:
+                    if rank is not None and not entry.is_dir():
                         clips.setdefault(stem, []).append((label, rank, folder / entry.name))
-                    elif not label and entry.is_dir():  # a label folder: one level only
+                    elif not entry.is_dir():
+                        continue
+                    elif label or _CLIP_ID.search(entry.name):  # a frame folder
+                        clips.setdefault(entry.name, []).append(
+                            (label, frames_rank, folder / entry.name)
+                        )
+                    else:  # a label folder: one level only
                         add(folder / entry.name, _norm(entry.name))
         except OSError:
             pass

@@ -201,17 +201,21 @@ def _video_dirs(root: Path, videos: Path | str | None) -> list[Path]:
 
 
 def _index_videos(folders: list[Path]) -> dict[str, Path]:
-    """video id -> its file, by one scandir per folder (.webm before other extensions)."""
+    """video id -> its file, by one scandir per folder (.webm before other extensions, then
+    a frame folder `<id>/`)."""
     rank = {ext: i for i, ext in enumerate(_EXTS)}
     best: dict[str, tuple[int, int, Path]] = {}
     for f, folder in enumerate(folders):
         try:
             with os.scandir(folder) as entries:
                 for entry in entries:
-                    stem, ext = os.path.splitext(entry.name)
-                    r = rank.get(ext.lower())
-                    if r is None or not entry.is_file():
-                        continue
+                    if entry.is_dir():  # a frame folder, after any video file of the id
+                        stem, r = entry.name, len(_EXTS)
+                    else:
+                        stem, ext = os.path.splitext(entry.name)
+                        r = rank.get(ext.lower())
+                        if r is None or not entry.is_file():
+                            continue
                     key = (f, r, folder / entry.name)
                     if stem not in best or key[:2] < best[stem][:2]:
                         best[stem] = key
