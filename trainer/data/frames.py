@@ -8,11 +8,15 @@ worker, or in batches on the GPU with `--decode-device cuda`).
 
 from __future__ import annotations
 
+import io
+import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torchvision.io import read_file
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
 FRAME_TEMPLATE = "img_{:05d}.jpg"
 
@@ -27,3 +31,35 @@ def read_frame_bytes(folder: Path, indices: Sequence[int]) -> list[torch.Tensor]
     uint8 1-D tensor, read once per distinct frame."""
     distinct = {i: read_file(str(frame_file(folder, i))) for i in dict.fromkeys(indices)}
     return [distinct[i] for i in indices]
+
+
+# A frame file's name as `frame_file` writes it (five or more digits: a folder may hold more
+# than 99999 frames).
+_FRAME_NAME = re.compile(r"img_\d{5,}\.jpg")
+
+
+def frame_count(folder: Path) -> int:
+    """How many frame files (`img_00001.jpg`, ...) a frame folder holds; OSError when it
+    cannot be listed. (A stand-in for what the one video reader learns of a frame folder:
+    to be reconciled with its frame-folder reading.)"""
+    with os.scandir(folder) as entries:
+        return sum(1 for entry in entries if _FRAME_NAME.fullmatch(entry.name))
+
+
+def jpeg_size(data: torch.Tensor) -> tuple[int, int]:
+    """(height, width) of an encoded JPEG from its header alone (nothing decoded); ValueError
+    when the bytes are not a JPEG."""
+    try:
+        with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+            if image.format != "JPEG":
+                raise ValueError(f"is a {image.format} image, not a JPEG")
+            width, height = image.size
+    except (OSError, Image.UnidentifiedImageError) as error:  # unreadable header
+        raise ValueError("is not a JPEG image") from error
+    return height, width
+
+
+def decode_frame_batch(data: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Encoded JPEGs (CPU uint8 1-D tensors) -> RGB frames uint8 [3, H, W] on `device`, in one
+    batched call: nvJPEG on a CUDA device, libjpeg-turbo on the CPU."""
+    return decode_jpeg(list(data), mode=ImageReadMode.RGB, device=torch.device(device))
