@@ -22,6 +22,7 @@ from .data.layouts import DATASETS
 from .model.modes import AGGREGATIONS
 
 AMP_MODES = ("bf16", "fp16", "none")
+DECODE_DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,14 @@ class RunSettings:
         at_least=0,
         resume_may_change="DataLoader workers: data are keyed by (seed, epoch, item), "
         "not by worker",
+    )
+    decode_device: str = setting(
+        "cpu",
+        "Where frame folders' JPEGs are decoded and cropped: cpu (the loader workers; "
+        "default) or cuda (the run's GPU, in batches, the workers only reading bytes).",
+        choices=DECODE_DEVICES,
+        resume_may_change="where JPEGs are decoded: the same views, to within the decoders' "
+        "rounding",
     )
     preset: str | None = setting(
         None,

@@ -21,6 +21,8 @@ from typing import NamedTuple
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from storyboard_common.errors import first_line
+
 from .frames import decode_frame_batch
 from .transforms import CROP_RATIO, CROP_SCALE, FLIP_P, GREY_P, three_crop_boxes
 from .video import short_side_size
@@ -166,8 +168,14 @@ def cut_view(frames: torch.Tensor, view: ClipView, size: int) -> torch.Tensor:
 def decode_clips(clips: EncodedClips, device: torch.device) -> torch.Tensor:
     """The clips of `clips` on `device`: uint8 [V, T, 3, S, S], as the model takes them.
     Every JPEG is decoded in one batched call; a clip's frames are resized once for all the
-    views that share them (the crops of an evaluation clip)."""
-    frames = decode_frame_batch(torch.split(clips.data, clips.lengths.tolist()), device)
+    views that share them (the crops of an evaluation clip). ValueError when a JPEG's data
+    cannot be decoded."""
+    try:
+        frames = decode_frame_batch(torch.split(clips.data, clips.lengths.tolist()), device)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as error:  # libjpeg's or nvJPEG's refusal of damaged data
+        raise ValueError(f"cannot be decoded ({first_line(error)})") from error
     out = torch.empty(
         (len(clips), clips.slots.shape[1], 3, clips.size, clips.size),
         dtype=torch.uint8,

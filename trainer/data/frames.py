@@ -38,6 +38,12 @@ def read_frame_bytes(folder: Path, indices: Sequence[int]) -> list[torch.Tensor]
 _FRAME_NAME = re.compile(r"img_\d{5,}\.jpg")
 
 
+def is_frame_folder(path: Path) -> bool:
+    """Whether `path` is a frame folder (a directory) rather than a video file. (To be
+    reconciled with the one video reader's frame-folder reading.)"""
+    return Path(path).is_dir()
+
+
 def frame_count(folder: Path) -> int:
     """How many frame files (`img_00001.jpg`, ...) a frame folder holds; OSError when it
     cannot be listed. (A stand-in for what the one video reader learns of a frame folder:
