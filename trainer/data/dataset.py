@@ -184,21 +184,13 @@ class VideoClipDataset(Dataset):
         item = self.items[index]
         rngs = [np.random.default_rng([self.seed, epoch, index]) for epoch in epochs]
         try:
-            if item.interval is not None:  # seconds need a frame rate, which a folder lacks
-                raise VideoError(
-                    item.path,
-                    "is a frame folder: it has no frame rate to place "
-                    f"the interval {item.interval} s in",
-                )
-            num_frames = _folder_frames(item.path)
-            indices = [self._indices(item, num_frames, math.nan, rng) for rng in rngs]
-        except (VideoError, ValueError) as exc:
-            return Skipped(item.video_id, str(exc))
-        flat = np.unique(np.concatenate([i.ravel() for i in indices]))
-        try:
+            # fps 0 (unknown): an item with an interval in seconds is skipped, saying so
+            num_frames, fps = _folder_frames(item.path), 0.0
+            indices = [self._indices(item, num_frames, fps, rng) for rng in rngs]
+            flat = np.unique(np.concatenate([i.ravel() for i in indices]))
             data = _read_bytes(item.path, flat)
             height, width = _one_size(item.path, flat, data)
-        except VideoError as exc:
+        except (VideoError, ValueError) as exc:
             return Skipped(item.video_id, str(exc))
         slots, views, kept = [], [], []
         for e in range(len(epochs)):
@@ -243,7 +235,9 @@ def seeded(rng: np.random.Generator) -> Iterator[None]:
 
 
 def _folder_frames(folder) -> int:
-    """A frame folder's frame count; VideoError when it is not a folder or cannot be listed."""
+    """A frame folder's frame count; VideoError when it is not a folder or cannot be listed.
+    (A stand-in for `open_video` on a frame folder, which gives the count, the frame rate and
+    the size, and refuses gaps: to be reconciled with it.)"""
     try:
         return frame_count(folder)
     except NotADirectoryError as error:
@@ -270,10 +264,9 @@ def _one_size(folder, indices: np.ndarray, data: Sequence[torch.Tensor]) -> tupl
     differs (the frames are stacked on the device)."""
     sizes = []
     for i, frame in zip(indices.tolist(), data):
-        try:
-            sizes.append(jpeg_size(frame))
-        except ValueError as error:
-            raise VideoError(frame_file(folder, i), str(error)) from error
+        sizes.append(jpeg_size(frame.numpy().tobytes()))
+        if sizes[-1] is None:
+            raise VideoError(frame_file(folder, i), "is not a JPEG image")
         if sizes[-1] != sizes[0]:
             (h, w), (h0, w0) = sizes[-1], sizes[0]
             raise VideoError(frame_file(folder, i), f"is {h}x{w}, unlike the folder's {h0}x{w0}")

@@ -52,17 +52,15 @@ def frame_count(folder: Path) -> int:
         return sum(1 for entry in entries if _FRAME_NAME.fullmatch(entry.name))
 
 
-def jpeg_size(data: torch.Tensor) -> tuple[int, int]:
-    """(height, width) of an encoded JPEG from its header alone (nothing decoded); ValueError
-    when the bytes are not a JPEG."""
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) of an encoded JPEG from its header alone (nothing decoded), or None
+    when `data` is not a JPEG."""
     try:
-        with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
-            if image.format != "JPEG":
-                raise ValueError(f"is a {image.format} image, not a JPEG")
+        with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
-    except (OSError, Image.UnidentifiedImageError) as error:  # unreadable header
-        raise ValueError("is not a JPEG image") from error
-    return height, width
+            return (height, width) if image.format == "JPEG" else None
+    except (OSError, Image.UnidentifiedImageError):  # no readable image header
+        return None
 
 
 def decode_frame_batch(data: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:

@@ -72,7 +72,7 @@ def cpu_path(monkeypatch):
     `prepare-videos --to frames` readers get it, stood in for here)."""
 
     def open_folder(path, short_side=None, **_):
-        height, width = jpeg_size(read_file(str(frame_file(path, 0))))
+        height, width = jpeg_size(frame_file(path, 0).read_bytes())
         return Path(path), VideoInfo(frame_count(path), 25.0, height, width)
 
     def read_folder(folder, indices):
