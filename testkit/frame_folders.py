@@ -29,17 +29,17 @@ def smooth_frames(frames: int, height: int, width: int, seed: int = 0) -> torch.
     )
 
 
-def write_frame_folder(
-    folder: Path,
-    frames: int = 12,
-    height: int = 48,
-    width: int = 64,
-    seed: int = 0,
-    quality: int = 90,
-) -> Path:
-    """Write `smooth_frames` as a frame folder of JPEGs at `quality`."""
+def write_jpegs(folder: Path, frames: torch.Tensor, quality: int = 90) -> Path:
+    """uint8 frames [N, 3, H, W] as the frame folder `folder` (JPEGs at `quality`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for i, frame in enumerate(smooth_frames(frames, height, width, seed)):
+    for i, frame in enumerate(frames):
         write_file(str(frame_file(folder, i)), encode_jpeg(frame, quality=quality))
     return folder
+
+
+def write_frame_folder(
+    folder: Path, frames: int = 12, height: int = 48, width: int = 64, seed: int = 0
+) -> Path:
+    """`smooth_frames` as a frame folder."""
+    return write_jpegs(folder, smooth_frames(frames, height, width, seed))
