@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -169,7 +168,8 @@ class VideoClipDataset(Dataset):
             return Skipped(item.video_id, str(exc))
         out, kept = [], []
         for e, clip_views in sorted(clips, key=lambda pair: pair[0]):  # [clips, T, H, W, 3]
-            with seeded(rngs[e]):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(clip_seed(rngs[e]))
                 views = torch.stack([self.transform(clip) for clip in clip_views])
             if not self.spec.train and self.spec.crops > 1:  # [clips, crops, T, ...] -> views
                 views = views.flatten(0, 1)
@@ -197,9 +197,9 @@ class VideoClipDataset(Dataset):
             rows = self._view_rows(indices[e])
             slots.append(np.searchsorted(flat, rows))
             kept.append(rows)
-            if self.spec.train:
-                with seeded(rngs[e]):
-                    views.extend(draw_train_view(height, width) for _ in indices[e])
+            if self.spec.train:  # a generator of its own: no global state to fork and restore
+                generator = torch.Generator().manual_seed(clip_seed(rngs[e]))
+                views.extend(draw_train_view(height, width, generator) for _ in indices[e])
             else:
                 s = self.spec
                 views.extend(eval_views(height, width, s.size, s.short_side, s.crops) * s.clips)
@@ -225,13 +225,10 @@ class VideoClipDataset(Dataset):
         }
 
 
-@contextmanager
-def seeded(rng: np.random.Generator) -> Iterator[None]:
-    """torch's global generator seeded from `rng`'s next draw for the block, and restored
-    after: where a clip's transform parameters are drawn."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(rng.integers(2**62)))
-        yield
+def clip_seed(rng: np.random.Generator) -> int:
+    """The seed of torch's generator for a clip's transform parameters: `rng`'s next draw
+    after the clip's frame indices."""
+    return int(rng.integers(2**62))
 
 
 def _folder_frames(folder) -> int:

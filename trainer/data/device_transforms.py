@@ -81,30 +81,34 @@ def eval_views(height: int, width: int, size: int, short_side: int, crops: int) 
     return [ClipView(rh, rw, top, left, size, size) for top, left in corners]
 
 
-# --- random draws (torch's global generator, in torchvision's order) ---
+# --- random draws: torchvision's, in its order, from `generator` (None: torch's global one,
+# which the v2 transforms draw from; a CPU generator seeded alike gives the same numbers) ---
 
 
-def draw_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
+def draw_crop_box(
+    height: int, width: int, generator: torch.Generator | None = None
+) -> tuple[int, int, int, int]:
     """RandomResizedCrop(scale CROP_SCALE, ratio CROP_RATIO)'s box (top, left, h, w) for a
     height x width frame: up to ten (area, aspect) draws, then the box's position."""
     log_ratio = torch.log(torch.tensor(CROP_RATIO))  # float32, as torchvision draws it
     for _ in range(10):
-        area = torch.empty(1).uniform_(*CROP_SCALE).item()
-        aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1])).item()
-        size = crop_size(height, width, area, aspect)
+        area = torch.empty(1).uniform_(*CROP_SCALE, generator=generator).item()
+        log_aspect = torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)
+        size = crop_size(height, width, area, torch.exp(log_aspect).item())
         if size is not None:
             h, w = size
-            top = int(torch.randint(0, height - h + 1, size=(1,)).item())
-            left = int(torch.randint(0, width - w + 1, size=(1,)).item())
+            top = int(torch.randint(0, height - h + 1, size=(1,), generator=generator).item())
+            left = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
             return top, left, h, w
     return fallback_crop(height, width, CROP_RATIO)
 
 
-def draw_train_view(height: int, width: int) -> ClipView:
+def draw_train_view(height: int, width: int, generator: torch.Generator | None = None) -> ClipView:
     """A training view of a height x width clip, drawn as `train_transform` draws one."""
-    box = draw_crop_box(height, width)
-    flip = bool(torch.rand(1) < FLIP_P)  # v2's random transforms skip when rand >= p
-    grey = bool(torch.rand(1) < GREY_P)
+    box = draw_crop_box(height, width, generator)
+    # v2's random transforms skip when rand >= p
+    flip = bool(torch.rand(1, generator=generator) < FLIP_P)
+    grey = bool(torch.rand(1, generator=generator) < GREY_P)
     return ClipView(height, width, *box, flip=flip, grey=grey)
 
 

@@ -107,6 +107,8 @@ def test_crop_boxes_are_torchvisions_draws_from_the_same_seed(height, width):
         expected = crop.make_params([frame])
         torch.manual_seed(seed)
         assert draw_crop_box(height, width) == tuple(expected.values()), seed
+        own = torch.Generator().manual_seed(seed)  # what a worker draws from
+        assert draw_crop_box(height, width, own) == tuple(expected.values()), seed
 
 
 def test_a_training_view_draws_what_train_transform_draws():
@@ -116,6 +118,7 @@ def test_a_training_view_draws_what_train_transform_draws():
         torch.manual_seed(seed)
         view = draw_train_view(48, 64)
         after_view = torch.get_rng_state()
+        assert draw_train_view(48, 64, torch.Generator().manual_seed(seed)) == view
         torch.manual_seed(seed)
         train_transform(32)(clip)
         assert torch.equal(after_view, torch.get_rng_state())  # the same number of draws
