@@ -48,9 +48,9 @@ def check_decode_device(
         return False
     if device.type != "cuda":
         where = (
-            "torch sees no CUDA device here"
-            if not torch.cuda.is_available()
-            else (f"this run computes on {device} (--device)")
+            f"this run computes on {device} (--device)"
+            if torch.cuda.is_available()
+            else "torch sees no CUDA device here"
         )
         raise UserError(
             f"--decode-device cuda decodes JPEGs on the run's GPU, and {where}: use "

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from storyboard_common.errors import first_line
 from storyboard_common.files import os_reason
 
 from .device_transforms import EncodedClips, draw_train_view, eval_views
@@ -252,7 +253,9 @@ def _read_bytes(folder, indices: np.ndarray) -> list[torch.Tensor]:
         absent = [path for path in absent if not path.is_file()]
         if absent:
             raise VideoError(absent[0], "does not exist") from error
-        raise VideoError(folder, f"has a frame that cannot be read ({error})") from error
+        raise VideoError(
+            folder, f"has a frame that cannot be read ({first_line(error)})"
+        ) from error
 
 
 def _one_size(folder, indices: np.ndarray, data: Sequence[torch.Tensor]) -> tuple[int, int]:
