@@ -231,6 +231,7 @@ def presets() -> None:
     "workers",
     "prefetch",
     "dist_timeout",
+    "decode_device",
     preset="A run preset, for its data and clip settings.",
     split="Fold 1, 2 or 3 (one cache per fold).",
     eval_clips="Temporal views at evaluation (1).",
@@ -322,6 +323,7 @@ def evaluate(
     ),
     device: str = setting_option("device", default="auto"),
     workers: int = setting_option("workers"),
+    decode_device: str = setting_option("decode_device", default="cpu"),
     last: bool = typer.Option(False, "--last", help="Evaluate the last checkpoint, not the best."),
     features: Path = typer.Option(
         None,
@@ -350,6 +352,7 @@ def evaluate(
         device,
         workers,
         show_progress=not as_json,
+        decode_device=decode_device,
         checkpoint="last" if last else "best",
         subsets=subsets,
         features=features,

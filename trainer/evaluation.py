@@ -22,6 +22,7 @@ from . import metrics
 from .cache.dataset import FeatureDataset
 from .cache.store import TEST, FeatureCache, cache_identity, read_meta
 from .data.dataset import EpochSampler, VideoClipDataset, loader_workers, make_loader
+from .data.device_transforms import decode_clips
 from .data.items import SplitList
 from .data.layouts import folds, load_split, test_split
 from .data.protocols import (
@@ -36,13 +37,24 @@ from .model.aggregation import ClassText
 from .paths import default_root
 from .precision import autocast
 from .progress import progress_bar
-from .run_data import check_classes, eval_spec
+from .run_data import check_classes, check_decode_device, eval_spec
 from .run_models import LoadedRun, load_run
 from .subtexts import artifact_class_text
 
 
 def model_inputs(batch: dict, device: torch.device) -> torch.Tensor:
-    """A batch's clips, or its cached frame features, on the device."""
+    """A batch's (or a sample's) clips, or its cached frame features, on the device; clips
+    handed over as JPEG bytes (`--decode-device cuda`) are decoded and cut there."""
+    if "jpegs" in batch:
+        try:
+            return decode_clips(batch["jpegs"], device)
+        except ValueError as error:  # a JPEG whose header read but whose data do not
+            ids = batch["video_ids"] if "video_ids" in batch else [batch["video_id"]]
+            raise UserError(
+                f"a JPEG frame of {', '.join(dict.fromkeys(ids))} {error}: find the damaged "
+                "frame folder with `python -m trainer check-data`, or decode with "
+                "--decode-device cpu, which skips it."
+            ) from error
     inputs = batch["features"] if "features" in batch else batch["frames"]
     return inputs.to(device, non_blocking=True)
 
@@ -190,6 +202,7 @@ def evaluate_checkpoint(
     features: Path | None = None,
     clip_model: str | None = None,
     clip_pretrained: str | None = None,
+    decode_device: str = "cpu",
 ) -> dict:
     """Evaluate a run's best (else last) checkpoint, or its last one with
     `checkpoint="last"`, on a dataset's test split(s): from the videos, or for a run with a
@@ -200,6 +213,7 @@ def evaluate_checkpoint(
     default to the run's recorded ones (an exported model ships no dataset: its `root` is
     the given or default one), on another dataset to the default root and artifact.
     `clip_model`, `clip_pretrained`: where the run's CLIP files are now, if they moved.
+    `decode_device` "cuda": frame folders' JPEGs decoded on the GPU (`--decode-device`).
 
     `zero_shot="full"`: the test splits (folds 1-3, or `split`) and their mean;
     `zero_shot="half"`: 10 seeded halves of the label set, mean and standard deviation;
@@ -224,6 +238,7 @@ def evaluate_checkpoint(
         workers=workers,
         clip_model=clip_model,
         clip_pretrained=clip_pretrained,
+        decode_device=decode_device,
     )
     cfg, dist_info = loaded.cfg, loaded.dist_info
     dataset = cfg.dataset
@@ -236,6 +251,9 @@ def evaluate_checkpoint(
     with progress_bar(show_progress and dist_info.is_main) as progress:
         for fold in folds(dataset, split):
             test = load_split(dataset, root, test_split(dataset), fold, cfg.videos, False)
+            as_jpegs = features is None and check_decode_device(
+                cfg.decode_device, dist_info.device, test.items
+            )
             if zero_shot == "subsets":
                 groups = [
                     ClassGroup(
@@ -256,7 +274,9 @@ def evaluate_checkpoint(
                 identity = cache_identity(dataset, fold, loaded.built.clip_id, None, whole)
                 cache = FeatureCache(features, identity, {TEST: len(whole)})
             for group in groups:
-                results.append(_evaluate_group(loaded, test, group, cache, workers, progress))
+                results.append(
+                    _evaluate_group(loaded, test, group, cache, workers, as_jpegs, progress)
+                )
                 if group.subset_file is not None:
                     where = {} if fold is None else {"fold": fold}
                     per_subset.append(
@@ -347,10 +367,12 @@ def _evaluate_group(
     group: ClassGroup,
     cache: FeatureCache | None,
     workers: int | None,
+    as_jpegs: bool,
     progress,
 ) -> dict:
     """The metrics of the test videos of `group`'s classes against its texts, read from the
-    videos or from the feature cache's test views."""
+    videos (`as_jpegs`: as JPEG bytes, decoded on the device) or from the feature cache's
+    test views."""
     cfg, dist_info = loaded.cfg, loaded.dist_info
     if group.class_ids is None:
         split_list, positions = test, range(len(test.items))
@@ -365,7 +387,7 @@ def _evaluate_group(
     classes, multi = len(split_list.class_names), split_list.multi_label
     if cache is None:
         spec = eval_spec(cfg, loaded.built.image_size)
-        data = VideoClipDataset(split_list.items, classes, multi, spec)
+        data = VideoClipDataset(split_list.items, classes, multi, spec, encoded=as_jpegs)
     else:
         data = FeatureDataset(cache, TEST, split_list.items, positions, classes, multi)
     loader = make_loader(

@@ -5,14 +5,18 @@ included), the clip datasets over them, and the checks made before training.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from storyboard_common.classes import class_key, match_names, unknown_names
 from storyboard_common.errors import UserError
 
 from .data.dataset import ClipSpec, VideoClipDataset, loader_workers, short_videos
-from .data.items import SplitList
+from .data.frames import is_frame_folder
+from .data.items import SplitList, VideoItem
 from .data.layouts import load_split, test_split
 from .data.protocols import fewshot_items, load_item_list, repeat_factor
 from .settings import RunConfig
@@ -32,6 +36,34 @@ def load_fold(cfg: RunConfig, root: Path, fold: int | None) -> tuple[SplitList, 
     train = load_split(cfg.dataset, root, "train", fold, cfg.videos, cfg.charades_instances)
     test = load_split(cfg.dataset, root, test_split(cfg.dataset), fold, cfg.videos, False)
     return train, test
+
+
+def check_decode_device(
+    decode_device: str, device: torch.device, items: Iterable[VideoItem]
+) -> bool:
+    """Whether the loader hands over frame folders' JPEG bytes for `device` to decode
+    (`--decode-device cuda`); refused in one sentence where the run has no GPU or an item is
+    not a frame folder (a video file), before anything is read."""
+    if decode_device != "cuda":
+        return False
+    if device.type != "cuda":
+        where = (
+            f"this run computes on {device} (--device)"
+            if torch.cuda.is_available()
+            else "torch sees no CUDA device here"
+        )
+        raise UserError(
+            f"--decode-device cuda decodes JPEGs on the run's GPU, and {where}: use "
+            "--decode-device cpu."
+        )
+    video = next((item.path for item in items if not is_frame_folder(item.path)), None)
+    if video is not None:
+        raise UserError(
+            f"--decode-device cuda reads frame folders, and {video} is a video file: write "
+            "frame folders with `python -m trainer prepare-videos --to frames` and pass their "
+            "folder as --root, or leave --decode-device at cpu."
+        )
+    return True
 
 
 def eval_spec(cfg: RunConfig, size: int) -> ClipSpec:
@@ -62,15 +94,25 @@ def prepare_data(cfg: RunConfig, root: Path, fold: int | None) -> RunData:
 
 
 def clip_datasets(
-    cfg: RunConfig, train: SplitList, train_items: list, test: SplitList, size: int
+    cfg: RunConfig,
+    train: SplitList,
+    train_items: list,
+    test: SplitList,
+    size: int,
+    encoded: bool = False,
 ) -> tuple[VideoClipDataset, VideoClipDataset]:
     """A run's training clips (of `train_items`, drawn from the `train` split) and test clips
-    (every view of every test video), for a CLIP of input size `size`."""
+    (every view of every test video), for a CLIP of input size `size`; `encoded`: as JPEG
+    bytes for the device to decode (`check_decode_device`)."""
     train_spec = ClipSpec(frames=cfg.frames, train=True, size=size)
     num_classes = len(train.class_names)
     return (
-        VideoClipDataset(train_items, num_classes, train.multi_label, train_spec, cfg.seed),
-        VideoClipDataset(test.items, num_classes, test.multi_label, eval_spec(cfg, size)),
+        VideoClipDataset(
+            train_items, num_classes, train.multi_label, train_spec, cfg.seed, encoded
+        ),
+        VideoClipDataset(
+            test.items, num_classes, test.multi_label, eval_spec(cfg, size), encoded=encoded
+        ),
     )
 
 

@@ -25,6 +25,7 @@ AMP_MODES = ("bf16", "fp16", "none")
 # How long a process waits at a collective (`--dist-timeout`): well above a checkpoint save
 # or an evaluation's end on one rank, well below a night lost to a dead peer.
 DIST_TIMEOUT_MINUTES = 30.0
+DECODE_DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,14 @@ class RunSettings:
         "Batches each DataLoader worker prepares ahead (4).",
         at_least=1,
         resume_may_change="how far ahead workers read, not what they read",
+    )
+    decode_device: str = setting(
+        "cpu",
+        "Where frame folders' JPEGs are decoded and cropped: cpu (the loader workers; "
+        "default) or cuda (the run's GPU, in batches, the workers only reading bytes).",
+        choices=DECODE_DEVICES,
+        resume_may_change="where JPEGs are decoded: the same views, to within the decoders' "
+        "rounding",
     )
     preset: str | None = setting(
         None,

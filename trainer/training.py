@@ -69,7 +69,14 @@ from .paths import default_root, default_run_dir, default_subtexts, run_folder
 from .precision import autocast, grad_scaler, set_tf32, tf32_applies
 from .progress import progress_bar
 from .report import write_report
-from .run_data import RunData, check_classes, check_clip_lengths, clip_datasets, prepare_data
+from .run_data import (
+    RunData,
+    check_classes,
+    check_clip_lengths,
+    check_decode_device,
+    clip_datasets,
+    prepare_data,
+)
 from .run_log import STEPS_FILE, LogSettings, Reporters, StepLog, check_reporters
 from .run_models import build
 from .schedule import make_optimizer, make_scheduler
@@ -560,13 +567,17 @@ def _set_up(cfg: RunConfig, dist_info: DistInfo, fold: int | None) -> TrainingSe
     """The run's data, model, loaders, optimiser and schedule (in this order: the seeded
     random state is drawn from in it)."""
     data = prepare_data(cfg, cfg.root, fold)
+    train_items = data.fewshot if data.fewshot is not None else data.train.items
+    encoded = cfg.features is None and check_decode_device(
+        cfg.decode_device, dist_info.device, [*train_items, *data.test.items]
+    )
     if cfg.features is None:  # the others wait without a collective's timeout
         on_main(lambda: check_clip_lengths(cfg, data), dist_info)
     run_model = build(cfg, dist_info, cfg.subtexts)
     check_classes(data.train, run_model.class_names, cfg.subtexts)
     if cfg.features is None:
         train_set, test_set = clip_datasets(
-            cfg, data.train, data.train_items, data.test, run_model.image_size
+            cfg, data.train, data.train_items, data.test, run_model.image_size, encoded
         )
     else:
         train_set, test_set = cached_datasets(cfg, data, fold, run_model)

@@ -184,3 +184,14 @@ def test_an_export_records_the_model_and_an_older_export_still_loads(trained, tm
     older = load_run(folder, device="cpu")
     assert older.built.model_args["temporal_layers"] == 1
     assert torch.allclose(logits(older, clips), expected, atol=1e-6)
+
+
+def test_eval_decode_device_is_its_own_not_the_runs(trained):
+    from trainer.evaluation import evaluate_checkpoint
+
+    for value, refusal in (
+        ("cuda", r"^--decode-device cuda "),  # no GPU here, and --device cpu
+        ("gpu", r"^--decode-device must be cpu or cuda, not 'gpu'\.$"),
+    ):
+        with pytest.raises(UserError, match=refusal):
+            evaluate_checkpoint(trained.out, device="cpu", decode_device=value, show_progress=False)

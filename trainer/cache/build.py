@@ -16,11 +16,12 @@ from storyboard_common.errors import UserError
 from ..data.dataset import Skipped, VideoClipDataset, loader_workers, make_loader
 from ..data.layouts import folds
 from ..distributed import DistInfo, gather_objects, init_distributed, main_first, wait_for_all
+from ..evaluation import model_inputs
 from ..model.video_clip import encode_frames
 from ..paths import default_features_dir, default_root, writable_dir
 from ..precision import autocast
 from ..progress import progress_bar
-from ..run_data import clip_datasets, load_fold
+from ..run_data import check_decode_device, clip_datasets, load_fold
 from ..settings import RunConfig
 from .store import DTYPES, SHARD_ROWS, TEST, TRAIN, CacheWriter, cache_identity
 
@@ -70,7 +71,7 @@ def _encode_split(
 
     def encode(count: int) -> int:
         with torch.inference_mode(), autocast(dist_info.device, cfg.amp):
-            features = encode_frames(visual, torch.stack(clips[:count]).to(dist_info.device))
+            features = encode_frames(visual, torch.stack(clips[:count]))
         writer.add(split, rows[:count], features.float().cpu().numpy())
         del rows[:count], clips[:count]
         return count
@@ -81,6 +82,7 @@ def _encode_split(
                 skipped[p] = {"item": p, "video_id": sample.video_id, "reason": sample.reason}
                 continue
             shown = wanted if split == TRAIN else range(views)  # the sample's views, in order
+            frames = model_inputs(sample, dist_info.device)  # decoded there, if JPEG bytes
             for row, view in enumerate(shown):
                 if view in wanted:
                     rows.append(
@@ -92,7 +94,7 @@ def _encode_split(
                             "labels": list(dataset.items[p].labels),
                         }
                     )
-                    clips.append(sample["frames"][row])
+                    clips.append(frames[row])
         while len(clips) >= cfg.batch_size:
             encoded += encode(cfg.batch_size)
         progress.update(
@@ -136,11 +138,14 @@ def cache_features(
             cfg.dataset, fold, clip_identity(cfg.clip_model, cfg.clip_pretrained), cfg.frames
         )
     )
+    train, test = load_fold(cfg, root, fold)
+    as_jpegs = check_decode_device(cfg.decode_device, dist_info.device, [*train.items, *test.items])
     writable_dir(out)
     clip = load_clip(cfg.clip_model, cfg.clip_pretrained, str(dist_info.device))
     clip_id = (clip.model_id, clip.pretrained_id)
-    train, test = load_fold(cfg, root, fold)
-    train_set, test_set = clip_datasets(cfg, train, list(train.items), test, clip.image_size)
+    train_set, test_set = clip_datasets(
+        cfg, train, list(train.items), test, clip.image_size, as_jpegs
+    )
     meta = {
         **cache_identity(cfg.dataset, fold, clip_id, train_set, test_set),
         "views": views,

@@ -9,6 +9,10 @@ is skipped and reported in the batch, never fatal.
 
 Randomness is keyed by (seed, epoch, item), not by worker, so a clip is the same whatever
 worker decodes it: runs repeat and `--resume` continues exactly.
+
+With `encoded=True` (`--decode-device cuda`) items are frame folders and a sample holds
+its frames' JPEG bytes and each view's drawn geometry under "jpegs" (`EncodedClips`)
+in place of "frames": `model_inputs` decodes and cuts them on the device.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from storyboard_common.device import available_cores
 
 from ..distributed import local_processes
+from .device_transforms import EncodedClips, draw_train_view, eval_views
+from .frames import frame_file, is_frame_folder, jpeg_size
 from .items import VideoItem
 from .sampling import clip_indices, interval_frames, segment_indices
 from .transforms import eval_transform, train_transform
-from .video import VideoError, open_video, read_frames
+from .video import VideoError, open_frame_folder, open_video, read_folder_bytes, read_frames
 
 # Decoded frames one `VideoClipDataset.views` call holds at once (uint8 RGB): 8 clips of 8
 # frames of 1280x720 are 170 MiB, of 340x256 13 MiB.
@@ -96,8 +102,6 @@ def short_videos(
 class VideoClipDataset(Dataset):
     """Index with `(epoch, i)` (from `EpochSampler`) or a plain `i` (epoch 0)."""
 
-    input_key = "frames"  # the batch entry the model reads (see `collate_clips`)
-
     def __init__(
         self,
         items: Sequence[VideoItem],
@@ -105,12 +109,16 @@ class VideoClipDataset(Dataset):
         multi_label: bool,
         spec: ClipSpec,
         seed: int = 0,
+        encoded: bool = False,
     ):
         self.items = list(items)
         self.num_classes = num_classes
         self.multi_label = multi_label
         self.spec = spec
         self.seed = seed
+        self.encoded = encoded  # frame folders' JPEG bytes, decoded on the device
+        # the batch entry the model reads (see `collate_clips`)
+        self.input_key = "jpegs" if encoded else "frames"
         self.transform = (
             train_transform(spec.size)
             if spec.train
@@ -143,6 +151,8 @@ class VideoClipDataset(Dataset):
         else in groups that do (a long clip list falls back to a read per clip); the
         samples equal those of one read each, pixel for pixel.
         """
+        if self.encoded:
+            return self.encoded_views(index, epochs)
         item = self.items[index]
         rngs = [np.random.default_rng([self.seed, epoch, index]) for epoch in epochs]
         try:
@@ -161,20 +171,82 @@ class VideoClipDataset(Dataset):
         out, kept = [], []
         for e, clip_views in sorted(clips, key=lambda pair: pair[0]):  # [clips, T, H, W, 3]
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(rngs[e].integers(2**62)))
+                torch.manual_seed(clip_seed(rngs[e]))
                 views = torch.stack([self.transform(clip) for clip in clip_views])
-            view_indices = indices[e]
             if not self.spec.train and self.spec.crops > 1:  # [clips, crops, T, ...] -> views
                 views = views.flatten(0, 1)
-                view_indices = np.repeat(view_indices, self.spec.crops, axis=0)
             out.append(views)
-            kept.append(view_indices)
+            kept.append(self._view_rows(indices[e]))
+        return self._sample(item, "frames", torch.cat(out), np.concatenate(kept))
+
+    def encoded_views(self, index: int, epochs: Sequence[int]) -> dict | Skipped:
+        """`views` of a frame folder with its frames left encoded: the distinct frames'
+        JPEG bytes, read once, and each view's geometry, drawn from the same seeds in the
+        same order as `views` draws its transforms' (`device_transforms`)."""
+        item = self.items[index]
+        rngs = [np.random.default_rng([self.seed, epoch, index]) for epoch in epochs]
+        try:
+            if not is_frame_folder(item.path):
+                raise VideoError(item.path, "is a video file, not a frame folder")
+            _, info = open_frame_folder(item.path)  # count, gaps, rate, the first frame's size
+            indices = [self._indices(item, info.num_frames, info.fps, rng) for rng in rngs]
+            flat = np.unique(np.concatenate([i.ravel() for i in indices]))
+            data = read_folder_bytes(item.path, flat.tolist())
+            height, width = _one_size(item.path, flat, data)
+        except (VideoError, ValueError) as exc:
+            return Skipped(item.video_id, str(exc))
+        slots, views, kept = [], [], []
+        for e in range(len(epochs)):
+            rows = self._view_rows(indices[e])
+            slots.append(np.searchsorted(flat, rows))
+            kept.append(rows)
+            if self.spec.train:  # a generator of its own: no global state to fork and restore
+                generator = torch.Generator().manual_seed(clip_seed(rngs[e]))
+                views.extend(draw_train_view(height, width, generator) for _ in indices[e])
+            else:
+                s = self.spec
+                views.extend(eval_views(height, width, s.size, s.short_side, s.crops) * s.clips)
+        clips = EncodedClips.of_frames(
+            data, torch.from_numpy(np.concatenate(slots)), views, self.spec.size
+        )
+        return self._sample(item, "jpegs", clips, np.concatenate(kept))
+
+    def _view_rows(self, indices: np.ndarray) -> np.ndarray:
+        """A clip list's frame indices [clips, T] -> one row per view: each clip's row once
+        per spatial crop at evaluation."""
+        if self.spec.train or self.spec.crops == 1:
+            return indices
+        return np.repeat(indices, self.spec.crops, axis=0)
+
+    def _sample(self, item: VideoItem, key: str, clips, frame_indices: np.ndarray) -> dict:
         return {
-            "frames": torch.cat(out),  # uint8 [V, T, 3, S, S]; normalise_clips on the device
-            "frame_indices": np.concatenate(kept),  # int [V, T] (numpy: pickled, no shared memory)
+            # "frames": uint8 [V, T, 3, S, S], normalise_clips on the device; "jpegs": V views
+            key: clips,
+            "frame_indices": frame_indices,  # int [V, T] (numpy: pickled, no shared memory)
             "label": clip_target(item, self.num_classes, self.multi_label),
             "video_id": item.video_id,
         }
+
+
+def clip_seed(rng: np.random.Generator) -> int:
+    """The seed of torch's generator for a clip's transform parameters: `rng`'s next draw
+    after the clip's frame indices."""
+    return int(rng.integers(2**62))
+
+
+def _one_size(folder, indices: np.ndarray, data: Sequence[torch.Tensor]) -> tuple[int, int]:
+    """The (height, width) that the JPEG headers of a clip's frames (`data`, of the frames
+    at `indices`) share; VideoError naming the first frame file that is no JPEG or whose size
+    differs (the frames are stacked on the device)."""
+    sizes = []
+    for i, frame in zip(indices.tolist(), data):
+        sizes.append(jpeg_size(frame.numpy().tobytes()))
+        if sizes[-1] is None:
+            raise VideoError(frame_file(folder, i), "is not a JPEG image")
+        if sizes[-1] != sizes[0]:
+            (h, w), (h0, w0) = sizes[-1], sizes[0]
+            raise VideoError(frame_file(folder, i), f"is {h}x{w}, unlike the folder's {h0}x{w0}")
+    return sizes[0]
 
 
 def frame_groups(indices: Sequence[np.ndarray], held: int) -> list[list[int]]:
@@ -209,7 +281,8 @@ def collate_clips(samples: Sequence[dict | Skipped], input_key: str = "frames") 
             "views": torch.empty(0, dtype=torch.long),
             "skipped": skipped,
         }
-    inputs = torch.cat([s[input_key] for s in good])
+    parts = [s[input_key] for s in good]
+    inputs = EncodedClips.join(parts) if input_key == "jpegs" else torch.cat(parts)
     counts = [len(s[input_key]) for s in good]
     labels = torch.stack([s["label"] for s in good]).repeat_interleave(torch.tensor(counts), 0)
     return {

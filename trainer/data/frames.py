@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
-from torchvision.io import read_file
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
 FRAME_TEMPLATE = "img_{:05d}.jpg"
 FRAME_NAME = re.compile(r"img_(\d{5,})\.jpg")
@@ -114,3 +114,14 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
             return None
         at += 2 + length
     return None
+
+
+def is_frame_folder(path: Path) -> bool:
+    """Whether `path` is a frame folder (a directory) rather than a video file."""
+    return Path(path).is_dir()
+
+
+def decode_frame_batch(data: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Encoded JPEGs (CPU uint8 1-D tensors) -> RGB frames uint8 [3, H, W] on `device`, in one
+    batched call: nvJPEG on a CUDA device, libjpeg-turbo on the CPU."""
+    return decode_jpeg(list(data), mode=ImageReadMode.RGB, device=torch.device(device))

@@ -20,6 +20,12 @@ from torchvision.transforms import v2
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+# The training augmentation (`train_transform`; `device_transforms` draws the same).
+CROP_SCALE = (0.08, 1.0)  # area of the random crop, as a fraction of the frame's
+CROP_RATIO = (3 / 4, 4 / 3)  # its aspect ratio, width / height
+FLIP_P = 0.5
+GREY_P = 0.2
+
 
 def clip_pixel_stats(device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """CLIP's pixel mean and std, each float32 [3, 1, 1] on `device`."""
@@ -58,25 +64,28 @@ class _Finish(torch.nn.Module):
         return normalise_clips(clip) if self.normalize else clip
 
 
+def three_crop_boxes(height: int, width: int, size: int) -> list[tuple[int, int]]:
+    """(top, left) of three size x size crops of a height x width frame along its longer
+    side (start, centre, end), centred on the shorter one, as in the usual 3-crop testing."""
+    if min(height, width) < size:
+        raise ValueError(f"a {height}x{width} clip is smaller than the {size} px crops")
+    if width >= height:
+        top = (height - size) // 2
+        return [(top, left) for left in (0, (width - size) // 2, width - size)]
+    left = (width - size) // 2
+    return [(top, left) for top in (0, (height - size) // 2, height - size)]
+
+
 class _ThreeCrop(torch.nn.Module):
-    """Three size x size crops along the longer side (start, centre, end), centred on the
-    shorter one, as in the usual 3-crop testing: [..., H, W] -> [3, ..., size, size]."""
+    """`three_crop_boxes`' crops: [..., H, W] -> [3, ..., size, size]."""
 
     def __init__(self, size: int):
         super().__init__()
         self.size = size
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
-        height, width = clip.shape[-2:]
         s = self.size
-        if min(height, width) < s:
-            raise ValueError(f"a {height}x{width} clip is smaller than the {s} px crops")
-        if width >= height:
-            top = (height - s) // 2
-            boxes = [(top, left) for left in (0, (width - s) // 2, width - s)]
-        else:
-            left = (width - s) // 2
-            boxes = [(top, left) for top in (0, (height - s) // 2, height - s)]
+        boxes = three_crop_boxes(*clip.shape[-2:], s)
         return torch.stack([clip[..., t : t + s, x : x + s] for t, x in boxes])
 
 
@@ -104,9 +113,9 @@ def train_transform(
     return v2.Compose(
         [
             *steps,
-            v2.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
-            v2.RandomHorizontalFlip(0.5),
-            v2.RandomGrayscale(0.2),
+            v2.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),
+            v2.RandomHorizontalFlip(FLIP_P),
+            v2.RandomGrayscale(GREY_P),
             _Finish(normalize),
         ]
     )

@@ -271,7 +271,7 @@ def open_frame_folder(
         )
     if len(numbers) < min_frames:
         raise VideoError.too_short(path, len(numbers), min_frames, FOLDER)
-    first = _frame_bytes(path, [0])[0]
+    first = read_folder_bytes(path, [0])[0]
     size = jpeg_size(first.numpy().tobytes())
     if size is None:
         raise VideoError(
@@ -281,7 +281,8 @@ def open_frame_folder(
     return reader, _sized(reader, VideoInfo(len(numbers), fps or 0.0, *size), short_side)
 
 
-def _frame_bytes(folder: Path, indices: Sequence[int]) -> list[torch.Tensor]:
+def read_folder_bytes(folder: Path, indices: Sequence[int]) -> list[torch.Tensor]:
+    """The encoded frames at `indices` of a frame folder; a VideoError naming the folder."""
     try:
         return read_frame_bytes(folder, indices)
     except (OSError, RuntimeError) as error:  # torchvision's read_file raises RuntimeError
@@ -295,7 +296,7 @@ def _decode_folder_frames(reader: FrameFolderReader, indices: list[int]) -> torc
     once: uint8 [T, H, W, 3]."""
     distinct = list(dict.fromkeys(indices))
     decoded: dict[int, torch.Tensor] = {}
-    for index, data in zip(distinct, _frame_bytes(Path(reader.path), distinct)):
+    for index, data in zip(distinct, read_folder_bytes(Path(reader.path), distinct)):
         name = frame_file(reader.path, index).name
         try:
             image = decode_jpeg(data, mode=ImageReadMode.RGB)
