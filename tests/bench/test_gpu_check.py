@@ -294,13 +294,6 @@ def test_gpu_budget_fits_eight_minutes():
     assert gpu_pipeline.STEPS_BUDGET_S + one_gpu <= TOTAL_BUDGET_S < 8 * 60
 
 
-# Parts that need flags other branches of issue 28 add: expected to fail (or be skipped as
-# needing one that fails) until they are merged.
-AFTER_MERGE = {
-    "prepare_frames": "--to frames",
-    "loader_frames": "--to frames",
-    "decode_device": "--decode-device",
-}
 # `compile` (inductor, ~160 s on 2 CPU cores) is left to the GPU run and item 6's own test.
 TESTED_PARTS = [part.name for part in PARTS if part.name != "compile"]
 
@@ -335,19 +328,7 @@ def _part(report, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name,
-            # enable after merge: --to frames, --decode-device (drop this xfail)
-            marks=pytest.mark.xfail(reason=f"needs {AFTER_MERGE[name]}", strict=True),
-        )
-        if name in AFTER_MERGE
-        else name
-        for name in ["steps", *TESTED_PARTS]
-    ],
-)
+@pytest.mark.parametrize("name", ["steps", *TESTED_PARTS])
 def test_tiny_pipeline_part_passes(tiny_pipeline, name):
     _, report = tiny_pipeline
     record = _part(report, name)
@@ -387,5 +368,4 @@ def test_tiny_pipeline_exit_status_and_one_sentence_per_failure(tiny_pipeline):
     assert done.returncode == (1 if report["failures"] else 0)
     printed = [x for x in done.stderr.splitlines() if x.startswith("gpu-check failed: ")]
     assert printed == [f"gpu-check failed: {problem}" for problem in report["failures"]]
-    # enable after merge: --to frames, --decode-device (then no part may fail: assert not failures)
-    assert all(problem.split(":")[0] in AFTER_MERGE for problem in report["failures"])
+    assert not report["failures"]

@@ -14,8 +14,8 @@ from trainer.__main__ import app
 from trainer.config import preset_files, read_config_file, resolve_config
 from trainer.settings import RunConfig
 
-# The presets as the Python dict PRESETS held them before they became files: what each
-# shipped file must still hold.
+# The presets as the Python dict PRESETS held them before they became files, and the
+# micro-batch and gradient checkpointing each was sized for since: what each file holds.
 FORMER_PRESETS = {
     "k400": dict(
         dataset="k400",
@@ -27,6 +27,8 @@ FORMER_PRESETS = {
         eval_clips=4,
         eval_crops=3,
         temporal_layers=6,
+        micro_batch=32,
+        grad_checkpointing=True,
     ),
     **{
         f"{dataset}-2shot": dict(
@@ -39,6 +41,7 @@ FORMER_PRESETS = {
             warmup_epochs=5,
             eval_clips=1,
             eval_crops=1,
+            grad_checkpointing=True,
         )
         for dataset in ("hmdb51", "ucf101", "k400")
     },
@@ -52,6 +55,8 @@ FORMER_PRESETS = {
         eval_clips=1,
         eval_crops=1,
         charades_instances=True,
+        micro_batch=32,
+        grad_checkpointing=True,
     ),
 }
 
@@ -62,6 +67,8 @@ def test_every_shipped_preset_holds_its_former_values():
         held = read_config_file(preset_files()[name])
         assert held == values, name
         assert resolve_config(name, {}) == RunConfig(preset=name, **values)
+        text = preset_files()[name].read_text()
+        assert "# Sized for " in text and " GB " in text  # the GPU memory it was sized for
 
 
 def test_presets_command_names_each_file():
