@@ -35,6 +35,7 @@ from testkit.cli import TINY_CLIP_CONFIG, flag_args, module_command, module_env,
 from testkit.list_dataset import write_list_dataset
 from testkit.torchrun import torchrun_trainer
 from testkit.videos import write_kinetics_like
+from trainer.data.dataset import loader_workers
 
 # The whole check (step check and pipeline) stays under 8 minutes on one GPU machine.
 TOTAL_BUDGET_S = 470
@@ -199,7 +200,8 @@ def run_figures(out: Path, result: dict, test_videos: int) -> dict:
     config = json.loads((out / "config.json").read_text())
     return {
         **steady_rates(steps),
-        "workers": config.get("workers"),
+        # None: the default, the cores of this one-process run (`loader_workers`)
+        "workers": config.get("workers") or loader_workers(None),
         "first_loss": losses[0],
         "last_loss": losses[-1],
         "top1": result["top1"],

@@ -13,15 +13,17 @@ FORWARD_GFLOP = {"ViT-B/16": 35.2, "ViT-L/14": 162.0}
 TRAINING_PASSES = 4  # forward, recomputation, backward at twice the forward
 # Sustained bf16 TFLOP/s: 40% of the dense peak (A100 312, H100 SXM 989), an assumed use.
 SUSTAINED_TFLOPS = {"A100": 0.4 * 312, "H100": 0.4 * 989}
-# 8-frame training clips a second on one core, by what the loader reads (low, high):
-# raw 360p video and `prepare-videos` copies as `make bench` measured them
-# (docs/benchmarks.md, `prepared_decode_speedup`); frame folders between a decode with the
-# training crop measured here under load (~50) and the issue's decode alone (~0.55 ms per
-# 256x340 JPEG: ~230), TO BE FILLED from `make bench`'s `frames_vs_prepared_speedup`.
+# 8-frame training clips a second on one core, by what the loader reads (low, high), as
+# measured here (docs/benchmarks.md): raw 360p video and `prepare-videos` copies
+# (`prepared_decode_speedup`); frame folders from a decode with the training crop under load
+# (~50) to the reads alone (`frames_vs_prepared_speedup`: 79-107); with `--decode-device
+# cuda` the workers only read bytes and draw the crops (`device_decode_worker_clips_per_second`:
+# 141-204), the decode then costing GPU time, not cores.
 CLIPS_PER_CORE = {
     "raw video": (2.9, 4.4),
     "prepared video": (14.0, 18.0),
-    "frames (estimate)": (50.0, 230.0),
+    "frames": (50.0, 107.0),
+    "frames, GPU decode": (141.0, 204.0),
 }
 
 
