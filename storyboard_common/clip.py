@@ -426,6 +426,24 @@ def token_states(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tenso
     return _project(tower, _last_layer(tower, ids[:, :length])), eot
 
 
+def context_length(clip: LoadedClip) -> int:
+    """The tokens CLIP's text tower reads of a text, SOT and EOT included (77 for CLIP's)."""
+    return int(clip.tokenizer.context_length)
+
+
+def tokens_cut(clip: LoadedClip, texts: Sequence[str]) -> np.ndarray:
+    """How many tokens the tokenizer cuts from the end of each text [B] to fit CLIP's context
+    (`context_length`), 0 for a text that fits: the texts tokenized again with a context long
+    enough for each (a token is at least one UTF-8 byte) and their EOT positions compared."""
+    if not len(texts):
+        return np.zeros(0, dtype=np.int64)
+    context = context_length(clip)
+    longest = max(len(text.encode("utf-8")) for text in texts) + 2  # with SOT and EOT
+    ids = clip.tokenizer(list(texts), context_length=max(context, longest))
+    lengths = _eot_positions(_text_tower(clip.model), ids) + 1
+    return (lengths - context).clamp(min=0).numpy()
+
+
 @dataclass(frozen=True)
 class TextFeatures:
     """Pooled EOT features [B, D] and, when asked for, each text's word tokens [W_i, D]."""

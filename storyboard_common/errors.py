@@ -7,6 +7,14 @@ refused, for the one sentence that refuses such a file.
 """
 
 import math
+from dataclasses import dataclass
+
+# Upper bounds both stages share (`Bounds`): far above any real use, far below where a value
+# hangs, fills memory or ends in a traceback from torch or numpy.
+MAX_SEED = 2**32 - 1  # numpy's legacy seed (np.random.seed) takes 0 .. 2**32 - 1
+MAX_BATCH = 65_536  # items in a batch: 2**16, more than any accelerator's memory holds
+MAX_WORKERS = 256  # processes, threads or requests in flight from one machine
+MAX_EPOCHS = 10_000
 
 
 class UserError(Exception):
@@ -44,36 +52,65 @@ def run_cli(app) -> None:
     sys.exit(result if isinstance(result, int) else 0)
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The range a numeric flag's values must lie in: `at_least`, `at_most` (None: no such
+    bound) and, where `positive`, finite and above zero; `unit` names what it counts in the
+    refusal ("number of seconds")."""
+
+    at_least: float | None = None
+    at_most: float | None = None
+    positive: bool = False
+    unit: str = "number"
+
+    def refusal(self, flag: str, value: float | None) -> str | None:
+        return bound_refusal(flag, value, self.at_least, self.positive, self.unit, self.at_most)
+
+
 def bound_refusal(
     flag: str,
     value: float | None,
     at_least: float | None = None,
     positive: bool = False,
     unit: str = "number",
+    at_most: float | None = None,
 ) -> str | None:
-    """Why a numeric flag's value lies out of its range, in one sentence naming it, else
-    None: below `at_least`, or, where `positive`, not finite and above zero (NaN and
-    infinity are refused); None is an unset flag."""
+    """Why a numeric flag's value lies out of its range, in one sentence naming the flag, the
+    value and the range, else None: below `at_least`, above `at_most`, or, where `positive`,
+    not finite and above zero (NaN and infinity are refused by every bound); None is an unset
+    flag."""
     if value is None:
         return None
-    if at_least is not None and not value >= at_least:
-        return f"{flag} must be at least {at_least}, not {value}."
-    if positive and not (value > 0 and math.isfinite(value)):
-        return f"{flag} must be a positive {unit}, not {value}."
-    return None
+    below = at_least is not None and not value >= at_least
+    above = at_most is not None and not value <= at_most
+    not_positive = positive and not (value > 0 and math.isfinite(value))
+    if not (below or above or not_positive):
+        return None
+    if positive:
+        least = f"a positive {unit}" + (
+            f" at most {_shown(at_most)}" if at_most is not None else ""
+        )
+        return f"{flag} must be {least}, not {_shown(value)}."
+    if at_most is None:
+        return f"{flag} must be at least {_shown(at_least)}, not {_shown(value)}."
+    if at_least is None:
+        return f"{flag} must be at most {_shown(at_most)}, not {_shown(value)}."
+    return f"{flag} must be from {_shown(at_least)} to {_shown(at_most)}, not {_shown(value)}."
 
 
-def check_ranges(
-    at_least: dict[str, tuple[float | None, float]],
-    positive: dict[str, float] | None = None,
-    unit: str = "number",
-) -> None:
-    """Refuse a numeric flag out of range (`bound_refusal`): `at_least` maps a flag to
-    (value, least value), None meaning unset; `positive` flags must be finite and above
-    zero. Click's own range check prints a multi-line box."""
-    refusals = [bound_refusal(flag, v, at_least=least) for flag, (v, least) in at_least.items()]
-    refusals += [bound_refusal(f, v, positive=True, unit=unit) for f, v in (positive or {}).items()]
-    for refused in refusals:
+def _shown(number: float) -> str:
+    """A bound or value as typed: 1 not 1.0, 1e+21 not 1000000000000000000000.0."""
+    if isinstance(number, float) and number.is_integer() and abs(number) < 1e16:
+        return str(int(number))
+    return str(number)
+
+
+def check_ranges(bounds: dict[str, Bounds], values: dict[str, float | None]) -> None:
+    """Refuse the first numeric flag of `values` (flag: value, None meaning unset) out of its
+    `bounds` (flag: `Bounds`) in one UserError sentence (`bound_refusal`). Click's own range
+    check prints a multi-line box, and knows no bound of a float's finiteness."""
+    for flag, value in values.items():
+        refused = bounds[flag].refusal(flag, value)
         if refused:
             raise UserError(refused)
 

@@ -9,12 +9,27 @@ import typer
 from rich.console import Console
 
 from storyboard_common.about import command_app
-from storyboard_common.errors import UserError, run_cli
+from storyboard_common.errors import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_SEED,
+    Bounds,
+    UserError,
+    check_ranges,
+    run_cli,
+)
 
 from . import WORLD_CLIP
 
 app = command_app("The storyboard world: the demo, the study and the world CLIP's pre-training.")
 console = Console()
+
+BOUNDS = {  # the numeric options' ranges (`check_ranges`), checked before anything is written
+    "--epochs": Bounds(1, MAX_EPOCHS),
+    "--batch-size": Bounds(1, MAX_BATCH),
+    "--seed": Bounds(0, MAX_SEED),
+    "--seeds": Bounds(0, MAX_SEED),
+}
 
 
 @app.command("pretrain-clip")
@@ -27,8 +42,8 @@ def pretrain_clip_command(
     ),
     out: Path = typer.Option(Path("artifacts/demo/world-clip.pt"), help="Checkpoint to write."),
     clip_model: str = typer.Option(WORLD_CLIP, help="Model config (the world CLIP's)."),
-    epochs: int = typer.Option(20, min=1, help="Epochs over the (frame, caption) pairs."),
-    batch_size: int = typer.Option(128, min=1, help="Frames per step."),
+    epochs: int = typer.Option(20, help="Epochs over the (frame, caption) pairs."),
+    batch_size: int = typer.Option(128, help="Frames per step."),
     seed: int = typer.Option(0, help="Seed of the world (when written) and of training."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
     force: bool = typer.Option(False, help="Retrain even if the checkpoint exists."),
@@ -42,6 +57,7 @@ def pretrain_clip_command(
     from .pretrain import log_path, pretrain_clip
     from .world import world_folder
 
+    check_ranges(BOUNDS, {"--epochs": epochs, "--batch-size": batch_size, "--seed": seed})
     world = world_folder(world, seed=seed)
     kept = out.is_file() and not force
     path = pretrain_clip(
@@ -68,6 +84,7 @@ def demo(
     """A one-seed digest of the study on the built-in storyboard world (`make demo`)."""
     from .demo import DemoSettings, run_demo
 
+    check_ranges(BOUNDS, {"--seed": seed})
     run_demo(DemoSettings(out=out, seed=seed))
 
 
@@ -105,6 +122,8 @@ def study(
         raise UserError(f"--seeds must be comma-separated integers, not {seeds!r}.") from None
     if not chosen:
         raise UserError("--seeds names no seed.")
+    for seed in chosen:
+        check_ranges(BOUNDS, {"--seeds": seed})
     results = run_study(replace(StudyDesign(), seeds=chosen), work, console)
     console.print(f"report: {write_report(results, out, notes)}")
 

@@ -11,7 +11,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from storyboard_common.about import command_app
-from storyboard_common.errors import UserError, check_ranges, run_cli
+from storyboard_common.errors import (
+    MAX_BATCH,
+    MAX_SEED,
+    MAX_WORKERS,
+    Bounds,
+    UserError,
+    check_ranges,
+    run_cli,
+)
 from storyboard_common.files import artifacts_root
 from storyboard_common.resources import resolve_shipped
 
@@ -19,6 +27,21 @@ app = command_app(
     "Stage one of Storyboard: LLM sub-texts for action classes, TPP selection, artifacts."
 )
 console = Console()
+
+
+# The range of each numeric option of generate and score (`check_ranges`), checked before a
+# request is sent or a file written: each far above real use (the paper samples 2 replies
+# and keeps 4 sub-texts) and below where a run would never end.
+BOUNDS: dict[str, Bounds] = {
+    "--samples": Bounds(1, 1000),  # replies per (class, prompt): 1000 is 500x the paper's
+    "--n-subtexts": Bounds(1, 100),  # sub-texts per class: TPP searches their subsets
+    "--concurrency": Bounds(1, MAX_WORKERS),
+    "--max-retries": Bounds(0, 100),
+    "--timeout": Bounds(at_most=3600, positive=True, unit="number of seconds"),
+    "--temperature": Bounds(0, 2),  # OpenAI's API takes 0 to 2; LLaVA samples alike
+    "--batch-size": Bounds(1, MAX_BATCH),
+    "--seed": Bounds(0, MAX_SEED),  # LLaVA's torch.manual_seed
+}
 
 
 class LLM(str, Enum):
@@ -81,16 +104,17 @@ def generate(
     from .prompts import select_prompts
 
     check_ranges(
+        BOUNDS,
         {
-            "--samples": (samples, 1),
-            "--n-subtexts": (n_subtexts, 1),
-            "--concurrency": (concurrency, 1),
-            "--max-retries": (max_retries, 0),
-            "--temperature": (temperature, 0),
-            "--batch-size": (batch_size, 1),
+            "--samples": samples,
+            "--n-subtexts": n_subtexts,
+            "--concurrency": concurrency,
+            "--max-retries": max_retries,
+            "--timeout": timeout,
+            "--temperature": temperature,
+            "--batch-size": batch_size,
+            "--seed": seed,
         },
-        {"--timeout": timeout},
-        unit="number of seconds",
     )
     if index_classes is not None and llm is not LLM.file:
         raise UserError("--index-classes goes with --llm file and its --input files.")
@@ -198,7 +222,7 @@ def score(
     template: str = typer.Option("a video of a person {}.", help="Global text template."),
     fallback: str = typer.Option(None, help="`global`: classes without candidates repeat it."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    batch_size: int = typer.Option(256, min=1, help="Texts per text-tower batch."),
+    batch_size: int = typer.Option(256, help="Texts per text-tower batch."),
 ) -> None:
     """Score candidate sets with TPP, keep the best per class, write the artifacts."""
     if not tpp:
@@ -208,6 +232,7 @@ def score(
     from .score import score as run
     from .tpp import scaling
 
+    check_ranges(BOUNDS, {"--batch-size": batch_size})
     scaling(alpha, "--alpha"), scaling(beta, "--beta")  # fail before loading CLIP
     directory = _artifacts_dir(dataset, artifacts)
     summary = run(

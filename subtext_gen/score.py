@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from storyboard_common.classes import class_text
-from storyboard_common.clip import LoadedClip, encode_texts
+from storyboard_common.clip import LoadedClip, context_length, encode_texts, tokens_cut
 from storyboard_common.errors import UserError
 from storyboard_common.subtexts import (
     SUBTEXTS_FILE,
@@ -48,6 +48,52 @@ def global_text(template: str, class_name: str) -> str:
     if "{}" not in template:
         raise UserError(f"--template {template!r} must contain {{}} where the class name goes.")
     return template.format(class_text(class_name))
+
+
+def check_cut_class_texts(clip: LoadedClip, names: list[str], globals_: list[str]) -> None:
+    """Refuse two classes whose global texts CLIP reads as one (the same token ids once cut to
+    its context, or once its tokenizer has folded case and spacing): their features would be
+    identical, the two classes never told apart."""
+    ids = clip.tokenizer(globals_) if globals_ else None
+    first: dict[bytes, int] = {}
+    for c, row in enumerate([] if ids is None else ids.numpy()):
+        seen = first.setdefault(row.tobytes(), c)
+        if seen != c:
+            cut = tokens_cut(clip, [globals_[seen], globals_[c]])
+            how = (
+                f"once cut to CLIP {clip.model_id}'s {context_length(clip)}-token context"
+                if cut.any()
+                else f"to CLIP {clip.model_id}'s tokenizer"
+            )
+            raise UserError(
+                f"classes {names[seen]!r} and {names[c]!r} have the same text {how} "
+                f"({globals_[c]!r}): shorten their names or the --template so they differ "
+                "within it."
+            )
+
+
+def warn_cut_texts(
+    clip: LoadedClip, names: list[str], globals_: list[str], chosen: dict[int, tuple[str, ...]]
+) -> None:
+    """One warning line for each text of a class (its global text, its chosen sub-texts) that
+    CLIP's context cuts, naming the class and the tokens cut: CLIP reads the text without
+    them."""
+    texts = [(c, "global text", text) for c, text in enumerate(globals_)]
+    texts += [
+        (c, f"sub-text {k + 1}", t)
+        for c in sorted(chosen)
+        for k, t in enumerate(chosen[c])
+        if t != globals_[c]  # the global-text fallback: said once
+    ]
+    cuts = tokens_cut(clip, [text for _, _, text in texts])
+    for (c, what, _), cut in zip(texts, cuts.tolist()):
+        if cut:
+            warnings.warn(
+                f"class {names[c]!r}: its {what} is {cut} token(s) longer than CLIP "
+                f"{clip.model_id}'s {context_length(clip)}-token context; CLIP reads it "
+                "without them.",
+                stacklevel=3,
+            )
 
 
 @dataclass(frozen=True)
@@ -99,6 +145,7 @@ def score(
             "score with pretrained weights (e.g. --clip-pretrained openai) to choose sub-texts.",
             stacklevel=2,
         )
+    check_cut_class_texts(clip, names, globals_)
     encode = TimedEncoder(clip, batch_size)
     result = _score_sets(encode, globals_, valid, n, alpha, beta)
     scores = result.score.numpy()
@@ -111,6 +158,7 @@ def score(
         c: (valid[i].sub_texts if c in best else (globals_[c],) * n)
         for c, i in ((c, best.get(c, -1)) for c in range(C))
     }
+    warn_cut_texts(clip, names, globals_, chosen)
     feats = encode(globals_ + [t for c in range(C) for t in chosen[c]], with_tokens=True)
     meta = ArtifactMeta(
         clip_model=clip.model_id,

@@ -15,9 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 from storyboard_common.about import command_app
-from storyboard_common.errors import UserError, run_cli
+from storyboard_common.errors import UserError, check_ranges, run_cli
 
-from .settings import RunConfig, declared, field_type, flag_name
+from .settings import COMMAND_BOUNDS, RunConfig, declared, field_type, flag_name, range_refusal
 
 app = command_app("Stage two of Storyboard: video data, training and evaluation.")
 console = Console()
@@ -77,11 +77,10 @@ def check_data(
     root: Path = setting_option("root"),
     videos: Path = setting_option("videos"),
     split: str = typer.Option(None, help="Fold 1, 2, 3 or all (default: every split)."),
-    frames: int = typer.Option(8, min=1, help="Frames a clip needs; fewer is 'short'."),
-    workers: int = typer.Option(4, min=1, help="Videos probed in parallel."),
+    frames: int = typer.Option(8, help="Frames a clip needs; fewer is 'short'."),
+    workers: int = typer.Option(4, help="Videos probed in parallel."),
     allow_missing: int = typer.Option(
         0,
-        min=0,
         help="Missing videos accepted (Kinetics copies lack deleted clips); unreadable and "
         "short ones always fail.",
     ),
@@ -95,6 +94,7 @@ def check_data(
     from .data.check import check_splits, load_dataset_splits
     from .paths import default_root
 
+    bounded(frames=frames, workers=workers, allow_missing=allow_missing)
     root = root or default_root(dataset)
     splits, absent = load_dataset_splits(dataset, root, videos, split)
     report = check_splits(splits, frames, workers, not as_json, absent)
@@ -119,15 +119,9 @@ def prepare_videos_command(
         help="videos: H.264 copies; frames: a folder of JPEG frames (img_00001.jpg, ...) per "
         "video, its path without the extension.",
     ),
-    short_side: int = typer.Option(
-        256, min=96, help="Short side of the copies in px (never scaled up)."
-    ),
-    keyframe_every: int = typer.Option(
-        16, min=1, help="A keyframe every N frames (video copies only)."
-    ),
-    workers: int = typer.Option(
-        None, min=1, help="Videos encoded in parallel (default: one per core)."
-    ),
+    short_side: int = typer.Option(256, help="Short side of the copies in px (never scaled up)."),
+    keyframe_every: int = typer.Option(16, help="A keyframe every N frames (video copies only)."),
+    workers: int = typer.Option(None, help="Videos encoded in parallel (default: one per core)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
     """Re-encode a dataset for fast clip reads (H.264, short side --short-side, a keyframe
@@ -137,6 +131,7 @@ def prepare_videos_command(
     from .data.prepare import prepare_videos, print_summary
     from .paths import default_root
 
+    bounded(short_side=short_side, keyframe_every=keyframe_every, workers=workers)
     root = root or default_root(dataset)
     summary = prepare_videos(
         dataset, root, out, videos, short_side, keyframe_every, workers, not as_json, to
@@ -145,6 +140,21 @@ def prepare_videos_command(
         sys.stdout.write(json.dumps(summary.to_json()) + "\n")
     else:
         print_summary(summary, lambda line: console.print(line, **_PLAIN))
+
+
+def bounded(**values) -> None:
+    """Refuse a command's own numeric option out of its `COMMAND_BOUNDS` (by parameter name,
+    its flag with dashes) before the command does anything."""
+    check_ranges(COMMAND_BOUNDS, {"--" + name.replace("_", "-"): v for name, v in values.items()})
+
+
+def bounded_settings(**values) -> None:
+    """Refuse a run setting a command takes alone (not through `RunConfig`, as `eval
+    --workers`) out of its declared range."""
+    for name, value in values.items():
+        refused = range_refusal(_SETTINGS[name], value)
+        if refused:
+            raise UserError(refused)
 
 
 def _print_check_report(report, title: str) -> None:
@@ -181,7 +191,6 @@ def run(
     resume: bool = typer.Option(False, help="Continue the run in --out exactly."),
     log_every: int = typer.Option(
         50,
-        min=0,
         help="Print a line every N optimiser steps (loss, lr, clips/s, data wait, memory) "
         "and append it to steps.jsonl; 0: none.",
     ),
@@ -198,6 +207,7 @@ def run(
     from .run_log import LogSettings, parse_report_to
     from .training import train_folds
 
+    bounded(log_every=log_every)
     log_settings = LogSettings(log_every, parse_report_to(report_to))
     cfg = resolve_config(settings.pop("preset"), settings, config, resume)
     _print_result(train_folds(cfg, resume, not as_json, log_settings), as_json)
@@ -257,6 +267,7 @@ def cache_features_command(
     from .cache.build import cache_features
     from .config import resolve_config
 
+    bounded(views=views)
     cfg = resolve_config(settings.pop("preset"), settings)
     summary = cache_features(cfg, out, views, dtype, show_progress=not as_json)
     if not _speaks():
@@ -339,6 +350,7 @@ def evaluate(
     With --checkpoint alone: on the run's own dataset, root, videos, fold and sub-texts."""
     from .evaluation import evaluate_checkpoint
 
+    bounded_settings(workers=workers)
     if zero_shot not in (None, "full", "half", "subsets"):
         raise UserError(f"--zero-shot must be full, half or subsets, not {zero_shot!r}.")
     result = evaluate_checkpoint(
@@ -370,7 +382,7 @@ def predict(
     video: Path = typer.Argument(..., help="A video file."),
     checkpoint: str = MODEL,
     subtexts: Path = RUN_SUBTEXTS,
-    top: int = typer.Option(5, min=1, help="How many classes to print."),
+    top: int = typer.Option(5, help="How many classes to print."),
     plot: Path = typer.Option(None, help="Write a filmstrip with frame importances (PNG)."),
     device: str = setting_option("device", default="auto"),
     clip_model: str = RUN_CLIP_MODEL,
@@ -379,6 +391,7 @@ def predict(
     """The top classes of one video, with probabilities; optionally its importance plot."""
     from .predict import check_plot_path, plot_prediction, predict_video
 
+    bounded(top=top)
     if plot is not None:
         check_plot_path(plot)
     pred = predict_video(

@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from storyboard_common.errors import UserError, bound_refusal
+from storyboard_common.errors import MAX_BATCH, MAX_EPOCHS, MAX_SEED, MAX_WORKERS, Bounds, UserError
 
 from .data.layouts import DATASETS
 from .model.modes import AGGREGATIONS
@@ -26,13 +26,30 @@ AMP_MODES = ("bf16", "fp16", "none")
 # or an evaluation's end on one rank, well below a night lost to a dead peer.
 DIST_TIMEOUT_MINUTES = 30.0
 DECODE_DEVICES = ("cpu", "cuda")
+MAX_TIMEOUT_MINUTES = 7 * 24 * 60.0  # a week; beyond it Python's timedelta overflows
+
+# Upper bounds (and those both stages share, in `storyboard_common.errors`): each far above
+# any real use, far below where a value hangs a run, fills a disk or ends in a traceback from
+# torch, numpy or itertools (the issue's `--views 1e21`).
+MAX_FRAMES = 512  # frames per clip: a 16-frame clip is the paper's longest; 512 is 20 s at 25 fps
+MAX_VIEWS = 1000  # temporal views of a video, training views a cache stores
+MAX_COUNT = 1_000_000  # videos per class (shots), missing videos tolerated, log cadence
+MAX_LAYERS = 48  # temporal transformer layers: CLIP's largest towers have 48
+MAX_HEADS = 64  # attention heads: CLIP's widest tower has 20
+MAX_TEMPERATURE = 100.0  # softmax temperatures: above 100 every class scores alike
+MAX_DECAY = 10.0  # AdamW weight decay: lr x 10 halves the weights within a few steps
+MAX_LOSS_WEIGHT = 1000.0  # lambda, the video-to-text loss's weight
+MAX_PREFETCH = 64  # batches each loader worker holds ahead, in memory
+MAX_SHORT_SIDE = 4096  # px: 4K video's short side is 2160
+MAX_KEYFRAME_EVERY = 1000  # frames between keyframes: 40 s at 25 fps
 
 
 @dataclass(frozen=True)
 class Setting:
     """What one setting's field declares beyond its type and default: its CLI flag (None:
     `--` + the name with dashes; `off_flag` the negative of a boolean), its help, and the
-    range its values must lie in (`at_least`, `positive`: finite and above zero, `choices`),
+    range its values must lie in (`at_least`, `at_most`, `positive`: finite and above zero,
+    `choices`; every number has an upper bound, so no absurd value reaches the work),
     with the refusal's wording where a range says more than its bounds. `cli=False`: a
     setting only config files set. `resume_may_change`: why `run --resume` may change it
     (every other setting must stay as the run began). `moved_input`: the setting names a
@@ -42,7 +59,9 @@ class Setting:
     flag: str | None = None
     off_flag: str | None = None
     at_least: float | None = None
+    at_most: float | None = None
     positive: bool = False
+    unit: str = "number"  # what a positive setting counts in, for its refusal
     choices: tuple | None = None
     refusal: str | None = None  # a choice refused: "{flag}", "{value}", "{choices}"
     hint: str | None = None  # appended to a bound's refusal
@@ -94,6 +113,7 @@ class DataConfig:
         None,
         "K videos per class (few-shot).",
         at_least=1,
+        at_most=MAX_COUNT,
         hint="leave it out to train on the whole split (supervised)",
     )
     fewshot_list: Path | None = setting(
@@ -103,8 +123,10 @@ class DataConfig:
     )
     # Charades: train on action instances, else whole videos
     charades_instances: bool = setting(True, cli=False)
-    frames: int = setting(8, "Frames per clip T (8).", at_least=1)
-    eval_clips: int = setting(1, "Temporal views at evaluation.", flag="--clips", at_least=1)
+    frames: int = setting(8, "Frames per clip T (8).", at_least=1, at_most=MAX_FRAMES)
+    eval_clips: int = setting(
+        1, "Temporal views at evaluation.", flag="--clips", at_least=1, at_most=MAX_VIEWS
+    )
     eval_crops: int = setting(
         1, "Spatial views at evaluation (1 or 3).", flag="--crops", choices=(1, 3)
     )
@@ -140,12 +162,18 @@ class ModelConfig:
         choices=AGGREGATIONS,
         refusal="unknown {flag} {value!r}; choose one of {choices}.",
     )
-    temporal_layers: int = setting(0, "Temporal transformer layers (0; paper 6).", at_least=0)
-    attention_heads: int = setting(
-        1, "Cross-attention heads of Eq. 5-7 (1).", flag="--heads", at_least=1
+    temporal_layers: int = setting(
+        0, "Temporal transformer layers (0; paper 6).", at_least=0, at_most=MAX_LAYERS
     )
-    tau_coarse: float = setting(0.01, "Temperature of Eq. 8 (0.01).", positive=True)
-    tau_fine: float = setting(0.01, "Temperature of Eq. 10 (0.01).", positive=True)
+    attention_heads: int = setting(
+        1, "Cross-attention heads of Eq. 5-7 (1).", flag="--heads", at_least=1, at_most=MAX_HEADS
+    )
+    tau_coarse: float = setting(
+        0.01, "Temperature of Eq. 8 (0.01).", positive=True, at_most=MAX_TEMPERATURE
+    )
+    tau_fine: float = setting(
+        0.01, "Temperature of Eq. 10 (0.01).", positive=True, at_most=MAX_TEMPERATURE
+    )
     freeze_backbone: bool = setting(False, off_flag="--train-backbone")
     grad_checkpointing: bool = setting(False)
 
@@ -154,20 +182,32 @@ class ModelConfig:
 class OptimConfig:
     """How a run optimises: epochs, batch, learning rates, loss weight, precision."""
 
-    epochs: int = setting(20, "Epochs (20).", at_least=1)
+    epochs: int = setting(20, "Epochs (20).", at_least=1, at_most=MAX_EPOCHS)
     batch_size: int = setting(
         32,
         "Global batch: micro-batch x processes x accumulation steps, exactly (32).",
         at_least=1,
+        at_most=MAX_BATCH,
     )
     micro_batch: int | None = setting(
-        None, "Clips per forward pass on one device (default: batch / processes).", at_least=1
+        None,
+        "Clips per forward pass on one device (default: batch / processes).",
+        at_least=1,
+        at_most=MAX_BATCH,
     )
-    lr: float = setting(5e-5, "Head learning rate (5e-5); backbone x0.1.", positive=True)
-    backbone_lr_scale: float = setting(0.1, at_least=0, cli=False)
-    weight_decay: float = setting(0.2, "AdamW weight decay (0.2).", at_least=0)
-    warmup_epochs: float = setting(5.0, "Linear warm-up epochs (5).", at_least=0)
-    lam: float = setting(1.0, "Weight of the video-to-text loss (1).", flag="--lambda", at_least=0)
+    lr: float = setting(5e-5, "Head learning rate (5e-5); backbone x0.1.", positive=True, at_most=1)
+    backbone_lr_scale: float = setting(0.1, at_least=0, at_most=1, cli=False)
+    weight_decay: float = setting(0.2, "AdamW weight decay (0.2).", at_least=0, at_most=MAX_DECAY)
+    warmup_epochs: float = setting(
+        5.0, "Linear warm-up epochs (5).", at_least=0, at_most=MAX_EPOCHS
+    )
+    lam: float = setting(
+        1.0,
+        "Weight of the video-to-text loss (1).",
+        flag="--lambda",
+        at_least=0,
+        at_most=MAX_LOSS_WEIGHT,
+    )
     amp: str = setting("bf16", "bf16, fp16 or none (CUDA; CPU is fp32).", choices=AMP_MODES)
     compile: bool = setting(
         False,
@@ -185,7 +225,9 @@ class OptimConfig:
 class RunSettings:
     """Where and how a run goes: seed, device, folder, evaluation cadence, workers."""
 
-    seed: int = setting(0, "Seed of sampling, few-shot lists, init (0).")
+    seed: int = setting(
+        0, "Seed of sampling, few-shot lists, init (0).", at_least=0, at_most=MAX_SEED
+    )
     device: str = setting(
         "auto",
         "auto, cpu, cuda (under torchrun process k takes GPU k) or cuda:N (one process).",
@@ -197,17 +239,20 @@ class RunSettings:
         f"stops ({DIST_TIMEOUT_MINUTES:g}); waits for the main rank's set-up are not bounded "
         "by it.",
         positive=True,
+        at_most=MAX_TIMEOUT_MINUTES,
+        unit="number of minutes",
         resume_may_change="how long processes wait for each other, not what they compute",
     )
     out: Path | None = setting(
         None, "Run directory (default runs/<name>).", resume_may_change="the run directory itself"
     )
-    eval_every: int = setting(1, "Evaluate every N epochs (1).", at_least=1)
+    eval_every: int = setting(1, "Evaluate every N epochs (1).", at_least=1, at_most=MAX_EPOCHS)
     workers: int | None = setting(
         None,
         "DataLoader workers per process (default: the cores this process may use, shared "
         "among the processes on its machine; none with --features).",
         at_least=0,
+        at_most=MAX_WORKERS,
         resume_may_change="DataLoader workers: data are keyed by (seed, epoch, item), "
         "not by worker",
     )
@@ -215,6 +260,7 @@ class RunSettings:
         4,
         "Batches each DataLoader worker prepares ahead (4).",
         at_least=1,
+        at_most=MAX_PREFETCH,
         resume_may_change="how far ahead workers read, not what they read",
     )
     decode_device: str = setting(
@@ -280,10 +326,25 @@ def range_refusal(f: dataclasses.Field, value) -> str | None:
             return meta.refusal.format(flag=label, value=value, choices=", ".join(shown))
         listed = ", ".join(shown[:-1]) + " or " + shown[-1]
         return f"{label} must be {listed}, not {value!r}."
-    refused = bound_refusal(label, value, meta.at_least, meta.positive)
+    refused = Bounds(meta.at_least, meta.at_most, meta.positive, meta.unit).refusal(label, value)
     if refused and meta.hint:
         return refused.removesuffix(".") + f": {meta.hint}."
     return refused
+
+
+# The bounds of the numeric options that are one command's own, not run settings (`run`'s
+# --log-every, `cache-features` --views, `prepare-videos`, `check-data`, `predict`), by
+# flag: checked by the commands (`check_ranges`) before they write anything.
+COMMAND_BOUNDS: dict[str, Bounds] = {
+    "--views": Bounds(1, MAX_VIEWS),
+    "--log-every": Bounds(0, MAX_COUNT),
+    "--allow-missing": Bounds(0, MAX_COUNT),
+    "--frames": Bounds(1, MAX_FRAMES),
+    "--workers": Bounds(1, MAX_WORKERS),
+    "--short-side": Bounds(96, MAX_SHORT_SIDE),
+    "--keyframe-every": Bounds(1, MAX_KEYFRAME_EVERY),
+    "--top": Bounds(1, MAX_VIEWS),
+}
 
 
 def flag_name(field_name: str) -> str:

@@ -245,18 +245,21 @@ def test_bad_inputs_and_flags_are_one_sentence_naming_the_file_or_flag(tmp_path,
         ((texts,), f"{texts}: the texts for class 'brush_hair' must be strings, not 1, 2, null"),
         ((nested,), f"{nested}: the texts for class 'cartwheel' must be strings, not 3."),
         ((empty,), f"{empty} holds no description sets."),
-        ((sets, "--timeout", "-1"), "--timeout must be a positive number of seconds, not -1.0."),
-        ((sets, "--max-retries", "-1"), "--max-retries must be at least 0, not -1."),
-        ((sets, "--concurrency", "0"), "--concurrency must be at least 1, not 0."),
-        ((sets, "--samples", "0"), "--samples must be at least 1, not 0."),
-        ((sets, "--n-subtexts", "0"), "--n-subtexts must be at least 1, not 0."),
+        (
+            (sets, "--timeout", "-1"),
+            "--timeout must be a positive number of seconds at most 3600, not -1.",
+        ),
+        ((sets, "--max-retries", "-1"), "--max-retries must be from 0 to 100, not -1."),
+        ((sets, "--concurrency", "0"), "--concurrency must be from 1 to 256, not 0."),
+        ((sets, "--samples", "0"), "--samples must be from 1 to 1000, not 0."),
+        ((sets, "--n-subtexts", "0"), "--n-subtexts must be from 1 to 100, not 0."),
     ]
     for (source, *extra), message in cases:
         one_line_error(file_generate(classes, source, out, *extra), message)
     timeout = subtext_cli(
         "generate", "--dataset", "hmdb51", "--timeout", "0", "--base-url", "http://x"
     )
-    one_line_error(timeout, "--timeout must be a positive number of seconds, not 0.0.")
+    one_line_error(timeout, "--timeout must be a positive number of seconds at most 3600, not 0.")
     assert not out.exists()  # nothing written, no path printed for a file never written
 
 

@@ -121,10 +121,10 @@ def test_preset_then_file_then_flags(tmp_path):
         ("a.yaml", "shots: yes\n", "{f}: shots must be a whole number or null, not True."),
         ("a.yaml", "lr: fast\n", "{f}: lr must be a number, not 'fast'."),
         ("a.yaml", "root: 3\n", "{f}: root must be a path or null, not 3."),
-        ("a.yaml", "epochs: 0\n", "{f}: epochs must be at least 1, not 0."),
-        ("a.yaml", "tau_fine: 0\n", "{f}: tau_fine must be a positive number, not 0.0."),
-        ("a.yaml", "attention_heads: 0\n", "{f}: attention_heads must be at least 1, not 0."),
-        ("a.yaml", "backbone_lr_scale: -1\n", "{f}: backbone_lr_scale must be at least 0, not"),
+        ("a.yaml", "epochs: 0\n", "{f}: epochs must be from 1 to 10000, not 0."),
+        ("a.yaml", "tau_fine: 0\n", "{f}: tau_fine must be a positive number at most 100, not 0."),
+        ("a.yaml", "attention_heads: 0\n", "{f}: attention_heads must be from 1 to 64, not 0."),
+        ("a.yaml", "backbone_lr_scale: -1\n", "{f}: backbone_lr_scale must be from 0 to 1, not"),
         ("a.yaml", "aggregation: max\n", "{f}: unknown aggregation 'max'; choose one of"),
         ("a.yaml", "preset: k700\n", "{f}: unknown preset 'k700'; known: charades,"),
         ("a.yaml", "- epochs\n", "--config {f} holds a list, not settings (key: value)."),
@@ -147,7 +147,7 @@ def test_a_flag_may_mend_the_file_and_its_own_mistakes_name_the_flag(tmp_path):
     path = write(tmp_path / "a.yaml", "epochs: 0\nfeatures: cache\n")
     cfg = resolve_config(None, {"epochs": 2, "freeze_backbone": True}, path)
     assert (cfg.epochs, cfg.freeze_backbone) == (2, True)
-    with pytest.raises(UserError, match=r"^--frames must be at least 1, not 0\.$"):
+    with pytest.raises(UserError, match=r"^--frames must be from 1 to 512, not 0\.$"):
         resolve_config(None, {"frames": 0, "epochs": 2, "freeze_backbone": True}, path)
     missing = tmp_path / "none.yaml"
     _, _, error = run_app(app, "run", "--config", missing)  # a UserError: exit status 2

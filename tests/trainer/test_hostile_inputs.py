@@ -134,7 +134,7 @@ def test_kill_during_evaluation_then_resume_logs_each_epoch_once(world, tmp_path
 
 
 def test_shots_zero_is_refused(world, tmp_path):
-    with pytest.raises(UserError, match="--shots must be at least 1, not 0"):
+    with pytest.raises(UserError, match="--shots must be from 1 to 1000000, not 0"):
         resolve_config(None, {"shots": 0})
     one_error(run_cli(run_args(world, tmp_path / "run"), "--shots", 0), "--shots", "not 0")
     assert not (tmp_path / "run").exists()
