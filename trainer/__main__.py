@@ -267,7 +267,6 @@ def cache_features_command(
     from .cache.build import cache_features
     from .config import resolve_config
 
-    bounded(views=views)
     cfg = resolve_config(settings.pop("preset"), settings)
     summary = cache_features(cfg, out, views, dtype, show_progress=not as_json)
     if not _speaks():

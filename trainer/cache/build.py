@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from storyboard_common.clip import clip_identity, load_clip
-from storyboard_common.errors import UserError
+from storyboard_common.errors import UserError, check_ranges
 
 from ..data.dataset import Skipped, VideoClipDataset, loader_workers, make_loader
 from ..data.layouts import folds
@@ -22,7 +22,7 @@ from ..paths import default_features_dir, default_root, writable_dir
 from ..precision import autocast
 from ..progress import progress_bar
 from ..run_data import check_decode_device, clip_datasets, load_fold
-from ..settings import RunConfig
+from ..settings import COMMAND_BOUNDS, RunConfig
 from .store import DTYPES, SHARD_ROWS, TEST, TRAIN, CacheWriter, cache_identity
 
 
@@ -125,8 +125,7 @@ def cache_features(
     if cfg.split == "all":
         raise UserError("cache-features caches one fold: pass --split 1, 2 or 3.")
     views = cfg.epochs if views is None else views
-    if views < 1:
-        raise UserError("--views must be at least 1.")
+    check_ranges(COMMAND_BOUNDS, {"--views": views})  # before the meta file pins it
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be {' or '.join(DTYPES)}, not {dtype!r}.")
     dist_info = init_distributed(cfg.device, cfg.dist_timeout)
