@@ -64,7 +64,7 @@ def test_resume_without_a_checkpoint_starts_fresh_with_a_notice(finished):
         ("--frames", 8, "--frames 4 -> 8"),
         ("--seed", 5, "--seed 1 -> 5"),
         ("--shots", 2, "--shots unset -> 2"),
-        ("--lr", 10, "--lr 0.002 -> 10.0"),
+        ("--lr", 0.5, "--lr 0.002 -> 0.5"),
         ("--aggregation", "mean", "--aggregation coarse+fine -> mean"),
         ("--epochs", 3, "--epochs 1 -> 3"),
     ],
