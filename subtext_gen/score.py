@@ -66,9 +66,8 @@ def check_cut_class_texts(clip: LoadedClip, names: list[str], globals_: list[str
                 else f"to CLIP {clip.model_id}'s tokenizer"
             )
             raise UserError(
-                f"classes {names[seen]!r} and {names[c]!r} have the same text {how} "
-                f"({globals_[c]!r}): shorten their names or the --template so they differ "
-                "within it."
+                f"classes {names[seen]!r} and {names[c]!r} have the same text {how}: "
+                "shorten their names or the --template so they differ within it."
             )
 
 

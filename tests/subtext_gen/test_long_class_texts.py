@@ -5,8 +5,12 @@ naming the class and the tokens cut. The tiny CLIP has CLIP's tokenizer and cont
 import json
 import warnings
 
+import pytest
+
 from storyboard_common.clip import context_length, tokens_cut
+from storyboard_common.errors import UserError
 from subtext_gen.__main__ import app
+from subtext_gen.score import check_cut_class_texts
 from testkit.cli import TINY_CLIP_CONFIG, run_app
 
 # "a video of a person {}.": SOT, 5 words, the name's words, "." and EOT: 8 + words tokens
@@ -47,9 +51,9 @@ def test_two_classes_the_same_once_cut_are_refused_naming_both(tmp_path, class_c
     message = str(error)
     assert message.startswith(
         f"classes {names[1]!r} and {names[2]!r} have the same text once cut to CLIP "
-        "TinyCLIP-test's 77-token context ("
+        "TinyCLIP-test's 77-token context: shorten their names or the --template so they "
+        "differ within it."
     ), message
-    assert message.endswith("shorten their names or the --template so they differ within it.")
     assert "\n" not in message
     assert not folder.exists()  # nothing written
 
@@ -66,3 +70,11 @@ def test_a_cut_text_is_one_warning_line_naming_the_class_and_the_tokens_cut(tmp_
         f"class {names[2]!r}: its global text is 13 token(s) longer than CLIP TinyCLIP-test's "
         "77-token context; CLIP reads it without them.",
     ], said
+
+
+def test_texts_the_tokenizer_folds_into_one_are_refused_without_a_cut(tiny_clip):
+    """CLIP's tokenizer lowercases and folds spacing: "Jump  high." reads as "jump high."."""
+    texts = ["a video of a person jump high.", "a video of a person Jump  high."]
+    with pytest.raises(UserError, match=r"^classes 'a' and 'b' have the same text to CLIP "):
+        check_cut_class_texts(tiny_clip, ["a", "b"], texts)
+    check_cut_class_texts(tiny_clip, ["a", "b"], [texts[0], "a video of a person jump."])
