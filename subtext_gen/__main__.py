@@ -39,7 +39,9 @@ def generate(
     dataset: str = typer.Option(
         None, help="A shipped class list (storyboard_common/data/<NAME>/classes.csv)."
     ),
-    classes: Path = typer.Option(None, help="A class list: csv `id,name` or a txt list."),
+    classes: Path = typer.Option(
+        None, help="A class list: csv `id,name`, JSON label map or list, or a txt list."
+    ),
     model: str = typer.Option(
         None, help="LLM: default gpt-3.5-turbo (openai) or llava-hf/llava-v1.6-mistral-7b-hf."
     ),
@@ -61,9 +63,9 @@ def generate(
     index_classes: Path = typer.Option(
         None,
         metavar="FILE",
-        help="The label list an --input keyed by class index was written for (csv id,name, "
-        "one name a line, or classInd-style `1 Name`): key i is its class i, matched to the "
-        "classes by name.",
+        help="The label list an --input keyed by class index was written for (a class list "
+        "file, or a shipped dataset's name): key i is its class i, matched to the classes by "
+        "name. Always needed for such a file.",
     ),
     out: Path = typer.Option(None, help="Artifact folder (default artifacts/<dataset>)."),
     strict: bool = typer.Option(False, help="Fail replies with more than N items."),
@@ -169,19 +171,24 @@ def _llm_backend(
 def _file_backends(inputs: list[Path] | None, index_classes: Path | None, class_list, n: int):
     """One file backend per --input file, each checked against the classes (`n` sub-texts
     a set) before anything is written."""
-    from storyboard_common.classes import load_classes
-
     from .llm.files import file_backends
 
     if not inputs:
         raise UserError("--llm file needs --input FILE (JSON or CSV description sets).")
-    labels = (
-        load_classes(classes_file=index_classes, flag="--index-classes") if index_classes else None
-    )
+    labels = _index_labels(index_classes) if index_classes else None
     backends = file_backends([resolve_shipped(p) for p in inputs], index_classes=labels)
     for backend in backends:
         backend.plan(class_list, n)
     return backends
+
+
+def _index_labels(index_classes: Path):
+    """--index-classes: a label list file, or the name of a shipped dataset's list."""
+    from storyboard_common.classes import load_classes, shipped_datasets
+
+    if not resolve_shipped(index_classes).exists() and str(index_classes) in shipped_datasets():
+        return load_classes(dataset=str(index_classes))
+    return load_classes(classes_file=index_classes, flag="--index-classes")
 
 
 @app.command()
