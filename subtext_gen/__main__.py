@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from enum import Enum
 from pathlib import Path
 
@@ -80,6 +81,7 @@ def generate(
     from .artifacts import writer_lock
     from .generate import combined
     from .generate import generate as run
+    from .llm.base import ServerUnreachable
     from .prompts import select_prompts
 
     check_ranges(
@@ -113,20 +115,23 @@ def generate(
         }
         backends = [_llm_backend(llm, **backend_options)]
     out_dir = out or artifacts_root() / class_list.name
-    with writer_lock(out_dir):  # held across every --input file: no other run in between
-        summaries = [
-            run(
-                class_list,
-                backend,
-                out_dir,
-                n_subtexts=n_subtexts,
-                prompts=chosen,
-                samples=samples,
-                strict=strict,
-                show_progress=progress,
-            )
-            for backend in backends
-        ]
+    try:
+        with writer_lock(out_dir):  # held across every --input file: no other run in between
+            summaries = [
+                run(
+                    class_list,
+                    backend,
+                    out_dir,
+                    n_subtexts=n_subtexts,
+                    prompts=chosen,
+                    samples=samples,
+                    strict=strict,
+                    show_progress=progress,
+                )
+                for backend in backends
+            ]
+    except ServerUnreachable as exc:
+        _stop(str(exc))
     summary = combined(summaries)
     console.print(
         f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already done -> "
@@ -137,6 +142,21 @@ def generate(
     if llm is LLM.file:  # how each imported file's keys landed on the classes
         for backend in backends:
             console.print(backend.matched.summary(), markup=False, highlight=False)
+    if summary.failed and not summary.ok:
+        _stop(
+            f"all {summary.failed} requests failed and nothing new was stored (the reasons "
+            "are above); rerun to ask again once the cause is fixed."
+        )
+
+
+NOTHING_DONE_EXIT = 3  # generate wrote nothing new because requests failed
+
+
+def _stop(sentence: str) -> None:
+    """End `generate` with `sentence` on stderr and exit status NOTHING_DONE_EXIT: a run
+    whose requests failed is not a run that is done (a script must not go on to score)."""
+    print(f"error: {sentence}", file=sys.stderr)
+    raise typer.Exit(NOTHING_DONE_EXIT)
 
 
 def _llm_backend(

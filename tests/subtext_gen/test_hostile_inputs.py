@@ -20,6 +20,7 @@ from storyboard_common import files
 from storyboard_common.classes import load_classes
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write, atomic_write_text
+from subtext_gen.__main__ import app
 from subtext_gen.artifacts import (
     CANDIDATES_FILE,
     JOURNAL_FILE,
@@ -30,11 +31,20 @@ from subtext_gen.artifacts import (
     writer_lock,
 )
 from subtext_gen.generate import generate
+from subtext_gen.llm import openai_chat
 from subtext_gen.llm.files import FileBackend
 from subtext_gen.llm.openai_chat import OpenAIBackend
 from subtext_gen.prompts import select_prompts
 from testkit.cli import REPO, TINY_CLIP_CONFIG, run_app, subtext_cli
-from testkit.openai_server import OpenAIServer, Reply, chat_body, good_replies, numbered_list
+from testkit.openai_server import (
+    OpenAIServer,
+    Reply,
+    action_of,
+    chat_body,
+    good_replies,
+    numbered_list,
+    refused_base_url,
+)
 
 NAMES = ["brush_hair", "cartwheel"]
 SETS = {"brush hair": ["lift brush", "comb", "stroke", "stop"], "cartwheel": ["a", "b", "c", "d"]}
@@ -663,3 +673,108 @@ def test_more_bad_inputs_are_one_sentence_naming_the_file(tmp_path, case):
     if case == "a model config that is not JSON":  # refused before open_clip registers it,
         # which would make every later load of this process fail
         assert load_clip_(str(TINY_CLIP_CONFIG)).embed_dim == 32
+
+
+# ------------------------------------------- no silent "done": failed requests, no server
+
+
+def openai_generate(base_url, classes, out, *extra):
+    """`generate --llm openai` in this process -> (exit code, output, UserError or None)."""
+    return run_app(
+        app,
+        "generate",
+        "--model",
+        "gpt-test",
+        "--base-url",
+        base_url,
+        "--classes",
+        classes,
+        "--out",
+        out,
+        "--no-progress",
+        "--samples",
+        "1",
+        *extra,
+    )
+
+
+def test_an_unreachable_server_stops_the_run_naming_host_and_port(tmp_path, class_csv, monkeypatch):
+    """A refused port: the run stops once no connection got through for GIVE_UP_AFTER_S
+    (1 s here), exit 3, one sentence naming 127.0.0.1:PORT; the rows an earlier run stored
+    are kept."""
+    monkeypatch.setattr(openai_chat, "GIVE_UP_AFTER_S", 1.0)
+    classes = class_csv([f"action {i}" for i in range(40)])
+    out = tmp_path / "art"
+    with OpenAIServer() as server:  # an earlier run stored the first prompt's rows
+        code, _, error = openai_generate(server.base_url, classes, out, "--prompts", "steps")
+    assert (code, error) == (0, None)
+    before = {r.candidate_id: r for r in read_candidates(out).rows}
+    assert len(before) == 40 and all(r.ok for r in before.values())
+    url = refused_base_url()
+    port = url.split(":")[2].split("/")[0]
+    start = time.monotonic()
+    code, output, error = openai_generate(url, classes, out, "--max-retries", "8")
+    elapsed = time.monotonic() - start
+    assert code == 3 and error is None and elapsed < 10, (code, elapsed, output)
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: cannot reach the server at 127.0.0.1:{port}: no connection got through for "
+        "1 s (All connection attempts failed); start it or fix --base-url, then rerun (rows "
+        "already stored are kept)."
+    ]
+    after = {r.candidate_id: r for r in read_candidates(out).rows}
+    assert {k: after[k] for k in before} == before  # intact; nothing else got an answer
+    assert all(not r.ok for k, r in after.items() if k not in before)
+    assert not list(out.glob("*.tmp")) and not (out / "candidates.journal.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_offline_generate_stops_within_30_seconds(tmp_path):
+    """The issue's case as a user meets it: 51 classes x 4 prompts against no server, the
+    default retries and timeout; it used to take minutes and exit 0."""
+    start = time.monotonic()
+    done = subtext_cli(
+        "generate",
+        "--dataset",
+        "hmdb51",
+        "--base-url",
+        refused_base_url(),
+        "--out",
+        tmp_path / "art",
+        "--no-progress",
+    )
+    assert time.monotonic() - start < 30 and done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot reach the server at 127.0.0.1:")
+
+
+@pytest.mark.parametrize("failing", [0.5, 1.0])
+def test_failed_requests_exit_0_with_a_count_or_3_when_none_succeeded(tmp_path, class_csv, failing):
+    """A server failing the requests of some classes (500): the run keeps exit 0 with its
+    count; one failing every request stored nothing new: exit 3, one sentence."""
+    names = [f"action {i}" for i in range(6)]
+    broken = set(names[: int(len(names) * failing)])
+
+    def some_fail(request, call):
+        if action_of(request) in broken:
+            return Reply(status=500, body={"error": {"message": "server is sad"}})
+        return good_replies(request, call)
+
+    out = tmp_path / "art"
+    with OpenAIServer(some_fail) as server:
+        code, output, error = openai_generate(
+            server.base_url, class_csv(names), out, "--prompts", "steps", "--max-retries", "0"
+        )
+    failed = len(broken)
+    flat = " ".join(output.split())
+    assert f"{len(names) - failed} ok, {failed} failed, 0 already done" in flat
+    assert "failure: request failed: InternalServerError" in flat
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    if failed < len(names):
+        assert (code, errors) == (0, [])
+    else:
+        assert code == 3 and errors == [
+            f"error: all {failed} requests failed and nothing new was stored (the reasons are "
+            "above); rerun to ask again once the cause is fixed."
+        ]
+    assert len(read_candidates(out).rows) == len(names)  # the failures are stored, asked again
