@@ -36,8 +36,9 @@ from .artifacts import (
     TppRow,
     read_candidates,
     read_tpp,
-    write_subtexts,
-    write_tpp,
+    subtexts_table,
+    tpp_table,
+    write_scored_pair,
 )
 from .tpp import TPPResult, tpp
 
@@ -141,9 +142,11 @@ def score(
         for c in range(C)
     ]
     out_dir = Path(artifacts_dir) / clip_tag(clip.model_id, clip.pretrained_id)
-    # Two atomic writes with one scoring id: stopped between them, readers refuse the pair.
-    write_tpp(_tpp_rows(valid, result, set(best.values())), out_dir / TPP_FILE, meta)
-    write_subtexts(rows, out_dir / SUBTEXTS_FILE, meta)
+    write_scored_pair(
+        tpp_table(_tpp_rows(valid, result, set(best.values())), meta),
+        subtexts_table(rows, meta),
+        out_dir,
+    )
     return ScoreSummary(
         out_dir=out_dir,
         classes=C,

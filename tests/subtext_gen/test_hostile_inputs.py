@@ -540,13 +540,19 @@ def test_a_rescore_stopped_between_its_two_files_is_refused_until_rescored(
     scored = score_module.score(out, tiny_clip).out_dir
     read_subtexts(scored / SUBTEXTS_FILE)  # a pair from one call is read
 
-    def killed(*args, **kw):
-        raise KeyboardInterrupt  # what a kill between the two writes leaves
+    real_replace, renamed = os.replace, []
 
-    monkeypatch.setattr(score_module, "write_subtexts", killed)
+    def killed_after_one_rename(src, dst):
+        if renamed:
+            raise KeyboardInterrupt  # what a kill between the two renames leaves
+        renamed.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_after_one_rename)
     with pytest.raises(KeyboardInterrupt):
         score_module.score(out, tiny_clip, template="a clip of {}.")
     monkeypatch.undo()
+    assert renamed == [scored / SUBTEXTS_FILE]
     mixed = f"{scored} holds {TPP_FILE} and {SUBTEXTS_FILE} from two different `score` runs"
     with pytest.raises(UserError, match=mixed):
         read_subtexts(scored / SUBTEXTS_FILE)  # what `run`, `eval` and `predict` read
@@ -560,7 +566,7 @@ def test_a_rescore_stopped_between_its_two_files_is_refused_until_rescored(
 
 def _subtexts_of_width(path, width, meta_width):
     from storyboard_common.subtexts import ArtifactMeta
-    from subtext_gen.artifacts import SubtextRow, write_subtexts
+    from subtext_gen.artifacts import SubtextRow, subtexts_table
 
     rows = [
         SubtextRow(
@@ -577,7 +583,7 @@ def _subtexts_of_width(path, width, meta_width):
         )
     ]
     meta = ArtifactMeta("m", "none", meta_width, 1, "{}", "complement", "complement")
-    write_subtexts(rows, path, meta)
+    files.atomic_write_table(subtexts_table(rows, meta), path)
 
 
 def _clip_config(tmp_path, edit):
@@ -778,3 +784,74 @@ def test_failed_requests_exit_0_with_a_count_or_3_when_none_succeeded(tmp_path, 
             "above); rerun to ask again once the cause is fixed."
         ]
     assert len(read_candidates(out).rows) == len(names)  # the failures are stored, asked again
+
+
+# ------------------------------------------- Ctrl-C in `score`'s write, files a kill left
+
+
+def scored_artifacts(tmp_path, inputs, tiny_clip):
+    """An artifact folder with candidates and one scored pair -> (folder, scored folder)."""
+    from subtext_gen.score import score
+
+    classes, sets = inputs
+    out = tmp_path / "art"
+    backend = FileBackend(sets)
+    class_list = load_classes(classes_file=classes)
+    backend.plan(class_list, 4)
+    generate(class_list, backend, out, 4, show_progress=False)
+    return out, score(out, tiny_clip).out_dir
+
+
+@pytest.mark.parametrize("interrupted", ["tpp.parquet", "subtexts.parquet"])
+def test_ctrl_c_during_scores_parquet_write_exits_130_and_keeps_the_old_pair(
+    tmp_path, inputs, tiny_clip, monkeypatch, interrupted
+):
+    """A real SIGINT while a file of the pair is half-written: exit 130 through the CLI's
+    own handler, both files as they were, no temporary file left."""
+    import pyarrow.parquet
+
+    from storyboard_common.errors import run_cli
+    from storyboard_common.subtexts import SUBTEXTS_FILE, read_subtexts
+
+    out, scored = scored_artifacts(tmp_path, inputs, tiny_clip)
+    before = {p.name: p.read_bytes() for p in scored.glob("*.parquet")}
+    real_write = pyarrow.parquet.write_table
+
+    def write_or_interrupt(table, where, **kw):
+        if Path(where).name.startswith(interrupted):
+            Path(where).write_bytes(b"PAR1 half a file")
+            signal.raise_signal(signal.SIGINT)  # Python's handler: KeyboardInterrupt here
+        return real_write(table, where, **kw)
+
+    monkeypatch.setattr(pyarrow.parquet, "write_table", write_or_interrupt)
+    argv = ["subtext_gen", "score", "--artifacts", str(out), "--template", "a clip of {}."]
+    argv += ["--clip-model", str(TINY_CLIP_CONFIG), "--clip-pretrained", "none"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--device", "cpu"])
+    with pytest.raises(SystemExit) as stop, pytest.warns(UserWarning, match="randomly"):
+        run_cli(app)
+    assert stop.value.code == 130
+    assert {p.name: p.read_bytes() for p in scored.glob("*.parquet")} == before
+    assert sorted(p.name for p in scored.iterdir()) == [".score.lock", *sorted(before)]
+    assert (
+        read_subtexts(scored / SUBTEXTS_FILE).global_texts[0] == "a video of a person brush hair."
+    )
+
+
+def test_temporary_files_a_kill_left_go_on_the_next_start(tmp_path, inputs, tiny_clip):
+    """`<name>.<random>.tmp` beside a file the command writes is what `atomic_path` leaves
+    under SIGKILL: the next `score` (or `generate`) removes its own, nothing else."""
+    from subtext_gen.score import score
+
+    out, scored = scored_artifacts(tmp_path, inputs, tiny_clip)
+    stale = [scored / "tpp.parquet.k2j_x9.tmp", scored / "subtexts.parquet.a1b2c3.tmp"]
+    stale_candidates = out / "candidates.parquet.zz81q.tmp"
+    others = [scored / "notes.tmp", scored / "tpp.parquet.keep", out / "other.parquet.x.tmp"]
+    for path in [*stale, stale_candidates, *others]:
+        path.write_bytes(b"PAR1 half")
+    score(out, tiny_clip)
+    assert not any(p.exists() for p in stale) and stale_candidates.exists()
+    classes, sets = inputs
+    backend = FileBackend(sets)
+    backend.plan(load_classes(classes_file=classes), 4)
+    generate(load_classes(classes_file=classes), backend, out, 4, show_progress=False)
+    assert not stale_candidates.exists() and all(p.read_bytes() == b"PAR1 half" for p in others)
