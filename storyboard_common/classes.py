@@ -56,8 +56,8 @@ def load_classes(
     if not path.is_file():
         raise UserError(f"{flag} file not found: {path}.")
     text = read_user_text(path, flag)
-    if path.suffix.lower() == ".json" or _looks_like_json(text):
-        names = _read_json(text, path, flag)
+    if path.suffix.lower() == ".json" or looks_like_json(text):
+        names = names_from_json(text, path, flag)
     elif path.suffix.lower() == ".csv":
         names = _read_csv(text, path)
     else:
@@ -72,7 +72,7 @@ def read_user_text(path: Path, flag: str) -> str:
     data = Path(path).read_bytes()
     utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
     try:
-        return data.decode("utf-16" if utf16 else "utf-8-sig")
+        text = data.decode("utf-16" if utf16 else "utf-8-sig")
     except UnicodeDecodeError as exc:
         if utf16:
             raise UserError(
@@ -80,6 +80,12 @@ def read_user_text(path: Path, flag: str) -> str:
                 "save it as UTF-8."
             ) from exc
         raise not_utf8(path, flag, exc) from exc
+    if "\0" in text:  # valid UTF-8, but no text file holds NUL: UTF-16 without its mark
+        raise UserError(
+            f"{flag} file {path} holds NUL bytes (UTF-16 without a byte-order mark?); save "
+            "it as UTF-8."
+        )
+    return text
 
 
 def not_utf8(path: Path, flag: str, exc: UnicodeDecodeError) -> UserError:
@@ -124,7 +130,7 @@ def _in_id_order(by_id: dict[int, str], rows: int, path: Path) -> tuple[str, ...
     return tuple(by_id[i] for i in range(rows))
 
 
-def _read_json(text: str, path: Path, flag: str) -> tuple[str, ...]:
+def names_from_json(text: str, path: Path, flag: str) -> tuple[str, ...]:
     """A JSON label list as what it is: a list of names in id order, `{"name": id}` (SSv2's
     labels.json; ids may be strings) or `{"id": "name"}` (an index map); anything else is
     refused in one sentence."""
@@ -148,7 +154,7 @@ def _read_json(text: str, path: Path, flag: str) -> tuple[str, ...]:
     raise UserError(f"{flag} file {path} is JSON but not a class list {shapes}.")
 
 
-def _looks_like_json(text: str) -> bool:
+def looks_like_json(text: str) -> bool:
     """A JSON object or list saved under another suffix (no class list line starts so)."""
     text = text.strip()
     return text.startswith("{") or (text.startswith("[") and text.endswith("]"))

@@ -46,9 +46,22 @@ DEFAULT_TEMPLATE = "a video of a person {}."
 
 
 def global_text(template: str, class_name: str) -> str:
+    """`template` with the class's words where its `{}` is; a template that cannot be
+    filled in (another placeholder, two `{}`, a lone brace) is one sentence."""
     if "{}" not in template:
         raise UserError(f"--template {template!r} must contain {{}} where the class name goes.")
-    return template.format(class_text(class_name))
+    try:
+        return template.format(class_text(class_name))
+    except KeyError as exc:
+        reason = f"{{{exc.args[0]}}} is no placeholder it knows"
+    except IndexError:
+        reason = "it has more than one {}"
+    except ValueError as exc:
+        reason = str(exc)
+    raise UserError(
+        f"--template {template!r} cannot be filled in ({reason}): it takes one {{}} for the "
+        "class name; write a literal brace twice ({{ or }})."
+    )
 
 
 @dataclass(frozen=True)
