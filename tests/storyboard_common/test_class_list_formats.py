@@ -18,6 +18,25 @@ from trainer.data.protocols import read_subset_file
 WALK_RUN = ("walk", "run [fast]", "brush_hair")
 
 
+def file_generate(classes, sets, out):
+    """`generate --llm file` in this process, 2 sub-texts a set."""
+    return run_app(
+        app,
+        "generate",
+        "--llm",
+        "file",
+        "--classes",
+        classes,
+        "--input",
+        sets,
+        "--out",
+        out,
+        "--n-subtexts",
+        "2",
+        "--no-progress",
+    )
+
+
 def write(tmp_path, name, text, encoding="utf-8"):
     path = tmp_path / name
     path.write_bytes(text.encode(encoding) if isinstance(text, str) else text)
@@ -98,21 +117,7 @@ def test_both_stages_read_the_same_formats(tmp_path):
     assert read_subset_file(listed) == ("walk", "run")
     sets = write(tmp_path, "sets.json", json.dumps({"Opening something": ["a", "b"]}))
     out = tmp_path / "art"
-    code, _, error = run_app(
-        app,
-        "generate",
-        "--llm",
-        "file",
-        "--classes",
-        labels,
-        "--input",
-        sets,
-        "--out",
-        out,
-        "--n-subtexts",
-        "2",
-        "--no-progress",
-    )
+    code, _, error = file_generate(labels, sets, out)
     assert (code, error) == (0, None) and (out / "candidates.parquet").is_file()
 
 
@@ -176,21 +181,7 @@ def test_a_template_that_cannot_be_filled_in_is_one_sentence(tmp_path, template,
     classes = write(tmp_path, "classes.txt", "walk\n")
     sets = write(tmp_path, "s.json", '{"walk": ["a", "b"]}')
     out = tmp_path / "art"
-    code, _, error = run_app(
-        app,
-        "generate",
-        "--llm",
-        "file",
-        "--classes",
-        classes,
-        "--input",
-        sets,
-        "--out",
-        out,
-        "--n-subtexts",
-        "2",
-        "--no-progress",
-    )
+    code, _, error = file_generate(classes, sets, out)
     assert code == 0
     code, _, error = run_app(app, "score", "--artifacts", out, "--template", template)
     assert code == 1 and str(error) == (

@@ -523,6 +523,24 @@ def test_timeout_bounds_a_reply_trickled_a_byte_at_a_time(tmp_path, class_csv, m
     assert rows["cartwheel"].ok
 
 
+def import_sets(inputs, out):
+    """`generate --llm file` of the `inputs` fixture's sets into `out`."""
+    classes, sets = inputs
+    backend = FileBackend(sets)
+    class_list = load_classes(classes_file=classes)
+    backend.plan(class_list, 4)
+    generate(class_list, backend, out, 4, show_progress=False)
+
+
+def scored_artifacts(tmp_path, inputs, tiny_clip):
+    """An artifact folder with candidates and one scored pair -> (folder, scored folder)."""
+    from subtext_gen.score import score
+
+    out = tmp_path / "art"
+    import_sets(inputs, out)
+    return out, score(out, tiny_clip).out_dir
+
+
 def test_a_rescore_stopped_between_its_two_files_is_refused_until_rescored(
     tmp_path, inputs, tiny_clip, monkeypatch
 ):
@@ -531,13 +549,7 @@ def test_a_rescore_stopped_between_its_two_files_is_refused_until_rescored(
     from subtext_gen import score as score_module
     from subtext_gen.artifacts import read_tpp
 
-    classes, sets = inputs
-    out = tmp_path / "art"
-    backend = FileBackend(sets)
-    class_list = load_classes(classes_file=classes)
-    backend.plan(class_list, 4)
-    generate(class_list, backend, out, 4, show_progress=False)
-    scored = score_module.score(out, tiny_clip).out_dir
+    out, scored = scored_artifacts(tmp_path, inputs, tiny_clip)
     read_subtexts(scored / SUBTEXTS_FILE)  # a pair from one call is read
 
     real_replace, renamed = os.replace, []
@@ -789,19 +801,6 @@ def test_failed_requests_exit_0_with_a_count_or_3_when_none_succeeded(tmp_path, 
 # ------------------------------------------- Ctrl-C in `score`'s write, files a kill left
 
 
-def scored_artifacts(tmp_path, inputs, tiny_clip):
-    """An artifact folder with candidates and one scored pair -> (folder, scored folder)."""
-    from subtext_gen.score import score
-
-    classes, sets = inputs
-    out = tmp_path / "art"
-    backend = FileBackend(sets)
-    class_list = load_classes(classes_file=classes)
-    backend.plan(class_list, 4)
-    generate(class_list, backend, out, 4, show_progress=False)
-    return out, score(out, tiny_clip).out_dir
-
-
 @pytest.mark.parametrize("interrupted", ["tpp.parquet", "subtexts.parquet"])
 def test_ctrl_c_during_scores_parquet_write_exits_130_and_keeps_the_old_pair(
     tmp_path, inputs, tiny_clip, monkeypatch, interrupted
@@ -850,8 +849,5 @@ def test_temporary_files_a_kill_left_go_on_the_next_start(tmp_path, inputs, tiny
         path.write_bytes(b"PAR1 half")
     score(out, tiny_clip)
     assert not any(p.exists() for p in stale) and stale_candidates.exists()
-    classes, sets = inputs
-    backend = FileBackend(sets)
-    backend.plan(load_classes(classes_file=classes), 4)
-    generate(load_classes(classes_file=classes), backend, out, 4, show_progress=False)
+    import_sets(inputs, out)
     assert not stale_candidates.exists() and all(p.read_bytes() == b"PAR1 half" for p in others)
