@@ -189,3 +189,17 @@ def test_a_template_that_cannot_be_filled_in_is_one_sentence(tmp_path, template,
         "class name; write a literal brace twice ({{ or }})."
     )
     assert sorted(p.name for p in out.iterdir()) == [".generate.lock", "candidates.parquet"]
+
+
+def test_class_names_with_braces_go_into_the_prompts_as_written():
+    """The shipped prompt templates are filled with `str.format` keywords: braces or quotes
+    in a class name are its text, never placeholders."""
+    from storyboard_common.classes import ClassList
+    from subtext_gen.generate import plan_jobs
+    from subtext_gen.prompts import select_prompts
+
+    classes = ClassList("odd", ('open {lid} "now"', "{0}"))
+    jobs = plan_jobs(classes, "llm", select_prompts(None), 1, 4, set())
+    assert len(jobs) == 8
+    for job in jobs:
+        assert ("open {lid}" if job.class_id == 0 else "{0}") in job.messages[-1]["content"]
