@@ -122,9 +122,9 @@ def test_user_errors_exit_2_with_one_sentence(tmp_path):
         ),
         (
             (*hmdb51_files, str(tmp_path / "range.json"), "--out", str(tmp_path / "art")),
-            f"{tmp_path / 'range.json'} is keyed by class index with 3 keys, but hmdb51 has 51 "
-            "classes: pass --index-classes FILE, the label list the file was written for (csv "
-            "id,name or one name a line).",
+            f"{tmp_path / 'range.json'} is keyed by class index: pass --index-classes FILE, the "
+            "label list it was written for (csv id,name, one name a line, or a shipped "
+            "dataset's name), since published orders differ (3 keys).",
         ),
         (("generate", "--llm", "openai", "--dataset", "hmdb51"), "OPENAI_API_KEY is not set"),
         (("generate", "--llm", "file", "--dataset", "hmdb51"), "--llm file needs --input"),
