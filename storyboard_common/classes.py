@@ -1,10 +1,15 @@
-"""Class lists (the shipped datasets' lists and user files: csv `id,name` or a txt list), and
-the one rule by which class names are compared everywhere (`class_key`, `match_names`)."""
+"""Class lists (the shipped datasets' lists and user files: csv `id,name`, JSON label maps or
+a txt list), the one reader of a user's text file (`read_user_text`: UTF-8, or UTF-16 with
+its byte-order mark), and the one rule by which class names are compared everywhere
+(`class_key`, `match_names`)."""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
+import io
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,15 +51,41 @@ def load_classes(
                 f"no class list ships for --dataset {dataset!r} (shipped: "
                 f"{', '.join(shipped_datasets()) or 'none'}); pass --classes FILE instead."
             )
-        return ClassList(dataset, _read_csv(path))
+        return ClassList(dataset, _read_csv(path.read_text(encoding="utf-8-sig"), path))
     path = resolve_shipped(classes_file)
     if not path.is_file():
         raise UserError(f"{flag} file not found: {path}.")
+    text = read_user_text(path, flag)
+    if path.suffix.lower() == ".json" or looks_like_json(text):
+        names = names_from_json(text, path, flag)
+    elif path.suffix.lower() == ".csv":
+        names = _read_csv(text, path)
+    else:
+        names = _read_txt(text, path)
+    return ClassList(path.stem, _check_unique(names, path))
+
+
+def read_user_text(path: Path, flag: str) -> str:
+    """A text file a user gives (`flag` names it in errors): UTF-8 (a byte-order mark
+    allowed), or UTF-16 when it starts with UTF-16's byte-order mark (as Windows tools
+    save); anything else is the one sentence `not_utf8`."""
+    data = Path(path).read_bytes()
+    utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
     try:
-        names = _read_csv(path) if path.suffix.lower() == ".csv" else _read_txt(path)
+        text = data.decode("utf-16" if utf16 else "utf-8-sig")
     except UnicodeDecodeError as exc:
+        if utf16:
+            raise UserError(
+                f"{flag} file {path} starts as UTF-16 but is not UTF-16 text ({exc.reason}); "
+                "save it as UTF-8."
+            ) from exc
         raise not_utf8(path, flag, exc) from exc
-    return ClassList(path.stem, names)
+    if "\0" in text:  # valid UTF-8, but no text file holds NUL: UTF-16 without its mark
+        raise UserError(
+            f"{flag} file {path} holds NUL bytes (UTF-16 without a byte-order mark?); save "
+            "it as UTF-8."
+        )
+    return text
 
 
 def not_utf8(path: Path, flag: str, exc: UnicodeDecodeError) -> UserError:
@@ -65,24 +96,81 @@ def not_utf8(path: Path, flag: str, exc: UnicodeDecodeError) -> UserError:
     )
 
 
-def _read_csv(path: Path) -> tuple[str, ...]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or not {"id", "name"} <= set(rows[0]):
+def _read_csv(text: str, path: Path) -> tuple[str, ...]:
+    """A csv `id,name`; a row with more fields than the header (a name with an unquoted
+    comma) is refused naming its line, never cut at the comma."""
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    header = [h.strip() for h in rows[0]] if rows else []
+    if not {"id", "name"} <= set(header):
         raise UserError(f"{path} must be a csv with the header `id,name`.")
+    if not any(rows[1:]):
+        raise UserError(f"{path} has the header `id,name` but no classes under it.")
+    id_col, name_col = header.index("id"), header.index("name")
+    by_id: dict[int, str] = {}
+    for line, row in enumerate(rows[1:], 2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise UserError(
+                f"{path} line {line} has {len(row)} fields, not the header's {len(header)} "
+                f'({",".join(row)[:80]!r}); quote a name that holds a comma ("a, b").'
+            )
+        try:
+            class_id = int(row[id_col])
+        except ValueError:
+            raise UserError(f"{path} line {line} has a non-integer id {row[id_col]!r}.") from None
+        by_id[class_id] = row[name_col].strip()
+    return _in_id_order(by_id, len(by_id), path)
+
+
+def _in_id_order(by_id: dict[int, str], rows: int, path: Path) -> tuple[str, ...]:
+    """Names by id -> names in id order; the ids must be 0..rows-1, each once."""
+    if sorted(by_id) != list(range(rows)):
+        raise UserError(f"{path}: ids must be 0..{rows - 1}, each once.")
+    return tuple(by_id[i] for i in range(rows))
+
+
+def names_from_json(text: str, path: Path, flag: str) -> tuple[str, ...]:
+    """A JSON label list as what it is: a list of names in id order, `{"name": id}` (SSv2's
+    labels.json; ids may be strings) or `{"id": "name"}` (an index map); anything else is
+    refused in one sentence."""
     try:
-        by_id = {int(r["id"]): r["name"].strip() for r in rows}
-    except ValueError as exc:
-        raise UserError(f"{path} has a non-integer id ({exc}).") from exc
-    if sorted(by_id) != list(range(len(rows))):
-        raise UserError(f"{path}: ids must be 0..{len(rows) - 1}, each once.")
-    return _check_unique(tuple(by_id[i] for i in range(len(rows))), path)
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{flag} file {path} is not valid JSON ({exc}).") from exc
+    shapes = '(a list of names, {"name": id} as SSv2\'s labels.json, or {"0": "name"})'
+    if isinstance(data, list) and data and all(isinstance(n, str) for n in data):
+        return tuple(n.strip() for n in data)
+    if isinstance(data, dict) and data:
+        if all(_is_int(v) for v in data.values()):  # {"name": id}
+            by_id: dict[int, str] = {}
+            for name, value in data.items():
+                if by_id.setdefault(int(value), name.strip()) != name.strip():
+                    raise UserError(f"{path} gives id {int(value)} to two classes.")
+            return _in_id_order(by_id, len(data), path)
+        if all(_is_int(k) for k in data) and all(isinstance(v, str) for v in data.values()):
+            by_id = {int(k): v.strip() for k, v in data.items()}
+            return _in_id_order(by_id, len(data), path)
+    raise UserError(f"{flag} file {path} is JSON but not a class list {shapes}.")
 
 
-def _read_txt(path: Path) -> tuple[str, ...]:
+def looks_like_json(text: str) -> bool:
+    """A JSON object or list saved under another suffix (no class list line starts so)."""
+    text = text.strip()
+    return text.startswith("{") or (text.startswith("[") and text.endswith("]"))
+
+
+def _is_int(value: object) -> bool:
+    """An id as JSON label maps write it: an integer, or a string of digits."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())
+
+
+def _read_txt(text: str, path: Path) -> tuple[str, ...]:
     """One class a line, in id order; Charades (`c000 Name`) and classInd (`1 Name`) codes go."""
     names = []
-    for line in path.read_text(encoding="utf-8-sig").splitlines():
+    for line in text.splitlines():
         line = line.strip().strip('"').strip()
         if not line:
             continue
@@ -90,7 +178,7 @@ def _read_txt(path: Path) -> tuple[str, ...]:
         names.append(match.group(1).strip() if match else line)
     if not names:
         raise UserError(f"{path} holds no class names.")
-    return _check_unique(tuple(names), path)
+    return tuple(names)
 
 
 def _check_unique(names: tuple[str, ...], path: Path) -> tuple[str, ...]:

@@ -4,6 +4,7 @@ Also the one artifacts folder both stages default to (`$STORYBOARD_ARTIFACTS`)."
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -83,6 +84,17 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
                 f"could not write {path} ({os_reason(exc)}); nothing was changed."
             ) from exc
         raise
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove the temporary files that `atomic_path` writers of `path` left when they were
+    killed (`<name>.<random>.tmp` beside it; SIGKILL runs no clean-up): call it only while
+    holding the lock of the one writer of `path`, so no live write loses its file."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f"{glob.escape(path.name)}.*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:

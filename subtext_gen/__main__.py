@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from enum import Enum
 from pathlib import Path
 
@@ -62,7 +63,9 @@ def generate(
     dataset: str = typer.Option(
         None, help="A shipped class list (storyboard_common/data/<NAME>/classes.csv)."
     ),
-    classes: Path = typer.Option(None, help="A class list: csv `id,name` or a txt list."),
+    classes: Path = typer.Option(
+        None, help="A class list: csv `id,name`, JSON label map or list, or a txt list."
+    ),
     model: str = typer.Option(
         None, help="LLM: default gpt-3.5-turbo (openai) or llava-hf/llava-v1.6-mistral-7b-hf."
     ),
@@ -84,9 +87,9 @@ def generate(
     index_classes: Path = typer.Option(
         None,
         metavar="FILE",
-        help="The label list an --input keyed by class index was written for (csv id,name, "
-        "one name a line, or classInd-style `1 Name`): key i is its class i, matched to the "
-        "classes by name.",
+        help="The label list an --input keyed by class index was written for (a class list "
+        "file, or a shipped dataset's name): key i is its class i, matched to the classes by "
+        "name. Always needed for such a file.",
     ),
     out: Path = typer.Option(None, help="Artifact folder (default artifacts/<dataset>)."),
     strict: bool = typer.Option(False, help="Fail replies with more than N items."),
@@ -101,6 +104,7 @@ def generate(
     from .artifacts import writer_lock
     from .generate import combined
     from .generate import generate as run
+    from .llm.base import ServerUnreachable
     from .prompts import select_prompts
 
     check_ranges(
@@ -135,20 +139,23 @@ def generate(
         }
         backends = [_llm_backend(llm, **backend_options)]
     out_dir = out or artifacts_root() / class_list.name
-    with writer_lock(out_dir):  # held across every --input file: no other run in between
-        summaries = [
-            run(
-                class_list,
-                backend,
-                out_dir,
-                n_subtexts=n_subtexts,
-                prompts=chosen,
-                samples=samples,
-                strict=strict,
-                show_progress=progress,
-            )
-            for backend in backends
-        ]
+    try:
+        with writer_lock(out_dir):  # held across every --input file: no other run in between
+            summaries = [
+                run(
+                    class_list,
+                    backend,
+                    out_dir,
+                    n_subtexts=n_subtexts,
+                    prompts=chosen,
+                    samples=samples,
+                    strict=strict,
+                    show_progress=progress,
+                )
+                for backend in backends
+            ]
+    except ServerUnreachable as exc:
+        _stop(str(exc))
     summary = combined(summaries)
     console.print(
         f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already done -> "
@@ -159,6 +166,21 @@ def generate(
     if llm is LLM.file:  # how each imported file's keys landed on the classes
         for backend in backends:
             console.print(backend.matched.summary(), markup=False, highlight=False)
+    if summary.failed and not summary.ok:
+        _stop(
+            f"all {summary.failed} requests failed and nothing new was stored (the reasons "
+            "are above); rerun to ask again once the cause is fixed."
+        )
+
+
+NOTHING_DONE_EXIT = 3  # generate wrote nothing new because requests failed
+
+
+def _stop(sentence: str) -> None:
+    """End `generate` with `sentence` on stderr and exit status NOTHING_DONE_EXIT: a run
+    whose requests failed is not a run that is done (a script must not go on to score)."""
+    print(f"error: {sentence}", file=sys.stderr)
+    raise typer.Exit(NOTHING_DONE_EXIT)
 
 
 def _llm_backend(
@@ -193,19 +215,24 @@ def _llm_backend(
 def _file_backends(inputs: list[Path] | None, index_classes: Path | None, class_list, n: int):
     """One file backend per --input file, each checked against the classes (`n` sub-texts
     a set) before anything is written."""
-    from storyboard_common.classes import load_classes
-
     from .llm.files import file_backends
 
     if not inputs:
         raise UserError("--llm file needs --input FILE (JSON or CSV description sets).")
-    labels = (
-        load_classes(classes_file=index_classes, flag="--index-classes") if index_classes else None
-    )
+    labels = _index_labels(index_classes) if index_classes else None
     backends = file_backends([resolve_shipped(p) for p in inputs], index_classes=labels)
     for backend in backends:
         backend.plan(class_list, n)
     return backends
+
+
+def _index_labels(index_classes: Path):
+    """--index-classes: a label list file, or the name of a shipped dataset's list."""
+    from storyboard_common.classes import load_classes, shipped_datasets
+
+    if not resolve_shipped(index_classes).exists() and str(index_classes) in shipped_datasets():
+        return load_classes(dataset=str(index_classes))
+    return load_classes(classes_file=index_classes, flag="--index-classes")
 
 
 @app.command()

@@ -18,11 +18,13 @@ import numpy as np
 import pyarrow as pa
 
 from storyboard_common.errors import UserError
-from storyboard_common.files import atomic_write_table, os_reason
+from storyboard_common.files import atomic_path, atomic_write_table, os_reason, remove_stale_temps
 from storyboard_common.locks import folder_lock
 from storyboard_common.subtexts import (
     META_PREFIX,
+    SUBTEXTS_FILE,
     SUBTEXTS_SCHEMA,
+    TPP_FILE,
     VERSION,
     ArtifactMeta,
     check_columns,
@@ -359,8 +361,9 @@ class TppRow:
     selected: bool
 
 
-def write_tpp(rows: Sequence[TppRow], path: Path, meta: ArtifactMeta) -> None:
-    table = pa.Table.from_pylist(
+def tpp_table(rows: Sequence[TppRow], meta: ArtifactMeta) -> pa.Table:
+    """tpp.parquet's table: each scored set's TPP, its terms and whether it was chosen."""
+    return pa.Table.from_pylist(
         [
             {
                 "candidate_id": r.candidate_id,
@@ -374,7 +377,6 @@ def write_tpp(rows: Sequence[TppRow], path: Path, meta: ArtifactMeta) -> None:
         ],
         schema=TPP_SCHEMA,
     ).replace_schema_metadata(_encode_meta(meta.to_dict()))
-    atomic_write_table(table, path)
 
 
 def read_tpp(path: Path) -> pa.Table:
@@ -400,14 +402,14 @@ class SubtextRow:
     sub_tokens: Sequence[np.ndarray]  # N x [W_n, D]
 
 
-def write_subtexts(rows: Sequence[SubtextRow], path: Path, meta: ArtifactMeta) -> None:
-    """Write one row per class, in class-id order, float32 embeddings."""
+def subtexts_table(rows: Sequence[SubtextRow], meta: ArtifactMeta) -> pa.Table:
+    """subtexts.parquet's table: one row per class, in class-id order, float32 embeddings."""
 
     def f32(a) -> list:
         return np.asarray(a, dtype=np.float32).tolist()
 
     ordered = sorted(rows, key=lambda r: r.class_id)
-    table = pa.Table.from_pylist(
+    return pa.Table.from_pylist(
         [
             {
                 "class_id": r.class_id,
@@ -425,4 +427,27 @@ def write_subtexts(rows: Sequence[SubtextRow], path: Path, meta: ArtifactMeta) -
         ],
         schema=SUBTEXTS_SCHEMA,
     ).replace_schema_metadata(_encode_meta(meta.to_dict()))
-    atomic_write_table(table, path)
+
+
+SCORE_LOCK_FILE = ".score.lock"
+
+
+def write_scored_pair(tpp: pa.Table, subtexts: pa.Table, scored_dir: Path) -> None:
+    """`tpp.parquet` and `subtexts.parquet` of one `score`, under the one-writer lock of
+    the scored folder (`<scored_dir>/.score.lock`). Each is written whole to its temporary
+    file before either is renamed into place, so an interrupt (Ctrl-C) or a fault while
+    writing leaves the previous pair; only a kill between the two renames leaves a mixed
+    pair, which readers refuse by its two scoring ids. Temporary files a killed `score`
+    left (SIGKILL runs no clean-up) are removed first."""
+    import pyarrow.parquet as pq
+
+    scored_dir = Path(scored_dir)
+    with folder_lock(scored_dir, SCORE_LOCK_FILE, "`score`", "the scored folder"):
+        for name in (TPP_FILE, SUBTEXTS_FILE):
+            remove_stale_temps(scored_dir / name)
+        with (
+            atomic_path(scored_dir / TPP_FILE) as tpp_tmp,
+            atomic_path(scored_dir / SUBTEXTS_FILE) as subtexts_tmp,
+        ):
+            pq.write_table(tpp, tpp_tmp)
+            pq.write_table(subtexts, subtexts_tmp)

@@ -14,8 +14,9 @@ from pathlib import Path
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from storyboard_common.classes import ClassList, class_text
+from storyboard_common.files import remove_stale_temps
 
-from .artifacts import CandidateRow, CandidateStore, candidate_id, writer_lock
+from .artifacts import CANDIDATES_FILE, CandidateRow, CandidateStore, candidate_id, writer_lock
 from .llm.base import Backend, Completion, Job
 from .parse import parse_subtexts
 from .prompts import Prompt
@@ -126,6 +127,7 @@ def _generate(
     strict: bool,
     show_progress: bool,
 ) -> GenerateSummary:
+    remove_stale_temps(Path(out_dir) / CANDIDATES_FILE)  # what a killed flush left
     store = CandidateStore(out_dir, classes.names, n_subtexts)
     answered = {cid for cid, row in store.rows.items() if row.answered}
     if hasattr(backend, "plan"):  # the file backend knows its own sets

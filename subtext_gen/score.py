@@ -36,8 +36,9 @@ from .artifacts import (
     TppRow,
     read_candidates,
     read_tpp,
-    write_subtexts,
-    write_tpp,
+    subtexts_table,
+    tpp_table,
+    write_scored_pair,
 )
 from .tpp import TPPResult, tpp
 
@@ -45,9 +46,22 @@ DEFAULT_TEMPLATE = "a video of a person {}."
 
 
 def global_text(template: str, class_name: str) -> str:
+    """`template` with the class's words where its `{}` is; a template that cannot be
+    filled in (another placeholder, two `{}`, a lone brace) is one sentence."""
     if "{}" not in template:
         raise UserError(f"--template {template!r} must contain {{}} where the class name goes.")
-    return template.format(class_text(class_name))
+    try:
+        return template.format(class_text(class_name))
+    except KeyError as exc:
+        reason = f"{{{exc.args[0]}}} is no placeholder it knows"
+    except IndexError:
+        reason = "it has more than one {}"
+    except ValueError as exc:
+        reason = str(exc)
+    raise UserError(
+        f"--template {template!r} cannot be filled in ({reason}): it takes one {{}} for the "
+        "class name; write a literal brace twice ({{ or }})."
+    )
 
 
 def check_cut_class_texts(clip: LoadedClip, names: list[str], globals_: list[str]) -> None:
@@ -188,9 +202,11 @@ def score(
         for c in range(C)
     ]
     out_dir = Path(artifacts_dir) / clip_tag(clip.model_id, clip.pretrained_id)
-    # Two atomic writes with one scoring id: stopped between them, readers refuse the pair.
-    write_tpp(_tpp_rows(valid, result, set(best.values())), out_dir / TPP_FILE, meta)
-    write_subtexts(rows, out_dir / SUBTEXTS_FILE, meta)
+    write_scored_pair(
+        tpp_table(_tpp_rows(valid, result, set(best.values())), meta),
+        subtexts_table(rows, meta),
+        out_dir,
+    )
     return ScoreSummary(
         out_dir=out_dir,
         classes=C,

@@ -130,6 +130,17 @@ class OpenAIServer:
         self.httpd.server_close()
 
 
+def refused_base_url() -> str:
+    """The base URL of a loopback port nothing listens on (bound, then closed): every
+    connection to it is refused, as for a server that is not running."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
 def serve_forever(latency: float = 0.0, port: int = 0) -> None:
     """`python -m testkit.openai_server [LATENCY]`: a server for manual tries (prints its URL)."""
 

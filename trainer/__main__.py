@@ -325,7 +325,8 @@ def evaluate(
     subsets: list[Path] = typer.Option(
         None,
         "--subsets",
-        help="With --zero-shot subsets: a file of class names (one a line, or csv id,name) to "
+        help="With --zero-shot subsets: a file of class names (one a line, csv id,name, or a "
+        "JSON label list or map) to "
         "evaluate on alone; repeat the flag for several (mean and std over them).",
     ),
     split: str = typer.Option(

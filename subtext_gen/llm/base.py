@@ -17,6 +17,11 @@ from typing import Protocol
 REDACTED = "[redacted]"  # what a secret echoed in a reply becomes
 
 
+class ServerUnreachable(Exception):
+    """The backend's server could not be reached for a while: the run stops (the CLI says
+    so in one sentence and exits 3); the rows stored so far are kept."""
+
+
 @dataclass(frozen=True)
 class Job:
     """One chat prompt for one class, to be answered `len(samples)` times."""

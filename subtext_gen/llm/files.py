@@ -7,10 +7,12 @@ Accepted files:
   such as OST's `temporal_descriptors/4_descriptors.json`), when every key is an integer
   and the keys are not class names. Key i is class i of the label list the file was
   written for (`index_classes`, `--index-classes FILE`), whose names are matched to the
-  class list; without that list key i is class i of the class list itself, accepted only
-  when there are as many keys as classes, with a notice naming the first and last mapping.
-  A key count other than the label list's, out-of-range indices, labels that are not
-  classes, or names mixed with indices are an error.
+  class list. That list is always needed: published orders of one dataset differ (every
+  HMDB-51 order seen, OST's, X-CLIP's, ViFi-CLIP's, ActionCLIP's, swaps kick/kick_ball and
+  sword/sword_exercise against the official one), so "key i is our class i" would pair
+  sets with the wrong classes unnoticed. A key count other than the label list's,
+  out-of-range indices, labels that are not classes, or names mixed with indices are an
+  error.
 * CSV, long form with a `sub_text` column: `class,sub_text[,set]`, one sub-text a row, the
   rows of a class (and `set` label, if given) in order forming one set.
 * CSV, wide form: `class,<any>,<any>,...`, one set a row, its non-empty cells the sub-texts.
@@ -28,22 +30,22 @@ and the same inputs always give the same keys.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
-import sys
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from storyboard_common.classes import ClassList, match_names, not_utf8, unknown_names
+from storyboard_common.classes import ClassList, match_names, read_user_text, unknown_names
 from storyboard_common.errors import UserError
 
 from ..parse import clean_item
 from .base import Completion, Job
 
 PROMPT_ID = "file"
-MATCH_KINDS = ("exact", "folded", "index", "missing")
+MATCH_KINDS = ("exact", "folded", "missing")
 
 
 _INDEX = re.compile(r"[+-]?\d+")
@@ -67,16 +69,13 @@ def read_description_sets(path: Path) -> dict[str, list[list[str]]]:
 def _read_raw_sets(path: Path) -> dict[str, list[list[str]]]:
     if not path.is_file():
         raise UserError(f"--input file not found: {path}.")
-    try:
-        return _parse_raw_sets(path)
-    except UnicodeDecodeError as exc:
-        raise not_utf8(path, "--input", exc) from exc
+    return _parse_raw_sets(path, read_user_text(path, "--input"))
 
 
-def _parse_raw_sets(path: Path) -> dict[str, list[list[str]]]:
+def _parse_raw_sets(path: Path, text: str) -> dict[str, list[list[str]]]:
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise UserError(f"{path} is not valid JSON ({exc}).") from exc
         if not isinstance(data, dict):
@@ -97,8 +96,7 @@ def _parse_raw_sets(path: Path) -> dict[str, list[list[str]]]:
                 )
         return sets
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.reader(fh))
+        rows = list(csv.reader(io.StringIO(text, newline="")))
         if not rows or not rows[0] or rows[0][0].strip().lower() != "class":
             raise UserError(f"{path} must be a csv whose first column is `class`.")
         header = [h.strip().lower() for h in rows[0]]
@@ -121,10 +119,6 @@ def _parse_raw_sets(path: Path) -> dict[str, list[list[str]]]:
     raise UserError(f"--input must be a .json or .csv file, not {path.name}.")
 
 
-def _print_notice(message: str) -> None:
-    print(f"note: {message}", file=sys.stderr)
-
-
 def _listed(keys: Sequence[str]) -> str:
     more = f" ({len(keys)} in all)" if len(keys) > _SHOWN else ""
     return ", ".join(keys[:_SHOWN]) + (" ..." if more else "") + more
@@ -133,8 +127,8 @@ def _listed(keys: Sequence[str]) -> str:
 @dataclass(frozen=True)
 class ImportMatch:
     """How an input file's keys landed on a class list: per class id, how it was matched
-    (one of MATCH_KINDS: `exact`, `folded` spelling, `index` (key i is class i, without a
-    label list) or `missing`: no set in the file) and the file's key that reached it."""
+    (one of MATCH_KINDS: `exact`, `folded` spelling or `missing`: no set in the file) and
+    the file's key that reached it."""
 
     path: Path
     classes: ClassList
@@ -166,16 +160,14 @@ class FileBackend:
     """Serves description sets from a file as if an LLM had replied them (raw = JSON list).
 
     `llm` defaults to `file:<stem>`; `index_classes` is the label list an index-keyed file
-    was written for (`--index-classes`); `notify` receives the one notice a file keyed by
-    class index without that list gets (default: a `note:` line on stderr). After `plan`,
-    `matched` says how each class was matched.
+    was written for (`--index-classes`). After `plan`, `matched` says how each class was
+    matched.
     """
 
     def __init__(
         self,
         path: Path,
         llm: str | None = None,
-        notify: Callable[[str], None] | None = None,
         index_classes: ClassList | None = None,
     ):
         self.path = Path(path)
@@ -183,7 +175,6 @@ class FileBackend:
         self.sets = read_description_sets(self.path)
         if not any(texts for class_sets in self.sets.values() for texts in class_sets):
             raise UserError(f"{self.path} holds no description sets.")
-        self.notify = notify or _print_notice
         self.index_classes = index_classes
         self._matched: tuple[ClassList, dict[int, list[list[str]]]] | None = None
         self.matched: ImportMatch | None = None
@@ -229,7 +220,7 @@ class FileBackend:
         self, classes: ClassList, keys: list[str], unknown: list[str]
     ) -> tuple[list[int], list[str]]:
         """A JSON file whose keys are not all class names: keyed by class index (mapped
-        through `index_classes` when given, else position i is class i), or an error."""
+        through `index_classes`, which it needs), or an error."""
         indices = [k for k in unknown if _INDEX.fullmatch(k.strip())]
         if not indices:
             raise UserError(
@@ -248,18 +239,19 @@ class FileBackend:
                 f"{classes.name} ({_listed([k for k in keys if k not in indices])}) and some "
                 "are not, so it is neither keyed by name nor by index."
             )
-        labels = self.index_classes or classes
+        labels = self.index_classes
+        if labels is None:
+            raise UserError(
+                f"{self.path} is keyed by class index: pass --index-classes FILE, the label "
+                "list it was written for (csv id,name, one name a line, or a shipped "
+                f"dataset's name), since published orders differ ({len(keys)} keys)."
+            )
         c = len(labels)
         if len(keys) != c:
             raise UserError(
-                f"{self.path} is keyed by class index with {len(keys)} keys, but "
-                + (
-                    f"its --index-classes list {labels.name} has {c} classes: pass the label "
-                    "list the file was written for."
-                    if self.index_classes
-                    else f"{classes.name} has {c} classes: pass --index-classes FILE, the "
-                    "label list the file was written for (csv id,name or one name a line)."
-                )
+                f"{self.path} is keyed by class index with {len(keys)} keys, but its "
+                f"--index-classes list {labels.name} has {c} classes: pass the label list "
+                "the file was written for."
             )
         bad = sorted((k for k in keys if not 0 <= int(k) < c), key=lambda k: int(k))
         if bad:
@@ -268,15 +260,6 @@ class FileBackend:
                 f"{'is not a class id' if len(bad) == 1 else 'are not class ids'} of "
                 f"{labels.name} (0..{c - 1})."
             )
-        if self.index_classes is None:
-            first, last = min(keys, key=int), max(keys, key=int)
-            self.notify(
-                f"{self.path} is keyed by class index and was mapped onto {classes.name}'s "
-                f'order without --index-classes ("{first}" = {classes.names[int(first)]}, '
-                f'"{last}" = {classes.names[int(last)]}); if it was written for another '
-                "label order, pass that list as --index-classes FILE."
-            )
-            return [int(k) for k in keys], ["index"] * len(keys)
         by_label = match_names([labels.names[int(k)] for k in keys], classes.names)
         if by_label.missing:
             raise UserError(
@@ -345,13 +328,12 @@ def source_labels(paths: Sequence[Path]) -> list[str]:
 
 def file_backends(
     paths: Sequence[Path],
-    notify: Callable[[str], None] | None = None,
     index_classes: ClassList | None = None,
 ) -> list[FileBackend]:
     """One backend per input file, each its own source with a unique `llm` label;
     `index_classes` is the label list of every index-keyed file among them."""
     backends = [
-        FileBackend(path, llm=llm, notify=notify, index_classes=index_classes)
+        FileBackend(path, llm=llm, index_classes=index_classes)
         for path, llm in zip(paths, source_labels(paths))
     ]
     if index_classes is not None and not any(b.keyed_by_index for b in backends):

@@ -6,7 +6,12 @@ backoff with jitter that honours `Retry-After` / `retry-after-ms` up to two minu
 client's own timeout bounds each read, so a server that trickles a reply a byte at a time
 would hold a request for as long as it likes. A request that still fails yields a failed
 completion and the run goes on; a refused key or an unknown model stops the run, since every
-request would fail. Every completion leaves the backend with the API key redacted.
+request would fail. So does a server that cannot be reached: when every connection attempt
+(all requests, retries included) has failed for `GIVE_UP_AFTER_S` seconds with none
+getting through, `complete` raises `ServerUnreachable` naming the host and port, rather
+than retrying each of hundreds of requests in turn (minutes, offline). A connection
+attempt is given at most `CONNECT_TIMEOUT_S`, so a server that drops packets is found as
+soon. Every completion leaves the backend with the API key redacted.
 """
 
 from __future__ import annotations
@@ -14,32 +19,71 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 
 from storyboard_common.errors import UserError
 
-from .base import Completion, Job, redact
+from .base import Completion, Job, ServerUnreachable, redact
 
 DEFAULT_MODEL = "gpt-3.5-turbo"
 _MAX_TOP_UPS = 3  # servers that ignore `n` get asked again for the samples still missing
+GIVE_UP_AFTER_S = 20.0  # every connection failing this long: the server is not there
+CONNECT_TIMEOUT_S = 10.0  # at most this long to open a connection (within --timeout)
+_POLL_S = 0.5  # how often the waiting loop looks at the connection state
 
 
-def _deadline_http_client(openai, seconds: float):
+class ConnectionWatch:
+    """Whether connections to the server get through: `down_for()` is how long every
+    attempt has failed to connect (0 while the last one got through), `reason` the last
+    failure's. Written from the event loop's thread, read from the caller's."""
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+        self.reason = ""
+
+    def failed(self, started: float, reason: str) -> None:
+        if self.down_since is None:
+            self.down_since = started
+        self.reason = reason
+
+    def reached(self) -> None:
+        self.down_since = None
+
+    def down_for(self) -> float:
+        return 0.0 if self.down_since is None else time.monotonic() - self.down_since
+
+
+def _deadline_http_client(openai, seconds: float, watch: ConnectionWatch):
     """The openai client's HTTP client, with every send (headers and body) ended after
-    `seconds` by a timeout that the openai client retries like its own."""
+    `seconds` by a timeout that the openai client retries like its own; each send's
+    connection getting through or not is told to `watch`."""
     import httpx2
 
     class DeadlineClient(openai.DefaultAsyncHttpxClient):
         async def send(self, request, **kwargs):
+            started = time.monotonic()
             try:
-                return await asyncio.wait_for(super().send(request, **kwargs), seconds)
+                response = await asyncio.wait_for(super().send(request, **kwargs), seconds)
             except asyncio.TimeoutError as exc:
                 raise httpx2.ReadTimeout(
                     f"no whole reply within {seconds:g} s", request=request
                 ) from exc
+            except (httpx2.ConnectError, httpx2.ConnectTimeout) as exc:
+                watch.failed(started, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                raise
+            watch.reached()
+            return response
 
-    return DeadlineClient(timeout=seconds)
+    return DeadlineClient(timeout=_timeout(seconds))
+
+
+def _timeout(seconds: float):
+    """`seconds` for every phase of a request, at most CONNECT_TIMEOUT_S to connect."""
+    import httpx2
+
+    return httpx2.Timeout(seconds, connect=min(seconds, CONNECT_TIMEOUT_S))
 
 
 class OpenAIBackend:
@@ -73,12 +117,13 @@ class OpenAIBackend:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self._openai = openai
+        self.watch = ConnectionWatch()
         self.client = openai.AsyncOpenAI(
             api_key=key or "no-key",
             base_url=base_url,
             max_retries=max_retries,
-            timeout=timeout,
-            http_client=_deadline_http_client(openai, timeout),
+            timeout=_timeout(timeout),
+            http_client=_deadline_http_client(openai, timeout, self.watch),
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -148,21 +193,37 @@ class OpenAIBackend:
         return self._loop
 
     def complete(self, jobs: Sequence[Job]) -> Iterator[Completion]:
-        """Run jobs with `concurrency` requests in flight; yield each as it finishes."""
+        """Run jobs with `concurrency` requests in flight; yield each as it finishes.
+        Raises `ServerUnreachable` once no connection has got through for GIVE_UP_AFTER_S."""
         loop = self._start_loop()
         in_flight: set[Future] = set()
         try:
             for job in jobs:  # keep the queue short so Ctrl-C loses only what is in flight
                 in_flight.add(asyncio.run_coroutine_threadsafe(self._ask(job), loop))
                 if len(in_flight) >= self.concurrency:
-                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                    done, in_flight = self._first_done(in_flight)
                     yield from (f.result() for f in done)
             while in_flight:
-                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                done, in_flight = self._first_done(in_flight)
                 yield from (f.result() for f in done)
         finally:
             for future in in_flight:
                 future.cancel()
+
+    def _first_done(self, in_flight: set[Future]) -> tuple[set[Future], set[Future]]:
+        """`wait` for the first finished request, looking at the connection state meanwhile."""
+        while True:
+            if self.watch.down_for() >= GIVE_UP_AFTER_S:
+                url = self.client.base_url
+                port = url.port or {"https": 443, "http": 80}.get(url.scheme, "")
+                raise ServerUnreachable(
+                    f"cannot reach the server at {url.host}:{port}: no connection got through "
+                    f"for {GIVE_UP_AFTER_S:g} s ({self._redact(self.watch.reason)[:120]}); "
+                    "start it or fix --base-url, then rerun (rows already stored are kept)."
+                )
+            done, pending = wait(in_flight, timeout=_POLL_S, return_when=FIRST_COMPLETED)
+            if done:
+                return done, pending
 
     def close(self) -> None:
         if self._loop is None:

@@ -81,18 +81,40 @@ def test_index_keyed_file_lands_through_its_label_list(tmp_path):
     assert "'0' -> brush_hair" in flat and "'20' -> kick_ball" in flat
 
 
-def test_index_keyed_file_without_its_list_needs_the_same_count_and_says_how(tmp_path):
+def test_index_keyed_file_without_its_list_is_refused_even_with_the_same_count(tmp_path):
+    """51 keys for 51 classes used to be taken as our order (with a note), which put kick's
+    texts on kick_ball for OST's file: now it needs --index-classes, nothing written."""
     descriptors = write_index_json(tmp_path / "4_descriptors.json", ost_hmdb_labels())
     out = tmp_path / "art"
+    code, _, error = generate(tmp_path, "--dataset", "hmdb51", "--input", descriptors, "--out", out)
+    assert code == 1 and "\n" not in str(error)
+    assert str(error) == (
+        f"{descriptors} is keyed by class index: pass --index-classes FILE, the label list it "
+        "was written for (csv id,name, one name a line, or a shipped dataset's name), since "
+        "published orders differ (51 keys)."
+    )
+    assert not out.exists()
+
+
+def test_index_classes_takes_a_shipped_lists_name(tmp_path):
+    """`--index-classes hmdb51`: a file written in the official order."""
+    descriptors = write_index_json(tmp_path / "official.json", HMDB)
+    out = tmp_path / "art"
     code, stdout, error = generate(
-        tmp_path, "--dataset", "hmdb51", "--input", descriptors, "--out", out
+        tmp_path,
+        "--dataset",
+        "hmdb51",
+        "--input",
+        descriptors,
+        "--index-classes",
+        "hmdb51",
+        "--out",
+        out,
     )
     assert (code, error) == (0, None)
-    note = " ".join(stdout.split())
-    assert '("0" = brush_hair, "50" = wave)' in note and "--index-classes FILE" in note
-    assert "51 of 51 classes have sets (51 index)" in " ".join(stdout.split())
-    # without the list the file's order is taken as ours: what the notice warns about
-    assert sub_texts_by_class(out)["kick_ball"][0] == "kick part 1"
+    texts = sub_texts_by_class(out)
+    assert texts["kick_ball"][0] == "kick_ball part 1" and texts["sword"][0] == "sword part 1"
+    assert "51 of 51 classes have sets (51 exact)" in " ".join(stdout.split())
 
 
 @pytest.fixture()
@@ -112,9 +134,9 @@ def test_160_keys_against_600_classes(tmp_path, k600):
     code, _, error = generate(tmp_path, "--classes", classes, "--input", descriptors, "--out", out)
     assert code == 1 and "\n" not in str(error)
     assert str(error) == (
-        f"{descriptors} is keyed by class index with 160 keys, but k600_labels has 600 classes: "
-        "pass --index-classes FILE, the label list the file was written for (csv id,name or "
-        "one name a line)."
+        f"{descriptors} is keyed by class index: pass --index-classes FILE, the label list it "
+        "was written for (csv id,name, one name a line, or a shipped dataset's name), since "
+        "published orders differ (160 keys)."
     )
     assert not out.exists()  # nothing written
     label_csv = write_label_csv(tmp_path / "ZS_split1_K600.csv", split)

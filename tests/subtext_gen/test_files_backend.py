@@ -20,8 +20,9 @@ def write_json(path, data):
     return path
 
 
-def test_index_keyed_json_maps_by_class_id_with_one_notice(tmp_path):
-    """The published shape: {"0": [4 texts], ...}, texts prefixed `Step k:`."""
+def test_index_keyed_json_maps_through_its_label_list(tmp_path):
+    """The published shape: {"0": [4 texts], ...}, texts prefixed `Step k:`; key i is class i
+    of the label list it was written for (here the same order as the classes)."""
     path = write_json(
         tmp_path / "temporal_descriptors" / "4_descriptors.json",
         {
@@ -30,8 +31,7 @@ def test_index_keyed_json_maps_by_class_id_with_one_notice(tmp_path):
             "1": ["1. raise arms", "2) hands down", "- legs over", "\u2022 land"],
         },
     )
-    notices = []
-    backend = FileBackend(path, notify=notices.append)
+    backend = FileBackend(path, index_classes=CLASSES)
     jobs = backend.plan(CLASSES, 4)
     assert [(j.class_id, j.class_name, j.samples) for j in jobs] == [
         (0, "brush_hair", (0,)),
@@ -40,8 +40,6 @@ def test_index_keyed_json_maps_by_class_id_with_one_notice(tmp_path):
     ]
     summary = generate(CLASSES, backend, tmp_path / "art", 4, show_progress=False)
     assert (summary.ok, summary.failed) == (3, 0)
-    assert len(notices) == 1  # plan() twice (here and in generate), one notice
-    assert str(path) in notices[0] and "keyed by class index" in notices[0]
     df = pd.read_parquet(tmp_path / "art" / "candidates.parquet").set_index("class_name")
     assert list(df.loc["brush_hair"].sub_texts) == [f"brush stroke {k}" for k in range(1, 5)]
     assert list(df.loc["climb_stairs"].sub_texts) == [f"climb step {k}" for k in range(1, 5)]
@@ -50,15 +48,14 @@ def test_index_keyed_json_maps_by_class_id_with_one_notice(tmp_path):
 
 
 def test_name_keyed_files_are_not_read_by_index(tmp_path):
-    notices = []
     path = write_json(tmp_path / "cupl.json", {"cartwheel": ["a", "b"], "Climb Stairs": ["c"]})
-    jobs = FileBackend(path, notify=notices.append).plan(CLASSES, 2)
-    assert [j.class_id for j in jobs] == [1, 2] and notices == []
+    jobs = FileBackend(path).plan(CLASSES, 2)
+    assert [j.class_id for j in jobs] == [1, 2]
     # integer class names are names: a file keyed by them is keyed by name
     numbered = ClassList("n", ("10", "20"))
     path = write_json(tmp_path / "numbered.json", {"20": ["a"], "10": ["b"]})
-    jobs = FileBackend(path, notify=notices.append).plan(numbered, 1)
-    assert [(j.class_id, j.class_name) for j in jobs] == [(0, "10"), (1, "20")] and notices == []
+    jobs = FileBackend(path).plan(numbered, 1)
+    assert [(j.class_id, j.class_name) for j in jobs] == [(0, "10"), (1, "20")]
 
 
 @pytest.mark.parametrize(
@@ -70,7 +67,8 @@ def test_name_keyed_files_are_not_read_by_index(tmp_path):
         ),
         (
             {"0": ["a"], "7": ["b"]},
-            r"is keyed by class index with 2 keys, but t has 3 classes: pass --index-classes",
+            r"is keyed by class index with 2 keys, but its --index-classes list t has 3 "
+            r"classes: pass the label list the file was written for\.$",
         ),
         (
             {"brush hair": ["a"], "1": ["b"]},
@@ -86,8 +84,37 @@ def test_name_keyed_files_are_not_read_by_index(tmp_path):
 def test_index_and_name_errors_name_the_file(tmp_path, data, message):
     path = write_json(tmp_path / "sets.json", data)
     with pytest.raises(UserError, match=message) as err:
-        FileBackend(path, notify=pytest.fail).plan(CLASSES, 1)
+        FileBackend(path, index_classes=CLASSES).plan(CLASSES, 1)
     assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+# Every published HMDB-51 order seen (OST, X-CLIP, ViFi-CLIP, ActionCLIP) puts kick_ball
+# before kick and sword_exercise before sword; the official order is the other way round.
+OFFICIAL = ClassList("hmdb_official", ("kick", "kick_ball", "sword", "sword_exercise"))
+PUBLISHED = ClassList("hmdb_published", ("kick_ball", "kick", "sword_exercise", "sword"))
+
+
+def test_an_index_keyed_file_without_its_label_list_is_refused(tmp_path, capsys):
+    """As many keys as classes used to be read as "key i is our class i" with a note: for
+    the published HMDB-51 orders that pairs kick's sets with kick_ball. Now refused."""
+    path = write_json(tmp_path / "hmdb.json", {str(i): [n] for i, n in enumerate(PUBLISHED.names)})
+    for classes in (OFFICIAL, CLASSES, PUBLISHED):
+        with pytest.raises(UserError) as err:
+            FileBackend(path).plan(classes, 1)
+        message = str(err.value)
+        assert message.startswith(f"{path} is keyed by class index: pass --index-classes FILE")
+        assert "\n" not in message
+    # with the list it was written for, each key lands on the class of that name
+    jobs = FileBackend(path, index_classes=PUBLISHED).plan(OFFICIAL, 1)
+    summary = generate(
+        OFFICIAL, FileBackend(path, index_classes=PUBLISHED), tmp_path / "a", 1, show_progress=False
+    )
+    assert summary.ok == 4 and [j.class_id for j in jobs] == [0, 1, 2, 3]
+    df = pd.read_parquet(tmp_path / "a" / "candidates.parquet")
+    assert {r.class_name: list(r.sub_texts) for r in df.itertuples()} == {
+        n: [n] for n in OFFICIAL.names
+    }
+    assert "note:" not in capsys.readouterr().err
 
 
 def test_many_bad_indices_are_shortened(tmp_path):
@@ -171,7 +198,7 @@ def test_two_sources_give_distinct_keys_and_resume(tmp_path):
     )
     b = write_json(tmp_path / "b" / "sets.json", {"0": ["b1"], "1": ["b2"], "2": ["b3"]})
     out = tmp_path / "art"
-    for backend in file_backends([a, b], notify=lambda m: None):
+    for backend in file_backends([a, b], index_classes=CLASSES):
         generate(CLASSES, backend, out, 1, show_progress=False)
     df = pd.read_parquet(out / "candidates.parquet")
     assert len(df) == 6 and df.candidate_id.is_unique
@@ -184,7 +211,7 @@ def test_two_sources_give_distinct_keys_and_resume(tmp_path):
     assert candidate_id("brush_hair", "file:b/sets.json", "file", 0) in set(df.candidate_id)
     again = [
         generate(CLASSES, backend, out, 1, show_progress=False)
-        for backend in file_backends([b, a], notify=lambda m: None)
+        for backend in file_backends([b, a], index_classes=CLASSES)
     ]
     assert [(s.ok, s.skipped) for s in again] == [(0, 3), (0, 3)]
     assert len(pd.read_parquet(out / "candidates.parquet")) == 6

@@ -20,6 +20,7 @@ from storyboard_common import files
 from storyboard_common.classes import load_classes
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write, atomic_write_text
+from subtext_gen.__main__ import app
 from subtext_gen.artifacts import (
     CANDIDATES_FILE,
     JOURNAL_FILE,
@@ -30,11 +31,20 @@ from subtext_gen.artifacts import (
     writer_lock,
 )
 from subtext_gen.generate import generate
+from subtext_gen.llm import openai_chat
 from subtext_gen.llm.files import FileBackend
 from subtext_gen.llm.openai_chat import OpenAIBackend
 from subtext_gen.prompts import select_prompts
 from testkit.cli import REPO, TINY_CLIP_CONFIG, run_app, subtext_cli
-from testkit.openai_server import OpenAIServer, Reply, chat_body, good_replies, numbered_list
+from testkit.openai_server import (
+    OpenAIServer,
+    Reply,
+    action_of,
+    chat_body,
+    good_replies,
+    numbered_list,
+    refused_base_url,
+)
 
 NAMES = ["brush_hair", "cartwheel"]
 SETS = {"brush hair": ["lift brush", "comb", "stroke", "stop"], "cartwheel": ["a", "b", "c", "d"]}
@@ -516,6 +526,24 @@ def test_timeout_bounds_a_reply_trickled_a_byte_at_a_time(tmp_path, class_csv, m
     assert rows["cartwheel"].ok
 
 
+def import_sets(inputs, out):
+    """`generate --llm file` of the `inputs` fixture's sets into `out`."""
+    classes, sets = inputs
+    backend = FileBackend(sets)
+    class_list = load_classes(classes_file=classes)
+    backend.plan(class_list, 4)
+    generate(class_list, backend, out, 4, show_progress=False)
+
+
+def scored_artifacts(tmp_path, inputs, tiny_clip):
+    """An artifact folder with candidates and one scored pair -> (folder, scored folder)."""
+    from subtext_gen.score import score
+
+    out = tmp_path / "art"
+    import_sets(inputs, out)
+    return out, score(out, tiny_clip).out_dir
+
+
 def test_a_rescore_stopped_between_its_two_files_is_refused_until_rescored(
     tmp_path, inputs, tiny_clip, monkeypatch
 ):
@@ -524,22 +552,22 @@ def test_a_rescore_stopped_between_its_two_files_is_refused_until_rescored(
     from subtext_gen import score as score_module
     from subtext_gen.artifacts import read_tpp
 
-    classes, sets = inputs
-    out = tmp_path / "art"
-    backend = FileBackend(sets)
-    class_list = load_classes(classes_file=classes)
-    backend.plan(class_list, 4)
-    generate(class_list, backend, out, 4, show_progress=False)
-    scored = score_module.score(out, tiny_clip).out_dir
+    out, scored = scored_artifacts(tmp_path, inputs, tiny_clip)
     read_subtexts(scored / SUBTEXTS_FILE)  # a pair from one call is read
 
-    def killed(*args, **kw):
-        raise KeyboardInterrupt  # what a kill between the two writes leaves
+    real_replace, renamed = os.replace, []
 
-    monkeypatch.setattr(score_module, "write_subtexts", killed)
+    def killed_after_one_rename(src, dst):
+        if renamed:
+            raise KeyboardInterrupt  # what a kill between the two renames leaves
+        renamed.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_after_one_rename)
     with pytest.raises(KeyboardInterrupt):
         score_module.score(out, tiny_clip, template="a clip of {}.")
     monkeypatch.undo()
+    assert renamed == [scored / SUBTEXTS_FILE]
     mixed = f"{scored} holds {TPP_FILE} and {SUBTEXTS_FILE} from two different `score` runs"
     with pytest.raises(UserError, match=mixed):
         read_subtexts(scored / SUBTEXTS_FILE)  # what `run`, `eval` and `predict` read
@@ -553,7 +581,7 @@ def test_a_rescore_stopped_between_its_two_files_is_refused_until_rescored(
 
 def _subtexts_of_width(path, width, meta_width):
     from storyboard_common.subtexts import ArtifactMeta
-    from subtext_gen.artifacts import SubtextRow, write_subtexts
+    from subtext_gen.artifacts import SubtextRow, subtexts_table
 
     rows = [
         SubtextRow(
@@ -570,7 +598,7 @@ def _subtexts_of_width(path, width, meta_width):
         )
     ]
     meta = ArtifactMeta("m", "none", meta_width, 1, "{}", "complement", "complement")
-    write_subtexts(rows, path, meta)
+    files.atomic_write_table(subtexts_table(rows, meta), path)
 
 
 def _clip_config(tmp_path, edit):
@@ -666,3 +694,163 @@ def test_more_bad_inputs_are_one_sentence_naming_the_file(tmp_path, case):
     if case == "a model config that is not JSON":  # refused before open_clip registers it,
         # which would make every later load of this process fail
         assert load_clip_(str(TINY_CLIP_CONFIG)).embed_dim == 32
+
+
+# ------------------------------------------- no silent "done": failed requests, no server
+
+
+def openai_generate(base_url, classes, out, *extra):
+    """`generate --llm openai` in this process -> (exit code, output, UserError or None)."""
+    return run_app(
+        app,
+        "generate",
+        "--model",
+        "gpt-test",
+        "--base-url",
+        base_url,
+        "--classes",
+        classes,
+        "--out",
+        out,
+        "--no-progress",
+        "--samples",
+        "1",
+        *extra,
+    )
+
+
+def test_an_unreachable_server_stops_the_run_naming_host_and_port(tmp_path, class_csv, monkeypatch):
+    """A refused port: the run stops once no connection got through for GIVE_UP_AFTER_S
+    (1 s here), exit 3, one sentence naming 127.0.0.1:PORT; the rows an earlier run stored
+    are kept."""
+    monkeypatch.setattr(openai_chat, "GIVE_UP_AFTER_S", 1.0)
+    classes = class_csv([f"action {i}" for i in range(40)])
+    out = tmp_path / "art"
+    with OpenAIServer() as server:  # an earlier run stored the first prompt's rows
+        code, _, error = openai_generate(server.base_url, classes, out, "--prompts", "steps")
+    assert (code, error) == (0, None)
+    before = {r.candidate_id: r for r in read_candidates(out).rows}
+    assert len(before) == 40 and all(r.ok for r in before.values())
+    url = refused_base_url()
+    port = url.split(":")[2].split("/")[0]
+    start = time.monotonic()
+    code, output, error = openai_generate(url, classes, out, "--max-retries", "8")
+    elapsed = time.monotonic() - start
+    assert code == 3 and error is None and elapsed < 10, (code, elapsed, output)
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: cannot reach the server at 127.0.0.1:{port}: no connection got through for "
+        "1 s (All connection attempts failed); start it or fix --base-url, then rerun (rows "
+        "already stored are kept)."
+    ]
+    after = {r.candidate_id: r for r in read_candidates(out).rows}
+    assert {k: after[k] for k in before} == before  # intact; nothing else got an answer
+    assert all(not r.ok for k, r in after.items() if k not in before)
+    assert not list(out.glob("*.tmp")) and not (out / "candidates.journal.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_offline_generate_stops_within_30_seconds(tmp_path):
+    """The issue's case as a user meets it: 51 classes x 4 prompts against no server, the
+    default retries and timeout; it used to take minutes and exit 0."""
+    start = time.monotonic()
+    done = subtext_cli(
+        "generate",
+        "--dataset",
+        "hmdb51",
+        "--base-url",
+        refused_base_url(),
+        "--out",
+        tmp_path / "art",
+        "--no-progress",
+    )
+    assert time.monotonic() - start < 30 and done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot reach the server at 127.0.0.1:")
+
+
+@pytest.mark.parametrize("failing", [0.5, 1.0])
+def test_failed_requests_exit_0_with_a_count_or_3_when_none_succeeded(tmp_path, class_csv, failing):
+    """A server failing the requests of some classes (500): the run keeps exit 0 with its
+    count; one failing every request stored nothing new: exit 3, one sentence."""
+    names = [f"action {i}" for i in range(6)]
+    broken = set(names[: int(len(names) * failing)])
+
+    def some_fail(request, call):
+        if action_of(request) in broken:
+            return Reply(status=500, body={"error": {"message": "server is sad"}})
+        return good_replies(request, call)
+
+    out = tmp_path / "art"
+    with OpenAIServer(some_fail) as server:
+        code, output, error = openai_generate(
+            server.base_url, class_csv(names), out, "--prompts", "steps", "--max-retries", "0"
+        )
+    failed = len(broken)
+    flat = " ".join(output.split())
+    assert f"{len(names) - failed} ok, {failed} failed, 0 already done" in flat
+    assert "failure: request failed: InternalServerError" in flat
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    if failed < len(names):
+        assert (code, errors) == (0, [])
+    else:
+        assert code == 3 and errors == [
+            f"error: all {failed} requests failed and nothing new was stored (the reasons are "
+            "above); rerun to ask again once the cause is fixed."
+        ]
+    assert len(read_candidates(out).rows) == len(names)  # the failures are stored, asked again
+
+
+# ------------------------------------------- Ctrl-C in `score`'s write, files a kill left
+
+
+@pytest.mark.parametrize("interrupted", ["tpp.parquet", "subtexts.parquet"])
+def test_ctrl_c_during_scores_parquet_write_exits_130_and_keeps_the_old_pair(
+    tmp_path, inputs, tiny_clip, monkeypatch, interrupted
+):
+    """A real SIGINT while a file of the pair is half-written: exit 130 through the CLI's
+    own handler, both files as they were, no temporary file left."""
+    import pyarrow.parquet
+
+    from storyboard_common.errors import run_cli
+    from storyboard_common.subtexts import SUBTEXTS_FILE, read_subtexts
+
+    out, scored = scored_artifacts(tmp_path, inputs, tiny_clip)
+    before = {p.name: p.read_bytes() for p in scored.glob("*.parquet")}
+    real_write = pyarrow.parquet.write_table
+
+    def write_or_interrupt(table, where, **kw):
+        if Path(where).name.startswith(interrupted):
+            Path(where).write_bytes(b"PAR1 half a file")
+            signal.raise_signal(signal.SIGINT)  # Python's handler: KeyboardInterrupt here
+        return real_write(table, where, **kw)
+
+    monkeypatch.setattr(pyarrow.parquet, "write_table", write_or_interrupt)
+    argv = ["subtext_gen", "score", "--artifacts", str(out), "--template", "a clip of {}."]
+    argv += ["--clip-model", str(TINY_CLIP_CONFIG), "--clip-pretrained", "none"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--device", "cpu"])
+    with pytest.raises(SystemExit) as stop, pytest.warns(UserWarning, match="randomly"):
+        run_cli(app)
+    assert stop.value.code == 130
+    assert {p.name: p.read_bytes() for p in scored.glob("*.parquet")} == before
+    assert sorted(p.name for p in scored.iterdir()) == [".score.lock", *sorted(before)]
+    assert (
+        read_subtexts(scored / SUBTEXTS_FILE).global_texts[0] == "a video of a person brush hair."
+    )
+
+
+def test_temporary_files_a_kill_left_go_on_the_next_start(tmp_path, inputs, tiny_clip):
+    """`<name>.<random>.tmp` beside a file the command writes is what `atomic_path` leaves
+    under SIGKILL: the next `score` (or `generate`) removes its own, nothing else."""
+    from subtext_gen.score import score
+
+    out, scored = scored_artifacts(tmp_path, inputs, tiny_clip)
+    stale = [scored / "tpp.parquet.k2j_x9.tmp", scored / "subtexts.parquet.a1b2c3.tmp"]
+    stale_candidates = out / "candidates.parquet.zz81q.tmp"
+    others = [scored / "notes.tmp", scored / "tpp.parquet.keep", out / "other.parquet.x.tmp"]
+    for path in [*stale, stale_candidates, *others]:
+        path.write_bytes(b"PAR1 half")
+    score(out, tiny_clip)
+    assert not any(p.exists() for p in stale) and stale_candidates.exists()
+    import_sets(inputs, out)
+    assert not stale_candidates.exists() and all(p.read_bytes() == b"PAR1 half" for p in others)

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from storyboard_common.classes import match_names, unknown_names
+from storyboard_common.classes import (
+    looks_like_json,
+    match_names,
+    names_from_json,
+    read_user_text,
+    unknown_names,
+)
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write_text
 
@@ -131,10 +137,20 @@ def read_subset_file(path: Path) -> tuple[str, ...]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--subsets file not found: {path}.")
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_user_text(path, "--subsets")
+    if path.suffix.lower() == ".json" or looks_like_json(text):  # a JSON label map or list
+        return names_from_json(text, path, "--subsets")
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     if path.suffix.lower() == ".csv" or first.replace(" ", "").lower().startswith("id,name"):
-        rows = list(csv.DictReader(io.StringIO(text)))
+        reader = csv.DictReader(io.StringIO(text))
+        rows = []
+        for row in reader:
+            if None in row:  # more fields than the header: a name cut at an unquoted comma
+                raise UserError(
+                    f"--subsets {path} line {reader.line_num} has more fields than its header; "
+                    'quote a name that holds a comma ("a, b").'
+                )
+            rows.append(row)
         fields = {(f or "").strip().lower(): f for f in (rows[0] if rows else {})}
         if "name" not in fields:
             raise UserError(f"--subsets {path}: a csv subset needs a `name` column (`id,name`).")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 from pathlib import Path, PurePosixPath
 
+from storyboard_common.classes import read_user_text
 from storyboard_common.errors import UserError
 
 from ..frames import folder_name
@@ -75,8 +77,12 @@ def video_root(videos: Path | str | None, default: Path, label: str, expect: str
 
 
 def read_lines(path: Path) -> list[str]:
-    """The lines of a text annotation file; undecodable bytes survive as in file names."""
-    return path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    """The lines of a text annotation file; undecodable bytes survive as in file names.
+    A file with UTF-16's byte-order mark (as Windows tools save) is read as UTF-16."""
+    data = Path(path).read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return read_user_text(path, "the list file").splitlines()
+    return data.decode("utf-8", errors="surrogateescape").splitlines()
 
 
 def rel_parts(rel: str) -> tuple[str, ...]:

@@ -139,24 +139,9 @@ def _load_json(path: Path):
 
 
 def _read_labels(path: Path) -> tuple[str, ...]:
-    """labels.json (`{template: "id"}`) -> class names in id order (brackets removed)."""
-    data = _load_json(path)
-    if not isinstance(data, dict) or not data:
-        raise UserError(f'{path} must map each template to its id: {{"Closing something": "5"}}.')
-    by_id: dict[int, str] = {}
-    for template, value in data.items():
-        try:
-            class_id = int(value)
-        except (TypeError, ValueError):
-            raise UserError(
-                f"{path}: the id of {template!r} is not an integer: {value!r}."
-            ) from None
-        if class_id in by_id:
-            raise UserError(f"{path} gives id {class_id} to two classes.")
-        by_id[class_id] = template_name(str(template))
-    if sorted(by_id) != list(range(len(by_id))):
-        raise UserError(f"{path}: ids must be 0..{len(by_id) - 1}, each once.")
-    return tuple(by_id[i] for i in range(len(by_id)))
+    """labels.json (`{template: "id"}`) -> class names in id order (brackets removed), read
+    by the one class-list reader, which takes the other JSON label shapes too."""
+    return tuple(map(template_name, load_classes(classes_file=path, flag="labels.json").names))
 
 
 def _read_entries(path: Path) -> list[tuple[str, str]]:
