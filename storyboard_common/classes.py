@@ -67,9 +67,12 @@ def not_utf8(path: Path, flag: str, exc: UnicodeDecodeError) -> UserError:
 
 def _read_csv(path: Path) -> tuple[str, ...]:
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or not {"id", "name"} <= set(rows[0]):
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    if not {"id", "name"} <= set(reader.fieldnames or ()):
         raise UserError(f"{path} must be a csv with the header `id,name`.")
+    if not rows:
+        raise UserError(f"{path} holds no classes (only its header); list one `id,name` a line.")
     try:
         by_id = {int(r["id"]): r["name"].strip() for r in rows}
     except ValueError as exc:
