@@ -19,7 +19,11 @@ from storyboard_common.errors import UserError, run_cli
 
 from .settings import RunConfig, declared, field_type, flag_name
 
-app = command_app("Stage two of Storyboard: video data, training and evaluation.")
+app = command_app(
+    "Stage two of Storyboard: video data, training and evaluation.",
+    __package__,
+    "storyboard-trainer",
+)
 console = Console()
 
 
