@@ -91,9 +91,9 @@ def command_app(summary: str, package: str | None = None, installed: str | None 
 
         if asked:
             raise UserError(
-                f"`python -m {package}` cannot install shell completion, which a shell binds "
-                f"to a command's name (here `python`); run `{installed} --install-completion` "
-                "(the installed command) instead."
+                f"`python -m {package}` offers no shell completion, which a shell binds to a "
+                f"command's name (here `python`); run `{installed} --install-completion` (the "
+                "installed command) instead."
             )
 
     version_option = typer.Option(

@@ -118,7 +118,7 @@ def test_completion_under_python_m_is_one_sentence_and_touches_no_shell_file(
     assert code == 0 and "completion" not in shown  # not offered where it cannot work
     code, _, error = run_app(app, flag)
     assert code != 0 and str(error) == (
-        f"`python -m {package}` cannot install shell completion, which a shell binds to a "
+        f"`python -m {package}` offers no shell completion, which a shell binds to a "
         f"command's name (here `python`); run `{command} --install-completion` (the "
         "installed command) instead."
     )
@@ -136,7 +136,7 @@ def test_python_m_install_completion_leaves_the_shell_rc_files_alone(command, tm
         package, "--install-completion", env={"HOME": str(home), "SHELL": "/bin/bash"}
     )
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.startswith(f"error: `python -m {package}` cannot install shell")
+    assert done.stderr.startswith(f"error: `python -m {package}` offers no shell completion")
     assert f"run `{command} --install-completion`" in done.stderr
     assert home_files(home) == before
 
