@@ -12,7 +12,7 @@ from rich.table import Table
 
 from storyboard_common.files import atomic_write_json
 
-from .cache import bench_cache, bench_cache_ranks, bench_cache_views
+from .cache import bench_cache, bench_cache_ranks, bench_cache_views, bench_shard_crc
 from .device_decode import bench_device_decode
 from .loader import bench_loader
 from .prepare import bench_frames_decode, bench_prepared_decode
@@ -54,6 +54,7 @@ def main() -> None:
         ("feature cache", bench_cache),
         ("feature cache, 2 ranks vs 1", bench_cache_ranks),
         ("feature cache, views per video", bench_cache_views),
+        ("feature cache, shard CRC-32 check", bench_shard_crc),
         ("device decode hand-over", bench_device_decode),
     ):
         with console.status(f"benchmark: {name}"):

@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from storyboard_common.clip import load_clip
@@ -16,6 +17,7 @@ from storyworld import WORLD_CLIP
 from testkit.list_dataset import write_list_dataset
 from testkit.torchrun import torchrun_cache_features
 from trainer.cache.build import cache_features
+from trainer.cache.store import SHARDS_DIR, file_crc32
 from trainer.data.dataset import ClipSpec, VideoClipDataset
 from trainer.data.items import VideoItem
 from trainer.report import read_metrics
@@ -77,15 +79,47 @@ def bench_cache(per_class: int = 24, epochs: int = 4, workers: int = 2) -> dict:
         cache_seconds = time.perf_counter() - start
         train(RunConfig(**cfg, out=base / "cached", features=base / "cache"), show_progress=False)
         uncached, cached = _epoch_seconds(base / "videos"), _epoch_seconds(base / "cached")
+        crc_seconds = _crc_seconds(sorted((base / "cache" / SHARDS_DIR).iterdir()))
     videos = len(CLASSES) * per_class
     return {
         "uncached_frozen_epoch_seconds": uncached,
         "cached_frozen_epoch_seconds": cached,
         "cache_speedup": uncached / cached,
         "cache_build_seconds": cache_seconds,
+        # a reader checks every shard's CRC-32 once a process: once a run, in its first epoch
+        "cache_crc_seconds": crc_seconds,
+        "cache_crc_share_of_cached_epoch": crc_seconds / cached,
         "cache_setup": f"{videos} training videos 320x240 mp4, StoryboardWorld CLIP (64 px, 3 "
         f"layers), 8 frames, batch 8, {workers} workers uncached, {epochs} views, float16, "
         f"epochs 2-{epochs} timed",
+    }
+
+
+def _crc_seconds(paths: list[Path], repeats: int = 5) -> float:
+    """The least time of `repeats` CRC-32 checks of every file of `paths` (in the page
+    cache, as a cached run reads them)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for path in paths:
+            file_crc32(path)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bench_shard_crc(rows: int = 1024, frames: int = 8, dim: int = 512) -> dict:
+    """MB/s of the CRC-32 check a cache reader makes of each shard it opens, on a full
+    float16 shard of ViT-B/16 frame features (1024 views x 8 frames x 512: 8 MB)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        shard = Path(tmp) / "train-00000.npy"
+        features = np.random.default_rng(0).standard_normal((rows, frames, dim))
+        np.save(shard, features.astype(np.float16))
+        seconds = _crc_seconds([shard], repeats=20)
+        size = shard.stat().st_size
+    return {
+        "shard_crc_mb_per_second": size / seconds / 1e6,
+        "shard_crc_setup": f"zlib.crc32 over a {size / 1e6:.1f} MB float16 shard "
+        f"({rows} views x {frames} frames x {dim}) in the page cache, 4 MiB reads, best of 20",
     }
 
 

@@ -60,25 +60,69 @@ def storyboard_version() -> str:
         return "unknown"
 
 
-def command_app(summary: str):
+def command_app(summary: str, package: str | None = None, installed: str | None = None):
     """A project CLI's typer app (`python -m subtext_gen|trainer|storyworld`): `summary` as
     its help, no command -> help, tracebacks left to `errors.run_cli`, and an eager
-    `--version` that prints the version and stops before any command runs."""
+    `--version` that prints the version and stops before any command runs.
+
+    Shell completion binds to a command's name, so it is offered only by the `installed`
+    command (pyproject's console script) that runs `package`'s CLI: run as `python -m
+    package`, that name would be `python` (typer wrote a broken script and bound it to
+    `python` in the user's shell rc), so there `--install-completion` and
+    `--show-completion` are one sentence pointing to the installed command, and no shell
+    file is touched."""
     import typer
 
-    app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help=summary)
+    as_module = installed is not None and run_as_module(package)
+    app = typer.Typer(
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        help=summary,
+        add_completion=installed is not None and not as_module,
+    )
 
     def print_version(asked: bool) -> None:
         if asked:
             print(f"{DISTRIBUTION} {storyboard_version()}")
             raise typer.Exit()
 
-    @app.callback(help=summary)
-    def _commands(
-        version: bool = typer.Option(
-            False, "--version", is_eager=True, callback=print_version, help="Print the version."
-        ),
-    ) -> None:
-        pass
+    def refuse_completion(asked: bool) -> None:
+        from .errors import UserError
+
+        if asked:
+            raise UserError(
+                f"`python -m {package}` offers no shell completion, which a shell binds to a "
+                f"command's name (here `python`); run `{installed} --install-completion` (the "
+                "installed command) instead."
+            )
+
+    version_option = typer.Option(
+        False, "--version", is_eager=True, callback=print_version, help="Print the version."
+    )
+    if as_module:
+        refusal = {"hidden": True, "is_eager": True, "callback": refuse_completion}
+
+        @app.callback(help=summary)
+        def _commands(
+            version: bool = version_option,
+            install: bool = typer.Option(False, "--install-completion", **refusal),
+            show: bool = typer.Option(False, "--show-completion", **refusal),
+        ) -> None:
+            pass
+
+    else:
+
+        @app.callback(help=summary)
+        def _commands(version: bool = version_option) -> None:
+            pass
 
     return app
+
+
+def run_as_module(package: str | None) -> bool:
+    """Whether this process runs `python -m package` (its `__main__` is `package.__main__`;
+    an installed command's `__main__` is its script)."""
+    import sys
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return package is not None and spec is not None and spec.name == f"{package}.__main__"

@@ -104,7 +104,7 @@ def _read_csv(text: str, path: Path) -> tuple[str, ...]:
     if not {"id", "name"} <= set(header):
         raise UserError(f"{path} must be a csv with the header `id,name`.")
     if not any(rows[1:]):
-        raise UserError(f"{path} has the header `id,name` but no classes under it.")
+        raise UserError(f"{path} holds no classes (only its header); list one `id,name` a line.")
     id_col, name_col = header.index("id"), header.index("name")
     by_id: dict[int, str] = {}
     for line, row in enumerate(rows[1:], 2):

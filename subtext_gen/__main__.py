@@ -25,7 +25,9 @@ from storyboard_common.files import artifacts_root
 from storyboard_common.resources import resolve_shipped
 
 app = command_app(
-    "Stage one of Storyboard: LLM sub-texts for action classes, TPP selection, artifacts."
+    "Stage one of Storyboard: LLM sub-texts for action classes, TPP selection, artifacts.",
+    __package__,
+    "storyboard-subtexts",
 )
 console = Console()
 

@@ -19,7 +19,11 @@ from storyboard_common.errors import UserError, check_ranges, run_cli
 
 from .settings import COMMAND_BOUNDS, RunConfig, declared, field_type, flag_name, range_refusal
 
-app = command_app("Stage two of Storyboard: video data, training and evaluation.")
+app = command_app(
+    "Stage two of Storyboard: video data, training and evaluation.",
+    __package__,
+    "storyboard-trainer",
+)
 console = Console()
 
 

@@ -78,15 +78,22 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
 
 
 def check_recorded_inputs(recorded: dict[str, str]) -> None:
-    """One UserError sentence for the first of a run's recorded inputs (name: path, as
+    """One UserError sentence naming every one of a run's recorded inputs (name: path, as
     recorded; older runs recorded paths relative to a folder no longer known, read from this
-    one) that no longer exists, naming the flag that says where it is now."""
-    for name, path in recorded.items():
-        if not absolute(path).exists():
-            flag = flag_name(name)
-            raise UserError(
-                f"the run's recorded {flag} {path} no longer exists; pass {flag} {INPUTS[name]}."
-            )
+    one) that no longer exists, with the flags that say where they are now: all at once,
+    so a user moving several folders learns of them in one attempt."""
+    gone = [name for name, path in recorded.items() if not absolute(path).exists()]
+    if not gone:
+        return
+    paths = _listed([f"{flag_name(name)} {recorded[name]}" for name in gone])
+    flags = _listed([f"{flag_name(name)} {INPUTS[name]}" for name in gone])
+    exist = "exists" if len(gone) == 1 else "exist"
+    raise UserError(f"the run's recorded {paths} no longer {exist}; pass {flags}.")
+
+
+def _listed(parts: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
 
 
 def resume_differences(saved: dict, current: dict) -> list[str]:

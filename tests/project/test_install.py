@@ -10,7 +10,7 @@ import pytest
 
 from storyboard_common.about import PAPER, storyboard_version
 from subtext_gen.__main__ import app as subtext_app
-from testkit.cli import REPO, run_app
+from testkit.cli import REPO, run_app, run_module
 from trainer.__main__ import app as trainer_app
 
 # The library, and the storyboard world a clone runs with the same install (`make demo`).
@@ -78,6 +78,67 @@ def test_shell_completion_is_offered_and_completes_the_installed_command(command
         env={variable: "complete_bash", "COMP_WORDS": f"{command} {word}", "COMP_CWORD": "1"},
     )
     assert (done.exit_code, done.output.split()) == (0, expected)
+
+
+def home_files(home) -> dict:
+    return {path: path.read_bytes() for path in home.rglob("*") if path.is_file()}
+
+
+def a_home(tmp_path):
+    """A user's home with the shell rc files completion would be written to."""
+    home = tmp_path / "home"
+    (home / ".config" / "fish").mkdir(parents=True)
+    for rc in (".bashrc", ".zshrc", ".config/fish/config.fish"):
+        (home / rc).write_text("# the user's own\n")
+    return home
+
+
+@pytest.mark.parametrize("flag", ["--install-completion", "--show-completion"])
+@pytest.mark.parametrize("command", sorted(CLIS))
+def test_completion_under_python_m_is_one_sentence_and_touches_no_shell_file(
+    command, flag, tmp_path, monkeypatch
+):
+    """Run as `python -m PACKAGE`, completion would bind to `python`: refused, pointing to
+    the installed command, with no shell file written (HOME is a temporary folder)."""
+    import types
+
+    from storyboard_common.about import command_app
+
+    package = COMPLETED[command][0].split(".")[0]
+    home = a_home(tmp_path)
+    before = home_files(home)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("SHELL", "/bin/bash")
+    main = types.ModuleType("__main__")
+    main.__spec__ = types.SimpleNamespace(name=f"{package}.__main__")
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    app = command_app("A CLI.", package, command)
+    app.command()(lambda: None)
+    code, shown, _ = run_app(app, "--help")
+    assert code == 0 and "completion" not in shown  # not offered where it cannot work
+    code, _, error = run_app(app, flag)
+    assert code != 0 and str(error) == (
+        f"`python -m {package}` offers no shell completion, which a shell binds to a "
+        f"command's name (here `python`); run `{command} --install-completion` (the "
+        "installed command) instead."
+    )
+    assert home_files(home) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", sorted(CLIS))
+def test_python_m_install_completion_leaves_the_shell_rc_files_alone(command, tmp_path):
+    """The real `python -m trainer|subtext_gen --install-completion` in a subprocess."""
+    package = COMPLETED[command][0].split(".")[0]
+    home = a_home(tmp_path)
+    before = home_files(home)
+    done = run_module(
+        package, "--install-completion", env={"HOME": str(home), "SHELL": "/bin/bash"}
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith(f"error: `python -m {package}` offers no shell completion")
+    assert f"run `{command} --install-completion`" in done.stderr
+    assert home_files(home) == before
 
 
 def test_the_license_is_the_mit_license_pyproject_names():

@@ -50,6 +50,20 @@ def test_class_list_mistakes_are_named(tmp_path):
         load_classes(classes_file=dup)
 
 
+@pytest.mark.parametrize("text", ["id,name\n", "\ufeffid,name\r\n", "id,name\n\n\n", "id,name"])
+def test_a_header_only_csv_holds_no_classes(tmp_path, text):
+    path = tmp_path / "classes.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError) as caught:
+        load_classes(classes_file=path)
+    assert str(caught.value) == (
+        f"{path} holds no classes (only its header); list one `id,name` a line."
+    )
+    path.write_text("0,cat\n1,dog\n")  # rows without the header: the header is missing
+    with pytest.raises(UserError, match="must be a csv with the header `id,name`"):
+        load_classes(classes_file=path)
+
+
 @pytest.mark.parametrize(
     "name,text",
     [

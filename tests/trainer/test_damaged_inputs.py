@@ -242,6 +242,45 @@ def test_a_run_and_eval_from_a_damaged_cache_name_the_shard(world, exported, fea
         evaluate_checkpoint(exported["run"], features=cache, workers=0, show_progress=False)
 
 
+def overwrite_same_size(shard):
+    """Other values in the shard, its size (and header) unchanged: only the CRC-32 tells."""
+    size = shard.stat().st_size
+    np.save(shard, np.load(shard) + 1)
+    assert shard.stat().st_size == size
+
+
+def test_a_shard_overwritten_with_other_values_is_refused_at_its_first_read(
+    world, exported, features, tmp_path
+):
+    from trainer.cache.store import read_index, read_split
+    from trainer.evaluation import evaluate_checkpoint
+
+    cache = copy_of(features, tmp_path, "cache")
+    shard = cache / "shards" / "train-00001.npy"
+    overwrite_same_size(shard)
+    refusal = (
+        f"^{shard} is damaged \\(its CRC-32 is [0-9a-f]{{8}}, not the [0-9a-f]{{8}} written\\); "
+        "rerun `python -m trainer cache-features` with the same flags to repair the cache.$"
+    )
+    reader = FeatureCache(cache, {}, SIZES)  # the sizes are right: refused when read
+    index = read_index(cache)
+    train_rows = index[index["split"] == "train"]
+    in_shard = set(train_rows[train_rows["shard"] == 1]["item"])
+    elsewhere = sorted(set(train_rows["item"]) - in_shard)
+    assert in_shard and elsewhere
+    assert reader.read("train", elsewhere[0], [0]).shape[0] == 1  # other shards read
+    with pytest.raises(UserError, match=refusal):
+        reader.read("train", min(in_shard), [0, 1])
+    with pytest.raises(UserError, match=refusal):
+        read_split(cache, "train")
+    with pytest.raises(UserError, match=refusal):
+        train(frozen_config(world, features=cache, out=tmp_path / "run"), show_progress=False)
+    test_shard = cache / "shards" / "test-00000.npy"
+    overwrite_same_size(test_shard)
+    with pytest.raises(UserError, match=f"^{test_shard} is damaged \\(its CRC-32"):
+        evaluate_checkpoint(exported["run"], features=cache, workers=0, show_progress=False)
+
+
 def test_cache_features_repairs_damaged_shards_and_index(world, features, tmp_path):
     cache = copy_of(features, tmp_path, "cache")
     flipped = cache / "shards" / "train-00002.npy"

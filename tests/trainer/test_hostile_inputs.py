@@ -311,6 +311,33 @@ def test_resume_takes_a_moved_input_at_its_new_place_and_reads_older_relative_pa
     assert check_resume(cfg, cfg.out, {"config": older}) == expected
 
 
+def test_every_moved_input_is_named_in_one_sentence(tmp_path):
+    """Several recorded inputs that moved are named all at once, each with its flag, so
+    a user does not learn of them one attempt at a time."""
+    from trainer.config import check_recorded_inputs
+
+    here = tmp_path / "subtexts.parquet"
+    here.write_bytes(b"")
+    root, videos, cache = tmp_path / "data", tmp_path / "videos", tmp_path / "cache"
+    recorded = {"root": str(root), "subtexts": str(here), "videos": str(videos)}
+    with pytest.raises(UserError) as caught:
+        check_recorded_inputs({**recorded, "features": str(cache)})
+    assert str(caught.value) == (
+        f"the run's recorded --root {root}, --videos {videos} and --features {cache} no "
+        "longer exist; pass --root DIR (where the dataset is now), --videos DIR (where the "
+        "videos are now) and --features DIR (where the feature cache is now)."
+    )
+    root.mkdir()
+    with pytest.raises(UserError) as caught:
+        check_recorded_inputs(recorded)
+    assert str(caught.value) == (
+        f"the run's recorded --videos {videos} no longer exists; pass --videos DIR (where "
+        "the videos are now)."
+    )
+    videos.mkdir()
+    check_recorded_inputs(recorded)
+
+
 def with_recorded(run, out, **settings):
     """A copy of `run`'s best checkpoint in `out`, recording `settings` instead."""
     import torch

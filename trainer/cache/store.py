@@ -23,10 +23,11 @@ killed job loses at most the shard in progress: rerun it and the (item, view) pa
 indexed are skipped.
 
 Damage is named, and repaired by a rerun: readers (`FeatureCache`, `read_split`) check that
-every shard they need has the size its index rows record, and refuse a missing or short
-shard, an unreadable index.parquet or meta.json in one sentence naming the file; a rerun of
-`cache-features` (`CacheWriter`) also checks every shard's CRC-32, drops the index rows of
-a damaged shard (or ignores an unreadable index.parquet) and so encodes those views again.
+every shard they need has the size its index rows record, and each shard's CRC-32 the first
+time the process reads it (`open_shard`), and refuse a missing, short or altered shard, an
+unreadable index.parquet or meta.json in one sentence naming the file; a rerun of
+`cache-features` (`CacheWriter`) checks every shard's CRC-32, drops the index rows of a
+damaged shard (or ignores an unreadable index.parquet) and so encodes those views again.
 
 Several processes (`torchrun ... -m trainer cache-features`) share the work: every rank
 reads the same index at the start, takes every `world`-th missing (item, view) pair, and
@@ -290,10 +291,34 @@ def _damaged_shards(directory: Path, index: pd.DataFrame) -> list[Path]:
     damaged = []
     for split, shard, size, crc in _shards(index).itertuples(index=False):
         path = _shard_path(directory, split, shard)
-        data = path.read_bytes() if path.is_file() else None
-        if data is None or len(data) != size or zlib.crc32(data) != crc:
+        if not path.is_file() or path.stat().st_size != size or file_crc32(path) != crc:
             damaged.append(path)
     return damaged
+
+
+CRC_CHUNK = 1 << 22  # bytes read at a time: a shard's CRC-32 needs no copy of the shard
+
+
+def file_crc32(path: Path) -> int:
+    """The CRC-32 of a file's bytes (zlib's, as `CacheWriter` records), read in chunks."""
+    crc = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CRC_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def open_shard(path: Path, crc: int) -> np.ndarray:
+    """A shard memory-mapped, once its bytes are checked against the CRC-32 recorded when it
+    was written: a shard overwritten with other values of its size is one sentence naming
+    it, never read as features (readers open each shard once a process; `make bench`'s
+    `shard_crc_rate` and docs/benchmarks.md give the cost)."""
+    found = file_crc32(path)
+    if found != crc:
+        raise UserError(
+            f"{path} is damaged (its CRC-32 is {found:08x}, not the {crc:08x} written); {REMEDY}."
+        )
+    return np.load(path, mmap_mode="r")
 
 
 class CacheWriter:
@@ -442,6 +467,9 @@ class FeatureCache:
         index = read_index(self.directory)
         index = index[index["split"].isin(list(sizes))]
         check_shard_sizes(self.directory, index)
+        self._crc = {
+            (split, shard): crc for split, shard, _, crc in _shards(index).itertuples(index=False)
+        }
         self.views = {
             TRAIN: self.meta["views"],
             TEST: self.meta["eval_clips"] * self.meta["eval_crops"],
@@ -472,8 +500,9 @@ class FeatureCache:
 
     def _shard(self, split: str, shard: int) -> np.ndarray:
         key = (split, shard)
-        if key not in self._shards:
-            self._shards[key] = np.load(_shard_path(self.directory, split, shard), mmap_mode="r")
+        if key not in self._shards:  # the first read of this shard in this process
+            path = _shard_path(self.directory, split, shard)
+            self._shards[key] = open_shard(path, self._crc[key])
         return self._shards[key]
 
     def read(self, split: str, item: int, views: Sequence[int]) -> np.ndarray:
@@ -521,9 +550,11 @@ def read_split(directory: Path, split: str, view: int | None = None) -> CachedRo
     check_shard_sizes(directory, rows)
     shards: dict[int, np.ndarray] = {}
     features = []
-    for shard, offset in zip(rows["shard"].tolist(), rows["offset"].tolist()):
+    for shard, offset, crc in zip(
+        rows["shard"].tolist(), rows["offset"].tolist(), rows["shard_crc32"].tolist()
+    ):
         if shard not in shards:
-            shards[shard] = np.load(_shard_path(directory, split, shard), mmap_mode="r")
+            shards[shard] = open_shard(_shard_path(directory, split, shard), crc)
         features.append(shards[shard][offset])
     return CachedRows(
         features=np.stack(features),

@@ -40,10 +40,14 @@ hence BIKE's/mmaction2's default), with a mean absolute error of 4.4 grey levels
 
 Resumable and atomic: each output is written as `.<name>.partial` beside its final name,
 opened with the training reader and its frame count compared with the source's (within
-one frame for a video copy, exactly for a frame folder), then renamed; a rerun skips
-finished outputs and rewrites leftover partials. `MARKER` in `out` records the settings,
-`--to` included, so a rerun with others, or an `out` that holds something else, is refused
-before anything is written; `LOCK`, held while a run writes, refuses a second writer.
+one frame for a video copy, exactly for a frame folder), then renamed, and what it was
+when verified is recorded in `VERIFIED` (a video copy's size and modification time, a
+frame folder's file count and total size). A rerun skips the outputs that are still as
+recorded, prepares again those changed since (truncated, rewritten, a frame lost) and
+rewrites leftover partials. `MARKER` in `out` records the settings, `--to` included, and
+the source (`--root`, and `--videos`), so a rerun with other settings or from another
+source, or an `out` that holds something else, is refused before anything is written;
+`LOCK`, held while a run writes, refuses a second writer.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ from torchvision.io import encode_jpeg, write_file
 
 from storyboard_common.device import available_cores
 from storyboard_common.errors import UserError, first_line
-from storyboard_common.files import atomic_path, atomic_write_json, os_reason
+from storyboard_common.files import atomic_path, atomic_write_json, atomic_write_text, os_reason
 from storyboard_common.locks import folder_lock
 
 from ..progress import progress_bar
@@ -78,6 +82,7 @@ from .layouts._common import absolute
 from .video import VideoError, VideoInfo, open_video, read_frames, short_side_size
 
 MARKER = "storyboard-prepared.json"
+VERIFIED = "storyboard-prepared-outputs.jsonl"  # one line per output as verified
 LOCK = ".prepare.lock"
 VERSION = 1
 CRF = 23
@@ -158,6 +163,7 @@ class PrepareSummary:
     missing: int = 0  # annotation entries without a file (nothing to prepare)
     missing_splits: dict[str, str] = field(default_factory=dict)
     annotation_files: list[str] = field(default_factory=list)  # copied, relative to out
+    changed: list[str] = field(default_factory=list)  # outputs changed since verified: redone
     seconds: float = 0.0
 
     def add(self, result: VideoResult) -> None:
@@ -187,6 +193,7 @@ class PrepareSummary:
             "missing": self.missing,
             "missing_splits": list(self.missing_splits),
             "annotation_files": self.annotation_files,
+            "changed_since_verified": self.changed,
             "seconds": self.seconds,
         }
 
@@ -208,8 +215,9 @@ def prepare_videos(
 
     Refused before anything is written (UserError): `out` inside `root` or `videos`, an
     `out` that holds files but is not a prepared folder, or one prepared with other
-    settings; while another process prepares `out`, refused too. Unreadable sources and
-    copies whose frame count differs are listed in the summary, never fatal."""
+    settings or from another source; while another process prepares `out`, refused too.
+    Unreadable sources and copies whose frame count differs are listed in the summary,
+    never fatal; outputs changed since they were verified are prepared again."""
     started = time.perf_counter()
     if to not in TARGETS:
         raise UserError(f"--to must be {' or '.join(TARGETS)}, not {to!r}.")
@@ -224,27 +232,95 @@ def prepare_videos(
 
     with folder_lock(out, LOCK, "`prepare-videos`", "the prepared folder"):
         _check_out(out, root, videos, settings)  # as the previous holder left it
-        _write_marker(out, settings, root)
+        older = (out / MARKER).is_file() and not (out / VERIFIED).is_file()
+        _write_marker(out, settings, root, videos)
         for folder in folders:
             (out / folder).mkdir(parents=True, exist_ok=True)
         copied = copy_annotations(settings.dataset, root, out)
-        todo = [job for job in jobs if not settings.done(job.target)]
+        finished = [job for job in jobs if settings.done(job.target)]
+        # outputs of a version that recorded none are taken as they are, once
+        recorded = (
+            {job.target: output_record(job.target) for job in finished}
+            if older
+            else read_verified(out)
+        )
+        intact = {
+            job.target for job in finished if recorded.get(job.target) == output_record(job.target)
+        }
+        changed = [job.target for job in finished if job.target not in intact]
+        for target in changed:  # prepared again, from scratch
+            _remove(target)
+        write_verified(out, {target: recorded[target] for target in intact})
+        todo = [job for job in jobs if job.target not in intact]
         summary = PrepareSummary(
             out=out,
             videos=len(jobs),
-            already_prepared=len(jobs) - len(todo),
+            already_prepared=len(intact),
             missing=len({m for s in splits for m in s.missing}),
             missing_splits=absent,
             annotation_files=copied,
+            changed=[str(target) for target in changed],
         )
+        target_of = {str(job.source): job.target for job in todo}
         with progress_bar(show_progress) as progress:
             task = progress.add_task(f"preparing {to}", total=len(todo), info="")
             for result in _run(todo, settings, workers or default_workers()):
+                if result.status == "prepared":
+                    target = target_of[result.source]
+                    add_verified(out, target, output_record(target))
                 summary.add(result)
                 failed = len(summary.unreadable) + len(summary.mismatched)
                 progress.update(task, advance=1, info=f"{failed} failed" if failed else "")
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def output_record(target: Path) -> dict | None:
+    """What an output is now, as `VERIFIED` records it when verified: a video copy's size
+    and modification time (ns), a frame folder's file count and total size (a stat per
+    file); None where there is none."""
+    try:
+        if not target.is_dir():
+            status = target.stat()
+            return {"bytes": status.st_size, "mtime_ns": status.st_mtime_ns}
+        with os.scandir(target) as entries:
+            sizes = [entry.stat().st_size for entry in entries if entry.is_file()]
+    except FileNotFoundError:
+        return None
+    return {"files": len(sizes), "bytes": sum(sizes)}
+
+
+def read_verified(out: Path) -> dict[Path, dict]:
+    """output path -> its record as verified (`VERIFIED`; a line cut short by a kill is
+    skipped, and its output prepared again)."""
+    records = {}
+    path = out / VERIFIED
+    if not path.is_file():
+        return records
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+            records[out / entry.pop("output")] = entry
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return records
+
+
+def _verified_line(out: Path, target: Path, record: dict) -> str:
+    return json.dumps({"output": target.relative_to(out).as_posix(), **record}) + "\n"
+
+
+def write_verified(out: Path, records: dict[Path, dict]) -> None:
+    """`VERIFIED` rewritten to hold `records` (those still true), in path order."""
+    lines = [_verified_line(out, target, records[target]) for target in sorted(records)]
+    atomic_write_text(out / VERIFIED, "".join(lines))
+
+
+def add_verified(out: Path, target: Path, record: dict) -> None:
+    """A record appended to `VERIFIED` as its output is renamed into place (a kill between
+    the two leaves an output without a record: prepared again by the rerun)."""
+    with open(out / VERIFIED, "a", encoding="utf-8") as fh:
+        fh.write(_verified_line(out, target, record))
 
 
 def default_workers() -> int:
@@ -270,6 +346,7 @@ def _check_out(out: Path, root: Path, videos: Path | None, settings: PrepareSett
                 f"{marker} is not readable JSON ({exc}); choose another --out."
             ) from exc
         made.setdefault("to", "videos")  # written before frames existed
+        _check_source(out, made, root, videos)
         if {k: made.get(k) for k in settings.to_json()} != settings.to_json():
             then = PrepareSettings(
                 made.get("dataset"), made.get("short_side"), made.get("keyframe_every"), made["to"]
@@ -288,10 +365,39 @@ def _check_out(out: Path, root: Path, videos: Path | None, settings: PrepareSett
         )
 
 
-def _write_marker(out: Path, settings: PrepareSettings, root: Path) -> None:
+def _source(root: Path, videos: Path | None) -> dict:
+    """The source the marker records: `--root` as "source", `--videos` (or None)."""
+    return {"source": str(root), "videos": None if videos is None else str(videos)}
+
+
+def _check_source(out: Path, made: dict, root: Path, videos: Path | None) -> None:
+    """Refuse a source other than the one `made` (the marker) records: another dataset's
+    annotation files would replace the copy's while its videos stayed. A marker written
+    before `--videos` was recorded holds only the root (`_write_marker` adds it)."""
+    given = _source(root, videos)
+    then = {key: made.get(key, given[key]) for key in given}
+    if then != given:
+
+        def flags(source: dict) -> str:
+            shown = f"--root {source['source']}"
+            return shown + (f" --videos {source['videos']}" if source["videos"] else "")
+
+        raise UserError(
+            f"--out {out} is a copy of {flags(then)}, not of {flags(given)}; rerun with "
+            "that source to resume, or choose another --out."
+        )
+
+
+def _write_marker(out: Path, settings: PrepareSettings, root: Path, videos: Path | None) -> None:
+    """Write the marker of a new copy, or record the source in one that lacks it."""
     marker = out / MARKER
     if not marker.is_file():
-        atomic_write_json(marker, {**settings.to_json(), "source": str(root)})
+        atomic_write_json(marker, {**settings.to_json(), **_source(root, videos)})
+        atomic_write_text(out / VERIFIED, "")
+        return
+    made = json.loads(marker.read_text(encoding="utf-8"))
+    if any(key not in made for key in _source(root, videos)):
+        atomic_write_json(marker, {**_source(root, videos), **made})
 
 
 def plan_jobs(
@@ -623,13 +729,20 @@ def print_summary(summary: PrepareSummary, say: Callable[[str], None]) -> None:
         )
     for kind in ("unreadable", "mismatched"):
         reasons = getattr(summary, kind)
-        if reasons:
-            say(f"{kind} (not in the copy):")
-        for source in sorted(reasons)[:20]:
-            say(f"  {source}: {reasons[source]}")
-        if len(reasons) > 20:
-            say(f"  ... and {len(reasons) - 20} more (--json lists all)")
+        lines = [f"{source}: {reasons[source]}" for source in sorted(reasons)]
+        _say_listed(say, f"{kind} (not in the copy):", lines)
+    _say_listed(say, "changed since they were verified (prepared again):", summary.changed)
     say(
         f"annotation files copied: {len(summary.annotation_files)}; "
         f"use --root {summary.out} (no --videos) ({summary.seconds:.0f} s)"
     )
+
+
+def _say_listed(say: Callable[[str], None], title: str, lines: list[str], shown: int = 20) -> None:
+    """`title` and the first `shown` of `lines`, indented, when there are any."""
+    if lines:
+        say(title)
+    for line in lines[:shown]:
+        say(f"  {line}")
+    if len(lines) > shown:
+        say(f"  ... and {len(lines) - shown} more (--json lists all)")

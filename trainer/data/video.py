@@ -215,7 +215,7 @@ def open_video(
     if isinstance(failure, AssertionError):  # decord asserts a positive frame count
         raise VideoError(path, "has no frames") from failure
     if failure is not None:  # FFmpeg's reason where decord logged one, else its exception's
-        reason = logged[-1] if logged else first_line(failure)
+        reason = logged[-1] if logged else _library_reason(failure)
         raise VideoError(path, f"cannot be opened ({reason})") from failure
     num_frames = len(reader)
     try:
@@ -224,7 +224,7 @@ def open_video(
     except StopIteration as error:
         raise VideoError(path, "has no frames") from error
     except Exception as error:
-        raise VideoError(path, f"cannot be decoded ({first_line(error)})") from error
+        raise VideoError(path, f"cannot be decoded ({_library_reason(error)})") from error
     height, width = first.shape[:2]
     if first.shape[2:] != (3,):
         raise VideoError(path, _BATCH_WIDTH.format(width=width))
@@ -287,7 +287,7 @@ def read_folder_bytes(folder: Path, indices: Sequence[int]) -> list[torch.Tensor
         return read_frame_bytes(folder, indices)
     except (OSError, RuntimeError) as error:  # torchvision's read_file raises RuntimeError
         raise VideoError(
-            folder, f"has an unreadable frame ({first_line(error)})", FOLDER
+            folder, f"has an unreadable frame ({_library_reason(error)})", FOLDER
         ) from error
 
 
@@ -303,7 +303,7 @@ def _decode_folder_frames(reader: FrameFolderReader, indices: list[int]) -> torc
         except RuntimeError as error:
             raise VideoError(
                 reader.path,
-                f"has a frame that cannot be decoded ({name}: {_torchvision_reason(error)})",
+                f"has a frame that cannot be decoded ({name}: {_library_reason(error)})",
                 FOLDER,
             ) from error
         first = decoded.get(distinct[0], image)
@@ -321,12 +321,22 @@ def _decode_folder_frames(reader: FrameFolderReader, indices: list[int]) -> torc
     return torch.stack([decoded[i].permute(1, 2, 0) for i in indices])
 
 
-def _torchvision_reason(error: Exception) -> str:
-    """torchvision's message without its source location (`decode_jpeg, <file>:171, ...`)."""
-    return _SOURCE_LOCATION.sub("", first_line(error))
+def _library_reason(error: Exception) -> str:
+    """decord's or torchvision's message without the library's own source locations, which
+    name files of its build machine (`[22:55:42] /github/workspace/src/video/
+    video_reader.cc:151: Check failed: st_nb >= 0 (-1 vs. 0) ERROR cannot find ...`,
+    `decode_jpeg, <file>:171, ...`): what is left says what failed."""
+    message = str(error).strip()
+    cleaned = _SOURCE_LOCATION.sub("", message)
+    return first_line(RuntimeError(cleaned)) if cleaned else first_line(error)
 
 
-_SOURCE_LOCATION = re.compile(r"^\w+, \S+:\d+, ")
+# decord: one or more "[time] file:line: " prefixes and a failed check's condition and
+# values; torchvision: "function, file:line, " before its message.
+_SOURCE_LOCATION = re.compile(
+    r"^(?:(?:\[[\d:]+\] \S+:\d+: )+(?:Check failed: .*?\(\S+ vs\. \S+\) (?:ERROR )?)?"
+    r"|\w+, \S+:\d+, )"
+)
 
 
 def _wxh(image: torch.Tensor) -> str:  # [3, H, W]
@@ -356,7 +366,7 @@ def read_frames(reader: VideoReader | FrameFolderReader, indices: Sequence[int])
         try:
             frames = torch.from_numpy(reader.get_batch(wanted.tolist()).asnumpy())
         except Exception as error:
-            raise VideoError(path, f"cannot be decoded ({first_line(error)})") from error
+            raise VideoError(path, f"cannot be decoded ({_library_reason(error)})") from error
     size = getattr(reader, "output_size", None)
     if size is None:
         return frames

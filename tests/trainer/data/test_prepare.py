@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,13 +15,14 @@ import numpy as np
 import pytest
 
 from storyboard_common.classes import load_classes
+from storyboard_common.errors import UserError
 from testkit.cli import run_app
 from testkit.videos import frame_level, write_corrupt, write_frame_folder, write_video
 from trainer.__main__ import app
 from trainer.data import prepare
 from trainer.data.frames import FPS_FILE, folder_name, frame_file
 from trainer.data.layouts import available_splits, load_split
-from trainer.data.prepare import LOCK, MARKER, output_size, partial_path, prepare_videos
+from trainer.data.prepare import LOCK, MARKER, VERIFIED, output_size, partial_path, prepare_videos
 from trainer.data.video import open_video, read_frames
 
 
@@ -184,14 +186,14 @@ def test_every_layout_reads_the_same_items_from_its_prepared_copy(dataset, to, t
     annotations = {Path(n) for n in summary.annotation_files}
     videos = {p.relative_to(root) for p in root.rglob("*") if p.is_file()} - annotations
     if to == "videos":  # every video and annotation file, nothing else
-        assert copied == videos | annotations | {Path(MARKER), Path(LOCK)}
+        assert copied == videos | annotations | {Path(MARKER), Path(VERIFIED), Path(LOCK)}
         for video in videos:
             with av.open(str(out / video)) as copy:  # H.264 in MP4 whatever the extension
                 assert copy.format.name.startswith("mov,mp4")
                 assert copy.streams.video[0].codec_context.name == "h264"
     else:  # a folder of the 8 frames and their rate per video, the annotation files
         folders = [as_copy(video, to) for video in videos]
-        assert copied == annotations | {Path(MARKER), Path(LOCK)} | {
+        assert copied == annotations | {Path(MARKER), Path(VERIFIED), Path(LOCK)} | {
             f for folder in folders for f in frame_files(folder, 8)
         }
         for folder in folders:
@@ -200,6 +202,9 @@ def test_every_layout_reads_the_same_items_from_its_prepared_copy(dataset, to, t
             assert [frame_level(f) for f in read_frames(reader, [7, 0, 3])] == [7, 0, 3]
     made = json.loads((out / MARKER).read_text())
     assert (made["dataset"], made["to"]) == (dataset, to)
+    verified = [json.loads(line) for line in (out / VERIFIED).read_text().splitlines()]
+    outputs = [as_copy(video, to).as_posix() for video in videos]
+    assert sorted(entry["output"] for entry in verified) == sorted(outputs)
 
 
 @pytest.mark.parametrize("dataset", ["charades", "ssv2", "k400"])
@@ -456,3 +461,117 @@ def test_one_writer_at_a_time(tmp_path):
         assert code != 0  # a UserError: `run_cli` prints it and exits 2
         one_sentence(error, f"another `prepare-videos` is writing {out}; wait for it")
     assert not (out / "clips" / "a").exists()
+
+
+def test_another_source_is_refused_and_the_source_is_recorded(tmp_path):
+    """A second dataset into a copy would replace the first's lists while its videos
+    stayed: the copy's recorded `--root` (and `--videos`) must be the one given."""
+    root, other, out = tmp_path / "raw", tmp_path / "other", tmp_path / "fast"
+    write_list(root)
+    write_list(other)
+    (other / "classes.csv").write_text("id,name\n0,bird\n1,fish\n")
+    prepare_videos("list", root, out, workers=1, show_progress=False)
+    made = json.loads((out / MARKER).read_text())
+    assert (made["source"], made["videos"]) == (str(root.resolve()), None)
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    code, _, error = run_app(
+        app, "prepare-videos", "--dataset", "list", "--root", other, "--out", out
+    )
+    assert code != 0
+    one_sentence(
+        error,
+        f"--out {out} is a copy of --root {root.resolve()}, not of --root {other.resolve()}; "
+        "rerun with that source to resume, or choose another --out.",
+    )
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == written
+    assert (out / "classes.csv").read_text() == (root / "classes.csv").read_text()
+
+    # --videos is part of the source: Charades' videos from one folder, then another
+    videos, elsewhere, copy = tmp_path / "vids", tmp_path / "vids2", tmp_path / "ch"
+    write_charades(tmp_path / "charades", videos)
+    shutil.copytree(videos, elsewhere)
+    prepare_videos("charades", tmp_path / "charades", copy, videos, workers=1, show_progress=False)
+    with pytest.raises(UserError) as caught:
+        prepare_videos("charades", tmp_path / "charades", copy, elsewhere, show_progress=False)
+    assert f"--videos {videos.resolve()}, not of --root {(tmp_path / 'charades').resolve()} " in (
+        str(caught.value)
+    )
+    with pytest.raises(UserError, match="is a copy of"):  # without --videos: another source
+        prepare_videos("charades", tmp_path / "charades", copy, show_progress=False)
+
+    # a marker written before --videos was recorded gets it; one of another root is refused
+    del made["videos"]
+    (out / MARKER).write_text(json.dumps(made))
+    assert prepare_videos("list", root, out, show_progress=False).already_prepared == 3
+    assert json.loads((out / MARKER).read_text())["videos"] is None
+    with pytest.raises(UserError, match=f"is a copy of --root {root.resolve()}, not"):
+        prepare_videos("list", other, out, show_progress=False)
+
+
+def damage_outputs(out: Path, to: str) -> list[Path]:
+    """Two outputs changed after they were verified: for video copies one truncated and one
+    rewritten in place with its size kept; for frame folders one frame lost and one cut."""
+    a, b = as_copy(out / "clips" / "a.mp4", to), as_copy(out / "clips" / "c.mov", to)
+    if to == "frames":
+        frame_file(a, 7).unlink()
+        last = frame_file(b, 3)
+        last.write_bytes(last.read_bytes()[:100])
+    else:
+        a.write_bytes(a.read_bytes()[: a.stat().st_size // 2])
+        data = bytearray(b.read_bytes())
+        data[-1] ^= 1
+        time.sleep(0.01)  # a later modification time on filesystems with coarse clocks
+        b.write_bytes(bytes(data))
+    return [a, b]
+
+
+@pytest.mark.parametrize("to", ["videos", "frames"])
+def test_an_output_changed_after_it_was_verified_is_prepared_again(tmp_path, to):
+    root, out = tmp_path / "raw", tmp_path / "fast"
+    write_list(root)
+    prepare_videos("list", root, out, workers=1, show_progress=False, to=to)
+    kept = as_copy(out / "clips" / "sub" / "b.avi", to)
+    kept_when = kept.stat().st_mtime_ns
+    damaged = damage_outputs(out, to)
+    code, output, error = run_app(
+        app, "prepare-videos", "--dataset", "list", "--root", root, "--out", out,
+        "--to", to, "--json",
+    )  # fmt: skip
+    assert code == 0 and error is None, output
+    report = json.loads(output)
+    assert report["changed_since_verified"] == sorted(str(p) for p in damaged)
+    assert (report["prepared"], report["already_prepared"]) == (2, 1)
+    assert kept.stat().st_mtime_ns == kept_when
+    for copy in damaged:  # whole again: every frame reads
+        reader, info = open_video(copy)
+        assert info.num_frames == 8 and len(read_frames(reader, range(8))) == 8
+    assert_same_splits("list", root, out, to=to)
+    again = prepare_videos("list", root, out, workers=1, show_progress=False, to=to)
+    assert (again.prepared, again.already_prepared, again.changed) == (0, 3, [])
+
+
+def test_a_copy_from_before_outputs_were_recorded_is_recorded_as_found(tmp_path):
+    root, out = tmp_path / "raw", tmp_path / "fast"
+    write_list(root)
+    prepare_videos("list", root, out, workers=1, show_progress=False)
+    (out / VERIFIED).unlink()  # an older version's copy
+    summary = prepare_videos("list", root, out, workers=1, show_progress=False)
+    assert (summary.prepared, summary.already_prepared) == (0, 3)
+    assert len((out / VERIFIED).read_text().splitlines()) == 3
+    damaged = damage_outputs(out, "videos")
+    summary = prepare_videos("list", root, out, workers=1, show_progress=False)
+    assert sorted(summary.changed) == sorted(map(str, damaged)) and summary.prepared == 2
+
+
+def test_a_second_writer_of_a_new_copy_is_refused_and_writes_nothing(tmp_path):
+    import fcntl
+
+    root, out = tmp_path / "raw", tmp_path / "fast"
+    write_list(root)
+    out.mkdir()
+    with open(out / LOCK, "w") as first:  # the first `prepare-videos` has just begun
+        fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UserError) as caught:
+            prepare_videos("list", root, out, workers=1, show_progress=False)
+    one_sentence(caught.value, f"another `prepare-videos` is writing {out}; wait for it")
+    assert [p.name for p in out.iterdir()] == [LOCK]

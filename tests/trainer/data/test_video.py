@@ -150,6 +150,63 @@ def test_empty_and_missing_files(tmp_path):
     assert_names(error, missing, "does not exist")
 
 
+@pytest.mark.parametrize("suffix", [".avi", ".mp4"])
+def test_unreadable_video_reasons_hold_no_library_source_paths(suffix, tmp_path):
+    """Files cut at every 40th of their length, a text file named .mp4 and an empty file:
+    each reason says what failed without decord's build paths
+    ("[22:55:42] /github/workspace/src/video/video_reader.cc:151: Check failed: ...")."""
+    import decord
+
+    data = write_video(tmp_path / f"clip{suffix}", frames=40, width=64, height=48).read_bytes()
+    cut = [tmp_path / f"cut{k}{suffix}" for k in range(1, 40)]
+    for k, path in enumerate(cut, 1):
+        path.write_bytes(data[: len(data) * k // 40])
+    text, empty = tmp_path / "notes.mp4", tmp_path / "empty.mp4"
+    text.write_text("not a video\n" * 50)
+    empty.write_bytes(b"")
+    reasons, raw = [], []
+    for path in [*cut, text, empty]:
+        try:
+            reader, _ = open_video(path)
+            read_frames(reader, range(len(reader)))
+        except VideoError as error:
+            reasons.append(error.reason)
+        try:  # what decord itself says, for the test to see the paths it strips
+            decord.VideoReader(str(path)).get_batch([0])
+        except Exception as error:  # decord raises DECORDError, RuntimeError and more
+            raw.append(str(error))
+    assert any("/github/workspace/" in message for message in raw)  # the case exists
+    assert len(reasons) >= 20 and "has no frames (the file is empty)" in reasons
+    for reason in reasons:
+        assert ".cc:" not in reason and "/github/" not in reason, reason
+        assert "Check failed" not in reason and not reason.endswith("()"), reason
+
+
+@pytest.mark.parametrize(
+    "message, reason",
+    [
+        (
+            "[22:55:42] /github/workspace/src/video/video_reader.cc:151: Check failed: st_nb "
+            ">= 0 (-1381258232 vs. 0) ERROR cannot find video stream with wanted index: -1",
+            "cannot find video stream with wanted index: -1",
+        ),
+        (
+            "[22:55:46] /github/workspace/src/video/ffmpeg/threaded_decoder.cc:292: [22:55:46]"
+            " /github/workspace/src/video/ffmpeg/filter_graph.cc:100: Check failed: av_buffers"
+            "rc_add_frame_flags(buffersrc_ctx_, frame, 4) >= 0 (-22 vs. 0) Error while feeding"
+            " the filter graph\n\nStack trace ...",
+            "Error while feeding the filter graph",
+        ),
+        ("decode_jpeg, /src/image.cpp:171, Not a JPEG file", "Not a JPEG file"),
+        ("Invalid data found when processing input", "Invalid data found when processing input"),
+    ],
+)
+def test_library_reasons_lose_their_source_locations(message, reason):
+    from trainer.data.video import _library_reason
+
+    assert _library_reason(RuntimeError(message)) == reason
+
+
 def test_a_fifo_is_not_a_regular_file_and_a_folder_is_read_as_frames(tmp_path):
     fifo, folder = tmp_path / "pipe.mp4", tmp_path / "folder.mp4"
     os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
