@@ -234,7 +234,7 @@ def test_report_to_refuses_unknown_names_and_names_the_extra_of_a_missing_packag
     )
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
     with pytest.raises(UserError) as refused:
-        check_reporters(("wandb",))
+        check_reporters(("wandb",), tmp_path / "run")
     assert str(refused.value) == (
         "--report-to wandb needs the wandb package: pip install 'storyboard[wandb]'."
     )
