@@ -220,6 +220,7 @@ def read_config_file(path: Path) -> dict:
     except DuplicateKey as exc:
         lines = exc.lines or _json_key_lines(text).get(exc.key, ())
         where = f" (lines {lines[0]} and {lines[1]})" if len(lines) > 1 else ""
+        where = f" (both on line {lines[0]})" if where and lines[0] == lines[1] else where
         raise UserError(
             f"--config {path} gives the key {exc.key!r} twice{where}; keep the one you mean."
         ) from None

@@ -29,9 +29,10 @@ from trainer.training import check_resume, recorded_config
 
 
 def written_run(world, base, **overrides):
-    """A run folder as `trainer run` leaves it after one epoch (but untrained), over a copy of the world's
+    """A run folder as `trainer run` leaves it after one epoch, over a copy of the world's
     scored artifact (`base`/art, so that tests may score it again): config.json, best.pt
-    and last.pt (untrained weights, the layout of 3-clip batches) -> its RunConfig."""
+    and last.pt (untrained weights, the layout of 3-clip batches), .run.lock -> its
+    RunConfig."""
     shutil.copytree(world["base"] / "art", base / "art")
     subtexts = base / "art" / world["subtexts"].parent.name / SUBTEXTS_FILE
     cfg = recorded_config(run_config(world, base / "run", subtexts=subtexts, **overrides))
