@@ -256,3 +256,24 @@ def test_resume_trusts_the_checkpoint_and_refuses_an_edited_config_json(run):
         f"--resume: {run.out} was trained with other settings (--lr 0.002 -> 0.5)"
     )
     assert check_resume(run, run.out, state) == json.loads(original)
+
+
+def test_predict_never_prints_non_finite_probabilities(world, run, monkeypatch):
+    """Finite weights whose logits overflow (as fp16 may): one sentence, not a result."""
+    from trainer import predict
+
+    def overflowing(*args, **kwargs):
+        loaded = load_run(*args, **kwargs)
+        loaded.built.model.register_forward_hook(
+            lambda _module, _inputs, out: {**out, "logits": out["logits"] * math.inf}
+        )
+        return loaded
+
+    monkeypatch.setattr(predict, "load_run", overflowing)
+    video = world["root"] / "clips" / "c2_3.mp4"
+    with pytest.raises(UserError) as refused:
+        predict_video(run.out, video, device="cpu")
+    assert str(refused.value) == (
+        f"{run.out / 'checkpoints' / 'best.pt'} gives probabilities that are not finite for "
+        f"{video}: its logits overflow (its weights are finite); train it again with a lower --lr."
+    )
