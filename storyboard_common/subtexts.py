@@ -7,6 +7,7 @@ a CLIP (`clip_tag`), the check that a scored pair comes from one `score` call, a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -201,6 +202,15 @@ class SubtextArtifact:
     sub_emb: np.ndarray  # [C, N, D]
     sub_tokens: np.ndarray  # [C, N, W, D]
     sub_mask: np.ndarray  # [C, N, W]
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """What a run records of the artifact it trained with: the `score` call that wrote
+        it and a digest of the texts its model reads (class names, global texts, sub-texts),
+        which a re-score that chose the same texts keeps."""
+        texts = json.dumps([self.class_names, self.global_texts, self.sub_texts])
+        digest = hashlib.sha256(texts.encode("utf-8")).hexdigest()
+        return {"scoring_id": self.meta.scoring_id, "texts_sha256": digest}
 
 
 def pad_tokens(seqs: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -95,6 +95,24 @@ def load_checkpoint(path: Path, map_location, hint: str) -> dict:
     return state
 
 
+def check_finite_weights(weights: dict[str, torch.Tensor], path: Path | str, hint: str) -> None:
+    """Refuse weights that are not all finite (NaN or infinity: a diverged run, a damaged
+    or edited file) in one sentence naming `path`, their file, and a tensor, ending with
+    `hint`; every way a model is loaded (a run's checkpoint, an exported folder, the Hub,
+    a resumed run) calls it before building anything on them."""
+    broken = [
+        name
+        for name, tensor in weights.items()
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
+    if broken:
+        more = f" and {len(broken) - 1} more tensor(s)" if len(broken) > 1 else ""
+        raise UserError(
+            f"{path} holds weights that are not finite (NaN or infinity) in {broken[0]}{more}, "
+            f"the mark of a diverged run or a damaged file: it is refused; {hint}."
+        )
+
+
 def json_values(value):
     """`value` as JSON types (paths become strings): what a checkpoint stores as settings."""
     return json.loads(json.dumps(value, default=json_paths))

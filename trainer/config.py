@@ -96,17 +96,27 @@ def _listed(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
 
 
-def resume_differences(saved: dict, current: dict) -> list[str]:
-    """'--flag old -> new' for each setting outside RESUME_MAY_CHANGE that differs between a
-    run's saved config (config.json) and the one given to resume it (both JSON-like)."""
+def setting_differences(saved: dict, current: dict) -> list[tuple[str, str, str]]:
+    """(name, old, new) as shown to a user for each setting outside RESUME_MAY_CHANGE that
+    `saved` (a run's recorded settings) holds and `current` gives otherwise (both
+    JSON-like)."""
     differences = []
     for f in dataclasses.fields(RunConfig):
         if f.name in RESUME_MAY_CHANGE or f.name not in saved:
             continue
         old, new = saved[f.name], current.get(f.name)
         if old != new:
-            differences.append(f"{flag_name(f.name)} {_shown(old)} -> {_shown(new)}")
+            differences.append((f.name, _shown(old), _shown(new)))
     return differences
+
+
+def resume_differences(saved: dict, current: dict) -> list[str]:
+    """'--flag old -> new' for each setting outside RESUME_MAY_CHANGE that differs between a
+    run's recorded settings (its checkpoint's) and the one given to resume it."""
+    return [
+        f"{flag_name(name)} {old} -> {new}"
+        for name, old, new in setting_differences(saved, current)
+    ]
 
 
 def _shown(value) -> str:
@@ -124,9 +134,34 @@ PRESETS_DIR = Path(str(files("trainer") / "configs"))
 CONFIG_FORMATS = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}
 
 
+class DuplicateKey(ValueError):
+    """A key a config file gives twice, with the lines that give it (where known)."""
+
+    def __init__(self, key, lines: tuple[int, ...] = ()):
+        super().__init__(key)
+        self.key, self.lines = key, lines
+
+
 class _YamlLoader(yaml.SafeLoader):
     """YAML 1.1 reads `5e-5` (an exponent without a dot) as text; YAML 1.2 and JSON read a
-    number, as users writing a learning rate mean."""
+    number, as users writing a learning rate mean. A key given twice in one mapping is a
+    `DuplicateKey` (PyYAML keeps the last silently); a merge (`<<`) may repeat keys."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in first_line:
+                        raise DuplicateKey(key, (first_line[key], line))
+                    first_line[key] = line
+                except TypeError:  # an unhashable key: PyYAML refuses it itself
+                    continue
+        return super().construct_mapping(node, deep)
 
 
 _YamlLoader.add_implicit_resolver(
@@ -185,7 +220,17 @@ def read_config_file(path: Path) -> dict:
     except UnicodeDecodeError as exc:
         raise UserError(f"--config {path} is not UTF-8 text.") from exc
     try:
-        values = json.loads(text) if kind == "JSON" else yaml.load(text, Loader=_YamlLoader)
+        if kind == "JSON":
+            values = json.loads(text, object_pairs_hook=_unique_keys)
+        else:
+            values = yaml.load(text, Loader=_YamlLoader)
+    except DuplicateKey as exc:
+        lines = exc.lines or _json_key_lines(text).get(exc.key, ())
+        where = f" (lines {lines[0]} and {lines[1]})" if len(lines) > 1 else ""
+        where = f" (both on line {lines[0]})" if where and lines[0] == lines[1] else where
+        raise UserError(
+            f"--config {path} gives the key {exc.key!r} twice{where}; keep the one you mean."
+        ) from None
     except (ValueError, yaml.YAMLError) as exc:
         raise UserError(f"--config {path} is not valid {kind} ({first_line(exc)}).") from exc
     if values is None:  # an empty YAML file: no settings
@@ -203,6 +248,39 @@ def read_config_file(path: Path) -> dict:
             raise UserError(f"{path}: unknown key {key!r}{_known_as(str(key), types)}.")
         settings[key] = _file_value(path, key, value, types[key])
     return settings
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object's pairs as a dict; a key given twice is a `DuplicateKey` (json keeps
+    the last silently)."""
+    values = {}
+    for key, value in pairs:
+        if key in values:
+            raise DuplicateKey(key)
+        values[key] = value
+    return values
+
+
+def _json_key_lines(text: str) -> dict[str, list[int]]:
+    """The lines of each key of the JSON object `text` at its top level (the settings):
+    json's own scanner, key by key; {} where `text` is not such an object."""
+    decoder, space = json.JSONDecoder(), re.compile(r"\s*")
+    lines: dict[str, list[int]] = {}
+    try:
+        at = space.match(text).end()
+        if text[at] != "{":
+            return {}
+        at = space.match(text, at + 1).end()
+        while text[at] == '"':
+            key, at = json.decoder.scanstring(text, at + 1)
+            lines.setdefault(key, []).append(text.count("\n", 0, at) + 1)
+            at = space.match(text, at).end() + 1  # past the colon
+            _, at = decoder.raw_decode(text, space.match(text, at).end())
+            at = space.match(text, at).end()
+            at = space.match(text, at + 1).end() if text[at] == "," else at
+    except (ValueError, IndexError):
+        return lines
+    return lines
 
 
 def _known_as(key: str, names) -> str:

@@ -59,7 +59,7 @@ def predict_video(
     if not torch.isfinite(probs).all():  # never printed as a result
         raise UserError(
             f"{loaded.checkpoint['source']} gives probabilities that are not finite for {video}: "
-            "its weights are not (a diverged run); train it again with a lower --lr."
+            "its logits overflow (its weights are finite); train it again with a lower --lr."
         )
     best = probs.argsort(descending=True)[:top].tolist()
     c = best[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import netrc
 import os
 import resource
 import secrets
@@ -27,10 +28,12 @@ from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write_text
 
 from .distributed import DistInfo, all_reduce_sum
+from .paths import writable_dir
 from .progress import print_line
 
 STEPS_FILE = "steps.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+WANDB_DIR = "wandb"  # what `wandb.init(dir=out)` writes in
 WANDB_ID_FILE = "wandb_run_id.txt"  # the W&B run a resumed run continues
 WANDB_ID_CHARS = string.ascii_lowercase + string.digits  # as W&B's own run ids
 # Each reporter: the module it needs and the pyproject extra that installs it.
@@ -65,10 +68,49 @@ def _reporter_module(name: str):
         ) from None
 
 
-def check_reporters(names: tuple[str, ...]) -> None:
-    """Refuse a reporter whose package is not installed before the run writes anything."""
+# W&B modes that need no account, and the W&B host a key is looked up for in ~/.netrc.
+WANDB_LOCAL_MODES = ("offline", "disabled", "dryrun")
+WANDB_HOST = "api.wandb.ai"
+
+
+def check_reporters(names: tuple[str, ...], out: Path) -> None:
+    """Refuse, before the run folder `out` is made or anything written in it, a reporter
+    that cannot work: its package not installed, its folder in `out` not a folder or not
+    writable, or W&B without an API key (WANDB_API_KEY, `wandb login`'s ~/.netrc entry)
+    nor a mode that needs none (WANDB_MODE offline or disabled)."""
     for name in names:
         _reporter_module(name)
+        folder = out / (TENSORBOARD_DIR if name == "tensorboard" else WANDB_DIR)
+        if folder.is_symlink() or folder.exists():
+            if not folder.is_dir():
+                raise UserError(
+                    f"--report-to {name}: {folder} is not a folder (a file is where its folder "
+                    "should be); move it away or use another --out."
+                )
+            writable_dir(folder, f"--report-to {name}: the folder")
+    if "wandb" in names and not _wandb_can_log():
+        raise UserError(
+            f"--report-to wandb needs a W&B API key: set WANDB_API_KEY or run `wandb login`, "
+            f"or set WANDB_MODE=offline to keep the log in {out / WANDB_DIR} (sync it later)."
+        )
+
+
+def _wandb_can_log() -> bool:
+    """Whether W&B has a key (WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, or an entry for its
+    host in the netrc file it reads) or a mode that needs none."""
+    if os.environ.get("WANDB_MODE", "").lower() in WANDB_LOCAL_MODES:
+        return True
+    if os.environ.get("WANDB_DISABLED", "").lower() in ("true", "1", "yes"):
+        return True
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    base = os.environ.get("WANDB_BASE_URL", f"https://{WANDB_HOST}")
+    host = base.split("://")[-1].split("/")[0].split(":")[0]
+    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 class Reporters:

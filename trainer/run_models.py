@@ -20,6 +20,7 @@ from .checkpoints import (
     HUB_PREFIX,
     WEIGHTS_FILE,
     check_export_out,
+    check_finite_weights,
     hub_snapshot,
     is_export,
     json_values,
@@ -38,7 +39,7 @@ from .model.aggregation import ClassText
 from .model.video_clip import UNTRAINED_LOG_LOGIT_SCALE, VideoCLIP, build_model, video_model
 from .paths import default_subtexts
 from .settings import ModelConfig, RunConfig, flag_name
-from .subtexts import artifact_class_text
+from .subtexts import TrainedTexts, artifact_class_text, recorded_texts
 
 
 @dataclass
@@ -53,6 +54,7 @@ class RunModel:
     class_names: list[str]  # the artifact's classes, in id order
     sub_texts: list[list[str]]  # each class's sub-texts, as the artifact holds them
     model_args: dict  # what the model was built from (`model_record`)
+    texts: dict  # the artifact's identity (`SubtextArtifact.identity`), which checkpoints store
 
 
 # A run's inputs that belong to its dataset (read from where it recorded them on its own
@@ -107,12 +109,19 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 
 
 def build(
-    cfg: RunConfig, dist_info: DistInfo, subtexts: Path, clip: LoadedClip | None = None
+    cfg: RunConfig,
+    dist_info: DistInfo,
+    subtexts: Path,
+    clip: LoadedClip | None = None,
+    trained: TrainedTexts | None = None,
 ) -> RunModel:
     """The run's model over its CLIP (`cfg.clip_model` with `cfg.clip_pretrained`, unless
     `clip` is given) and the class texts of `subtexts`, on the run's device, with its
-    record (`model_record`)."""
+    record (`model_record`). `trained`: the texts its weights were trained with, which
+    `subtexts` must still hold (checked before the CLIP is loaded)."""
     artifact = read_subtexts(subtexts)
+    if trained is not None:
+        trained.check(artifact, subtexts)
     clip = clip or load_clip(cfg.clip_model, cfg.clip_pretrained, str(dist_info.device))
     text = artifact_class_text(
         artifact, subtexts, (clip.model_id, clip.pretrained_id), clip.embed_dim
@@ -128,6 +137,7 @@ def build(
         artifact.class_names,
         artifact.sub_texts,
         record,
+        artifact.identity,
     )
 
 
@@ -193,6 +203,7 @@ def load_run(
     if is_export(source):
         return _load_export(source, str(source), dataset, device, checkpoint, given)
     path, state = _run_checkpoint(source, checkpoint)
+    check_finite_weights(state["model"], path, "train the run again (with a lower --lr)")
     saved = json_values(state["config"])
     own = dataset in (None, saved["dataset"])
     data = DATA_INPUTS if reads_data else ("subtexts",)
@@ -205,8 +216,20 @@ def load_run(
     checkpoint_info = {"source": str(path), "epoch": state["epoch"], "best": state["best"]}
     # A checkpoint written before model records were: its settings hold the same keys.
     model_args = json_values(state.get("model_args")) or saved
+    # The run's own texts, unless --subtexts names the ones to use.
+    trained = None
+    if own and given["subtexts"] is None:
+        instead = f"pass --subtexts {saved['subtexts']} to use these instead"
+        trained = recorded_texts(state.get("subtexts"), f"the run {source}", instead)
     return _loaded_run(
-        settings, saved, model_args, state["model"], checkpoint_info, dataset, device
+        settings,
+        saved,
+        model_args,
+        state["model"],
+        checkpoint_info,
+        dataset,
+        device,
+        trained=trained,
     )
 
 
@@ -224,17 +247,19 @@ def _loaded_run(
     dataset: str | None,
     device: str,
     clip: LoadedClip | None = None,
+    trained: TrainedTexts | None = None,
 ) -> LoadedRun:
-    """The model of the record `model_args` with `weights`, over `clip` (else the CLIP
-    `settings` name), on `dataset` (else the settings' own) with the class texts of their
-    `subtexts` (else the dataset's default artifact). The record's values win over the
-    settings' (the clips evaluated have the frames the model embeds)."""
+    """The model of the record `model_args` with `weights`, over
+    `clip` (else the CLIP `settings` name), on `dataset` (else the settings' own) with the
+    class texts of their `subtexts` (else the dataset's default artifact; `trained`: the
+    texts the weights were trained with, which they must hold). The record's values win over
+    the settings' (the clips evaluated have the frames the model embeds)."""
     dataset = dataset or settings["dataset"]
     values = {**settings, **architecture(model_args), "dataset": dataset, "device": device}
     cfg = RunConfig.from_saved(values)
     dist_info = init_distributed(device, cfg.dist_timeout)
     subtexts = cfg.subtexts or default_subtexts(dataset, cfg.clip_model, cfg.clip_pretrained)
-    run_model = build(cfg, dist_info, subtexts, clip)
+    run_model = build(cfg, dist_info, subtexts, clip, trained)
     check_record_clip(model_args, run_model, checkpoint_info["source"])
     missing, unexpected = run_model.model.load_state_dict(weights, strict=False)
     if unexpected or missing:
@@ -281,8 +306,23 @@ def _load_export(
     data = [name for name in INPUTS if name not in CLIP_INPUTS]
     settings = {**saved, **dict.fromkeys(data), **_given_values(given), "subtexts": subtexts}
     weights = read_weights(folder)
+    check_finite_weights(weights, f"{label}/{WEIGHTS_FILE}", "download or export the model again")
+    instead = f"pass --subtexts {subtexts} to use these instead, or download or export it again"
+    trained = (
+        None
+        if given["subtexts"] is not None
+        else recorded_texts(config["subtexts"], label, instead)
+    )
     return _loaded_run(
-        settings, saved, config["architecture"], weights, checkpoint_info, dataset, device, clip
+        settings,
+        saved,
+        config["architecture"],
+        weights,
+        checkpoint_info,
+        dataset,
+        device,
+        clip,
+        trained,
     )
 
 
@@ -336,18 +376,10 @@ def export_run(run_dir: Path, out: Path, checkpoint: str = "best", **given) -> P
     texts and a model card. `given`: where the run's inputs are now (`subtexts`, the CLIP's
     files), if not where it recorded them. -> `out`."""
     import open_clip
-    import torch
 
     check_export_out(out)
     loaded = load_run(run_dir, device="cpu", checkpoint=checkpoint, **given)
     weights = loaded.built.model.state_dict()
-    broken = [name for name, t in weights.items() if not torch.isfinite(t).all()]
-    if broken:
-        raise UserError(
-            f"{loaded.checkpoint['source']} holds weights that are not finite ({broken[0]} and "
-            f"{len(broken) - 1} more), the mark of a diverged run: nothing was exported; train "
-            "it again with a lower --lr."
-        )
     clip_config = open_clip.get_model_config(loaded.built.clip_name)
     if clip_config is None:
         raise UserError(
@@ -371,7 +403,7 @@ def export_run(run_dir: Path, out: Path, checkpoint: str = "best", **given) -> P
         "checkpoint": Path(loaded.checkpoint["source"]).stem,
         "epoch": loaded.checkpoint["epoch"],
         "metrics": loaded.checkpoint["best"],
-        "subtexts": subtext_source(loaded.subtexts),
+        "subtexts": {**subtext_source(loaded.subtexts), **loaded.built.texts},
         "training": loaded.trained_on,
     }
     return write_export(

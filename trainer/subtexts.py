@@ -4,6 +4,7 @@ the `ClassText` the model classifies against."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from storyboard_common.errors import UserError
@@ -24,6 +25,38 @@ def check_artifact_matches_clip(
         "`python -m subtext_gen score --tpp --clip-model ... --clip-pretrained ...` for this "
         "CLIP or pass the matching CLIP."
     )
+
+
+@dataclass(frozen=True)
+class TrainedTexts:
+    """The sub-texts a model was trained with (`SubtextArtifact.identity`, as its checkpoint
+    or export records it), who was trained (`source`) and what to do when an artifact read
+    for it holds other texts (`instead`)."""
+
+    identity: dict
+    source: str
+    instead: str
+
+    def check(self, artifact: SubtextArtifact, path: str | Path) -> None:
+        """Refuse `artifact` (read from `path`) when its texts are not the recorded ones: it
+        was scored again with other texts since (a re-score that chose the same texts
+        passes)."""
+        now = artifact.identity
+        if now["texts_sha256"] == self.identity["texts_sha256"]:
+            return
+        raise UserError(
+            f"{path} holds other sub-texts than {self.source} was trained with (scored as "
+            f"{self.identity['scoring_id'] or 'unrecorded'} then, as "
+            f"{now['scoring_id'] or 'unrecorded'} now: it was scored again); {self.instead}."
+        )
+
+
+def recorded_texts(record: dict | None, source: str, instead: str) -> TrainedTexts | None:
+    """The `TrainedTexts` of a checkpoint's or export's record; None where it records none
+    (runs and exports made before runs recorded their texts)."""
+    if not isinstance(record, dict) or "texts_sha256" not in record:
+        return None
+    return TrainedTexts(record, source, instead)
 
 
 def artifact_class_text(

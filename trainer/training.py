@@ -34,7 +34,7 @@ from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write_json, atomic_write_text
 
 from .cache.dataset import cached_datasets
-from .checkpoints import atomic_save, json_values, load_checkpoint
+from .checkpoints import atomic_save, check_finite_weights, json_values, load_checkpoint
 from .config import (
     INPUTS,
     RunConfig,
@@ -42,6 +42,7 @@ from .config import (
     check_recorded_inputs,
     input_paths,
     resume_differences,
+    setting_differences,
 )
 from .data.dataset import EpochSampler, loader_shm_bytes, loader_workers, make_loader, shm_shortfall
 from .data.layouts import folds, has_folds
@@ -80,6 +81,8 @@ from .run_data import (
 from .run_log import STEPS_FILE, LogSettings, Reporters, StepLog, check_reporters
 from .run_models import build
 from .schedule import make_optimizer, make_scheduler
+from .settings import flag_name
+from .subtexts import TrainedTexts, recorded_texts
 
 
 def _read_json(path: Path) -> dict | None:
@@ -105,25 +108,37 @@ def recorded_config(cfg: RunConfig) -> RunConfig:
 
 
 def check_resume(cfg: RunConfig, out: Path, state: dict) -> dict:
-    """Refuse to resume the run in `out` with settings other than those it ran with (its
-    config.json, else the checkpoint's), except those of `RESUME_MAY_CHANGE` and inputs
-    recorded at a path that no longer exists, given now where they are. -> config.json as
-    the run now records it (the same, but for such moved inputs and for the relative paths
-    and unset defaults of older runs, read from this folder)."""
+    """Refuse to resume the run in `out` with settings other than those it was trained with
+    (the record of its checkpoint `state`, which no one edits), except those of
+    `RESUME_MAY_CHANGE` and inputs recorded at a path that no longer exists, given now where
+    they are; refuse a config.json that says otherwise (edited since) or is damaged. -> its
+    config.json as the run now records it (the same, but for such moved inputs and for the
+    relative paths and unset defaults of older runs, read from this folder)."""
     config_json = out / "config.json"
-    saved = json_values(_read_json(config_json) if config_json.exists() else state["config"])
-    damaged = UserError(
-        f"--resume: {config_json} is damaged (not the run's settings as JSON); restore it, or "
-        "delete it to resume with the settings its checkpoint holds."
-    )
-    if not isinstance(saved, dict):
-        raise damaged
+    last = out / "checkpoints" / "last.pt"
+    trained = _recorded_settings(json_values(state["config"]), f"--resume: {last} is damaged")
+    saved = trained
+    if config_json.exists():
+        saved = json_values(_read_json(config_json))
+        damaged = (
+            f"--resume: {config_json} is damaged (not the run's settings as JSON); restore it, "
+            "or delete it to resume with the settings its checkpoint holds"
+        )
+        edited = [
+            (flag_name(name), old, new)
+            for name, old, new in setting_differences(trained, _recorded_settings(saved, damaged))
+            if name not in INPUTS and name != "out"
+        ]
+        if edited:
+            says = ", ".join(f"{flag} {new}" for flag, _, new in edited)
+            was = ", ".join(f"{flag} {old}" for flag, old, _ in edited)
+            raise UserError(
+                f"--resume: {config_json} was edited since the run began: it says {says}, but "
+                f"the run was trained with {was} (its checkpoint {last} records it); restore "
+                "config.json, or delete it to resume with the settings its checkpoint holds."
+            )
     current = json_values(dataclasses.asdict(cfg))
-    try:
-        recorded = json_values(dataclasses.asdict(recorded_config(RunConfig.from_saved(saved))))
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise damaged from exc
-    recorded = {name: value for name, value in recorded.items() if name in saved}
+    recorded = dict(trained)
     gone = {name: path for name, path in input_paths(recorded).items() if not Path(path).exists()}
     check_recorded_inputs({name: path for name, path in gone.items() if current[name] == path})
     recorded.update({name: current[name] for name in gone})
@@ -135,6 +150,19 @@ def check_resume(cfg: RunConfig, out: Path, state: dict) -> dict:
         )
     paths = [*INPUTS, "out"]
     return {**saved, **{name: recorded[name] for name in paths if name in recorded}}
+
+
+def _recorded_settings(saved, damaged: str) -> dict:
+    """A run's saved settings (config.json or a checkpoint's) as a run records them now
+    (`recorded_config`), the keys it saved only; UserError `damaged` when they are not a
+    run's settings."""
+    try:
+        if not isinstance(saved, dict):
+            raise TypeError(saved)
+        recorded = json_values(dataclasses.asdict(recorded_config(RunConfig.from_saved(saved))))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise UserError(damaged + ".") from exc
+    return {name: value for name, value in recorded.items() if name in saved}
 
 
 def keep_logged(path: Path, key: str, last: int) -> None:
@@ -323,6 +351,7 @@ class TrainingSetup:
     steps_per_epoch: int  # optimiser steps
     layout: dict  # how the global batch is split, which a resumed run keeps (its data order)
     model_args: dict  # the model's record (`run_models.model_record`), which checkpoints store
+    texts: dict  # the sub-text artifact's identity, which checkpoints store
 
     def optimizer_steps(self, micro_batches: int) -> int:
         """The optimiser steps that `micro_batches` micro-batches make (the last one may be
@@ -454,8 +483,8 @@ def train(
     """Train (and evaluate) one fold; returns the best evaluation metrics. The run's folder
     is held by this run alone (`run_folder`) from before anything is written to its end.
     `log_settings`: step lines and reporters (`run_log`)."""
-    check_reporters(log_settings.report_to)
     cfg = recorded_config(cfg)
+    check_reporters(log_settings.report_to, cfg.out)
     dist_info = init_distributed(cfg.device, cfg.dist_timeout)
     batch_layout(cfg.batch_size, cfg.micro_batch, dist_info.world)  # before anything is written
     if dist_info.device.type == "cuda":  # a process-wide switch: set either way
@@ -510,7 +539,11 @@ def _train(
     # config.json: the run as it began
     recorded = settings if checkpoint is None else check_resume(cfg, cfg.out, checkpoint)
     _warn_of_settings(cfg, dist_info)
-    setup = _set_up(cfg, dist_info, fold)
+    trained = None
+    if checkpoint is not None:  # the texts it trained with, which --subtexts must still hold
+        instead = "put that artifact back to resume, or start a new run with another --out"
+        trained = recorded_texts(checkpoint.get("subtexts"), f"the run in {cfg.out}", instead)
+    setup = _set_up(cfg, dist_info, fold, trained)
     state = TrainingState() if checkpoint is None else _resume(setup, checkpoint, cfg, dist_info)
     del checkpoint  # restored: its tensors (the optimiser's are twice the weights) are freed
     check_same_position(state, dist_info, cfg.out)
@@ -563,9 +596,11 @@ def _warn_of_settings(cfg: RunConfig, dist_info: DistInfo) -> None:
         )
 
 
-def _set_up(cfg: RunConfig, dist_info: DistInfo, fold: int | None) -> TrainingSetup:
+def _set_up(
+    cfg: RunConfig, dist_info: DistInfo, fold: int | None, trained: TrainedTexts | None = None
+) -> TrainingSetup:
     """The run's data, model, loaders, optimiser and schedule (in this order: the seeded
-    random state is drawn from in it)."""
+    random state is drawn from in it). `trained`: the texts a resumed run trained with."""
     data = prepare_data(cfg, cfg.root, fold)
     train_items = data.fewshot if data.fewshot is not None else data.train.items
     encoded = cfg.features is None and check_decode_device(
@@ -573,7 +608,7 @@ def _set_up(cfg: RunConfig, dist_info: DistInfo, fold: int | None) -> TrainingSe
     )
     if cfg.features is None:  # the others wait without a collective's timeout
         on_main(lambda: check_clip_lengths(cfg, data), dist_info)
-    run_model = build(cfg, dist_info, cfg.subtexts)
+    run_model = build(cfg, dist_info, cfg.subtexts, trained=trained)
     check_classes(data.train, run_model.class_names, cfg.subtexts)
     if cfg.features is None:
         train_set, test_set = clip_datasets(
@@ -626,6 +661,7 @@ def _set_up(cfg: RunConfig, dist_info: DistInfo, fold: int | None) -> TrainingSe
         steps_per_epoch,
         {"micro_batch": micro, "world": dist_info.world, "accumulation": accumulation},
         run_model.model_args,
+        run_model.texts,
     )
 
 
@@ -697,6 +733,8 @@ def _resume(
             f"not {setup.layout}: resume with the same --batch-size, --micro-batch and number "
             "of processes."
         )
+    hint = "copy best.pt over it to resume from the best epoch, or start over with another --out"
+    check_finite_weights(checkpoint["model"], cfg.out / "checkpoints" / "last.pt", hint)
     setup.model.load_state_dict(checkpoint["model"])
     setup.optimizer.load_state_dict(checkpoint["optimizer"])
     setup.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -919,6 +957,7 @@ def _save(
             "best": state.best,
             "config": settings,
             "model_args": setup.model_args,
+            "subtexts": setup.texts,
         },
         path,
     )

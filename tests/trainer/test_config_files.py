@@ -143,6 +143,32 @@ def test_a_mistake_in_a_config_file_is_one_sentence_naming_the_file_and_key(
     assert "\n" not in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    "name, text, shown",
+    [
+        ("a.yaml", "lr: 0.1\nseed: 2\nlr: 0.5\n", "'lr' twice (lines 1 and 3)"),
+        ("a.yml", "# mine\nepochs: 2\n\n'epochs': 3\n", "'epochs' twice (lines 2 and 4)"),
+        ("a.yaml", "{frames: 8, seed: 1, frames: 16}\n", "'frames' twice (both on line 1)"),
+        ("a.yaml", "extra:\n  a: 1\n  a: 2\n", "'a' twice (lines 2 and 3)"),
+        ("a.json", '{\n  "lr": 0.1,\n  "seed": 2,\n  "lr": 0.5\n}', "'lr' twice (lines 2 and 4)"),
+        ("a.json", '{"seed": {"x": 1}, "s\\u0065ed": 2}', "'seed' twice (both on line 1)"),
+        ("a.json", '{"extra": {"a": 1,\n "a": 2}}', "'a' twice"),
+    ],
+)
+def test_a_key_given_twice_is_refused_naming_it_and_its_lines(tmp_path, name, text, shown):
+    """YAML and JSON keep the last value of a key given twice, silently; a config file's
+    is refused (in nested mappings too), naming the key and, where known, both lines."""
+    path = write(tmp_path / name, text)
+    with pytest.raises(UserError) as refused:
+        read_config_file(path)
+    assert str(refused.value) == f"--config {path} gives the key {shown}; keep the one you mean."
+
+
+def test_yaml_merge_keys_still_override(tmp_path):
+    path = write(tmp_path / "a.yaml", "<<: {lr: 0.1, seed: 2}\nlr: 0.5\n")
+    assert read_config_file(path) == {"lr": 0.5, "seed": 2}
+
+
 def test_a_flag_may_mend_the_file_and_its_own_mistakes_name_the_flag(tmp_path):
     path = write(tmp_path / "a.yaml", "epochs: 0\nfeatures: cache\n")
     cfg = resolve_config(None, {"epochs": 2, "freeze_backbone": True}, path)
@@ -224,7 +250,8 @@ def test_an_older_run_s_config_json_with_retired_settings_still_reads(world, tmp
     assert "extra" not in settings and "fewshot_epoch_len" not in settings
     assert resolve_config(None, {}, recorded, resume=True) == cfg
     assert RunConfig.from_saved(older) == cfg
-    assert check_resume(cfg, cfg.out, {}) == older  # config.json kept as the run recorded it
+    # config.json kept as the run recorded it
+    assert check_resume(cfg, cfg.out, {"config": older}) == older
     used = write(tmp_path / "a.yaml", "fewshot_epoch_len: 100\n")
     with pytest.raises(UserError, match=f"^{used}: unknown key 'fewshot_epoch_len'"):
         resolve_config(None, {}, used)

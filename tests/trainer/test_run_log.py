@@ -234,7 +234,7 @@ def test_report_to_refuses_unknown_names_and_names_the_extra_of_a_missing_packag
     )
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
     with pytest.raises(UserError) as refused:
-        check_reporters(("wandb",))
+        check_reporters(("wandb",), tmp_path / "run")
     assert str(refused.value) == (
         "--report-to wandb needs the wandb package: pip install 'storyboard[wandb]'."
     )
@@ -242,3 +242,71 @@ def test_report_to_refuses_unknown_names_and_names_the_extra_of_a_missing_packag
     with pytest.raises(UserError):
         training.train(run_config(world, out), log_settings=LogSettings(report_to=("wandb",)))
     assert not out.exists()  # refused before anything was written
+
+
+@pytest.fixture()
+def no_wandb_account(monkeypatch, tmp_path):
+    """No W&B key anywhere it is read (environment, an empty netrc file), no local mode."""
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DISABLED", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    netrc_file = tmp_path / "netrc"
+    netrc_file.write_text("machine example.org login me password secret\n")
+    monkeypatch.setenv("NETRC", str(netrc_file))
+    return netrc_file
+
+
+def test_wandb_without_a_key_or_local_mode_is_refused_before_the_run_folder(
+    world, tmp_path, monkeypatch, no_wandb_account
+):
+    out = tmp_path / "run"
+    with pytest.raises(UserError) as refused:
+        training.train(run_config(world, out), log_settings=LogSettings(report_to=REPORTERS))
+    assert str(refused.value) == (
+        "--report-to wandb needs a W&B API key: set WANDB_API_KEY or run `wandb login`, or "
+        f"set WANDB_MODE=offline to keep the log in {out / 'wandb'} (sync it later)."
+    )
+    assert not out.exists()
+    # Each way W&B finds a key, or needs none, passes (nothing is sent: only checked).
+    for name, value in (
+        ("WANDB_MODE", "offline"),
+        ("WANDB_MODE", "disabled"),
+        ("WANDB_API_KEY", "k"),
+    ):
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            check_reporters(("wandb",), out)
+    no_wandb_account.write_text("machine api.wandb.ai\n  login user\n  password k\n")
+    check_reporters(("wandb",), out)
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org:8443")
+    with pytest.raises(UserError, match="needs a W&B API key"):
+        check_reporters(("wandb",), out)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name, folder", [("tensorboard", "tensorboard"), ("wandb", "wandb")])
+def test_a_reporter_folder_that_is_a_file_or_unwritable_is_refused_writing_nothing(
+    world, tmp_path, monkeypatch, name, folder
+):
+    """A resumed run's `tensorboard/` or `wandb/` that is a file, a link to nowhere, or a
+    folder no one can write in (/proc's, even for root): one sentence before the run."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoints").mkdir()
+    settings = LogSettings(report_to=(name,))
+    for make, message in (
+        (lambda p: p.write_text("notes"), f"--report-to {name}: {out / folder} is not a folder"),
+        (lambda p: p.symlink_to(tmp_path / "gone"), f"--report-to {name}: {out / folder} is not"),
+        (
+            lambda p: p.symlink_to("/proc/1"),
+            f"--report-to {name}: the folder {out / folder} cannot be written",
+        ),
+    ):
+        make(out / folder)
+        before = sorted(out.rglob("*"))
+        with pytest.raises(UserError) as refused:
+            training.train(run_config(world, out), True, log_settings=settings)
+        assert str(refused.value).startswith(message), refused.value
+        assert sorted(out.rglob("*")) == before  # nothing written
+        (out / folder).unlink()

@@ -164,15 +164,15 @@ def test_export_refuses_non_finite_weights(nan_run, tmp_path):
     with pytest.raises(UserError) as refused:
         export_run(nan_run, tmp_path / "export")
     assert str(refused.value).startswith(
-        f"{nan_run / 'checkpoints' / 'best.pt'} holds weights that are not finite "
-        "(head.logit_scale and 0 more)"
+        f"{nan_run / 'checkpoints' / 'best.pt'} holds weights that are not finite (NaN or "
+        "infinity) in head.logit_scale, "
     )
     assert not (tmp_path / "export").exists()
 
 
-def test_predict_never_gives_non_finite_probabilities(world, nan_run):
+def test_predict_refuses_non_finite_weights_before_any_probability(world, nan_run):
     video = world["root"] / "clips" / "c2_3.mp4"
-    with pytest.raises(UserError, match="gives probabilities that are not finite for"):
+    with pytest.raises(UserError, match="holds weights that are not finite .* in head.logit_sc"):
         predict_video(nan_run, video, device="cpu")
 
 
