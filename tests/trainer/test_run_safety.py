@@ -17,7 +17,14 @@ from storyboard_common.subtexts import read_subtexts
 from testkit.cli import lines
 from testkit.list_runs import make_cache, run_config
 from trainer import training
-from trainer.cache.store import SHARDS_DIR, FeatureCache, read_meta
+from trainer.cache.store import (
+    INDEX_FILE,
+    INDEX_SCHEMA,
+    SHARDS_DIR,
+    FeatureCache,
+    file_crc32,
+    read_meta,
+)
 from trainer.data.items import SplitList
 from trainer.data.protocols import load_item_list
 from trainer.paths import RUN_LOCK
@@ -200,6 +207,11 @@ def test_non_finite_cached_features_are_refused_naming_the_shard(world, tmp_path
     features = np.load(shard)
     features[4, 1, 0] = np.nan
     np.save(shard, features)
+    # as an encoder that produced NaN wrote it: the index records the shard's new CRC-32
+    index = pq.read_table(out / INDEX_FILE, schema=INDEX_SCHEMA).to_pandas()
+    row = (index["split"] == "train") & (index["shard"] == 0)
+    index.loc[row, "shard_crc32"] = file_crc32(shard)
+    pq.write_table(pa.Table.from_pandas(index, schema=INDEX_SCHEMA), out / INDEX_FILE)
     cache = FeatureCache(out, {}, {"train": 9, "test": 3})
     assert read_meta(out)["views"] == 1
     assert np.isfinite(cache.read("train", 3, [0])).all()
