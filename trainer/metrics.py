@@ -1,4 +1,5 @@
-"""Evaluation metrics: top-k, per-class and mean class accuracy, mAP, multi-view averaging.
+"""Evaluation metrics: top-k, per-class and mean class accuracy, mAP, multi-view averaging,
+and the spread of a metric over runs (`spread`: mean and 95% t-interval).
 
 Pure functions: inputs are numpy arrays or torch tensors (any device), outputs numpy arrays
 or Python floats. Accuracies are fractions in [0, 1].
@@ -6,6 +7,7 @@ or Python floats. Accuracies are fractions in [0, 1].
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 
 import numpy as np
@@ -109,3 +111,54 @@ def confusion_matrix(pred, labels, num_classes: int) -> np.ndarray:
     pred, labels = _numpy(pred).astype(np.int64), _numpy(labels).astype(np.int64)
     flat = np.bincount(labels * num_classes + pred, minlength=num_classes * num_classes)
     return flat.reshape(num_classes, num_classes)
+
+
+# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom (then ~1.96).
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
+
+
+def spread(values: Sequence[float]) -> dict:
+    """{mean, std, ci95, n} of a metric over seeds: `std` is the sample standard deviation
+    (ddof 1), `ci95` the half-width of the 95% Student-t interval of the mean,
+    t_{0.975, n-1} * std / sqrt(n). With one value, std and ci95 are None."""
+    x = np.asarray(list(values), dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("spread of no values")
+    out = {"mean": float(x.mean()), "std": None, "ci95": None, "n": int(x.size)}
+    if x.size > 1:
+        std = float(x.std(ddof=1))
+        dof = x.size - 1
+        t = _T975[dof - 1] if dof <= len(_T975) else 1.96
+        out.update(std=std, ci95=t * std / math.sqrt(x.size))
+    return out

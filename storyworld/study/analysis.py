@@ -1,7 +1,7 @@
 """The study's statistics and references, as pure functions (arrays in, numbers out).
 
-* `spread`: mean, sample standard deviation and the half-width of a 95% t-interval of a
-  metric over seeds.
+* `spread` (from `trainer.metrics`, shared with `trainer reproduce`): mean, sample standard
+  deviation and the half-width of a 95% t-interval of a metric over seeds.
 * `wilson_interval`: a 95% interval for one accuracy from its hits and trials (one seed).
 * `linear_probe`: what a bag of frames can reach: multinomial logistic regression on
   standardised, mean-pooled frame features.
@@ -26,57 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainer.metrics import spread
 from trainer.model.aggregation import ClassText, class_logits, coarse_importance, fine_importance
-
-# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom (then ~1.96).
-_T975 = (
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-)
-
-
-def spread(values: Sequence[float]) -> dict:
-    """{mean, std, ci95, n} of a metric over seeds: `std` is the sample standard deviation
-    (ddof 1), `ci95` the half-width of the 95% Student-t interval of the mean,
-    t_{0.975, n-1} * std / sqrt(n). With one value, std and ci95 are None."""
-    x = np.asarray(list(values), dtype=np.float64)
-    if x.size == 0:
-        raise ValueError("spread of no values")
-    out = {"mean": float(x.mean()), "std": None, "ci95": None, "n": int(x.size)}
-    if x.size > 1:
-        std = float(x.std(ddof=1))
-        dof = x.size - 1
-        t = _T975[dof - 1] if dof <= len(_T975) else 1.96
-        out.update(std=std, ci95=t * std / math.sqrt(x.size))
-    return out
 
 
 def wilson_interval(hits: int, trials: int, z: float = 1.96) -> tuple[float, float]:
