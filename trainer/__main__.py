@@ -227,6 +227,44 @@ def presets() -> None:
         console.print(f"{name}: {path}", **_PLAIN)
 
 
+@app.command()
+def reproduce(
+    row: str = typer.Argument(None, help="The row's id (`--list` shows them)."),
+    rows: Path = typer.Option(
+        None, help="A row file of your own (YAML, the shipped paper_rows.yaml's format)."
+    ),
+    runs: Path = typer.Option(
+        Path("runs/reproduce"),
+        help="Where each row's runs and reproduction.md/.json go (one folder per row).",
+    ),
+    list_rows: bool = typer.Option(
+        False, "--list", help="Every row: its command, the paper's number, GPU hours."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs it would make."),
+) -> None:
+    """Run one row of the paper's tables with its protocol (every fold and seed it averages),
+    reusing finished runs and resuming killed ones, and write reproduction.md and
+    reproduction.json: the paper's number beside ours (mean and 95% interval)."""
+    from . import reproduce as rows_module
+
+    table = rows_module.load_rows(rows)
+    if list_rows:
+        console.print(rows_module.list_table(table), **_PLAIN)
+        return
+    if row is None:
+        raise UserError("name a ROW (`reproduce --list` shows them).")
+    chosen = rows_module.row_named(table, row)
+    if dry_run:
+        for planned in rows_module.plan(table, chosen, runs):
+            console.print(rows_module.command(planned), **_PLAIN)
+        return
+    from .evaluation import evaluate_checkpoint
+    from .training import train
+
+    out = rows_module.reproduce(table, chosen, runs, train, evaluate_checkpoint)
+    console.print(f"wrote {out / 'reproduction.md'} and reproduction.json", **_PLAIN)
+
+
 @app.command("cache-features")
 @with_settings(
     "dataset",

@@ -26,6 +26,7 @@ SHIPPED = (
     "trainer/configs/ucf101-2shot.yaml",
     "trainer/configs/k400-2shot.yaml",
     "trainer/configs/charades.yaml",
+    "trainer/paper_rows.yaml",
 )
 
 
