@@ -94,8 +94,8 @@ def load_rows(path: Path | None = None) -> dict[str, Row]:
             raise UserError(f"{where} {what}.")
         if entry["metric"] not in METRICS:
             raise UserError(f"{where}: metric must be one of {', '.join(METRICS)}.")
-        if (entry.get("preset") is None) == (entry.get("zero_shot") is None):
-            raise UserError(f"{where} needs either preset (training) or zero_shot.")
+        if entry.get("zero_shot") is not None and (entry.get("preset") or entry.get("settings")):
+            raise UserError(f"{where}: a zero_shot row trains nothing (no preset or settings).")
         row = Row(
             **{
                 **entry,
