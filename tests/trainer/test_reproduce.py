@@ -131,7 +131,20 @@ def _tiny_row_file(world, path):
                     "folds": ["1"],
                     "seeds": [1, 2],
                     "gpu_hours_per_run": 0.0,
-                }
+                },
+                {
+                    "id": "tiny-zero-shot",
+                    "table": "test",
+                    "description": "tiny's models on the list world again, as zero-shot",
+                    "metric": "top1",
+                    "zero_shot": {
+                        "from": "tiny",
+                        "dataset": "list",
+                        "settings": {"root": settings["root"], "device": "cpu", "workers": 0},
+                    },
+                    "folds": ["1"],
+                    "gpu_hours_per_run": 0.0,
+                },
             ]
         )
     )
@@ -181,3 +194,11 @@ def test_a_row_end_to_end_resumed_after_a_crash(world, tmp_path):
     trained.clear()  # everything finished: a rerun trains nothing
     reproduce.reproduce(rows, rows["tiny"], runs, counting, evaluate_checkpoint)
     assert trained == []
+
+    # the zero-shot row evaluates tiny's two models (reused) and averages the two numbers
+    out = reproduce.reproduce(rows, rows["tiny-zero-shot"], runs, counting, evaluate_checkpoint)
+    assert trained == []
+    report = json.loads((out / "reproduction.json").read_text())
+    kept = [json.loads((out / f"seed{s}-fold1-on-fold1.json").read_text())["top1"] for s in (1, 2)]
+    assert list(report["runs"].values()) == kept
+    assert report["ours"]["mean"] == pytest.approx(sum(kept) / 2)
