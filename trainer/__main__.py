@@ -229,7 +229,7 @@ def presets() -> None:
 
 @app.command()
 def reproduce(
-    row: str = typer.Argument(None, help="The row's id (`--list` shows them)."),
+    row: str = typer.Argument(None, metavar="ROW", help="The row's id (`--list` shows them)."),
     rows: Path = typer.Option(
         None, help="A row file of your own (YAML, the shipped paper_rows.yaml's format)."
     ),

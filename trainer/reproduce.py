@@ -324,6 +324,16 @@ def run_environments(run_dirs: list[Path]) -> list[dict]:
     return seen
 
 
+def evaluation_hardware(evaluations: list[PlannedRun]) -> list[dict]:
+    """The device this process evaluated on (a zero-shot row's evaluations: one process)."""
+    from storyboard_common.device import resolve_device
+
+    from .environment import device_name
+
+    devices = {resolve_device(run.evaluate.get("device", "auto")) for run in evaluations}
+    return [{"device_name": device_name(d), "world_size": 1} for d in sorted(devices, key=str)]
+
+
 def training_seconds(run_dirs: list[Path]) -> float:
     """The epochs' training time summed over the runs (metrics.jsonl's `seconds`)."""
     return float(sum(line.get("seconds", 0.0) for d in run_dirs for line in read_metrics(d)))
@@ -356,6 +366,7 @@ def reproduction(
             for r in planned
         },
         "hardware": run_environments(trained),
+        "evaluated_on": evaluation_hardware([r for r in own if not r.is_training]),
         "training_seconds": training_seconds(trained),
         "zoo_line": zoo_line(row, ours),
         "started": started,
@@ -366,10 +377,10 @@ def reproduction(
 def reproduction_markdown(report: dict) -> str:
     """reproduction.md: what reproduction.json holds, for reading."""
     paper = shown(report["paper"]) or f"not available ({report['paper_note']})"
-    hardware = (
-        "; ".join(f"{h['device_name']} x {h['world_size']}" for h in report["hardware"])
-        or "not recorded"
-    )
+
+    def machines(entries: list[dict]) -> str:
+        return "; ".join(f"{h['device_name']} x {h['world_size']}" for h in entries) or "none"
+
     lines = [
         f"# {report['row']}: {report['description']}",
         "",
@@ -377,7 +388,12 @@ def reproduction_markdown(report: dict) -> str:
         "",
         f"* paper: {paper}",
         f"* ours: {interval_text(report['ours'])}, mean ± 95% t-interval over the runs below",
-        f"* hardware: {hardware}",
+        f"* trained on: {machines(report['hardware'])} (device x processes)",
+        *(
+            [f"* evaluated on: {machines(report['evaluated_on'])}"]
+            if report["evaluated_on"]
+            else []
+        ),
         f"* training time: {report['training_seconds'] / 3600:.2f} h (summed over the runs)",
         f"* started {report['started']}, finished {report['finished']}",
         "",

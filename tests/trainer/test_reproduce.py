@@ -201,4 +201,5 @@ def test_a_row_end_to_end_resumed_after_a_crash(world, tmp_path):
     report = json.loads((out / "reproduction.json").read_text())
     kept = [json.loads((out / f"seed{s}-fold1-on-fold1.json").read_text())["top1"] for s in (1, 2)]
     assert list(report["runs"].values()) == kept
+    assert report["evaluated_on"][0]["world_size"] == 1 and report["hardware"]
     assert report["ours"]["mean"] == pytest.approx(sum(kept) / 2)
