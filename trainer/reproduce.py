@@ -57,7 +57,7 @@ class Row:
 class PlannedRun:
     """A training run (`settings`: the RunConfig's, `out` included) or a zero-shot
     evaluation of a training run's folder (`source`) with `evaluate` (evaluate_checkpoint's
-    arguments); `result` is where the evaluation's metrics are kept."""
+    arguments)."""
 
     row: str
     name: str
@@ -94,8 +94,11 @@ def load_rows(path: Path | None = None) -> dict[str, Row]:
             raise UserError(f"{where} {what}.")
         if entry["metric"] not in METRICS:
             raise UserError(f"{where}: metric must be one of {', '.join(METRICS)}.")
-        if entry.get("zero_shot") is not None and (entry.get("preset") or entry.get("settings")):
+        zero_shot = entry.get("zero_shot")
+        if zero_shot is not None and (entry.get("preset") or entry.get("settings")):
             raise UserError(f"{where}: a zero_shot row trains nothing (no preset or settings).")
+        if zero_shot is not None and not (isinstance(zero_shot, dict) and "dataset" in zero_shot):
+            raise UserError(f"{where}: zero_shot needs from (a row) and dataset.")
         row = Row(
             **{
                 **entry,

@@ -8,19 +8,6 @@ import pytest
 from storyworld.study import analysis
 
 
-def test_spread_is_mean_sample_std_and_t_interval():
-    s = analysis.spread([0.5, 0.6, 0.7])
-    assert s["mean"] == pytest.approx(0.6) and s["n"] == 3
-    assert s["std"] == pytest.approx(0.1)  # ddof 1
-    assert s["ci95"] == pytest.approx(4.303 * 0.1 / math.sqrt(3))
-    one = analysis.spread([0.25])
-    assert one == {"mean": 0.25, "std": None, "ci95": None, "n": 1}
-    many = analysis.spread(np.arange(40) / 40)
-    assert many["ci95"] == pytest.approx(1.96 * many["std"] / math.sqrt(40))
-    with pytest.raises(ValueError):
-        analysis.spread([])
-
-
 def test_wilson_interval_by_hand():
     # 8 of 10: centre (0.8 + 1.96^2/20) / (1 + 1.96^2/10), the textbook [0.490, 0.943].
     low, high = analysis.wilson_interval(8, 10)

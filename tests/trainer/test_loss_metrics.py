@@ -13,6 +13,7 @@ from trainer.metrics import (
     mean_average_precision,
     mean_class_accuracy,
     per_class_accuracy,
+    spread,
     topk_accuracy,
 )
 
@@ -157,3 +158,16 @@ def test_average_views_averages_softmax_in_first_seen_order():
 def test_confusion_matrix():
     got = confusion_matrix(np.array([0, 1, 1, 2, 2]), np.array([0, 1, 2, 2, 0]), 3)
     np.testing.assert_array_equal(got, [[1, 0, 1], [0, 1, 0], [0, 1, 1]])
+
+
+def test_spread_is_mean_sample_std_and_t_interval():
+    s = spread([0.5, 0.6, 0.7])
+    assert s["mean"] == pytest.approx(0.6) and s["n"] == 3
+    assert s["std"] == pytest.approx(0.1)  # ddof 1
+    assert s["ci95"] == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    one = spread([0.25])
+    assert one == {"mean": 0.25, "std": None, "ci95": None, "n": 1}
+    many = spread(np.arange(40) / 40)
+    assert many["ci95"] == pytest.approx(1.96 * many["std"] / math.sqrt(40))
+    with pytest.raises(ValueError):
+        spread([])
