@@ -49,7 +49,7 @@ from trainer.checkpoints import atomic_save
 from trainer.data.transforms import normalise_clips
 from trainer.data.video import open_video, read_frames
 from trainer.model.aggregation import subtext_frame_similarity
-from trainer.progress import progress_bar
+from trainer.progress import Heartbeat, progress_bar
 from trainer.schedule import make_optimizer, make_scheduler
 
 from . import WORLD_CLIP
@@ -253,6 +253,7 @@ def pretrain_clip(
     max_steps: int | None = None,
     force: bool = False,
     objective: str = "pooled",
+    heartbeat: Heartbeat | None = None,
 ) -> Path:
     """Train `clip_model` (random init) on the split's (frame, atomic caption) pairs; save
     its `state_dict` to `out` atomically and return `out`.
@@ -260,6 +261,7 @@ def pretrain_clip(
     An existing `out` is returned as is, without training, unless `force`. The run is
     deterministic for a seed (on CPU). `<out stem>.json` records the settings, the mean
     loss of each epoch and the training time. `max_steps` cuts the run short (tests).
+    `heartbeat` gets the epoch, step and loss after every step (for logs without the bar).
     """
     if objective not in OBJECTIVES:
         raise UserError(f"unknown --objective {objective!r}; choose {' or '.join(OBJECTIVES)}.")
@@ -288,6 +290,7 @@ def pretrain_clip(
         max_steps=max_steps,
         objective=objective,
         show_progress=show_progress,
+        heartbeat=heartbeat,
     )
     train_seconds = time.perf_counter() - train_started
 
@@ -333,6 +336,7 @@ def _train_clip(
     max_steps: int | None,
     objective: str,
     show_progress: bool,
+    heartbeat: Heartbeat | None,
 ) -> tuple[list[float], list[float]]:
     """Train `clip`'s model in place on the (frame, caption) `pairs` -> (every step's loss,
     each epoch's mean loss)."""
@@ -360,7 +364,9 @@ def _train_clip(
             model.logit_scale.clamp_(0, math.log(100))
         return float(loss.detach())
 
-    return _train_epochs(step, len(pairs), epochs, total, batch_size, generator, show_progress)
+    return _train_epochs(
+        step, len(pairs), epochs, total, batch_size, generator, show_progress, heartbeat
+    )
 
 
 def _train_epochs(
@@ -371,9 +377,11 @@ def _train_epochs(
     batch_size: int,
     generator: torch.Generator,
     show_progress: bool,
+    heartbeat: Heartbeat | None = None,
 ) -> tuple[list[float], list[float]]:
     """`step` over shuffled batches of the `frames` rows, epoch after epoch, for at most
-    `total` steps -> (every step's loss, each epoch's mean loss)."""
+    `total` steps -> (every step's loss, each epoch's mean loss); `heartbeat` beats after
+    each step."""
     step_losses: list[float] = []
     epoch_losses: list[float] = []
     with progress_bar(show_progress) as progress:
@@ -388,9 +396,10 @@ def _train_epochs(
                     break
                 losses.append(step(order[start : start + batch_size]))
                 step_losses.append(losses[-1])
-                progress.update(
-                    task, advance=1, info=f"epoch {epoch + 1}/{epochs} loss {losses[-1]:.3f}"
-                )
+                info = f"epoch {epoch + 1}/{epochs} loss {losses[-1]:.3f}"
+                progress.update(task, advance=1, info=info)
+                if heartbeat is not None:
+                    heartbeat.beat(f"pretrain CLIP: step {len(step_losses)}/{total}, {info}")
             if losses:
                 epoch_losses.append(sum(losses) / len(losses))
     return step_losses, epoch_losses

@@ -26,6 +26,7 @@ from subtext_gen.score import class_reports, score
 from trainer.cache.build import cache_features
 from trainer.cache.store import TEST, TRAIN, read_split
 from trainer.model.video_clip import clip_log_logit_scale
+from trainer.progress import Heartbeat
 from trainer.settings import RunConfig
 from trainer.subtexts import artifact_class_text
 
@@ -201,6 +202,7 @@ def prepare_clip(
         show_progress=False,
         frame_stride=design.clip_frame_stride,
         objective=objective,
+        heartbeat=Heartbeat(lambda line: say(f"  {objective}: {line}")),
     )
     record = json.loads(log_path(checkpoint).read_text())
     accuracy = frame_accuracies(
