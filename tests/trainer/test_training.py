@@ -18,6 +18,8 @@ from storyboard_common.errors import UserError
 from testkit.cli import REPO, TINY_CLIP_CONFIG, lines, trainer_cli
 from testkit.list_runs import CLASSES, run_args
 from trainer.config import resolve_config
+from trainer.settings import RunConfig
+from trainer.training import run_folders
 
 
 def test_tiny_run_lowers_the_loss_and_writes_the_run_directory(world, tmp_path):
@@ -26,8 +28,13 @@ def test_tiny_run_lowers_the_loss_and_writes_the_run_directory(world, tmp_path):
         [*run_args(world, out), "--json"], cwd=REPO, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    (result_line,) = done.stdout.strip().splitlines()  # --json: stdout is the JSON alone
+    result = json.loads(result_line)
     assert 0 <= result["top1"] <= 1 and result["n"] == 3
+    assert done.stderr.splitlines()[-2:] == [
+        f"run folder: {out}",
+        f"evaluate: python -m trainer eval --checkpoint {out}",
+    ]
     log = lines(out / "metrics.jsonl")
     train = [x for x in log if "train_loss" in x]
     assert len(train) == 4 and train[-1]["train_loss"] < train[0]["train_loss"]
@@ -488,3 +495,16 @@ def test_split_all_trains_each_fold_in_its_folder_and_reports_their_mean(tmp_pat
         0.0816, abs=1e-4
     )
     assert training.train_folds(RunConfig(dataset="hmdb51", split="2", out=tmp_path))["top1"] == 0.2
+
+
+def test_run_folders_are_the_out_folder_or_one_per_fold():
+    out = Path("runs/x")
+    assert run_folders(RunConfig(dataset="list", out=out)) == [out]
+    assert run_folders(RunConfig(dataset="hmdb51", split="all", out=out)) == [
+        out / "fold1",
+        out / "fold2",
+        out / "fold3",
+    ]
+    assert run_folders(RunConfig(dataset="hmdb51", shots=2, split="1")) == [
+        Path("runs/hmdb51-2shot-split1-coarse+fine-seed0")
+    ]
