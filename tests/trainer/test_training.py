@@ -19,6 +19,7 @@ from testkit.cli import REPO, TINY_CLIP_CONFIG, lines, trainer_cli
 from testkit.list_runs import CLASSES, run_args
 from trainer.config import resolve_config
 from trainer.settings import RunConfig
+from trainer.subtexts import require_subtexts
 from trainer.training import run_folders
 
 
@@ -508,3 +509,41 @@ def test_run_folders_are_the_out_folder_or_one_per_fold():
     assert run_folders(RunConfig(dataset="hmdb51", shots=2, split="1")) == [
         Path("runs/hmdb51-2shot-split1-coarse+fine-seed0")
     ]
+
+
+def test_a_missing_artifact_names_those_scored_for_the_dataset_and_their_flags(
+    world, tmp_path, monkeypatch
+):
+    """The list world's artifact (scored with the tiny CLIP's checkpoint) in its default
+    place is selected by the CLIP flags; a copy in a folder of another name by --subtexts."""
+    from storyboard_common.subtexts import read_meta
+
+    meta = read_meta(world["subtexts"])
+    name, _, digest = meta["clip_pretrained"].partition("@")
+    assert (meta["clip_model"], name, len(digest)) == ("TinyCLIP-test", world["ckpt"].name, 12)
+    monkeypatch.setenv("STORYBOARD_ARTIFACTS", str(tmp_path))
+    missing = tmp_path / "none.parquet"
+    with pytest.raises(UserError) as none:
+        require_subtexts(missing, "list")
+    assert str(none.value) == (
+        f"sub-text artifact not found: {missing}. No artifact is scored for list under "
+        f"{tmp_path}: `python -m subtext_gen score --tpp --dataset list --clip-model ... "
+        "--clip-pretrained ...` scores one for another CLIP."
+    )
+    placed = tmp_path / "list" / f"TinyCLIP-test__{name}" / "subtexts.parquet"
+    moved = tmp_path / "list" / "mine" / "subtexts.parquet"
+    for copy in (placed, moved):
+        copy.parent.mkdir(parents=True)
+        shutil.copy(world["subtexts"], copy)
+    (tmp_path / "list" / "broken").mkdir()
+    (tmp_path / "list" / "broken" / "subtexts.parquet").write_text("not parquet")
+    with pytest.raises(UserError) as two:
+        require_subtexts(missing, "list")
+    weights = f"PATH/{name} (the checkpoint it was scored with)"
+    flags = f"--clip-model TinyCLIP-test --clip-pretrained {weights}"
+    assert str(two.value) == (
+        f"sub-text artifact not found: {missing}. Scored for list: {placed} ({flags}); "
+        f"{moved} (--subtexts {moved} {flags}); or `python -m subtext_gen score --tpp "
+        "--dataset list --clip-model ... --clip-pretrained ...` scores one for another CLIP."
+    )
+    assert require_subtexts(placed, "list") == placed
