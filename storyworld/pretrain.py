@@ -123,12 +123,17 @@ def load_frame_pairs(
     split: str = "train.txt",
     frame_stride: int = 1,
     frame_offset: int = 0,
+    heartbeat: Heartbeat | None = None,
 ) -> FramePairs:
     """Every `frame_stride`-th frame (from `frame_offset`) of the split's videos, resized to
-    image_size x image_size, with its atomic-action caption; each video is decoded once."""
+    image_size x image_size, with its atomic-action caption; each video is decoded once.
+    `heartbeat` beats after each video."""
     captions = load_atomic_captions(world_root)
     images, caption_ids, video_ids = [], [], []
-    for row, video in enumerate(_split_videos(world_dataset, split)):
+    videos = _split_videos(world_dataset, split)
+    for row, video in enumerate(videos):
+        if heartbeat is not None:
+            heartbeat.beat(f"reading the frames of {split}: video {row + 1}/{len(videos)}")
         labels_path = video.with_suffix(".json")
         if not labels_path.is_file():
             raise UserError(f"no per-frame labels {labels_path} beside {video}.")
@@ -261,7 +266,8 @@ def pretrain_clip(
     An existing `out` is returned as is, without training, unless `force`. The run is
     deterministic for a seed (on CPU). `<out stem>.json` records the settings, the mean
     loss of each epoch and the training time. `max_steps` cuts the run short (tests).
-    `heartbeat` gets the epoch, step and loss after every step (for logs without the bar).
+    `heartbeat` beats while the frames are read and after every step (epoch, loss), for
+    logs without the bar.
     """
     if objective not in OBJECTIVES:
         raise UserError(f"unknown --objective {objective!r}; choose {' or '.join(OBJECTIVES)}.")
@@ -273,7 +279,9 @@ def pretrain_clip(
     clip = load_clip(clip_model, "none", str(torch_device))
     model = clip.model.train().requires_grad_(True)
     started = time.perf_counter()
-    pairs = load_frame_pairs(world_dataset, world_root, clip.image_size, split, frame_stride)
+    pairs = load_frame_pairs(
+        world_dataset, world_root, clip.image_size, split, frame_stride, heartbeat=heartbeat
+    )
     load_seconds = time.perf_counter() - started
     train_started = time.perf_counter()
     step_losses, epoch_losses = _train_clip(
@@ -478,12 +486,14 @@ def frame_accuracies(
     device: str = "auto",
     batch_size: int = 256,
     by: Sequence[str] = CAPTION_FEATURES,
+    heartbeat: Heartbeat | None = None,
 ) -> dict[str, float]:
     """`evaluate_frame_accuracy` for several caption features at once: the CLIP is loaded,
-    the videos decoded and the frames encoded once. -> {features: accuracy}."""
+    the videos decoded and the frames encoded once (`heartbeat` beats after each video).
+    -> {features: accuracy}."""
     clip = load_clip(clip_model, str(checkpoint), device)
     pairs = load_frame_pairs(
-        world_dataset, world_root, clip.image_size, split, frame_stride, frame_offset
+        world_dataset, world_root, clip.image_size, split, frame_stride, frame_offset, heartbeat
     )
     nearest = nearest_captions(clip, pairs, by, batch_size)
     return {b: float((ids == pairs.caption_ids).float().mean()) for b, ids in nearest.items()}

@@ -306,8 +306,8 @@ def test_same_seed_same_weights(world, tmp_path):
 
 
 def test_pretraining_says_epoch_loss_and_time_whenever_ten_seconds_passed(world, tmp_path):
-    """`make demo` shows its CLIP pre-training alive: a line after a step once 10 s (of the
-    clock given; here 6 s a step) passed since the last line, with the step's loss."""
+    """`make demo` shows its CLIP pre-training alive: a line before a video is read or after
+    a step once 10 s (of the clock given; here 6 s each) passed since the last line."""
     root, dataset = world
     ticks = iter(range(0, 1000, 6))
     lines: list[str] = []
@@ -325,7 +325,9 @@ def test_pretraining_says_epoch_loss_and_time_whenever_ten_seconds_passed(world,
         heartbeat=heartbeat,
     )
     losses = json.loads(log_path(path).read_text())["step_losses"]
-    assert lines == [
-        f"pretrain CLIP: step 2/4, epoch 1/2 loss {losses[1]:.3f}, 12s elapsed",
-        f"pretrain CLIP: step 4/4, epoch 2/2 loss {losses[3]:.3f}, 24s elapsed",
+    assert lines == [  # 4 videos read, then 4 steps
+        "reading the frames of train.txt: video 2/4, 12s elapsed",
+        "reading the frames of train.txt: video 4/4, 24s elapsed",
+        f"pretrain CLIP: step 2/4, epoch 1/2 loss {losses[1]:.3f}, 36s elapsed",
+        f"pretrain CLIP: step 4/4, epoch 2/2 loss {losses[3]:.3f}, 48s elapsed",
     ]
