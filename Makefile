@@ -19,9 +19,16 @@ PY_DIRS := storyboard_common subtext_gen trainer storyworld testkit tests bench
 
 .PHONY: setup test test-all demo study demo-subtexts subtexts score show bench gpu-check lint clean
 
+# TORCH=cpu (or a CUDA tag such as cu121) installs torch and torchvision from that index of
+# PyTorch's own first, which the project then keeps: `make setup TORCH=cpu` on a machine
+# without a GPU spares it PyPI's CUDA build (several GB). Unset: PyPI's default build.
+TORCH ?=
+TORCH_INDEX := https://download.pytorch.org/whl
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(if $(TORCH),$(BIN)/pip install --quiet torch torchvision --index-url $(TORCH_INDEX)/$(TORCH))
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

@@ -49,7 +49,7 @@ from trainer.checkpoints import atomic_save
 from trainer.data.transforms import normalise_clips
 from trainer.data.video import open_video, read_frames
 from trainer.model.aggregation import subtext_frame_similarity
-from trainer.progress import progress_bar
+from trainer.progress import Heartbeat, progress_bar
 from trainer.schedule import make_optimizer, make_scheduler
 
 from . import WORLD_CLIP
@@ -123,12 +123,17 @@ def load_frame_pairs(
     split: str = "train.txt",
     frame_stride: int = 1,
     frame_offset: int = 0,
+    heartbeat: Heartbeat | None = None,
 ) -> FramePairs:
     """Every `frame_stride`-th frame (from `frame_offset`) of the split's videos, resized to
-    image_size x image_size, with its atomic-action caption; each video is decoded once."""
+    image_size x image_size, with its atomic-action caption; each video is decoded once.
+    `heartbeat` beats after each video."""
     captions = load_atomic_captions(world_root)
     images, caption_ids, video_ids = [], [], []
-    for row, video in enumerate(_split_videos(world_dataset, split)):
+    videos = _split_videos(world_dataset, split)
+    for row, video in enumerate(videos):
+        if heartbeat is not None:
+            heartbeat.beat(f"reading the frames of {split}: video {row + 1}/{len(videos)}")
         labels_path = video.with_suffix(".json")
         if not labels_path.is_file():
             raise UserError(f"no per-frame labels {labels_path} beside {video}.")
@@ -253,6 +258,7 @@ def pretrain_clip(
     max_steps: int | None = None,
     force: bool = False,
     objective: str = "pooled",
+    heartbeat: Heartbeat | None = None,
 ) -> Path:
     """Train `clip_model` (random init) on the split's (frame, atomic caption) pairs; save
     its `state_dict` to `out` atomically and return `out`.
@@ -260,6 +266,8 @@ def pretrain_clip(
     An existing `out` is returned as is, without training, unless `force`. The run is
     deterministic for a seed (on CPU). `<out stem>.json` records the settings, the mean
     loss of each epoch and the training time. `max_steps` cuts the run short (tests).
+    `heartbeat` beats while the frames are read and after every step (epoch, loss), for
+    logs without the bar.
     """
     if objective not in OBJECTIVES:
         raise UserError(f"unknown --objective {objective!r}; choose {' or '.join(OBJECTIVES)}.")
@@ -271,7 +279,9 @@ def pretrain_clip(
     clip = load_clip(clip_model, "none", str(torch_device))
     model = clip.model.train().requires_grad_(True)
     started = time.perf_counter()
-    pairs = load_frame_pairs(world_dataset, world_root, clip.image_size, split, frame_stride)
+    pairs = load_frame_pairs(
+        world_dataset, world_root, clip.image_size, split, frame_stride, heartbeat=heartbeat
+    )
     load_seconds = time.perf_counter() - started
     train_started = time.perf_counter()
     step_losses, epoch_losses = _train_clip(
@@ -288,6 +298,7 @@ def pretrain_clip(
         max_steps=max_steps,
         objective=objective,
         show_progress=show_progress,
+        heartbeat=heartbeat,
     )
     train_seconds = time.perf_counter() - train_started
 
@@ -333,6 +344,7 @@ def _train_clip(
     max_steps: int | None,
     objective: str,
     show_progress: bool,
+    heartbeat: Heartbeat | None,
 ) -> tuple[list[float], list[float]]:
     """Train `clip`'s model in place on the (frame, caption) `pairs` -> (every step's loss,
     each epoch's mean loss)."""
@@ -360,7 +372,9 @@ def _train_clip(
             model.logit_scale.clamp_(0, math.log(100))
         return float(loss.detach())
 
-    return _train_epochs(step, len(pairs), epochs, total, batch_size, generator, show_progress)
+    return _train_epochs(
+        step, len(pairs), epochs, total, batch_size, generator, show_progress, heartbeat
+    )
 
 
 def _train_epochs(
@@ -371,9 +385,11 @@ def _train_epochs(
     batch_size: int,
     generator: torch.Generator,
     show_progress: bool,
+    heartbeat: Heartbeat | None = None,
 ) -> tuple[list[float], list[float]]:
     """`step` over shuffled batches of the `frames` rows, epoch after epoch, for at most
-    `total` steps -> (every step's loss, each epoch's mean loss)."""
+    `total` steps -> (every step's loss, each epoch's mean loss); `heartbeat` beats after
+    each step."""
     step_losses: list[float] = []
     epoch_losses: list[float] = []
     with progress_bar(show_progress) as progress:
@@ -388,9 +404,10 @@ def _train_epochs(
                     break
                 losses.append(step(order[start : start + batch_size]))
                 step_losses.append(losses[-1])
-                progress.update(
-                    task, advance=1, info=f"epoch {epoch + 1}/{epochs} loss {losses[-1]:.3f}"
-                )
+                info = f"epoch {epoch + 1}/{epochs} loss {losses[-1]:.3f}"
+                progress.update(task, advance=1, info=info)
+                if heartbeat is not None:
+                    heartbeat.beat(f"pretrain CLIP: step {len(step_losses)}/{total}, {info}")
             if losses:
                 epoch_losses.append(sum(losses) / len(losses))
     return step_losses, epoch_losses
@@ -469,12 +486,14 @@ def frame_accuracies(
     device: str = "auto",
     batch_size: int = 256,
     by: Sequence[str] = CAPTION_FEATURES,
+    heartbeat: Heartbeat | None = None,
 ) -> dict[str, float]:
     """`evaluate_frame_accuracy` for several caption features at once: the CLIP is loaded,
-    the videos decoded and the frames encoded once. -> {features: accuracy}."""
+    the videos decoded and the frames encoded once (`heartbeat` beats after each video).
+    -> {features: accuracy}."""
     clip = load_clip(clip_model, str(checkpoint), device)
     pairs = load_frame_pairs(
-        world_dataset, world_root, clip.image_size, split, frame_stride, frame_offset
+        world_dataset, world_root, clip.image_size, split, frame_stride, frame_offset, heartbeat
     )
     nearest = nearest_captions(clip, pairs, by, batch_size)
     return {b: float((ids == pairs.caption_ids).float().mean()) for b, ids in nearest.items()}

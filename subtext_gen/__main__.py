@@ -63,7 +63,9 @@ def _artifacts_dir(dataset: str | None, artifacts: Path | None) -> Path:
 def generate(
     llm: LLM = typer.Option(LLM.openai, help="Backend: openai (or compatible), llava, file."),
     dataset: str = typer.Option(
-        None, help="A shipped class list (storyboard_common/data/<NAME>/classes.csv)."
+        None,
+        help="A shipped class list: hmdb51, ucf101, ssv2 or demo (6 HMDB-51 classes, "
+        "`make demo-subtexts`'s), from storyboard_common/data/<NAME>/classes.csv.",
     ),
     classes: Path = typer.Option(
         None, help="A class list: csv `id,name`, JSON label map or list, or a txt list."

@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 import json
 import os
+import shlex
 import sys
 import typing
 from pathlib import Path
@@ -209,12 +210,13 @@ def run(
     """Train and evaluate (supervised, few-shot), writing a run directory."""
     from .config import resolve_config
     from .run_log import LogSettings, parse_report_to
-    from .training import train_folds
+    from .training import run_folders, train_folds
 
     bounded(log_every=log_every)
     log_settings = LogSettings(log_every, parse_report_to(report_to))
     cfg = resolve_config(settings.pop("preset"), settings, config, resume)
     _print_result(train_folds(cfg, resume, not as_json, log_settings), as_json)
+    _print_run_folders(run_folders(cfg), as_json)
 
 
 @app.command()
@@ -518,6 +520,23 @@ def _print_result(result: dict, as_json: bool) -> None:
     for key, value in result.items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+def _print_run_folders(folders: list[Path], as_json: bool) -> None:
+    """Where a run wrote and the command that evaluates it; on stderr under --json, whose
+    stdout is the JSON alone."""
+    if not _speaks():
+        return
+    for folder in folders:
+        quoted = shlex.quote(str(folder))
+        for line in (
+            f"run folder: {folder}",
+            f"evaluate: python -m trainer eval --checkpoint {quoted}",
+        ):
+            if as_json:
+                print(line, file=sys.stderr)
+            else:
+                console.print(line, **_PLAIN)
 
 
 # Commands that moved to the storyboard world's own CLI (`python -m storyworld`): an older

@@ -39,7 +39,7 @@ from .model.aggregation import ClassText
 from .model.video_clip import UNTRAINED_LOG_LOGIT_SCALE, VideoCLIP, build_model, video_model
 from .paths import default_subtexts
 from .settings import ModelConfig, RunConfig, flag_name
-from .subtexts import TrainedTexts, artifact_class_text, recorded_texts
+from .subtexts import TrainedTexts, artifact_class_text, recorded_texts, require_subtexts
 
 
 @dataclass
@@ -119,7 +119,7 @@ def build(
     `clip` is given) and the class texts of `subtexts`, on the run's device, with its
     record (`model_record`). `trained`: the texts its weights were trained with, which
     `subtexts` must still hold (checked before the CLIP is loaded)."""
-    artifact = read_subtexts(subtexts)
+    artifact = read_subtexts(require_subtexts(subtexts, cfg.dataset))
     if trained is not None:
         trained.check(artifact, subtexts)
     clip = clip or load_clip(cfg.clip_model, cfg.clip_pretrained, str(dist_info.device))

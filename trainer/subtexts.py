@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storyboard_common.errors import UserError
-from storyboard_common.subtexts import ArtifactMeta, SubtextArtifact
+from storyboard_common.files import artifacts_root
+from storyboard_common.subtexts import (
+    SUBTEXTS_FILE,
+    ArtifactMeta,
+    SubtextArtifact,
+    clip_tag,
+    read_meta,
+)
 
 from .model.aggregation import ClassText
 
@@ -25,6 +32,43 @@ def check_artifact_matches_clip(
         "`python -m subtext_gen score --tpp --clip-model ... --clip-pretrained ...` for this "
         "CLIP or pass the matching CLIP."
     )
+
+
+def require_subtexts(path: Path, dataset: str) -> Path:
+    """`path` when it is a file; else a UserError listing the artifacts scored for `dataset`
+    under the artifacts root and the flags that select each."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    found = []
+    for artifact in sorted((artifacts_root() / dataset).glob(f"*/{SUBTEXTS_FILE}")):
+        try:
+            meta = read_meta(artifact)
+        except UserError:
+            continue  # unreadable: not one to offer
+        found.append((artifact, meta.get("clip_model", "?"), meta.get("clip_pretrained", "?")))
+    raise UserError(f"sub-text artifact not found: {path}. " + artifact_choices(dataset, found))
+
+
+def artifact_choices(dataset: str, found: list[tuple[Path, str, str]]) -> str:
+    """What to pass instead, for the (artifact, CLIP model id, weights id) scored for
+    `dataset`: the CLIP flags that find an artifact in its default place, else --subtexts
+    with them; a checkpoint's weights id (`name@hash`) names the file to pass."""
+    score = (
+        f"`python -m subtext_gen score --tpp --dataset {dataset} --clip-model ... "
+        "--clip-pretrained ...` scores one for another CLIP"
+    )
+    if not found:
+        return f"No artifact is scored for {dataset} under {artifacts_root()}: {score}."
+    choices = []
+    for artifact, model, pretrained in found:
+        name, _, digest = pretrained.partition("@")
+        weights = f"PATH/{name} (the checkpoint it was scored with)" if digest else pretrained
+        flags = f"--clip-model {model} --clip-pretrained {weights}"
+        if artifact.parent.name != clip_tag(model, pretrained):  # moved: named by path
+            flags = f"--subtexts {artifact} {flags}"
+        choices.append(f"{artifact} ({flags})")
+    return f"Scored for {dataset}: {'; '.join(choices)}; or {score}."
 
 
 @dataclass(frozen=True)

@@ -507,19 +507,28 @@ def train_folds(
 ) -> dict:
     """`train` on the fold `cfg.split`; with --split all on a dataset of three folds, each
     fold in its own folder (`fold1`...) and the mean of their metrics (`summarise`)."""
-    if not (cfg.split == "all" and has_folds(cfg.dataset)):
+    folders = run_folders(cfg)
+    if len(folders) == 1:
         return train(cfg, resume, show_progress, log_settings)
-    base = cfg.out or default_run_dir(cfg)
     results = [
         train(
-            dataclasses.replace(cfg, split=str(k), out=base / f"fold{k}"),
+            dataclasses.replace(cfg, split=str(k), out=folder),
             resume,
             show_progress,
             log_settings,
         )
-        for k in (1, 2, 3)
+        for k, folder in enumerate(folders, start=1)
     ]
     return summarise(results)
+
+
+def run_folders(cfg: RunConfig) -> list[Path]:
+    """The run folders `train_folds` writes: `--out` (or the default run folder), or with
+    --split all on a dataset of three folds the folders `fold1`... in it."""
+    base = cfg.out or default_run_dir(cfg)
+    if cfg.split == "all" and has_folds(cfg.dataset):
+        return [base / f"fold{k}" for k in (1, 2, 3)]
+    return [base]
 
 
 def _train(

@@ -26,6 +26,7 @@ from subtext_gen.score import class_reports, score
 from trainer.cache.build import cache_features
 from trainer.cache.store import TEST, TRAIN, read_split
 from trainer.model.video_clip import clip_log_logit_scale
+from trainer.progress import Heartbeat
 from trainer.settings import RunConfig
 from trainer.subtexts import artifact_class_text
 
@@ -190,6 +191,7 @@ def prepare_clip(
     """Pre-train one world CLIP and make its sub-texts and caches; -> assets and the CLIP's
     own figures (frame-caption accuracy, pre-training, TPP kinds kept)."""
     base = work / objective.replace("+", "_")
+    heartbeat = Heartbeat(lambda line: say(f"  {objective}: {line}"))
     checkpoint = pretrain_clip(
         world.seen_root,
         world.out_dir,
@@ -201,10 +203,17 @@ def prepare_clip(
         show_progress=False,
         frame_stride=design.clip_frame_stride,
         objective=objective,
+        heartbeat=heartbeat,
     )
     record = json.loads(log_path(checkpoint).read_text())
     accuracy = frame_accuracies(
-        checkpoint, world.seen_root, world.out_dir, WORLD_CLIP, "test.txt", device="cpu"
+        checkpoint,
+        world.seen_root,
+        world.out_dir,
+        WORLD_CLIP,
+        "test.txt",
+        device="cpu",
+        heartbeat=heartbeat,
     )
     say(
         f"  {objective}: CLIP: {record['steps']} steps, final loss "

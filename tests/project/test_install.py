@@ -3,6 +3,8 @@ shell completion on both CLIs, the LICENSE and a CITATION.cff that parses."""
 
 import ast
 import re
+import shutil
+import subprocess
 import sys
 from importlib.metadata import packages_distributions
 
@@ -165,3 +167,32 @@ def test_citation_cff_is_valid_and_cites_the_paper_the_model_cards_cite():
         PAPER["authors"]
     )
     assert paper["doi"] == f"10.48550/arXiv.{PAPER['arxiv']}"
+
+
+def _setup_commands(tmp_path, *variables: str) -> list[str]:
+    """The commands `make setup` would run for a fresh `.venv` at tmp_path (`make -n`: printed,
+    not run)."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("no make on this machine")
+    venv = tmp_path / "venv"
+    done = subprocess.run(
+        [make, "-n", "-C", str(REPO), "setup", f"VENV={venv}", *variables],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [line.replace(str(venv), "VENV") for line in done.stdout.splitlines()]
+
+
+def test_make_setup_torch_cpu_installs_pytorchs_cpu_build_before_the_project(tmp_path):
+    """`make setup TORCH=cpu` takes torch and torchvision from PyTorch's CPU index first (the
+    project's install then keeps them); plain `make setup` (CI's) never names that index."""
+    project = "VENV/bin/pip install --quiet -e '.[dev]'"
+    cpu = "VENV/bin/pip install --quiet torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+    with_cpu = _setup_commands(tmp_path, "TORCH=cpu")
+    assert cpu in with_cpu and project in with_cpu
+    assert with_cpu.index(cpu) < with_cpu.index(project)
+    default = _setup_commands(tmp_path)
+    assert project in default
+    assert not any("download.pytorch.org" in line for line in default)

@@ -28,6 +28,7 @@ from storyworld.pretrain import (
 )
 from testkit.cli import REPO
 from trainer.data.transforms import normalise_clips
+from trainer.progress import Heartbeat
 
 CONFIG = WORLD_CLIP
 COLOURS = {0: (220, 30, 30), 1: (30, 200, 30), 2: (30, 30, 220)}
@@ -302,3 +303,31 @@ def test_same_seed_same_weights(world, tmp_path):
     )
     wa, wb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_pretraining_says_epoch_loss_and_time_whenever_ten_seconds_passed(world, tmp_path):
+    """`make demo` shows its CLIP pre-training alive: a line before a video is read or after
+    a step once 10 s (of the clock given; here 6 s each) passed since the last line."""
+    root, dataset = world
+    ticks = iter(range(0, 1000, 6))
+    lines: list[str] = []
+    heartbeat = Heartbeat(lines.append, every=10, clock=lambda: next(ticks))
+    path = pretrain_clip(
+        dataset,
+        root,
+        tmp_path / "c.pt",
+        CONFIG,
+        epochs=2,
+        batch_size=32,
+        max_steps=4,
+        device="cpu",
+        show_progress=False,
+        heartbeat=heartbeat,
+    )
+    losses = json.loads(log_path(path).read_text())["step_losses"]
+    assert lines == [  # 4 videos read, then 4 steps
+        "reading the frames of train.txt: video 2/4, 12s elapsed",
+        "reading the frames of train.txt: video 4/4, 24s elapsed",
+        f"pretrain CLIP: step 2/4, epoch 1/2 loss {losses[1]:.3f}, 36s elapsed",
+        f"pretrain CLIP: step 4/4, epoch 2/2 loss {losses[3]:.3f}, 48s elapsed",
+    ]

@@ -18,6 +18,9 @@ from storyboard_common.errors import UserError
 from testkit.cli import REPO, TINY_CLIP_CONFIG, lines, trainer_cli
 from testkit.list_runs import CLASSES, run_args
 from trainer.config import resolve_config
+from trainer.settings import RunConfig
+from trainer.subtexts import require_subtexts
+from trainer.training import run_folders
 
 
 def test_tiny_run_lowers_the_loss_and_writes_the_run_directory(world, tmp_path):
@@ -26,8 +29,13 @@ def test_tiny_run_lowers_the_loss_and_writes_the_run_directory(world, tmp_path):
         [*run_args(world, out), "--json"], cwd=REPO, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    (result_line,) = done.stdout.strip().splitlines()  # --json: stdout is the JSON alone
+    result = json.loads(result_line)
     assert 0 <= result["top1"] <= 1 and result["n"] == 3
+    assert done.stderr.splitlines()[-2:] == [
+        f"run folder: {out}",
+        f"evaluate: python -m trainer eval --checkpoint {out}",
+    ]
     log = lines(out / "metrics.jsonl")
     train = [x for x in log if "train_loss" in x]
     assert len(train) == 4 and train[-1]["train_loss"] < train[0]["train_loss"]
@@ -488,3 +496,54 @@ def test_split_all_trains_each_fold_in_its_folder_and_reports_their_mean(tmp_pat
         0.0816, abs=1e-4
     )
     assert training.train_folds(RunConfig(dataset="hmdb51", split="2", out=tmp_path))["top1"] == 0.2
+
+
+def test_run_folders_are_the_out_folder_or_one_per_fold():
+    out = Path("runs/x")
+    assert run_folders(RunConfig(dataset="list", out=out)) == [out]
+    assert run_folders(RunConfig(dataset="hmdb51", split="all", out=out)) == [
+        out / "fold1",
+        out / "fold2",
+        out / "fold3",
+    ]
+    assert run_folders(RunConfig(dataset="hmdb51", shots=2, split="1")) == [
+        Path("runs/hmdb51-2shot-split1-coarse+fine-seed0")
+    ]
+
+
+def test_a_missing_artifact_names_those_scored_for_the_dataset_and_their_flags(
+    world, tmp_path, monkeypatch
+):
+    """The list world's artifact (scored with the tiny CLIP's checkpoint) in its default
+    place is selected by the CLIP flags; a copy in a folder of another name by --subtexts."""
+    from storyboard_common.subtexts import read_meta
+
+    meta = read_meta(world["subtexts"])
+    name, _, digest = meta["clip_pretrained"].partition("@")
+    assert (meta["clip_model"], name, len(digest)) == ("TinyCLIP-test", world["ckpt"].name, 12)
+    monkeypatch.setenv("STORYBOARD_ARTIFACTS", str(tmp_path))
+    missing = tmp_path / "none.parquet"
+    with pytest.raises(UserError) as none:
+        require_subtexts(missing, "list")
+    assert str(none.value) == (
+        f"sub-text artifact not found: {missing}. No artifact is scored for list under "
+        f"{tmp_path}: `python -m subtext_gen score --tpp --dataset list --clip-model ... "
+        "--clip-pretrained ...` scores one for another CLIP."
+    )
+    placed = tmp_path / "list" / f"TinyCLIP-test__{name}" / "subtexts.parquet"
+    moved = tmp_path / "list" / "mine" / "subtexts.parquet"
+    for copy in (placed, moved):
+        copy.parent.mkdir(parents=True)
+        shutil.copy(world["subtexts"], copy)
+    (tmp_path / "list" / "broken").mkdir()
+    (tmp_path / "list" / "broken" / "subtexts.parquet").write_text("not parquet")
+    with pytest.raises(UserError) as two:
+        require_subtexts(missing, "list")
+    weights = f"PATH/{name} (the checkpoint it was scored with)"
+    flags = f"--clip-model TinyCLIP-test --clip-pretrained {weights}"
+    assert str(two.value) == (
+        f"sub-text artifact not found: {missing}. Scored for list: {placed} ({flags}); "
+        f"{moved} (--subtexts {moved} {flags}); or `python -m subtext_gen score --tpp "
+        "--dataset list --clip-model ... --clip-pretrained ...` scores one for another CLIP."
+    )
+    assert require_subtexts(placed, "list") == placed
