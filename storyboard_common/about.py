@@ -73,8 +73,12 @@ def command_app(summary: str, package: str | None = None, installed: str | None 
     file is touched."""
     import typer
 
+    from .cli_help import HelpGroup
+
     as_module = installed is not None and run_as_module(package)
     app = typer.Typer(
+        cls=HelpGroup,  # plain help at the terminal's width (`cli_help`)
+        rich_markup_mode=None,
         no_args_is_help=True,
         pretty_exceptions_enable=False,
         help=summary,
