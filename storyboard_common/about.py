@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 
 DISTRIBUTION = "storyboard"
+# What every CLI's --device completes to (it takes cuda:N too); see `device.choose_device`.
+DEVICES = ("auto", "cpu", "cuda")
 _CLONE_PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 # The arXiv preprint (arXiv:2410.14238); its venue is not recorded here.

@@ -15,8 +15,11 @@ from rich.console import Console
 from rich.table import Table
 
 from storyboard_common.about import command_app
+from storyboard_common.cli_help import choice_option
 from storyboard_common.errors import UserError, check_ranges, run_cli
 
+from .cache.store import DTYPES
+from .data.prepare import TARGETS
 from .settings import COMMAND_BOUNDS, RunConfig, declared, field_type, flag_name, range_refusal
 
 app = command_app(
@@ -32,10 +35,15 @@ def setting_option(name: str, **changes):
     states it: flag and help, default None (the preset's, the file's or RunConfig's value).
     `changes` (`default`, `help`): where a command takes the setting a little differently."""
     f = _SETTINGS[name]
+    meta = declared(f)
     flag = flag_name(name)
     if field_type(f)[0] is bool:
-        flag += "/" + (declared(f).off_flag or "--no-" + name.replace("_", "-"))
-    return typer.Option(changes.get("default"), flag, help=changes.get("help", declared(f).help))
+        flag += "/" + (meta.off_flag or "--no-" + name.replace("_", "-"))
+    default, help = changes.get("default"), changes.get("help", meta.help)
+    values = meta.choices or meta.completes
+    if values is None:
+        return typer.Option(default, flag, help=help)
+    return choice_option(default, flag, values=values, help=help, metavar=meta.metavar)
 
 
 _SETTINGS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -80,7 +88,7 @@ def check_data(
     dataset: str = setting_option("dataset", default=...),
     root: Path = setting_option("root"),
     videos: Path = setting_option("videos"),
-    split: str = typer.Option(None, help="Fold 1, 2, 3 or all (default: every split)."),
+    split: str = setting_option("split", help="Fold 1, 2, 3 or all (default: every split)."),
     frames: int = typer.Option(8, help="Frames a clip needs; fewer is 'short'."),
     workers: int = typer.Option(4, help="Videos probed in parallel."),
     allow_missing: int = typer.Option(
@@ -118,8 +126,9 @@ def prepare_videos_command(
     root: Path = setting_option("root"),
     videos: Path = setting_option("videos"),
     out: Path = typer.Option(..., help="The prepared copy (new, empty, or a prepared one)."),
-    to: str = typer.Option(
+    to: str = choice_option(
         "videos",
+        values=TARGETS,
         help="videos: H.264 copies; frames: a folder of JPEG frames (img_00001.jpg, ...) per "
         "video, its path without the extension.",
     ),
@@ -258,7 +267,9 @@ def cache_features_command(
     views: int = typer.Option(
         None, help="Training views per video (default: the run's --epochs, 20); runs cycle them."
     ),
-    dtype: str = typer.Option("float16", help="float16 (half the disk) or float32 (exact)."),
+    dtype: str = choice_option(
+        "float16", values=DTYPES, help="float16 (half the disk) or float32 (exact)."
+    ),
     out: Path = typer.Option(
         None, help="Cache folder (default artifacts/features/<dataset>[-split<k>]-<clip>-f<T>)."
     ),
@@ -305,10 +316,15 @@ RUN_CLIP_PRETRAINED = typer.Option(
 )
 
 
+ZERO_SHOT = ("full", "half", "subsets")  # eval --zero-shot
+
+
 @app.command("eval")
 def evaluate(
     checkpoint: str = MODEL,
-    dataset: str = typer.Option(None, help="The dataset to evaluate on (default: the run's)."),
+    dataset: str = setting_option(
+        "dataset", help="The dataset to evaluate on (default: the run's)."
+    ),
     root: Path = typer.Option(
         None,
         help="Dataset root (default: the run's on its own dataset, else "
@@ -323,8 +339,10 @@ def evaluate(
         "else artifacts/<dataset>/<clip-tag>/); with --zero-shot subsets, repeat it to give "
         "one per --subsets file (in the same order), e.g. per-split description files.",
     ),
-    zero_shot: str = typer.Option(
-        None, help="full (test splits, mean), half (10 halves) or subsets (each --subsets file)."
+    zero_shot: str = choice_option(
+        None,
+        values=ZERO_SHOT,
+        help="full (test splits, mean), half (10 halves) or subsets (each --subsets file).",
     ),
     subsets: list[Path] = typer.Option(
         None,
@@ -333,8 +351,8 @@ def evaluate(
         "JSON label list or map) to "
         "evaluate on alone; repeat the flag for several (mean and std over them).",
     ),
-    split: str = typer.Option(
-        None, help="Fold 1, 2, 3 or all (default: the run's fold on its own dataset, else all)."
+    split: str = setting_option(
+        "split", help="Fold 1, 2, 3 or all (default: the run's fold on its own dataset, else all)."
     ),
     device: str = setting_option("device", default="auto"),
     workers: int = setting_option("workers"),
@@ -355,7 +373,7 @@ def evaluate(
     from .evaluation import evaluate_checkpoint
 
     bounded_settings(workers=workers)
-    if zero_shot not in (None, "full", "half", "subsets"):
+    if zero_shot not in (None, *ZERO_SHOT):
         raise UserError(f"--zero-shot must be full, half or subsets, not {zero_shot!r}.")
     result = evaluate_checkpoint(
         checkpoint,
@@ -421,7 +439,7 @@ def predict(
 def export(
     run_dir: Path = typer.Argument(..., help="A run directory."),
     out: Path = typer.Option(..., help="The model folder to write (new or empty)."),
-    checkpoint: str = typer.Option("best", help="best or last."),
+    checkpoint: str = choice_option("best", values=("best", "last"), help="best or last."),
     subtexts: Path = RUN_SUBTEXTS,
     clip_model: str = RUN_CLIP_MODEL,
     clip_pretrained: str = RUN_CLIP_PRETRAINED,
