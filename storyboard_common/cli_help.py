@@ -30,8 +30,8 @@ def choice_option(
         found = values() if callable(values) else values
         return [str(v) for v in found if str(v).startswith(incomplete)]
 
-    if more.get("metavar") is None and not callable(values):
-        more["metavar"] = choices_word(values)
+    if more.get("metavar") is None:
+        more["metavar"] = "NAME" if callable(values) else choices_word(values)
     return typer.Option(default, *flags, help=help, autocompletion=complete, **more)
 
 

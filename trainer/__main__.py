@@ -83,7 +83,15 @@ def with_settings(*names: str, **helps: str):
 _PLAIN = {"markup": False, "highlight": False, "soft_wrap": True}  # file names, verbatim
 
 
-@app.command("check-data")
+@app.command(
+    "check-data",
+    help=(
+        "Scan a dataset: missing, unreadable and short videos, class counts, split sizes.\n\n"
+        "Exits 2 after the report when a video is unreadable or short, or too many are "
+        "missing.\n\n"
+        "Splits whose files are absent (a partial download) are skipped and named."
+    ),
+)
 def check_data(
     dataset: str = setting_option("dataset", default=...),
     root: Path = setting_option("root"),
@@ -98,11 +106,6 @@ def check_data(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
-    """Scan a dataset: missing, unreadable and short videos, class counts, split sizes.
-
-    Exits 2 after the report when a video is unreadable or short, or too many are missing.
-
-    Splits whose files are absent (a partial download) are skipped and named."""
     from .data.check import check_splits, load_dataset_splits
     from .paths import default_root
 
@@ -120,7 +123,16 @@ def check_data(
         raise UserError(f"{dataset} at {root}: {problems}; see {lists}.")
 
 
-@app.command("prepare-videos")
+@app.command(
+    "prepare-videos",
+    help=(
+        "Re-encode a dataset for fast clip reads, or unpack it into JPEG frames.\n\n"
+        "Video copies are H.264 (short side --short-side, a keyframe every --keyframe-every "
+        "frames, no audio, frame rate and frames kept); with --to frames each video becomes "
+        "a folder of its JPEG frames. The annotation files are copied too, so `--root OUT` "
+        "works with every command. Resumable: rerun it."
+    ),
+)
 def prepare_videos_command(
     dataset: str = setting_option("dataset", default=...),
     root: Path = setting_option("root"),
@@ -137,10 +149,6 @@ def prepare_videos_command(
     workers: int = typer.Option(None, help="Videos encoded in parallel (default: one per core)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
-    """Re-encode a dataset for fast clip reads (H.264, short side --short-side, a keyframe
-    every --keyframe-every frames, no audio, frame rate and frames kept; or with --to frames
-    a folder of JPEG frames per video, every frame) and copy its annotation files, so
-    `--root OUT` works with every command. Resumable: rerun it."""
     from .data.prepare import prepare_videos, print_summary
     from .paths import default_root
 
@@ -192,7 +200,9 @@ def _print_check_report(report, title: str) -> None:
             console.print(f"  ... and {len(names) - 20} more (--json lists all)")
 
 
-@app.command()
+@app.command(
+    help="Train and evaluate (supervised, few-shot), writing a run directory.",
+)
 @with_settings()
 def run(
     *,
@@ -215,7 +225,6 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
     **settings,
 ) -> None:
-    """Train and evaluate (supervised, few-shot), writing a run directory."""
     from .config import resolve_config
     from .run_log import LogSettings, parse_report_to
     from .training import train_folds
@@ -226,17 +235,28 @@ def run(
     _print_result(train_folds(cfg, resume, not as_json, log_settings), as_json)
 
 
-@app.command()
+@app.command(
+    help=(
+        "List the shipped presets, the paper's settings as config files.\n\n"
+        "Copy one to edit it and pass it with `run --config FILE`, or name it with "
+        "`run --preset NAME`."
+    ),
+)
 def presets() -> None:
-    """The shipped presets, the paper's settings as config files: copy one to edit it and
-    pass it with `run --config FILE`, or name it with `run --preset NAME`."""
     from .config import preset_files
 
     for name, path in preset_files().items():
         console.print(f"{name}: {path}", **_PLAIN)
 
 
-@app.command("cache-features")
+@app.command(
+    "cache-features",
+    help=(
+        "Encode a fold once with the frozen CLIP visual tower; resumable.\n\n"
+        "For `run --freeze-backbone --features DIR` and `eval --features DIR`. Under "
+        "`torchrun --nproc_per_node N` each process encodes its share."
+    ),
+)
 @with_settings(
     "dataset",
     "root",
@@ -276,9 +296,6 @@ def cache_features_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
     **settings,
 ) -> None:
-    """Encode a fold once with the frozen CLIP visual tower (resumable), for `run
-    --freeze-backbone --features DIR` and `eval --features DIR`. Under `torchrun
-    --nproc_per_node N` each process encodes its share."""
     from .cache.build import cache_features
     from .config import resolve_config
 
@@ -319,7 +336,14 @@ RUN_CLIP_PRETRAINED = typer.Option(
 ZERO_SHOT = ("full", "half", "subsets")  # eval --zero-shot
 
 
-@app.command("eval")
+@app.command(
+    "eval",
+    help=(
+        "Evaluate a trained run: top-1, top-5, mean class accuracy, mAP (multi-label).\n\n"
+        "With --checkpoint alone: on the run's own dataset, root, videos, fold and "
+        "sub-texts."
+    ),
+)
 def evaluate(
     checkpoint: str = MODEL,
     dataset: str = setting_option(
@@ -367,9 +391,6 @@ def evaluate(
     clip_pretrained: str = RUN_CLIP_PRETRAINED,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
-    """Evaluate a trained run: top-1, top-5, mean class accuracy, mAP (multi-label).
-
-    With --checkpoint alone: on the run's own dataset, root, videos, fold and sub-texts."""
     from .evaluation import evaluate_checkpoint
 
     bounded_settings(workers=workers)
@@ -399,7 +420,9 @@ def evaluate(
     _print_result(result, as_json)
 
 
-@app.command()
+@app.command(
+    help="The top classes of one video, with probabilities; optionally its importance plot.",
+)
 def predict(
     video: Path = typer.Argument(..., help="A video file."),
     checkpoint: str = MODEL,
@@ -410,7 +433,6 @@ def predict(
     clip_model: str = RUN_CLIP_MODEL,
     clip_pretrained: str = RUN_CLIP_PRETRAINED,
 ) -> None:
-    """The top classes of one video, with probabilities; optionally its importance plot."""
     from .predict import check_plot_path, plot_prediction, predict_video
 
     bounded(top=top)
@@ -435,7 +457,14 @@ def predict(
         console.print(f"plot: {plot_prediction(pred, plot)}")
 
 
-@app.command()
+@app.command(
+    help=(
+        "Write a run as a self-contained model folder that `eval` and `predict` load "
+        "anywhere.\n\n"
+        "The folder holds safetensors, the config, the class texts and a model card; "
+        "publish it with `hf upload`."
+    ),
+)
 def export(
     run_dir: Path = typer.Argument(..., help="A run directory."),
     out: Path = typer.Option(..., help="The model folder to write (new or empty)."),
@@ -444,8 +473,6 @@ def export(
     clip_model: str = RUN_CLIP_MODEL,
     clip_pretrained: str = RUN_CLIP_PRETRAINED,
 ) -> None:
-    """Write a run as a self-contained model folder (safetensors, config, class texts, model
-    card) that `eval` and `predict` load anywhere; publish it with `hf upload`."""
     from .run_models import export_run
 
     folder = export_run(
