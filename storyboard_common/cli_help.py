@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from typer.core import TyperCommand, TyperGroup, TyperOption
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 # A value's word by its type, as click names them; a list option repeats the flag (its help
 # says so), each time with one such value.
@@ -78,6 +78,17 @@ def _help_context(command) -> type:
     return type("HelpContext", (base,), {"formatter_class": formatter})
 
 
+class NamedArgument(TyperArgument):
+    """An argument shown by its name alone, as click shows one (`VIDEO`, not typer's
+    `{video}` and `video <path>`)."""
+
+    def display_type_rich(self, ctx):
+        return None
+
+    def _usage_display_name(self) -> str:
+        return self.metavar + ("..." if self.nargs != 1 else "")
+
+
 class HelpGroup(TyperGroup):
     """A project CLI's group: its commands' options get value words where none is given,
     commands list their first sentence whole, and help wraps without breaking words."""
@@ -89,5 +100,8 @@ class HelpGroup(TyperGroup):
             command.context_class = _help_context(command)
             command.short_help = command.short_help or first_sentence(command.help)
             for param in command.params if isinstance(command, TyperCommand) else ():
-                if isinstance(param, TyperOption) and param.metavar is None:
-                    param.metavar = value_word(param)
+                if isinstance(param, TyperOption):
+                    param.metavar = param.metavar or value_word(param)
+                elif isinstance(param, TyperArgument):
+                    param.metavar = param.metavar or param.name.upper()
+                    param.__class__ = NamedArgument

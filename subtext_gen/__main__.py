@@ -94,7 +94,7 @@ def generate(
     max_retries: int = typer.Option(5, help="Retries of a failed request (openai)."),
     timeout: float = typer.Option(60.0, help="Seconds before a request times out (openai)."),
     temperature: float = typer.Option(0.7, help="Sampling temperature."),
-    batch_size: int = typer.Option(8, help="Prompts per generate() call (llava)."),
+    batch_size: int = typer.Option(8, help="Prompts LLaVA answers in one batch (llava)."),
     input: list[Path] = typer.Option(
         None,
         metavar="FILE",

@@ -291,7 +291,9 @@ def cache_features_command(
         "float16", values=DTYPES, help="float16 (half the disk) or float32 (exact)."
     ),
     out: Path = typer.Option(
-        None, help="Cache folder (default artifacts/features/<dataset>[-split<k>]-<clip>-f<T>)."
+        None,
+        help="Cache folder (default: one in artifacts/features/ named "
+        "<dataset>[-split<k>]-<clip>-f<T>).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
     **settings,
