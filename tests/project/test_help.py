@@ -84,6 +84,8 @@ def help_problems(app) -> list[str]:
             texts += [flags, text]
             if not (param.help or "").strip():
                 problems.append(f"{where}: {flags} has no help")
+            elif getattr(param, "multiple", False) and "repeat" not in param.help:
+                problems.append(f"{where}: {flags} takes one value a flag; its help says so")
             if getattr(param, "is_flag", False) is False and not VALUE_WORD.fullmatch(
                 param.metavar or ""
             ):
@@ -111,7 +113,7 @@ def test_the_help_check_finds_what_typers_defaults_show():
 
     @app.command()
     def fetch(
-        files: list[Path] = typer.Option(None, help="Files to read; repeat it."),
+        files: list[Path] = typer.Option(None, help="Files to read."),
         report_to: str = typer.Option(
             None, help="Also log to wandb (optional extra storyboard[wandb])."
         ),
@@ -127,6 +129,7 @@ def test_the_help_check_finds_what_typers_defaults_show():
     assert "storyboard[wandb]" in found  # rich read [wandb] as markup and dropped it
     assert "<list[Path]>" in found or "--files: value word" in found
     assert "its help is its docstring" in found
+    assert "takes one value a flag" in found  # --files: repeated, its help does not say so
     assert "developer prose" in found
 
 
