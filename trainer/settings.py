@@ -230,7 +230,7 @@ class OptimConfig:
     amp: str = setting("bf16", "bf16, fp16 or none (CUDA; CPU is fp32).", choices=AMP_MODES)
     compile: bool = setting(
         False,
-        "torch.compile.",
+        "Compile the model with torch.compile (faster steps after a slower first one).",
         resume_may_change="torch.compile: the same model, compiled or not",
     )
     tf32: bool = setting(
