@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 
 DISTRIBUTION = "storyboard"
+# What every CLI's --device completes to (it takes cuda:N too); see `device.choose_device`.
+DEVICES = ("auto", "cpu", "cuda")
 _CLONE_PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 # The arXiv preprint (arXiv:2410.14238); its venue is not recorded here.
@@ -73,8 +75,12 @@ def command_app(summary: str, package: str | None = None, installed: str | None 
     file is touched."""
     import typer
 
+    from .cli_help import HelpGroup
+
     as_module = installed is not None and run_as_module(package)
     app = typer.Typer(
+        cls=HelpGroup,  # plain help at the terminal's width (`cli_help`)
+        rich_markup_mode=None,
         no_args_is_help=True,
         pretty_exceptions_enable=False,
         help=summary,

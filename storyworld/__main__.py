@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from storyboard_common.about import command_app
+from storyboard_common.about import DEVICES, command_app
+from storyboard_common.cli_help import choice_option
 from storyboard_common.errors import (
     MAX_BATCH,
     MAX_EPOCHS,
@@ -32,7 +33,19 @@ BOUNDS = {  # the numeric options' ranges (`check_ranges`), checked before anyth
 }
 
 
-@app.command("pretrain-clip")
+def _objectives() -> list[str]:
+    from .pretrain import OBJECTIVES  # torch: only when a shell completes --objective
+
+    return list(OBJECTIVES)
+
+
+@app.command(
+    "pretrain-clip",
+    help=(
+        "Train a small CLIP on a world's frames and atomic-action captions.\n\n"
+        "It loads back with --clip-model CONFIG --clip-pretrained CHECKPOINT."
+    ),
+)
 def pretrain_clip_command(
     world: Path = typer.Option(
         Path("artifacts/demo/world"),
@@ -41,19 +54,23 @@ def pretrain_clip_command(
         "gets the built-in storyboard world written there.",
     ),
     out: Path = typer.Option(Path("artifacts/demo/world-clip.pt"), help="Checkpoint to write."),
-    clip_model: str = typer.Option(WORLD_CLIP, help="Model config (the world CLIP's)."),
+    clip_model: str = typer.Option(
+        WORLD_CLIP,
+        help="Model config (default: the world CLIP's, StoryboardWorld-CLIP.json).",
+        show_default=False,  # a path inside the clone, too long to read
+    ),
     epochs: int = typer.Option(20, help="Epochs over the (frame, caption) pairs."),
     batch_size: int = typer.Option(128, help="Frames per step."),
     seed: int = typer.Option(0, help="Seed of the world (when written) and of training."),
-    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    device: str = choice_option("auto", values=DEVICES, help="auto, cpu or cuda."),
     force: bool = typer.Option(False, help="Retrain even if the checkpoint exists."),
-    objective: str = typer.Option(
+    objective: str = choice_option(
         "pooled",
+        values=_objectives,
+        metavar="OBJECTIVE",
         help="pooled (CLIP's own loss) or pooled+tokens (also Eq. 10's word-token scores).",
     ),
 ) -> None:
-    """Train a small CLIP on a world's frames and atomic-action captions (loads back with
-    --clip-model CONFIG --clip-pretrained CHECKPOINT)."""
     from .pretrain import log_path, pretrain_clip
     from .world import world_folder
 
@@ -76,19 +93,25 @@ def pretrain_clip_command(
     console.print(f"checkpoint: {path}{note}")
 
 
-@app.command()
+@app.command(
+    help="A one-seed digest of the study on the built-in storyboard world (`make demo`).",
+)
 def demo(
     out: Path = typer.Option(Path("artifacts/demo"), help="Where the demo writes."),
     seed: int = typer.Option(0, help="Seed of the world, the CLIP and every run."),
 ) -> None:
-    """A one-seed digest of the study on the built-in storyboard world (`make demo`)."""
     from .demo import DemoSettings, run_demo
 
     check_ranges(BOUNDS, {"--seed": seed})
     run_demo(DemoSettings(out=out, seed=seed))
 
 
-@app.command()
+@app.command(
+    help=(
+        "Every aggregation mode on the storyboard world over seeds, with references.\n\n"
+        "What `make study` runs; rerun it to resume."
+    ),
+)
 def study(
     work: Path = typer.Option(Path("artifacts/study"), help="Working folder (resumable)."),
     out: Path = typer.Option(
@@ -105,8 +128,6 @@ def study(
         help="Rewrite README.md and the plots from OUT/results.json; train nothing.",
     ),
 ) -> None:
-    """Every aggregation mode on the storyboard world over seeds, with references (`make
-    study`); rerun to resume."""
     from dataclasses import replace
 
     from .study.design import StudyDesign

@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from storyboard_common.about import command_app
+from storyboard_common.about import DEVICES, command_app
+from storyboard_common.cli_help import choice_option
 from storyboard_common.errors import (
     MAX_BATCH,
     MAX_SEED,
@@ -59,13 +60,26 @@ def _artifacts_dir(dataset: str | None, artifacts: Path | None) -> Path:
     return Path(artifacts) if artifacts is not None else artifacts_root() / dataset
 
 
-@app.command()
+def _shipped_datasets() -> list[str]:
+    from storyboard_common.classes import shipped_datasets
+
+    return shipped_datasets()
+
+
+def _scalings() -> list[str]:
+    from .tpp import SCALINGS  # torch: only when a shell completes --alpha or --beta
+
+    return list(SCALINGS)
+
+
+@app.command(help="Ask an LLM for N atomic actions per class; resumable, one row per reply.")
 def generate(
     llm: LLM = typer.Option(LLM.openai, help="Backend: openai (or compatible), llava, file."),
-    dataset: str = typer.Option(
+    dataset: str = choice_option(
         None,
-        help="A shipped class list: hmdb51, ucf101, ssv2 or demo (6 HMDB-51 classes, "
-        "`make demo-subtexts`'s), from storyboard_common/data/<NAME>/classes.csv.",
+        values=_shipped_datasets,
+        help="A shipped class list: hmdb51, ucf101, ssv2 or demo (6 HMDB-51 classes, the "
+        "one make demo-subtexts uses), from storyboard_common/data/<NAME>/classes.csv.",
     ),
     classes: Path = typer.Option(
         None, help="A class list: csv `id,name`, JSON label map or list, or a txt list."
@@ -81,7 +95,7 @@ def generate(
     max_retries: int = typer.Option(5, help="Retries of a failed request (openai)."),
     timeout: float = typer.Option(60.0, help="Seconds before a request times out (openai)."),
     temperature: float = typer.Option(0.7, help="Sampling temperature."),
-    batch_size: int = typer.Option(8, help="Prompts per generate() call (llava)."),
+    batch_size: int = typer.Option(8, help="Prompts LLaVA answers in one batch (llava)."),
     input: list[Path] = typer.Option(
         None,
         metavar="FILE",
@@ -100,9 +114,7 @@ def generate(
     seed: int = typer.Option(0, help="Sampling seed (llava)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Ask an LLM for N atomic actions per class; resumable, one row per reply.
-    \f
-    Long only by its option list: it checks them and calls `_backends` and `generate`."""
+    """Long only by its option list: it checks them and calls `_backends` and `generate`."""
     from storyboard_common.classes import load_classes
 
     from .artifacts import writer_lock
@@ -239,7 +251,9 @@ def _index_labels(index_classes: Path):
     return load_classes(classes_file=index_classes, flag="--index-classes")
 
 
-@app.command()
+@app.command(
+    help="Score candidate sets with TPP, keep the best per class, write the artifacts.",
+)
 def score(
     tpp: bool = typer.Option(True, "--tpp/--no-tpp", help="Score with TPP (the only metric)."),
     dataset: str = typer.Option(None, help="Score artifacts/<NAME>."),
@@ -248,14 +262,21 @@ def score(
         "ViT-B-16", help="open_clip name, shipped config name (TinyCLIP-test) or config JSON."
     ),
     clip_pretrained: str = typer.Option("openai", help="Tag, checkpoint path, or none."),
-    alpha: str = typer.Option("complement", help="Scaling of relatedness (Eq. 4)."),
-    beta: str = typer.Option("complement", help="Scaling of diversity (Eq. 4)."),
+    alpha: str = choice_option(
+        "complement",
+        values=_scalings,
+        help="Scaling of relatedness (Eq. 4): complement or identity.",
+    ),
+    beta: str = choice_option(
+        "complement", values=_scalings, help="Scaling of diversity (Eq. 4): complement or identity."
+    ),
     template: str = typer.Option("a video of a person {}.", help="Global text template."),
-    fallback: str = typer.Option(None, help="`global`: classes without candidates repeat it."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    fallback: str = choice_option(
+        None, values=("global",), help="global: classes without candidates repeat it."
+    ),
+    device: str = choice_option("auto", values=DEVICES, help="auto, cpu or cuda."),
     batch_size: int = typer.Option(256, help="Texts per text-tower batch."),
 ) -> None:
-    """Score candidate sets with TPP, keep the best per class, write the artifacts."""
     if not tpp:
         raise UserError("TPP is the only scoring metric; drop --no-tpp.")
     from storyboard_common.clip import load_clip
@@ -283,14 +304,15 @@ def score(
         console.print(f"global-text fallback for: {', '.join(summary.fallback)}", style="yellow")
 
 
-@app.command()
+@app.command(
+    help="Print per class the chosen sub-texts, their TPP and the runner-up.",
+)
 def show(
     dataset: str = typer.Option(None, help="Show artifacts/<NAME>."),
     artifacts: Path = typer.Option(None, help="Show this artifact folder."),
     clip_model: str = typer.Option(None, help="Which scored folder (default: the only one)."),
     clip_pretrained: str = typer.Option(None, help="Which scored folder (with --clip-model)."),
 ) -> None:
-    """Print per class the chosen sub-texts, their TPP and the runner-up."""
     from storyboard_common.clip import clip_identity
     from storyboard_common.subtexts import SUBTEXTS_FILE, clip_tag
 

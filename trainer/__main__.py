@@ -16,8 +16,11 @@ from rich.console import Console
 from rich.table import Table
 
 from storyboard_common.about import command_app
+from storyboard_common.cli_help import choice_option
 from storyboard_common.errors import UserError, check_ranges, run_cli
 
+from .cache.store import DTYPES
+from .data.prepare import TARGETS
 from .settings import COMMAND_BOUNDS, RunConfig, declared, field_type, flag_name, range_refusal
 
 app = command_app(
@@ -33,10 +36,15 @@ def setting_option(name: str, **changes):
     states it: flag and help, default None (the preset's, the file's or RunConfig's value).
     `changes` (`default`, `help`): where a command takes the setting a little differently."""
     f = _SETTINGS[name]
+    meta = declared(f)
     flag = flag_name(name)
     if field_type(f)[0] is bool:
-        flag += "/" + (declared(f).off_flag or "--no-" + name.replace("_", "-"))
-    return typer.Option(changes.get("default"), flag, help=changes.get("help", declared(f).help))
+        flag += "/" + (meta.off_flag or "--no-" + name.replace("_", "-"))
+    default, help = changes.get("default"), changes.get("help", meta.help)
+    values = meta.choices or meta.completes
+    if values is None:
+        return typer.Option(default, flag, help=help)
+    return choice_option(default, flag, values=values, help=help, metavar=meta.metavar)
 
 
 _SETTINGS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -76,12 +84,20 @@ def with_settings(*names: str, **helps: str):
 _PLAIN = {"markup": False, "highlight": False, "soft_wrap": True}  # file names, verbatim
 
 
-@app.command("check-data")
+@app.command(
+    "check-data",
+    help=(
+        "Scan a dataset: missing, unreadable and short videos, class counts, split sizes.\n\n"
+        "Exits 2 after the report when a video is unreadable or short, or too many are "
+        "missing.\n\n"
+        "Splits whose files are absent (a partial download) are skipped and named."
+    ),
+)
 def check_data(
     dataset: str = setting_option("dataset", default=...),
     root: Path = setting_option("root"),
     videos: Path = setting_option("videos"),
-    split: str = typer.Option(None, help="Fold 1, 2, 3 or all (default: every split)."),
+    split: str = setting_option("split", help="Fold 1, 2, 3 or all (default: every split)."),
     frames: int = typer.Option(8, help="Frames a clip needs; fewer is 'short'."),
     workers: int = typer.Option(4, help="Videos probed in parallel."),
     allow_missing: int = typer.Option(
@@ -91,11 +107,6 @@ def check_data(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
-    """Scan a dataset: missing, unreadable and short videos, class counts, split sizes.
-
-    Exits 2 after the report when a video is unreadable or short, or too many are missing.
-
-    Splits whose files are absent (a partial download) are skipped and named."""
     from .data.check import check_splits, load_dataset_splits
     from .paths import default_root
 
@@ -113,14 +124,24 @@ def check_data(
         raise UserError(f"{dataset} at {root}: {problems}; see {lists}.")
 
 
-@app.command("prepare-videos")
+@app.command(
+    "prepare-videos",
+    help=(
+        "Re-encode a dataset for fast clip reads, or unpack it into JPEG frames.\n\n"
+        "Video copies are H.264 (short side --short-side, a keyframe every --keyframe-every "
+        "frames, no audio, frame rate and frames kept); with --to frames each video becomes "
+        "a folder of its JPEG frames. The annotation files are copied too, so `--root OUT` "
+        "works with every command. Resumable: rerun it."
+    ),
+)
 def prepare_videos_command(
     dataset: str = setting_option("dataset", default=...),
     root: Path = setting_option("root"),
     videos: Path = setting_option("videos"),
     out: Path = typer.Option(..., help="The prepared copy (new, empty, or a prepared one)."),
-    to: str = typer.Option(
+    to: str = choice_option(
         "videos",
+        values=TARGETS,
         help="videos: H.264 copies; frames: a folder of JPEG frames (img_00001.jpg, ...) per "
         "video, its path without the extension.",
     ),
@@ -129,10 +150,6 @@ def prepare_videos_command(
     workers: int = typer.Option(None, help="Videos encoded in parallel (default: one per core)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
-    """Re-encode a dataset for fast clip reads (H.264, short side --short-side, a keyframe
-    every --keyframe-every frames, no audio, frame rate and frames kept; or with --to frames
-    a folder of JPEG frames per video, every frame) and copy its annotation files, so
-    `--root OUT` works with every command. Resumable: rerun it."""
     from .data.prepare import prepare_videos, print_summary
     from .paths import default_root
 
@@ -184,7 +201,9 @@ def _print_check_report(report, title: str) -> None:
             console.print(f"  ... and {len(names) - 20} more (--json lists all)")
 
 
-@app.command()
+@app.command(
+    help="Train and evaluate (supervised, few-shot), writing a run directory.",
+)
 @with_settings()
 def run(
     *,
@@ -207,7 +226,6 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
     **settings,
 ) -> None:
-    """Train and evaluate (supervised, few-shot), writing a run directory."""
     from .config import resolve_config
     from .run_log import LogSettings, parse_report_to
     from .training import run_folders, train_folds
@@ -219,17 +237,28 @@ def run(
     _print_run_folders(run_folders(cfg), as_json)
 
 
-@app.command()
+@app.command(
+    help=(
+        "List the shipped presets, the paper's settings as config files.\n\n"
+        "Copy one to edit it and pass it with `run --config FILE`, or name it with "
+        "`run --preset NAME`."
+    ),
+)
 def presets() -> None:
-    """The shipped presets, the paper's settings as config files: copy one to edit it and
-    pass it with `run --config FILE`, or name it with `run --preset NAME`."""
     from .config import preset_files
 
     for name, path in preset_files().items():
         console.print(f"{name}: {path}", **_PLAIN)
 
 
-@app.command()
+@app.command(
+    help=(
+        "Run one row of the paper's tables with its protocol; resumable.\n\n"
+        "Every fold and seed the row averages, reusing finished runs and resuming killed "
+        "ones; writes reproduction.md and reproduction.json: the paper's number beside "
+        "ours (mean and 95% interval)."
+    )
+)
 def reproduce(
     row: str = typer.Argument(None, metavar="ROW", help="The row's id (`--list` shows them)."),
     rows: Path = typer.Option(
@@ -267,7 +296,14 @@ def reproduce(
     console.print(f"wrote {out / 'reproduction.md'} and reproduction.json", **_PLAIN)
 
 
-@app.command("cache-features")
+@app.command(
+    "cache-features",
+    help=(
+        "Encode a fold once with the frozen CLIP visual tower; resumable.\n\n"
+        "For `run --freeze-backbone --features DIR` and `eval --features DIR`. Under "
+        "`torchrun --nproc_per_node N` each process encodes its share."
+    ),
+)
 @with_settings(
     "dataset",
     "root",
@@ -298,16 +334,17 @@ def cache_features_command(
     views: int = typer.Option(
         None, help="Training views per video (default: the run's --epochs, 20); runs cycle them."
     ),
-    dtype: str = typer.Option("float16", help="float16 (half the disk) or float32 (exact)."),
+    dtype: str = choice_option(
+        "float16", values=DTYPES, help="float16 (half the disk) or float32 (exact)."
+    ),
     out: Path = typer.Option(
-        None, help="Cache folder (default artifacts/features/<dataset>[-split<k>]-<clip>-f<T>)."
+        None,
+        help="Cache folder (default: one in artifacts/features/ named "
+        "<dataset>[-split<k>]-<clip>-f<T>).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
     **settings,
 ) -> None:
-    """Encode a fold once with the frozen CLIP visual tower (resumable), for `run
-    --freeze-backbone --features DIR` and `eval --features DIR`. Under `torchrun
-    --nproc_per_node N` each process encodes its share."""
     from .cache.build import cache_features
     from .config import resolve_config
 
@@ -345,10 +382,22 @@ RUN_CLIP_PRETRAINED = typer.Option(
 )
 
 
-@app.command("eval")
+ZERO_SHOT = ("full", "half", "subsets")  # eval --zero-shot
+
+
+@app.command(
+    "eval",
+    help=(
+        "Evaluate a trained run: top-1, top-5, mean class accuracy, mAP (multi-label).\n\n"
+        "With --checkpoint alone: on the run's own dataset, root, videos, fold and "
+        "sub-texts."
+    ),
+)
 def evaluate(
     checkpoint: str = MODEL,
-    dataset: str = typer.Option(None, help="The dataset to evaluate on (default: the run's)."),
+    dataset: str = setting_option(
+        "dataset", help="The dataset to evaluate on (default: the run's)."
+    ),
     root: Path = typer.Option(
         None,
         help="Dataset root (default: the run's on its own dataset, else "
@@ -363,8 +412,10 @@ def evaluate(
         "else artifacts/<dataset>/<clip-tag>/); with --zero-shot subsets, repeat it to give "
         "one per --subsets file (in the same order), e.g. per-split description files.",
     ),
-    zero_shot: str = typer.Option(
-        None, help="full (test splits, mean), half (10 halves) or subsets (each --subsets file)."
+    zero_shot: str = choice_option(
+        None,
+        values=ZERO_SHOT,
+        help="full (test splits, mean), half (10 halves) or subsets (each --subsets file).",
     ),
     subsets: list[Path] = typer.Option(
         None,
@@ -373,8 +424,8 @@ def evaluate(
         "JSON label list or map) to "
         "evaluate on alone; repeat the flag for several (mean and std over them).",
     ),
-    split: str = typer.Option(
-        None, help="Fold 1, 2, 3 or all (default: the run's fold on its own dataset, else all)."
+    split: str = setting_option(
+        "split", help="Fold 1, 2, 3 or all (default: the run's fold on its own dataset, else all)."
     ),
     device: str = setting_option("device", default="auto"),
     workers: int = setting_option("workers"),
@@ -389,13 +440,10 @@ def evaluate(
     clip_pretrained: str = RUN_CLIP_PRETRAINED,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
-    """Evaluate a trained run: top-1, top-5, mean class accuracy, mAP (multi-label).
-
-    With --checkpoint alone: on the run's own dataset, root, videos, fold and sub-texts."""
     from .evaluation import evaluate_checkpoint
 
     bounded_settings(workers=workers)
-    if zero_shot not in (None, "full", "half", "subsets"):
+    if zero_shot not in (None, *ZERO_SHOT):
         raise UserError(f"--zero-shot must be full, half or subsets, not {zero_shot!r}.")
     result = evaluate_checkpoint(
         checkpoint,
@@ -421,7 +469,9 @@ def evaluate(
     _print_result(result, as_json)
 
 
-@app.command()
+@app.command(
+    help="The top classes of one video, with probabilities; optionally its importance plot.",
+)
 def predict(
     video: Path = typer.Argument(..., help="A video file."),
     checkpoint: str = MODEL,
@@ -432,7 +482,6 @@ def predict(
     clip_model: str = RUN_CLIP_MODEL,
     clip_pretrained: str = RUN_CLIP_PRETRAINED,
 ) -> None:
-    """The top classes of one video, with probabilities; optionally its importance plot."""
     from .predict import check_plot_path, plot_prediction, predict_video
 
     bounded(top=top)
@@ -457,17 +506,22 @@ def predict(
         console.print(f"plot: {plot_prediction(pred, plot)}")
 
 
-@app.command()
+@app.command(
+    help=(
+        "Write a run as a self-contained model folder that `eval` and `predict` load "
+        "anywhere.\n\n"
+        "The folder holds safetensors, the config, the class texts and a model card; "
+        "publish it with `hf upload`."
+    ),
+)
 def export(
     run_dir: Path = typer.Argument(..., help="A run directory."),
     out: Path = typer.Option(..., help="The model folder to write (new or empty)."),
-    checkpoint: str = typer.Option("best", help="best or last."),
+    checkpoint: str = choice_option("best", values=("best", "last"), help="best or last."),
     subtexts: Path = RUN_SUBTEXTS,
     clip_model: str = RUN_CLIP_MODEL,
     clip_pretrained: str = RUN_CLIP_PRETRAINED,
 ) -> None:
-    """Write a run as a self-contained model folder (safetensors, config, class texts, model
-    card) that `eval` and `predict` load anywhere; publish it with `hf upload`."""
     from .run_models import export_run
 
     folder = export_run(

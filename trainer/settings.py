@@ -13,9 +13,11 @@ a run's config.json name settings by flat keys (`lr: 5e-5`), and every module re
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from storyboard_common.about import DEVICES
 from storyboard_common.errors import MAX_BATCH, MAX_EPOCHS, MAX_SEED, MAX_WORKERS, Bounds, UserError
 
 from .data.layouts import DATASETS
@@ -53,7 +55,10 @@ class Setting:
     with the refusal's wording where a range says more than its bounds. `cli=False`: a
     setting only config files set. `resume_may_change`: why `run --resume` may change it
     (every other setting must stay as the run began). `moved_input`: the setting names a
-    file or folder a run reads, and this says what its flag takes once it has moved."""
+    file or folder a run reads, and this says what its flag takes once it has moved.
+    `completes`: the values shell completion offers where `choices` does not bound them (or
+    a function returning them: names found on disk), with `metavar` the word the help shows
+    for such a value."""
 
     help: str | None = None
     flag: str | None = None
@@ -68,6 +73,8 @@ class Setting:
     cli: bool = True
     resume_may_change: str | None = None
     moved_input: str | None = None
+    completes: tuple | Callable[[], list] | None = None
+    metavar: str | None = None
 
 
 def setting(default, help: str | None = None, **declared):
@@ -93,7 +100,12 @@ _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "Path": Path}
 class DataConfig:
     """What a run reads: the dataset, its fold and few-shot list, how clips are sampled."""
 
-    dataset: str = setting("hmdb51", f"{', '.join(DATASETS[:-1])} or {DATASETS[-1]}.")
+    dataset: str = setting(
+        "hmdb51",
+        f"{', '.join(DATASETS[:-1])} or {DATASETS[-1]}.",
+        completes=DATASETS,
+        metavar="NAME",
+    )
     root: Path | None = setting(
         None,
         "Dataset root (default: data/<name>, or $STORYBOARD_DATA/<name>).",
@@ -174,8 +186,15 @@ class ModelConfig:
     tau_fine: float = setting(
         0.01, "Temperature of Eq. 10 (0.01).", positive=True, at_most=MAX_TEMPERATURE
     )
-    freeze_backbone: bool = setting(False, off_flag="--train-backbone")
-    grad_checkpointing: bool = setting(False)
+    freeze_backbone: bool = setting(
+        False,
+        "Train the head alone on a frozen CLIP visual tower (needed by --features); "
+        "--train-backbone: fine-tune the tower too (default).",
+        off_flag="--train-backbone",
+    )
+    grad_checkpointing: bool = setting(
+        False, "Recompute the visual tower's activations in the backward pass: less memory, slower."
+    )
 
 
 @dataclass
@@ -211,7 +230,7 @@ class OptimConfig:
     amp: str = setting("bf16", "bf16, fp16 or none (CUDA; CPU is fp32).", choices=AMP_MODES)
     compile: bool = setting(
         False,
-        "torch.compile.",
+        "Compile the model with torch.compile (faster steps after a slower first one).",
         resume_may_change="torch.compile: the same model, compiled or not",
     )
     tf32: bool = setting(
@@ -231,6 +250,8 @@ class RunSettings:
     device: str = setting(
         "auto",
         "auto, cpu, cuda (under torchrun process k takes GPU k) or cuda:N (one process).",
+        completes=DEVICES,
+        metavar="DEVICE",
         resume_may_change="where the run computes (the checkpoint is loaded onto it)",
     )
     dist_timeout: float = setting(
@@ -275,6 +296,8 @@ class RunSettings:
         None,
         "A shipped config of the paper's settings by name (`python -m trainer presets` "
         "lists them and their files); --config and flags override it.",
+        completes=lambda: preset_names(),
+        metavar="NAME",
         resume_may_change="a name for values that are compared one by one",
     )
 
@@ -309,6 +332,13 @@ class RunConfig(RunSettings, OptimConfig, ModelConfig, DataConfig):
                 f"--features {self.features} holds frozen-backbone features: add "
                 "--freeze-backbone, or drop --features to train the backbone."
             )
+
+
+def preset_names() -> list[str]:
+    """The shipped presets' names, for completing --preset (read when asked)."""
+    from .config import preset_files
+
+    return list(preset_files())
 
 
 def range_refusal(f: dataclasses.Field, value) -> str | None:
