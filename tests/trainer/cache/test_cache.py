@@ -274,7 +274,7 @@ def test_cli_writes_the_cache_and_lists_unreadable_videos(world, tmp_path):
     )
     ok = CliRunner().invoke(app, [*run, "--freeze-backbone", "--out", str(tmp_path / "b")])
     assert ok.exit_code == 0, ok.output
-    assert json.loads(ok.output)["n"] == 3
+    assert json.loads(ok.stdout)["n"] == 3  # stdout is the JSON alone
     assert metrics(tmp_path / "b")[0]["skipped"] == 1  # the unreadable video, as uncached
 
 

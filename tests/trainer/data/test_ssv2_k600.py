@@ -441,7 +441,7 @@ def k600_run(k600_world):
     out = k600_world["base"] / "run"
     done = CliRunner().invoke(app, train_args(k600_world, "k600", out))
     assert done.exit_code == 0, done.output
-    assert json.loads(done.output)["n"] == 6  # the val clips on disk
+    assert json.loads(done.stdout)["n"] == 6  # the val clips on disk
     return out
 
 
@@ -627,7 +627,7 @@ def test_run_and_cache_features_on_ssv2(ssv2_root, tiny_clip, tmp_path):
     world = {"root": ssv2_root, "ckpt": ckpt, "subtexts": subtexts}
     done = CliRunner().invoke(app, train_args(world, "ssv2", tmp_path / "run"))
     assert done.exit_code == 0, done.output
-    assert json.loads(done.output)["n"] == 2  # validation.json's videos on disk
+    assert json.loads(done.stdout)["n"] == 2  # validation.json's videos on disk
     out = tmp_path / "features"
     done = CliRunner().invoke(
         app, ["cache-features", *common(world, "ssv2"), "--views", "1", "--out", str(out)]
