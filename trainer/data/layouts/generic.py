@@ -77,7 +77,9 @@ def load(
     root = require_root(root, _EXPECT)
     split = normalize_split(split, SPLITS, LABEL)
     classes_csv = require_file(
-        lists.class_file(root), "class list", f"--root must hold {_EXPECT}, or --class-list FILE"
+        lists.class_file(root),
+        "class list",
+        f"--root must hold {_EXPECT}, or --class-list names it",
     )
     names = load_classes(classes_file=classes_csv, flag="the class list").names
     by_name = {name: i for i, name in enumerate(names)}
