@@ -204,3 +204,15 @@ def test_a_run_and_its_eval_on_mmaction2_lists(world, tmp_path):
     assert recorded["test_list"] == str(root.resolve() / "world_val.txt")
     again = evaluate_checkpoint(tmp_path / "run", device="cpu", workers=0, show_progress=False)
     assert again["n"] == result["n"] == 3 and again["top1"] == pytest.approx(result["top1"])
+
+    (root / "world_val.txt").rename(root / "moved_val.txt")
+    with pytest.raises(UserError) as refused:
+        evaluate_checkpoint(tmp_path / "run", device="cpu", workers=0, show_progress=False)
+    assert str(refused.value) == (
+        f"the run's recorded --test-list {root.resolve() / 'world_val.txt'} no longer exists; "
+        "pass --test-list FILE (where the test list is now)."
+    )
+    moved = evaluate_checkpoint(
+        tmp_path / "run", device="cpu", workers=0, show_progress=False, test_list="moved_val.txt"
+    )
+    assert moved["top1"] == pytest.approx(result["top1"])
