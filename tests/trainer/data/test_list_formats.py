@@ -216,3 +216,30 @@ def test_a_run_and_its_eval_on_mmaction2_lists(world, tmp_path):
         tmp_path / "run", device="cpu", workers=0, show_progress=False, test_list="moved_val.txt"
     )
     assert moved["top1"] == pytest.approx(result["top1"])
+
+
+def test_a_prepared_copy_of_mmaction2_lists_reads_with_the_same_flags(mmaction_root, tmp_path):
+    from trainer.data.prepare import prepare_videos
+
+    out = tmp_path / "frames"
+    videos = mmaction_root / "videos"
+    summary = prepare_videos(
+        "list",
+        mmaction_root,
+        out,
+        videos,
+        workers=1,
+        show_progress=False,
+        to="frames",
+        lists=MMACTION,
+    )
+    assert sorted(summary.annotation_files) == [
+        "annotations/hmdb51_train_split_1_videos.txt",
+        "annotations/hmdb51_val_split_1_videos.txt",
+        "label_map.txt",
+    ]
+    source = load_split("list", mmaction_root, "test", None, videos, lists=MMACTION)
+    copy = load_split("list", out, "test", lists=MMACTION)
+    assert len(source.items) == 3 and not copy.missing
+    assert [it.video_id for it in copy.items] == [it.video_id for it in source.items]
+    assert all(it.path.is_dir() and it.path.is_relative_to(out) for it in copy.items)
