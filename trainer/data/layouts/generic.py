@@ -52,9 +52,11 @@ class ListFiles:
     def class_file(self, root: Path) -> Path:
         return Path(root) / (self.classes or CLASS_FILE)
 
-    def flag(self, split: str) -> str:
-        """Where a user names the split's file: its flag, or the root for val.txt."""
-        return {"train": "--train-list", "test": "--test-list"}.get(split, "--root")
+    def instead(self, split: str) -> str:
+        """How a user names the split's file elsewhere, for an error: by its flag (val.txt
+        has none)."""
+        flag = {"train": "--train-list", "test": "--test-list"}.get(split)
+        return f", or {flag} names it" if flag else ""
 
 
 def absent(
@@ -76,17 +78,17 @@ def load(
     lists = lists or ListFiles()
     root = require_root(root, _EXPECT)
     split = normalize_split(split, SPLITS, LABEL)
-    classes_csv = require_file(
+    class_file = require_file(
         lists.class_file(root),
         "class list",
         f"--root must hold {_EXPECT}, or --class-list names it",
     )
-    names = load_classes(classes_file=classes_csv, flag="the class list").names
+    names = load_classes(classes_file=class_file, flag="the class list").names
     by_name = {name: i for i, name in enumerate(names)}
     list_file = require_file(
         lists.split_file(root, split),
         "list file",
-        f"--root must hold {_EXPECT}, or {lists.flag(split)} names it "
+        f"--root must hold {_EXPECT}{lists.instead(split)} "
         "(lines `relative/path label[,label...]`)",
     )
     vdir = video_root(videos, root, "List", "must hold the videos named in the list files")
@@ -122,7 +124,7 @@ def load(
             if class_id is None:
                 raise UserError(
                     f"{list_file} line {lineno}: label {label!r} is neither a name nor an id "
-                    f"in {classes_csv}."
+                    f"in {class_file}."
                 )
             labels.append(class_id)
         if not labels:
