@@ -121,28 +121,37 @@ def test_mmaction2_and_bike_rawframe_lists(tmp_path):
 
 
 def test_vificlip_label_csv_and_a_few_shot_list_as_the_train_list(tmp_path):
-    """ViFi-CLIP's `id,name` label csv; a few-shot list is the train list's lines for K
-    videos a class, passed as --train-list."""
-    root = tmp_path / "hmdb"
+    """ViFi-CLIP's `id,name` label csv and lists of bare file names (`<name>.avi 20`), read
+    from a flat folder of links to HMDB-51's class folders; its few-shot list is the train
+    list's lines for K videos a class, passed as --train-list."""
+    root = tmp_path / "hmdb51"
+    flat = tmp_path / "flat"
+    flat.mkdir()
     for name in HMDB:
         for i in range(3):
-            (root / name).mkdir(parents=True, exist_ok=True)
-            (root / name / f"v{i}.avi").touch()
+            video = root / name / f"{name}_v{i}.avi"
+            video.parent.mkdir(parents=True, exist_ok=True)
+            video.touch()
+            (flat / video.name).symlink_to(video)
     (root / "labels").mkdir()
     (root / "labels" / "hmdb_51_labels.csv").write_text(
         "id,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(HMDB))
     )
     (root / "splits").mkdir()
-    lines = [f"{n}/v{i}.avi {c}" for c, n in enumerate(HMDB) for i in range(3)]
-    (root / "splits" / "train1.txt").write_text("\n".join(lines) + "\n")
-    (root / "splits" / "train1_2_shot.txt").write_text(
-        "\n".join(line for line in lines if "/v2." not in line) + "\n"
+    lines = [f"{n}_v{i}.avi {c}" for c, n in enumerate(HMDB) for i in range(3)]
+    (root / "splits" / "val1.txt").write_text("\n".join(lines) + "\n")
+    (root / "splits" / "train1_few_shot_2.txt").write_text(
+        "\n".join(line for line in lines if "_v2." not in line) + "\n"
     )
-    files = ListFiles("splits/train1_2_shot.txt", "splits/train1.txt", "labels/hmdb_51_labels.csv")
-    train = load_split("list", root, "train", None, lists=files)
-    assert train.class_names == HMDB
+    files = ListFiles(
+        "splits/train1_few_shot_2.txt", "splits/val1.txt", "labels/hmdb_51_labels.csv"
+    )
+    train = load_split("list", root, "train", None, flat, lists=files)
+    assert train.class_names == HMDB and not train.missing
     counts = [sum(it.labels == (c,) for it in train.items) for c in range(3)]
     assert counts == [2, 2, 2]
+    assert train.items[0].path == flat.resolve() / "brush_hair_v0.avi"
+    assert len(load_split("list", root, "test", None, flat, lists=files).items) == 9
 
 
 def test_label_map_names_a_label_that_is_not_an_id(mmaction_root):
