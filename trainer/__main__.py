@@ -97,6 +97,9 @@ def check_data(
     dataset: str = setting_option("dataset", default=...),
     root: Path = setting_option("root"),
     videos: Path = setting_option("videos"),
+    train_list: Path = setting_option("train_list"),
+    test_list: Path = setting_option("test_list"),
+    class_list: Path = setting_option("class_list"),
     split: str = setting_option("split", help="Fold 1, 2, 3 or all (default: every split)."),
     frames: int = typer.Option(8, help="Frames a clip needs; fewer is 'short'."),
     workers: int = typer.Option(4, help="Videos probed in parallel."),
@@ -108,11 +111,13 @@ def check_data(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
     from .data.check import check_splits, load_dataset_splits
+    from .data.layouts import ListFiles
     from .paths import default_root
 
     bounded(frames=frames, workers=workers, allow_missing=allow_missing)
     root = root or default_root(dataset)
-    splits, absent = load_dataset_splits(dataset, root, videos, split)
+    lists = ListFiles(train_list, test_list, class_list)
+    splits, absent = load_dataset_splits(dataset, root, videos, split, lists)
     report = check_splits(splits, frames, workers, not as_json, absent)
     problems = report.problems(allow_missing)
     if as_json:
@@ -138,6 +143,9 @@ def prepare_videos_command(
     dataset: str = setting_option("dataset", default=...),
     root: Path = setting_option("root"),
     videos: Path = setting_option("videos"),
+    train_list: Path = setting_option("train_list"),
+    test_list: Path = setting_option("test_list"),
+    class_list: Path = setting_option("class_list"),
     out: Path = typer.Option(..., help="The prepared copy (new, empty, or a prepared one)."),
     to: str = choice_option(
         "videos",
@@ -150,13 +158,15 @@ def prepare_videos_command(
     workers: int = typer.Option(None, help="Videos encoded in parallel (default: one per core)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
+    from .data.layouts import ListFiles
     from .data.prepare import prepare_videos, print_summary
     from .paths import default_root
 
     bounded(short_side=short_side, keyframe_every=keyframe_every, workers=workers)
     root = root or default_root(dataset)
+    lists = ListFiles(train_list, test_list, class_list)
     summary = prepare_videos(
-        dataset, root, out, videos, short_side, keyframe_every, workers, not as_json, to
+        dataset, root, out, videos, short_side, keyframe_every, workers, not as_json, to, lists
     )
     if as_json:
         sys.stdout.write(json.dumps(summary.to_json()) + "\n")
@@ -308,6 +318,9 @@ def reproduce(
     "dataset",
     "root",
     "videos",
+    "train_list",
+    "test_list",
+    "class_list",
     "preset",
     "split",
     "clip_model",
@@ -406,6 +419,12 @@ def evaluate(
     videos: Path = typer.Option(
         None, help="Where the videos are, if not under --root (default: the run's)."
     ),
+    test_list: Path = typer.Option(
+        None, help="--dataset list: the test list, relative to --root (default: the run's)."
+    ),
+    class_list: Path = typer.Option(
+        None, help="--dataset list: the class list, relative to --root (default: the run's)."
+    ),
     subtexts: list[Path] = typer.Option(
         None,
         help="The target dataset's subtexts.parquet (default: the run's on its own dataset, "
@@ -462,6 +481,8 @@ def evaluate(
         features=features,
         clip_model=clip_model,
         clip_pretrained=clip_pretrained,
+        test_list=test_list,
+        class_list=class_list,
     )
     if not as_json and result.get("subsets"):
         _print_subsets(result["subsets"])

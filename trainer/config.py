@@ -50,6 +50,17 @@ INPUTS: dict[str, str] = {
 }
 
 
+# The `list` dataset's files: relative to its root unless absolute.
+LIST_INPUTS = ("train_list", "test_list", "class_list")
+
+
+def dataset_root(cfg: RunConfig) -> Path:
+    """The root a run reads: `--root`, else the dataset's default one."""
+    from .paths import default_root
+
+    return absolute(cfg.root) if cfg.root is not None else default_root(cfg.dataset)
+
+
 def absolute(path: Path | str) -> Path:
     """`path` with `~` expanded, from this folder, links resolved."""
     return Path(path).expanduser().resolve()
@@ -70,6 +81,8 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
     """`cfg` with every path it names absolute (`absolute`): what a run records, so that it
     reads the same files from any folder."""
     files = {name: absolute(value) for name, value in input_paths(dataclasses.asdict(cfg)).items()}
+    for name in set(LIST_INPUTS) & set(files):  # relative to the dataset's root, not here
+        files[name] = absolute(dataset_root(cfg) / getattr(cfg, name))
     clip = {
         name: str(files.pop(name)) for name in ("clip_model", "clip_pretrained") if name in files
     }

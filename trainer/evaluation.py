@@ -203,6 +203,8 @@ def evaluate_checkpoint(
     clip_model: str | None = None,
     clip_pretrained: str | None = None,
     decode_device: str = "cpu",
+    test_list: Path | None = None,
+    class_list: Path | None = None,
 ) -> dict:
     """Evaluate a run's best (else last) checkpoint, or its last one with
     `checkpoint="last"`, on a dataset's test split(s): from the videos, or for a run with a
@@ -212,7 +214,8 @@ def evaluate_checkpoint(
     `dataset` defaults to the run's own; there `root`, `videos`, `subtexts` and `split`
     default to the run's recorded ones (an exported model ships no dataset: its `root` is
     the given or default one), on another dataset to the default root and artifact.
-    `clip_model`, `clip_pretrained`: where the run's CLIP files are now, if they moved.
+    `clip_model`, `clip_pretrained`: where the run's CLIP files are now, if they moved;
+    `test_list`, `class_list`: a `list` dataset's files (default: the run's on its own dataset).
     `decode_device` "cuda": frame folders' JPEGs decoded on the GPU (`--decode-device`).
 
     `zero_shot="full"`: the test splits (folds 1-3, or `split`) and their mean;
@@ -239,6 +242,8 @@ def evaluate_checkpoint(
         clip_model=clip_model,
         clip_pretrained=clip_pretrained,
         decode_device=decode_device,
+        test_list=test_list,
+        class_list=class_list,
     )
     cfg, dist_info = loaded.cfg, loaded.dist_info
     dataset = cfg.dataset
@@ -250,7 +255,9 @@ def evaluate_checkpoint(
     results, per_subset = [], []
     with progress_bar(show_progress and dist_info.is_main) as progress:
         for fold in folds(dataset, split):
-            test = load_split(dataset, root, test_split(dataset), fold, cfg.videos, False)
+            test = load_split(
+                dataset, root, test_split(dataset), fold, cfg.videos, False, cfg.list_files()
+            )
             as_jpegs = features is None and check_decode_device(
                 cfg.decode_device, dist_info.device, test.items
             )

@@ -33,8 +33,9 @@ class RunData:
 def load_fold(cfg: RunConfig, root: Path, fold: int | None) -> tuple[SplitList, SplitList]:
     """The fold's train split (Charades: action instances unless the run says otherwise)
     and its test split (whole videos)."""
-    train = load_split(cfg.dataset, root, "train", fold, cfg.videos, cfg.charades_instances)
-    test = load_split(cfg.dataset, root, test_split(cfg.dataset), fold, cfg.videos, False)
+    lists = cfg.list_files()
+    train = load_split(cfg.dataset, root, "train", fold, cfg.videos, cfg.charades_instances, lists)
+    test = load_split(cfg.dataset, root, test_split(cfg.dataset), fold, cfg.videos, False, lists)
     return train, test
 
 

@@ -59,7 +59,8 @@ class RunModel:
 
 # A run's inputs that belong to its dataset (read from where it recorded them on its own
 # dataset only), and those of its CLIP (read on any dataset).
-DATA_INPUTS = ("root", "videos", "subtexts")
+# (an evaluation reads no train list)
+DATA_INPUTS = ("root", "videos", "test_list", "class_list", "subtexts")
 CLIP_INPUTS = ("clip_model", "clip_pretrained")
 
 # What `video_model` builds a model by: the model's settings but where its CLIP's files are

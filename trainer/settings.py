@@ -20,7 +20,7 @@ from pathlib import Path
 from storyboard_common.about import DEVICES
 from storyboard_common.errors import MAX_BATCH, MAX_EPOCHS, MAX_SEED, MAX_WORKERS, Bounds, UserError
 
-from .data.layouts import DATASETS
+from .data.layouts import DATASETS, ListFiles
 from .model.modes import AGGREGATIONS
 
 AMP_MODES = ("bf16", "fp16", "none")
@@ -116,6 +116,23 @@ class DataConfig:
         "Where the videos are, if not under --root.",
         moved_input="DIR (where the videos are now)",
     )
+    train_list: Path | None = setting(
+        None,
+        "--dataset list: the train list, e.g. mmaction2's or a few-shot list (train.txt; "
+        "relative to --root).",
+        moved_input="FILE (where the train list is now)",
+    )
+    test_list: Path | None = setting(
+        None,
+        "--dataset list: the test list (test.txt; relative to --root).",
+        moved_input="FILE (where the test list is now)",
+    )
+    class_list: Path | None = setting(
+        None,
+        "--dataset list: the classes, `id,name` csv or one name a line as label_map.txt "
+        "(classes.csv; relative to --root).",
+        moved_input="FILE (where the class list is now)",
+    )
     split: str = setting(
         "1",
         "Fold 1, 2, 3, or all (runs the three, reports mean).",
@@ -152,6 +169,10 @@ class DataConfig:
         "subtexts.parquet (default: artifacts/<dataset>/<clip-tag>/).",
         moved_input="FILE (where the run's subtexts.parquet is now)",
     )
+
+    def list_files(self) -> ListFiles:
+        """The `list` dataset's files these settings name."""
+        return ListFiles(self.train_list, self.test_list, self.class_list)
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 from rich.progress import Progress
 
 from .items import SplitList
-from .layouts import absent_files, available_splits, folds, load_split
+from .layouts import ListFiles, absent_files, available_splits, folds, load_split
 from .sampling import clip_indices
 from .video import VideoError, open_video, read_frames
 
@@ -73,7 +73,11 @@ def _pair_name(split: str, fold: int | None) -> str:
 
 
 def load_dataset_splits(
-    dataset: str, root: Path, videos: Path | None = None, split: str | None = None
+    dataset: str,
+    root: Path,
+    videos: Path | None = None,
+    split: str | None = None,
+    lists: ListFiles | None = None,
 ) -> tuple[list[SplitList], dict[str, str]]:
     """The splits of `dataset` (the folds `split` chooses) whose files are there (annotation
     files under `root`, Kinetics' split folders under `videos` or `root`), loaded, and
@@ -81,14 +85,14 @@ def load_dataset_splits(
     the first raises the layout's error naming what is missing."""
     chosen = folds(dataset, split)
     wanted = [(s, f) for s, f in available_splits(dataset) if f is None or f in chosen]
-    present = set(available_splits(dataset, root, videos))
+    present = set(available_splits(dataset, root, videos, lists))
     pairs = [pair for pair in wanted if pair in present] or wanted
     absent = {
-        _pair_name(s, f): absent_files(dataset, root, s, f, videos) or "its annotation file"
+        _pair_name(s, f): absent_files(dataset, root, s, f, videos, lists) or "its annotation file"
         for s, f in wanted
         if (s, f) not in pairs
     }
-    return [load_split(dataset, root, s, f, videos) for s, f in pairs], absent
+    return [load_split(dataset, root, s, f, videos, lists=lists) for s, f in pairs], absent
 
 
 def probe_video(path: Path, frames: int) -> tuple[str | None, str]:

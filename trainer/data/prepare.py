@@ -77,7 +77,7 @@ from ..progress import progress_bar
 from .check import load_dataset_splits
 from .frames import FPS_FILE, folder_name, fps_text, frame_file
 from .items import SplitList
-from .layouts import dataset_name, layout
+from .layouts import ListFiles, dataset_name, layout
 from .layouts._common import absolute
 from .video import VideoError, VideoInfo, open_video, read_frames, short_side_size
 
@@ -208,6 +208,7 @@ def prepare_videos(
     workers: int | None = None,
     show_progress: bool = True,
     to: str = "videos",
+    lists: ListFiles | None = None,
 ) -> PrepareSummary:
     """Re-encode every video of every split of `dataset` under `root` (or `videos`) whose
     annotation files are there into `out` (`to`: "videos" for video copies, "frames" for
@@ -226,7 +227,7 @@ def prepare_videos(
     videos = None if videos is None else absolute(videos)
     out = absolute(out)
     _check_out(out, root, videos, settings)
-    splits, absent = load_dataset_splits(settings.dataset, root, videos)
+    splits, absent = load_dataset_splits(settings.dataset, root, videos, lists=lists)
     jobs = plan_jobs(settings.dataset, splits, root, videos, out, to)
     folders = _layout_folders(settings.dataset, splits, root, videos)
 
@@ -236,7 +237,7 @@ def prepare_videos(
         _write_marker(out, settings, root, videos)
         for folder in folders:
             (out / folder).mkdir(parents=True, exist_ok=True)
-        copied = copy_annotations(settings.dataset, root, out)
+        copied = copy_annotations(settings.dataset, root, out, lists)
         finished = [job for job in jobs if settings.done(job.target)]
         # outputs of a version that recorded none are taken as they are, once
         recorded = (
@@ -453,14 +454,19 @@ def _layout_folders(
     return [d for d in entry.video_dirs if (root / d).is_dir()]
 
 
-def annotation_files(dataset: str, root: Path) -> list[str]:
-    """The files under `root` a layout reads besides videos (relative, those present)."""
+def annotation_files(dataset: str, root: Path, lists: ListFiles | None = None) -> list[str]:
+    """The files under `root` a layout reads besides videos (relative, those present): the
+    list files `lists` names too, where they lie under `root` (one elsewhere is named again,
+    by the same flag, with `--root OUT`)."""
     entry = layout(dataset)
+    lists = lists or ListFiles()
+    named = [root / p for p in (lists.train, lists.test, lists.classes) if p is not None]
     candidates = [
         *entry.annotations,
         *(f for d in entry.annotation_dirs for f in _folder_files(root, d)),
+        *(str(p.relative_to(root)) for p in named if p.is_relative_to(root)),
     ]
-    return [name for name in candidates if (root / name).is_file()]
+    return [name for name in dict.fromkeys(candidates) if (root / name).is_file()]
 
 
 def _folder_files(root: Path, folder: str) -> list[str]:
@@ -470,9 +476,11 @@ def _folder_files(root: Path, folder: str) -> list[str]:
     )
 
 
-def copy_annotations(dataset: str, root: Path, out: Path) -> list[str]:
+def copy_annotations(
+    dataset: str, root: Path, out: Path, lists: ListFiles | None = None
+) -> list[str]:
     """Copy the layout's annotation files from `root` to `out` (each atomically)."""
-    names = annotation_files(dataset, root)
+    names = annotation_files(dataset, root, lists)
     for name in names:
         with atomic_path(out / name) as tmp:
             shutil.copyfile(root / name, tmp)

@@ -1,6 +1,7 @@
 """The datasets in their official layouts, read into `SplitList`s (existence checks only).
 
-`load_split(dataset, root, split, fold, videos)` is the one entry point; each module also
+`load_split(dataset, root, split, fold, videos, lists=...)` is the one entry point (`lists`:
+the `list` dataset's files, `generic.ListFiles`); each module also
 has a `load` with dataset-specific options (e.g. a class list for miniature copies).
 """
 
@@ -14,6 +15,7 @@ from storyboard_common.errors import UserError
 
 from ..items import SplitList
 from . import charades, generic, hmdb51, kinetics, ssv2, ucf101
+from .generic import ListFiles
 
 
 @dataclass(frozen=True)
@@ -25,8 +27,8 @@ class Layout:
     under a root where videos are looked for, the first of which takes `--videos` videos;
     `flat_videos`: one flat folder whatever the source's subfolders)."""
 
-    load: Callable[..., SplitList]  # (root, split, fold, videos, charades_instances)
-    absent: Callable[..., str | None]  # (root, split, fold, videos) -> what is missing
+    load: Callable[..., SplitList]  # (root, split, fold, videos, charades_instances, lists)
+    absent: Callable[..., str | None]  # (root, split, fold, videos, lists) -> what is missing
     splits: tuple[str, ...]
     folds: tuple[int, ...] = ()  # () for a dataset of one split
     test_split: str = "test"
@@ -40,8 +42,10 @@ class Layout:
 
 def _kinetics(name: str) -> Layout:
     return Layout(
-        load=lambda root, split, fold, videos, _: kinetics.load(root, split, videos, dataset=name),
-        absent=lambda root, split, fold, videos: (
+        load=lambda root, split, fold, videos, _, __: kinetics.load(
+            root, split, videos, dataset=name
+        ),
+        absent=lambda root, split, fold, videos, _: (
             kinetics.absent(root, split, fold) or kinetics.absent_videos(root, split, videos)
         ),
         splits=kinetics.SPLITS,
@@ -53,8 +57,8 @@ def _kinetics(name: str) -> Layout:
 
 def _folded(module, annotation_dir: str, class_folders_needed: bool) -> Layout:
     return Layout(
-        load=lambda root, split, fold, videos, _: module.load(root, split, fold, videos),
-        absent=lambda root, split, fold, videos: module.absent(root, split, fold),
+        load=lambda root, split, fold, videos, _, __: module.load(root, split, fold, videos),
+        absent=lambda root, split, fold, videos, _: module.absent(root, split, fold),
         splits=module.SPLITS,
         folds=(1, 2, 3),
         annotation_dirs=(annotation_dir,),
@@ -68,8 +72,8 @@ REGISTRY: dict[str, Layout] = {
     "k400": _kinetics("k400"),
     "k600": _kinetics("k600"),
     "ssv2": Layout(
-        load=lambda root, split, fold, videos, _: ssv2.load(root, split, videos),
-        absent=lambda root, split, fold, videos: ssv2.absent(root, split, fold),
+        load=lambda root, split, fold, videos, _, __: ssv2.load(root, split, videos),
+        absent=lambda root, split, fold, videos, _: ssv2.absent(root, split, fold),
         splits=ssv2.SPLITS,
         test_split="val",
         annotations=ssv2.ANNOTATION_FILES,
@@ -77,19 +81,19 @@ REGISTRY: dict[str, Layout] = {
         flat_videos=True,
     ),
     "charades": Layout(
-        load=lambda root, split, fold, videos, instances: charades.load(
+        load=lambda root, split, fold, videos, instances, _: charades.load(
             root, split, videos, instances=instances
         ),
-        absent=lambda root, split, fold, videos: charades.absent(root, split, fold),
+        absent=lambda root, split, fold, videos, _: charades.absent(root, split, fold),
         splits=charades.SPLITS,
         annotations=(charades.CLASSES_FILE, *charades.CSV_FILES.values()),
         video_dirs=(charades.VIDEO_DIR,),
     ),
     "list": Layout(
-        load=lambda root, split, fold, videos, _: generic.load(root, split, videos),
-        absent=lambda root, split, fold, videos: generic.absent(root, split, fold),
+        load=lambda root, split, fold, videos, _, lists: generic.load(root, split, videos, lists),
+        absent=lambda root, split, fold, videos, lists: generic.absent(root, split, fold, lists),
         splits=generic.SPLITS,
-        annotations=("classes.csv", *(f"{s}.txt" for s in generic.SPLITS)),
+        annotations=(generic.CLASS_FILE, *(f"{s}.txt" for s in generic.SPLITS)),
     ),
 }
 DATASETS = tuple(REGISTRY)
@@ -114,7 +118,10 @@ def dataset_name(dataset: str) -> str:
 
 
 def available_splits(
-    dataset: str, root: Path | None = None, videos: Path | None = None
+    dataset: str,
+    root: Path | None = None,
+    videos: Path | None = None,
+    lists: ListFiles | None = None,
 ) -> list[tuple[str, int | None]]:
     """The (split, fold) pairs a dataset defines, e.g. [("train", 1), ("test", 1), ...].
 
@@ -127,18 +134,23 @@ def available_splits(
     pairs = [(s, f) for f in entry.folds or (None,) for s in entry.splits]
     if root is None:
         return pairs
-    found = [(s, f) for s, f in pairs if absent_files(name, root, s, f, videos) is None]
+    found = [(s, f) for s, f in pairs if absent_files(name, root, s, f, videos, lists) is None]
     return found or pairs
 
 
 def absent_files(
-    dataset: str, root: Path, split: str, fold: int | None, videos: Path | None = None
+    dataset: str,
+    root: Path,
+    split: str,
+    fold: int | None,
+    videos: Path | None = None,
+    lists: ListFiles | None = None,
 ) -> str | None:
     """None when a split's own files are under `root`, else what is missing, relative to
     `root` (e.g. "test.csv") or to the video folder (Kinetics' per-split folders, e.g.
     "video folder train/"). Files every split needs (class lists) are not looked at here:
     without them loading any split names them."""
-    return layout(dataset).absent(Path(root).expanduser(), split, fold, videos)
+    return layout(dataset).absent(Path(root).expanduser(), split, fold, videos, lists)
 
 
 def test_split(dataset: str) -> str:
@@ -164,15 +176,18 @@ def load_split(
     fold: int | None = 1,
     videos: Path | None = None,
     charades_instances: bool = False,
+    lists: ListFiles | None = None,
 ) -> SplitList:
-    """One split of a dataset; `fold` counts for hmdb51/ucf101 only (None means fold 1)."""
-    return layout(dataset).load(root, split, fold, videos, charades_instances)
+    """One split of a dataset; `fold` counts for hmdb51/ucf101 only (None means fold 1),
+    `lists` for the `list` dataset only."""
+    return layout(dataset).load(root, split, fold, videos, charades_instances, lists)
 
 
 __all__ = [
     "DATASETS",
     "REGISTRY",
     "Layout",
+    "ListFiles",
     "has_folds",
     "layout",
     "absent_files",

@@ -1,4 +1,8 @@
-"""A generic dataset: `classes.csv` (`id,name`) and list files `train.txt`/`val.txt`/`test.txt`.
+"""A generic dataset: `classes.csv` (`id,name`) and list files `train.txt`/`val.txt`/`test.txt`,
+or the files `--train-list`, `--test-list` and `--class-list` name (`ListFiles`: relative to
+the root unless absolute), so that mmaction2's, BIKE's and ViFi-CLIP's lists and label maps
+are read as published. The class list is any `load_classes` reads: `id,name` csv, one name a
+line (mmaction2's `label_map*.txt`: line i is class i), JSON.
 
 List lines are `relative/path label[,label...]`: the last whitespace-separated field holds the
 labels (class names or ids), everything before it the path, relative to the video folder
@@ -14,6 +18,7 @@ the folder (a list from another extraction would sample frames that are not ther
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from storyboard_common.classes import load_classes
@@ -27,23 +32,64 @@ from ._common import DirIndex, normalize_split, read_lines, require_file, requir
 LABEL = "the list dataset"
 SPLITS = ("train", "val", "test")
 _EXPECT = "classes.csv (`id,name`) and the list files train.txt, val.txt, test.txt"
+CLASS_FILE = "classes.csv"
 
 
-def absent(root: Path, split: str, fold: int | None = None) -> str | None:
+@dataclass(frozen=True)
+class ListFiles:
+    """The list files a `list` dataset reads (`--train-list`, `--test-list`, `--class-list`),
+    each relative to the root unless absolute; None: the default name (`train.txt`,
+    `test.txt`, `classes.csv`). The val split is always `val.txt`."""
+
+    train: Path | str | None = None
+    test: Path | str | None = None
+    classes: Path | str | None = None
+
+    def split_file(self, root: Path, split: str) -> Path:
+        given = {"train": self.train, "test": self.test}.get(split)
+        return Path(root) / (given or f"{split}.txt")
+
+    def class_file(self, root: Path) -> Path:
+        return Path(root) / (self.classes or CLASS_FILE)
+
+    def instead(self, split: str) -> str:
+        """How a user names the split's file elsewhere, for an error: by its flag (val.txt
+        has none)."""
+        flag = {"train": "--train-list", "test": "--test-list"}.get(split)
+        return f", or {flag} names it" if flag else ""
+
+
+def absent(
+    root: Path, split: str, fold: int | None = None, lists: ListFiles | None = None
+) -> str | None:
     """None when the split's list file is on disk, else its name."""
-    return None if (Path(root) / f"{split}.txt").is_file() else f"{split}.txt"
+    path = (lists or ListFiles()).split_file(Path(root), split)
+    if path.is_file():
+        return None
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
-def load(root: Path | str, split: str = "train", videos: Path | str | None = None) -> SplitList:
+def load(
+    root: Path | str,
+    split: str = "train",
+    videos: Path | str | None = None,
+    lists: ListFiles | None = None,
+) -> SplitList:
+    lists = lists or ListFiles()
     root = require_root(root, _EXPECT)
     split = normalize_split(split, SPLITS, LABEL)
-    classes_csv = require_file(root / "classes.csv", "class list", f"--root must hold {_EXPECT}")
-    names = load_classes(classes_file=classes_csv, flag="the class list").names
+    class_file = require_file(
+        lists.class_file(root),
+        "class list",
+        f"--root must hold {_EXPECT}, or --class-list names it",
+    )
+    names = load_classes(classes_file=class_file, flag="the class list").names
     by_name = {name: i for i, name in enumerate(names)}
     list_file = require_file(
-        root / f"{split}.txt",
+        lists.split_file(root, split),
         "list file",
-        f"--root must hold {_EXPECT} (lines `relative/path label[,label...]`)",
+        f"--root must hold {_EXPECT}{lists.instead(split)} "
+        "(lines `relative/path label[,label...]`)",
     )
     vdir = video_root(videos, root, "List", "must hold the videos named in the list files")
 
@@ -78,7 +124,7 @@ def load(root: Path | str, split: str = "train", videos: Path | str | None = Non
             if class_id is None:
                 raise UserError(
                     f"{list_file} line {lineno}: label {label!r} is neither a name nor an id "
-                    f"in {classes_csv}."
+                    f"in {class_file}."
                 )
             labels.append(class_id)
         if not labels:
