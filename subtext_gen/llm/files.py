@@ -7,10 +7,10 @@ Accepted files:
   such as OST's `temporal_descriptors/4_descriptors.json`), when every key is an integer
   and the keys are not class names. Key i is class i of the label list the file was
   written for (`index_classes`, `--index-classes FILE`), whose names are matched to the
-  class list. That list is always needed: published orders of one dataset differ (every
-  HMDB-51 order seen, OST's, X-CLIP's, ViFi-CLIP's, ActionCLIP's, swaps kick/kick_ball and
-  sword/sword_exercise against the official one), so "key i is our class i" would pair
-  sets with the wrong classes unnoticed. A key count other than the label list's,
+  class list. That list is always needed: published orders of one dataset differ (HMDB-51
+  lists sorted by name put kick_ball before kick and sword_exercise before sword, some
+  also climb_stairs before climb; others keep the official order: data/README.md), so
+  "key i is our class i" would pair sets with the wrong classes unnoticed. A key count other than the label list's,
   out-of-range indices, labels that are not classes, or names mixed with indices are an
   error.
 * CSV, long form with a `sub_text` column: `class,sub_text[,set]`, one sub-text a row, the
