@@ -11,8 +11,8 @@ Accepted files:
   lists sorted by name put kick_ball before kick and sword_exercise before sword, some
   also climb_stairs before climb; others keep the official order: data/README.md), so
   "key i is our class i" would pair sets with the wrong classes unnoticed. A key count
-  other than the label list's, out-of-range indices, labels that are not classes, or names mixed with indices are an
-  error.
+  other than the label list's, out-of-range indices, labels that are not classes, or
+  names mixed with indices are an error.
 * CSV, long form with a `sub_text` column: `class,sub_text[,set]`, one sub-text a row, the
   rows of a class (and `set` label, if given) in order forming one set.
 * CSV, wide form: `class,<any>,<any>,...`, one set a row, its non-empty cells the sub-texts.
