@@ -283,9 +283,6 @@ def reproduce(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs it would make."),
 ) -> None:
-    """Run one row of the paper's tables with its protocol (every fold and seed it averages),
-    reusing finished runs and resuming killed ones, and write reproduction.md and
-    reproduction.json: the paper's number beside ours (mean and 95% interval)."""
     from . import reproduce as rows_module
 
     table = rows_module.load_rows(rows)
