@@ -68,6 +68,7 @@ from .gpu_pipeline import (
     Pipeline,
     cores,
     default_ranks,
+    part_record,
     run_parts,
 )
 from .synthetic import synthetic_artifact
@@ -449,6 +450,9 @@ def print_parts(parts: list[dict], console: Console) -> None:
     console.print(table)
 
 
+STEPS_COVERS = "train_step of the full model: bf16 and fp32, checkpointing on and off, memory"
+
+
 def steps_part(args: argparse.Namespace, device: torch.device) -> tuple[dict, dict]:
     """The step check as a part -> (its result, its record as `run_parts` writes them)."""
     started = time.perf_counter()
@@ -469,15 +473,13 @@ def steps_part(args: argparse.Namespace, device: torch.device) -> tuple[dict, di
     _release(device)  # the runs that follow are other processes on the same card
     result["target"] = memory_target(result)
     problems = failures(result)
-    record = {
-        "part": "steps",
-        "covers": "train_step of the full model: bf16 and fp32, checkpointing on and off, memory",
-        "status": "fail" if problems else "pass",
-        "seconds": time.perf_counter() - started,
-        "figures": {"configurations": len(result["results"])},
-        "failures": problems,
-        "skipped_because": None,
-    }
+    record = part_record("steps", STEPS_COVERS)
+    record.update(
+        status="fail" if problems else "pass",
+        seconds=time.perf_counter() - started,
+        figures={"configurations": len(result["results"])},
+        failures=problems,
+    )
     return result, record
 
 
@@ -535,8 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result, steps_record = steps_part(args, device)
     else:
         result = {"device": device_name(device), "results": [], "target": None}
-        steps_record = {"part": "steps", "status": "skipped", "seconds": 0.0, "figures": {}}
-        steps_record.update(failures=[], skipped_because="not asked for (--only)")
+        steps_record = part_record("steps", STEPS_COVERS, "not asked for (--only)")
     ranks = args.ranks if args.ranks is not None else default_ranks(device.type)
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)

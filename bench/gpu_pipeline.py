@@ -478,6 +478,19 @@ PARTS = (
 )
 
 
+def part_record(name: str, covers: str, skipped_because: str | None = None) -> dict:
+    """A part's record as the report holds it, before it runs: skipped, no figures."""
+    return {
+        "part": name,
+        "covers": covers,
+        "status": "skipped",
+        "seconds": 0.0,
+        "figures": {},
+        "failures": [],
+        "skipped_because": skipped_because,
+    }
+
+
 def run_parts(
     pipeline: Pipeline,
     parts: Sequence[Part] = PARTS,
@@ -491,8 +504,7 @@ def run_parts(
     status: dict[str, str] = {}
     wanted = _with_needs(parts, only)
     for part in parts:
-        record = {"part": part.name, "covers": part.covers, "status": "skipped", "seconds": 0.0}
-        record.update(figures={}, failures=[], skipped_because=None)
+        record = part_record(part.name, part.covers)
         records.append(record)
         left = TOTAL_BUDGET_S - spent_s
         unmet = [n for n in part.needs if status.get(n) != "pass"]
