@@ -125,15 +125,12 @@ def write_frame_folder(
     8*i + 16 as `write_video` writes them (`frame_level` reads them back), with `fps` in
     its fps file (None: none, as BIKE and mmaction2 write folders)."""
     import torch
-    from torchvision.io import encode_jpeg
 
-    from trainer.data.frames import FPS_FILE, fps_text, frame_file
+    from testkit.frame_folders import write_jpegs
+    from trainer.data.frames import FPS_FILE, fps_text
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(frames):
-        image = torch.full((3, height, width), min(8 * i + 16, 255), dtype=torch.uint8)
-        frame_file(folder, i).write_bytes(encode_jpeg(image, quality=95).numpy().tobytes())
+    levels = torch.tensor([min(8 * i + 16, 255) for i in range(frames)], dtype=torch.uint8)
+    folder = write_jpegs(folder, levels.view(-1, 1, 1, 1).expand(-1, 3, height, width), 95)
     if fps is not None:
         (folder / FPS_FILE).write_text(fps_text(fps))
     return folder
