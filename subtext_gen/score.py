@@ -68,9 +68,10 @@ def check_cut_class_texts(clip: LoadedClip, names: list[str], globals_: list[str
     """Refuse two classes whose global texts CLIP reads as one (the same token ids once cut to
     its context, or once its tokenizer has folded case and spacing): their features would be
     identical, the two classes never told apart."""
-    ids = clip.tokenizer(globals_) if globals_ else None
+    if not globals_:
+        return
     first: dict[bytes, int] = {}
-    for c, row in enumerate([] if ids is None else ids.numpy()):
+    for c, row in enumerate(clip.tokenizer(globals_).numpy()):
         seen = first.setdefault(row.tobytes(), c)
         if seen != c:
             cut = tokens_cut(clip, [globals_[seen], globals_[c]])
