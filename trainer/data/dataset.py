@@ -240,7 +240,7 @@ def _one_size(folder, indices: np.ndarray, data: Sequence[torch.Tensor]) -> tupl
     differs (the frames are stacked on the device)."""
     sizes = []
     for i, frame in zip(indices.tolist(), data):
-        sizes.append(jpeg_size(frame.numpy().tobytes()))
+        sizes.append(jpeg_size(memoryview(frame.numpy())))
         if sizes[-1] is None:
             raise VideoError(frame_file(folder, i), "is not a JPEG image")
         if sizes[-1] != sizes[0]:

@@ -272,7 +272,7 @@ def open_frame_folder(
     if len(numbers) < min_frames:
         raise VideoError.too_short(path, len(numbers), min_frames, FOLDER)
     first = read_folder_bytes(path, [0])[0]
-    size = jpeg_size(first.numpy().tobytes())
+    size = jpeg_size(memoryview(first.numpy()))
     if size is None:
         raise VideoError(
             path, f"has a first frame that is not a JPEG ({frame_file(path, 0).name})", FOLDER
