@@ -249,12 +249,14 @@ def _sized(reader, native: VideoInfo, short_side: int | None) -> VideoInfo:
 def open_frame_folder(
     path: Path, short_side: int | None = None, min_frames: int = 1
 ) -> tuple[FrameFolderReader, VideoInfo]:
-    """`open_video` for a frame folder: counts its frames (one scandir), refuses a gap,
-    reads the size from the first frame's JPEG header and the rate from its FPS_FILE
-    (0 when it has none); a VideoError naming the folder for any of these."""
+    """`open_video` for a frame folder: counts its frames (one scandir), refuses a video
+    file or a gap, reads the size from the first frame's JPEG header and the rate from its
+    FPS_FILE (0 when it has none); a VideoError naming the folder for any of these."""
     try:
         numbers = list_frames(path)
         fps = read_fps(path)
+    except NotADirectoryError as error:  # a file where a folder was wanted (not open_video's)
+        raise VideoError(path, "is a video file, not a frame folder") from error
     except OSError as error:
         raise VideoError(path, f"cannot be read ({os_reason(error)})", FOLDER) from error
     except ValueError as error:
