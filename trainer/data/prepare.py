@@ -79,7 +79,7 @@ from .frames import FPS_FILE, folder_name, fps_text, frame_file
 from .items import SplitList
 from .layouts import ListFiles, dataset_name, layout
 from .layouts._common import absolute
-from .video import VideoError, VideoInfo, open_video, read_frames, short_side_size
+from .video import VideoError, VideoInfo, open_video, read_frames, resize_reader, short_side_size
 
 MARKER = "storyboard-prepared.json"
 VERIFIED = "storyboard-prepared-outputs.jsonl"  # one line per output as verified
@@ -575,7 +575,7 @@ def prepare_frames(source: Path, target: Path, short_side: int = 256) -> VideoRe
     try:
         reader, info = open_video(source)
         if min(info.height, info.width) > short_side:  # never scaled up
-            reader, info = open_video(source, short_side)
+            info = resize_reader(reader, info, short_side)
     except VideoError as exc:
         return VideoResult(str(source), "unreadable", exc.reason)
     try:

@@ -232,11 +232,12 @@ def open_video(
         raise VideoError.too_short(path, num_frames, min_frames)
     reader.path = str(path)
     reader.output_size = None
-    return reader, _sized(reader, VideoInfo(num_frames, fps, height, width), short_side)
+    return reader, resize_reader(reader, VideoInfo(num_frames, fps, height, width), short_side)
 
 
-def _sized(reader, native: VideoInfo, short_side: int | None) -> VideoInfo:
-    """Set the reader's `output_size` for `short_side`; the info of the frames it returns."""
+def resize_reader(reader, native: VideoInfo, short_side: int | None) -> VideoInfo:
+    """Set an opened reader's `output_size` for `short_side` (as `open_video(path,
+    short_side)` does, without opening it again); the info of the frames it returns."""
     if short_side is None:
         return native
     size = short_side_size(native.height, native.width, short_side)
@@ -280,7 +281,7 @@ def open_frame_folder(
             path, f"has a first frame that is not a JPEG ({frame_file(path, 0).name})", FOLDER
         )
     reader = FrameFolderReader(str(path), len(numbers))
-    return reader, _sized(reader, VideoInfo(len(numbers), fps or 0.0, *size), short_side)
+    return reader, resize_reader(reader, VideoInfo(len(numbers), fps or 0.0, *size), short_side)
 
 
 def read_folder_bytes(folder: Path, indices: Sequence[int]) -> list[torch.Tensor]:
