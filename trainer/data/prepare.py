@@ -265,7 +265,8 @@ def prepare_videos(
         target_of = {str(job.source): job.target for job in todo}
         with progress_bar(show_progress) as progress:
             task = progress.add_task(f"preparing {to}", total=len(todo), info="")
-            for result in _run(todo, settings, workers or default_workers()):
+            # by default one encoder per core (each runs single-threaded)
+            for result in _run(todo, settings, workers or available_cores()):
                 if result.status == "prepared":
                     target = target_of[result.source]
                     add_verified(out, target, output_record(target))
@@ -322,11 +323,6 @@ def add_verified(out: Path, target: Path, record: dict) -> None:
     the two leaves an output without a record: prepared again by the rerun)."""
     with open(out / VERIFIED, "a", encoding="utf-8") as fh:
         fh.write(_verified_line(out, target, record))
-
-
-def default_workers() -> int:
-    """One encoder per core (each runs single-threaded)."""
-    return available_cores()
 
 
 def _check_out(out: Path, root: Path, videos: Path | None, settings: PrepareSettings) -> None:
