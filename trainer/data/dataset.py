@@ -31,7 +31,7 @@ from storyboard_common.device import available_cores
 
 from ..distributed import local_processes
 from .device_transforms import EncodedClips, draw_train_view, eval_views
-from .frames import frame_file, is_frame_folder, jpeg_size
+from .frames import frame_file, jpeg_size
 from .items import VideoItem
 from .sampling import clip_indices, interval_frames, segment_indices
 from .transforms import eval_transform, train_transform
@@ -186,9 +186,8 @@ class VideoClipDataset(Dataset):
         item = self.items[index]
         rngs = [np.random.default_rng([self.seed, epoch, index]) for epoch in epochs]
         try:
-            if not is_frame_folder(item.path):
-                raise VideoError(item.path, "is a video file, not a frame folder")
-            _, info = open_frame_folder(item.path)  # count, gaps, rate, the first frame's size
+            # refuses a video file or a gap; the count, rate and first frame's size
+            _, info = open_frame_folder(item.path)
             indices = [self._indices(item, info.num_frames, info.fps, rng) for rng in rngs]
             flat = np.unique(np.concatenate([i.ravel() for i in indices]))
             data = read_folder_bytes(item.path, flat.tolist())
@@ -240,7 +239,7 @@ def _one_size(folder, indices: np.ndarray, data: Sequence[torch.Tensor]) -> tupl
     differs (the frames are stacked on the device)."""
     sizes = []
     for i, frame in zip(indices.tolist(), data):
-        sizes.append(jpeg_size(frame.numpy().tobytes()))
+        sizes.append(jpeg_size(memoryview(frame.numpy())))
         if sizes[-1] is None:
             raise VideoError(frame_file(folder, i), "is not a JPEG image")
         if sizes[-1] != sizes[0]:

@@ -87,9 +87,10 @@ def fps_text(fps: float) -> str:
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
-def jpeg_size(data: bytes) -> tuple[int, int] | None:
+def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
     """(height, width) from a JPEG's start-of-frame header without decoding, or None when
-    `data` is not a JPEG with one."""
+    `data` is not a JPEG with one. A memoryview of a frame's bytes (`memoryview(t.numpy())`
+    of read_frame_bytes' tensor) reads the header without copying the frame."""
     if data[:2] != b"\xff\xd8":
         return None
     at = 2

@@ -79,7 +79,7 @@ from .frames import FPS_FILE, folder_name, fps_text, frame_file
 from .items import SplitList
 from .layouts import ListFiles, dataset_name, layout
 from .layouts._common import absolute
-from .video import VideoError, VideoInfo, open_video, read_frames, short_side_size
+from .video import VideoError, VideoInfo, open_video, read_frames, resize_reader, short_side_size
 
 MARKER = "storyboard-prepared.json"
 VERIFIED = "storyboard-prepared-outputs.jsonl"  # one line per output as verified
@@ -265,7 +265,8 @@ def prepare_videos(
         target_of = {str(job.source): job.target for job in todo}
         with progress_bar(show_progress) as progress:
             task = progress.add_task(f"preparing {to}", total=len(todo), info="")
-            for result in _run(todo, settings, workers or default_workers()):
+            # by default one encoder per core (each runs single-threaded)
+            for result in _run(todo, settings, workers or available_cores()):
                 if result.status == "prepared":
                     target = target_of[result.source]
                     add_verified(out, target, output_record(target))
@@ -322,11 +323,6 @@ def add_verified(out: Path, target: Path, record: dict) -> None:
     the two leaves an output without a record: prepared again by the rerun)."""
     with open(out / VERIFIED, "a", encoding="utf-8") as fh:
         fh.write(_verified_line(out, target, record))
-
-
-def default_workers() -> int:
-    """One encoder per core (each runs single-threaded)."""
-    return available_cores()
 
 
 def _check_out(out: Path, root: Path, videos: Path | None, settings: PrepareSettings) -> None:
@@ -575,7 +571,7 @@ def prepare_frames(source: Path, target: Path, short_side: int = 256) -> VideoRe
     try:
         reader, info = open_video(source)
         if min(info.height, info.width) > short_side:  # never scaled up
-            reader, info = open_video(source, short_side)
+            info = resize_reader(reader, info, short_side)
     except VideoError as exc:
         return VideoResult(str(source), "unreadable", exc.reason)
     try:

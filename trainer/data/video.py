@@ -232,11 +232,12 @@ def open_video(
         raise VideoError.too_short(path, num_frames, min_frames)
     reader.path = str(path)
     reader.output_size = None
-    return reader, _sized(reader, VideoInfo(num_frames, fps, height, width), short_side)
+    return reader, resize_reader(reader, VideoInfo(num_frames, fps, height, width), short_side)
 
 
-def _sized(reader, native: VideoInfo, short_side: int | None) -> VideoInfo:
-    """Set the reader's `output_size` for `short_side`; the info of the frames it returns."""
+def resize_reader(reader, native: VideoInfo, short_side: int | None) -> VideoInfo:
+    """Set an opened reader's `output_size` for `short_side` (as `open_video(path,
+    short_side)` does, without opening it again); the info of the frames it returns."""
     if short_side is None:
         return native
     size = short_side_size(native.height, native.width, short_side)
@@ -249,12 +250,14 @@ def _sized(reader, native: VideoInfo, short_side: int | None) -> VideoInfo:
 def open_frame_folder(
     path: Path, short_side: int | None = None, min_frames: int = 1
 ) -> tuple[FrameFolderReader, VideoInfo]:
-    """`open_video` for a frame folder: counts its frames (one scandir), refuses a gap,
-    reads the size from the first frame's JPEG header and the rate from its FPS_FILE
-    (0 when it has none); a VideoError naming the folder for any of these."""
+    """`open_video` for a frame folder: counts its frames (one scandir), refuses a video
+    file or a gap, reads the size from the first frame's JPEG header and the rate from its
+    FPS_FILE (0 when it has none); a VideoError naming the folder for any of these."""
     try:
         numbers = list_frames(path)
         fps = read_fps(path)
+    except NotADirectoryError as error:  # a file where a folder was wanted (not open_video's)
+        raise VideoError(path, "is a video file, not a frame folder") from error
     except OSError as error:
         raise VideoError(path, f"cannot be read ({os_reason(error)})", FOLDER) from error
     except ValueError as error:
@@ -272,13 +275,13 @@ def open_frame_folder(
     if len(numbers) < min_frames:
         raise VideoError.too_short(path, len(numbers), min_frames, FOLDER)
     first = read_folder_bytes(path, [0])[0]
-    size = jpeg_size(first.numpy().tobytes())
+    size = jpeg_size(memoryview(first.numpy()))
     if size is None:
         raise VideoError(
             path, f"has a first frame that is not a JPEG ({frame_file(path, 0).name})", FOLDER
         )
     reader = FrameFolderReader(str(path), len(numbers))
-    return reader, _sized(reader, VideoInfo(len(numbers), fps or 0.0, *size), short_side)
+    return reader, resize_reader(reader, VideoInfo(len(numbers), fps or 0.0, *size), short_side)
 
 
 def read_folder_bytes(folder: Path, indices: Sequence[int]) -> list[torch.Tensor]:
