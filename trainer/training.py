@@ -898,8 +898,9 @@ def _train_logged_epoch(
     if end.stopped:
         _save(setup, state, settings, dist_info, cfg.out / "checkpoints" / "last.pt")
         raise KeyboardInterrupt
-    skipped = int(all_reduce_sum(torch.tensor(position.skipped, device=dist_info.device)))
-    clips = int(all_reduce_sum(torch.tensor(position.clips, device=dist_info.device)))
+    # one collective and one read-back for both counts
+    counts = torch.tensor([position.skipped, position.clips], device=dist_info.device)
+    skipped, clips = all_reduce_sum(counts).tolist()
     if clips == 0:  # never a loss of 0.0 for an epoch that trained nothing
         raise UserError(
             f"epoch {state.epoch + 1} read no training clip: all {skipped} videos were "
