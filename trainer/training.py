@@ -235,7 +235,6 @@ class StepDone:
 
     clips: int  # clips trained on
     skipped: int  # videos skipped (unreadable, or too short)
-    micro_batches: int  # micro-batches that ran
 
 
 def train_step(
@@ -280,7 +279,7 @@ def train_step(
         scaler.step(optimizer)
         scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return StepDone(clips, sum(len(b["skipped"]) for b in group), len(live))
+    return StepDone(clips, sum(len(b["skipped"]) for b in group))
 
 
 @dataclass
