@@ -41,10 +41,14 @@ def choose_device(
     return chosen
 
 
-def resolve_device(device: str | None = "auto") -> torch.device:
-    """`choose_device` for one process on this machine: `auto`, `cpu`, `cuda` or `cuda:N`;
-    asking for CUDA where there is none is a UserError."""
-    return choose_device(device, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+def resolve_device(
+    device: str | None = "auto", local_rank: int = 0, processes: int = 1
+) -> torch.device:
+    """`choose_device` among the CUDA devices this process sees (by default for one process
+    on this machine): `auto`, `cpu`, `cuda` or `cuda:N`; asking for CUDA where there is none
+    is a UserError."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return choose_device(device, count, local_rank, processes)
 
 
 def available_cores() -> int:

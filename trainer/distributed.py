@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from storyboard_common.device import choose_device
+from storyboard_common.device import resolve_device
 from storyboard_common.errors import UserError
 
 from .settings import DIST_TIMEOUT_MINUTES
@@ -68,13 +68,12 @@ def init_distributed(
     device: str = "auto", timeout_minutes: float = DIST_TIMEOUT_MINUTES
 ) -> DistInfo:
     """This process's place in the run (torchrun's environment, else one process) and its
-    device (`choose_device`); under torchrun the process group, bound to that device, with
+    device (`resolve_device`); under torchrun the process group, bound to that device, with
     collectives that give up after `timeout_minutes`, and the long-waiting group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    torch_device = choose_device(device, count, local_rank, local_processes())
+    torch_device = resolve_device(device, local_rank, local_processes())
     if torch_device.type == "cuda":
         torch.cuda.set_device(torch_device)
     wait_group = None

@@ -235,7 +235,6 @@ class StepDone:
 
     clips: int  # clips trained on
     skipped: int  # videos skipped (unreadable, or too short)
-    micro_batches: int  # micro-batches that ran
 
 
 def train_step(
@@ -280,7 +279,7 @@ def train_step(
         scaler.step(optimizer)
         scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return StepDone(clips, sum(len(b["skipped"]) for b in group), len(live))
+    return StepDone(clips, sum(len(b["skipped"]) for b in group))
 
 
 @dataclass
@@ -898,8 +897,9 @@ def _train_logged_epoch(
     if end.stopped:
         _save(setup, state, settings, dist_info, cfg.out / "checkpoints" / "last.pt")
         raise KeyboardInterrupt
-    skipped = int(all_reduce_sum(torch.tensor(position.skipped, device=dist_info.device)))
-    clips = int(all_reduce_sum(torch.tensor(position.clips, device=dist_info.device)))
+    # one collective and one read-back for both counts
+    counts = torch.tensor([position.skipped, position.clips], device=dist_info.device)
+    skipped, clips = all_reduce_sum(counts).tolist()
     if clips == 0:  # never a loss of 0.0 for an epoch that trained nothing
         raise UserError(
             f"epoch {state.epoch + 1} read no training clip: all {skipped} videos were "
