@@ -733,6 +733,29 @@ def near_duplicate_set(c: WorldClass, world: World) -> list[str]:
     return [caption, f"{caption} again", f"{caption} once more", f"then {caption}"]
 
 
+def subtext_pools(c: WorldClass, world: World) -> dict[str, list[str]]:
+    """Every sub-text of each kind a class's sets can draw from, item by item (the study's
+    random TPP groups): faithful (its actions' captions, then their finer starts, finer
+    ends and plain phrasings, each in the class's order, so that the first N items cover
+    the actions evenly), unrelated (the captions and finer phrasings of the actions it
+    does not contain) and near-duplicate (the variants of its actions' captions that
+    `near_duplicate_set` uses)."""
+    own = [world.actions[i] for i in c.actions]
+    faithful = [
+        t for field in zip(*((a.caption, a.begin, a.end, a.words[-1]) for a in own)) for t in field
+    ]
+    unrelated = [
+        t for a in world.actions if a.id not in c.actions for t in (a.caption, a.begin, a.end)
+    ]
+    near = [
+        variant
+        for a in own
+        for variant in (f"{a.caption} again", f"{a.caption} once more", f"then {a.caption}")
+    ]
+    pools = (("faithful", faithful), ("unrelated", unrelated), ("near-duplicate", near))
+    return {kind: list(dict.fromkeys(texts)) for kind, texts in pools}
+
+
 def candidate_sets(world: World | WorldInfo | None = None) -> dict[str, list[list[str]]]:
     """{class name: [faithful, unrelated, near-duplicates]} for every seen and unseen class."""
     if world is None:

@@ -31,5 +31,12 @@ and the paper's TPP-accuracy test, supervised `coarse+fine` per sub-text group
 (`tpp_groups.py`, `clips.prepare_groups`). The runs go in phases over both CLIPs
 (`run_study`): the pre-registered grid first, the extra episodes, then the references.
 
+Issue 31 adds, fixed before its results: 140 test videos per class; two runs at once
+(`runner.training_pool`); the Fig. 2(b) test over 32 random sub-text groups drawn item by
+item (`tpp_groups.random_groups`, Spearman's rho with a permutation p-value and a seed
+bootstrap, `analysis.rank_correlation_test`); top-1 against the number of sub-texts (Fig.
+2(a), `tpp_groups.count_groups`); Table 6's key-frame claim per video; 900-step runs; and
+each part's git commit (`collect.provenance`).
+
 Nothing is picked by test score: every number is the last checkpoint's.
 """

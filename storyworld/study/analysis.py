@@ -234,3 +234,62 @@ def paired_difference(first: dict, second: dict) -> dict:
     if not common:
         raise ValueError("a paired difference needs at least one common episode")
     return spread(first[k] - second[k] for k in common)
+
+
+def ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks 1..n of `values`, ties given the mean of the ranks they span."""
+    x = np.asarray(values, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    sorted_x = x[order]
+    result = np.empty(x.size)
+    start = 0
+    while start < x.size:
+        end = start
+        while end + 1 < x.size and sorted_x[end + 1] == sorted_x[start]:
+            end += 1
+        result[order[start : end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    return result
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rho: Pearson's correlation of the ranks (None when either does not vary)."""
+    rx, ry = ranks(x), ranks(y)
+    if rx.size != ry.size or rx.size < 2:
+        raise ValueError("a rank correlation needs at least two (x, y) pairs")
+    dx, dy = rx - rx.mean(), ry - ry.mean()
+    denominator = math.sqrt(float(dx @ dx) * float(dy @ dy))
+    return None if denominator == 0 else float(dx @ dy) / denominator
+
+
+def rank_correlation_test(
+    x: Sequence[float],
+    y_by_seed: np.ndarray,
+    permutations: int,
+    bootstraps: int,
+    seed: int = 0,
+) -> dict:
+    """Spearman's rho between x (one value per group) and the groups' mean of y over seeds
+    (`y_by_seed` [groups, seeds]), with the one-sided permutation p-value of rho > 0 (the
+    group means shuffled over groups: (1 + #{rho_perm >= rho}) / (1 + permutations)) and a
+    95% percentile interval from resampling the seeds with replacement (the same draw for
+    every group, as a rerun with other seeds would)."""
+    y = np.asarray(y_by_seed, dtype=np.float64)
+    means = y.mean(axis=1)
+    rho = spearman(x, means)
+    rng = np.random.default_rng(seed)
+    out: dict = {"rho": rho, "groups": int(y.shape[0]), "seeds": int(y.shape[1])}
+    if rho is None:
+        return {**out, "p_one_sided": None, "ci95": None}
+    shuffled = [spearman(x, rng.permutation(means)) for _ in range(permutations)]
+    beyond = sum(1 for r in shuffled if r is not None and r >= rho - 1e-12)
+    resampled = [
+        spearman(x, y[:, rng.integers(0, y.shape[1], y.shape[1])].mean(axis=1))
+        for _ in range(bootstraps)
+    ]
+    finite = [r for r in resampled if r is not None]
+    return {
+        **out,
+        "p_one_sided": (1 + beyond) / (1 + permutations),
+        "ci95": [float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))],
+    }

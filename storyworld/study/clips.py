@@ -32,10 +32,10 @@ from trainer.subtexts import artifact_class_text
 
 from .. import WORLD_CLIP
 from ..pretrain import encode_frames, frame_accuracies, load_frame_pairs, log_path, pretrain_clip
-from ..world import CANDIDATES_PATH, WorldInfo
+from ..world import CANDIDATES_PATH, SUBTEXTS_PER_SET, WorldInfo, subtext_pools
 from . import analysis
 from .design import BRANCHES, StudyDesign
-from .tpp_groups import SET_KINDS, TPP_SCALINGS, group_sets
+from .tpp_groups import SET_KINDS, TPP_SCALINGS, count_groups, group_sets, random_groups
 
 
 @dataclass
@@ -85,7 +85,8 @@ def _scored(
     subset = out / "candidates.json"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(subset, json.dumps({c: sets[c] for c in classes.names}, indent=1))
-    generate(classes, FileBackend(subset), out, n_subtexts=4, show_progress=False)
+    items = len(next(iter(sets.values()))[0])
+    generate(classes, FileBackend(subset), out, n_subtexts=items, show_progress=False)
     return score(
         out, lambda: load_clip(WORLD_CLIP, str(checkpoint), "cpu"), alpha=scaling, beta=scaling
     ).out_dir
@@ -105,14 +106,63 @@ def _subtexts(
     return scored / "subtexts.parquet", kept
 
 
-def _tpp_of_sets(
+def _scores_of_sets(
     dataset_root: Path, out: Path, checkpoint: Path, sets: dict[str, list[list[str]]], scaling: str
-) -> dict[tuple[str, tuple[str, ...]], float]:
-    """TPP under `scaling` of every candidate set: {(class, sub-texts): TPP}, read from the
+) -> dict[tuple[str, tuple[str, ...]], dict[str, float]]:
+    """TPP under `scaling`, and the mean of its sigma (Eq. 3) and delta (Eq. 4) terms, of
+    every candidate set: {(class, sub-texts): {"tpp", "sigma", "delta"}}, read from the
     scores stage one writes."""
     scored = _scored(dataset_root, out, checkpoint, sets, scaling)
     texts = {r.candidate_id: (r.class_name, tuple(r.sub_texts)) for r in read_candidates(out).rows}
-    return {texts[r["candidate_id"]]: r["tpp"] for r in read_tpp(scored / TPP_FILE).to_pylist()}
+    return {
+        texts[r["candidate_id"]]: {
+            "tpp": r["tpp"],
+            "sigma": float(np.mean(r["sigma"])),
+            "delta": float(np.mean(r["delta"])),
+        }
+        for r in read_tpp(scored / TPP_FILE).to_pylist()
+    }
+
+
+def _pool_scores(
+    dataset_root: Path, base: Path, checkpoint: Path, groups: dict[str, dict[str, list[str]]]
+) -> dict[str, dict[tuple[str, tuple[str, ...]], dict[str, float]]]:
+    """Every distinct set of the `groups`, scored once per TPP reading in one pool:
+    {reading: {(class, sub-texts): scores}} (`_scores_of_sets`)."""
+    pool: dict[str, list[list[str]]] = {}
+    for sets in groups.values():
+        for c, texts in sets.items():
+            if texts not in pool.setdefault(c, []):
+                pool[c].append(texts)
+    return {
+        scaling: _scores_of_sets(dataset_root, base / f"{scaling}", checkpoint, pool, scaling)
+        for scaling in TPP_SCALINGS
+    }
+
+
+def _group_figures(sets: dict[str, list[str]], scores: dict) -> dict:
+    """A group's sets, TPP per class and reading, and the means over its classes of TPP
+    (per reading), sigma and delta (the same under both readings)."""
+    per_class = {
+        scaling: {c: scores[scaling][(c, tuple(t))]["tpp"] for c, t in sets.items()}
+        for scaling in TPP_SCALINGS
+    }
+    terms = scores[TPP_SCALINGS[0]]
+    return {
+        "sets": sets,
+        "tpp": per_class,
+        "mean_tpp": {k: float(np.mean(list(v.values()))) for k, v in per_class.items()},
+        **{
+            f"mean_{term}": float(np.mean([terms[(c, tuple(t))][term] for c, t in sets.items()]))
+            for term in ("sigma", "delta")
+        },
+    }
+
+
+def _group_artifact(dataset_root: Path, folder: Path, checkpoint: Path, sets: dict) -> Path:
+    """The seen sub-text artifact of one group (its one set per class, kept as it is)."""
+    one_each = {c: [t] for c, t in sets.items()}
+    return _scored(dataset_root, folder, checkpoint, one_each, "complement") / "subtexts.parquet"
 
 
 def prepare_groups(
@@ -129,43 +179,49 @@ def prepare_groups(
     classes = [c.name for c in world.world.seen]
     shipped = json.loads(Path(CANDIDATES_PATH).read_text())
     groups = group_sets(classes, shipped, kept, design.group_shares, design.group_seed)
-    pool: dict[str, list[list[str]]] = {c: [] for c in classes}
-    for sets in groups.values():
-        for c, texts in sets.items():
-            if texts not in pool[c]:
-                pool[c].append(texts)
-    tpp = {
-        scaling: _tpp_of_sets(
-            world.seen_root, base / f"tpp-pool-{scaling}", checkpoint, pool, scaling
-        )
-        for scaling in TPP_SCALINGS
-    }
+    scores = _pool_scores(world.seen_root, base / "tpp-pool", checkpoint, groups)
     paths, figures = {}, {}
     for name, sets in groups.items():
         if name.startswith("tpp-"):
             paths[name] = kept_paths[name.removeprefix("tpp-")]
         else:
             folder = base / "groups" / name.replace("%", "pc")
-            paths[name] = (
-                _scored(
-                    world.seen_root,
-                    folder,
-                    checkpoint,
-                    {c: [t] for c, t in sets.items()},
-                    "complement",
-                )
-                / "subtexts.parquet"
-            )
-        per_class = {
-            scaling: {c: tpp[scaling][(c, tuple(t))] for c, t in sets.items()}
-            for scaling in TPP_SCALINGS
-        }
-        figures[name] = {
-            "sets": sets,
-            "tpp": per_class,
-            "mean_tpp": {k: float(np.mean(list(v.values()))) for k, v in per_class.items()},
-        }
+            paths[name] = _group_artifact(world.seen_root, folder, checkpoint, sets)
+        figures[name] = _group_figures(sets, scores)
     return paths, figures
+
+
+def prepare_issue31_groups(
+    design: StudyDesign, world: WorldInfo, base: Path, checkpoint: Path, random: bool
+) -> tuple[dict[str, Path], dict, dict]:
+    """Issue 31's sub-text groups of the seen classes, each made by stage one: the random
+    groups of the Fig. 2(b) test (when `random`) and the N-faithful groups of Fig. 2(a).
+    -> ({group: subtexts.parquet}, {random group: figures}, {count group: figures})."""
+    pools = {c.name: subtext_pools(c, world.world) for c in world.world.seen}
+    randoms = (
+        random_groups(pools, design.random_groups, SUBTEXTS_PER_SET, design.random_group_seed)
+        if random
+        else {}
+    )
+    counts = count_groups({c: p["faithful"] for c, p in pools.items()}, design.subtext_counts)
+    # one pool for the random groups (sets of one size), one per count: stage one scores
+    # sets of one size at a time
+    pools_of = [("random-pool", randoms)] if randoms else []
+    pools_of += [(f"{name}-pool", {name: sets}) for name, sets in counts.items()]
+    scores: dict[str, dict] = {}
+    for folder, groups in pools_of:
+        pooled = _pool_scores(world.seen_root, base / folder, checkpoint, groups)
+        for reading, by_set in pooled.items():
+            scores.setdefault(reading, {}).update(by_set)
+    paths = {
+        name: _group_artifact(world.seen_root, base / "groups" / name, checkpoint, sets)
+        for name, sets in {**randoms, **counts}.items()
+    }
+    return (
+        paths,
+        {name: _group_figures(sets, scores) for name, sets in randoms.items()},
+        {name: _group_figures(sets, scores) for name, sets in counts.items()},
+    )
 
 
 def _cache(root: Path, out: Path, checkpoint: Path, design: StudyDesign, views: int) -> Path:
@@ -254,6 +310,12 @@ def prepare_clip(
         assets.group_subtexts, figures["tpp_groups"] = prepare_groups(
             design, world, base, checkpoint, kept, seen_paths
         )
+    if design.random_groups or design.subtext_counts:
+        random = design.random_groups > 0 and objective in design.random_group_objectives
+        extra, figures["random_groups"], figures["count_groups"] = prepare_issue31_groups(
+            design, world, base / "issue31", checkpoint, random
+        )
+        assets.group_subtexts.update(extra)
     return assets, figures
 
 

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+import numpy as np
+
+from trainer.environment import git_state
 from trainer.model.aggregation import AGGREGATIONS
 
 from ..world import WorldInfo
 from . import analysis
-from .design import BRANCHES, IMPORTANCE_MODES, SETTINGS, StudyDesign, tau_fields
+from .design import BRANCHES, IMPORTANCE_MODES, SETTINGS, StudyDesign, long_cells, tau_fields
 from .tpp_groups import MAIN_GROUP, TPP_SCALINGS
 
 
@@ -140,7 +143,9 @@ def collect(
         "training": plateau,
         "posthoc_longer_training": posthoc,
         "seconds": round(seconds, 1),
+        "report_git": git_state(),  # the code that gathered these results
         **calibration_and_tpp_figures(design, clips, runs),
+        **issue31_figures(design, clips, runs),
         "runs": [{k: v for k, v in r.items() if k != "losses"} for r in runs],
     }
 
@@ -334,3 +339,137 @@ def _tpp_group_figures(
         for reading in TPP_SCALINGS
     }
     return groups, fits, cost
+
+
+def issue31_figures(design: StudyDesign, clips: dict, runs: list[dict]) -> dict:
+    """Issue 31's figures per CLIP: the random-group TPP test (Fig. 2(b)), top-1 against the
+    number of sub-texts (Fig. 2(a)), Table 6's key-frame claim per video, and the longer
+    training; and which code produced each part of the runs."""
+    out: dict[str, dict] = {
+        key: {} for key in ("tpp_rank_test", "subtext_count", "keyframe", "long_training")
+    }
+    if design.calibration_frames is None:
+        return out
+    main = main_fields(design.default_fields())
+    for objective in design.objectives:
+        calibration = clips[objective]["calibration"]
+        pair = (calibration["coarse"], calibration["fine"])
+        cells = {f"{main['tau']:g}": main, "calibrated": main_fields(tau_fields(*pair))}
+        supervised = {"objective": objective, "setting": "supervised"}
+        if clips[objective].get("random_groups"):
+            out["tpp_rank_test"][objective] = _rank_tests(
+                design, runs, supervised, clips[objective]["random_groups"], cells
+            )
+        if clips[objective].get("count_groups"):
+            out["subtext_count"][objective] = {
+                name: {
+                    **{k: v for k, v in figures.items() if k != "tpp"},
+                    "top1": analysis.spread(
+                        _by_seed(
+                            runs,
+                            mode="coarse+fine",
+                            **supervised,
+                            **{**cells["calibrated"], "group": name},
+                        ).values()
+                    ),
+                }
+                for name, figures in clips[objective]["count_groups"].items()
+            }
+        out["keyframe"][objective] = {
+            label: _keyframe(select_runs(runs, mode="coarse+fine", **supervised, **fields))
+            for label, fields in cells.items()
+        }
+        if design.long_epochs is not None:
+            out["long_training"][objective] = _long_training(design, runs, supervised, pair)
+    out["provenance"] = provenance(runs)
+    return out
+
+
+def _rank_tests(
+    design: StudyDesign, runs: list[dict], supervised: dict, groups: dict, cells: dict
+) -> dict:
+    """Per temperature cell: each group's top-1 by seed, and Spearman's rho of top-1 on
+    mean TPP (each reading), mean sigma and mean delta, with its permutation p-value and
+    seed-bootstrap interval (`analysis.rank_correlation_test`)."""
+    result: dict = {"groups": groups, "cells": {}}
+    for label, fields in cells.items():
+        by_seed = {
+            name: _by_seed(runs, mode="coarse+fine", **supervised, **{**fields, "group": name})
+            for name in groups
+        }
+        complete = [
+            n for n, seeds in by_seed.items() if len(seeds) == len(design.random_group_seeds)
+        ]
+        if len(complete) < 3:
+            continue
+        matrix = np.asarray([[by_seed[n][s] for s in design.random_group_seeds] for n in complete])
+        readings = {f"tpp_{r}": [groups[n]["mean_tpp"][r] for n in complete] for r in TPP_SCALINGS}
+        readings["sigma"] = [groups[n]["mean_sigma"] for n in complete]
+        readings["delta"] = [groups[n]["mean_delta"] for n in complete]
+        result["cells"][label] = {
+            "top1_by_seed": {n: by_seed[n] for n in complete},
+            "top1_range": [float(matrix.mean(1).min()), float(matrix.mean(1).max())],
+            "tests": {
+                name: analysis.rank_correlation_test(
+                    x, matrix, design.permutations, design.bootstraps, design.random_group_seed
+                )
+                for name, x in readings.items()
+            },
+        }
+    return result
+
+
+def _keyframe(chosen: list[dict]) -> dict:
+    """Table 6's claim per video: fine minus coarse share of own-action weight, each run's
+    mean over its test videos with its 95% interval over videos, and the spread over seeds."""
+    per_run = {
+        r["seed"]: r["keyframe_fine_minus_coarse"]
+        for r in chosen
+        if "keyframe_fine_minus_coarse" in r
+    }
+    return {
+        "by_seed": per_run,
+        "fine_above_coarse_share": analysis.spread(
+            r["keyframe_fine_above_coarse"] for r in chosen if "keyframe_fine_above_coarse" in r
+        ),
+        "over_seeds": analysis.spread(v["mean"] for v in per_run.values()),
+    }
+
+
+def _long_training(
+    design: StudyDesign, runs: list[dict], supervised: dict, pair: tuple[float, float]
+) -> dict:
+    """The longer runs per (temperature, mode): top-1 and the loss's change over the last
+    fifth, and longer minus the design's epochs paired over seeds."""
+    result: dict = {}
+    for mode, fields in long_cells(design, pair):
+        short = main_fields(fields)
+        long = {**short, "epochs": design.long_epochs}
+        chosen = select_runs(runs, mode=mode, **supervised, **long)
+        label = "calibrated" if fields == tau_fields(*pair) else f"{fields['tau']:g}"
+        result.setdefault(label, {})[mode] = {
+            "top1": analysis.spread(r["top1"] for r in chosen),
+            "loss_change_last_fifth": analysis.spread(r["loss_change_last_fifth"] for r in chosen),
+            "longer_minus_design": analysis.paired_difference(
+                _by_seed(runs, mode=mode, **supervised, **long),
+                _by_seed(runs, mode=mode, **supervised, **short),
+            )
+            if chosen
+            else None,
+        }
+    return result
+
+
+def provenance(runs: list[dict]) -> dict:
+    """Per part of the study: the git commits whose code trained its runs, and whether every
+    one of them ran from a clean tree (False too when a run has no git record)."""
+    parts: dict[str, list] = {}
+    for r in runs:
+        parts.setdefault(r.get("part", "unknown"), []).append(r.get("git"))
+    return {
+        name: {
+            "commits": sorted({"unknown" if g is None else g["commit"] for g in states}),
+            "clean": all(g is not None and g["dirty"] is False for g in states),
+        }
+        for name, states in parts.items()
+    }

@@ -66,6 +66,9 @@ def plot_results(results: dict, out: Path) -> list[Path]:
     grouped = {o: g for o, g in results.get("tpp_groups", {}).items() if g}
     if grouped:
         written.append(_plot_tpp(plt, results, grouped, out))
+    tested = {o: t for o, t in results.get("tpp_rank_test", {}).items() if t and t["cells"]}
+    if tested:
+        written.append(_plot_random_tpp(plt, tested, out))
     return written
 
 
@@ -156,6 +159,32 @@ def _plot_tpp(plt, results: dict, grouped: dict, out: Path) -> Path:
     atomic_savefig(fig, out / "tpp.png", dpi=110)
     plt.close(fig)
     return out / "tpp.png"
+
+
+def _plot_random_tpp(plt, tested: dict, out: Path) -> Path:
+    """tpp_random.png: each random group's top-1 (mean over seeds) against its mean TPP under
+    each reading, one row per world CLIP, one colour per temperature."""
+    fig, axes = plt.subplots(
+        len(tested), len(TPP_SCALINGS), figsize=(11, 4.2 * len(tested)), squeeze=False
+    )
+    for row, (objective, test) in zip(axes, tested.items()):
+        for ax, reading in zip(row, TPP_SCALINGS):
+            for label, cell in test["cells"].items():
+                names = list(cell["top1_by_seed"])
+                x = [test["groups"][n]["mean_tpp"][reading] for n in names]
+                y = [float(np.mean(list(cell["top1_by_seed"][n].values()))) for n in names]
+                rho = cell["tests"][f"tpp_{reading}"]["rho"]
+                ax.plot(x, y, "o", label=f"tau {label}: rho {_maybe(rho, '+.2f')}")
+            ax.set(
+                xlabel=f"mean TPP ({reading})",
+                ylabel="top-1 (coarse+fine, supervised)",
+                title=f"world CLIP {objective}",
+            )
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_savefig(fig, out / "tpp_random.png", dpi=110)
+    plt.close(fig)
+    return out / "tpp_random.png"
 
 
 def _signed(s: dict) -> str:
@@ -282,6 +311,119 @@ def _tpp_groups_report(results: dict, o: str) -> list[str]:
         + ".",
     ]
     return lines
+
+
+DECISION = (
+    "Decision rule (fixed before the runs): the paper's Fig. 2(b) is reproduced when "
+    "Spearman's rho of top-1 on mean TPP is > 0 with one-sided permutation p < 0.05 under "
+    "`complement` (the reading the project uses), with the token CLIP at the calibrated pair."
+)
+
+
+def issue31_report(results: dict, o: str) -> list[str]:
+    """Markdown for one world CLIP's issue-31 parts: the random-group TPP test, top-1
+    against the number of sub-texts, Table 6's key frames per video, the longer runs."""
+    lines: list[str] = []
+    test = results.get("tpp_rank_test", {}).get(o)
+    if test and test["cells"]:
+        lines += [
+            "",
+            f"### TPP against accuracy over {len(test['groups'])} random sub-text groups "
+            f"(Fig. 2(b)), world CLIP `{o}`",
+            "",
+            "Supervised `coarse+fine`, top-1 mean over "
+            f"{len(results['design']['random_group_seeds'])} seeds per group; Spearman's rho "
+            "with the one-sided permutation p-value and the seeds' bootstrap 95% interval.",
+            "",
+            "| tau | top-1 range over groups | TPP complement | TPP identity | mean sigma "
+            "(Eq. 3) | mean delta (Eq. 4) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for label, cell in test["cells"].items():
+            low, high = cell["top1_range"]
+            tests = [cell["tests"][k] for k in ("tpp_complement", "tpp_identity", "sigma", "delta")]
+            lines.append(
+                f"| {label} | {low:.3f}-{high:.3f} | " + " | ".join(map(_rank, tests)) + " |"
+            )
+        lines += ["", DECISION]
+    counts = results.get("subtext_count", {}).get(o)
+    if counts:
+        lines += [
+            "",
+            f"### Top-1 against the number of sub-texts (Fig. 2(a)), world CLIP `{o}`",
+            "",
+            "| N | mean TPP complement | mean sigma | mean delta | top-1 (coarse+fine, "
+            "supervised, calibrated) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, c in counts.items():
+            n = name.rsplit("n", 1)[-1]
+            lines.append(
+                f"| {n} | {c['mean_tpp']['complement']:.3f} | {c['mean_sigma']:.3f} | "
+                f"{c['mean_delta']:.3f} | {_cell(c['top1'])} |"
+            )
+    keyframe = results.get("keyframe", {}).get(o)
+    if keyframe:
+        lines += [
+            "",
+            "Table 6's key frames, per video (supervised `coarse+fine`): fine minus coarse "
+            "share of own-class weight on own-action frames, mean over seeds ± 95% half-width "
+            "(each seed's mean over its test videos), and the share of videos where fine is "
+            "higher: "
+            + "; ".join(
+                f"tau {label} {_signed(k['over_seeds'])}, "
+                f"{k['fine_above_coarse_share']['mean']:.2f} of videos"
+                for label, k in keyframe.items()
+                if k["by_seed"]
+            )
+            + ".",
+        ]
+    longer = results.get("long_training", {}).get(o)
+    if longer:
+        epochs = results["design"]["long_epochs"]
+        lines += [
+            "",
+            f"### Longer training, world CLIP `{o}`: {epochs} epochs against "
+            f"{results['design']['epochs']}, supervised",
+            "",
+            "| tau | mode | top-1 | longer minus shorter (paired) | loss change, last fifth |",
+            "|---|---|---|---|---|",
+        ]
+        for label, modes in longer.items():
+            for mode, c in modes.items():
+                gain = (
+                    "-" if c["longer_minus_design"] is None else _signed(c["longer_minus_design"])
+                )
+                change = c["loss_change_last_fifth"]["mean"]
+                lines.append(
+                    f"| {label} | {mode} | {_cell(c['top1'])} | {gain} | "
+                    f"{'-' if change is None else format(change, '+.1%')} |"
+                )
+    return lines
+
+
+def _rank(test: dict) -> str:
+    """rho [bootstrap interval], p."""
+    if test["rho"] is None:
+        return "-"
+    low, high = test["ci95"]
+    return f"{test['rho']:+.2f} [{low:+.2f}, {high:+.2f}], p {test['p_one_sided']:.3f}"
+
+
+def provenance_lines(results: dict) -> list[str]:
+    parts = results.get("provenance")
+    if not parts:
+        return []
+    return [
+        "",
+        "Code that trained each part (git commit, clean tree): "
+        + "; ".join(
+            f"{name}: {', '.join(c[:10] for c in p['commits'])}"
+            + ("" if p["clean"] else " (not all from a clean tree)")
+            for name, p in parts.items()
+        )
+        + ".",
+    ]
 
 
 def _maybe(value: float | None, spec: str = ".2f") -> str:
@@ -433,6 +575,8 @@ def write_report(results: dict, out: Path, notes: Path | None = None) -> Path:
         lines += _clip_section(results, o)
     for o in results.get("calibrated_tau", {}):
         lines += calibration_and_tpp_report(results, o)
+        lines += issue31_report(results, o)
+    lines += provenance_lines(results)
     lines += ["", *(f"![{p.stem}]({p.name})" for p in plots)]
     if notes is not None and notes.is_file():
         lines += ["", notes.read_text().rstrip()]

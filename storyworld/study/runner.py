@@ -4,9 +4,14 @@ whose directory holds all its epochs is read back, a cut one resumes."""
 
 from __future__ import annotations
 
+import json
 import math
+import multiprocessing
 import shutil
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,6 +20,7 @@ import torch
 from rich.console import Console
 
 from storyboard_common.subtexts import SubtextArtifact
+from trainer.environment import ENVIRONMENT_FILE
 from trainer.model.aggregation import ClassText
 from trainer.report import read_metrics
 from trainer.run_models import load_run
@@ -35,6 +41,7 @@ from .design import (
     core_specs,
     fewshot_cells,
     fewshot_specs,
+    issue31_specs,
     next_episode_count,
     reference_specs,
 )
@@ -129,12 +136,19 @@ def assess_run(
         "n": int(correct.size),
         "order_only_top1": float(correct[order_rows].mean()),
     }
-    for branch in BRANCHES:
-        if out[branch] is not None:
-            own = analysis.own_class_weights(out[branch], seen.labels)
-            result[f"importance_{branch}"] = float(
-                analysis.importance_share(own, seen.on_action).mean()
-            )
+    shares = {
+        branch: analysis.importance_share(
+            analysis.own_class_weights(out[branch], seen.labels), seen.on_action
+        )
+        for branch in BRANCHES
+        if out[branch] is not None
+    }
+    for branch, share in shares.items():
+        result[f"importance_{branch}"] = float(share.mean())
+    if len(shares) == len(BRANCHES):  # Table 6's key-frame claim, paired per video
+        fine_minus_coarse = shares["fine"] - shares["coarse"]
+        result["keyframe_fine_minus_coarse"] = analysis.spread(fine_minus_coarse)
+        result["keyframe_fine_above_coarse"] = float((fine_minus_coarse > 0).mean())
     zero = _forward(model, unseen_text, unseen.features)
     result["zero_shot_top1"] = float((zero["logits"].argmax(1) == unseen.labels).mean())
     if calibration is not None:
@@ -146,6 +160,33 @@ def assess_run(
     return result
 
 
+def run_provenance(run_dir: Path) -> dict | None:
+    """The git state of the code that started the run (its first `environment.json` entry)."""
+    try:
+        return json.loads((run_dir / ENVIRONMENT_FILE).read_text())[0].get("git")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+@contextmanager
+def training_pool(jobs: int, threads: int) -> Iterator[Callable]:
+    """A `map` that trains runs `jobs` at once, each in its own process with `threads`
+    intra-op threads (the built-in `map` for one job); cut, it cancels what has not begun."""
+    if jobs <= 1:
+        yield map
+        return
+    pool = ProcessPoolExecutor(
+        jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=torch.set_num_threads,
+        initargs=(threads,),
+    )
+    try:
+        yield pool.map
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_study(design: StudyDesign, work: Path, console: Console | None = None) -> dict:
     """Run (or resume) the whole study under `work`; -> the results (see `collect`).
 
@@ -155,12 +196,13 @@ def run_study(design: StudyDesign, work: Path, console: Console | None = None) -
     threads = torch.get_num_threads()
     torch.set_num_threads(design.torch_threads)
     try:
-        return _run_study(design, work, console or Console())
+        with training_pool(design.jobs, design.torch_threads) as train_all:
+            return _run_study(design, work, console or Console(), train_all)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_study(design: StudyDesign, work: Path, console: Console) -> dict:
+def _run_study(design: StudyDesign, work: Path, console: Console, train_all: Callable) -> dict:
     """`run_study`'s body. Long because its phases share one record of the runs done
     (`execute`, a closure), which the sequential 2-shot rule reads between phases."""
     started = time.perf_counter()
@@ -185,12 +227,25 @@ def _run_study(design: StudyDesign, work: Path, console: Console) -> dict:
 
     def execute(specs: list[RunSpec], label: str) -> None:
         specs = [s for s in dict.fromkeys(specs) if (s.objective, s.name) not in done]
-        for i, spec in enumerate(specs, 1):
+        configs = [
+            run_config(
+                design,
+                world,
+                prepared[spec.objective].assets,
+                spec,
+                work / "runs" / spec.objective.replace("+", "_") / spec.name,
+            )
+            for spec in specs
+        ]
+        for i, (spec, cfg, log) in enumerate(zip(specs, configs, train_all(train_run, configs)), 1):
             ready = prepared[spec.objective]
-            run_dir = work / "runs" / spec.objective.replace("+", "_") / spec.name
-            cfg = run_config(design, world, ready.assets, spec, run_dir)
-            log = train_run(cfg)
-            record = {**asdict(spec), **summarise_log(log, steps_per_epoch)}
+            run_dir = cfg.out
+            record = {
+                **asdict(spec),
+                **summarise_log(log, steps_per_epoch),
+                "part": label,
+                "git": run_provenance(run_dir),
+            }
             if not spec.finetune:
                 record.update(
                     assess_run(
@@ -245,5 +300,10 @@ def _run_study(design: StudyDesign, work: Path, console: Console) -> dict:
                 execute([s for c in cells for s in fewshot_specs(objective, c, extra)], "episodes")
                 episodes = more
     execute([s for o in prepared for s in reference_specs(design, o)], "references")
+    for last in (False, True):  # the last CLIP's random TPP groups after everything else
+        execute(
+            [s for o, p in prepared.items() for s in issue31_specs(design, o, p.pair, last)],
+            "issue 31" if not last else "issue 31, last",
+        )
     clips = {o: p.figures for o, p in prepared.items()}
     return collect(design, world, clips, runs, time.perf_counter() - started)

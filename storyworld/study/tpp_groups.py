@@ -75,3 +75,65 @@ def group_sets(
             for i, c in enumerate(classes)
         }
     return {name: groups[name] for name in group_names(shares, items)}
+
+
+def random_group_name(index: int) -> str:
+    return f"random-{index:02d}"
+
+
+def random_groups(
+    pools: dict[str, dict[str, list[str]]], count: int, items: int, seed: int
+) -> dict[str, dict[str, list[str]]]:
+    """`count` groups whose TPP varies continuously (the paper's Fig. 2(b), issue 31): group
+    g draws pool weights from a flat Dirichlet over `SET_KINDS` (one seeded generator per
+    group), then each of a class's `items` sub-texts picks a kind by those weights and a
+    not yet chosen item of that kind's pool (a kind whose pool is spent passes to the next
+    kind). A group equal to an earlier one, class for class, is drawn again with the next
+    key. `pools`: {class: {kind: items}}. -> {`random_group_name(g)`: {class: sub-texts}}."""
+    groups: dict[str, dict[str, list[str]]] = {}
+    seen: set[tuple] = set()
+    key = 0
+    while len(groups) < count:
+        rng = np.random.default_rng([seed, key])
+        key += 1
+        weights = rng.dirichlet(np.ones(len(SET_KINDS)))
+        sets = {c: _draw_items(pool, weights, items, rng) for c, pool in pools.items()}
+        signature = tuple(frozenset(texts) for texts in sets.values())
+        if signature not in seen:
+            seen.add(signature)
+            groups[random_group_name(len(groups))] = sets
+    return groups
+
+
+def _draw_items(
+    pool: dict[str, list[str]], weights: np.ndarray, items: int, rng: np.random.Generator
+) -> list[str]:
+    left = {kind: list(pool[kind]) for kind in SET_KINDS}
+    chosen: list[str] = []
+    for _ in range(items):
+        start = int(rng.choice(len(SET_KINDS), p=weights))
+        for step in range(len(SET_KINDS)):
+            kind = SET_KINDS[(start + step) % len(SET_KINDS)]
+            candidates = [t for t in left[kind] if t not in chosen]
+            if candidates:
+                chosen.append(candidates[int(rng.integers(len(candidates)))])
+                break
+    if len(chosen) < items:
+        raise ValueError(f"the pools hold fewer than {items} distinct sub-texts")
+    return chosen
+
+
+def count_group_name(n: int) -> str:
+    return f"faithful-n{n}"
+
+
+def count_groups(
+    faithful: dict[str, list[str]], counts: Sequence[int]
+) -> dict[str, dict[str, list[str]]]:
+    """Sub-text sets of N faithful items per class for each N of `counts` (the paper's
+    Fig. 2(a)): the first N of the class's faithful pool (ordered so that they cover its
+    actions evenly), so a larger N keeps every item of a smaller one."""
+    short = [c for c, pool in faithful.items() if len(pool) < max(counts)]
+    if short:
+        raise ValueError(f"faithful pools shorter than {max(counts)} items: {short}")
+    return {count_group_name(n): {c: pool[:n] for c, pool in faithful.items()} for n in counts}

@@ -63,3 +63,23 @@ def test_text_anchored_probe_starts_at_zero_shot_and_learns_a_map():
     zero = (analysis.zero_shot_logits(test_x[:, None], texts).argmax(1) == test_labels).mean()
     assert result["zero_shot_test"] == pytest.approx(zero) and zero < 0.2
     assert result["train"] == 1.0 and result["test"] >= 0.95
+
+
+def test_spearman_and_its_tests_by_hand():
+    assert list(analysis.ranks([3.0, 1.0, 2.0, 2.0])) == [4.0, 1.0, 2.5, 2.5]
+    # ranks (1, 2, 3, 4) against (1, 3, 2, 4): 1 - 6 * sum(d^2) / (n (n^2 - 1)) = 1 - 12/60
+    assert analysis.spearman([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)
+    assert analysis.spearman([1, 2, 3], [5, 5, 5]) is None
+    x = np.arange(6.0)
+    rising = np.stack([x * 0.1 + s * 0.001 for s in range(3)], axis=1)  # [6 groups, 3 seeds]
+    test = analysis.rank_correlation_test(x, rising, permutations=2000, bootstraps=200)
+    assert test["rho"] == pytest.approx(1.0) and test["ci95"] == pytest.approx([1.0, 1.0])
+    # only the identity order of 6! = 720 reaches rho = 1: p near 1/720 (+1 smoothing)
+    assert test["p_one_sided"] < 0.01
+    falling = analysis.rank_correlation_test(x, -rising, permutations=500, bootstraps=50)
+    assert falling["rho"] == pytest.approx(-1.0) and falling["p_one_sided"] == 1.0
+    # seeds that disagree widen the bootstrap interval: group 0 best under seed 0 only
+    mixed = rising.copy()
+    mixed[0, 0] = 5.0
+    wide = analysis.rank_correlation_test(x, mixed, permutations=200, bootstraps=400)
+    assert wide["ci95"][0] <= wide["rho"] < wide["ci95"][1] == pytest.approx(1.0)

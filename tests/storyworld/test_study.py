@@ -18,12 +18,20 @@ from storyworld.study.design import (
     DEMO_DESIGN,
     RunSpec,
     StudyDesign,
+    issue31_specs,
     next_episode_count,
     run_specs,
 )
 from storyworld.study.report import write_report
 from storyworld.study.runner import run_study
-from storyworld.study.tpp_groups import faithful_classes, group_names, group_sets
+from storyworld.study.tpp_groups import (
+    count_groups,
+    faithful_classes,
+    group_names,
+    group_sets,
+    random_groups,
+)
+from storyworld.world import default_world, subtext_pools
 from testkit.cli import REPO, run_app
 from trainer.evaluation import evaluate_checkpoint
 from trainer.model.aggregation import AGGREGATIONS, ClassText
@@ -49,6 +57,15 @@ TINY = StudyDesign(
     episode_step=1,
     episode_cap=3,
     group_shares=(0.5,),
+    random_groups=3,
+    random_group_seeds=(0, 1),
+    random_group_objectives=("pooled",),
+    permutations=50,
+    bootstraps=20,
+    subtext_counts=(1, 2),
+    count_seeds=(0,),
+    long_epochs=2,
+    long_taus=(),
 )
 
 
@@ -397,3 +414,88 @@ def test_demo_runs_every_mode_at_the_calibrated_pair_only():
     assert len(specs) == len(AGGREGATIONS) * 2  # 2-shot and supervised, one seed
     assert {(s.tau, s.tau_fine, s.seed, s.group) for s in specs} == {(0.133352, 0.421697, 0, None)}
     assert DEMO_DESIGN.calibration_frames is None and not DEMO_DESIGN.tpp_groups
+
+
+def test_random_groups_draw_items_from_the_pools_and_differ():
+    world = default_world()
+    pools = {c.name: subtext_pools(c, world) for c in world.seen}
+    for c in world.seen:  # faithful: every action's caption first, in the class's order
+        captions = [world.actions[a].caption for a in c.actions]
+        assert pools[c.name]["faithful"][: len(captions)] == captions
+        assert not set(pools[c.name]["faithful"]) & set(pools[c.name]["unrelated"])
+    groups = random_groups(pools, 32, 4, seed=31)
+    assert list(groups) == [f"random-{g:02d}" for g in range(32)]
+    signatures = {tuple(frozenset(t) for t in sets.values()) for sets in groups.values()}
+    assert len(signatures) == 32  # no two groups the same
+    kinds_seen = set()
+    for sets in groups.values():
+        for c, texts in sets.items():
+            assert len(texts) == len(set(texts)) == 4
+            kinds = {k for t in texts for k, pool in pools[c].items() if t in pool}
+            kinds_seen |= kinds
+            assert all(any(t in pool for pool in pools[c].values()) for t in texts)
+    assert kinds_seen == {"faithful", "unrelated", "near-duplicate"}
+    assert random_groups(pools, 32, 4, seed=31) == groups  # seeded
+    counts = count_groups({c: p["faithful"] for c, p in pools.items()}, range(1, 7))
+    for c in pools:
+        assert [len(counts[f"faithful-n{n}"][c]) for n in range(1, 7)] == list(range(1, 7))
+        assert counts["faithful-n6"][c][:3] == counts["faithful-n3"][c]  # nested
+    with pytest.raises(ValueError, match="shorter than 9"):
+        count_groups({"a": ["x"] * 8}, [9])
+
+
+def test_issue31_runs_are_the_registered_grid():
+    design = StudyDesign()
+    pair = (0.13, 0.42)
+    token = list(issue31_specs(design, "pooled+tokens", pair, last=False))
+    pooled_last = list(issue31_specs(design, "pooled", pair, last=True))
+    random_runs = [s for s in token if s.group and s.group.startswith("random-")]
+    assert len(random_runs) == 32 * 5 * 2 == len(pooled_last)
+    assert {(s.tau, s.tau_fine) for s in random_runs} == {(0.01, None), (0.13, 0.42)}
+    counts = [s for s in token if s.group and s.group.startswith("faithful-n")]
+    assert len(counts) == 6 * 5 and {(s.tau, s.tau_fine) for s in counts} == {(0.13, 0.42)}
+    longer = [s for s in token if s.epochs == 90]
+    assert len(longer) == (1 + 4 * 3) * 3
+    assert {s.tau for s in longer if s.mode == "mean"} == {0.01}
+    assert len({s.name for s in token}) == len(token)  # run folders are per CLIP
+    assert {s.name for s in pooled_last} == {s.name for s in random_runs}
+    assert not list(issue31_specs(design, "pooled", None, last=False))  # no calibration
+
+
+@pytest.mark.slow  # the miniature study fixture (about 2 minutes on 2 cores)
+def test_issue31_figures_come_from_their_runs(study):
+    work, results = study
+    test = results["tpp_rank_test"]["pooled"]
+    assert len(test["groups"]) == 3 and set(test["cells"]) == {"0.01", "calibrated"}
+    for cell in test["cells"].values():
+        names = list(cell["top1_by_seed"])
+        matrix = np.asarray([[cell["top1_by_seed"][n][s] for s in (0, 1)] for n in names])
+        for name, key in (("tpp_complement", None), ("sigma", "mean_sigma")):
+            x = [
+                test["groups"][n]["mean_tpp"]["complement"]
+                if key is None
+                else test["groups"][n][key]
+                for n in names
+            ]
+            again = analysis.rank_correlation_test(x, matrix, 50, 20, TINY.random_group_seed)
+            assert cell["tests"][name] == again
+    (artifact,) = (work / "pooled" / "issue31" / "groups" / "random-00").glob("*/subtexts.parquet")
+    texts = read_subtexts(artifact)
+    for c, name in enumerate(texts.class_names):  # each group trains on its own sets
+        assert list(texts.sub_texts[c]) == test["groups"]["random-00"]["sets"][name]
+    counts = results["subtext_count"]["pooled"]
+    assert list(counts) == ["faithful-n1", "faithful-n2"]
+    assert counts["faithful-n1"]["mean_delta"] == pytest.approx(1.0)  # one item: no overlap
+    assert counts["faithful-n2"]["top1"]["n"] == 1
+    keyframe = results["keyframe"]["pooled"]["0.01"]
+    per_seed = keyframe["by_seed"]
+    assert set(map(int, per_seed)) == {0, 1}
+    assert keyframe["over_seeds"]["mean"] == pytest.approx(
+        np.mean([v["mean"] for v in per_seed.values()])
+    )
+    longer = results["long_training"]["pooled"]
+    assert set(longer["0.01"]) == set(AGGREGATIONS) and "calibrated" in longer
+    assert longer["0.01"]["coarse"]["longer_minus_design"]["n"] == 2
+    parts = results["provenance"]
+    assert {"grid", "references", "issue 31", "issue 31, last"} <= set(parts)
+    assert all(len(p["commits"]) >= 1 for p in parts.values())
