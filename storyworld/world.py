@@ -728,7 +728,7 @@ def unrelated_set(c: WorldClass, world: World) -> list[str]:
 
 def near_duplicate_set(c: WorldClass, world: World) -> list[str]:
     """4 near-duplicates of the class's first atomic action: related, not diverse (what
-    Eq. 3's diversity is there to reject)."""
+    Eq. 4's diversity is there to reject)."""
     caption = world.actions[c.actions[0]].caption
     return [caption, f"{caption} again", f"{caption} once more", f"then {caption}"]
 

@@ -265,10 +265,10 @@ def score(
     alpha: str = choice_option(
         "complement",
         values=_scalings,
-        help="Scaling of relatedness (Eq. 4): complement or identity.",
+        help="Scaling of relatedness (Eq. 2): complement or identity.",
     ),
     beta: str = choice_option(
-        "complement", values=_scalings, help="Scaling of diversity (Eq. 4): complement or identity."
+        "complement", values=_scalings, help="Scaling of diversity (Eq. 2): complement or identity."
     ),
     template: str = typer.Option("a video of a person {}.", help="Global text template."),
     fallback: str = choice_option(

@@ -15,7 +15,7 @@ LOG_CLAMP = 1e-6
 # The paper's "scaling functions" alpha and beta, by name; names are written into artifacts.
 SCALINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "complement": lambda x: 1.0 - x,  # default: more related, more diverse -> higher TPP
-    "identity": lambda x: x,  # the literal reading of Eq. 4
+    "identity": lambda x: x,  # the literal reading of Eq. 2
 }
 
 
@@ -33,7 +33,7 @@ class TPPResult:
 
 
 def relatedness(global_emb: torch.Tensor, sub_embs: torch.Tensor) -> torch.Tensor:
-    """Eq. 2: sigma_n = (cos(t_c, s_n) + 1) / 2.  [..., D], [..., N, D] -> [..., N]."""
+    """Eq. 3: sigma_n = (cos(t_c, s_n) + 1) / 2.  [..., D], [..., N, D] -> [..., N]."""
     cos = torch.einsum(
         "...d,...nd->...n", F.normalize(global_emb, dim=-1), F.normalize(sub_embs, dim=-1)
     )
@@ -41,7 +41,7 @@ def relatedness(global_emb: torch.Tensor, sub_embs: torch.Tensor) -> torch.Tenso
 
 
 def diversity(sub_embs: torch.Tensor) -> torch.Tensor:
-    """Eq. 3: delta_n = 1 - mean_{n' != n} (cos(s_n, s_n') + 1) / 2.  [..., N, D] -> [..., N]."""
+    """Eq. 4: delta_n = 1 - mean_{n' != n} (cos(s_n, s_n') + 1) / 2.  [..., N, D] -> [..., N]."""
     unit = F.normalize(sub_embs, dim=-1)
     sim = (unit @ unit.transpose(-1, -2) + 1) / 2  # [..., N, N]
     n = sub_embs.shape[-2]
@@ -50,7 +50,7 @@ def diversity(sub_embs: torch.Tensor) -> torch.Tensor:
 
 
 def tpp(global_emb, sub_embs, alpha: str = "complement", beta: str = "complement") -> TPPResult:
-    """Eq. 4: TPP = exp(-(1/N) sum_n log(alpha(sigma_n) * beta(delta_n))), log argument >= 1e-6.
+    """Eq. 2: TPP = exp(-(1/N) sum_n log(alpha(sigma_n) * beta(delta_n))), log argument >= 1e-6.
 
     global_emb [..., D] and sub_embs [..., N, D] need not be normalised; any leading batch
     shape is scored at once.
