@@ -191,7 +191,7 @@ def prepare_groups(
     return paths, figures
 
 
-def prepare_issue31_groups(
+def prepare_figure_groups(
     design: StudyDesign, world: WorldInfo, base: Path, checkpoint: Path, random: bool
 ) -> tuple[dict[str, Path], dict, dict]:
     """Issue 31's sub-text groups of the seen classes, each made by stage one: the random
@@ -312,8 +312,8 @@ def prepare_clip(
         )
     if design.random_groups or design.subtext_counts:
         random = design.random_groups > 0 and objective in design.random_group_objectives
-        extra, figures["random_groups"], figures["count_groups"] = prepare_issue31_groups(
-            design, world, base / "issue31", checkpoint, random
+        extra, figures["random_groups"], figures["count_groups"] = prepare_figure_groups(
+            design, world, base / "figures", checkpoint, random
         )
         assets.group_subtexts.update(extra)
     return assets, figures

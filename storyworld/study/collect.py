@@ -30,6 +30,11 @@ def main_fields(temperatures: dict) -> dict:
     }
 
 
+def calibrated_pair(calibration: dict) -> tuple[float, float]:
+    """(tau_coarse, tau_fine) of a CLIP's calibration record."""
+    return calibration["coarse"], calibration["fine"]
+
+
 def select_runs(runs: list[dict], **fields) -> list[dict]:
     return [r for r in runs if all(r[k] == v for k, v in fields.items())]
 
@@ -145,7 +150,7 @@ def collect(
         "seconds": round(seconds, 1),
         "report_git": git_state(),  # the code that gathered these results
         **calibration_and_tpp_figures(design, clips, runs),
-        **issue31_figures(design, clips, runs),
+        **figure_results(design, clips, runs),
         "runs": [{k: v for k, v in r.items() if k != "losses"} for r in runs],
     }
 
@@ -222,7 +227,7 @@ def calibration_and_tpp_figures(design: StudyDesign, clips: dict, runs: list[dic
     main = main_fields(design.default_fields())
     for objective in design.objectives:
         calibration = clips[objective]["calibration"]
-        pair = (calibration["coarse"], calibration["fine"])
+        pair = calibrated_pair(calibration)
         calibrated = main_fields(tau_fields(*pair))
         out["calibrated_tau"][objective] = calibration
         out["top1_calibrated"][objective] = mode_top1(runs, objective, calibrated, main)
@@ -341,7 +346,7 @@ def _tpp_group_figures(
     return groups, fits, cost
 
 
-def issue31_figures(design: StudyDesign, clips: dict, runs: list[dict]) -> dict:
+def figure_results(design: StudyDesign, clips: dict, runs: list[dict]) -> dict:
     """Issue 31's figures per CLIP: the random-group TPP test (Fig. 2(b)), top-1 against the
     number of sub-texts (Fig. 2(a)), Table 6's key-frame claim per video, and the longer
     training; and which code produced each part of the runs."""
@@ -353,7 +358,7 @@ def issue31_figures(design: StudyDesign, clips: dict, runs: list[dict]) -> dict:
     main = main_fields(design.default_fields())
     for objective in design.objectives:
         calibration = clips[objective]["calibration"]
-        pair = (calibration["coarse"], calibration["fine"])
+        pair = calibrated_pair(calibration)
         cells = {f"{main['tau']:g}": main, "calibrated": main_fields(tau_fields(*pair))}
         supervised = {"objective": objective, "setting": "supervised"}
         if clips[objective].get("random_groups"):
@@ -473,3 +478,29 @@ def provenance(runs: list[dict]) -> dict:
         }
         for name, states in parts.items()
     }
+
+
+def long_calibration_gains(results: dict, objective: str) -> dict:
+    """After the longer training: calibrated pair minus tau = 0.01 per learned mode, paired
+    over seeds, read from results.json's run records (whether the
+    calibration's gain survives longer training)."""
+    pair = calibrated_pair(results["calibrated_tau"][objective])
+    default = results["design"]["taus"][0]
+    longer = {
+        "objective": objective,
+        "setting": "supervised",
+        "epochs": results["design"]["long_epochs"],
+        "group": None,
+        "temporal_layers": 0,
+        "finetune": False,
+    }
+    gains = {}
+    for mode in IMPORTANCE_MODES:
+        calibrated = _by_seed(results["runs"], mode=mode, **longer, **tau_fields(*pair))
+        at_default = _by_seed(results["runs"], mode=mode, **longer, **tau_fields(default, default))
+        if calibrated and at_default:
+            gains[mode] = analysis.paired_difference(
+                {int(k): v for k, v in calibrated.items()},
+                {int(k): v for k, v in at_default.items()},
+            )
+    return gains

@@ -249,7 +249,7 @@ def run_specs(
     yield from reference_specs(design, objective)
 
 
-def issue31_specs(
+def figure_specs(
     design: StudyDesign, objective: str, pair: tuple[float, float] | None, last: bool
 ) -> Iterator[RunSpec]:
     """Issue 31's runs of one CLIP: the random TPP groups (`last`: only the groups of the

@@ -13,6 +13,7 @@ from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_savefig, atomic_write_json, atomic_write_text
 
 from . import analysis
+from .collect import long_calibration_gains
 from .design import BRANCHES, IMPORTANCE_MODES
 from .tpp_groups import SET_KINDS, TPP_SCALINGS
 
@@ -51,6 +52,13 @@ def top1_table(results: dict, objective: str, key: str = "top1") -> list[str]:
             row = [_cell(cells[k]) for k in ("2shot", "supervised", "zero-shot")]
         lines.append(f"| {mode} | " + " | ".join(row) + " |")
     return lines
+
+
+def _saved(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_results(results: dict, out: Path) -> list[Path]:
@@ -101,10 +109,7 @@ def _plot_top1(plt, results: dict, objectives: list[str], out: Path) -> Path:
         ax.set_xticks(np.arange(len(modes)), modes, fontsize=8)
         ax.set(ylim=(0, 1), ylabel="top-1", title=f"world CLIP: {objective}")
         ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    atomic_savefig(fig, out / "top1.png", dpi=110)
-    plt.close(fig)
-    return out / "top1.png"
+    return _saved(plt, fig, out / "top1.png")
 
 
 def _plot_tau(plt, results: dict, objectives: list[str], out: Path) -> Path:
@@ -127,10 +132,7 @@ def _plot_tau(plt, results: dict, objectives: list[str], out: Path) -> Path:
             title=f"world CLIP: {objective}",
         )
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_savefig(fig, out / "tau.png", dpi=110)
-    plt.close(fig)
-    return out / "tau.png"
+    return _saved(plt, fig, out / "tau.png")
 
 
 def _plot_tpp(plt, results: dict, grouped: dict, out: Path) -> Path:
@@ -155,10 +157,7 @@ def _plot_tpp(plt, results: dict, grouped: dict, out: Path) -> Path:
                 ylabel="top-1 (coarse+fine, supervised)",
                 title=f"world CLIP {objective}: r^2 {_maybe(fit['r2'])}",
             )
-    fig.tight_layout()
-    atomic_savefig(fig, out / "tpp.png", dpi=110)
-    plt.close(fig)
-    return out / "tpp.png"
+    return _saved(plt, fig, out / "tpp.png")
 
 
 def _plot_random_tpp(plt, tested: dict, out: Path) -> Path:
@@ -181,10 +180,7 @@ def _plot_random_tpp(plt, tested: dict, out: Path) -> Path:
                 title=f"world CLIP {objective}",
             )
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_savefig(fig, out / "tpp_random.png", dpi=110)
-    plt.close(fig)
-    return out / "tpp_random.png"
+    return _saved(plt, fig, out / "tpp_random.png")
 
 
 def _signed(s: dict) -> str:
@@ -320,7 +316,7 @@ DECISION = (
 )
 
 
-def issue31_report(results: dict, o: str) -> list[str]:
+def figures_report(results: dict, o: str) -> list[str]:
     """Markdown for one world CLIP's issue-31 parts: the random-group TPP test, top-1
     against the number of sub-texts, Table 6's key frames per video, the longer runs."""
     lines: list[str] = []
@@ -399,6 +395,15 @@ def issue31_report(results: dict, o: str) -> list[str]:
                     f"| {label} | {mode} | {_cell(c['top1'])} | {gain} | "
                     f"{'-' if change is None else format(change, '+.1%')} |"
                 )
+        gains = long_calibration_gains(results, o)
+        if gains:
+            lines += [
+                "",
+                f"After {epochs} epochs, calibrated minus tau = "
+                f"{results['design']['taus'][0]:g}, same mode, paired over seeds: "
+                + ", ".join(f"{m} {_signed(g)}" for m, g in gains.items())
+                + ".",
+            ]
     return lines
 
 
@@ -575,7 +580,7 @@ def write_report(results: dict, out: Path, notes: Path | None = None) -> Path:
         lines += _clip_section(results, o)
     for o in results.get("calibrated_tau", {}):
         lines += calibration_and_tpp_report(results, o)
-        lines += issue31_report(results, o)
+        lines += figures_report(results, o)
     lines += provenance_lines(results)
     lines += ["", *(f"![{p.stem}]({p.name})" for p in plots)]
     if notes is not None and notes.is_file():

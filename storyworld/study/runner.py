@@ -41,7 +41,7 @@ from .design import (
     core_specs,
     fewshot_cells,
     fewshot_specs,
-    issue31_specs,
+    figure_specs,
     next_episode_count,
     reference_specs,
 )
@@ -302,8 +302,8 @@ def _run_study(design: StudyDesign, work: Path, console: Console, train_all: Cal
     execute([s for o in prepared for s in reference_specs(design, o)], "references")
     for last in (False, True):  # the last CLIP's random TPP groups after everything else
         execute(
-            [s for o, p in prepared.items() for s in issue31_specs(design, o, p.pair, last)],
-            "issue 31" if not last else "issue 31, last",
+            [s for o, p in prepared.items() for s in figure_specs(design, o, p.pair, last)],
+            "figures" if not last else "figures, last CLIP",
         )
     clips = {o: p.figures for o, p in prepared.items()}
     return collect(design, world, clips, runs, time.perf_counter() - started)

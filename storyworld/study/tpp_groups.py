@@ -84,7 +84,7 @@ def random_group_name(index: int) -> str:
 def random_groups(
     pools: dict[str, dict[str, list[str]]], count: int, items: int, seed: int
 ) -> dict[str, dict[str, list[str]]]:
-    """`count` groups whose TPP varies continuously (the paper's Fig. 2(b), issue 31): group
+    """`count` groups whose TPP varies continuously (the paper's Fig. 2(b)): group
     g draws pool weights from a flat Dirichlet over `SET_KINDS` (one seeded generator per
     group), then each of a class's `items` sub-texts picks a kind by those weights and a
     not yet chosen item of that kind's pool (a kind whose pool is spent passes to the next

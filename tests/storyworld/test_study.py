@@ -13,12 +13,13 @@ import torch
 
 from storyboard_common.subtexts import read_subtexts
 from storyworld.study import analysis
+from storyworld.study.collect import long_calibration_gains
 from storyworld.study.design import (
     BRANCHES,
     DEMO_DESIGN,
     RunSpec,
     StudyDesign,
-    issue31_specs,
+    figure_specs,
     next_episode_count,
     run_specs,
 )
@@ -510,11 +511,11 @@ def test_random_groups_draw_items_from_the_pools_and_differ():
         count_groups({"a": ["x"] * 8}, [9])
 
 
-def test_issue31_runs_are_the_registered_grid():
+def test_the_figure_runs_are_the_registered_grid():
     design = StudyDesign()
     pair = (0.13, 0.42)
-    token = list(issue31_specs(design, "pooled+tokens", pair, last=False))
-    pooled_last = list(issue31_specs(design, "pooled", pair, last=True))
+    token = list(figure_specs(design, "pooled+tokens", pair, last=False))
+    pooled_last = list(figure_specs(design, "pooled", pair, last=True))
     random_runs = [s for s in token if s.group and s.group.startswith("random-")]
     assert len(random_runs) == 32 * 5 * 2 == len(pooled_last)
     assert {(s.tau, s.tau_fine) for s in random_runs} == {(0.01, None), (0.13, 0.42)}
@@ -525,11 +526,11 @@ def test_issue31_runs_are_the_registered_grid():
     assert {s.tau for s in longer if s.mode == "mean"} == {0.01}
     assert len({s.name for s in token}) == len(token)  # run folders are per CLIP
     assert {s.name for s in pooled_last} == {s.name for s in random_runs}
-    assert not list(issue31_specs(design, "pooled", None, last=False))  # no calibration
+    assert not list(figure_specs(design, "pooled", None, last=False))  # no calibration
 
 
 @pytest.mark.slow  # the miniature study fixture (about 2 minutes on 2 cores)
-def test_issue31_figures_come_from_their_runs(study):
+def test_figure_results_come_from_their_runs(study):
     work, results = study
     test = results["tpp_rank_test"]["pooled"]
     assert len(test["groups"]) == 3 and set(test["cells"]) == {"0.01", "calibrated"}
@@ -545,7 +546,7 @@ def test_issue31_figures_come_from_their_runs(study):
             ]
             again = analysis.rank_correlation_test(x, matrix, 50, 20, TINY.random_group_seed)
             assert cell["tests"][name] == again
-    (artifact,) = (work / "pooled" / "issue31" / "groups" / "random-00").glob("*/subtexts.parquet")
+    (artifact,) = (work / "pooled" / "figures" / "groups" / "random-00").glob("*/subtexts.parquet")
     texts = read_subtexts(artifact)
     for c, name in enumerate(texts.class_names):  # each group trains on its own sets
         assert list(texts.sub_texts[c]) == test["groups"]["random-00"]["sets"][name]
@@ -562,6 +563,9 @@ def test_issue31_figures_come_from_their_runs(study):
     longer = results["long_training"]["pooled"]
     assert set(longer["0.01"]) == set(AGGREGATIONS) and "calibrated" in longer
     assert longer["0.01"]["coarse"]["longer_minus_design"]["n"] == 2
+    gains = long_calibration_gains(results, "pooled")  # from the run records alone
+    assert set(gains) == {"global", "coarse", "fine", "coarse+fine"}
+    assert all(g["n"] == 2 for g in gains.values())
     parts = results["provenance"]
-    assert {"grid", "references", "issue 31", "issue 31, last"} <= set(parts)
+    assert {"grid", "references", "figures", "figures, last CLIP"} <= set(parts)
     assert all(len(p["commits"]) >= 1 for p in parts.values())
