@@ -45,7 +45,7 @@ test-all: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m storyworld demo --out artifacts/demo
 
-# The full study (39 minutes on 2 shared cores, measured; resumable): docs/study/results.json
+# The full study (84 minutes on 2 cores, measured; resumable): docs/study/results.json
 # and README.md.
 study: $(STAMP)
 	$(BIN)/python -m storyworld study --work artifacts/study --out docs/study
