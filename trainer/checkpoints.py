@@ -66,11 +66,6 @@ _ALLOWED_GLOBALS = [
 ]
 
 
-def atomic_save(obj, path: Path) -> None:
-    """`torch.save` through `atomic_write`: a checkpoint is never half-written."""
-    atomic_write(path, lambda fh: torch.save(obj, fh))
-
-
 def load_checkpoint(path: Path, map_location, hint: str) -> dict:
     """A run checkpoint, read with `weights_only=True`; a one-sentence UserError naming the
     file, ending with `hint`, when it holds code or other objects (refused unexecuted), is

@@ -16,6 +16,7 @@ import torch
 from storyboard_common.classes import match_names, unknown_names
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write, atomic_write_text
+from storyboard_common.progress import progress_bar
 from storyboard_common.subtexts import read_subtexts
 
 from . import metrics
@@ -36,7 +37,6 @@ from .distributed import DistInfo, all_reduce_sum, from_main, gather_to_main
 from .model.aggregation import ClassText
 from .paths import default_root
 from .precision import autocast
-from .progress import progress_bar
 from .run_data import check_classes, check_decode_device, eval_spec
 from .run_models import LoadedRun, load_run
 from .subtexts import artifact_class_text

@@ -31,10 +31,11 @@ import numpy as np
 import torch
 
 from storyboard_common.errors import UserError
-from storyboard_common.files import atomic_write_json, atomic_write_text
+from storyboard_common.files import atomic_save, atomic_write_json, atomic_write_text
+from storyboard_common.progress import progress_bar
 
 from .cache.dataset import cached_datasets
-from .checkpoints import atomic_save, check_finite_weights, json_values, load_checkpoint
+from .checkpoints import check_finite_weights, json_values, load_checkpoint
 from .config import (
     INPUTS,
     RunConfig,
@@ -68,7 +69,6 @@ from .model.aggregation import ClassText
 from .model.video_clip import VideoCLIP
 from .paths import default_root, default_run_dir, default_subtexts, run_folder
 from .precision import autocast, grad_scaler, set_tf32, tf32_applies
-from .progress import progress_bar
 from .report import write_report
 from .run_data import (
     RunData,

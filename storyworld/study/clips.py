@@ -18,6 +18,7 @@ from storyboard_common.classes import load_classes
 from storyboard_common.clip import LoadedClip, load_clip
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write_text
+from storyboard_common.progress import Heartbeat
 from storyboard_common.subtexts import TPP_FILE, SubtextArtifact, read_subtexts
 from subtext_gen.artifacts import read_candidates, read_tpp
 from subtext_gen.generate import generate
@@ -26,7 +27,6 @@ from subtext_gen.score import class_reports, score
 from trainer.cache.build import cache_features
 from trainer.cache.store import TEST, TRAIN, read_split
 from trainer.model.video_clip import clip_log_logit_scale
-from trainer.progress import Heartbeat
 from trainer.settings import RunConfig
 from trainer.subtexts import artifact_class_text
 

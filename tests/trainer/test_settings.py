@@ -11,9 +11,10 @@ import torch
 import typer
 
 from storyboard_common.errors import UserError
+from storyboard_common.files import atomic_save
 from testkit.list_runs import run_config
 from trainer.__main__ import app
-from trainer.checkpoints import atomic_save, load_checkpoint
+from trainer.checkpoints import load_checkpoint
 from trainer.config import read_config_file
 from trainer.run_models import ARCHITECTURE, export_run, load_run
 from trainer.settings import RunConfig, declared, flag_name

@@ -12,6 +12,7 @@ import torch
 
 from storyboard_common.clip import clip_identity, load_clip
 from storyboard_common.errors import UserError, check_ranges
+from storyboard_common.progress import progress_bar
 
 from ..data.dataset import Skipped, VideoClipDataset, loader_workers, make_loader
 from ..data.layouts import folds
@@ -20,7 +21,6 @@ from ..evaluation import model_inputs
 from ..model.video_clip import encode_frames
 from ..paths import default_features_dir, default_root, writable_dir
 from ..precision import autocast
-from ..progress import progress_bar
 from ..run_data import check_decode_device, clip_datasets, load_fold
 from ..settings import COMMAND_BOUNDS, RunConfig
 from .store import DTYPES, SHARD_ROWS, TEST, TRAIN, CacheWriter, cache_identity
