@@ -32,7 +32,7 @@ from trainer.subtexts import artifact_class_text
 
 from .. import WORLD_CLIP
 from ..pretrain import encode_frames, frame_accuracies, load_frame_pairs, log_path, pretrain_clip
-from ..world import CANDIDATES_PATH, SUBTEXTS_PER_SET, WorldInfo, subtext_pools
+from ..world.definition import CANDIDATES_PATH, SUBTEXTS_PER_SET, WorldInfo, subtext_pools
 from . import analysis
 from .design import BRANCHES, StudyDesign
 from .tpp_groups import SET_KINDS, TPP_SCALINGS, count_groups, group_sets, random_groups
