@@ -8,4 +8,24 @@ visual tower, temporal module and storyboard head, Eq. 5-12) and the loss `loss`
 directories, exported folders, `hf-hub:`) and exports them through `checkpoints`. `cache/`
 is the frozen-feature cache. The top-level `storyworld` package is built on all this (the
 synthetic world, the study, the demo); nothing here imports it.
+
+`__all__` names the modules other packages (`storyworld`) may import, and each subpackage's
+`__init__` its own; a module's names without a leading underscore are its public ones. The
+rest is this stage's inside. Nothing is imported here, so `python -m trainer --help` loads
+only what the CLI needs (tests/project/test_layers_public.py).
 """
+
+__all__ = [
+    "cache",
+    "data",
+    "environment",
+    "metrics",
+    "model",
+    "predict",
+    "report",
+    "run_models",
+    "schedule",
+    "settings",
+    "subtexts",
+    "training",
+]
