@@ -199,7 +199,7 @@ K_HEADER = "label,youtube_id,time_start,time_end,split\n"
 
 @pytest.fixture()
 def k400_root(tmp_path, monkeypatch):
-    monkeypatch.setattr(kinetics, "SHIPPED_CLASSES", tmp_path / "no-shipped-list.csv")
+    monkeypatch.setattr(kinetics, "shipped_names", lambda shipped: None)  # no shipped list
     root = tmp_path / "k400"
     root.mkdir()
     (root / "train.csv").write_text(
