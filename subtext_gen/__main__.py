@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import sys
-import typing
 from enum import Enum
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from storyboard_common.about import DEVICES, command_app
-from storyboard_common.cli_help import choice_option
+from storyboard_common.cli_help import choice_option, with_parameters
 from storyboard_common.errors import MAX_BATCH, Bounds, UserError, check_ranges, run_cli
 from storyboard_common.files import artifacts_root
 
@@ -73,15 +72,7 @@ def with_backend_options(command):
         )
         for o in backend_options()
     ]
-    hints = typing.get_type_hints(command)
-    own = [
-        p.replace(annotation=hints[p.name])
-        for p in inspect.signature(command).parameters.values()
-        if p.kind is not inspect.Parameter.VAR_KEYWORD
-    ]
-    command.__signature__ = inspect.Signature([*own, *backend])
-    command.__annotations__ = {p.name: p.annotation for p in [*own, *backend]}
-    return command
+    return with_parameters(command, after=backend)
 
 
 @app.command(help="Ask an LLM for N atomic actions per class; resumable, one row per reply.")
