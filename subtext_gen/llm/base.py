@@ -1,4 +1,6 @@
-"""The small protocol every LLM backend implements.
+"""The small protocol every LLM backend implements, and how a backend declares its options
+and how it is built for `generate` (`BackendOption`, `LLMBackend`; the registry is
+`subtext_gen.llm.REGISTRY`).
 
 A backend receives jobs (one class, one prompt, the sample indices still missing) and
 yields one `Completion` per job as soon as it is finished, in any order. Backends own
