@@ -8,7 +8,6 @@ import json
 import os
 import shlex
 import sys
-import typing
 from pathlib import Path
 
 import typer
@@ -16,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from storyboard_common.about import command_app
-from storyboard_common.cli_help import choice_option
+from storyboard_common.cli_help import choice_option, with_parameters
 from storyboard_common.errors import UserError, check_ranges, run_cli
 
 from .cache.store import DTYPES
@@ -68,15 +67,7 @@ def with_settings(*names: str, **helps: str):
             )
             for name in chosen
         ]
-        hints = typing.get_type_hints(command)
-        own = [
-            p.replace(annotation=hints[p.name])
-            for p in inspect.signature(command).parameters.values()
-            if p.kind is not inspect.Parameter.VAR_KEYWORD
-        ]
-        command.__signature__ = inspect.Signature([*settings, *own])
-        command.__annotations__ = {p.name: p.annotation for p in [*settings, *own]}
-        return command
+        return with_parameters(command, before=settings)
 
     return decorate
 
