@@ -12,7 +12,10 @@ from storyboard_common.clip import LoadedClip, load_clip
 from storyboard_common.errors import UserError, first_line
 from storyboard_common.subtexts import SUBTEXTS_FILE, read_subtexts
 
-from .checkpoints import (
+from .checkpoints import check_finite_weights, json_values, load_checkpoint
+from .config import INPUTS, check_recorded_inputs, input_paths
+from .distributed import DistInfo, init_distributed
+from .export import (
     CLIP_CONFIG_FILE,
     CONFIG_FILE,
     EXPORT_FORMAT,
@@ -20,11 +23,8 @@ from .checkpoints import (
     HUB_PREFIX,
     WEIGHTS_FILE,
     check_export_out,
-    check_finite_weights,
     hub_snapshot,
     is_export,
-    json_values,
-    load_checkpoint,
     model_card,
     read_export_config,
     read_weights,
@@ -33,8 +33,6 @@ from .checkpoints import (
     weight_shapes,
     write_export,
 )
-from .config import INPUTS, check_recorded_inputs, input_paths
-from .distributed import DistInfo, init_distributed
 from .model.aggregation import ClassText
 from .model.video_clip import UNTRAINED_LOG_LOGIT_SCALE, VideoCLIP, build_model, video_model
 from .paths import default_subtexts
@@ -372,7 +370,7 @@ def _shape(shape: tuple[int, ...] | None) -> str:
 
 
 def export_run(run_dir: Path, out: Path, checkpoint: str = "best", **given) -> Path:
-    """Write a run's checkpoint as a self-contained model folder (`trainer/checkpoints.py`):
+    """Write a run's checkpoint as a self-contained model folder (`trainer/export.py`):
     safetensors weights of the whole model, its config, the CLIP's architecture, the class
     texts and a model card. `given`: where the run's inputs are now (`subtexts`, the CLIP's
     files), if not where it recorded them. -> `out`."""
