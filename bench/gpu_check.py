@@ -53,6 +53,7 @@ from storyboard_common.subtexts import SubtextArtifact
 from testkit.cli import TINY_CLIP_CONFIG
 from trainer.config import resolve_config
 from trainer.distributed import DistInfo
+from trainer.model.args import ModelArgs
 from trainer.model.video_clip import build_model
 from trainer.precision import grad_scaler
 from trainer.schedule import make_optimizer
@@ -172,13 +173,13 @@ def _train_steps(inputs: CheckInputs, config: StepConfig, record: dict) -> None:
     own_clip = dataclasses.replace(inputs.clip, model=copy.deepcopy(inputs.clip.model))
     clip_id = (own_clip.model_id, own_clip.pretrained_id)
     text = artifact_class_text(inputs.artifact, SYNTHETIC_ARTIFACT, clip_id, own_clip.embed_dim)
-    model = build_model(
-        own_clip,
+    settings = RunConfig(
         aggregation="coarse+fine",
         temporal_layers=inputs.temporal_layers,
         frames=inputs.clips.shape[1],
         grad_checkpointing=config.grad_checkpointing,
     )
+    model = build_model(own_clip, ModelArgs.of_run(settings, own_clip))
     del own_clip
     model.to(device).train()
     text = text.to(device)

@@ -5,7 +5,7 @@ Where to start reading: `training.train` (one fold of a run), which takes its da
 its precision from `precision`, and evaluates with `evaluation`. The model is `model/` (the
 visual tower, temporal module and storyboard head, Eq. 5-12) and the loss `loss` (Eq.
 13-15); videos and dataset layouts are `data/`. `run_models` also loads trained models back (run
-directories, exported folders, `hf-hub:`) and exports them through `checkpoints`. `cache/`
+directories, exported folders, `hf-hub:`) and exports them through `export`. `cache/`
 is the frozen-feature cache. The top-level `storyworld` package is built on all this (the
 synthetic world, the study, the demo); nothing here imports it.
 

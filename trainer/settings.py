@@ -7,7 +7,7 @@ the range checks (`range_refusal`), the flag names (`flag_name`) and the config-
 `RunConfig` inherits the four concerns rather than holding them: config files, presets and
 a run's config.json name settings by flat keys (`lr: 5e-5`), and every module reads
 `cfg.lr`; the model's record in checkpoints holds `ModelConfig`'s settings
-(`run_models.ARCHITECTURE`). Light on purpose (no torch): the CLI imports it to build its options.
+(`model.args.ModelArgs`). Light on purpose (no torch): the CLI imports it to build its options.
 """
 
 from __future__ import annotations

@@ -349,7 +349,7 @@ class TrainingSetup:
     accumulation: int  # micro-batches per optimiser step
     steps_per_epoch: int  # optimiser steps
     layout: dict  # how the global batch is split, which a resumed run keeps (its data order)
-    model_args: dict  # the model's record (`run_models.model_record`), which checkpoints store
+    model_args: dict  # the model's record (`RunModel.model_args`), which checkpoints store
     texts: dict  # the sub-text artifact's identity, which checkpoints store
 
     def optimizer_steps(self, micro_batches: int) -> int:

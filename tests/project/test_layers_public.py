@@ -124,11 +124,24 @@ def test_a_package_import_loads_none_of_its_modules():
     """The declarations cost nothing: importing a package runs no module of it, so a CLI's
     `--help` loads only what the CLI itself imports."""
     code = (
-        "import sys, storyboard_common, subtext_gen, subtext_gen.llm, trainer, trainer.cache, "
+        "import sys, storyboard_common, subtext_gen, trainer, trainer.cache, "
         "trainer.data, trainer.model\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('storyboard_common', 'subtext_gen', 'trainer') and m.count('.') and "
-        "m not in ('subtext_gen.llm', 'trainer.cache', 'trainer.data', 'trainer.model')))"
+        "m not in ('trainer.cache', 'trainer.data', 'trainer.model')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert done.stdout == "[]\n"
+
+
+def test_the_backend_registry_loads_no_heavy_library():
+    """`subtext_gen.llm` is the backend registry, so importing it loads the backend modules;
+    the libraries they run on (openai, torch, transformers) load only when one is built."""
+    code = (
+        "import sys, subtext_gen.llm\n"
+        "print(sorted(m for m in ('openai', 'torch', 'transformers') if m in sys.modules))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
