@@ -33,11 +33,10 @@ from .checkpoints import (
     weight_shapes,
     write_export,
 )
-from .config import INPUTS, check_recorded_inputs, input_paths
+from .config import INPUTS, check_recorded_inputs, input_paths, subtexts_artifact
 from .distributed import DistInfo, init_distributed
 from .model.aggregation import ClassText
 from .model.video_clip import UNTRAINED_LOG_LOGIT_SCALE, VideoCLIP, build_model, video_model
-from .paths import default_subtexts
 from .settings import ModelConfig, RunConfig, flag_name
 from .subtexts import TrainedTexts, artifact_class_text, recorded_texts, require_subtexts
 
@@ -259,7 +258,7 @@ def _loaded_run(
     values = {**settings, **architecture(model_args), "dataset": dataset, "device": device}
     cfg = RunConfig.from_saved(values)
     dist_info = init_distributed(device, cfg.dist_timeout)
-    subtexts = cfg.subtexts or default_subtexts(dataset, cfg.clip_model, cfg.clip_pretrained)
+    subtexts = subtexts_artifact(cfg)
     run_model = build(cfg, dist_info, subtexts, clip, trained)
     check_record_clip(model_args, run_model, checkpoint_info["source"])
     missing, unexpected = run_model.model.load_state_dict(weights, strict=False)

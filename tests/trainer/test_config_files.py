@@ -229,9 +229,10 @@ def test_an_older_run_s_config_json_with_retired_settings_still_reads(world, tmp
     config.json still replays (`--config`), resumes and loads (`from_saved`) as the same
     settings; another value of them is refused as an unknown key."""
     from trainer.checkpoints import json_values
-    from trainer.training import check_resume, recorded_config
+    from trainer.config import resolved_config
+    from trainer.resuming import check_resume
 
-    cfg = recorded_config(
+    cfg = resolved_config(
         RunConfig(
             dataset="list",
             root=world["root"],

@@ -150,7 +150,7 @@ def test_one_process_reads_nothing_back_between_check_steps(world, tmp_path, mon
     """18 optimiser steps (2 epochs of 9) of a run with a line every 4 steps: steps that are
     neither a line's nor an epoch's last read nothing back; those read the loss once."""
     counter, epochs = SyncCounter(), []  # per epoch: where each step's calls begin, end
-    real_step, real_epoch = training.train_step, training.train_epoch
+    real_step, real_epoch = training.train_step, training.Trainer.train_epoch
 
     def marked_step(*args, **kwargs):
         epochs[-1].append(len(counter.calls))
@@ -164,7 +164,7 @@ def test_one_process_reads_nothing_back_between_check_steps(world, tmp_path, mon
         return end
 
     monkeypatch.setattr(training, "train_step", marked_step)
-    monkeypatch.setattr(training, "train_epoch", counted_epoch)
+    monkeypatch.setattr(training.Trainer, "train_epoch", counted_epoch)
     cfg = frozen_config(world, out=tmp_path / "run", batch_size=1)
     training.train(cfg, show_progress=False, log_settings=LogSettings(every=4))
     per_step = [counter.calls[a:b] for marks in epochs for a, b in zip(marks, marks[1:])]
