@@ -1,6 +1,6 @@
 """The training loop: AMP, gradient accumulation, DDP, check steps, evaluation cadence.
 
-`train` holds a run's folder, builds what it trains with (`_set_up`), resumes it where its
+`train` holds a run's folder, builds what it trains with (`run_setup`), resumes it where its
 checkpoint stopped (`resuming`) and hands it to a `Trainer`, the loop as one object: its
 `run` trains the epochs left, its `train_epoch` takes each optimiser step from the loader
 through `train_step` (forward, the loss, backward, the optimiser) to the schedule, and
@@ -24,10 +24,8 @@ import dataclasses
 import itertools
 import json
 import math
-import shutil
 import signal
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -37,10 +35,8 @@ import torch
 
 from storyboard_common.errors import UserError
 
-from .cache.dataset import cached_datasets
 from .checkpoints import json_values
 from .config import RunConfig, resolved_config, run_dir
-from .data.dataset import EpochSampler, loader_shm_bytes, loader_workers, make_loader, shm_shortfall
 from .data.layouts import folds, has_folds
 from .distributed import (
     DistInfo,
@@ -50,17 +46,13 @@ from .distributed import (
     exchange_counts,
     gather_with_grad,
     init_distributed,
-    local_processes,
     main_first,
-    on_main,
-    wait_for_all,
 )
 from .evaluation import main_scores, model_inputs, predict, summarise, write_eval_outputs
 from .loss import storyboard_loss
 from .model.aggregation import ClassText
-from .model.video_clip import VideoCLIP
 from .paths import run_folder
-from .precision import autocast, grad_scaler, set_tf32, tf32_applies
+from .precision import autocast, set_tf32, tf32_applies
 from .progress import progress_bar
 from .report import write_report
 from .resuming import (
@@ -73,177 +65,102 @@ from .resuming import (
     restore,
     save_checkpoint,
 )
-from .run_data import (
-    RunData,
-    check_classes,
-    check_clip_lengths,
-    check_decode_device,
-    clip_datasets,
-    prepare_data,
-)
 from .run_log import STEPS_FILE, LogSettings, Reporters, StepLog, check_reporters
-from .run_models import build
-from .schedule import make_optimizer, make_scheduler
-from .subtexts import TrainedTexts, recorded_texts
+from .run_setup import TrainingSetup, batch_layout, set_up, warn_of_settings
+from .subtexts import recorded_texts
 
 
-class LossTally:
-    """The training loss summed over clips, kept on the device: a step adds to it without
-    reading anything back (a read is a host-device synchronisation, made at check steps),
-    and the first non-finite loss is kept with its step. float64, so that when it is read
-    never changes the sum (a resumed run adds exactly as an uninterrupted one).
+def train(
+    cfg: RunConfig,
+    resume: bool = False,
+    show_progress: bool = True,
+    log_settings: LogSettings = LogSettings(),
+) -> dict:
+    """Train (and evaluate) one fold; returns the best evaluation metrics. The run's folder
+    is held by this run alone (`run_folder`) from before anything is written to its end.
+    `log_settings`: step lines and reporters (`run_log`). Its defaults are resolved here,
+    once (`resolved_config`): everything after reads the resolved settings."""
+    cfg = resolved_config(cfg)
+    check_reporters(log_settings.report_to, cfg.out)
+    dist_info = init_distributed(cfg.device, cfg.dist_timeout)
+    batch_layout(cfg.batch_size, cfg.micro_batch, dist_info.world)  # before anything is written
+    if dist_info.device.type == "cuda":  # a process-wide switch: set either way
+        set_tf32(tf32_applies(dist_info.device, cfg.amp, cfg.tf32))
+    with contextlib.ExitStack() as held:
 
-    With fp16's loss scaler (`skip_non_finite`) a non-finite loss is an overflow whose
-    step the scaler skips: it is left out of the sums and is no divergence."""
+        def hold_folder() -> None:  # only the main rank writes; its refusal stops every rank
+            if dist_info.is_main:
+                held.enter_context(run_folder(cfg.out))
 
-    def __init__(self, device: torch.device, loss_sum: float, clips: float, skip_non_finite: bool):
-        self.sums = torch.tensor([loss_sum, clips], dtype=torch.float64, device=device)
-        self.first_bad_step = torch.zeros((), dtype=torch.long, device=device)
-        self.first_bad_loss = torch.zeros((), dtype=torch.float64, device=device)
-        self.skip_non_finite = skip_non_finite
-
-    def add(self, loss: torch.Tensor, clips: int, step: int) -> None:
-        """Optimiser step `step` (of the epoch, from 1) computed `loss` over `clips` clips."""
-        loss = loss.detach().double()
-        finite = torch.isfinite(loss)
-        if self.skip_non_finite:
-            counted = finite.double() * clips
-            self.sums += torch.stack([torch.where(finite, loss, 0.0) * clips, counted])
-            return
-        self.sums += torch.stack([loss * clips, torch.full_like(loss, clips)])
-        first = ~finite & (self.first_bad_step == 0)
-        self.first_bad_step = torch.where(first, step, self.first_bad_step)
-        self.first_bad_loss = torch.where(first, loss, self.first_bad_loss)
-
-    def read(self) -> tuple[float, float, Divergence | None]:
-        """(loss sum, clips it sums over, the first non-finite loss) read back at once."""
-        loss_sum, clips, step, loss = torch.cat(
-            [self.sums, torch.stack([self.first_bad_step.double(), self.first_bad_loss])]
-        ).tolist()
-        return loss_sum, clips, Divergence(int(step), loss) if step else None
+        main_first(hold_folder, dist_info)
+        return _train(cfg, dist_info, resume, show_progress, log_settings)
 
 
-def accumulating(model: torch.nn.Module, last: bool):
-    """DDP's `no_sync` around every micro-batch of a step but its last: gradients add up
-    locally and are all-reduced once per optimiser step."""
-    ddp = getattr(model, "_orig_mod", model)  # under torch.compile
-    if last or not isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
-        return contextlib.nullcontext()
-    return ddp.no_sync()
+def train_folds(
+    cfg: RunConfig,
+    resume: bool = False,
+    show_progress: bool = True,
+    log_settings: LogSettings = LogSettings(),
+) -> dict:
+    """`train` on the fold `cfg.split`; with --split all on a dataset of three folds, each
+    fold in its own folder (`fold1`...) and the mean of their metrics (`summarise`)."""
+    folders = run_folders(cfg)
+    if len(folders) == 1:
+        return train(cfg, resume, show_progress, log_settings)
+    results = [
+        train(
+            dataclasses.replace(cfg, split=str(k), out=folder),
+            resume,
+            show_progress,
+            log_settings,
+        )
+        for k, folder in enumerate(folders, start=1)
+    ]
+    return summarise(results)
 
 
-@dataclass(frozen=True)
-class StepDone:
-    """What one optimiser step did on this rank, counted on the host."""
+def run_folders(cfg: RunConfig) -> list[Path]:
+    """The run folders `train_folds` writes: `--out` (or the default run folder), or with
+    --split all on a dataset of three folds the folders `fold1`... in it."""
+    base = run_dir(cfg)
+    if cfg.split == "all" and has_folds(cfg.dataset):
+        return [base / f"fold{k}" for k in (1, 2, 3)]
+    return [base]
 
-    clips: int  # clips trained on
-    skipped: int  # videos skipped (unreadable, or too short)
 
-
-def train_step(
-    model,
-    text: ClassText,
-    group: list[dict],
-    optimizer,
-    scaler,
+def _train(
+    cfg: RunConfig,
     dist_info: DistInfo,
-    amp: str,
-    lam: float,
-    tally: LossTally,
-    step: int,
-) -> StepDone:
-    """Optimiser step `step` over the micro-batches `group` (gradient accumulation): forward
-    under autocast, the loss of Eq. 13-15 over every rank's clips, backward, step; the loss
-    goes into `tally`. Nothing is read back from the device but every rank's clip counts,
-    once (none with one process); the gradient is all-reduced once. A non-finite loss is
-    found when `tally` is read."""
-    device = dist_info.device
-    counts = exchange_counts([len(b["video_ids"]) for b in group], dist_info)  # [rank][micro]
-    # A micro-batch runs only where every rank has videos in it: the collectives below
-    # must be entered by all ranks or none.
-    live = [j for j in range(len(group)) if min(rank[j] for rank in counts) > 0]
-    clips = 0
-    for position, j in enumerate(live):
-        batch, sizes = group[j], [rank[j] for rank in counts]
-        with accumulating(model, last=position == len(live) - 1):
-            inputs = model_inputs(batch, device)
-            labels = batch["labels"].to(device, non_blocking=True)
-            with autocast(device, amp):
-                logits = model(inputs, text)["logits"]
-            # The loss sees the global batch; each rank back-propagates its own rows, so
-            # scaling by world size gives the single-process gradient after DDP's mean.
-            all_logits = gather_with_grad(logits.float(), sizes)
-            all_labels = gather_with_grad(labels, sizes)
-            loss = storyboard_loss(all_logits, all_labels, lam)
-            scaler.scale(loss * dist_info.world / len(live)).backward()
-        tally.add(loss, sizes[dist_info.rank], step)
-        clips += sizes[dist_info.rank]
-    if live:
-        scaler.step(optimizer)
-        scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return StepDone(clips, sum(len(b["skipped"]) for b in group))
-
-
-@dataclass
-class Divergence:
-    """Where training stopped being finite: the optimiser step of the epoch (from 1) and
-    its loss (None: the loss was finite but the weights were not)."""
-
-    step: int
-    loss: float | None
-
-
-@dataclass
-class EpochEnd:
-    """How `train_epoch` ended: run through, stopped by Ctrl-C (on any rank), or at a
-    non-finite loss (that step not taken)."""
-
-    stopped: bool = False
-    diverged: Divergence | None = None
-
-
-@dataclass
-class TrainingSetup:
-    """What a run trains with, built once before its first epoch."""
-
-    data: RunData
-    model: VideoCLIP  # the weights (what checkpoints hold)
-    trained_model: torch.nn.Module  # what steps run: the model, under DDP and compiled as set
-    text: ClassText
-    sampler: EpochSampler
-    train_loader: torch.utils.data.DataLoader
-    test_loader: torch.utils.data.DataLoader
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    micro: int  # clips per micro-batch on one rank
-    accumulation: int  # micro-batches per optimiser step
-    steps_per_epoch: int  # optimiser steps
-    layout: dict  # how the global batch is split, which a resumed run keeps (its data order)
-    model_args: dict  # the model's record (`run_models.model_record`), which checkpoints store
-    texts: dict  # the sub-text artifact's identity, which checkpoints store
-
-    def optimizer_steps(self, micro_batches: int) -> int:
-        """The optimiser steps that `micro_batches` micro-batches make (the last one may be
-        short)."""
-        return -(-micro_batches // self.accumulation)
-
-
-@dataclass
-class EpochLogs:
-    """Where each epoch's lines go (main rank; None elsewhere): metrics.jsonl and the
-    reporters (`--report-to`)."""
-
-    metrics: TextIO | None
-    reporters: Reporters | None
-
-    def write(self, line: dict, scalars: dict, global_step: int) -> None:
-        if self.metrics:
-            self.metrics.write(json.dumps(line) + "\n")
-            self.metrics.flush()
-        if self.reporters:
-            self.reporters.scalars(scalars, global_step)
+    resume: bool,
+    show_progress: bool,
+    log_settings: LogSettings,
+) -> dict:
+    """`train` in the held run folder: setup, resume, the epochs, the report."""
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    fold = folds(cfg.dataset, cfg.split)[0]
+    checkpoint = checkpoint_to_resume(cfg, dist_info, resume)
+    resumed = checkpoint is not None
+    settings = json_values(dataclasses.asdict(cfg))  # as JSON values: config.json, checkpoints
+    # config.json: the run as it began
+    recorded = settings if checkpoint is None else check_resume(cfg, cfg.out, checkpoint)
+    warn_of_settings(cfg, dist_info)
+    trained = None
+    if checkpoint is not None:  # the texts it trained with, which --subtexts must still hold
+        instead = "put that artifact back to resume, or start a new run with another --out"
+        trained = recorded_texts(checkpoint.get("subtexts"), f"the run in {cfg.out}", instead)
+    setup = set_up(cfg, dist_info, fold, trained)
+    state = TrainingState() if checkpoint is None else restore(setup, checkpoint, cfg, dist_info)
+    del checkpoint  # restored: its tensors (the optimiser's are twice the weights) are freed
+    check_same_position(state, dist_info, cfg.out)
+    done_steps = state.epoch * setup.steps_per_epoch + setup.optimizer_steps(state.position.step)
+    if dist_info.is_main:
+        prepare_run_folder(cfg.out, recorded, setup.data, state, done_steps, dist_info, resumed)
+    trainer = Trainer(cfg, dist_info, setup, state, settings)
+    trainer.run(recorded, done_steps, show_progress, log_settings)
+    if dist_info.is_main:
+        write_report(cfg.out)
+    return state.best or {}
 
 
 class Trainer:
@@ -455,6 +372,138 @@ class Trainer:
         save_checkpoint(self.setup, self.state, self.settings, self.dist_info, path)
 
 
+@dataclass
+class Divergence:
+    """Where training stopped being finite: the optimiser step of the epoch (from 1) and
+    its loss (None: the loss was finite but the weights were not)."""
+
+    step: int
+    loss: float | None
+
+
+@dataclass
+class EpochEnd:
+    """How `train_epoch` ended: run through, stopped by Ctrl-C (on any rank), or at a
+    non-finite loss (that step not taken)."""
+
+    stopped: bool = False
+    diverged: Divergence | None = None
+
+
+@dataclass
+class EpochLogs:
+    """Where each epoch's lines go (main rank; None elsewhere): metrics.jsonl and the
+    reporters (`--report-to`)."""
+
+    metrics: TextIO | None
+    reporters: Reporters | None
+
+    def write(self, line: dict, scalars: dict, global_step: int) -> None:
+        if self.metrics:
+            self.metrics.write(json.dumps(line) + "\n")
+            self.metrics.flush()
+        if self.reporters:
+            self.reporters.scalars(scalars, global_step)
+
+
+def train_step(
+    model,
+    text: ClassText,
+    group: list[dict],
+    optimizer,
+    scaler,
+    dist_info: DistInfo,
+    amp: str,
+    lam: float,
+    tally: LossTally,
+    step: int,
+) -> StepDone:
+    """Optimiser step `step` over the micro-batches `group` (gradient accumulation): forward
+    under autocast, the loss of Eq. 13-15 over every rank's clips, backward, step; the loss
+    goes into `tally`. Nothing is read back from the device but every rank's clip counts,
+    once (none with one process); the gradient is all-reduced once. A non-finite loss is
+    found when `tally` is read."""
+    device = dist_info.device
+    counts = exchange_counts([len(b["video_ids"]) for b in group], dist_info)  # [rank][micro]
+    # A micro-batch runs only where every rank has videos in it: the collectives below
+    # must be entered by all ranks or none.
+    live = [j for j in range(len(group)) if min(rank[j] for rank in counts) > 0]
+    clips = 0
+    for position, j in enumerate(live):
+        batch, sizes = group[j], [rank[j] for rank in counts]
+        with accumulating(model, last=position == len(live) - 1):
+            inputs = model_inputs(batch, device)
+            labels = batch["labels"].to(device, non_blocking=True)
+            with autocast(device, amp):
+                logits = model(inputs, text)["logits"]
+            # The loss sees the global batch; each rank back-propagates its own rows, so
+            # scaling by world size gives the single-process gradient after DDP's mean.
+            all_logits = gather_with_grad(logits.float(), sizes)
+            all_labels = gather_with_grad(labels, sizes)
+            loss = storyboard_loss(all_logits, all_labels, lam)
+            scaler.scale(loss * dist_info.world / len(live)).backward()
+        tally.add(loss, sizes[dist_info.rank], step)
+        clips += sizes[dist_info.rank]
+    if live:
+        scaler.step(optimizer)
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return StepDone(clips, sum(len(b["skipped"]) for b in group))
+
+
+def accumulating(model: torch.nn.Module, last: bool):
+    """DDP's `no_sync` around every micro-batch of a step but its last: gradients add up
+    locally and are all-reduced once per optimiser step."""
+    ddp = getattr(model, "_orig_mod", model)  # under torch.compile
+    if last or not isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return ddp.no_sync()
+
+
+@dataclass(frozen=True)
+class StepDone:
+    """What one optimiser step did on this rank, counted on the host."""
+
+    clips: int  # clips trained on
+    skipped: int  # videos skipped (unreadable, or too short)
+
+
+class LossTally:
+    """The training loss summed over clips, kept on the device: a step adds to it without
+    reading anything back (a read is a host-device synchronisation, made at check steps),
+    and the first non-finite loss is kept with its step. float64, so that when it is read
+    never changes the sum (a resumed run adds exactly as an uninterrupted one).
+
+    With fp16's loss scaler (`skip_non_finite`) a non-finite loss is an overflow whose
+    step the scaler skips: it is left out of the sums and is no divergence."""
+
+    def __init__(self, device: torch.device, loss_sum: float, clips: float, skip_non_finite: bool):
+        self.sums = torch.tensor([loss_sum, clips], dtype=torch.float64, device=device)
+        self.first_bad_step = torch.zeros((), dtype=torch.long, device=device)
+        self.first_bad_loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.skip_non_finite = skip_non_finite
+
+    def add(self, loss: torch.Tensor, clips: int, step: int) -> None:
+        """Optimiser step `step` (of the epoch, from 1) computed `loss` over `clips` clips."""
+        loss = loss.detach().double()
+        finite = torch.isfinite(loss)
+        if self.skip_non_finite:
+            counted = finite.double() * clips
+            self.sums += torch.stack([torch.where(finite, loss, 0.0) * clips, counted])
+            return
+        self.sums += torch.stack([loss * clips, torch.full_like(loss, clips)])
+        first = ~finite & (self.first_bad_step == 0)
+        self.first_bad_step = torch.where(first, step, self.first_bad_step)
+        self.first_bad_loss = torch.where(first, loss, self.first_bad_loss)
+
+    def read(self) -> tuple[float, float, Divergence | None]:
+        """(loss sum, clips it sums over, the first non-finite loss) read back at once."""
+        loss_sum, clips, step, loss = torch.cat(
+            [self.sums, torch.stack([self.first_bad_step.double(), self.first_bad_loss])]
+        ).tolist()
+        return loss_sum, clips, Divergence(int(step), loss) if step else None
+
+
 def head_lr(optimizer) -> float:
     """The learning rate of the new modules (`--lr`; the backbone's is scaled from it)."""
     groups = optimizer.param_groups
@@ -487,234 +536,3 @@ def divergence(cfg: RunConfig, epoch: int, diverged: Divergence, saved: bool) ->
         f"stopped without saving it ({kept}); lower --lr (now {cfg.lr:g}) and start again "
         "with another --out."
     )
-
-
-def train(
-    cfg: RunConfig,
-    resume: bool = False,
-    show_progress: bool = True,
-    log_settings: LogSettings = LogSettings(),
-) -> dict:
-    """Train (and evaluate) one fold; returns the best evaluation metrics. The run's folder
-    is held by this run alone (`run_folder`) from before anything is written to its end.
-    `log_settings`: step lines and reporters (`run_log`). Its defaults are resolved here,
-    once (`resolved_config`): everything after reads the resolved settings."""
-    cfg = resolved_config(cfg)
-    check_reporters(log_settings.report_to, cfg.out)
-    dist_info = init_distributed(cfg.device, cfg.dist_timeout)
-    batch_layout(cfg.batch_size, cfg.micro_batch, dist_info.world)  # before anything is written
-    if dist_info.device.type == "cuda":  # a process-wide switch: set either way
-        set_tf32(tf32_applies(dist_info.device, cfg.amp, cfg.tf32))
-    with contextlib.ExitStack() as held:
-
-        def hold_folder() -> None:  # only the main rank writes; its refusal stops every rank
-            if dist_info.is_main:
-                held.enter_context(run_folder(cfg.out))
-
-        main_first(hold_folder, dist_info)
-        return _train(cfg, dist_info, resume, show_progress, log_settings)
-
-
-def train_folds(
-    cfg: RunConfig,
-    resume: bool = False,
-    show_progress: bool = True,
-    log_settings: LogSettings = LogSettings(),
-) -> dict:
-    """`train` on the fold `cfg.split`; with --split all on a dataset of three folds, each
-    fold in its own folder (`fold1`...) and the mean of their metrics (`summarise`)."""
-    folders = run_folders(cfg)
-    if len(folders) == 1:
-        return train(cfg, resume, show_progress, log_settings)
-    results = [
-        train(
-            dataclasses.replace(cfg, split=str(k), out=folder),
-            resume,
-            show_progress,
-            log_settings,
-        )
-        for k, folder in enumerate(folders, start=1)
-    ]
-    return summarise(results)
-
-
-def run_folders(cfg: RunConfig) -> list[Path]:
-    """The run folders `train_folds` writes: `--out` (or the default run folder), or with
-    --split all on a dataset of three folds the folders `fold1`... in it."""
-    base = run_dir(cfg)
-    if cfg.split == "all" and has_folds(cfg.dataset):
-        return [base / f"fold{k}" for k in (1, 2, 3)]
-    return [base]
-
-
-def _train(
-    cfg: RunConfig,
-    dist_info: DistInfo,
-    resume: bool,
-    show_progress: bool,
-    log_settings: LogSettings,
-) -> dict:
-    """`train` in the held run folder: setup, resume, the epochs, the report."""
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    fold = folds(cfg.dataset, cfg.split)[0]
-    checkpoint = checkpoint_to_resume(cfg, dist_info, resume)
-    resumed = checkpoint is not None
-    settings = json_values(dataclasses.asdict(cfg))  # as JSON values: config.json, checkpoints
-    # config.json: the run as it began
-    recorded = settings if checkpoint is None else check_resume(cfg, cfg.out, checkpoint)
-    _warn_of_settings(cfg, dist_info)
-    trained = None
-    if checkpoint is not None:  # the texts it trained with, which --subtexts must still hold
-        instead = "put that artifact back to resume, or start a new run with another --out"
-        trained = recorded_texts(checkpoint.get("subtexts"), f"the run in {cfg.out}", instead)
-    setup = _set_up(cfg, dist_info, fold, trained)
-    state = TrainingState() if checkpoint is None else restore(setup, checkpoint, cfg, dist_info)
-    del checkpoint  # restored: its tensors (the optimiser's are twice the weights) are freed
-    check_same_position(state, dist_info, cfg.out)
-    done_steps = state.epoch * setup.steps_per_epoch + setup.optimizer_steps(state.position.step)
-    if dist_info.is_main:
-        prepare_run_folder(cfg.out, recorded, setup.data, state, done_steps, dist_info, resumed)
-    trainer = Trainer(cfg, dist_info, setup, state, settings)
-    trainer.run(recorded, done_steps, show_progress, log_settings)
-    if dist_info.is_main:
-        write_report(cfg.out)
-    return state.best or {}
-
-
-def _warn_of_settings(cfg: RunConfig, dist_info: DistInfo) -> None:
-    """Warn (main rank) of a warm-up longer than the run."""
-    if dist_info.is_main and cfg.warmup_epochs > cfg.epochs:
-        warnings.warn(
-            f"--warmup-epochs {cfg.warmup_epochs:g} is more than --epochs {cfg.epochs}: the "
-            f"learning rate rises for the whole run and ends at about "
-            f"{cfg.epochs / cfg.warmup_epochs:.0%} of --lr {cfg.lr:g}, never reaching its peak; "
-            "set --warmup-epochs below --epochs (e.g. a quarter of it).",
-            stacklevel=3,
-        )
-
-
-def _set_up(
-    cfg: RunConfig, dist_info: DistInfo, fold: int | None, trained: TrainedTexts | None = None
-) -> TrainingSetup:
-    """The run's data, model, loaders, optimiser and schedule (in this order: the seeded
-    random state is drawn from in it). `trained`: the texts a resumed run trained with."""
-    data = prepare_data(cfg, cfg.root, fold)
-    train_items = data.fewshot if data.fewshot is not None else data.train.items
-    encoded = cfg.features is None and check_decode_device(
-        cfg.decode_device, dist_info.device, [*train_items, *data.test.items]
-    )
-    if cfg.features is None:  # the others wait without a collective's timeout
-        on_main(lambda: check_clip_lengths(cfg, data), dist_info)
-    run_model = build(cfg, dist_info, cfg.subtexts, trained=trained)
-    check_classes(data.train, run_model.class_names, cfg.subtexts)
-    if cfg.features is None:
-        train_set, test_set = clip_datasets(
-            cfg, data.train, data.train_items, data.test, run_model.image_size, encoded
-        )
-    else:
-        train_set, test_set = cached_datasets(cfg, data, fold, run_model)
-    test_views = cfg.eval_clips * cfg.eval_crops
-    # A cached view is a copy out of the page cache: cheaper than handing the batch over
-    # from a worker process (which doubled a cached epoch in `make bench`).
-    workers = loader_workers(cfg.workers) if cfg.features is None else 0
-    micro, accumulation = batch_layout(cfg.batch_size, cfg.micro_batch, dist_info.world)
-    _warn_of_accumulation(cfg, dist_info, micro, accumulation)
-    sampler = EpochSampler(len(train_set), True, cfg.seed, dist_info.rank, dist_info.world)
-    train_loader = make_loader(train_set, micro, sampler, workers, cfg.prefetch)
-    test_sampler = EpochSampler(len(test_set), False, 0, dist_info.rank, dist_info.world)
-    test_batch = max(1, micro // test_views)
-    test_loader = make_loader(test_set, test_batch, test_sampler, workers, cfg.prefetch)
-    clips = max(micro, test_batch * test_views)
-    _warn_of_shm(cfg, dist_info, workers, clips, run_model.image_size)
-
-    model = run_model.model
-    trained_model = model
-    # Each rank's set-up takes its own time: all are done before DDP's first broadcast,
-    # which would count the wait against --dist-timeout.
-    wait_for_all(dist_info)
-    if dist_info.enabled:
-        trained_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dist_info.device.index] if dist_info.device.type == "cuda" else None
-        )
-    if cfg.compile:
-        trained_model = torch.compile(trained_model)
-    optimizer = make_optimizer(model, cfg.lr, cfg.backbone_lr_scale, cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train_loader) / accumulation))  # optimiser steps
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    scheduler = make_scheduler(optimizer, steps_per_epoch * cfg.epochs, max(warmup, 1))
-    return TrainingSetup(
-        data,
-        model,
-        trained_model,
-        run_model.text,
-        sampler,
-        train_loader,
-        test_loader,
-        optimizer,
-        scheduler,
-        grad_scaler(dist_info.device, cfg.amp),
-        micro,
-        accumulation,
-        steps_per_epoch,
-        {"micro_batch": micro, "world": dist_info.world, "accumulation": accumulation},
-        run_model.model_args,
-        run_model.texts,
-    )
-
-
-def batch_layout(batch_size: int, micro_batch: int | None, world: int) -> tuple[int, int]:
-    """(clips per micro-batch on one process, micro-batches per optimiser step) that make
-    exactly `batch_size` clips an optimiser step over `world` processes; a batch they cannot
-    make is refused in one sentence naming the sizes that work."""
-    micro = micro_batch or batch_size // world
-    per_round = micro * world  # clips of one micro-batch on every process
-    if micro and batch_size % per_round == 0:
-        return micro, batch_size // per_round
-    unit = world if micro_batch is None else per_round  # what a batch must be a multiple of
-    below, above = batch_size // unit * unit, (batch_size // unit + 1) * unit
-    sizes = f"{below} or {above}" if below else f"{above}"
-    if micro_batch is None:
-        raise UserError(
-            f"--batch-size {batch_size} does not split evenly over {world} processes: use "
-            f"--batch-size {sizes} (a multiple of {world})."
-        )
-    divisors = [d for d in range(micro_batch, 0, -1) if batch_size % (d * world) == 0]
-    other_micro = f", or --micro-batch {divisors[0]}" if divisors else ""
-    raise UserError(
-        f"--batch-size {batch_size} is not a whole number of --micro-batch {micro_batch} x "
-        f"{world} processes ({per_round} clips): use --batch-size {sizes}{other_micro}."
-    )
-
-
-def _warn_of_accumulation(
-    cfg: RunConfig, dist_info: DistInfo, micro: int, accumulation: int
-) -> None:
-    """Warn (main rank) when the batch is accumulated over steps: the loss then contrasts
-    fewer clips than the batch size."""
-    clips_per_step = micro * dist_info.world
-    if dist_info.is_main and cfg.batch_size > clips_per_step:
-        # Accumulation sums gradients, but each step's loss only contrasts the clips of that
-        # step: the paper's batch-wide contrast needs the whole batch in one step.
-        warnings.warn(
-            f"--batch-size {cfg.batch_size} is more than --micro-batch {micro} x "
-            f"{dist_info.world} process(es): the gradient is accumulated over {accumulation} "
-            "steps, but the loss's class-to-video contrast (Eq. 13, a softmax over the clips "
-            f"of a step) sees {clips_per_step} clips per step, not the batch size "
-            f"{cfg.batch_size}. Raise --micro-batch (or the number of processes) to contrast "
-            "whole batches.",
-            stacklevel=4,
-        )
-
-
-def _warn_of_shm(cfg: RunConfig, dist_info: DistInfo, workers: int, clips: int, size: int) -> None:
-    """Warn (main rank of a CUDA run) when /dev/shm is smaller than what this machine's
-    loader workers may hold in it (`loader_shm_bytes`): Docker gives 64 MB."""
-    shm = Path("/dev/shm")
-    if not (dist_info.is_main and dist_info.device.type == "cuda" and workers and shm.is_dir()):
-        return
-    processes = local_processes()
-    needed = loader_shm_bytes(workers, cfg.prefetch, clips, cfg.frames, size, processes)
-    warning = shm_shortfall(needed, shutil.disk_usage(shm).total)
-    if warning:
-        warnings.warn(warning, stacklevel=3)

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from storyboard_common.device import choose_device
 from storyboard_common.errors import UserError
 from testkit.torchrun import spawn_gloo
-from trainer import metrics, resuming, training
+from trainer import metrics, resuming, run_setup
 from trainer.data import dataset as data
 from trainer.data.dataset import Skipped, default_workers, loader_shm_bytes, shm_shortfall
 from trainer.distributed import DistInfo, init_distributed, on_main
@@ -80,10 +80,10 @@ def _shm_run(monkeypatch, device: str, shm_bytes: int) -> list[str]:
     """The warnings `_warn_of_shm` gives a run of 4 workers x 2 batches x 16 clips of 8
     frames at 224 on `device`, with /dev/shm of `shm_bytes`."""
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(training.shutil, "disk_usage", lambda _: usage(shm_bytes, 0, shm_bytes))
+    monkeypatch.setattr(run_setup.shutil, "disk_usage", lambda _: usage(shm_bytes, 0, shm_bytes))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        training._warn_of_shm(
+        run_setup._warn_of_shm(
             RunConfig(frames=8, prefetch=2), DistInfo(0, 1, 0, torch.device(device)), 4, 16, 224
         )
     return [str(w.message) for w in caught]

@@ -25,7 +25,8 @@ from trainer.model.aggregation import ClassText, StoryboardHead
 from trainer.model.video_clip import VideoCLIP
 from trainer.precision import tf32_applies
 from trainer.run_log import LogSettings
-from trainer.training import LossTally, batch_layout, train_step
+from trainer.run_setup import batch_layout
+from trainer.training import LossTally, train_step
 
 C, N, W, T, D = 3, 2, 3, 2, 8
 # Clips per rank in each micro-batch of the two-rank step: uneven, as when a rank skipped
