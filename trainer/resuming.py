@@ -35,6 +35,7 @@ from .distributed import DistInfo, gather_objects
 from .environment import record_environment
 from .run_data import RunData
 from .run_log import STEPS_FILE
+from .run_setup import TrainingSetup
 from .settings import flag_name
 
 
@@ -162,10 +163,11 @@ def checkpoint_to_resume(cfg: RunConfig, dist_info: DistInfo, resume: bool) -> d
     return load_checkpoint(last_path, "cpu", hint)
 
 
-def restore(setup, checkpoint: dict, cfg: RunConfig, dist_info: DistInfo) -> TrainingState:
-    """Load last.pt's weights, optimiser, schedule, scaler and random state into `setup`
-    (`training.TrainingSetup`); -> where the run stopped. A checkpoint of another batch
-    layout is refused."""
+def restore(
+    setup: TrainingSetup, checkpoint: dict, cfg: RunConfig, dist_info: DistInfo
+) -> TrainingState:
+    """Load last.pt's weights, optimiser, schedule, scaler and random state into `setup`;
+    -> where the run stopped. A checkpoint of another batch layout is refused."""
     if checkpoint["layout"] != setup.layout:
         raise UserError(
             f"{cfg.out / 'checkpoints' / 'last.pt'} was trained with {checkpoint['layout']}, "
@@ -187,11 +189,10 @@ def restore(setup, checkpoint: dict, cfg: RunConfig, dist_info: DistInfo) -> Tra
 
 
 def save_checkpoint(
-    setup, state: TrainingState, settings: dict, dist_info: DistInfo, path: Path
+    setup: TrainingSetup, state: TrainingState, settings: dict, dist_info: DistInfo, path: Path
 ) -> None:
     """(Main rank) the checkpoint `path`: weights, optimiser, schedule, scaler, random state
-    and `state` (`setup`: a `training.TrainingSetup`), with the run's `settings`; enough to
-    resume exactly (`restore`)."""
+    and `state`, with the run's `settings`; enough to resume exactly (`restore`)."""
     if not dist_info.is_main:
         return
     cuda = dist_info.device.type == "cuda"
