@@ -220,13 +220,13 @@ def show(
     clip_pretrained: str = typer.Option(None, help="Which scored folder (with --clip-model)."),
 ) -> None:
     from storyboard_common.clip import clip_identity
-    from storyboard_common.subtexts import SUBTEXTS_FILE, clip_tag
+    from storyboard_common.subtexts import SUBTEXTS_FILE, scored_dir
 
     from .score import class_reports
 
     directory = _artifacts_dir(dataset, artifacts)
     if clip_model:
-        scored = directory / clip_tag(*clip_identity(clip_model, clip_pretrained))
+        scored = scored_dir(directory, clip_identity(clip_model, clip_pretrained))
     else:
         found = sorted(p.parent for p in directory.glob(f"*/{SUBTEXTS_FILE}"))
         if not found:

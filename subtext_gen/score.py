@@ -25,8 +25,8 @@ from storyboard_common.subtexts import (
     SUBTEXTS_FILE,
     TPP_FILE,
     ArtifactMeta,
-    clip_tag,
     read_subtexts,
+    scored_dir,
 )
 
 from .artifacts import (
@@ -202,7 +202,7 @@ def score(
         )
         for c in range(C)
     ]
-    out_dir = Path(artifacts_dir) / clip_tag(clip.model_id, clip.pretrained_id)
+    out_dir = scored_dir(Path(artifacts_dir), (clip.model_id, clip.pretrained_id))
     write_scored_pair(
         tpp_table(_tpp_rows(valid, result, set(best.values())), meta),
         subtexts_table(rows, meta),
@@ -304,10 +304,10 @@ class ClassReport:
     fallback: bool
 
 
-def class_reports(artifacts_dir: Path, scored_dir: Path) -> list[ClassReport]:
+def class_reports(artifacts_dir: Path, scored: Path) -> list[ClassReport]:
     """Per class: the chosen set and its TPP, and the runner-up set and its TPP."""
-    art = read_subtexts(scored_dir / SUBTEXTS_FILE)
-    scores = read_tpp(scored_dir / TPP_FILE).to_pylist()
+    art = read_subtexts(scored / SUBTEXTS_FILE)
+    scores = read_tpp(scored / TPP_FILE).to_pylist()
     texts = {r.candidate_id: r.sub_texts for r in read_candidates(artifacts_dir).rows}
     ranked: dict[int, list[dict]] = defaultdict(list)
     for rec in sorted(scores, key=lambda r: -r["tpp"]):

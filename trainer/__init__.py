@@ -1,8 +1,10 @@
 """Stage two of Storyboard: video data, the CLIP video model, training and evaluation.
 
-Where to start reading: `training.train` (one fold of a run), which takes its data from
-`run_data`, its model from `run_models.build`, its optimiser and schedule from `schedule`,
-its precision from `precision`, and evaluates with `evaluation`. The model is `model/` (the
+Where to start reading: `training.train` (one fold of a run), which resolves its settings
+(`config.resolved_config`), builds what it trains with in `run_setup` (its data from
+`run_data`, its model from `run_models.build`, its optimiser and schedule from `schedule`),
+resumes and records the run with `resuming`, trains in a `training.Trainer` with its
+precision from `precision`, and evaluates with `evaluation`. The model is `model/` (the
 visual tower, temporal module and storyboard head, Eq. 5-12) and the loss `loss` (Eq.
 13-15); videos and dataset layouts are `data/`. `run_models` also loads trained models back (run
 directories, exported folders, `hf-hub:`) and exports them through `export`. `cache/`

@@ -103,10 +103,10 @@ def check_data(
 ) -> None:
     from .data.check import check_splits, load_dataset_splits
     from .data.layouts import ListFiles
-    from .paths import default_root
+    from .paths import dataset_root
 
     bounded(frames=frames, workers=workers, allow_missing=allow_missing)
-    root = root or default_root(dataset)
+    root = dataset_root(dataset, root)
     lists = ListFiles(train_list, test_list, class_list)
     splits, absent = load_dataset_splits(dataset, root, videos, split, lists)
     report = check_splits(splits, frames, workers, not as_json, absent)
@@ -151,10 +151,10 @@ def prepare_videos_command(
 ) -> None:
     from .data.layouts import ListFiles
     from .data.prepare import prepare_videos, print_summary
-    from .paths import default_root
+    from .paths import dataset_root
 
     bounded(short_side=short_side, keyframe_every=keyframe_every, workers=workers)
-    root = root or default_root(dataset)
+    root = dataset_root(dataset, root)
     lists = ListFiles(train_list, test_list, class_list)
     summary = prepare_videos(
         dataset, root, out, videos, short_side, keyframe_every, workers, not as_json, to, lists

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from storyboard_common.errors import UserError, first_line, unsafe_load_reason
-from storyboard_common.files import atomic_write, json_paths
+from storyboard_common.files import json_paths
 
 # Types a checkpoint may hold besides tensors and plain data: paths (settings of older runs).
 _ALLOWED_GLOBALS = [

@@ -35,7 +35,7 @@ from .data.protocols import (
 )
 from .distributed import DistInfo, all_reduce_sum, from_main, gather_to_main
 from .model.aggregation import ClassText
-from .paths import default_root
+from .paths import dataset_root
 from .precision import autocast
 from .run_data import check_classes, check_decode_device, eval_spec
 from .run_models import LoadedRun, load_run
@@ -248,7 +248,7 @@ def evaluate_checkpoint(
     cfg, dist_info = loaded.cfg, loaded.dist_info
     dataset = cfg.dataset
     split = _evaluated_split(loaded, run_dir, split, zero_shot, features)
-    root = cfg.root or default_root(dataset)
+    root = dataset_root(dataset, cfg.root)
     # the artifact each subset file's texts come from: its own, else the run's one
     artifacts = given if len(given) > 1 else [loaded.subtexts] * len(subsets)
     texts = SubsetTexts(loaded)

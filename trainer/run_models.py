@@ -13,7 +13,7 @@ from storyboard_common.errors import UserError, first_line
 from storyboard_common.subtexts import SUBTEXTS_FILE, read_subtexts
 
 from .checkpoints import check_finite_weights, json_values, load_checkpoint
-from .config import INPUTS, check_recorded_inputs, input_paths
+from .config import INPUTS, check_recorded_inputs, input_paths, subtexts_artifact
 from .distributed import DistInfo, init_distributed
 from .export import (
     CLIP_CONFIG_FILE,
@@ -36,7 +36,6 @@ from .export import (
 from .model.aggregation import ClassText
 from .model.args import ModelArgs
 from .model.video_clip import UNTRAINED_LOG_LOGIT_SCALE, VideoCLIP, build_model, video_model
-from .paths import default_subtexts
 from .settings import RunConfig, flag_name
 from .subtexts import TrainedTexts, artifact_class_text, recorded_texts, require_subtexts
 
@@ -224,7 +223,7 @@ def _loaded_run(
     values = {**settings, **recorded.run_settings(), "dataset": dataset, "device": device}
     cfg = RunConfig.from_saved(values)
     dist_info = init_distributed(device, cfg.dist_timeout)
-    subtexts = cfg.subtexts or default_subtexts(dataset, cfg.clip_model, cfg.clip_pretrained)
+    subtexts = subtexts_artifact(cfg)
     run_model = build(cfg, dist_info, subtexts, clip, trained)
     recorded.check_clip(run_model.args, checkpoint_info["source"])
     missing, unexpected = run_model.model.load_state_dict(weights, strict=False)

@@ -19,7 +19,7 @@ from ..data.layouts import folds
 from ..distributed import DistInfo, gather_objects, init_distributed, main_first, wait_for_all
 from ..evaluation import model_inputs
 from ..model.video_clip import encode_frames
-from ..paths import default_features_dir, default_root, writable_dir
+from ..paths import dataset_root, default_features_dir, writable_dir
 from ..precision import autocast
 from ..run_data import check_decode_device, clip_datasets, load_fold
 from ..settings import COMMAND_BOUNDS, RunConfig
@@ -129,7 +129,7 @@ def cache_features(
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be {' or '.join(DTYPES)}, not {dtype!r}.")
     dist_info = init_distributed(cfg.device, cfg.dist_timeout)
-    root = cfg.root or default_root(cfg.dataset)
+    root = dataset_root(cfg.dataset, cfg.root)
     fold = folds(cfg.dataset, cfg.split)[0]
     out = Path(
         out
