@@ -4,7 +4,6 @@ scatter it)."""
 
 import ast
 import re
-from pathlib import Path
 
 from testkit.cli import REPO
 
