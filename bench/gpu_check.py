@@ -484,7 +484,8 @@ def steps_part(args: argparse.Namespace, device: torch.device) -> tuple[dict, di
     return result, record
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The flags of `python -m bench.gpu_check`."""
     parser = argparse.ArgumentParser(
         prog="python -m bench.gpu_check",
         description="make gpu-check: training steps of the video model (clips/s, peak memory, "
@@ -514,7 +515,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--work", type=Path, help="folder for the dataset and runs (default: temporary)"
     )
     parser.add_argument("--out", type=Path, help="JSON file (default bench/gpu-check-<card>.json)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the check's parts and write the report -> the exit code (0: every part passed,
+    1: a failure, 2: a mistake in the flags or no CUDA)."""
+    args = _parser().parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print(NO_CUDA, file=sys.stderr)

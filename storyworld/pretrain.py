@@ -267,6 +267,9 @@ def pretrain_clip(
     loss of each epoch and the training time. `max_steps` cuts the run short (tests).
     `heartbeat` beats while the frames are read and after every step (epoch, loss), for
     logs without the bar.
+
+    Long because it hands its settings to the loop and writes them to the record, one a
+    line, in one straight sequence: read the frames, train, save.
     """
     if objective not in OBJECTIVES:
         raise UserError(f"unknown --objective {objective!r}; choose {' or '.join(OBJECTIVES)}.")

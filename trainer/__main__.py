@@ -447,6 +447,7 @@ def evaluate(
     clip_pretrained: str = RUN_CLIP_PRETRAINED,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
+    """Long because its signature is the command's list of flags; the body parses and calls."""
     from .evaluation import evaluate_checkpoint
 
     bounded_settings(workers=workers)

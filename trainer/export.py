@@ -307,8 +307,9 @@ def _card_data(config: dict, base_model: str | None, model_name: str):
 def model_card(config: dict) -> str:
     """The exported folder's README.md, built as a `huggingface_hub.ModelCard`: Hub metadata
     (license, base model, dataset, the results as `model-index`), data and protocol,
-    results, sub-text source, model, how to load it, citation. Long only by the card's
-    text, kept as one template in reading order."""
+    results, sub-text source, model, how to load it, citation.
+
+    Long because it is the card's text, kept as one template in reading order."""
     from huggingface_hub import ModelCard
 
     run, arch, clip, texts = (
