@@ -53,6 +53,7 @@ from storyboard_common.subtexts import SubtextArtifact
 from testkit.cli import TINY_CLIP_CONFIG
 from trainer.config import resolve_config
 from trainer.distributed import DistInfo
+from trainer.model.args import ModelArgs
 from trainer.model.video_clip import build_model
 from trainer.precision import grad_scaler
 from trainer.schedule import make_optimizer
@@ -172,13 +173,13 @@ def _train_steps(inputs: CheckInputs, config: StepConfig, record: dict) -> None:
     own_clip = dataclasses.replace(inputs.clip, model=copy.deepcopy(inputs.clip.model))
     clip_id = (own_clip.model_id, own_clip.pretrained_id)
     text = artifact_class_text(inputs.artifact, SYNTHETIC_ARTIFACT, clip_id, own_clip.embed_dim)
-    model = build_model(
-        own_clip,
+    settings = RunConfig(
         aggregation="coarse+fine",
         temporal_layers=inputs.temporal_layers,
         frames=inputs.clips.shape[1],
         grad_checkpointing=config.grad_checkpointing,
     )
+    model = build_model(own_clip, ModelArgs.of_run(settings, own_clip))
     del own_clip
     model.to(device).train()
     text = text.to(device)
@@ -483,7 +484,8 @@ def steps_part(args: argparse.Namespace, device: torch.device) -> tuple[dict, di
     return result, record
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The flags of `python -m bench.gpu_check`."""
     parser = argparse.ArgumentParser(
         prog="python -m bench.gpu_check",
         description="make gpu-check: training steps of the video model (clips/s, peak memory, "
@@ -513,7 +515,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--work", type=Path, help="folder for the dataset and runs (default: temporary)"
     )
     parser.add_argument("--out", type=Path, help="JSON file (default bench/gpu-check-<card>.json)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the check's parts and write the report -> the exit code (0: every part passed,
+    1: a failure, 2: a mistake in the flags or no CUDA)."""
+    args = _parser().parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print(NO_CUDA, file=sys.stderr)

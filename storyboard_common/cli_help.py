@@ -7,6 +7,8 @@ a fixed set of values take `choice_option`: `[a|b]` in the help, and shell compl
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -33,6 +35,23 @@ def choice_option(
     if more.get("metavar") is None:
         more["metavar"] = "NAME" if callable(values) else choices_word(values)
     return typer.Option(default, *flags, help=help, autocompletion=complete, **more)
+
+
+def with_parameters(command, before: Sequence = (), after: Sequence = ()):
+    """`command` taking the options `before` and `after` its own (keyword-only
+    `inspect.Parameter`s, a typer option each as default): typer reads the signature built
+    here, and the command gets them in its `**kwargs`, by name. So options declared as data
+    elsewhere (a run setting, an LLM backend's option) become flags of one command."""
+    hints = typing.get_type_hints(command)
+    own = [
+        p.replace(annotation=hints[p.name])
+        for p in inspect.signature(command).parameters.values()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    parameters = [*before, *own, *after]
+    command.__signature__ = inspect.Signature(parameters)
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    return command
 
 
 def choices_word(values: Sequence) -> str:

@@ -138,3 +138,10 @@ def atomic_savefig(figure, path: Path, **options) -> None:
     """A matplotlib `figure.savefig` through `atomic_write`, in the format of the suffix."""
     suffix = Path(path).suffix.lstrip(".")
     atomic_write(path, lambda fh: figure.savefig(fh, format=suffix, **options))
+
+
+def atomic_save(obj, path: Path) -> None:
+    """`torch.save` through `atomic_write`: a checkpoint is never half-written."""
+    import torch  # here: stage one reads this module and never needs torch
+
+    atomic_write(path, lambda fh: torch.save(obj, fh))

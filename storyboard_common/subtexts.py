@@ -64,6 +64,13 @@ def clip_tag(clip_model: str, clip_pretrained: str | None) -> str:
     return f"{safe(clip_model)}__{safe((clip_pretrained or 'none').split('@')[0])}"
 
 
+def scored_dir(artifacts: Path, clip_id: tuple[str, str | None]) -> Path:
+    """Where `score` writes the sub-texts of one dataset's artifact folder `artifacts` scored
+    with the CLIP `clip_id` (model id, weights id), and where runs look for them:
+    `<artifacts>/<clip tag>`, holding tpp.parquet and subtexts.parquet."""
+    return Path(artifacts) / clip_tag(*clip_id)
+
+
 def read_meta(path: Path) -> dict[str, str]:
     """The `storyboard.*` schema metadata of a Parquet file, prefix removed."""
     try:

@@ -72,7 +72,7 @@ def pretrain_clip_command(
     ),
 ) -> None:
     from .pretrain import log_path, pretrain_clip
-    from .world import world_folder
+    from .world.write import world_folder
 
     check_ranges(BOUNDS, {"--epochs": epochs, "--batch-size": batch_size, "--seed": seed})
     world = world_folder(world, seed=seed)

@@ -43,13 +43,12 @@ import torchvision.transforms.v2.functional as TF
 from storyboard_common.clip import LoadedClip, encode_texts, load_clip, token_states
 from storyboard_common.device import resolve_device
 from storyboard_common.errors import UserError
-from storyboard_common.files import atomic_write_json
+from storyboard_common.files import atomic_save, atomic_write_json
+from storyboard_common.progress import Heartbeat, progress_bar
 from storyboard_common.subtexts import pad_tokens
-from trainer.checkpoints import atomic_save
 from trainer.data.transforms import normalise_clips
 from trainer.data.video import open_video, read_frames
 from trainer.model.aggregation import subtext_frame_similarity
-from trainer.progress import Heartbeat, progress_bar
 from trainer.schedule import make_optimizer, make_scheduler
 
 from . import WORLD_CLIP
@@ -268,6 +267,9 @@ def pretrain_clip(
     loss of each epoch and the training time. `max_steps` cuts the run short (tests).
     `heartbeat` beats while the frames are read and after every step (epoch, loss), for
     logs without the bar.
+
+    Long because it hands its settings to the loop and writes them to the record, one a
+    line, in one straight sequence: read the frames, train, save.
     """
     if objective not in OBJECTIVES:
         raise UserError(f"unknown --objective {objective!r}; choose {' or '.join(OBJECTIVES)}.")

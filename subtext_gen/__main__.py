@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from enum import Enum
 from pathlib import Path
@@ -12,18 +13,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from storyboard_common.about import DEVICES, command_app
-from storyboard_common.cli_help import choice_option
-from storyboard_common.errors import (
-    MAX_BATCH,
-    MAX_SEED,
-    MAX_WORKERS,
-    Bounds,
-    UserError,
-    check_ranges,
-    run_cli,
-)
+from storyboard_common.cli_help import choice_option, with_parameters
+from storyboard_common.errors import MAX_BATCH, Bounds, UserError, check_ranges, run_cli
 from storyboard_common.files import artifacts_root
-from storyboard_common.resources import resolve_shipped
+
+from .llm import REGISTRY, backend_options, check_options
 
 app = command_app(
     "Stage one of Storyboard: LLM sub-texts for action classes, TPP selection, artifacts.",
@@ -35,23 +29,15 @@ console = Console()
 
 # The range of each numeric option of generate and score (`check_ranges`), checked before a
 # request is sent or a file written: each far above real use (the paper samples 2 replies
-# and keeps 4 sub-texts) and below where a run would never end.
+# and keeps 4 sub-texts) and below where a run would never end. A backend's options carry
+# their own (`subtext_gen.llm`).
 BOUNDS: dict[str, Bounds] = {
     "--samples": Bounds(1, 1000),  # replies per (class, prompt): 1000 is 500x the paper's
     "--n-subtexts": Bounds(1, 100),  # sub-texts per class: TPP searches their subsets
-    "--concurrency": Bounds(1, MAX_WORKERS),
-    "--max-retries": Bounds(0, 100),
-    "--timeout": Bounds(at_most=3600, positive=True, unit="number of seconds"),
-    "--temperature": Bounds(0, 2),  # OpenAI's API takes 0 to 2; LLaVA samples alike
     "--batch-size": Bounds(1, MAX_BATCH),
-    "--seed": Bounds(0, MAX_SEED),  # LLaVA's torch.manual_seed
 }
 
-
-class LLM(str, Enum):
-    openai = "openai"
-    llava = "llava"
-    file = "file"
+LLM = Enum("LLM", {name: name for name in REGISTRY}, type=str)  # --llm's choices
 
 
 def _artifacts_dir(dataset: str | None, artifacts: Path | None) -> Path:
@@ -72,9 +58,30 @@ def _scalings() -> list[str]:
     return list(SCALINGS)
 
 
+def with_backend_options(command):
+    """`command` taking every LLM backend's options (`backend_options`) after its own, as
+    each backend declares them; typer reads the signature built here, and the command gets
+    them in its `**options`, by name."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    backend = [
+        inspect.Parameter(
+            o.name,
+            keyword,
+            default=typer.Option(o.default, help=o.help, metavar=o.metavar),
+            annotation=o.type,
+        )
+        for o in backend_options()
+    ]
+    return with_parameters(command, after=backend)
+
+
 @app.command(help="Ask an LLM for N atomic actions per class; resumable, one row per reply.")
+@with_backend_options
 def generate(
-    llm: LLM = typer.Option(LLM.openai, help="Backend: openai (or compatible), llava, file."),
+    llm: LLM = typer.Option(
+        LLM.openai,
+        help=f"Backend: {', '.join(e.label or n for n, e in REGISTRY.items())}.",
+    ),
     dataset: str = choice_option(
         None,
         values=_shipped_datasets,
@@ -84,37 +91,14 @@ def generate(
     classes: Path = typer.Option(
         None, help="A class list: csv `id,name`, JSON label map or list, or a txt list."
     ),
-    model: str = typer.Option(
-        None, help="LLM: default gpt-3.5-turbo (openai) or llava-hf/llava-v1.6-mistral-7b-hf."
-    ),
-    base_url: str = typer.Option(None, help="An OpenAI-compatible server (vLLM, Ollama, ...)."),
     samples: int = typer.Option(2, help="Replies sampled per (class, prompt)."),
     n_subtexts: int = typer.Option(4, help="N, sub-texts per class."),
     prompts: str = typer.Option(None, help="Comma-separated prompt ids (default: all)."),
-    concurrency: int = typer.Option(8, help="Requests in flight (openai)."),
-    max_retries: int = typer.Option(5, help="Retries of a failed request (openai)."),
-    timeout: float = typer.Option(60.0, help="Seconds before a request times out (openai)."),
-    temperature: float = typer.Option(0.7, help="Sampling temperature."),
-    batch_size: int = typer.Option(8, help="Prompts LLaVA answers in one batch (llava)."),
-    input: list[Path] = typer.Option(
-        None,
-        metavar="FILE",
-        help="Description sets to import (file backend): JSON or CSV; repeat it for several "
-        "sources, each its own candidates for TPP to choose among.",
-    ),
-    index_classes: Path = typer.Option(
-        None,
-        metavar="FILE",
-        help="The label list an --input keyed by class index was written for (a class list "
-        "file, or a shipped dataset's name): key i is its class i, matched to the classes by "
-        "name. Always needed for such a file.",
-    ),
     out: Path = typer.Option(None, help="Artifact folder (default artifacts/<dataset>)."),
     strict: bool = typer.Option(False, help="Fail replies with more than N items."),
-    seed: int = typer.Option(0, help="Sampling seed (llava)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    **options,
 ) -> None:
-    """Long only by its option list: it checks them and calls `_backends` and `generate`."""
     from storyboard_common.classes import load_classes
 
     from .artifacts import writer_lock
@@ -123,44 +107,19 @@ def generate(
     from .llm.base import ServerUnreachable
     from .prompts import select_prompts
 
-    check_ranges(
-        BOUNDS,
-        {
-            "--samples": samples,
-            "--n-subtexts": n_subtexts,
-            "--concurrency": concurrency,
-            "--max-retries": max_retries,
-            "--timeout": timeout,
-            "--temperature": temperature,
-            "--batch-size": batch_size,
-            "--seed": seed,
-        },
-    )
-    if index_classes is not None and llm is not LLM.file:
-        raise UserError("--index-classes goes with --llm file and its --input files.")
+    check_ranges(BOUNDS, {"--samples": samples, "--n-subtexts": n_subtexts})
+    check_options(llm.value, options)
     class_list = load_classes(dataset, classes)
     chosen = select_prompts(prompts)
-    if llm is LLM.file:
-        backends = _file_backends(input, index_classes, class_list, n_subtexts)
-    else:
-        backend_options = {
-            "model": model,
-            "base_url": base_url,
-            "concurrency": concurrency,
-            "max_retries": max_retries,
-            "timeout": timeout,
-            "temperature": temperature,
-            "batch_size": batch_size,
-            "seed": seed,
-        }
-        backends = [_llm_backend(llm, **backend_options)]
+    backend = REGISTRY[llm.value]
+    backends = backend.backends(options, class_list, n_subtexts)
     out_dir = out or artifacts_root() / class_list.name
     try:
         with writer_lock(out_dir):  # held across every --input file: no other run in between
             summaries = [
                 run(
                     class_list,
-                    backend,
+                    each,
                     out_dir,
                     n_subtexts=n_subtexts,
                     prompts=chosen,
@@ -168,7 +127,7 @@ def generate(
                     strict=strict,
                     show_progress=progress,
                 )
-                for backend in backends
+                for each in backends
             ]
     except ServerUnreachable as exc:
         _stop(str(exc))
@@ -179,9 +138,8 @@ def generate(
     )
     for reason in summary.errors:
         console.print(f"  failure: {reason}", style="red")
-    if llm is LLM.file:  # how each imported file's keys landed on the classes
-        for backend in backends:
-            console.print(backend.matched.summary(), markup=False, highlight=False)
+    for each in backends if backend.report else ():
+        console.print(backend.report(each), markup=False, highlight=False)
     if summary.failed and not summary.ok:
         _stop(
             f"all {summary.failed} requests failed and nothing new was stored (the reasons "
@@ -197,58 +155,6 @@ def _stop(sentence: str) -> None:
     whose requests failed is not a run that is done (a script must not go on to score)."""
     print(f"error: {sentence}", file=sys.stderr)
     raise typer.Exit(NOTHING_DONE_EXIT)
-
-
-def _llm_backend(
-    llm: LLM,
-    model: str | None,
-    base_url: str | None,
-    concurrency: int,
-    max_retries: int,
-    timeout: float,
-    temperature: float,
-    batch_size: int,
-    seed: int,
-):
-    """The backend of an LLM that `generate` asks: an OpenAI-compatible server or LLaVA."""
-    if llm is LLM.openai:
-        from .llm.openai_chat import DEFAULT_MODEL, OpenAIBackend
-
-        return OpenAIBackend(
-            model or DEFAULT_MODEL,
-            base_url=base_url,
-            concurrency=concurrency,
-            max_retries=max_retries,
-            timeout=timeout,
-            temperature=temperature,
-        )
-    from .llm.llava import LlavaBackend
-
-    kwargs = {"model": model} if model else {}
-    return LlavaBackend(**kwargs, batch_size=batch_size, temperature=temperature, seed=seed)
-
-
-def _file_backends(inputs: list[Path] | None, index_classes: Path | None, class_list, n: int):
-    """One file backend per --input file, each checked against the classes (`n` sub-texts
-    a set) before anything is written."""
-    from .llm.files import file_backends
-
-    if not inputs:
-        raise UserError("--llm file needs --input FILE (JSON or CSV description sets).")
-    labels = _index_labels(index_classes) if index_classes else None
-    backends = file_backends([resolve_shipped(p) for p in inputs], index_classes=labels)
-    for backend in backends:
-        backend.plan(class_list, n)
-    return backends
-
-
-def _index_labels(index_classes: Path):
-    """--index-classes: a label list file, or the name of a shipped dataset's list."""
-    from storyboard_common.classes import load_classes, shipped_datasets
-
-    if not resolve_shipped(index_classes).exists() and str(index_classes) in shipped_datasets():
-        return load_classes(dataset=str(index_classes))
-    return load_classes(classes_file=index_classes, flag="--index-classes")
 
 
 @app.command(
@@ -314,13 +220,13 @@ def show(
     clip_pretrained: str = typer.Option(None, help="Which scored folder (with --clip-model)."),
 ) -> None:
     from storyboard_common.clip import clip_identity
-    from storyboard_common.subtexts import SUBTEXTS_FILE, clip_tag
+    from storyboard_common.subtexts import SUBTEXTS_FILE, scored_dir
 
     from .score import class_reports
 
     directory = _artifacts_dir(dataset, artifacts)
     if clip_model:
-        scored = directory / clip_tag(*clip_identity(clip_model, clip_pretrained))
+        scored = scored_dir(directory, clip_identity(clip_model, clip_pretrained))
     else:
         found = sorted(p.parent for p in directory.glob(f"*/{SUBTEXTS_FILE}"))
         if not found:

@@ -19,14 +19,20 @@ import numpy as np
 import torch
 
 from storyboard_common.classes import class_text
-from storyboard_common.clip import LoadedClip, context_length, encode_texts, tokens_cut
+from storyboard_common.clip import (
+    LoadedClip,
+    TextFeatures,
+    context_length,
+    encode_texts,
+    tokens_cut,
+)
 from storyboard_common.errors import UserError
 from storyboard_common.subtexts import (
     SUBTEXTS_FILE,
     TPP_FILE,
     ArtifactMeta,
-    clip_tag,
     read_subtexts,
+    scored_dir,
 )
 
 from .artifacts import (
@@ -152,13 +158,7 @@ def score(
     globals_ = [global_text(template, name) for name in names]
     if callable(clip):
         clip = clip()
-    if clip.random_weights:  # a test or a demo may mean it; a user choosing sub-texts does not
-        warnings.warn(
-            f"--clip-pretrained none: CLIP {clip.model_id}'s text tower is randomly initialised, "
-            "so TPP ranks the sub-text sets by a random tower's geometry, not by their meaning; "
-            "score with pretrained weights (e.g. --clip-pretrained openai) to choose sub-texts.",
-            stacklevel=2,
-        )
+    _warn_random_weights(clip)
     check_cut_class_texts(clip, names, globals_)
     encode = TimedEncoder(clip, batch_size)
     result = _score_sets(encode, globals_, valid, n, alpha, beta)
@@ -186,23 +186,8 @@ def score(
         scoring_id=uuid.uuid4().hex,
         llms=dict(sorted(Counter(valid[i].llm for i in best.values()).items())),
     )
-    rows = [
-        SubtextRow(
-            class_id=c,
-            class_name=names[c],
-            global_text=globals_[c],
-            sub_texts=chosen[c],
-            tpp=float(scores[best[c]]) if c in best else float("nan"),
-            candidate_id=valid[best[c]].candidate_id if c in best else FALLBACK_CANDIDATE_ID,
-            global_emb=feats.pooled[c],
-            global_tokens=feats.tokens[c],
-            # the chosen set's sub-texts follow the C global texts, n per class
-            sub_emb=feats.pooled[C + c * n : C + (c + 1) * n],
-            sub_tokens=feats.tokens[C + c * n : C + (c + 1) * n],
-        )
-        for c in range(C)
-    ]
-    out_dir = Path(artifacts_dir) / clip_tag(clip.model_id, clip.pretrained_id)
+    rows = _subtext_rows(names, globals_, chosen, valid, scores, best, feats, n)
+    out_dir = scored_dir(Path(artifacts_dir), (clip.model_id, clip.pretrained_id))
     write_scored_pair(
         tpp_table(_tpp_rows(valid, result, set(best.values())), meta),
         subtexts_table(rows, meta),
@@ -277,6 +262,49 @@ def _score_sets(
     )
 
 
+def _warn_random_weights(clip: LoadedClip) -> None:
+    """Warn that a randomly initialised text tower ranks sub-texts by chance: a test or a
+    demo may mean it, a user choosing sub-texts does not."""
+    if clip.random_weights:
+        warnings.warn(
+            f"--clip-pretrained none: CLIP {clip.model_id}'s text tower is randomly initialised, "
+            "so TPP ranks the sub-text sets by a random tower's geometry, not by their meaning; "
+            "score with pretrained weights (e.g. --clip-pretrained openai) to choose sub-texts.",
+            stacklevel=3,  # the caller of `score`
+        )
+
+
+def _subtext_rows(
+    names: list[str],
+    globals_: list[str],
+    chosen: dict[int, tuple[str, ...]],
+    valid: list[CandidateRow],
+    scores: np.ndarray,
+    best: dict[int, int],
+    feats: TextFeatures,
+    n: int,
+) -> list[SubtextRow]:
+    """subtexts.parquet's rows: each class's chosen sub-texts (or its global text, for a
+    class without a valid set), their TPP and their features from pass 2."""
+    C = len(names)
+    return [
+        SubtextRow(
+            class_id=c,
+            class_name=names[c],
+            global_text=globals_[c],
+            sub_texts=chosen[c],
+            tpp=float(scores[best[c]]) if c in best else float("nan"),
+            candidate_id=valid[best[c]].candidate_id if c in best else FALLBACK_CANDIDATE_ID,
+            global_emb=feats.pooled[c],
+            global_tokens=feats.tokens[c],
+            # the chosen set's sub-texts follow the C global texts, n per class
+            sub_emb=feats.pooled[C + c * n : C + (c + 1) * n],
+            sub_tokens=feats.tokens[C + c * n : C + (c + 1) * n],
+        )
+        for c in range(C)
+    ]
+
+
 def _tpp_rows(valid: list[CandidateRow], result: TPPResult, selected: set[int]) -> list[TppRow]:
     """tpp.parquet's rows: each valid set's TPP, its terms, and whether it was chosen."""
     scores = result.score.numpy()
@@ -304,10 +332,10 @@ class ClassReport:
     fallback: bool
 
 
-def class_reports(artifacts_dir: Path, scored_dir: Path) -> list[ClassReport]:
+def class_reports(artifacts_dir: Path, scored: Path) -> list[ClassReport]:
     """Per class: the chosen set and its TPP, and the runner-up set and its TPP."""
-    art = read_subtexts(scored_dir / SUBTEXTS_FILE)
-    scores = read_tpp(scored_dir / TPP_FILE).to_pylist()
+    art = read_subtexts(scored / SUBTEXTS_FILE)
+    scores = read_tpp(scored / TPP_FILE).to_pylist()
     texts = {r.candidate_id: r.sub_texts for r in read_candidates(artifacts_dir).rows}
     ranked: dict[int, list[dict]] = defaultdict(list)
     for rec in sorted(scores, key=lambda r: -r["tpp"]):

@@ -8,7 +8,6 @@ import json
 import os
 import shlex
 import sys
-import typing
 from pathlib import Path
 
 import typer
@@ -16,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from storyboard_common.about import command_app
-from storyboard_common.cli_help import choice_option
+from storyboard_common.cli_help import choice_option, with_parameters
 from storyboard_common.errors import UserError, check_ranges, run_cli
 
 from .cache.store import DTYPES
@@ -68,15 +67,7 @@ def with_settings(*names: str, **helps: str):
             )
             for name in chosen
         ]
-        hints = typing.get_type_hints(command)
-        own = [
-            p.replace(annotation=hints[p.name])
-            for p in inspect.signature(command).parameters.values()
-            if p.kind is not inspect.Parameter.VAR_KEYWORD
-        ]
-        command.__signature__ = inspect.Signature([*settings, *own])
-        command.__annotations__ = {p.name: p.annotation for p in [*settings, *own]}
-        return command
+        return with_parameters(command, before=settings)
 
     return decorate
 
@@ -112,10 +103,10 @@ def check_data(
 ) -> None:
     from .data.check import check_splits, load_dataset_splits
     from .data.layouts import ListFiles
-    from .paths import default_root
+    from .paths import dataset_root
 
     bounded(frames=frames, workers=workers, allow_missing=allow_missing)
-    root = root or default_root(dataset)
+    root = dataset_root(dataset, root)
     lists = ListFiles(train_list, test_list, class_list)
     splits, absent = load_dataset_splits(dataset, root, videos, split, lists)
     report = check_splits(splits, frames, workers, not as_json, absent)
@@ -160,10 +151,10 @@ def prepare_videos_command(
 ) -> None:
     from .data.layouts import ListFiles
     from .data.prepare import prepare_videos, print_summary
-    from .paths import default_root
+    from .paths import dataset_root
 
     bounded(short_side=short_side, keyframe_every=keyframe_every, workers=workers)
-    root = root or default_root(dataset)
+    root = dataset_root(dataset, root)
     lists = ListFiles(train_list, test_list, class_list)
     summary = prepare_videos(
         dataset, root, out, videos, short_side, keyframe_every, workers, not as_json, to, lists
@@ -456,6 +447,7 @@ def evaluate(
     clip_pretrained: str = RUN_CLIP_PRETRAINED,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
+    """Long because its signature is the command's list of flags; the body parses and calls."""
     from .evaluation import evaluate_checkpoint
 
     bounded_settings(workers=workers)

@@ -24,6 +24,7 @@ from storyboard_common.clip import clip_files
 from storyboard_common.errors import UserError, first_line
 from storyboard_common.files import os_reason
 
+from .paths import dataset_root, default_run_dir, default_subtexts
 from .settings import RunConfig, declared, field_type, flag_name
 
 # Settings that `run --resume` lets differ from the run's config.json: they change how fast
@@ -54,11 +55,32 @@ INPUTS: dict[str, str] = {
 LIST_INPUTS = ("train_list", "test_list", "class_list")
 
 
-def dataset_root(cfg: RunConfig) -> Path:
-    """The root a run reads: `--root`, else the dataset's default one."""
-    from .paths import default_root
+def resolved_config(cfg: RunConfig) -> RunConfig:
+    """`cfg` as a run reads and records it: the defaults of its dataset root, sub-text
+    artifact and run folder filled in, and every path absolute, so that `eval`, `predict`,
+    `export` and `--resume` read the same files from any folder. The one place these
+    defaults are chosen; everything after reads the resolved values."""
+    return absolute_paths(
+        dataclasses.replace(
+            cfg,
+            root=dataset_root(cfg.dataset, cfg.root),
+            subtexts=subtexts_artifact(cfg),
+            out=run_dir(cfg),
+        )
+    )
 
-    return absolute(cfg.root) if cfg.root is not None else default_root(cfg.dataset)
+
+def subtexts_artifact(cfg: RunConfig) -> Path:
+    """The sub-text artifact `cfg` reads: `--subtexts`, else its dataset's scored with its
+    CLIP in the default place."""
+    if cfg.subtexts is not None:
+        return cfg.subtexts
+    return default_subtexts(cfg.dataset, cfg.clip_model, cfg.clip_pretrained)
+
+
+def run_dir(cfg: RunConfig) -> Path:
+    """The run folder `cfg` writes: `--out`, else the default one under runs/."""
+    return cfg.out if cfg.out is not None else default_run_dir(cfg)
 
 
 def absolute(path: Path | str) -> Path:
@@ -82,7 +104,7 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
     reads the same files from any folder."""
     files = {name: absolute(value) for name, value in input_paths(dataclasses.asdict(cfg)).items()}
     for name in set(LIST_INPUTS) & set(files):  # relative to the dataset's root, not here
-        files[name] = absolute(dataset_root(cfg) / getattr(cfg, name))
+        files[name] = absolute(dataset_root(cfg.dataset, cfg.root) / getattr(cfg, name))
     clip = {
         name: str(files.pop(name)) for name in ("clip_model", "clip_pretrained") if name in files
     }

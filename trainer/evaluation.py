@@ -16,6 +16,7 @@ import torch
 from storyboard_common.classes import match_names, unknown_names
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write, atomic_write_text
+from storyboard_common.progress import progress_bar
 from storyboard_common.subtexts import read_subtexts
 
 from . import metrics
@@ -34,9 +35,8 @@ from .data.protocols import (
 )
 from .distributed import DistInfo, all_reduce_sum, from_main, gather_to_main
 from .model.aggregation import ClassText
-from .paths import default_root
+from .paths import dataset_root
 from .precision import autocast
-from .progress import progress_bar
 from .run_data import check_classes, check_decode_device, eval_spec
 from .run_models import LoadedRun, load_run
 from .subtexts import artifact_class_text
@@ -248,53 +248,20 @@ def evaluate_checkpoint(
     cfg, dist_info = loaded.cfg, loaded.dist_info
     dataset = cfg.dataset
     split = _evaluated_split(loaded, run_dir, split, zero_shot, features)
-    root = cfg.root or default_root(dataset)
+    root = dataset_root(dataset, cfg.root)
     # the artifact each subset file's texts come from: its own, else the run's one
     artifacts = given if len(given) > 1 else [loaded.subtexts] * len(subsets)
+    subset_files = [(path, names, art) for (path, names), art in zip(subset_names, artifacts)]
     texts = SubsetTexts(loaded)
     results, per_subset = [], []
     with progress_bar(show_progress and dist_info.is_main) as progress:
         for fold in folds(dataset, split):
-            test = load_split(
-                dataset, root, test_split(dataset), fold, cfg.videos, False, cfg.list_files()
-            )
-            as_jpegs = features is None and check_decode_device(
-                cfg.decode_device, dist_info.device, test.items
-            )
-            if zero_shot == "subsets":
-                groups = [
-                    ClassGroup(
-                        subset_class_ids(path, names, test.class_names, dataset),
-                        texts.rows(artifact, path, names),
-                        artifact,
-                        path,
-                    )
-                    for (path, names), artifact in zip(subset_names, artifacts)
-                ]
-            else:
-                check_classes(test, loaded.class_names, loaded.subtexts)
-                groups = _class_groups(loaded, len(test.class_names), zero_shot == "half")
-            cache = None
-            if features is not None:
-                spec = eval_spec(cfg, loaded.built.image_size)
-                whole = VideoClipDataset(test.items, len(test.class_names), test.multi_label, spec)
-                identity = cache_identity(dataset, fold, loaded.built.clip_id, None, whole)
-                cache = FeatureCache(features, identity, {TEST: len(whole)})
-            for group in groups:
-                results.append(
-                    _evaluate_group(loaded, test, group, cache, workers, as_jpegs, progress)
-                )
+            for group, result in _evaluate_fold(
+                loaded, fold, root, zero_shot, subset_files, texts, features, workers, progress
+            ):
+                results.append(result)
                 if group.subset_file is not None:
-                    where = {} if fold is None else {"fold": fold}
-                    per_subset.append(
-                        {
-                            "file": str(group.subset_file),
-                            **where,
-                            "classes": len(group.class_ids),
-                            "subtexts": str(group.artifact),
-                            **results[-1],
-                        }
-                    )
+                    per_subset.append(_subset_result(group, fold, result))
     summary = summarise(results)
     return {**summary, "subsets": per_subset} if zero_shot == "subsets" else summary
 
@@ -366,6 +333,69 @@ def _class_groups(loaded: LoadedRun, num_classes: int, halves: bool) -> list[Cla
         ClassGroup(half, text.subset(torch.as_tensor(half)), artifact)
         for half in half_class_splits(num_classes, 10, loaded.cfg.seed)
     ]
+
+
+def _evaluate_fold(
+    loaded: LoadedRun,
+    fold: int | None,
+    root: Path,
+    zero_shot: str | None,
+    subset_files: list[tuple[Path, list[str], Path]],
+    texts: SubsetTexts,
+    features: Path | None,
+    workers: int | None,
+    progress,
+) -> list[tuple[ClassGroup, dict]]:
+    """Each class group of one fold's test split with its metrics: every class, the seeded
+    halves (`zero_shot="half"`), or each subset file's classes (`subset_files`: the file,
+    its class names, the artifact of its texts)."""
+    cfg, dataset = loaded.cfg, loaded.cfg.dataset
+    test = load_split(dataset, root, test_split(dataset), fold, cfg.videos, False, cfg.list_files())
+    as_jpegs = features is None and check_decode_device(
+        cfg.decode_device, loaded.dist_info.device, test.items
+    )
+    if zero_shot == "subsets":
+        groups = [
+            ClassGroup(
+                subset_class_ids(path, names, test.class_names, dataset),
+                texts.rows(artifact, path, names),
+                artifact,
+                path,
+            )
+            for path, names, artifact in subset_files
+        ]
+    else:
+        check_classes(test, loaded.class_names, loaded.subtexts)
+        groups = _class_groups(loaded, len(test.class_names), zero_shot == "half")
+    cache = None if features is None else _test_cache(loaded, features, test, fold)
+    return [
+        (group, _evaluate_group(loaded, test, group, cache, workers, as_jpegs, progress))
+        for group in groups
+    ]
+
+
+def _test_cache(
+    loaded: LoadedRun, features: Path, test: SplitList, fold: int | None
+) -> FeatureCache:
+    """The feature cache at `features`, checked to hold this run's CLIP features of `test`'s
+    videos (`fold`)."""
+    spec = eval_spec(loaded.cfg, loaded.built.image_size)
+    whole = VideoClipDataset(test.items, len(test.class_names), test.multi_label, spec)
+    identity = cache_identity(loaded.cfg.dataset, fold, loaded.built.clip_id, None, whole)
+    return FeatureCache(features, identity, {TEST: len(whole)})
+
+
+def _subset_result(group: ClassGroup, fold: int | None, result: dict) -> dict:
+    """A subset file's entry under "subsets": which file, fold, classes and artifact, and
+    its metrics."""
+    where = {} if fold is None else {"fold": fold}
+    return {
+        "file": str(group.subset_file),
+        **where,
+        "classes": len(group.class_ids),
+        "subtexts": str(group.artifact),
+        **result,
+    }
 
 
 def _evaluate_group(

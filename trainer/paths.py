@@ -15,16 +15,19 @@ from storyboard_common.clip import clip_identity
 from storyboard_common.errors import UserError
 from storyboard_common.files import artifacts_root, os_reason
 from storyboard_common.locks import folder_lock
-from storyboard_common.subtexts import SUBTEXTS_FILE, clip_tag
+from storyboard_common.subtexts import SUBTEXTS_FILE, clip_tag, scored_dir
 
 from .settings import RunConfig
 
 DATA_ENV = "STORYBOARD_DATA"
 
 
-def default_root(dataset: str) -> Path:
-    """`$STORYBOARD_DATA/<dataset>`, else `data/<dataset>` in the working directory (the
-    repository's `data/` when run from a clone), absolute; a UserError when it is absent."""
+def dataset_root(dataset: str, root: Path | None = None) -> Path:
+    """`root` when given, else `$STORYBOARD_DATA/<dataset>`, else `data/<dataset>` in the
+    working directory (the repository's `data/` when run from a clone), absolute; a
+    UserError when that default is absent."""
+    if root is not None:
+        return Path(root)
     from .data.layouts import dataset_name
 
     name = dataset_name(dataset)
@@ -40,8 +43,10 @@ def default_root(dataset: str) -> Path:
 
 
 def default_subtexts(dataset: str, clip_model: str, clip_pretrained: str) -> Path:
-    tag = clip_tag(*clip_identity(clip_model, clip_pretrained))
-    return artifacts_root() / dataset / tag / SUBTEXTS_FILE
+    """The dataset's sub-text artifact scored with this CLIP, where `subtext_gen score`
+    writes it by default."""
+    folder = scored_dir(artifacts_root() / dataset, clip_identity(clip_model, clip_pretrained))
+    return folder / SUBTEXTS_FILE
 
 
 def default_features_dir(

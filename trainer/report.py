@@ -13,21 +13,13 @@ import numpy as np
 import pandas as pd
 
 from storyboard_common.files import atomic_savefig, atomic_write_text
+from storyboard_common.plots import pyplot
 
 from .metrics import confusion_matrix
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _curves(log: list[dict], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     train = [x for x in log if "train_loss" in x]
     evals = [x for x in log if "top1" in x]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -42,7 +34,7 @@ def _curves(log: list[dict], path: Path) -> None:
 
 
 def _per_class(frame: pd.DataFrame, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4, 0.25 * len(frame)), 3.2))
     ax.bar(range(len(frame)), frame["top1"].fillna(0))
     ax.set_xticks(range(len(frame)), frame["class_name"], rotation=90, fontsize=7)
@@ -53,7 +45,7 @@ def _per_class(frame: pd.DataFrame, path: Path) -> None:
 
 
 def _confusion(matrix: np.ndarray, names: list[str], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     size = max(4, 0.22 * len(names))
     fig, ax = plt.subplots(figsize=(size + 1, size))
     rows = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)  # share of each true class

@@ -23,7 +23,7 @@ from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write_json, atomic_write_text
 
 from .checkpoints import json_values
-from .config import absolute, resolve_config, setting_differences
+from .config import absolute, resolve_config, resolved_config, setting_differences
 from .metrics import spread
 from .report import read_metrics
 from .settings import RunConfig, declared, flag_name
@@ -262,10 +262,8 @@ def finished_metric(run_dir: Path, epochs: int, metric: str) -> float | None:
 
 def _check_same_settings(cfg: RunConfig, run_dir: Path) -> None:
     """A finished run is reused only with the settings the row asks for."""
-    from .training import recorded_config
-
     saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    changed = setting_differences(saved, _json_settings(recorded_config(cfg)))
+    changed = setting_differences(saved, _json_settings(resolved_config(cfg)))
     if changed:
         names = ", ".join(f"{name} {old} -> {new}" for name, old, new in changed)
         raise UserError(

@@ -26,10 +26,10 @@ import torch
 
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write_text
+from storyboard_common.progress import print_line
 
 from .distributed import DistInfo, all_reduce_sum
 from .paths import writable_dir
-from .progress import print_line
 
 STEPS_FILE = "steps.jsonl"
 TENSORBOARD_DIR = "tensorboard"

@@ -12,7 +12,10 @@ from storyboard_common.clip import LoadedClip, load_clip
 from storyboard_common.errors import UserError, first_line
 from storyboard_common.subtexts import SUBTEXTS_FILE, read_subtexts
 
-from .checkpoints import (
+from .checkpoints import check_finite_weights, json_values, load_checkpoint
+from .config import INPUTS, check_recorded_inputs, input_paths, subtexts_artifact
+from .distributed import DistInfo, init_distributed
+from .export import (
     CLIP_CONFIG_FILE,
     CONFIG_FILE,
     EXPORT_FORMAT,
@@ -20,11 +23,8 @@ from .checkpoints import (
     HUB_PREFIX,
     WEIGHTS_FILE,
     check_export_out,
-    check_finite_weights,
     hub_snapshot,
     is_export,
-    json_values,
-    load_checkpoint,
     model_card,
     read_export_config,
     read_weights,
@@ -33,12 +33,10 @@ from .checkpoints import (
     weight_shapes,
     write_export,
 )
-from .config import INPUTS, check_recorded_inputs, input_paths
-from .distributed import DistInfo, init_distributed
 from .model.aggregation import ClassText
+from .model.args import ModelArgs
 from .model.video_clip import UNTRAINED_LOG_LOGIT_SCALE, VideoCLIP, build_model, video_model
-from .paths import default_subtexts
-from .settings import ModelConfig, RunConfig, flag_name
+from .settings import RunConfig, flag_name
 from .subtexts import TrainedTexts, artifact_class_text, recorded_texts, require_subtexts
 
 
@@ -48,13 +46,27 @@ class RunModel:
 
     model: VideoCLIP
     text: ClassText
-    image_size: int  # the CLIP's input size (pixels)
-    clip_id: tuple[str, str]  # what artifacts record for the CLIP (`clip_identity`)
+    args: ModelArgs  # the model's record, which it was built from
     clip_name: str  # the name open_clip builds the architecture by
     class_names: list[str]  # the artifact's classes, in id order
     sub_texts: list[list[str]]  # each class's sub-texts, as the artifact holds them
-    model_args: dict  # what the model was built from (`model_record`)
     texts: dict  # the artifact's identity (`SubtextArtifact.identity`), which checkpoints store
+
+    @property
+    def model_args(self) -> dict:
+        """The model's record as checkpoints (`model_args`) and exports (`architecture`)
+        store it."""
+        return dataclasses.asdict(self.args)
+
+    @property
+    def image_size(self) -> int:
+        """The CLIP's input size (pixels)."""
+        return self.args.image_size
+
+    @property
+    def clip_id(self) -> tuple[str, str]:
+        """What artifacts record for the CLIP (`clip_identity`)."""
+        return self.args.clip["model_id"], self.args.clip["pretrained_id"]
 
 
 # A run's inputs that belong to its dataset (read from where it recorded them on its own
@@ -62,51 +74,6 @@ class RunModel:
 # (an evaluation reads no train list)
 DATA_INPUTS = ("root", "videos", "test_list", "class_list", "subtexts")
 CLIP_INPUTS = ("clip_model", "clip_pretrained")
-
-# What `video_model` builds a model by: the model's settings but where its CLIP's files are
-# (recorded by the CLIP's identity instead), and the frames its temporal module embeds.
-ARCHITECTURE = (
-    *(f.name for f in dataclasses.fields(ModelConfig) if f.name not in CLIP_INPUTS),
-    "frames",
-)
-
-
-def model_record(cfg: RunConfig, clip: LoadedClip) -> dict:
-    """The model's record, as nanoGPT stores `model_args`: its settings (`ARCHITECTURE`), the
-    CLIP's input size and identity. Checkpoints store it as `model_args` and exports as
-    `architecture`; loading builds the model from it alone (`architecture`) over the CLIP
-    the record names (`check_record_clip`)."""
-    return {
-        **{name: getattr(cfg, name) for name in ARCHITECTURE},
-        "image_size": clip.image_size,
-        "clip": {"model_id": clip.model_id, "pretrained_id": clip.pretrained_id},
-    }
-
-
-def check_record_clip(record: dict, built: RunModel, source: str) -> None:
-    """The CLIP a model was built over is the one its record names (identity and input
-    size), so that weights trained over one CLIP are never evaluated over another that
-    happens to fit them. Records written before identities were recorded are not checked."""
-    if "clip" not in record:
-        return
-    recorded = (record["clip"]["model_id"], record["clip"]["pretrained_id"], record["image_size"])
-    loaded = (*built.clip_id, built.image_size)
-    if recorded != loaded:
-        raise UserError(
-            f"{source} was trained over CLIP {recorded[0]} with weights {recorded[1]} "
-            f"({recorded[2]} px), but --clip-model/--clip-pretrained load {loaded[0]} with "
-            f"weights {loaded[1]} ({loaded[2]} px); pass the CLIP files the run was trained with."
-        )
-
-
-def architecture(record: dict) -> dict:
-    """`video_model`'s settings from a model record, or from a run's settings (the record of
-    checkpoints written before records were, which hold the same keys); a setting an older
-    export's record lacks (grad_checkpointing) takes its default."""
-    return {name: record.get(name, _DEFAULTS[name]) for name in ARCHITECTURE}
-
-
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 
 
 def build(
@@ -117,8 +84,8 @@ def build(
     trained: TrainedTexts | None = None,
 ) -> RunModel:
     """The run's model over its CLIP (`cfg.clip_model` with `cfg.clip_pretrained`, unless
-    `clip` is given) and the class texts of `subtexts`, on the run's device, with its
-    record (`model_record`). `trained`: the texts its weights were trained with, which
+    `clip` is given) and the class texts of `subtexts`, on the run's device, built from its
+    record (`ModelArgs`). `trained`: the texts its weights were trained with, which
     `subtexts` must still hold (checked before the CLIP is loaded)."""
     artifact = read_subtexts(require_subtexts(subtexts, cfg.dataset))
     if trained is not None:
@@ -127,17 +94,14 @@ def build(
     text = artifact_class_text(
         artifact, subtexts, (clip.model_id, clip.pretrained_id), clip.embed_dim
     )
-    record = model_record(cfg, clip)
-    model = build_model(clip, **architecture(record))
+    args = ModelArgs.of_run(cfg, clip)
     return RunModel(
-        model.to(dist_info.device),
+        build_model(clip, args).to(dist_info.device),
         text.to(dist_info.device),
-        clip.image_size,
-        (clip.model_id, clip.pretrained_id),
+        args,
         clip.model_name,
         artifact.class_names,
         artifact.sub_texts,
-        record,
         artifact.identity,
     )
 
@@ -216,7 +180,7 @@ def load_run(
     settings = {**saved, **({} if own else dict.fromkeys(DATA_INPUTS)), **_given_values(given)}
     checkpoint_info = {"source": str(path), "epoch": state["epoch"], "best": state["best"]}
     # A checkpoint written before model records were: its settings hold the same keys.
-    model_args = json_values(state.get("model_args")) or saved
+    recorded = ModelArgs.from_stored(json_values(state.get("model_args")) or saved, str(path))
     # The run's own texts, unless --subtexts names the ones to use.
     trained = None
     if own and given["subtexts"] is None:
@@ -225,7 +189,7 @@ def load_run(
     return _loaded_run(
         settings,
         saved,
-        model_args,
+        recorded,
         state["model"],
         checkpoint_info,
         dataset,
@@ -242,7 +206,7 @@ def _given_values(given: dict) -> dict:
 def _loaded_run(
     settings: dict,
     trained_on: dict,
-    model_args: dict,
+    recorded: ModelArgs,
     weights: dict,
     checkpoint_info: dict,
     dataset: str | None,
@@ -250,18 +214,18 @@ def _loaded_run(
     clip: LoadedClip | None = None,
     trained: TrainedTexts | None = None,
 ) -> LoadedRun:
-    """The model of the record `model_args` with `weights`, over
+    """The model of the record `recorded` with `weights`, over
     `clip` (else the CLIP `settings` name), on `dataset` (else the settings' own) with the
     class texts of their `subtexts` (else the dataset's default artifact; `trained`: the
     texts the weights were trained with, which they must hold). The record's values win over
     the settings' (the clips evaluated have the frames the model embeds)."""
     dataset = dataset or settings["dataset"]
-    values = {**settings, **architecture(model_args), "dataset": dataset, "device": device}
+    values = {**settings, **recorded.run_settings(), "dataset": dataset, "device": device}
     cfg = RunConfig.from_saved(values)
     dist_info = init_distributed(device, cfg.dist_timeout)
-    subtexts = cfg.subtexts or default_subtexts(dataset, cfg.clip_model, cfg.clip_pretrained)
+    subtexts = subtexts_artifact(cfg)
     run_model = build(cfg, dist_info, subtexts, clip, trained)
-    check_record_clip(model_args, run_model, checkpoint_info["source"])
+    recorded.check_clip(run_model.args, checkpoint_info["source"])
     missing, unexpected = run_model.model.load_state_dict(weights, strict=False)
     if unexpected or missing:
         raise UserError(
@@ -287,7 +251,9 @@ def _load_export(
             )
     config = read_export_config(folder)
     saved = config["training"]
-    _check_export_shapes(folder, [config["architecture"], saved])
+    config_file = str(folder / CONFIG_FILE)
+    recorded = ModelArgs.from_stored(config["architecture"], config_file)
+    _check_export_shapes(folder, [recorded, ModelArgs.from_stored(saved, config_file)])
     subtexts = given["subtexts"]
     if subtexts is None:
         if (dataset or saved["dataset"]) != saved["dataset"]:
@@ -317,7 +283,7 @@ def _load_export(
     return _loaded_run(
         settings,
         saved,
-        config["architecture"],
+        recorded,
         weights,
         checkpoint_info,
         dataset,
@@ -327,7 +293,7 @@ def _load_export(
     )
 
 
-def _check_export_shapes(folder: Path, descriptions: list[dict]) -> None:
+def _check_export_shapes(folder: Path, descriptions: list[ModelArgs]) -> None:
     """Refuse an export whose clip_config.json and config.json describe another model than
     its model.safetensors holds, before any model is allocated: config.json describes it
     twice (its model record, `architecture`, and the run's settings, `training`), and each
@@ -335,21 +301,19 @@ def _check_export_shapes(folder: Path, descriptions: list[dict]) -> None:
     tensor's shape compared with the safetensors header."""
     files = f"{folder / CLIP_CONFIG_FILE} and {folder / CONFIG_FILE}"
     stored = weight_shapes(folder)
-    described = {repr(sorted(architecture(d).items())): architecture(d) for d in descriptions}
-    for settings in described.values():
-        _check_shapes(folder, files, settings, stored)
+    described = {repr(sorted(args.run_settings().items())): args for args in descriptions}
+    for args in described.values():
+        _check_shapes(folder, files, args, stored)
 
 
-def _check_shapes(folder: Path, files: str, settings: dict, stored: dict) -> None:
+def _check_shapes(folder: Path, files: str, args: ModelArgs, stored: dict) -> None:
     import torch
 
     try:
         with torch.device("meta"):
             clip = load_clip(str(folder / CLIP_CONFIG_FILE), "none", "meta")
-            RunConfig(**settings)  # its ranges
-            model = video_model(
-                clip.model.visual, clip.embed_dim, UNTRAINED_LOG_LOGIT_SCALE, **settings
-            )
+            RunConfig(**args.run_settings())  # its ranges
+            model = video_model(clip.model.visual, clip.embed_dim, UNTRAINED_LOG_LOGIT_SCALE, args)
     except UserError as exc:
         raise UserError(f"{files} do not describe a model: {exc}") from exc
     except Exception as exc:  # a file edited by hand: any error of the build is its fault
@@ -372,7 +336,7 @@ def _shape(shape: tuple[int, ...] | None) -> str:
 
 
 def export_run(run_dir: Path, out: Path, checkpoint: str = "best", **given) -> Path:
-    """Write a run's checkpoint as a self-contained model folder (`trainer/checkpoints.py`):
+    """Write a run's checkpoint as a self-contained model folder (`trainer/export.py`):
     safetensors weights of the whole model, its config, the CLIP's architecture, the class
     texts and a model card. `given`: where the run's inputs are now (`subtexts`, the CLIP's
     files), if not where it recorded them. -> `out`."""

@@ -7,7 +7,7 @@ the range checks (`range_refusal`), the flag names (`flag_name`) and the config-
 `RunConfig` inherits the four concerns rather than holding them: config files, presets and
 a run's config.json name settings by flat keys (`lr: 5e-5`), and every module reads
 `cfg.lr`; the model's record in checkpoints holds `ModelConfig`'s settings
-(`run_models.ARCHITECTURE`). Light on purpose (no torch): the CLI imports it to build its options.
+(`model.args.ModelArgs`). Light on purpose (no torch): the CLI imports it to build its options.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from storyboard_common.about import DEVICES
 from storyboard_common.errors import MAX_BATCH, MAX_EPOCHS, MAX_SEED, MAX_WORKERS, Bounds, UserError
 
-from .data.layouts import DATASETS, ListFiles
+from .data.layouts import DATASETS, SPLIT_CHOICES, ListFiles
 from .model.modes import AGGREGATIONS
 
 AMP_MODES = ("bf16", "fp16", "none")
@@ -136,7 +136,7 @@ class DataConfig:
     split: str = setting(
         "1",
         "Fold 1, 2, 3, or all (runs the three, reports mean).",
-        choices=("1", "2", "3", "all"),
+        choices=SPLIT_CHOICES,
     )
     shots: int | None = setting(
         None,

@@ -18,6 +18,7 @@ from storyboard_common.classes import load_classes
 from storyboard_common.clip import LoadedClip, load_clip
 from storyboard_common.errors import UserError
 from storyboard_common.files import atomic_write_text
+from storyboard_common.progress import Heartbeat
 from storyboard_common.subtexts import TPP_FILE, SubtextArtifact, read_subtexts
 from subtext_gen.artifacts import read_candidates, read_tpp
 from subtext_gen.generate import generate
@@ -26,13 +27,12 @@ from subtext_gen.score import class_reports, score
 from trainer.cache.build import cache_features
 from trainer.cache.store import TEST, TRAIN, read_split
 from trainer.model.video_clip import clip_log_logit_scale
-from trainer.progress import Heartbeat
 from trainer.settings import RunConfig
 from trainer.subtexts import artifact_class_text
 
 from .. import WORLD_CLIP
 from ..pretrain import encode_frames, frame_accuracies, load_frame_pairs, log_path, pretrain_clip
-from ..world import CANDIDATES_PATH, SUBTEXTS_PER_SET, WorldInfo, subtext_pools
+from ..world.definition import CANDIDATES_PATH, SUBTEXTS_PER_SET, WorldInfo, subtext_pools
 from . import analysis
 from .design import BRANCHES, StudyDesign
 from .tpp_groups import SET_KINDS, TPP_SCALINGS, count_groups, group_sets, random_groups

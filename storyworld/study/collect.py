@@ -12,7 +12,7 @@ import numpy as np
 from trainer.environment import git_state
 from trainer.model.aggregation import AGGREGATIONS
 
-from ..world import WorldInfo
+from ..world.definition import WorldInfo
 from . import analysis
 from .design import BRANCHES, IMPORTANCE_MODES, SETTINGS, StudyDesign, long_cells, tau_fields
 from .tpp_groups import MAIN_GROUP, TPP_SCALINGS

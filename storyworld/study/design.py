@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from trainer.model.aggregation import AGGREGATIONS
 
 from ..pretrain import OBJECTIVES
-from ..world import SUBTEXTS_PER_SET
+from ..world.definition import SUBTEXTS_PER_SET
 from .tpp_groups import MAIN_GROUP, count_group_name, group_names, random_group_name
 
 SETTINGS = ("2shot", "supervised")

@@ -64,9 +64,9 @@ def _saved(plt, fig, path: Path) -> Path:
 def plot_results(results: dict, out: Path) -> list[Path]:
     """Bar charts of top-1 per mode (error bars: 95% intervals over seeds) and the
     temperature sweep; -> the PNG files written."""
-    from trainer.report import _pyplot
+    from storyboard_common.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     objectives = list(results["top1"])
     written = [_plot_top1(plt, results, objectives, out)]
     if len(results["design"]["taus"]) > 1:

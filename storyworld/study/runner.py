@@ -29,7 +29,8 @@ from trainer.subtexts import artifact_class_text
 from trainer.training import train
 
 from .. import WORLD_CLIP
-from ..world import WorldInfo, write_world
+from ..world.definition import WorldInfo
+from ..world.write import write_world
 from . import analysis
 from .clips import CachedSplit, CalibrationFrames, ClipAssets, prepare
 from .collect import collect, main_fields, select_runs, summarise_log

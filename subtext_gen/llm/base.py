@@ -1,4 +1,6 @@
-"""The small protocol every LLM backend implements.
+"""The small protocol every LLM backend implements, and how a backend declares its options
+and how it is built for `generate` (`BackendOption`, `LLMBackend`; the registry is
+`subtext_gen.llm.REGISTRY`).
 
 A backend receives jobs (one class, one prompt, the sample indices still missing) and
 yields one `Completion` per job as soon as it is finished, in any order. Backends own
@@ -10,9 +12,12 @@ text that echoes the secret is journaled, stored or printed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+from storyboard_common.classes import ClassList
+from storyboard_common.errors import Bounds
 
 REDACTED = "[redacted]"  # what a secret echoed in a reply becomes
 
@@ -68,3 +73,49 @@ class Backend(Protocol):
     def complete(self, jobs: Sequence[Job]) -> Iterator[Completion]: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class BackendOption:
+    """One option of `generate` that a backend reads, as the CLI shows and checks it: the
+    keyword `name` (its flag `--name-with-dashes`), default, help, value type, the value
+    word, the range of a number (`Bounds`), and `elsewhere`: the sentence refusing it when
+    given with another `--llm`, where it would be silently ignored and so misleading."""
+
+    name: str
+    default: Any
+    help: str
+    type: Any
+    metavar: str | None = None
+    bounds: Bounds | None = None
+    elsewhere: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class LLMBackend:
+    """A `--llm` choice: the options it reads, and `backends`, which turns their values
+    (by name), the classes and N into the backends `generate` runs in turn (checked before
+    anything is written). `label`: how `--llm`'s help names it, where more than its name;
+    `report`: a line printed per backend after the run."""
+
+    options: tuple[BackendOption, ...]
+    backends: Callable[[Mapping[str, Any], ClassList, int], list[Backend]]
+    label: str | None = None
+    report: Callable[[Any], str] | None = None
+
+
+# Options more than one backend reads, declared once: each backend lists them among its own.
+MODEL = BackendOption(
+    "model", None, "LLM: default gpt-3.5-turbo (openai) or llava-hf/llava-v1.6-mistral-7b-hf.", str
+)
+TEMPERATURE = BackendOption(
+    "temperature",
+    0.7,
+    "Sampling temperature.",
+    float,
+    bounds=Bounds(0, 2),  # OpenAI's API takes 0 to 2; LLaVA samples alike
+)

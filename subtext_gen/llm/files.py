@@ -34,15 +34,24 @@ import io
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from storyboard_common.classes import ClassList, match_names, read_user_text, unknown_names
+from storyboard_common.classes import (
+    ClassList,
+    load_classes,
+    match_names,
+    read_user_text,
+    shipped_datasets,
+    unknown_names,
+)
 from storyboard_common.errors import UserError
+from storyboard_common.resources import resolve_shipped
 
 from ..parse import clean_item
-from .base import Completion, Job
+from .base import BackendOption, Completion, Job, LLMBackend
 
 PROMPT_ID = "file"
 MATCH_KINDS = ("exact", "folded", "missing")
@@ -342,3 +351,49 @@ def file_backends(
             "keyed by class index; drop it."
         )
     return backends
+
+
+OPTIONS = (
+    BackendOption(
+        "input",
+        None,
+        "Description sets to import (file backend): JSON or CSV; repeat it for several "
+        "sources, each its own candidates for TPP to choose among.",
+        list[Path],
+        metavar="FILE",
+    ),
+    BackendOption(
+        "index_classes",
+        None,
+        "The label list an --input keyed by class index was written for (a class list "
+        "file, or a shipped dataset's name): key i is its class i, matched to the classes by "
+        "name. Always needed for such a file.",
+        Path,
+        metavar="FILE",
+        elsewhere="--index-classes goes with --llm file and its --input files.",
+    ),
+)
+
+
+def backends(options: Mapping[str, Any], classes: ClassList, n_subtexts: int) -> list[FileBackend]:
+    """`--llm file`: one backend per --input file, each checked against the classes (N
+    sub-texts a set) before anything is written."""
+    if not options["input"]:
+        raise UserError("--llm file needs --input FILE (JSON or CSV description sets).")
+    index_classes = options["index_classes"]
+    labels = _index_labels(index_classes) if index_classes else None
+    found = file_backends([resolve_shipped(p) for p in options["input"]], index_classes=labels)
+    for backend in found:
+        backend.plan(classes, n_subtexts)
+    return found
+
+
+def _index_labels(index_classes: Path) -> ClassList:
+    """--index-classes: a label list file, or the name of a shipped dataset's list."""
+    if not resolve_shipped(index_classes).exists() and str(index_classes) in shipped_datasets():
+        return load_classes(dataset=str(index_classes))
+    return load_classes(classes_file=index_classes, flag="--index-classes")
+
+
+# After the run, how each imported file's keys landed on the classes.
+BACKEND = LLMBackend(OPTIONS, backends, report=lambda backend: backend.matched.summary())

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from storyboard_common import hub
-from storyboard_common.errors import UserError
+from storyboard_common.classes import ClassList
+from storyboard_common.errors import MAX_BATCH, MAX_SEED, Bounds, UserError
 
-from .base import Completion, Job
+from .base import MODEL, TEMPERATURE, BackendOption, Completion, Job, LLMBackend
 
 DEFAULT_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
 _INSTEAD = "pass --model /path/to/a/local/copy"
@@ -243,3 +245,35 @@ class LlavaBackend:
                 delattr(self, name)
         if self.device.type == "cuda" and torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+OPTIONS = (
+    MODEL,
+    TEMPERATURE,
+    BackendOption(
+        "batch_size",
+        8,
+        "Prompts LLaVA answers in one batch (llava).",
+        int,
+        bounds=Bounds(1, MAX_BATCH),
+    ),
+    BackendOption(
+        "seed", 0, "Sampling seed (llava).", int, bounds=Bounds(0, MAX_SEED)
+    ),  # torch.manual_seed's
+)
+
+
+def backends(options: Mapping[str, Any], classes: ClassList, n_subtexts: int) -> list[LlavaBackend]:
+    """`--llm llava`: the model loaded once, on CUDA where there is one."""
+    model = {"model": options["model"]} if options["model"] else {}
+    return [
+        LlavaBackend(
+            **model,
+            batch_size=options["batch_size"],
+            temperature=options["temperature"],
+            seed=options["seed"],
+        )
+    ]
+
+
+BACKEND = LLMBackend(OPTIONS, backends)

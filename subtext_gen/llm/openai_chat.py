@@ -20,12 +20,23 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from typing import Any
 
-from storyboard_common.errors import UserError
+from storyboard_common.classes import ClassList
+from storyboard_common.errors import MAX_WORKERS, Bounds, UserError
 
-from .base import Completion, Job, ServerUnreachable, redact
+from .base import (
+    MODEL,
+    TEMPERATURE,
+    BackendOption,
+    Completion,
+    Job,
+    LLMBackend,
+    ServerUnreachable,
+    redact,
+)
 
 DEFAULT_MODEL = "gpt-3.5-turbo"
 _MAX_TOP_UPS = 3  # servers that ignore `n` get asked again for the samples still missing
@@ -233,3 +244,42 @@ class OpenAIBackend:
         self._thread.join()
         self._loop.close()
         self._loop = self._thread = None
+
+
+OPTIONS = (
+    MODEL,
+    BackendOption("base_url", None, "An OpenAI-compatible server (vLLM, Ollama, ...).", str),
+    BackendOption(
+        "concurrency", 8, "Requests in flight (openai).", int, bounds=Bounds(1, MAX_WORKERS)
+    ),
+    BackendOption(
+        "max_retries", 5, "Retries of a failed request (openai).", int, bounds=Bounds(0, 100)
+    ),
+    BackendOption(
+        "timeout",
+        60.0,
+        "Seconds before a request times out (openai).",
+        float,
+        bounds=Bounds(at_most=3600, positive=True, unit="number of seconds"),
+    ),
+    TEMPERATURE,
+)
+
+
+def backends(
+    options: Mapping[str, Any], classes: ClassList, n_subtexts: int
+) -> list[OpenAIBackend]:
+    """`--llm openai`: one client of the server, the key from OPENAI_API_KEY."""
+    return [
+        OpenAIBackend(
+            options["model"] or DEFAULT_MODEL,
+            base_url=options["base_url"],
+            concurrency=options["concurrency"],
+            max_retries=options["max_retries"],
+            timeout=options["timeout"],
+            temperature=options["temperature"],
+        )
+    ]
+
+
+BACKEND = LLMBackend(OPTIONS, backends, label="openai (or compatible)")

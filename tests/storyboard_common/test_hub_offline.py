@@ -74,7 +74,7 @@ def test_a_pretrained_tag_not_cached_fails_in_seconds(no_hub):
 )
 def test_every_hub_loader_fails_in_seconds(hub_env, loader, command, instead):
     from subtext_gen.llm.llava import LlavaBackend
-    from trainer.checkpoints import hub_snapshot
+    from trainer.export import hub_snapshot
 
     hub_env(refused_endpoint())
     calls = {
@@ -88,7 +88,7 @@ def test_every_hub_loader_fails_in_seconds(hub_env, loader, command, instead):
 
 def test_a_malformed_repository_id_is_one_sentence(hub_env):
     from subtext_gen.llm.llava import LlavaBackend
-    from trainer.checkpoints import hub_snapshot
+    from trainer.export import hub_snapshot
 
     hub_env(refused_endpoint())
     for call, flag in [

@@ -15,6 +15,7 @@ import torch
 
 from storyboard_common.clip import encode_texts, load_clip
 from storyboard_common.errors import UserError
+from storyboard_common.progress import Heartbeat
 from storyworld import WORLD_CLIP
 from storyworld.pretrain import (
     caption_loss,
@@ -28,7 +29,6 @@ from storyworld.pretrain import (
 )
 from testkit.cli import REPO
 from trainer.data.transforms import normalise_clips
-from trainer.progress import Heartbeat
 
 CONFIG = WORLD_CLIP
 COLOURS = {0: (220, 30, 30), 1: (30, 200, 30), 2: (30, 30, 220)}

@@ -32,7 +32,7 @@ from storyworld.study.tpp_groups import (
     group_sets,
     random_groups,
 )
-from storyworld.world import default_world, subtext_pools
+from storyworld.world.definition import default_world, subtext_pools
 from testkit.cli import REPO, run_app
 from trainer.evaluation import evaluate_checkpoint
 from trainer.model.aggregation import AGGREGATIONS, ClassText, StoryboardHead

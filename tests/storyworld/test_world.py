@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storyworld import world as W
+from storyworld.world import definition as D
+from storyworld.world import render as R
+from storyworld.world import write as W
 from subtext_gen.llm.files import read_description_sets
 from trainer.data.layouts import load_split
 from trainer.data.video import open_video, read_frames
@@ -19,7 +21,7 @@ SMALL = dict(videos_per_class_train=2, videos_per_class_test=2, unseen_videos_pe
 
 
 @pytest.fixture(scope="module")
-def default_world_dir(tmp_path_factory) -> tuple[Path, W.WorldInfo]:
+def default_world_dir(tmp_path_factory) -> tuple[Path, D.WorldInfo]:
     out = tmp_path_factory.mktemp("world")
     return out, W.write_world(out, **SMALL)
 
@@ -37,7 +39,7 @@ def test_defaults_give_enough_videos_to_tell_modes_apart():
 
 def test_layout_the_trainer_reads(default_world_dir):
     out, info = default_world_dir
-    world = W.default_world()
+    world = D.default_world()
     assert info.written and info.videos == 8 * (2 + 2) + 4 * (1 + 2)
     for root, classes, per_split in (
         (out / "seen", world.seen, {"train": 2, "test": 2}),
@@ -55,13 +57,13 @@ def test_layout_the_trainer_reads(default_world_dir):
             for item in split_list.items:
                 assert item.path.parent.name == classes[item.labels[0]].slug
     atomic = json.loads((out / "atomic_actions.json").read_text())
-    assert len(atomic) == len(W.ATOMIC_ACTIONS) and atomic["1"] == "the square jumps"
+    assert len(atomic) == len(D.ATOMIC_ACTIONS) and atomic["1"] == "the square jumps"
     phrasings = json.loads((out / "phrasings.json").read_text())
     assert phrasings["1"] == ["the square jumps", "hop", "the square hops"]
     assert all(phrasings[k][0] == caption for k, caption in atomic.items())
     meta = json.loads((out / "world.json").read_text())
     assert meta["seed"] == 0 and meta["settings"]["frames"] == 24
-    assert meta["settings"]["version"] == W.FORMAT_VERSION == 3
+    assert meta["settings"]["version"] == D.FORMAT_VERSION == 3
     assert [c["name"] for c in meta["seen"]] == [c.name for c in world.seen]
     assert meta["order_only_pairs"] == [
         ["hop then duck", "duck then hop"],
@@ -72,18 +74,18 @@ def test_layout_the_trainer_reads(default_world_dir):
 def test_class_names_use_the_words_the_clip_is_shown():
     """Every word of a class name but its connectives is a phrasing of one of its own
     actions."""
-    world = W.default_world()
+    world = D.default_world()
     for cls in world.classes:
         own = {w for a in cls.actions for w in world.actions[a].words}
         assert set(cls.name.split()) - {"then", "and"} <= own, cls.name
 
 
 def test_classes_share_actions_and_unseen_recombine_them():
-    world = W.default_world()
+    world = D.default_world()
     names = [c.name for c in world.classes]
     assert len(set(names)) == len(names)
     assert all(2 <= len(c.actions) <= 4 for c in world.classes)
-    unrelated = set(W.UNRELATED_IDS)
+    unrelated = set(D.UNRELATED_IDS)
     assert all(not set(c.actions) & unrelated for c in world.classes)
     seen = world.seen
     sharing = [(a, b) for a, b in combinations(seen, 2) if set(a.actions) & set(b.actions)]
@@ -109,8 +111,8 @@ def test_classes_share_actions_and_unseen_recombine_them():
 
 def test_ground_truth_durations_and_unrelated_frames(default_world_dir):
     out, _ = default_world_dir
-    world = W.default_world()
-    unrelated = set(W.UNRELATED_IDS)
+    world = D.default_world()
+    unrelated = set(D.UNRELATED_IDS)
     uneven, positions = 0, set()
     truths = _truths(out / "seen") + _truths(out / "unseen")
     assert len(truths) == 8 * 4 + 4 * 3
@@ -121,7 +123,7 @@ def test_ground_truth_durations_and_unrelated_frames(default_world_dir):
         assert truth["actions"] == list(cls.actions)
         segments = truth["segments"]
         assert [s["action"] for s in segments if s["action"] not in unrelated] == truth["actions"]
-        assert W.per_frame(segments) == frames
+        assert R.per_frame(segments) == frames
         lengths = [s["end"] - s["start"] for s in segments if s["action"] not in unrelated]
         assert min(lengths) >= 2
         uneven += len(set(lengths)) > 1
@@ -161,9 +163,9 @@ def test_every_single_frame_shows_its_action(seed):
     """Each atomic action's signature is on every frame of its segment, compared with the
     same square standing still in the same video."""
     rng = np.random.default_rng(seed)
-    keys = [a.key for a in W.ATOMIC_ACTIONS]
+    keys = [a.key for a in D.ATOMIC_ACTIONS]
     segments = [{"action": i, "start": 3 * i, "end": 3 * i + 3} for i in range(len(keys))]
-    frames = W.render(segments, 64, rng)
+    frames = R.render(segments, 64, rng)
     assert frames.shape == (30, 64, 64, 3) and frames.dtype == np.uint8
     by_key = {key: frames[3 * i : 3 * i + 3] for i, key in enumerate(keys)}
     still = _actor(by_key["still"][0])
@@ -185,9 +187,9 @@ def test_every_single_frame_shows_its_action(seed):
         assert _actor(frame).sum() < 0.4 * area
     props = {
         "red": ((225, 30, 30), 25),
-        "wave": (W._FLAG, 10),
-        "carry": (W._BOX, 30),
-        "ball": (W._BALL, 20),
+        "wave": (R._FLAG, 10),
+        "carry": (R._BOX, 30),
+        "ball": (R._BALL, 20),
     }
     for key, (colour, least) in props.items():
         for frame in by_key[key]:
@@ -229,8 +231,8 @@ def test_deterministic_and_idempotent(tmp_path):
 
 
 def test_candidate_sets(tmp_path):
-    world = W.default_world()
-    sets = W.candidate_sets(world)
+    world = D.default_world()
+    sets = D.candidate_sets(world)
     assert list(sets) == [c.name for c in world.classes]
     for cls in world.classes:
         faithful, unrelated, near = sets[cls.name]
@@ -245,7 +247,7 @@ def test_candidate_sets(tmp_path):
     written = W.write_candidates(tmp_path / "candidates.json")
     text = written.read_text()
     assert text == json.dumps(sets, indent=1, sort_keys=True) + "\n"
-    assert W.CANDIDATES_PATH.read_text() == text  # the shipped file is up to date
+    assert D.CANDIDATES_PATH.read_text() == text  # the shipped file is up to date
     assert read_description_sets(written) == sets
 
 
@@ -261,9 +263,9 @@ def _files(root: Path) -> dict[str, bytes]:
 def _killed_after(monkeypatch, videos: int) -> list[Path]:
     """Make `write_mp4` die like a killed process after `videos` videos (leaving the
     half-written temporary file a kill leaves); -> the paths it was asked to write."""
-    write_mp4, asked = W.write_mp4, []
+    write_mp4, asked = R.write_mp4, []
 
-    def dying(path: Path, frames: np.ndarray, fps: int = W.FPS) -> None:
+    def dying(path: Path, frames: np.ndarray, fps: int = R.FPS) -> None:
         asked.append(path)
         if len(asked) > videos:
             path.parent.mkdir(parents=True, exist_ok=True)

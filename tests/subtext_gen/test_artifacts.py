@@ -29,7 +29,7 @@ from subtext_gen.generate import generate
 from subtext_gen.llm.files import FileBackend
 from subtext_gen.score import score
 from subtext_gen.tpp import tpp
-from trainer.checkpoints import subtext_source
+from trainer.export import subtext_source
 
 SETS = {
     "brush_hair": [

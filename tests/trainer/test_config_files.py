@@ -229,9 +229,10 @@ def test_an_older_run_s_config_json_with_retired_settings_still_reads(world, tmp
     config.json still replays (`--config`), resumes and loads (`from_saved`) as the same
     settings; another value of them is refused as an unknown key."""
     from trainer.checkpoints import json_values
-    from trainer.training import check_resume, recorded_config
+    from trainer.config import resolved_config
+    from trainer.resuming import check_resume
 
-    cfg = recorded_config(
+    cfg = resolved_config(
         RunConfig(
             dataset="list",
             root=world["root"],
@@ -255,3 +256,28 @@ def test_an_older_run_s_config_json_with_retired_settings_still_reads(world, tmp
     used = write(tmp_path / "a.yaml", "fewshot_epoch_len: 100\n")
     with pytest.raises(UserError, match=f"^{used}: unknown key 'fewshot_epoch_len'"):
         resolve_config(None, {}, used)
+
+
+def test_a_run_s_defaults_are_resolved_in_one_place(tmp_path, monkeypatch):
+    """`resolved_config` fills the dataset root ($STORYBOARD_DATA), the sub-text artifact
+    (where `subtext_gen score` writes it for the run's CLIP: artifacts/<dataset>/<model>__
+    <weights>) and the run folder (runs/, from here), all absolute; a resolved config
+    resolves to itself, and given values are kept."""
+    from trainer.config import resolved_config
+
+    (tmp_path / "data" / "hmdb51").mkdir(parents=True)
+    monkeypatch.setenv("STORYBOARD_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("STORYBOARD_ARTIFACTS", str(tmp_path / "art"))
+    monkeypatch.chdir(tmp_path)
+    cfg = resolved_config(RunConfig(dataset="hmdb51", shots=2, split="1"))
+    assert cfg.root == tmp_path / "data" / "hmdb51"
+    assert cfg.subtexts == tmp_path / "art" / "hmdb51" / "ViT-B-16__openai" / "subtexts.parquet"
+    assert cfg.out == tmp_path / "runs" / "hmdb51-2shot-split1-coarse+fine-seed0"
+    assert resolved_config(cfg) == cfg
+    given = RunConfig(dataset="hmdb51", root=Path("r"), subtexts=Path("s.parquet"), out=Path("o"))
+    resolved = resolved_config(given)
+    assert (resolved.root, resolved.subtexts, resolved.out) == (
+        tmp_path / "r",
+        tmp_path / "s.parquet",
+        tmp_path / "o",
+    )

@@ -14,10 +14,10 @@ import torch
 from storyboard_common.errors import UserError
 from testkit.cli import run_app
 from testkit.list_runs import TEST_VIDEOS, TRAIN_VIDEOS, frozen_config, make_cache
-from trainer import checkpoints
+from trainer import export
 from trainer.cache.store import FeatureCache, read_meta
-from trainer.checkpoints import read_export_config, read_weights, write_export
 from trainer.data.layouts import generic
+from trainer.export import read_export_config, read_weights, write_export
 from trainer.run_models import export_run, load_run
 from trainer.training import train
 
@@ -54,7 +54,7 @@ def test_an_export_killed_over_another_leaves_the_old_one_whole(exported, tmp_pa
     def killed(*args, **kwargs):  # after model.safetensors, at the first JSON file
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoints, "atomic_write_json", killed)
+    monkeypatch.setattr(export, "atomic_write_json", killed)
     with pytest.raises(KeyboardInterrupt):
         write_export(*newer)
     monkeypatch.undo()

@@ -15,8 +15,9 @@ from storyboard_common.errors import UserError
 from testkit.cli import REPO, TINY_CLIP_CONFIG
 from testkit.hub import Blackhole, cache_repo
 from testkit.list_runs import CLASSES
-from trainer.checkpoints import load_checkpoint, model_card
+from trainer.checkpoints import load_checkpoint
 from trainer.evaluation import evaluate_checkpoint
+from trainer.export import model_card
 from trainer.predict import predict_video
 from trainer.run_models import export_run
 from trainer.settings import RunConfig

@@ -276,9 +276,10 @@ def test_resume_takes_a_moved_input_at_its_new_place_and_reads_older_relative_pa
     world, tmp_path, monkeypatch
 ):
     from trainer.checkpoints import json_values
-    from trainer.training import check_resume, recorded_config
+    from trainer.config import resolved_config
+    from trainer.resuming import check_resume
 
-    cfg = recorded_config(
+    cfg = resolved_config(
         RunConfig(
             dataset="list",
             root=world["root"],
@@ -306,7 +307,7 @@ def test_resume_takes_a_moved_input_at_its_new_place_and_reads_older_relative_pa
     # Older runs recorded the paths given, relative to a folder: read from this one.
     monkeypatch.chdir(cfg.root.parent)
     older = {**settings, "root": cfg.root.name, "out": "run", "subtexts": None}
-    monkeypatch.setattr("trainer.training.default_subtexts", lambda *_: world["subtexts"])
+    monkeypatch.setattr("trainer.config.default_subtexts", lambda *_: world["subtexts"])
     expected = {**settings, "out": str(cfg.root.parent / "run")}
     assert check_resume(cfg, cfg.out, {"config": older}) == expected
 

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from storyboard_common.device import choose_device
 from storyboard_common.errors import UserError
 from testkit.torchrun import spawn_gloo
-from trainer import metrics, training
+from trainer import metrics, resuming, run_setup
 from trainer.data import dataset as data
 from trainer.data.dataset import Skipped, default_workers, loader_shm_bytes, shm_shortfall
 from trainer.distributed import DistInfo, init_distributed, on_main
@@ -80,10 +80,10 @@ def _shm_run(monkeypatch, device: str, shm_bytes: int) -> list[str]:
     """The warnings `_warn_of_shm` gives a run of 4 workers x 2 batches x 16 clips of 8
     frames at 224 on `device`, with /dev/shm of `shm_bytes`."""
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(training.shutil, "disk_usage", lambda _: usage(shm_bytes, 0, shm_bytes))
+    monkeypatch.setattr(run_setup.shutil, "disk_usage", lambda _: usage(shm_bytes, 0, shm_bytes))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        training._warn_of_shm(
+        run_setup._warn_of_shm(
             RunConfig(frames=8, prefetch=2), DistInfo(0, 1, 0, torch.device(device)), 4, 16, 224
         )
     return [str(w.message) for w in caught]
@@ -140,11 +140,11 @@ def test_a_checkpoint_loads_to_cpu_and_nothing_keeps_it_once_restored(tmp_path):
     cfg = RunConfig(out=tmp_path)
     # a device the checkpoint must not be loaded onto (the run's GPU, here "meta")
     on_gpu = DistInfo(0, 1, 0, torch.device("meta"))
-    checkpoint = training._checkpoint_to_resume(cfg, on_gpu, resume=True)
+    checkpoint = resuming.checkpoint_to_resume(cfg, on_gpu, resume=True)
     tensors = [checkpoint["model"]["weight"], checkpoint["torch_rng"]]
     assert all(t.device == torch.device("cpu") for t in tensors)
     alive = weakref.ref(checkpoint["model"]["weight"])
-    state = training._resume(setup, checkpoint, cfg, on_gpu)
+    state = resuming.restore(setup, checkpoint, cfg, on_gpu)
     del checkpoint, tensors
     gc.collect()
     assert alive() is None  # nothing of the restored state holds the checkpoint's tensors
@@ -155,17 +155,17 @@ def test_a_checkpoint_loads_to_cpu_and_nothing_keeps_it_once_restored(tmp_path):
 def test_ranks_resumed_at_different_points_are_refused_naming_the_shared_folder(monkeypatch):
     ranks = DistInfo(1, 3, 1, torch.device("cpu"))
     positions = [(3, 5), (3, 5), (0, 0)]  # rank 2 found no last.pt: it started fresh
-    monkeypatch.setattr(training, "gather_objects", lambda here, _: positions)
-    state = training.TrainingState(epoch=3, position=training.EpochPosition(step=5))
+    monkeypatch.setattr(resuming, "gather_objects", lambda here, _: positions)
+    state = resuming.TrainingState(epoch=3, position=resuming.EpochPosition(step=5))
     with pytest.raises(UserError) as refused:
-        training.check_same_position(state, ranks, Path("/runs/k400"))
+        resuming.check_same_position(state, ranks, Path("/runs/k400"))
     assert str(refused.value) == (
         "the processes resumed at different points (rank 0: epoch 3 step 5, rank 1: epoch 3 "
         "step 5, rank 2: epoch 0 step 0): they read different /runs/k400/checkpoints/last.pt "
         "files, so --out must be one folder on a filesystem every machine shares."
     )
     positions[2] = (3, 5)
-    training.check_same_position(state, ranks, Path("/runs/k400"))  # one position: no refusal
+    resuming.check_same_position(state, ranks, Path("/runs/k400"))  # one position: no refusal
 
 
 # ------------------------------------------------------------------ several ranks
@@ -228,11 +228,11 @@ def _ranks_worker(rank: int, world: int, out, videos: int) -> None:
     found = {"predictions": predictions, "scores": main_scores(predictions, 5, False, dist_info)}
     found["waited"] = on_main(lambda: time.sleep(1.5 * TIMEOUT_S) or "set up", dist_info)
     try:
-        state = training.TrainingState(epoch=3 if rank == 0 else 0)
-        training.check_same_position(state, dist_info, Path("runs/x"))
+        state = resuming.TrainingState(epoch=3 if rank == 0 else 0)
+        resuming.check_same_position(state, dist_info, Path("runs/x"))
     except UserError as exc:
         found["refusal"] = str(exc)
-    training.check_same_position(training.TrainingState(epoch=1), dist_info, Path("runs/x"))
+    resuming.check_same_position(resuming.TrainingState(epoch=1), dist_info, Path("runs/x"))
     # Rank 0 never comes to a plain collective: the timeout trips there (so the wait above
     # would have tripped it too, had it been one).
     if rank:

@@ -20,12 +20,13 @@ from testkit.hub import cache_repo
 from testkit.list_runs import run_config
 from trainer import training
 from trainer.checkpoints import check_finite_weights, json_values
+from trainer.config import resolved_config
 from trainer.distributed import init_distributed
 from trainer.evaluation import evaluate_checkpoint
 from trainer.paths import RUN_LOCK
 from trainer.predict import predict_video
+from trainer.resuming import check_resume
 from trainer.run_models import build, export_run, load_run
-from trainer.training import check_resume, recorded_config
 
 
 def written_run(world, base, **overrides):
@@ -35,7 +36,7 @@ def written_run(world, base, **overrides):
     RunConfig."""
     shutil.copytree(world["base"] / "art", base / "art")
     subtexts = base / "art" / world["subtexts"].parent.name / SUBTEXTS_FILE
-    cfg = recorded_config(run_config(world, base / "run", subtexts=subtexts, **overrides))
+    cfg = resolved_config(run_config(world, base / "run", subtexts=subtexts, **overrides))
     built = build(cfg, init_distributed("cpu"), cfg.subtexts)
     settings = json_values(dataclasses.asdict(cfg))
     state = {

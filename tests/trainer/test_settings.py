@@ -11,11 +11,13 @@ import torch
 import typer
 
 from storyboard_common.errors import UserError
+from storyboard_common.files import atomic_save
 from testkit.list_runs import run_config
 from trainer.__main__ import app
-from trainer.checkpoints import atomic_save, load_checkpoint
+from trainer.checkpoints import load_checkpoint
 from trainer.config import read_config_file
-from trainer.run_models import ARCHITECTURE, export_run, load_run
+from trainer.model.args import RUN_SETTINGS
+from trainer.run_models import export_run, load_run
 from trainer.settings import RunConfig, declared, flag_name
 from trainer.training import train
 
@@ -128,8 +130,8 @@ def test_a_run_is_rebuilt_from_its_stored_record_and_an_older_one_from_its_setti
     shutil.copytree(trained.out, run)
     state = load_checkpoint(run / "checkpoints" / "best.pt", "cpu", "")
     record = state["model_args"]
-    assert {name: record[name] for name in ARCHITECTURE} == {
-        name: getattr(trained, name) for name in ARCHITECTURE
+    assert {name: record[name] for name in RUN_SETTINGS} == {
+        name: getattr(trained, name) for name in RUN_SETTINGS
     }
     assert record["clip"]["model_id"] and record["image_size"] > 0
     original = load_run(run, device="cpu")

@@ -25,7 +25,8 @@ from trainer.model.aggregation import ClassText, StoryboardHead
 from trainer.model.video_clip import VideoCLIP
 from trainer.precision import tf32_applies
 from trainer.run_log import LogSettings
-from trainer.training import LossTally, batch_layout, train_step
+from trainer.run_setup import batch_layout
+from trainer.training import LossTally, train_step
 
 C, N, W, T, D = 3, 2, 3, 2, 8
 # Clips per rank in each micro-batch of the two-rank step: uneven, as when a rank skipped
@@ -150,7 +151,7 @@ def test_one_process_reads_nothing_back_between_check_steps(world, tmp_path, mon
     """18 optimiser steps (2 epochs of 9) of a run with a line every 4 steps: steps that are
     neither a line's nor an epoch's last read nothing back; those read the loss once."""
     counter, epochs = SyncCounter(), []  # per epoch: where each step's calls begin, end
-    real_step, real_epoch = training.train_step, training.train_epoch
+    real_step, real_epoch = training.train_step, training.Trainer.train_epoch
 
     def marked_step(*args, **kwargs):
         epochs[-1].append(len(counter.calls))
@@ -164,7 +165,7 @@ def test_one_process_reads_nothing_back_between_check_steps(world, tmp_path, mon
         return end
 
     monkeypatch.setattr(training, "train_step", marked_step)
-    monkeypatch.setattr(training, "train_epoch", counted_epoch)
+    monkeypatch.setattr(training.Trainer, "train_epoch", counted_epoch)
     cfg = frozen_config(world, out=tmp_path / "run", batch_size=1)
     training.train(cfg, show_progress=False, log_settings=LogSettings(every=4))
     per_step = [counter.calls[a:b] for marks in epochs for a, b in zip(marks, marks[1:])]

@@ -12,15 +12,15 @@ import torch
 
 from storyboard_common.clip import clip_identity, load_clip
 from storyboard_common.errors import UserError, check_ranges
+from storyboard_common.progress import progress_bar
 
 from ..data.dataset import Skipped, VideoClipDataset, loader_workers, make_loader
 from ..data.layouts import folds
 from ..distributed import DistInfo, gather_objects, init_distributed, main_first, wait_for_all
 from ..evaluation import model_inputs
 from ..model.video_clip import encode_frames
-from ..paths import default_features_dir, default_root, writable_dir
+from ..paths import dataset_root, default_features_dir, writable_dir
 from ..precision import autocast
-from ..progress import progress_bar
 from ..run_data import check_decode_device, clip_datasets, load_fold
 from ..settings import COMMAND_BOUNDS, RunConfig
 from .store import DTYPES, SHARD_ROWS, TEST, TRAIN, CacheWriter, cache_identity
@@ -129,7 +129,7 @@ def cache_features(
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be {' or '.join(DTYPES)}, not {dtype!r}.")
     dist_info = init_distributed(cfg.device, cfg.dist_timeout)
-    root = cfg.root or default_root(cfg.dataset)
+    root = dataset_root(cfg.dataset, cfg.root)
     fold = folds(cfg.dataset, cfg.split)[0]
     out = Path(
         out

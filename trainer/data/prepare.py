@@ -72,8 +72,8 @@ from storyboard_common.device import available_cores
 from storyboard_common.errors import UserError, first_line
 from storyboard_common.files import atomic_path, atomic_write_json, atomic_write_text, os_reason
 from storyboard_common.locks import folder_lock
+from storyboard_common.progress import progress_bar
 
-from ..progress import progress_bar
 from .check import load_dataset_splits
 from .frames import FPS_FILE, folder_name, fps_text, frame_file
 from .items import SplitList

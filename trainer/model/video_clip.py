@@ -1,6 +1,7 @@
 """The assembled video model: CLIP visual tower -> temporal transformer -> storyboard head.
 
-`build_model` is the one way the trainer makes it: it keeps only the CLIP's visual tower (the
+`build_model` is the one way the trainer makes it, from the model's record (`ModelArgs`,
+`trainer/model/args.py`): it keeps only the CLIP's visual tower (the
 trainer never runs the text tower) and puts the model on the CLIP's device. The model takes
 the class texts as `ClassText`, which `trainer.subtexts` builds from a sub-text artifact.
 """
@@ -17,6 +18,7 @@ from storyboard_common.errors import UserError
 
 from ..data.transforms import clip_pixel_stats, normalise_clips
 from .aggregation import UNTRAINED_LOG_LOGIT_SCALE, ClassText, StoryboardHead
+from .args import ModelArgs
 from .temporal import TemporalTransformer
 
 NO_DECAY_NAMES = ("position", "embedding", "logit_scale")
@@ -177,8 +179,8 @@ def clip_log_logit_scale(clip_model: nn.Module) -> float:
     return UNTRAINED_LOG_LOGIT_SCALE if log_scale is None else float(log_scale.detach())
 
 
-def build_model(clip: LoadedClip, **architecture) -> VideoCLIP:
-    """The video model over `clip`'s visual tower (`video_model`, with `architecture`), on
+def build_model(clip: LoadedClip, args: ModelArgs) -> VideoCLIP:
+    """The video model of the record `args` over `clip`'s visual tower (`video_model`), on
     `clip.device`; it classifies against the `ClassText` given to `forward` (built from a
     sub-text artifact by `trainer.subtexts.artifact_class_text`).
 
@@ -186,47 +188,33 @@ def build_model(clip: LoadedClip, **architecture) -> VideoCLIP:
     (drop the `LoadedClip` afterwards to free it). The visual tower is shared, not copied;
     the head's logit scale starts at the CLIP's own (`clip_log_logit_scale`), a copy.
     """
-    heads = architecture.get("attention_heads", 1)
-    if clip.embed_dim % heads:
+    if clip.embed_dim % args.attention_heads:
         raise UserError(
-            f"--heads {heads} must divide the embedding width of CLIP "
+            f"--heads {args.attention_heads} must divide the embedding width of CLIP "
             f"{clip.model_id} ({clip.embed_dim})."
         )
-    model = video_model(
-        clip.model.visual, clip.embed_dim, clip_log_logit_scale(clip.model), **architecture
-    )
+    model = video_model(clip.model.visual, clip.embed_dim, clip_log_logit_scale(clip.model), args)
     return model.to(clip.device)
 
 
-def video_model(
-    visual: nn.Module,
-    dim: int,
-    logit_scale: float,
-    *,
-    aggregation: str = "coarse+fine",
-    temporal_layers: int = 0,
-    attention_heads: int = 1,
-    tau_coarse: float = 0.01,
-    tau_fine: float = 0.01,
-    frames: int = 8,
-    freeze_backbone: bool = False,
-    grad_checkpointing: bool = False,
-) -> VideoCLIP:
-    """The video model over a visual tower that embeds in `dim` dimensions, its head's log
-    logit scale starting at `logit_scale`."""
+def video_model(visual: nn.Module, dim: int, logit_scale: float, args: ModelArgs) -> VideoCLIP:
+    """The video model of the record `args` over a visual tower that embeds in `dim`
+    dimensions, its head's log logit scale starting at `logit_scale`."""
     head = StoryboardHead(
         dim,
-        mode=aggregation,
-        heads=attention_heads,
-        tau_coarse=tau_coarse,
-        tau_fine=tau_fine,
+        mode=args.aggregation,
+        heads=args.attention_heads,
+        tau_coarse=args.tau_coarse,
+        tau_fine=args.tau_fine,
         logit_scale=logit_scale,
     )
-    temporal = TemporalTransformer(dim, temporal_layers, heads=_temporal_heads(dim), frames=frames)
+    temporal = TemporalTransformer(
+        dim, args.temporal_layers, heads=_temporal_heads(dim), frames=args.frames
+    )
     return VideoCLIP(
         visual,
         head,
         temporal,
-        freeze_backbone=freeze_backbone,
-        grad_checkpointing=grad_checkpointing,
+        freeze_backbone=args.freeze_backbone,
+        grad_checkpointing=args.grad_checkpointing,
     )

@@ -182,18 +182,18 @@ def test_a_cached_frozen_run_matches_the_uncached_one_and_resumes(world, tmp_pat
             if k in x:
                 assert y[k] == pytest.approx(x[k], abs=1e-4), k
 
-    real_epoch, epochs_started = training.train_epoch, []
+    real_epoch, epochs_started = training.Trainer.train_epoch, []
 
-    def ctrl_c_in_epoch_two(setup, state, *args):
+    def ctrl_c_in_epoch_two(trainer, *args):
         epochs_started.append(1)
-        state.stop_requested = len(epochs_started) == 2  # after epoch 2's first step
-        return real_epoch(setup, state, *args)
+        trainer.state.stop_requested = len(epochs_started) == 2  # after epoch 2's first step
+        return real_epoch(trainer, *args)
 
-    monkeypatch.setattr(training, "train_epoch", ctrl_c_in_epoch_two)
+    monkeypatch.setattr(training.Trainer, "train_epoch", ctrl_c_in_epoch_two)
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
         train(frozen_config(world, out=cut, features=cache), show_progress=False)
-    monkeypatch.setattr(training, "train_epoch", real_epoch)
+    monkeypatch.setattr(training.Trainer, "train_epoch", real_epoch)
     resumed = train(frozen_config(world, out=cut, features=cache), resume=True, show_progress=False)
     assert resumed["top1"] == from_cache["top1"]
     last = [x for x in metrics(cut) if "train_loss" in x][-1]

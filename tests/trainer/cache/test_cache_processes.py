@@ -14,12 +14,13 @@ import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import ProcessException
 
 from storyboard_common.errors import UserError
+from storyboard_common.files import atomic_save
 from testkit.cli import REPO, TINY_CLIP_CONFIG
 from testkit.list_runs import TEST_VIDEOS, TRAIN_VIDEOS, counting_encoder, frozen_config, make_cache
 from testkit.torchrun import torchrun_cache_features
 from trainer.cache import build as cache_build
 from trainer.cache.store import read_index
-from trainer.checkpoints import atomic_save, load_checkpoint
+from trainer.checkpoints import load_checkpoint
 from trainer.evaluation import evaluate_checkpoint
 from trainer.training import train
 

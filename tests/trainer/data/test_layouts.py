@@ -199,7 +199,7 @@ K_HEADER = "label,youtube_id,time_start,time_end,split\n"
 
 @pytest.fixture()
 def k400_root(tmp_path, monkeypatch):
-    monkeypatch.setattr(kinetics, "SHIPPED_CLASSES", tmp_path / "no-shipped-list.csv")
+    monkeypatch.setattr(kinetics, "shipped_names", lambda shipped: None)  # no shipped list
     root = tmp_path / "k400"
     root.mkdir()
     (root / "train.csv").write_text(
@@ -543,3 +543,28 @@ def test_the_registry_is_the_one_place_that_knows_splits_folds_and_the_test_spli
     ]
     assert folds("ucf101", "all") == [1, 2, 3] and folds("ucf101", "2") == [2]
     assert folds("k600", "all") == [None]
+
+
+def test_the_registry_line_declares_the_shipped_class_list_and_the_split_choices():
+    import dataclasses
+
+    from storyboard_common.classes import shipped_datasets
+    from trainer.data.layouts import REGISTRY, SPLIT_CHOICES, folds
+    from trainer.settings import DataConfig, declared
+
+    assert {n: e.classes for n, e in REGISTRY.items()} == {
+        "hmdb51": "hmdb51",
+        "ucf101": "ucf101",
+        "k400": "k400",
+        "k600": "k600",
+        "ssv2": "ssv2",
+        "charades": None,  # its own Charades_v1_classes.txt, as `list` its class list
+        "list": None,
+    }
+    shipped = set(shipped_datasets())
+    assert {n for n, e in REGISTRY.items() if e.classes in shipped} == {"hmdb51", "ucf101", "ssv2"}
+    assert SPLIT_CHOICES == ("1", "2", "3", "all")  # the folds of hmdb51 and ucf101, or all
+    (split,) = [f for f in dataclasses.fields(DataConfig) if f.name == "split"]
+    assert declared(split).choices == SPLIT_CHOICES
+    with pytest.raises(UserError, match=r"^--split must be 1, 2, 3 or all, not '4'\.$"):
+        folds("hmdb51", "4")

@@ -16,6 +16,7 @@ import pytest
 
 from storyboard_common.classes import load_classes, shipped_datasets
 from storyboard_common.errors import UserError
+from storyboard_common.resources import data_path
 from testkit.cli import TINY_CLIP_CONFIG, trainer_cli
 from testkit.videos import write_video
 from trainer.data.layouts import DATASETS, available_splits, folds, kinetics, load_split, ssv2
@@ -258,7 +259,7 @@ def test_the_shipped_ssv2_class_list():
     assert names[173] == "Wiping something off of something"
     assert not any("[" in n or "]" in n for n in names)
     assert list(names) == sorted(names)  # labels.json numbers the templates alphabetically
-    with open(ssv2.SHIPPED_CLASSES, newline="", encoding="utf-8") as fh:
+    with open(data_path("ssv2", "classes.csv"), newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["id"]) for r in rows] == list(range(174))
 

@@ -14,8 +14,10 @@ from storyboard_common.errors import UserError
 from storyboard_common.subtexts import ArtifactMeta, SubtextArtifact
 from trainer.data.transforms import normalise_clips
 from trainer.model.aggregation import AGGREGATIONS, ClassText
+from trainer.model.args import ModelArgs
 from trainer.model.temporal import TemporalTransformer
 from trainer.model.video_clip import VideoCLIP, build_model, clip_log_logit_scale, param_groups
+from trainer.settings import RunConfig
 from trainer.subtexts import artifact_class_text, check_artifact_matches_clip
 
 B, T, C, N, W, D = 2, 4, 3, 2, 4, 32
@@ -73,7 +75,8 @@ def class_text_for(clip, artifact: SubtextArtifact) -> ClassText:
 
 
 def build(clip, **kwargs):
-    return build_model(clip, **kwargs), class_text_for(clip, make_artifact())
+    args = ModelArgs.of_run(RunConfig(**kwargs), clip)
+    return build_model(clip, args), class_text_for(clip, make_artifact())
 
 
 def loss_of(out):

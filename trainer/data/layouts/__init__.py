@@ -3,6 +3,9 @@
 `load_split(dataset, root, split, fold, videos, lists=...)` is the one entry point (`lists`:
 the `list` dataset's files, `generic.ListFiles`); each module also
 has a `load` with dataset-specific options (e.g. a class list for miniature copies).
+A dataset is one module and its `REGISTRY` line, which declares all the rest of it: its
+splits and folds (hence `--split`'s choices, `SPLIT_CHOICES`), the split it is evaluated
+on, its shipped class list and what a copy keeps.
 """
 
 from __future__ import annotations
@@ -25,9 +28,13 @@ class Layout:
     it (`prepare-videos`) must keep: its annotation files (by fixed name, or every file of
     a folder), and its video folders (each split's own, the class folders, or the folders
     under a root where videos are looked for, the first of which takes `--videos` videos;
-    `flat_videos`: one flat folder whatever the source's subfolders)."""
+    `flat_videos`: one flat folder whatever the source's subfolders). `classes` names the
+    shipped class list that numbers its classes where its annotations do not (the file
+    storyboard_common/data/<classes>/classes.csv, which `generate --dataset` offers too;
+    a name with no file there: none ships yet, and the layout's own fallback holds)."""
 
-    load: Callable[..., SplitList]  # (root, split, fold, videos, charades_instances, lists)
+    # (root, split, fold, videos, charades_instances, lists, classes)
+    load: Callable[..., SplitList]
     absent: Callable[..., str | None]  # (root, split, fold, videos, lists) -> what is missing
     splits: tuple[str, ...]
     folds: tuple[int, ...] = ()  # () for a dataset of one split
@@ -38,12 +45,13 @@ class Layout:
     class_folders_needed: bool = False  # its loader reads every class's folder, even empty
     video_dirs: tuple[str, ...] = ()
     flat_videos: bool = False
+    classes: str | None = None
 
 
 def _kinetics(name: str) -> Layout:
     return Layout(
-        load=lambda root, split, fold, videos, _, __: kinetics.load(
-            root, split, videos, dataset=name
+        load=lambda root, split, fold, videos, _, __, shipped: kinetics.load(
+            root, split, videos, dataset=name, shipped=shipped
         ),
         absent=lambda root, split, fold, videos, _: (
             kinetics.absent(root, split, fold) or kinetics.absent_videos(root, split, videos)
@@ -52,36 +60,43 @@ def _kinetics(name: str) -> Layout:
         test_split="val",
         annotations=tuple(name for names in kinetics.CSV_FILES.values() for name in names),
         split_folders=kinetics.SPLIT_DIRS,
+        classes=name,
     )
 
 
-def _folded(module, annotation_dir: str, class_folders_needed: bool) -> Layout:
+def _folded(module, annotation_dir: str, class_folders_needed: bool, classes: str) -> Layout:
     return Layout(
-        load=lambda root, split, fold, videos, _, __: module.load(root, split, fold, videos),
+        load=lambda root, split, fold, videos, _, __, shipped: module.load(
+            root, split, fold, videos, shipped=shipped
+        ),
         absent=lambda root, split, fold, videos, _: module.absent(root, split, fold),
         splits=module.SPLITS,
         folds=(1, 2, 3),
         annotation_dirs=(annotation_dir,),
         class_folders_needed=class_folders_needed,
+        classes=classes,
     )
 
 
 REGISTRY: dict[str, Layout] = {
-    "hmdb51": _folded(hmdb51, hmdb51.SPLITS_DIR, class_folders_needed=True),
-    "ucf101": _folded(ucf101, ucf101.LIST_DIR, class_folders_needed=False),
+    "hmdb51": _folded(hmdb51, hmdb51.SPLITS_DIR, class_folders_needed=True, classes="hmdb51"),
+    "ucf101": _folded(ucf101, ucf101.LIST_DIR, class_folders_needed=False, classes="ucf101"),
     "k400": _kinetics("k400"),
     "k600": _kinetics("k600"),
     "ssv2": Layout(
-        load=lambda root, split, fold, videos, _, __: ssv2.load(root, split, videos),
+        load=lambda root, split, fold, videos, _, __, shipped: ssv2.load(
+            root, split, videos, shipped=shipped
+        ),
         absent=lambda root, split, fold, videos, _: ssv2.absent(root, split, fold),
         splits=ssv2.SPLITS,
         test_split="val",
         annotations=ssv2.ANNOTATION_FILES,
         video_dirs=ssv2.VIDEO_DIRS,
         flat_videos=True,
+        classes="ssv2",
     ),
     "charades": Layout(
-        load=lambda root, split, fold, videos, instances, _: charades.load(
+        load=lambda root, split, fold, videos, instances, _, __: charades.load(
             root, split, videos, instances=instances
         ),
         absent=lambda root, split, fold, videos, _: charades.absent(root, split, fold),
@@ -90,13 +105,17 @@ REGISTRY: dict[str, Layout] = {
         video_dirs=(charades.VIDEO_DIR,),
     ),
     "list": Layout(
-        load=lambda root, split, fold, videos, _, lists: generic.load(root, split, videos, lists),
+        load=lambda root, split, fold, videos, _, lists, __: generic.load(
+            root, split, videos, lists
+        ),
         absent=lambda root, split, fold, videos, lists: generic.absent(root, split, fold, lists),
         splits=generic.SPLITS,
         annotations=(generic.CLASS_FILE, *(f"{s}.txt" for s in generic.SPLITS)),
     ),
 }
 DATASETS = tuple(REGISTRY)
+# --split: a fold of the datasets that have folds, or all of them
+SPLIT_CHOICES = (*map(str, sorted({f for e in REGISTRY.values() for f in e.folds})), "all")
 
 
 def layout(dataset: str) -> Layout:
@@ -161,8 +180,8 @@ def test_split(dataset: str) -> str:
 
 def folds(dataset: str, split: str | None) -> list[int | None]:
     """`--split 1|2|3|all` -> the folds to use: [None] for one-split datasets."""
-    if split not in (None, "all", "1", "2", "3"):
-        raise UserError(f"--split must be 1, 2, 3 or all, not {split!r}.")
+    if split not in (None, *SPLIT_CHOICES):
+        raise UserError(f"--split must be {', '.join(SPLIT_CHOICES[:-1])} or all, not {split!r}.")
     all_folds = layout(dataset).folds
     if not all_folds:
         return [None]
@@ -180,12 +199,14 @@ def load_split(
 ) -> SplitList:
     """One split of a dataset; `fold` counts for hmdb51/ucf101 only (None means fold 1),
     `lists` for the `list` dataset only."""
-    return layout(dataset).load(root, split, fold, videos, charades_instances, lists)
+    entry = layout(dataset)
+    return entry.load(root, split, fold, videos, charades_instances, lists, entry.classes)
 
 
 __all__ = [
     "DATASETS",
     "REGISTRY",
+    "SPLIT_CHOICES",
     "Layout",
     "ListFiles",
     "has_folds",

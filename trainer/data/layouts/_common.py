@@ -6,8 +6,9 @@ import codecs
 import os
 from pathlib import Path, PurePosixPath
 
-from storyboard_common.classes import read_user_text
+from storyboard_common.classes import load_classes, read_user_text
 from storyboard_common.errors import UserError
+from storyboard_common.resources import data_path
 
 from ..frames import folder_name
 
@@ -24,6 +25,14 @@ _SPLIT_ALIASES = {
 
 # Video extensions a reader accepts where a layout does not fix one, in order of preference.
 VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi")
+
+
+def shipped_names(shipped: str | None) -> tuple[str, ...] | None:
+    """The class names of the shipped list `shipped` (`Layout.classes`: the file
+    storyboard_common/data/<shipped>/classes.csv), or None where none ships."""
+    if shipped is None or not data_path(shipped, "classes.csv").is_file():
+        return None
+    return load_classes(shipped).names
 
 
 def normalize_split(split: str, allowed: tuple[str, ...], label: str) -> str:

@@ -9,11 +9,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from storyboard_common.classes import load_classes
 from storyboard_common.errors import UserError
 
 from ..items import SplitList, VideoItem
-from ._common import DirIndex, check_fold, normalize_split, read_lines, require_root, video_root
+from ._common import (
+    DirIndex,
+    check_fold,
+    normalize_split,
+    read_lines,
+    require_root,
+    shipped_names,
+    video_root,
+)
 
 LABEL = "HMDB-51"
 SPLITS_DIR = "testTrainMulti_7030_splits"
@@ -37,12 +44,14 @@ def load(
     fold: int | None = 1,
     videos: Path | str | None = None,
     class_names: Sequence[str] | None = None,
+    shipped: str | None = None,
 ) -> SplitList:
-    """One split of one fold; `class_names` (default: the shipped 51, in id order) fixes ids."""
+    """One split of one fold; `class_names` (default: the shipped list `shipped`, the 51
+    in id order) fixes ids."""
     root = require_root(root, _EXPECT)
     split = normalize_split(split, SPLITS, LABEL)
     fold = check_fold(fold, LABEL)
-    names = tuple(class_names) if class_names is not None else load_classes("hmdb51").names
+    names = tuple(class_names) if class_names is not None else shipped_names(shipped)
     splits_dir = root / SPLITS_DIR
     if not splits_dir.is_dir():
         raise UserError(

@@ -18,19 +18,23 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from storyboard_common.classes import load_classes
 from storyboard_common.errors import UserError
-from storyboard_common.resources import data_path
 
 from ..items import SplitList, VideoItem
-from ._common import VIDEO_EXTS, normalize_split, require_file, require_root, video_root
+from ._common import (
+    VIDEO_EXTS,
+    normalize_split,
+    require_file,
+    require_root,
+    shipped_names,
+    video_root,
+)
 
 LABEL = "Kinetics-400"
 LABELS = {"k400": LABEL, "k600": "Kinetics-600"}  # the --dataset names this module reads
 SPLITS = ("train", "val", "test")
 CSV_FILES = {"train": ("train.csv",), "val": ("validate.csv", "val.csv"), "test": ("test.csv",)}
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "validate"), "test": ("test",)}
-SHIPPED_CLASSES = data_path("k400", "classes.csv")
 _EXPECT = "the official train.csv, validate.csv and test.csv"
 _FOLDERS = "the split folders train, val (or validate) and test"
 
@@ -49,21 +53,21 @@ def load(
     videos: Path | str | None = None,
     class_names: Sequence[str] | None = None,
     dataset: str = "k400",
+    shipped: str | None = None,
 ) -> SplitList:
-    """One split; classes (in id order) are `class_names`, the shipped list, or the sorted
+    """One split; classes (in id order) are `class_names`, the shipped list `shipped`, or the sorted
     labels of the first labelled csv of train.csv, validate.csv and test.csv.
 
     `dataset` is k400 or k600: same csv format and clip folders, its own class list."""
     title = LABELS[dataset]
-    shipped = SHIPPED_CLASSES if dataset == "k400" else data_path(dataset, "classes.csv")
     root = require_root(root, _EXPECT)
     split = normalize_split(split, SPLITS, title)
     csv_path = _csv_file(root, split, title)
     rows = _read_rows(csv_path)
     if class_names is not None:
         names = tuple(class_names)
-    elif shipped.is_file():
-        names = load_classes(dataset).names
+    elif shipped_names(shipped) is not None:
+        names = shipped_names(shipped)
     else:
         found = (_find_csv(root, s) for s in SPLITS)
         source = next(p for p in found if p is not None and (p == csv_path or _labelled(p)))

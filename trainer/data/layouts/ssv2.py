@@ -25,10 +25,9 @@ from pathlib import Path
 
 from storyboard_common.classes import load_classes
 from storyboard_common.errors import UserError
-from storyboard_common.resources import data_path
 
 from ..items import SplitList, VideoItem
-from ._common import VIDEO_EXTS, absolute, normalize_split, require_root
+from ._common import VIDEO_EXTS, absolute, normalize_split, require_root, shipped_names
 
 LABEL = "Something-Something v2"
 SPLITS = ("train", "val")
@@ -43,7 +42,6 @@ ANNOTATION_FILES = tuple(
     for stem in ("labels", *JSON_STEMS.values(), "test")
     for name in (f"{stem}.json", f"{PREFIX}{stem}.json")
 )
-SHIPPED_CLASSES = data_path("ssv2", "classes.csv")
 _EXPECT = "the official labels/ folder (labels.json, train.json, validation.json)"
 _FOLDERS = "the folder 20bn-something-something-v2 (or videos) of <id>.webm files"
 # the official extension first, then the reader's usual order
@@ -61,8 +59,10 @@ def load(
     split: str = "train",
     videos: Path | str | None = None,
     class_names: Sequence[str] | None = None,
+    shipped: str | None = None,
 ) -> SplitList:
-    """One split; classes (in id order) are `class_names`, labels.json's, or the shipped list."""
+    """One split; classes (in id order) are `class_names`, labels.json's, or the shipped list
+    `shipped`."""
     root = require_root(root, _EXPECT)
     split = normalize_split(split, (*SPLITS, "test"), LABEL)
     if split == "test":
@@ -82,8 +82,8 @@ def load(
         labels_json = _label_file(root, "labels")
         if labels_json is not None:
             names, source = _read_labels(labels_json), str(labels_json)
-        elif SHIPPED_CLASSES.is_file():
-            names, source = load_classes("ssv2").names, "the shipped ssv2 class list"
+        elif shipped_names(shipped) is not None:
+            names, source = shipped_names(shipped), f"the shipped {shipped} class list"
         else:
             raise UserError(
                 f"{LABEL} class file not found: {root / 'labels' / 'labels.json'}; "

@@ -12,7 +12,6 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from storyboard_common.classes import load_classes
 from storyboard_common.errors import UserError
 
 from ..items import SplitList, VideoItem
@@ -24,6 +23,7 @@ from ._common import (
     rel_parts,
     require_file,
     require_root,
+    shipped_names,
     video_root,
 )
 
@@ -46,12 +46,13 @@ def load(
     fold: int | None = 1,
     videos: Path | str | None = None,
     class_names: Sequence[str] | None = None,
+    shipped: str | None = None,
 ) -> SplitList:
     """One split of one fold.
 
     Ids and names come from classInd.txt; when it lists as many classes as `class_names`
-    (default: the shipped 101) the names must agree (ignoring case) and the shipped spelling
-    is kept.
+    (default: the shipped list `shipped`, the 101) the names must agree (ignoring case) and
+    the shipped spelling is kept.
     """
     root = require_root(root, _EXPECT)
     split = normalize_split(split, SPLITS, LABEL)
@@ -61,7 +62,7 @@ def load(
         list_dir / "classInd.txt", "UCF-101 class index", f"--root must hold {_EXPECT}"
     )
     names = _read_class_ind(class_ind)
-    expected = tuple(class_names) if class_names is not None else load_classes("ucf101").names
+    expected = tuple(class_names) if class_names is not None else shipped_names(shipped)
     if len(names) == len(expected):
         diffs = [
             f"{i + 1} {got} (expected {want})"
