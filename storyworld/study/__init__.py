@@ -7,7 +7,7 @@ runs), `clips` (each world CLIP made ready), `runner` (`run_study`, resumable), 
 and `tpp_groups` (the TPP test's sub-text groups). Steps, each resumable (a rerun skips
 what is done):
 
-1. write the storyboard world (`storyworld/world.py`);
+1. write the storyboard world (`storyworld/world/`);
 2. per world-CLIP objective (`pooled`, `pooled+tokens`, see `storyworld/pretrain.py`):
    pre-train the CLIP, measure how often test frames find their action's caption by pooled
    embeddings and by word tokens, keep sub-text sets by TPP (`complement`, and which kind of

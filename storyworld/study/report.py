@@ -317,8 +317,18 @@ DECISION = (
 
 
 def figures_report(results: dict, o: str) -> list[str]:
-    """Markdown for one world CLIP's issue-31 parts: the random-group TPP test, top-1
-    against the number of sub-texts, Table 6's key frames per video, the longer runs."""
+    """Markdown for one world CLIP's tests of the paper's figures: the random-group TPP test
+    (Fig. 2(b)), top-1 against the number of sub-texts (Fig. 2(a)), Table 6's key frames
+    per video, and the longer runs."""
+    return [
+        *_rank_test_report(results, o),
+        *_count_report(results, o),
+        *_keyframe_report(results, o),
+        *_long_training_report(results, o),
+    ]
+
+
+def _rank_test_report(results: dict, o: str) -> list[str]:
     lines: list[str] = []
     test = results.get("tpp_rank_test", {}).get(o)
     if test and test["cells"]:
@@ -342,6 +352,11 @@ def figures_report(results: dict, o: str) -> list[str]:
                 f"| {label} | {low:.3f}-{high:.3f} | " + " | ".join(map(_rank, tests)) + " |"
             )
         lines += ["", DECISION]
+    return lines
+
+
+def _count_report(results: dict, o: str) -> list[str]:
+    lines: list[str] = []
     counts = results.get("subtext_count", {}).get(o)
     if counts:
         lines += [
@@ -358,6 +373,11 @@ def figures_report(results: dict, o: str) -> list[str]:
                 f"| {n} | {c['mean_tpp']['complement']:.3f} | {c['mean_sigma']:.3f} | "
                 f"{c['mean_delta']:.3f} | {_cell(c['top1'])} |"
             )
+    return lines
+
+
+def _keyframe_report(results: dict, o: str) -> list[str]:
+    lines: list[str] = []
     keyframe = results.get("keyframe", {}).get(o)
     if keyframe:
         lines += [
@@ -374,6 +394,11 @@ def figures_report(results: dict, o: str) -> list[str]:
             )
             + ".",
         ]
+    return lines
+
+
+def _long_training_report(results: dict, o: str) -> list[str]:
+    lines: list[str] = []
     longer = results.get("long_training", {}).get(o)
     if longer:
         epochs = results["design"]["long_epochs"]
