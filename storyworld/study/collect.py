@@ -5,6 +5,7 @@ a dict out."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict
 
 import numpy as np
@@ -33,6 +34,19 @@ def main_fields(temperatures: dict) -> dict:
 def calibrated_pair(calibration: dict) -> tuple[float, float]:
     """(tau_coarse, tau_fine) of a CLIP's calibration record."""
     return calibration["coarse"], calibration["fine"]
+
+
+def calibrated_cells(
+    design: StudyDesign, clips: dict
+) -> Iterator[tuple[str, tuple[float, float], dict, dict]]:
+    """Per CLIP (none without calibration): (objective, its calibrated pair, the main runs'
+    selection fields at the default tau and at that pair)."""
+    if design.calibration_frames is None:
+        return
+    main = main_fields(design.default_fields())
+    for objective in design.objectives:
+        pair = calibrated_pair(clips[objective]["calibration"])
+        yield objective, pair, main, main_fields(tau_fields(*pair))
 
 
 def select_runs(runs: list[dict], **fields) -> list[dict]:
@@ -222,14 +236,8 @@ def calibration_and_tpp_figures(design: StudyDesign, clips: dict, runs: list[dic
             "tpp_choice_minus_faithful",
         )
     }
-    if design.calibration_frames is None:
-        return out
-    main = main_fields(design.default_fields())
-    for objective in design.objectives:
-        calibration = clips[objective]["calibration"]
-        pair = calibrated_pair(calibration)
-        calibrated = main_fields(tau_fields(*pair))
-        out["calibrated_tau"][objective] = calibration
+    for objective, pair, main, calibrated in calibrated_cells(design, clips):
+        out["calibrated_tau"][objective] = clips[objective]["calibration"]
         out["top1_calibrated"][objective] = mode_top1(runs, objective, calibrated, main)
         out["importance_on_action_frames_calibrated"][objective] = importance_shares(
             runs, objective, calibrated
@@ -353,13 +361,8 @@ def figure_results(design: StudyDesign, clips: dict, runs: list[dict]) -> dict:
     out: dict[str, dict] = {
         key: {} for key in ("tpp_rank_test", "subtext_count", "keyframe", "long_training")
     }
-    if design.calibration_frames is None:
-        return out
-    main = main_fields(design.default_fields())
-    for objective in design.objectives:
-        calibration = clips[objective]["calibration"]
-        pair = calibrated_pair(calibration)
-        cells = {f"{main['tau']:g}": main, "calibrated": main_fields(tau_fields(*pair))}
+    for objective, pair, main, calibrated in calibrated_cells(design, clips):
+        cells = {f"{main['tau']:g}": main, "calibrated": calibrated}
         supervised = {"objective": objective, "setting": "supervised"}
         if clips[objective].get("random_groups"):
             out["tpp_rank_test"][objective] = _rank_tests(

@@ -146,10 +146,10 @@ def assess_run(
     }
     for branch, share in shares.items():
         result[f"importance_{branch}"] = float(share.mean())
-    if len(shares) == len(BRANCHES):  # Table 6's key-frame claim, paired per video
-        fine_minus_coarse = shares["fine"] - shares["coarse"]
-        result["keyframe_fine_minus_coarse"] = analysis.spread(fine_minus_coarse)
-        result["keyframe_fine_above_coarse"] = float((fine_minus_coarse > 0).mean())
+    if len(shares) == len(BRANCHES):
+        difference, above = analysis.keyframe_difference(shares["fine"], shares["coarse"])
+        result["keyframe_fine_minus_coarse"] = difference
+        result["keyframe_fine_above_coarse"] = above
     zero = _forward(model, unseen_text, unseen.features)
     result["zero_shot_top1"] = float((zero["logits"].argmax(1) == unseen.labels).mean())
     if calibration is not None:

@@ -108,13 +108,12 @@ def random_groups(
 def _draw_items(
     pool: dict[str, list[str]], weights: np.ndarray, items: int, rng: np.random.Generator
 ) -> list[str]:
-    left = {kind: list(pool[kind]) for kind in SET_KINDS}
     chosen: list[str] = []
     for _ in range(items):
         start = int(rng.choice(len(SET_KINDS), p=weights))
         for step in range(len(SET_KINDS)):
             kind = SET_KINDS[(start + step) % len(SET_KINDS)]
-            candidates = [t for t in left[kind] if t not in chosen]
+            candidates = [t for t in pool[kind] if t not in chosen]
             if candidates:
                 chosen.append(candidates[int(rng.integers(len(candidates)))])
                 break
