@@ -15,6 +15,9 @@
   video's own actions.
 * `calibrate`: the temperatures whose frame weights on the frozen CLIP are as spread as the
   paper's Table 6 (`frozen_largest_weights`: the mean largest weight at one tau).
+* `keyframe_difference`: Table 6's key-frame claim per video (fine minus coarse share).
+* `spearman`, `rank_correlation_test`: the Fig. 2(b) test (rank correlation over groups, a
+  permutation p-value, a seed bootstrap).
 """
 
 from __future__ import annotations
